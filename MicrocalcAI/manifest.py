@@ -1,0 +1,190 @@
+"""Model manifests: which weights exist, what frame they expect, and how to judge their output.
+
+A manifest is a JSON file (``Resources/Models/manifest.json`` for the bundled models) with a
+list of model entries. The entry, not the code, says the model's pixel spacing, backbone,
+tiling, operating points and training provenance, so that a retrained model from another
+hospital is used correctly just by shipping its entry next to its weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ChecksumError, ModelError
+
+MANIFEST_NAME = "manifest.json"
+CLASSES = ("background", "benign", "malignant")
+
+
+@dataclass
+class RiskCategory:
+    """A risk category applies from ``min_probability`` (inclusive) up to the next category."""
+
+    name: str
+    min_probability: float
+
+
+@dataclass
+class ModelSpec:
+    """One model entry of a manifest."""
+
+    name: str
+    version: str
+    file: str  # weights file name, relative to the manifest's folder (or absolute)
+    sha256: str
+    backbone: str  # "resnet50", "resnet18" or "mobilenet_v2"
+    spacing_mm: float = 0.1  # canonical isotropic spacing the model was trained at
+    #: Spacing assumed for inputs that carry none (warned about in every output).
+    assumed_input_spacing_mm: float = 0.05
+    classes: tuple[str, ...] = CLASSES
+    tile_size: int = 512  # canonical pixels
+    tile_overlap: int = 128  # canonical pixels
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # canonical pixels, one per FPN level
+    #: Default detection threshold on the lesion score (``--threshold`` overrides).
+    score_threshold: float = 0.3
+    #: Named thresholds on p_malignant (e.g. "high_sensitivity", "balanced").
+    operating_points: dict[str, float] = field(default_factory=lambda: {"high_sensitivity": 0.2, "balanced": 0.5})
+    #: Ordered by min_probability; category of p = last one whose min_probability <= p.
+    risk_categories: list[RiskCategory] = field(
+        default_factory=lambda: [RiskCategory("low", 0.0), RiskCategory("intermediate", 0.2), RiskCategory("high", 0.5)]
+    )
+    intended_use: str = "Research only. Not for clinical use."
+    training_data: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    #: Folder of the manifest this entry came from; weights paths resolve against it.
+    folder: Optional[str] = None
+
+    @property
+    def weights_path(self) -> Path:
+        path = Path(self.file)
+        if not path.is_absolute() and self.folder:
+            path = Path(self.folder) / path
+        return path
+
+    def category(self, probability: float) -> str:
+        """The risk category of a probability, from this model's operating points."""
+        chosen = self.risk_categories[0].name
+        for cat in sorted(self.risk_categories, key=lambda c: c.min_probability):
+            if probability >= cat.min_probability:
+                chosen = cat.name
+        return chosen
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("folder", None)
+        data["classes"] = list(self.classes)
+        data["anchor_sizes"] = list(self.anchor_sizes)
+        return data
+
+
+def default_models_dir() -> Path:
+    """Where the bundled manifest lives.
+
+    ``MICROCALCAI_MODELS_DIR`` wins; then ``Resources/Models`` next to the package (source
+    checkout and Slicer install); then the copy shipped inside the pip wheel.
+    """
+    env = os.environ.get("MICROCALCAI_MODELS_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "Resources" / "Models", here / "_resources" / "Models"):
+        if (candidate / MANIFEST_NAME).is_file():
+            return candidate
+    return here.parent / "Resources" / "Models"
+
+
+def _spec_from_json(entry: dict[str, Any], folder: Path) -> ModelSpec:
+    try:
+        data = dict(entry)
+        cats = [RiskCategory(str(c["name"]), float(c["min_probability"])) for c in data.pop("risk_categories", [])]
+        known = set(ModelSpec.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ModelError(f"model entry {data.get('name')!r}: unknown fields {sorted(unknown)}")
+        spec = ModelSpec(**data)
+        if cats:
+            spec.risk_categories = cats
+        spec.classes = tuple(spec.classes)
+        spec.anchor_sizes = tuple(int(a) for a in spec.anchor_sizes)
+        spec.folder = str(folder)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ModelError(f"malformed model entry in {folder / MANIFEST_NAME}: {exc}") from exc
+    if tuple(spec.classes) != CLASSES:
+        raise ModelError(f"model {spec.name!r}: classes must be {list(CLASSES)}, got {list(spec.classes)}")
+    if spec.spacing_mm <= 0 or spec.tile_size <= spec.tile_overlap:
+        raise ModelError(f"model {spec.name!r}: invalid spacing or tiling")
+    return spec
+
+
+def load_manifest(path: Optional[os.PathLike | str] = None) -> tuple[Optional[str], list[ModelSpec]]:
+    """Read a manifest file (or the folder holding ``manifest.json``): (default name, entries)."""
+    path = Path(path) if path is not None else default_models_dir()
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelError(f"model manifest not found: {path}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model manifest {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise ModelError(f"model manifest {path} has no 'models' list")
+    specs = [_spec_from_json(e, path.parent) for e in data["models"]]
+    return data.get("default"), specs
+
+
+def resolve_model(model: Optional[str] = None) -> ModelSpec:
+    """Find a model by name in the bundled manifest, or from a path.
+
+    ``model`` may be None (the bundled default), a model name, a manifest file/folder (its
+    default entry), or a weights file whose sibling ``manifest.json`` lists it by file name.
+    """
+    if model is not None and Path(model).exists():
+        path = Path(model)
+        if path.is_dir() or path.suffix == ".json":
+            default, specs = load_manifest(path)
+            return _pick(specs, default, str(path))
+        default, specs = load_manifest(path.parent)
+        for spec in specs:
+            if spec.weights_path.resolve() == path.resolve():
+                return spec
+        raise ModelError(f"weights {path} are not listed in {path.parent / MANIFEST_NAME}; a model needs a manifest entry")
+    default, specs = load_manifest()
+    return _pick(specs, model or default, "the bundled manifest")
+
+
+def _pick(specs: list[ModelSpec], name: Optional[str], where: str) -> ModelSpec:
+    if not specs:
+        raise ModelError(f"no models in {where}")
+    if name is None:
+        return specs[0]
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise ModelError(f"no model named {name!r} in {where}; known: {[s.name for s in specs]}")
+
+
+def sha256_file(path: os.PathLike | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_weights(spec: ModelSpec) -> Path:
+    """Return the weights path after checking it exists and matches the manifest's sha256."""
+    path = spec.weights_path
+    if not path.is_file():
+        raise ModelError(f"weights file of model {spec.name!r} not found: {path}")
+    actual = sha256_file(path)
+    if actual.lower() != spec.sha256.lower():
+        raise ChecksumError(
+            f"weights {path} do not match model {spec.name!r}: sha256 {actual}, manifest says {spec.sha256}"
+        )
+    return path
