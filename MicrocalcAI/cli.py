@@ -1,0 +1,259 @@
+"""The ``microcalcai`` command line: detect, simulate, train, models.
+
+Exit status: 0 when everything worked, 1 when some inputs failed (the rest are still
+processed and written), 2 for usage errors and problems that stop everything (no model,
+bad weights, bad configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from . import __version__
+from .errors import CancelledError, MicrocalcAIError
+from .records import ProgressCallback
+
+log = logging.getLogger("MicrocalcAI")
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not tear the progress bar apart."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose else "%(message)s"))
+    root = logging.getLogger("MicrocalcAI")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+class ProgressBar:
+    """Adapts the engine's ``progress(fraction, message)`` callback to a tqdm bar."""
+
+    def __init__(self, description: str, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=1000, desc=description, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+                         bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+        self._last = 0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        position = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+        if position > self._last:
+            self._bar.update(position - self._last)
+            self._last = position
+        self._bar.set_postfix_str(message[:70], refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _spacing(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"spacing must be a number in mm, got {text!r}") from None
+    if not 0.02 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"spacing {value} mm is not a plausible mammogram pixel spacing (0.02-1.0)")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="microcalcai",
+        description="Detect breast microcalcification lesions on mammograms and estimate cancer risk "
+        "(research software, not for clinical use).",
+    )
+    parser.add_argument("--version", action="version", version=f"MicrocalcAI {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    det = sub.add_parser("detect", help="analyse mammograms (files or folders) into JSON, overlays and CSV tables")
+    det.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    det.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    det.add_argument("--model", default=None, help="model name in the bundled manifest, a manifest.json, or a weights file listed in a manifest next to it")
+    det.add_argument("--device", default="auto", help="auto (default), cpu, gpu, cuda, cuda:1, mps")
+    det.add_argument("--threshold", type=_fraction, default=None, help="lesion score threshold (default: the model's)")
+    det.add_argument("--spacing", type=_spacing, default=None, metavar="MM", help="pixel spacing in mm for all inputs (overrides the files')")
+    det.add_argument("--force", action="store_true", help="redo images whose outputs already exist")
+    det.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    det.add_argument("--quiet", action="store_true", help="no progress bar, only warnings and errors")
+    det.add_argument("--verbose", action="store_true", help="debug logging")
+    det.set_defaults(func=_cmd_detect)
+
+    sim = sub.add_parser("simulate", help="write simulated mammograms with calcification clusters + COCO annotations")
+    sim.add_argument("--out", required=True, metavar="DIR")
+    sim.add_argument("-n", "--n-images", type=int, default=20)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--contact-sheet", action="store_true", help="also write contact_sheet.png")
+    sim.add_argument("--quiet", action="store_true")
+    sim.add_argument("--verbose", action="store_true")
+    sim.set_defaults(func=_cmd_simulate)
+
+    tr = sub.add_parser("train", help="train a detector from a JSON config (COCO inputs), resumable")
+    tr.add_argument("config", help="training configuration JSON (see configs/default_train.json)")
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
+    tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("--verbose", action="store_true")
+    tr.set_defaults(func=_cmd_train)
+
+    models = sub.add_parser("models", help="list the models of the bundled manifest (or --manifest)")
+    models.add_argument("--manifest", default=None)
+    models.add_argument("--verify", action="store_true", help="also check every weights file's sha256")
+    models.set_defaults(func=_cmd_models, quiet=False, verbose=False)
+    return parser
+
+
+def _run_with_bar(description: str, quiet: bool, job: Callable[[ProgressCallback], object]) -> object:
+    bar = ProgressBar(description, enabled=not quiet and (sys.stderr.isatty() or _force_bar()))
+    try:
+        return job(bar)
+    finally:
+        bar.close()
+
+
+def _force_bar() -> bool:
+    import os
+
+    return os.environ.get("MICROCALCAI_PROGRESS") == "1"
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from .pipeline import run_batch
+
+    result = _run_with_bar(
+        "detect",
+        args.quiet,
+        lambda bar: run_batch(
+            args.inputs,
+            args.out,
+            model=args.model,
+            device=args.device,
+            score_threshold=args.threshold,
+            spacing_mm=args.spacing,
+            force=args.force,
+            recursive=not args.no_recursive,
+            progress=bar,
+        ),
+    )
+    if not args.quiet:
+        _print_summary(result, Path(args.out))
+    if result.failed:  # type: ignore[attr-defined]
+        print(f"{len(result.failed)} input(s) failed:", file=sys.stderr)  # type: ignore[attr-defined]
+        for path, reason in result.failed:  # type: ignore[attr-defined]
+            line = reason if Path(path).name in reason else f"{path}: {reason}"
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def _print_summary(result, out: Path) -> None:
+    print(f"\n{len(result.analysed)} analysed, {len(result.skipped)} already done (skipped), {len(result.failed)} failed")
+    if result.images:
+        print(f"\n{'image':40s} {'side':4s} {'view':4s} {'lesions':>7s} {'malig.':>6s} {'p(cancer)':>9s}  category")
+        for f in result.images:
+            n_mal = sum(1 for les in f.lesions if les.label == "malignant")
+            print(f"{f.name[:40]:40s} {f.laterality or '?':4s} {f.view or '?':4s} {len(f.lesions):7d} {n_mal:6d} "
+                  f"{f.risk.probability:9.3f}  {f.risk.category}")
+    if result.breasts:
+        print(f"\n{'breast (patient / side)':40s} {'views':10s} {'p(cancer)':>9s}  category")
+        for b in result.breasts:
+            views = "+".join(v or "?" for v in b.views)
+            print(f"{(b.patient_id or '?')[:36] + ' / ' + (b.laterality or '?'):40s} {views:10s} {b.risk.probability:9.3f}  {b.risk.category}")
+    if result.exams:
+        print(f"\n{'exam (patient)':40s} {'p(cancer)':>9s}  category")
+        for e in result.exams:
+            print(f"{(e.patient_id or '?')[:40]:40s} {e.risk.probability:9.3f}  {e.risk.category}")
+    if result.overlays:
+        print("\noverlays:")
+        for name in sorted(result.overlays):
+            print(f"  {result.overlays[name]}")
+    if result.tables:
+        print("tables:  " + ", ".join(str(p) for p in result.tables))
+    print(f"results in {out.resolve()}")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import SimulationConfig, simulate_dataset, write_contact_sheet
+
+    config = SimulationConfig(n_images=args.n_images, seed=args.seed)
+    coco = _run_with_bar("simulate", args.quiet, lambda bar: simulate_dataset(args.out, config, progress=bar))
+    print(f"wrote {args.n_images} image(s); annotations: {coco}")
+    if args.contact_sheet:
+        sheet = Path(args.out) / "contact_sheet.png"
+        write_contact_sheet(coco, sheet)
+        print(f"contact sheet: {sheet}")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train_from_config_file
+
+    result = _run_with_bar("train", args.quiet, lambda bar: train_from_config_file(args.config, resume=args.resume, progress=bar))
+    print(result)
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .manifest import load_manifest, verify_weights
+
+    default, specs = load_manifest(args.manifest)
+    for spec in specs:
+        mark = "*" if spec.name == default else " "
+        status = ""
+        if args.verify:
+            try:
+                verify_weights(spec)
+                status = "  sha256 OK"
+            except MicrocalcAIError as exc:
+                status = f"  FAILED: {exc}"
+        print(f"{mark} {spec.name} {spec.version}  backbone={spec.backbone} spacing={spec.spacing_mm} mm  {spec.weights_path}{status}")
+        print(f"    {spec.intended_use}")
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    try:
+        return int(args.func(args))
+    except CancelledError:
+        print("cancelled", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MicrocalcAIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
