@@ -1,0 +1,605 @@
+"""Training and evaluation data: COCO-annotated mammograms in the model's canonical frame.
+
+A dataset is a COCO JSON file (``images``, ``annotations``, ``categories``) whose boxes are
+``[x, y, width, height]`` in *stored* pixels of the referenced image files (DICOM or any format
+:func:`MicrocalcAI.reader.read_mammogram` reads). Category names must be ``benign`` and
+``malignant``; their ids may be anything. Image entries may carry ``spacing_mm`` (used when the
+file itself has no spacing, as a user would pass ``--spacing`` at inference).
+
+Every image goes through exactly the same :func:`read_mammogram` + :func:`standardise` path as
+inference, so the detector is trained in the frame it later sees. Standardising a full-field
+mammogram takes seconds, so the canonical image, breast mask and transform are cached as
+``.npz`` files keyed by file path, modification time, size and spacing; the boxes are mapped
+from the COCO file on every load, so editing annotations never needs a cache purge.
+
+:class:`PatchSampler` turns the canonical images into fixed-size training patches: class
+balanced, lesion-centred with random jitter, plus background patches inside the breast, with
+augmentations that transform the boxes together with the pixels.
+
+This module does not import torch: it only produces numpy arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .errors import DatasetError, MicrocalcAIError
+from .records import CanonicalImage, CanonicalTransform, ProgressCallback, no_progress
+
+log = logging.getLogger(__name__)
+
+#: Class label ids used by the detector (0 is background).
+LABEL_IDS = {"benign": 1, "malignant": 2}
+LABEL_NAMES = {v: k for k, v in LABEL_IDS.items()}
+
+#: Bump when the cached content or its meaning changes, so stale caches are ignored.
+CACHE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- COCO parsing
+
+
+@dataclass
+class CocoImage:
+    """One image entry of a COCO file, validated, with its boxes in stored pixels."""
+
+    image_id: int
+    path: Path
+    width: Optional[int]
+    height: Optional[int]
+    spacing_mm: Optional[float]
+    boxes_stored: np.ndarray  # (N, 4) float64 [x0, y0, x1, y1] stored pixels
+    labels: np.ndarray  # (N,) int64, values in LABEL_IDS
+    extra: dict[str, Any] = field(default_factory=dict)  # laterality, view, ... as given
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
+    """Read and validate a COCO file; raise :class:`DatasetError` listing every problem found.
+
+    Validation is strict because a silently skipped annotation trains the model to call a
+    lesion background. All problems are collected so a user fixes the file in one pass.
+    """
+    path = Path(coco_json)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DatasetError(f"COCO file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DatasetError(f"COCO file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(f"COCO file {path}: top level must be an object with 'images', 'annotations', 'categories'")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"COCO file {path}: missing or non-list '{key}'")
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise DatasetError(f"COCO file {path}: 'annotations' must be a list")
+
+    problems: list[str] = []
+    category_to_label: dict[int, int] = {}
+    for cat in data["categories"]:
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            problems.append(f"category entry {cat!r} needs 'id' and 'name'")
+            continue
+        name = str(cat["name"]).strip().lower()
+        if name not in LABEL_IDS:
+            problems.append(f"unknown category {cat['name']!r} (id {cat['id']}); expected one of {sorted(LABEL_IDS)}")
+            continue
+        category_to_label[int(cat["id"])] = LABEL_IDS[name]
+
+    images: dict[int, CocoImage] = {}
+    for entry in data["images"]:
+        if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
+            problems.append(f"image entry {entry!r} needs 'id' and 'file_name'")
+            continue
+        image_id = int(entry["id"])
+        if image_id in images:
+            problems.append(f"duplicate image id {image_id}")
+            continue
+        file_path = Path(str(entry["file_name"]))
+        if not file_path.is_absolute():
+            file_path = path.parent / file_path
+        if not file_path.is_file():
+            problems.append(f"image {image_id}: file not found: {file_path}")
+        spacing = entry.get("spacing_mm")
+        if spacing is not None:
+            if isinstance(spacing, (list, tuple)) and spacing:
+                spacing = spacing[0]
+            if not _finite_number(spacing) or spacing <= 0:
+                problems.append(f"image {image_id}: spacing_mm must be a positive number, got {entry.get('spacing_mm')!r}")
+                spacing = None
+        extra = {k: v for k, v in entry.items() if k not in ("id", "file_name", "width", "height", "spacing_mm")}
+        images[image_id] = CocoImage(
+            image_id=image_id,
+            path=file_path,
+            width=int(entry["width"]) if _finite_number(entry.get("width")) else None,
+            height=int(entry["height"]) if _finite_number(entry.get("height")) else None,
+            spacing_mm=float(spacing) if spacing is not None else None,
+            boxes_stored=np.zeros((0, 4)),
+            labels=np.zeros((0,), dtype=np.int64),
+            extra=extra,
+        )
+
+    per_image: dict[int, tuple[list[list[float]], list[int]]] = {i: ([], []) for i in images}
+    for ann in annotations:
+        if not isinstance(ann, dict):
+            problems.append(f"annotation {ann!r} is not an object")
+            continue
+        ann_id = ann.get("id", "?")
+        image_id = ann.get("image_id")
+        if image_id not in images:
+            problems.append(f"annotation {ann_id}: unknown image_id {image_id!r}")
+            continue
+        cat = ann.get("category_id")
+        if cat not in category_to_label:
+            problems.append(f"annotation {ann_id} (image {image_id}): unknown category_id {cat!r}")
+            continue
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_finite_number(v) for v in bbox):
+            problems.append(f"annotation {ann_id} (image {image_id}): bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        img = images[image_id]
+        if w <= 0 or h <= 0 or x < 0 or y < 0:
+            problems.append(f"annotation {ann_id} (image {image_id}): bbox {bbox} has non-positive size or negative origin")
+            continue
+        if (img.width is not None and x + w > img.width + 0.5) or (img.height is not None and y + h > img.height + 0.5):
+            problems.append(
+                f"annotation {ann_id} (image {image_id}): bbox {bbox} extends outside the {img.width}x{img.height} image"
+            )
+            continue
+        per_image[image_id][0].append([x, y, x + w, y + h])
+        per_image[image_id][1].append(category_to_label[cat])
+
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DatasetError(f"COCO file {path} has {len(problems)} problem(s):\n  {shown}{more}")
+    if not images:
+        raise DatasetError(f"COCO file {path} lists no images")
+
+    out = []
+    for image_id, img in images.items():
+        boxes, labels = per_image[image_id]
+        img.boxes_stored = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        img.labels = np.asarray(labels, dtype=np.int64)
+        out.append(img)
+    return out
+
+
+# ------------------------------------------------------------------- canonical samples + cache
+
+
+@dataclass
+class CanonicalSample:
+    """One image in the canonical frame with its lesion boxes: the unit training works on.
+
+    ``image`` is kept as float16 to halve the memory of a few hundred full-field images; the
+    quantisation (~5e-4 relative) is far below the intensity augmentation applied in training.
+    """
+
+    image_id: int
+    path: Path
+    image: np.ndarray  # float16 (rows, cols) in [0, 1]
+    mask: np.ndarray  # bool (rows, cols)
+    transform: CanonicalTransform
+    spacing_mm: float
+    boxes: np.ndarray  # (N, 4) float32 canonical [u0, v0, u1, v1]
+    labels: np.ndarray  # (N,) int64 1 = benign, 2 = malignant
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_canonical_image(self) -> CanonicalImage:
+        """The :class:`CanonicalImage` that ``detect`` takes, rebuilt from the cached arrays."""
+        return CanonicalImage(
+            image=self.image.astype(np.float32),
+            mask=self.mask,
+            spacing_mm=self.spacing_mm,
+            transform=self.transform,
+        )
+
+
+def _cache_key(path: Path, spacing_mm: float, assumed_input_spacing_mm: float, coco_spacing: Optional[float]) -> str:
+    stat = path.stat()
+    ident = json.dumps(
+        [CACHE_VERSION, str(path.resolve()), stat.st_mtime_ns, stat.st_size, spacing_mm, assumed_input_spacing_mm, coco_spacing]
+    )
+    return hashlib.sha1(ident.encode("utf-8")).hexdigest()
+
+
+def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp.npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _transform_to_array(t: CanonicalTransform) -> np.ndarray:
+    return np.array(
+        [*t.stored_shape, float(t.flipped), *t.scale, *t.offset, *t.canonical_shape], dtype=np.float64
+    )
+
+
+def _transform_from_array(a: np.ndarray) -> CanonicalTransform:
+    return CanonicalTransform(
+        stored_shape=(int(a[0]), int(a[1])),
+        flipped=bool(a[2]),
+        scale=(float(a[3]), float(a[4])),
+        offset=(float(a[5]), float(a[6])),
+        canonical_shape=(int(a[7]), int(a[8])),
+    )
+
+
+def standardise_file(
+    path: os.PathLike | str,
+    *,
+    spacing_mm: float,
+    assumed_input_spacing_mm: float,
+    input_spacing_mm: Optional[float] = None,
+) -> CanonicalImage:
+    """Read and standardise one file exactly as inference does.
+
+    ``input_spacing_mm`` plays the role of the user's ``--spacing``: it is used only when the
+    file carries no spacing of its own, so a dataset's annotation never overrides the header.
+    """
+    from .reader import read_mammogram
+    from .standardise import standardise
+
+    mammogram = read_mammogram(path)
+    if mammogram.spacing_mm is None and input_spacing_mm is not None:
+        mammogram.spacing_mm = (float(input_spacing_mm), float(input_spacing_mm))
+        mammogram.spacing_source = "user"
+    return standardise(mammogram, spacing_mm=spacing_mm, assumed_input_spacing_mm=assumed_input_spacing_mm)
+
+
+class CocoMammogramDataset:
+    """A validated COCO dataset whose images are standardised once and kept in memory.
+
+    Indexing returns :class:`CanonicalSample` objects. Images are standardised lazily (or all
+    at once with :meth:`prepare`) and cached on disk when ``cache_dir`` is given.
+    """
+
+    def __init__(
+        self,
+        coco_json: os.PathLike | str,
+        *,
+        spacing_mm: float,
+        assumed_input_spacing_mm: float,
+        cache_dir: Optional[os.PathLike | str] = None,
+    ) -> None:
+        if spacing_mm <= 0 or assumed_input_spacing_mm <= 0:
+            raise DatasetError(f"spacings must be positive, got {spacing_mm} and {assumed_input_spacing_mm}")
+        self.coco_json = Path(coco_json)
+        self.spacing_mm = float(spacing_mm)
+        self.assumed_input_spacing_mm = float(assumed_input_spacing_mm)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.entries = parse_coco(self.coco_json)
+        self._samples: dict[int, CanonicalSample] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> CanonicalSample:
+        if index < 0:
+            index += len(self.entries)
+        if index not in self._samples:
+            self._samples[index] = self._load(self.entries[index])
+        return self._samples[index]
+
+    @property
+    def num_lesions(self) -> int:
+        return int(sum(len(e.labels) for e in self.entries))
+
+    def prepare(self, progress: ProgressCallback = no_progress) -> None:
+        """Standardise (or load from cache) every image now, so training never stalls on I/O."""
+        n = len(self.entries)
+        for i in range(n):
+            progress(i / n, f"standardising {self.entries[i].path.name} ({i + 1}/{n})")
+            self[i]
+        progress(1.0, f"{n} images ready")
+
+    def _load(self, entry: CocoImage) -> CanonicalSample:
+        canonical = self._canonical(entry)
+        boxes = canonical_boxes(entry.boxes_stored, canonical.transform, canonical.image.shape)
+        keep = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
+        if not np.all(keep):
+            log.warning(
+                "%s: %d lesion box(es) fall outside the standardised breast crop and are ignored",
+                entry.path, int((~keep).sum()),
+            )
+        return CanonicalSample(
+            image_id=entry.image_id,
+            path=entry.path,
+            image=canonical.image.astype(np.float16),
+            mask=canonical.mask.astype(bool),
+            transform=canonical.transform,
+            spacing_mm=canonical.spacing_mm,
+            boxes=boxes[keep].astype(np.float32),
+            labels=entry.labels[keep],
+            extra=dict(entry.extra),
+        )
+
+    def _canonical(self, entry: CocoImage) -> CanonicalImage:
+        cache_file = None
+        if self.cache_dir is not None:
+            key = _cache_key(entry.path, self.spacing_mm, self.assumed_input_spacing_mm, entry.spacing_mm)
+            cache_file = self.cache_dir / f"{key}.npz"
+            if cache_file.is_file():
+                try:
+                    with np.load(cache_file) as z:
+                        return CanonicalImage(
+                            image=z["image"].astype(np.float32),
+                            mask=z["mask"].astype(bool),
+                            spacing_mm=float(z["spacing_mm"]),
+                            transform=_transform_from_array(z["transform"]),
+                        )
+                except (OSError, KeyError, ValueError) as exc:
+                    log.warning("ignoring unreadable cache file %s: %s", cache_file, exc)
+        try:
+            canonical = standardise_file(
+                entry.path,
+                spacing_mm=self.spacing_mm,
+                assumed_input_spacing_mm=self.assumed_input_spacing_mm,
+                input_spacing_mm=entry.spacing_mm,
+            )
+        except MicrocalcAIError as exc:
+            raise DatasetError(f"COCO file {self.coco_json}: image {entry.image_id} ({entry.path}) cannot be used: {exc}") from exc
+        if cache_file is not None:
+            _save_npz_atomic(
+                cache_file,
+                image=canonical.image.astype(np.float16),
+                mask=canonical.mask.astype(bool),
+                spacing_mm=np.float64(canonical.spacing_mm),
+                transform=_transform_to_array(canonical.transform),
+            )
+        return canonical
+
+
+def canonical_boxes(boxes_stored: np.ndarray, transform: CanonicalTransform, shape: Sequence[int]) -> np.ndarray:
+    """Map stored boxes into the canonical frame and clip them to the canonical image."""
+    boxes = transform.to_canonical_boxes(boxes_stored).reshape(-1, 4)
+    rows, cols = int(shape[0]), int(shape[1])
+    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, cols)
+    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, rows)
+    return boxes
+
+
+# ----------------------------------------------------------------------------- patch sampling
+
+
+@dataclass
+class PatchConfig:
+    """How training patches are drawn and augmented."""
+
+    patch_size: int = 320
+    #: Fraction of patches placed at a random point of the breast rather than on a lesion.
+    background_fraction: float = 0.3
+    #: Among lesion patches, the fraction centred on a malignant lesion (class balance).
+    malignant_fraction: float = 0.5
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    #: Intensity jitter: ``image ** gamma`` then contrast about the patch mean. (1, 1) = off.
+    gamma_range: tuple[float, float] = (0.8, 1.25)
+    contrast_range: tuple[float, float] = (0.9, 1.1)
+    #: Boxes cut by the patch border are dropped when a side is shorter than this (pixels)...
+    min_box_side: float = 3.0
+    #: ... or when less than this fraction of their area lies inside the patch.
+    min_visible_fraction: float = 0.35
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 32:
+            raise DatasetError(f"patch_size must be at least 32, got {self.patch_size}")
+        for name in ("background_fraction", "malignant_fraction", "min_visible_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise DatasetError(f"{name} must be in [0, 1], got {value}")
+        self.gamma_range = tuple(float(v) for v in self.gamma_range)  # type: ignore[assignment]
+        self.contrast_range = tuple(float(v) for v in self.contrast_range)  # type: ignore[assignment]
+
+
+@dataclass
+class Patch:
+    """A training patch: float32 image in [0, 1] and its boxes in patch pixels."""
+
+    image: np.ndarray  # float32 (P, P)
+    boxes: np.ndarray  # (N, 4) float32 [x0, y0, x1, y1]
+    labels: np.ndarray  # (N,) int64
+    source: tuple[int, int, int]  # (sample index, row, col) of the patch origin before augmentation
+
+
+def flip_boxes_horizontal(boxes: np.ndarray, width: float) -> np.ndarray:
+    """Boxes after mirroring an image of ``width`` columns left-right (x -> width - x)."""
+    out = boxes.copy()
+    out[:, 0] = width - boxes[:, 2]
+    out[:, 2] = width - boxes[:, 0]
+    return out
+
+
+def flip_boxes_vertical(boxes: np.ndarray, height: float) -> np.ndarray:
+    """Boxes after mirroring an image of ``height`` rows top-bottom (y -> height - y)."""
+    out = boxes.copy()
+    out[:, 1] = height - boxes[:, 3]
+    out[:, 3] = height - boxes[:, 1]
+    return out
+
+
+def rot90_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
+    """Boxes after ``np.rot90(image)`` (one counter-clockwise quarter turn): (x, y) -> (y, width - x)."""
+    out = np.empty_like(boxes)
+    out[:, 0] = boxes[:, 1]
+    out[:, 2] = boxes[:, 3]
+    out[:, 1] = width - boxes[:, 2]
+    out[:, 3] = width - boxes[:, 0]
+    return out
+
+
+def clip_boxes_to_patch(
+    boxes: np.ndarray, labels: np.ndarray, size: int, min_side: float, min_visible_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clip boxes to ``[0, size]`` and drop the remnants too small to teach the detector anything."""
+    if len(boxes) == 0:
+        return boxes.reshape(0, 4).astype(np.float32), labels.astype(np.int64)
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    clipped = np.clip(boxes, 0, size)
+    w = clipped[:, 2] - clipped[:, 0]
+    h = clipped[:, 3] - clipped[:, 1]
+    visible = np.where(area > 0, (w * h) / np.maximum(area, 1e-9), 0.0)
+    keep = (w >= min_side) & (h >= min_side) & (visible >= min_visible_fraction)
+    return clipped[keep].astype(np.float32), labels[keep].astype(np.int64)
+
+
+class PatchSampler:
+    """Draws augmented, fixed-size training patches from canonical samples.
+
+    Lesion patches are class balanced (``malignant_fraction``) and place the lesion at a
+    random position such that the whole lesion lies inside the patch whenever it fits, so
+    the detector never learns "lesions are in the centre". Background patches are centred on
+    a random breast pixel. All randomness comes from one seeded numpy generator whose state
+    is exposed for checkpointing, so a resumed run draws the same patches.
+    """
+
+    def __init__(self, samples: Sequence[CanonicalSample], config: PatchConfig, seed: int = 0) -> None:
+        if len(samples) == 0:
+            raise DatasetError("cannot sample patches from an empty dataset")
+        self.samples = samples
+        self.config = config
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self._lesions: dict[int, list[tuple[int, int]]] = {1: [], 2: []}
+        for si, s in enumerate(samples):
+            for li, label in enumerate(s.labels):
+                self._lesions.setdefault(int(label), []).append((si, li))
+        self._breast_points: dict[int, np.ndarray] = {}
+        if not any(self._lesions.values()):
+            log.warning("dataset has no lesions: every patch will be background")
+
+    # -- RNG state for checkpoints (JSON so it survives torch.load(weights_only=True))
+    def get_state(self) -> str:
+        return json.dumps(self.rng.bit_generator.state)
+
+    def set_state(self, state: str) -> None:
+        self.rng.bit_generator.state = json.loads(state)
+
+    def sample_batch(self, n: int) -> list[Patch]:
+        return [self.sample() for _ in range(n)]
+
+    def sample(self) -> Patch:
+        cfg = self.config
+        has_lesions = any(self._lesions.values())
+        if has_lesions and self.rng.random() >= cfg.background_fraction:
+            si, r0, c0 = self._lesion_origin()
+        else:
+            si, r0, c0 = self._background_origin()
+        sample = self.samples[si]
+        image = crop_padded(sample.image, r0, c0, cfg.patch_size)
+        boxes = sample.boxes.astype(np.float64) - np.array([c0, r0, c0, r0], dtype=np.float64)
+        labels = sample.labels.copy()
+        # Boxes are clipped before the geometric augmentation: flips and quarter turns of a
+        # square patch map [0, P] onto itself, so clipping commutes with them.
+        boxes, labels = clip_boxes_to_patch(boxes, labels, cfg.patch_size, cfg.min_box_side, cfg.min_visible_fraction)
+        image, boxes = self._augment(image, boxes.astype(np.float64))
+        return Patch(image=image, boxes=boxes.astype(np.float32), labels=labels, source=(si, r0, c0))
+
+    def _lesion_origin(self) -> tuple[int, int, int]:
+        cfg = self.config
+        benign, malignant = self._lesions.get(1, []), self._lesions.get(2, [])
+        if benign and malignant:
+            pool = malignant if self.rng.random() < cfg.malignant_fraction else benign
+        else:
+            pool = malignant or benign
+        si, li = pool[int(self.rng.integers(len(pool)))]
+        sample = self.samples[si]
+        x0, y0, x1, y1 = (float(v) for v in sample.boxes[li])
+        rows, cols = sample.image.shape
+        c0 = self._jittered_origin(x0, x1, cols)
+        r0 = self._jittered_origin(y0, y1, rows)
+        return si, r0, c0
+
+    def _jittered_origin(self, lo: float, hi: float, extent: int) -> int:
+        """Patch origin along one axis: lesion fully inside when it fits, else patch inside lesion."""
+        p = self.config.patch_size
+        a, b = math.ceil(hi) - p, math.floor(lo)
+        if a > b:  # lesion longer than the patch: keep the patch within the lesion
+            a, b = b, a
+        origin = int(self.rng.integers(a, b + 1))
+        # Stay inside the image when the image is large enough (padding only for tiny images).
+        return int(min(max(origin, 0), max(extent - p, 0)))
+
+    def _background_origin(self) -> tuple[int, int, int]:
+        p = self.config.patch_size
+        si = int(self.rng.integers(len(self.samples)))
+        points = self._breast_points_of(si)
+        rows, cols = self.samples[si].image.shape
+        if len(points):
+            r, c = points[int(self.rng.integers(len(points)))]
+        else:
+            r, c = int(self.rng.integers(rows)), int(self.rng.integers(cols))
+        r0 = int(min(max(r - p // 2, 0), max(rows - p, 0)))
+        c0 = int(min(max(c - p // 2, 0), max(cols - p, 0)))
+        return si, r0, c0
+
+    def _breast_points_of(self, si: int) -> np.ndarray:
+        # A coarse grid of breast pixels is enough to place background patches and keeps
+        # memory small (a full index list of a 2000x1500 mask would be ~50 MB).
+        if si not in self._breast_points:
+            mask = self.samples[si].mask
+            step = 8
+            rr, cc = np.nonzero(mask[::step, ::step])
+            self._breast_points[si] = np.stack([rr * step, cc * step], axis=1).astype(np.int32)
+        return self._breast_points[si]
+
+    def _augment(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cfg = self.config
+        size = float(cfg.patch_size)
+        if cfg.hflip and self.rng.random() < 0.5:
+            image = image[:, ::-1]
+            boxes = flip_boxes_horizontal(boxes, size)
+        if cfg.vflip and self.rng.random() < 0.5:
+            image = image[::-1, :]
+            boxes = flip_boxes_vertical(boxes, size)
+        if cfg.rot90:
+            for _ in range(int(self.rng.integers(4))):
+                image = np.rot90(image)
+                boxes = rot90_boxes(boxes, size)
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        g_lo, g_hi = cfg.gamma_range
+        c_lo, c_hi = cfg.contrast_range
+        if (g_lo, g_hi) != (1.0, 1.0):
+            # Log-uniform so that gamma and 1/gamma are equally likely.
+            gamma = float(np.exp(self.rng.uniform(np.log(g_lo), np.log(g_hi))))
+            image = np.power(np.clip(image, 0.0, 1.0), gamma, dtype=np.float32)
+        if (c_lo, c_hi) != (1.0, 1.0):
+            contrast = float(self.rng.uniform(c_lo, c_hi))
+            mean = float(image.mean())
+            image = np.clip((image - mean) * contrast + mean, 0.0, 1.0).astype(np.float32)
+        return image, boxes
+
+
+def crop_padded(image: np.ndarray, r0: int, c0: int, size: int) -> np.ndarray:
+    """A ``size`` x ``size`` float32 crop at (r0, c0), zero-padded (canonical background) past the edges."""
+    out = np.zeros((size, size), dtype=np.float32)
+    rows, cols = image.shape
+    rs, cs = max(r0, 0), max(c0, 0)
+    re, ce = min(r0 + size, rows), min(c0 + size, cols)
+    if re > rs and ce > cs:
+        out[rs - r0 : re - r0, cs - c0 : ce - c0] = image[rs:re, cs:ce]
+    return out

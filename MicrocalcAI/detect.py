@@ -1,0 +1,326 @@
+"""Where the detector runs: overlapping tiles over the breast, merged into one lesion list.
+
+A canonical mammogram (about 2000 x 1000 pixels at 0.1 mm) is far larger than the model's
+input, and downscaling it would erase specks a few pixels wide, so the image is cut into
+overlapping ``tile_size`` tiles at full resolution. Only tiles that touch the breast mask are
+run (the rest is air). Each tile's detections are shifted back into whole-image canonical
+coordinates and merged:
+
+1. a box cut by a tile border (touching an *inner* edge of its tile, i.e. an edge that is
+   not the image border) is a fragment; it is dropped when a box from another tile, which
+   sits away from that tile's own inner edges and therefore saw the lesion whole, covers
+   most of it. Score order cannot do this: a fragment may well score higher than the whole
+   lesion, and plain NMS then keeps the fragment (or both, since a fragment's IoU with the
+   whole box is small when the lesion is mostly outside the tile);
+2. class-agnostic NMS (a benign and a malignant box on one spot are one lesion);
+3. a box lying mostly inside a higher-scoring box is dropped (a sub-cluster of a lesion
+   already reported, whose IoU with the whole is too small for NMS).
+
+Tiles are spaced evenly with at least ``tile_overlap`` pixels in common, so a lesion smaller
+than the overlap is always seen whole by some tile. Tiles never extend past the image unless
+the image is smaller than a tile; then the tile is padded with 0 (the canonical background).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+
+from .errors import InputError, ModelError
+from .manifest import ModelSpec
+from .model import image_to_tensor
+from .records import CanonicalImage, Detection, ProgressCallback, no_progress
+
+log = logging.getLogger(__name__)
+
+#: Pixels from an inner tile edge within which a box counts as cut by that edge. Box
+#: regression of a cut lesion stops near the edge, not exactly on it; two stride-4 cells.
+DEFAULT_EDGE_MARGIN = 8.0
+#: Share of a fragment's area a whole box from another tile must cover to replace it.
+DEFAULT_FRAGMENT_OVERLAP = 0.5
+
+
+def _axis_origins(length: int, tile: int, stride: int) -> list[int]:
+    """Fewest evenly spaced starts with gaps <= stride covering [0, length)."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - tile) / stride) + 1
+    return sorted({round(i * (length - tile) / (count - 1)) for i in range(count)})
+
+
+def tile_origins(shape: tuple[int, int], mask: np.ndarray, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(row, col) starts of overlapping ``tile`` x ``tile`` tiles that touch the breast.
+
+    Every mask pixel lies in at least one returned tile; tiles over air only are skipped
+    because running the network there costs time and can only add false positives.
+    """
+    rows, cols = int(shape[0]), int(shape[1])
+    if tile <= 0 or overlap < 0 or overlap >= tile:
+        raise InputError(f"invalid tiling: tile {tile}, overlap {overlap} (need 0 <= overlap < tile)")
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (rows, cols):
+        raise InputError(f"mask shape {mask.shape} differs from image shape {(rows, cols)}")
+    stride = tile - overlap
+    # Summed-area table: "does this tile hold any breast pixel" in O(1) per tile.
+    sat = np.zeros((rows + 1, cols + 1), dtype=np.int64)
+    sat[1:, 1:] = mask.cumsum(0).cumsum(1)
+    origins = []
+    for r in _axis_origins(rows, tile, stride):
+        r1 = min(r + tile, rows)
+        for c in _axis_origins(cols, tile, stride):
+            c1 = min(c + tile, cols)
+            if sat[r1, c1] - sat[r, c1] - sat[r1, c] + sat[r, c] > 0:
+                origins.append((r, c))
+    return origins
+
+
+def extract_tile(image: np.ndarray, origin: tuple[int, int], tile: int) -> np.ndarray:
+    """The ``tile`` x ``tile`` window at ``origin`` (row, col), zero-padded past the image."""
+    r, c = origin
+    window = image[r : r + tile, c : c + tile]
+    if window.shape == (tile, tile):
+        return np.ascontiguousarray(window, dtype=np.float32)
+    out = np.zeros((tile, tile), dtype=np.float32)
+    out[: window.shape[0], : window.shape[1]] = window
+    return out
+
+
+def tile_rects(origins: Sequence[tuple[int, int]], tile: int, image_shape: tuple[int, int]) -> np.ndarray:
+    """(T, 4) ``[x0, y0, x1, y1]`` of each tile's image content in canonical coordinates."""
+    rows, cols = image_shape
+    rects = [(c, r, min(c + tile, cols), min(r + tile, rows)) for r, c in origins]
+    return np.asarray(rects, dtype=np.float64).reshape(-1, 4)
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) intersection areas of two box arrays."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0.0, None)
+    return wh[..., 0] * wh[..., 1]
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0.0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0.0, None)
+
+
+def touches_inner_edge(
+    boxes: np.ndarray,
+    rects: np.ndarray,
+    image_shape: tuple[int, int],
+    margin: float = DEFAULT_EDGE_MARGIN,
+) -> np.ndarray:
+    """Whether each box reaches an edge of its own tile (``rects``, one row per box) that is
+    not an image border: such a box may be a lesion cut in two by the tile."""
+    rows, cols = image_shape
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
+    left = (rects[:, 0] > 0) & (boxes[:, 0] <= rects[:, 0] + margin)
+    top = (rects[:, 1] > 0) & (boxes[:, 1] <= rects[:, 1] + margin)
+    right = (rects[:, 2] < cols) & (boxes[:, 2] >= rects[:, 2] - margin)
+    bottom = (rects[:, 3] < rows) & (boxes[:, 3] >= rects[:, 3] - margin)
+    return left | top | right | bottom
+
+
+def merge_detections(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    p_malignant: np.ndarray,
+    *,
+    tile_ids: Optional[np.ndarray] = None,
+    rects: Optional[np.ndarray] = None,
+    image_shape: Optional[tuple[int, int]] = None,
+    iou_threshold: float = 0.3,
+    containment: float = 0.7,
+    edge_margin: float = DEFAULT_EDGE_MARGIN,
+    fragment_overlap: float = DEFAULT_FRAGMENT_OVERLAP,
+) -> np.ndarray:
+    """Indices of the boxes to keep (highest score first) so each lesion is reported once.
+
+    ``boxes`` are whole-image canonical ``[x0, y0, x1, y1]``. With ``tile_ids`` (the tile of
+    each box, indexing ``rects`` from :func:`tile_rects`) and ``image_shape``, fragments cut
+    by a tile border are first dropped in favour of the whole lesion seen by another tile
+    (see the module docstring); without them only NMS and containment apply. Among equal
+    scores the higher ``p_malignant`` wins, so a tie never hides a malignant call.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    p_malignant = np.asarray(p_malignant, dtype=np.float64).reshape(-1)
+    n = len(boxes)
+    if len(scores) != n or len(p_malignant) != n:
+        raise ValueError(f"boxes ({n}), scores ({len(scores)}) and p_malignant ({len(p_malignant)}) differ in length")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+
+    candidates = np.arange(n)
+    if tile_ids is not None:
+        if rects is None or image_shape is None:
+            raise ValueError("tile_ids need rects and image_shape")
+        tile_ids = np.asarray(tile_ids, dtype=np.int64).reshape(-1)
+        if len(tile_ids) != n:
+            raise ValueError(f"tile_ids ({len(tile_ids)}) and boxes ({n}) differ in length")
+        rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
+        cut = touches_inner_edge(boxes, rects[tile_ids], image_shape, edge_margin)
+        whole = np.flatnonzero(~cut)
+        fragments = np.flatnonzero(cut)
+        if len(whole) and len(fragments):
+            cover = _intersection(boxes[fragments], boxes[whole]) / np.maximum(_area(boxes[fragments]), 1e-9)[:, None]
+            other_tile = tile_ids[fragments][:, None] != tile_ids[whole][None, :]
+            replaced = ((cover >= fragment_overlap) & other_tile).any(axis=1)
+            candidates = np.sort(np.concatenate([whole, fragments[~replaced]]))
+
+    # Order by (score, p_malignant) descending; NMS then sees the tie-broken order as scores.
+    order = candidates[np.lexsort((-p_malignant[candidates], -scores[candidates]))]
+    rank = torch.arange(len(order), 0, -1, dtype=torch.float64)
+    kept = order[nms(torch.from_numpy(boxes[order]), rank, float(iou_threshold)).numpy()]
+
+    final: list[int] = []
+    areas = np.maximum(_area(boxes), 1e-9)
+    for idx in kept:  # already highest first
+        if final:
+            inside = _intersection(boxes[idx : idx + 1], boxes[final])[0] / areas[idx]
+            if (inside >= containment).any():
+                continue
+        final.append(int(idx))
+    return np.asarray(final, dtype=np.int64)
+
+
+def merge_tile_outputs(
+    outputs: Sequence[dict[str, np.ndarray]],
+    origins: Sequence[tuple[int, int]],
+    *,
+    tile: int,
+    image_shape: tuple[int, int],
+    score_threshold: float,
+    iou_threshold: float = 0.3,
+    containment: float = 0.7,
+    edge_margin: float = DEFAULT_EDGE_MARGIN,
+) -> list[Detection]:
+    """Per-tile model outputs (tile coordinates) -> whole-image canonical detections.
+
+    ``outputs[i]`` holds ``boxes`` (N, 4), ``scores`` (N,) and ``p_malignant`` (N,) of the
+    tile at ``origins[i]`` (row, col). The threshold is applied before merging so that a
+    low-confidence whole box can never suppress a confident fragment and lose the lesion.
+    """
+    if len(outputs) != len(origins):
+        raise ValueError(f"{len(outputs)} tile outputs for {len(origins)} tiles")
+    rows, cols = image_shape
+    all_boxes, all_scores, all_pmal, all_tiles = [], [], [], []
+    for t, (out, (r, c)) in enumerate(zip(outputs, origins)):
+        boxes = np.asarray(out["boxes"], dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(out["scores"], dtype=np.float64).reshape(-1)
+        pmal = np.asarray(out["p_malignant"], dtype=np.float64).reshape(-1)
+        keep = scores >= score_threshold
+        boxes = boxes[keep] + np.array([c, r, c, r], dtype=np.float64)
+        # Zero padding beyond a small image can only yield boxes to clip, never lesions.
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, cols)
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0.0, rows)
+        valid = _area(boxes) > 0
+        all_boxes.append(boxes[valid])
+        all_scores.append(scores[keep][valid])
+        all_pmal.append(np.clip(pmal[keep][valid], 0.0, 1.0))
+        all_tiles.append(np.full(int(valid.sum()), t, dtype=np.int64))
+    if not all_boxes:
+        return []
+    boxes = np.concatenate(all_boxes)
+    scores = np.concatenate(all_scores)
+    pmal = np.concatenate(all_pmal)
+    tiles = np.concatenate(all_tiles)
+    kept = merge_detections(
+        boxes,
+        scores,
+        pmal,
+        tile_ids=tiles,
+        rects=tile_rects(origins, tile, image_shape),
+        image_shape=image_shape,
+        iou_threshold=iou_threshold,
+        containment=containment,
+        edge_margin=edge_margin,
+    )
+    return [
+        Detection(
+            box=boxes[i].astype(np.float64),
+            label="malignant" if pmal[i] >= 0.5 else "benign",
+            score=float(scores[i]),
+            p_malignant=float(pmal[i]),
+        )
+        for i in kept
+    ]
+
+
+def _model_device(model: torch.nn.Module) -> Optional[torch.device]:
+    first = next(iter(model.parameters()), None)
+    return None if first is None else first.device
+
+
+def detect(
+    canonical: CanonicalImage,
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    score_threshold: Optional[float] = None,
+    batch_size: int = 4,
+    progress: Optional[ProgressCallback] = None,
+) -> list[Detection]:
+    """Run the detector over the breast of one canonical image; lesions highest score first.
+
+    Tiling comes from the manifest entry (``spec.tile_size``/``tile_overlap``) because the
+    model was trained on that geometry. Boxes are canonical coordinates of the whole image.
+    ``progress`` gets the fraction of tiles done and may raise
+    :class:`~MicrocalcAI.errors.CancelledError`, which propagates after the model's
+    train/eval mode is restored.
+    """
+    report = progress or no_progress
+    threshold = spec.score_threshold if score_threshold is None else float(score_threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"score threshold must be in [0, 1], got {threshold}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    image = np.asarray(canonical.image, dtype=np.float32)
+    if image.ndim != 2:
+        raise InputError(f"canonical image must be 2-D, got shape {image.shape}")
+    target = torch.device(device)
+    model_device = _model_device(model)
+    if model_device is not None and model_device.type != target.type:
+        raise ModelError(f"the model is on {model_device} but detection was asked to run on {target}; move one of them")
+
+    tile, overlap = int(spec.tile_size), int(spec.tile_overlap)
+    origins = tile_origins(image.shape, canonical.mask, tile, overlap)
+    n = len(origins)
+    if n == 0:
+        log.warning("breast mask is empty: nothing to detect")
+        report(1.0, "detecting: no breast tissue")
+        return []
+
+    outputs: list[dict[str, np.ndarray]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        report(0.0, f"detecting: tile 0/{n}")
+        for start in range(0, n, batch_size):
+            batch = origins[start : start + batch_size]
+            tensors = [image_to_tensor(extract_tile(image, o, tile)).to(target) for o in batch]
+            with torch.inference_mode():
+                results = model(tensors)
+            for res in results:
+                outputs.append({key: res[key].float().cpu().numpy() for key in ("boxes", "scores", "p_malignant")})
+            done = start + len(batch)
+            report(done / n, f"detecting: tile {done}/{n}")
+    finally:
+        model.train(was_training)
+
+    detections = merge_tile_outputs(
+        outputs,
+        origins,
+        tile=tile,
+        image_shape=(int(image.shape[0]), int(image.shape[1])),
+        score_threshold=threshold,
+    )
+    log.info("%d lesion(s) above %.2f from %d tile(s)", len(detections), threshold, n)
+    return detections

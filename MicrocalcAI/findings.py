@@ -1,0 +1,115 @@
+"""Lesion records: detector boxes (already in stored pixels) become :class:`Lesion` findings.
+
+This is where a detection gets everything a reader needs beside its class and score: its
+size in millimetres and the calcification specks it contains. Lesions are numbered by
+decreasing probability of malignancy, so "L1" is always the most suspicious one on an image.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .records import Lesion
+from .specks import SpeckConfig, check_spacing, segment_specks
+
+log = logging.getLogger(__name__)
+
+#: Lesion classes the detector produces (the manifest's classes without background).
+LESION_LABELS = ("benign", "malignant")
+
+
+def clip_box(box: Sequence[float], shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """Clip a stored ``[x0, y0, x1, y1]`` box to the image extent ``[0, columns] x [0, rows]``."""
+    rows, cols = shape
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (
+        min(max(x0, 0.0), float(cols)),
+        min(max(y0, 0.0), float(rows)),
+        min(max(x1, 0.0), float(cols)),
+        min(max(y1, 0.0), float(rows)),
+    )
+
+
+def box_to_mm(box: Sequence[float], spacing_mm: tuple[float, float]) -> tuple[float, float, float, float]:
+    """Stored-pixel box to millimetres: x uses the column spacing, y the row spacing."""
+    row_mm, col_mm = spacing_mm
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (x0 * col_mm, y0 * row_mm, x1 * col_mm, y1 * row_mm)
+
+
+def _check_inputs(
+    boxes: np.ndarray, labels: Sequence[str], scores: Sequence[float], p_malignant: Sequence[float]
+) -> None:
+    n = boxes.shape[0]
+    if not (len(labels) == len(scores) == len(p_malignant) == n):
+        raise InputError(
+            f"boxes, labels, scores and p_malignant differ in length: {n}, {len(labels)}, {len(scores)}, {len(p_malignant)}"
+        )
+    if not np.all(np.isfinite(boxes)):
+        raise InputError("lesion boxes contain non-finite coordinates")
+    if np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1]):
+        raise InputError("lesion boxes must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1")
+    bad = [lab for lab in labels if lab not in LESION_LABELS]
+    if bad:
+        raise InputError(f"unknown lesion labels {sorted(set(bad))}; expected {list(LESION_LABELS)}")
+    for name, values in (("score", scores), ("p_malignant", p_malignant)):
+        for v in values:
+            if not (0.0 <= float(v) <= 1.0):
+                raise InputError(f"{name} must lie in [0, 1], got {v}")
+
+
+def build_lesions(
+    boxes_px: np.ndarray,
+    labels: Sequence[str],
+    scores: Sequence[float],
+    p_malignant: Sequence[float],
+    stored01: np.ndarray,
+    spacing_mm: tuple[float, float],
+    *,
+    breast_mask: Optional[np.ndarray] = None,
+    speck_config: Optional[SpeckConfig] = None,
+) -> list[Lesion]:
+    """Turn detections in stored pixels into numbered :class:`Lesion` records with specks.
+
+    Boxes are clipped to the image; a box with no area left inside the image is dropped (with
+    a log warning) since it shows nothing. Lesions are sorted by ``p_malignant`` descending
+    (ties: higher score first, then input order) and numbered from 1 in that order.
+    """
+    image = np.asarray(stored01)
+    if image.ndim != 2:
+        raise InputError(f"stored01 must be a 2-D image, got shape {image.shape}")
+    spacing = check_spacing(spacing_mm)
+    boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4) if np.size(boxes_px) else np.zeros((0, 4))
+    _check_inputs(boxes, labels, scores, p_malignant)
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    order = sorted(range(boxes.shape[0]), key=lambda i: (-float(p_malignant[i]), -float(scores[i]), i))
+    lesions: list[Lesion] = []
+    for i in order:
+        box = clip_box(boxes[i], shape)
+        if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
+            log.warning("dropping lesion box %s: it has no area inside the %s image", boxes[i].tolist(), shape)
+            continue
+        mask, origin, specks = segment_specks(image, box, spacing, breast_mask=breast_mask, config=speck_config)
+        box_mm = box_to_mm(box, spacing)
+        lesions.append(
+            Lesion(
+                id=len(lesions) + 1,
+                box_px=box,
+                box_mm=box_mm,
+                label=str(labels[i]),
+                score=float(scores[i]),
+                p_malignant=float(p_malignant[i]),
+                area_mm2=float((box_mm[2] - box_mm[0]) * (box_mm[3] - box_mm[1])),
+                speck_mask=mask,
+                mask_origin=origin,
+                specks=specks,
+            )
+        )
+    return lesions
+
+
+__all__ = ["LESION_LABELS", "build_lesions", "box_to_mm", "clip_box"]

