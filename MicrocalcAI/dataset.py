@@ -464,7 +464,7 @@ def clip_boxes_to_patch(
     w = clipped[:, 2] - clipped[:, 0]
     h = clipped[:, 3] - clipped[:, 1]
     visible = np.where(area > 0, (w * h) / np.maximum(area, 1e-9), 0.0)
-    keep = (w >= min_side) & (h >= min_side) & (visible >= min_visible_fraction)
+    keep = (w > 0) & (h > 0) & (w >= min_side) & (h >= min_side) & (visible >= min_visible_fraction)
     return clipped[keep].astype(np.float32), labels[keep].astype(np.int64)
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -328,6 +327,7 @@ def build_detector(
         "backbone": backbone,
         "anchor_sizes": list(sizes),
         "tile_size": int(tile_size),
+        "input_size": int(tile_size),
     }
     log.debug("built %s detector, anchors %s, tile %d", backbone, sizes, tile_size)
     return model
@@ -348,7 +348,7 @@ def set_input_size(model: nn.Module, size: int) -> None:
     transform.max_size = int(size)
     config = getattr(model, "microcalcai_config", None)
     if isinstance(config, dict):
-        config["tile_size"] = int(size)
+        config["input_size"] = int(size)
 
 
 def select_device(name: Optional[str] = "auto") -> torch.device:

@@ -378,7 +378,7 @@ def outputs_complete(name: str, out_dir: PathLike) -> bool:
 # --------------------------------------------------------------------------- overlay
 
 
-def _font(size_px: int) -> ImageFont.ImageFont:
+def _font(size_px: int) -> Any:
     """Pillow's bundled scalable font (no system fonts needed); bitmap font on old Pillow."""
     try:
         return ImageFont.load_default(size=size_px)  # type: ignore[call-arg]

@@ -82,10 +82,11 @@ _PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 _LATERALITY_TOKENS = {"L": "L", "R": "R", "LEFT": "L", "RIGHT": "R", "LT": "L", "RT": "R"}
 #: ACR / DICOM (CID 4014) mammography view abbreviations.
 _VIEW_TOKENS = frozenset(
-    {"CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM", "XCC", "FB", "SIO", "ISO", "AT", "CV", "RL", "RM", "TAN", "SPOT"}
+    {"CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM", "FB", "SIO", "ISO", "AT", "CV", "TAN"}
 )
-#: View tokens that are also common English/abbreviation words: used only when unambiguous.
-_WEAK_VIEW_TOKENS = frozenset({"AT", "CV", "FB", "RL", "RM", "TAN", "SPOT", "ISO"})
+#: View tokens that are also common words or abbreviations ("at", "cv", "iso", "tan"): they
+#: count only when written in capitals and when no other view is named.
+_WEAK_VIEW_TOKENS = frozenset({"AT", "CV", "FB", "TAN", "ISO"})
 
 #: ViewCodeSequence codes (DICOM CID 4014 "View for Mammography", SNOMED-RT "R-" and SNOMED CT
 #: ids) -> ACR abbreviation.
@@ -683,29 +684,27 @@ def _sniff(path: Path, head: bytes) -> Optional[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pil_to_array(img: Any, path: Path) -> tuple[np.ndarray, Optional[str]]:
-    """Grey pixels from a Pillow image, plus the photometric implied by the file (if any)."""
+def _pil_to_array(img: Any, path: Path) -> np.ndarray:
+    """Grey pixels, as stored, from a loaded Pillow image of any mode."""
     mode = img.mode
-    if mode in ("L", "I;16", "I;16B", "I;16L", "I;16N"):
+    tolerance = 3.0 if img.format == "JPEG" else 0.0  # lossy colour JPEGs of grey images
+    if mode in ("L", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         arr = np.asarray(img)
     elif mode == "1":
         arr = np.asarray(img.convert("L"))
-    elif mode == "I":
+    elif mode == "I":  # 16-bit PGM/PNG/TIFF on some Pillow versions: narrow when it fits
         arr = np.asarray(img)
         if arr.size and arr.min() >= 0 and arr.max() <= 65535:
             arr = arr.astype(np.uint16)
-    elif mode == "F":
-        arr = np.asarray(img)
     elif mode in ("LA", "La"):
         arr = np.asarray(img)[..., 0]
     elif mode in ("RGB", "RGBA", "RGBX", "RGBa"):
-        arr = _grey_from_channels(np.asarray(img), path, tolerance=_lossy_tolerance(np.zeros(1, np.uint8)) if img.format == "JPEG" else 0.0)
+        arr = _grey_from_channels(np.asarray(img), path, tolerance)
     elif mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-        rgb = np.asarray(img.convert("RGB"))
-        arr = _grey_from_channels(rgb, path, tolerance=3.0 if img.format == "JPEG" else 0.0)
+        arr = _grey_from_channels(np.asarray(img.convert("RGB")), path, tolerance)
     else:
         raise UnreadableFileError(f"{path.name}: unsupported image mode {mode}")
-    return np.array(arr, copy=True), None
+    return np.array(arr, copy=True)
 
 
 def _read_pillow(path: Path, fmt: str) -> tuple[np.ndarray, Optional[tuple[float, float]], Optional[str], list[str]]:
@@ -721,7 +720,7 @@ def _read_pillow(path: Path, fmt: str) -> tuple[np.ndarray, Optional[tuple[float
                 if getattr(img, "n_frames", 1) > 1:
                     raise NotAMammogramError(f"{name}: image file holds {img.n_frames} frames; a mammogram is one 2-D image")
                 img.load()
-                arr, photometric = _pil_to_array(img, path)
+                arr = _pil_to_array(img, path)
     except MicrocalcAIError:
         raise
     except Image.DecompressionBombError:
@@ -731,7 +730,7 @@ def _read_pillow(path: Path, fmt: str) -> tuple[np.ndarray, Optional[tuple[float
     except BaseException as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, struct.error ...
         _reraise_fatal(exc)
         raise UnreadableFileError(f"{name}: corrupt or unsupported {fmt.upper()} file ({type(exc).__name__}: {_short(exc)})") from None
-    return arr, None, photometric, []
+    return arr, None, None, []
 
 
 _TIFF_UNIT_MM = {2: 25.4, 3: 10.0}  # ResolutionUnit: 2 = inch, 3 = centimetre

@@ -137,16 +137,19 @@ def speck_tophat(
 ) -> np.ndarray:
     """Background-free speck contrast of an image patch (denoised white top-hat).
 
-    Edges use nearest-neighbour padding: a reflected gradient would form a false ridge at the
-    border that the top-hat turns into a bright line.
+    The patch is first extended by edge replication, twice the element's size: the opening
+    would otherwise pad its own intermediate (eroded) image and turn a gradient running into
+    the border into a false bright line along it.
     """
-    work = np.asarray(image, dtype=np.float32)
+    footprint, (half_r, half_c) = _tophat_footprint(config.tophat_diameter_mm, spacing_mm)
+    pad_r, pad_c = 2 * half_r + 1, 2 * half_c + 1
+    work = np.pad(np.asarray(image, dtype=np.float32), ((pad_r, pad_r), (pad_c, pad_c)), mode="edge")
     if config.denoise_sigma_mm > 0:
         sigma = (config.denoise_sigma_mm / spacing_mm[0], config.denoise_sigma_mm / spacing_mm[1])
         if max(sigma) >= 0.25:  # below a quarter pixel the blur does nothing useful
             work = ndi.gaussian_filter(work, sigma=sigma, mode="nearest")
-    footprint, _ = _tophat_footprint(config.tophat_diameter_mm, spacing_mm)
-    return morphology.white_tophat(work, footprint, mode="nearest")
+    tophat = morphology.white_tophat(work, footprint, mode="nearest")
+    return tophat[pad_r : pad_r + image.shape[0], pad_c : pad_c + image.shape[1]]
 
 
 def robust_threshold(values: np.ndarray, config: SpeckConfig) -> float:

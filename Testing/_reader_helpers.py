@@ -1,8 +1,8 @@
 """Factories for real test images: DICOM (any transfer syntax we can encode), PNG, TIFF, PGM,
 JPEG and SimpleITK formats, written to disk so that tests exercise the real readers.
 
-Import from tests as ``from _reader_helpers import make_mammo_dicom`` (Testing/ is on
-pytest's rootdir-relative import path) or ``from Testing._reader_helpers import ...``.
+Import from a test in Testing/ as ``from _reader_helpers import make_mammo_dicom`` (pytest puts
+the test file's folder on ``sys.path``; the reader tests also insert it explicitly).
 
 Nothing here is mocked: a DICOM written by :func:`make_mammo_dicom` is a standard-conforming
 Part 10 file that pydicom, dcmtk or Slicer read like any other.

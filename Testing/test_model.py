@@ -115,7 +115,7 @@ def test_model_never_resizes_its_input():
     assert images.image_sizes == [(256, 192)]  # stock transform would upscale to 512 short side
     set_input_size(model, 320)
     assert model.transform.min_size == (320,) and model.transform.max_size == 320
-    assert model.microcalcai_config["tile_size"] == 320
+    assert model.microcalcai_config["input_size"] == 320
     images, _ = model.transform([torch.rand(3, 320, 320)])
     assert images.image_sizes == [(320, 320)]
 

@@ -55,14 +55,18 @@ def _sha(path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+@pytest.mark.parametrize("dtype, bits", [(np.uint16, 16), (np.uint16, 12), (np.uint8, 8)], ids=["16bit", "12bit", "8bit"])
 @pytest.mark.parametrize("ts", TRANSFER_SYNTAXES, ids=lambda t: t.name.split(" ")[0] + t[-3:])
-def test_dicom_transfer_syntaxes_round_trip_exactly(tmp_path, ts, dtype):
+def test_dicom_transfer_syntaxes_round_trip_exactly(tmp_path, ts, dtype, bits):
     pixels = mammo_like(96, 80, dtype=dtype, seed=3)
-    path = make_mammo_dicom(tmp_path / "img.dcm", pixels, transfer_syntax=ts)
+    if bits == 16:
+        pixels[40:50, 5:15] = 65535  # use the full 16-bit range
+    assert int(pixels.max()) < 2**bits
+    path = make_mammo_dicom(tmp_path / "img.dcm", pixels, transfer_syntax=ts, BitsStored=bits, HighBit=bits - 1)
     assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == ts
     before = _sha(path)
     mam = read_mammogram(path)
+    assert mam.bits_stored == bits
     assert mam.pixels.dtype == pixels.dtype
     np.testing.assert_array_equal(mam.pixels, pixels)
     assert mam.shape == (96, 80)
@@ -336,6 +340,10 @@ def test_tiff_resolution_and_miniswhite(tmp_path):
     assert mam.spacing_mm is None  # 0.85 mm: outside 0.02-0.5
     mam = read_mammogram(make_tiff(tmp_path / "nounit.tif", px, spacing_mm=(0.1, 0.1), unit="NONE"))
     assert mam.spacing_mm is None
+    from PIL import Image
+
+    Image.fromarray(px).save(tmp_path / "lzw.tif", compression="tiff_lzw")  # needs the Pillow fallback
+    np.testing.assert_array_equal(read_mammogram(tmp_path / "lzw.tif").pixels, px)
     mam = read_mammogram(make_tiff(tmp_path / "white.tif", px, photometric="miniswhite"))
     assert mam.photometric == "MONOCHROME1"
     np.testing.assert_array_equal(mam.pixels, px)

@@ -94,15 +94,19 @@ def test_tophat_element_is_round_in_millimetres_on_anisotropic_pixels():
     # Both bars are 1.0 mm across their narrow side, narrower than the 1.2 mm element in
     # every direction, so the top-hat keeps both whatever their orientation on the grid.
     assert peaks == [pytest.approx(0.5), pytest.approx(0.5)]
-    wide = np.zeros((200, 100), dtype=np.float32)
-    wide[60:140, 30:70] = 0.5  # 4 x 4 mm: background, not a speck
-    assert float(speck_tophat(wide, spacing, cfg)[100, 50]) == pytest.approx(0.0)
+    # Bars 1.5 mm across (wider than the element) are background in either orientation.
+    for height_mm, width_mm in ((1.5, 4.0), (4.0, 1.5)):
+        img = np.zeros((200, 100), dtype=np.float32)
+        h, w = int(round(height_mm / spacing[0])), int(round(width_mm / spacing[1]))
+        img[100 - h // 2 : 100 - h // 2 + h, 50 - w // 2 : 50 - w // 2 + w] = 0.5
+        assert float(speck_tophat(img, spacing, cfg)[100, 50]) == pytest.approx(0.0)
 
 
 def test_gradient_at_the_image_border_is_not_a_speck():
     spacing = (0.1, 0.1)
     ramp = np.tile(np.linspace(0.0, 1.0, 100, dtype=np.float32), (100, 1))  # 0.1 per mm, brightest at the edge
-    for box in ([92, 40, 100, 48], [0, 40, 8, 48]):
+    assert float(speck_tophat(ramp, spacing, SpeckConfig()).max()) < 1e-4
+    for box in ([92, 40, 100, 48], [0, 40, 8, 48], [92, 0, 100, 4]):
         mask, _, specks = segment_specks(ramp, box, spacing)
         assert specks == [] and not mask.any()
 

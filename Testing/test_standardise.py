@@ -238,7 +238,8 @@ def test_stored_argument_gives_the_same_result_and_inputs_are_untouched() -> Non
     np.testing.assert_array_equal(pixels, before)
     assert direct.transform == again.transform
     np.testing.assert_array_equal(direct.image, again.image)
-    assert direct.image.shape[1] == pytest.approx(0.7 * 50 / 0.2 + 4 / 0.2, abs=3)  # breast + margins
+    # 35 mm of breast from the chest wall (column 0, no margin there) plus the 2 mm margin.
+    assert direct.image.shape[1] == pytest.approx((0.7 * 50 + 2) / 0.2, abs=3)
     with pytest.raises(InputError):
         standardise(m, stored=(stored[0][:-1], stored[1][:-1]))
 

@@ -1,0 +1,227 @@
+"""COCO loading, validation, caching and box-correct patch sampling (MicrocalcAI.dataset)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MicrocalcAI.dataset import (
+    CocoMammogramDataset,
+    PatchConfig,
+    PatchSampler,
+    clip_boxes_to_patch,
+    parse_coco,
+    standardise_file,
+)
+from MicrocalcAI.errors import DatasetError, MicrocalcAIError
+
+from train_helpers import box_pixels_are_lesion, simulate_tiny, synthetic_sample, write_coco
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory) -> Path:
+    return simulate_tiny(tmp_path_factory.mktemp("tiny_sim"), n_images=3, seed=5)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _image_file(tmp_path: Path) -> Path:
+    path = tmp_path / "img.dcm"
+    path.write_bytes(b"placeholder: parse_coco only checks that the file exists")
+    return path
+
+
+def test_missing_image_is_reported_with_its_path(tmp_path):
+    coco = write_coco(tmp_path / "a.json", [{"id": 1, "file_name": "nowhere/missing.dcm"}], [])
+    with pytest.raises(DatasetError) as err:
+        parse_coco(coco)
+    assert "missing.dcm" in str(err.value) and str(coco) in str(err.value)
+    assert isinstance(err.value, MicrocalcAIError)
+
+
+@pytest.mark.parametrize(
+    "bbox, fragment",
+    [([10, 10, -5, 20], "non-positive size"), ([10, 10, 0, 20], "non-positive size"), ([1, 2, 3], "4 finite numbers"),
+     ([1, 2, "x", 4], "4 finite numbers"), ([90, 10, 20, 20], "outside"), ([-3, 10, 5, 5], "negative origin")],
+)
+def test_bad_bbox_is_rejected(tmp_path, bbox, fragment):
+    img = _image_file(tmp_path)
+    coco = write_coco(
+        tmp_path / "a.json",
+        [{"id": 7, "file_name": img.name, "width": 100, "height": 100}],
+        [{"id": 3, "image_id": 7, "category_id": 1, "bbox": bbox}],
+    )
+    with pytest.raises(DatasetError) as err:
+        parse_coco(coco)
+    assert fragment in str(err.value) and "annotation 3" in str(err.value)
+
+
+def test_unknown_category_name_and_id_are_rejected(tmp_path):
+    img = _image_file(tmp_path)
+    images = [{"id": 1, "file_name": img.name}]
+    coco = write_coco(tmp_path / "a.json", images, [], categories=[{"id": 1, "name": "benign"}, {"id": 2, "name": "tumour"}])
+    with pytest.raises(DatasetError, match="unknown category 'tumour'"):
+        parse_coco(coco)
+    coco = write_coco(tmp_path / "b.json", images, [{"id": 5, "image_id": 1, "category_id": 9, "bbox": [1, 1, 4, 4]}])
+    with pytest.raises(DatasetError, match="unknown category_id 9"):
+        parse_coco(coco)
+
+
+def test_all_problems_are_listed_at_once(tmp_path):
+    img = _image_file(tmp_path)
+    coco = write_coco(
+        tmp_path / "a.json",
+        [{"id": 1, "file_name": img.name}, {"id": 2, "file_name": "gone.dcm"}],
+        [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 0]},
+         {"id": 2, "image_id": 99, "category_id": 1, "bbox": [0, 0, 5, 5]}],
+    )
+    with pytest.raises(DatasetError) as err:
+        parse_coco(coco)
+    text = str(err.value)
+    assert "3 problem(s)" in text and "gone.dcm" in text and "unknown image_id 99" in text
+
+
+def test_not_json_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        parse_coco(bad)
+    with pytest.raises(DatasetError, match="not found"):
+        parse_coco(tmp_path / "absent.json")
+
+
+def test_valid_coco_is_parsed_into_xyxy_boxes_with_category_names_mapped(tmp_path):
+    img = _image_file(tmp_path)
+    coco = write_coco(
+        tmp_path / "a.json",
+        [{"id": 4, "file_name": img.name, "width": 50, "height": 40, "spacing_mm": 0.07, "view": "CC"}],
+        [{"id": 1, "image_id": 4, "category_id": 20, "bbox": [5, 6, 10, 4]}],
+        categories=[{"id": 10, "name": "Benign"}, {"id": 20, "name": "malignant"}],
+    )
+    (entry,) = parse_coco(coco)
+    assert entry.path == img and entry.spacing_mm == 0.07 and entry.extra["view"] == "CC"
+    np.testing.assert_allclose(entry.boxes_stored, [[5, 6, 15, 10]])
+    assert entry.labels.tolist() == [2]
+
+
+# -------------------------------------------------------------------- standardise + cache
+
+
+def test_dataset_matches_inference_path_and_caches(tiny_coco, tmp_path):
+    cache = tmp_path / "cache"
+    ds = CocoMammogramDataset(tiny_coco, spacing_mm=0.1, assumed_input_spacing_mm=0.05, cache_dir=cache)
+    ds.prepare()
+    assert len(list(cache.glob("*.npz"))) == len(ds)
+    for i, entry in enumerate(ds.entries):
+        sample = ds[i]
+        direct = standardise_file(entry.path, spacing_mm=0.1, assumed_input_spacing_mm=0.05)
+        assert sample.image.shape == direct.image.shape
+        np.testing.assert_allclose(sample.image.astype(np.float32), direct.image, atol=1e-3)
+        np.testing.assert_allclose(sample.boxes, direct.transform.to_canonical_boxes(entry.boxes_stored), atol=1e-4)
+        # The lesion boxes hold the bright calcifications: their top intensities beat the breast's.
+        for box in sample.boxes.astype(int):
+            region = sample.image[box[1]:box[3], box[0]:box[2]].astype(np.float32)
+            assert region.max() > np.percentile(sample.image[sample.mask], 90)
+
+    again = CocoMammogramDataset(tiny_coco, spacing_mm=0.1, assumed_input_spacing_mm=0.05, cache_dir=cache)
+    np.testing.assert_array_equal(again[0].image, ds[0].image)
+    assert len(list(cache.glob("*.npz"))) == len(ds)  # served from the cache, nothing new written
+
+    stat = ds.entries[0].path.stat()
+    os.utime(ds.entries[0].path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    CocoMammogramDataset(tiny_coco, spacing_mm=0.1, assumed_input_spacing_mm=0.05, cache_dir=cache)[0]
+    assert len(list(cache.glob("*.npz"))) == len(ds) + 1  # a changed file is standardised again
+    CocoMammogramDataset(tiny_coco, spacing_mm=0.2, assumed_input_spacing_mm=0.05, cache_dir=cache)[1]
+    assert len(list(cache.glob("*.npz"))) == len(ds) + 2  # so is another spacing
+
+
+# ---------------------------------------------------------------------------- patch sampler
+
+
+def _exact_config(**flags) -> PatchConfig:
+    base = dict(patch_size=128, background_fraction=0.0, hflip=False, vflip=False, rot90=False,
+                gamma_range=(1.0, 1.0), contrast_range=(1.0, 1.0), min_box_side=1.0, min_visible_fraction=0.0)
+    base.update(flags)
+    return PatchConfig(**base)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [dict(hflip=True), dict(vflip=True), dict(rot90=True),
+     dict(hflip=True, vflip=True, rot90=True, gamma_range=(0.7, 1.4), contrast_range=(0.8, 1.2))],
+    ids=["hflip", "vflip", "rot90", "all"],
+)
+def test_augmented_boxes_cover_exactly_the_lesion_pixels(flags):
+    sample = synthetic_sample()
+    sampler = PatchSampler([sample], _exact_config(**flags), seed=3)
+    moved = 0
+    for _ in range(60):
+        patch = sampler.sample()
+        assert patch.image.shape == (128, 128) and patch.image.dtype == np.float32
+        inside_bright, outside_dark = box_pixels_are_lesion(patch.image, patch.boxes)
+        assert inside_bright and outside_dark
+        # Where the boxes would be without augmentation: proves the augmentation did act.
+        _, r0, c0 = patch.source
+        plain = np.clip(sample.boxes - np.array([c0, r0, c0, r0]), 0, 128)
+        plain = plain[(plain[:, 2] > plain[:, 0]) & (plain[:, 3] > plain[:, 1])]
+        if len(plain) != len(patch.boxes) or not np.allclose(np.sort(plain, axis=0), np.sort(patch.boxes, axis=0)):
+            moved += 1
+    assert moved >= 10
+
+
+def test_lesion_patches_contain_the_whole_lesion_at_varying_positions():
+    sample = synthetic_sample(boxes=((100, 150, 160, 190),), labels=(2,))
+    sampler = PatchSampler([sample], _exact_config(), seed=0)
+    origins = set()
+    for _ in range(40):
+        patch = sampler.sample()
+        assert len(patch.boxes) == 1
+        x0, y0, x1, y1 = patch.boxes[0]
+        assert (x1 - x0, y1 - y0) == (60, 40)  # never clipped: it fits, so it is inside
+        origins.add((round(float(x0)), round(float(y0))))
+    assert len(origins) > 20  # jittered, not always centred
+
+
+def test_class_balance_and_background_fraction():
+    boxes = [(10 + 30 * i, 10, 30 + 30 * i, 30) for i in range(9)] + [(10, 300, 30, 320)]
+    labels = [1] * 9 + [2]  # nine benign lesions, one malignant
+    sample = synthetic_sample(shape=(400, 300), boxes=boxes, labels=labels)
+    sampler = PatchSampler([sample], _exact_config(patch_size=64, malignant_fraction=0.5), seed=1)
+    malignant = sum(2 in sampler.sample().labels for _ in range(400))
+    assert 150 < malignant < 250  # about half, although only 1 of 10 lesions is malignant
+
+    mask = np.zeros((400, 300), dtype=bool)
+    mask[300:, 200:] = True  # breast only in the bottom-right corner
+    bg = PatchSampler([synthetic_sample(mask=mask)], _exact_config(patch_size=64, background_fraction=1.0), seed=2)
+    for _ in range(50):
+        _, r0, c0 = bg.sample().source
+        assert mask[r0:r0 + 64, c0:c0 + 64].any()
+
+
+def test_sampler_is_deterministic_and_state_round_trips():
+    sample = synthetic_sample()
+    cfg = PatchConfig(patch_size=96)
+    a, b = PatchSampler([sample], cfg, seed=9), PatchSampler([sample], cfg, seed=9)
+    for _ in range(5):
+        pa, pb = a.sample(), b.sample()
+        np.testing.assert_array_equal(pa.image, pb.image)
+        np.testing.assert_array_equal(pa.boxes, pb.boxes)
+    state = a.get_state()
+    first = [a.sample() for _ in range(3)]
+    c = PatchSampler([sample], cfg, seed=123)
+    c.set_state(state)
+    for p, q in zip(first, [c.sample() for _ in range(3)]):
+        np.testing.assert_array_equal(p.image, q.image)
+        assert p.source == q.source
+
+
+def test_clipping_drops_tiny_remnants_and_keeps_large_parts():
+    boxes = np.array([[-50, 10, 2, 40], [-10, 10, 30, 40], [90, 90, 130, 130]], dtype=np.float64)
+    labels = np.array([1, 2, 1])
+    kept, kept_labels = clip_boxes_to_patch(boxes, labels, size=100, min_side=3, min_visible_fraction=0.35)
+    np.testing.assert_allclose(kept, [[0, 10, 30, 40]])  # 75% visible kept; 2 px sliver and 6% corner dropped
+    assert kept_labels.tolist() == [2]

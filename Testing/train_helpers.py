@@ -1,0 +1,74 @@
+"""Helpers for test_dataset.py and test_train.py: tiny simulated datasets and synthetic samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from MicrocalcAI.dataset import CanonicalSample
+from MicrocalcAI.records import CanonicalTransform
+
+
+def simulate_tiny(out_dir: Path, n_images: int = 4, seed: int = 11) -> Path:
+    """A few small procedural mammograms, each with 1-2 clusters: fast to standardise and detect."""
+    from MicrocalcAI.simulate import SimulationConfig, simulate_dataset
+
+    config = SimulationConfig(
+        n_images=n_images,
+        seed=seed,
+        real_fraction=0.0,
+        clusters_per_image=(1, 2),
+        procedural_height_mm=(70.0, 75.0),
+        procedural_width_mm=(50.0, 55.0),
+    )
+    return simulate_dataset(out_dir, config)
+
+
+def write_coco(path: Path, images: Sequence[dict[str, Any]], annotations: Sequence[dict[str, Any]],
+               categories: Optional[Sequence[dict[str, Any]]] = None) -> Path:
+    """Write a COCO file by hand, to provoke each validation error on purpose."""
+    data = {
+        "images": list(images),
+        "annotations": list(annotations),
+        "categories": list(categories) if categories is not None else [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}],
+    }
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def synthetic_sample(
+    shape: tuple[int, int] = (400, 300),
+    boxes: Sequence[Sequence[int]] = ((40, 60, 90, 80), (180, 250, 200, 330)),
+    labels: Sequence[int] = (1, 2),
+    mask: Optional[np.ndarray] = None,
+) -> CanonicalSample:
+    """A dark canonical image whose only bright pixels are exactly the (integer) lesion boxes.
+
+    Boxes are asymmetric (not square, not centred) so any flip or rotation that moved the
+    pixels without moving the boxes, or the reverse, puts dark pixels inside a box.
+    """
+    image = np.zeros(shape, dtype=np.float16)
+    for x0, y0, x1, y1 in boxes:
+        image[y0:y1, x0:x1] = 1.0
+    return CanonicalSample(
+        image_id=1,
+        path=Path("synthetic"),
+        image=image,
+        mask=np.ones(shape, dtype=bool) if mask is None else mask,
+        transform=CanonicalTransform(stored_shape=shape, flipped=False, scale=(1.0, 1.0), offset=(0.0, 0.0), canonical_shape=shape),
+        spacing_mm=0.1,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64),
+    )
+
+
+def box_pixels_are_lesion(image: np.ndarray, boxes: np.ndarray) -> tuple[bool, bool]:
+    """(every pixel inside a box is bright, every pixel outside all boxes is dark)."""
+    inside = np.zeros(image.shape, dtype=bool)
+    for x0, y0, x1, y1 in np.round(boxes).astype(int):
+        inside[y0:y1, x0:x1] = True
+    bright = image > 0.5
+    return bool(np.all(bright[inside])), bool(not np.any(bright[~inside]))
