@@ -73,6 +73,11 @@ class MaskConfig:
     edge_band_thin_mm: float = 4.0
     #: Gap allowed between the image edge and the start of a film-edge band.
     edge_band_max_gap_mm: float = 3.0
+    #: Thin bright film-edge lines are looked for this far in from an edge the breast touches...
+    edge_line_max_mm: float = 1.5
+    #: ... and cut where brighter than the tissue behind them by this fraction of the breast's
+    #: 5-95 percentile grey-value spread.
+    edge_line_contrast: float = 0.1
     #: Below this the largest component is noise, not a breast.
     min_breast_area_mm2: float = 400.0
 
@@ -321,6 +326,59 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def _trim_bright_edge_lines(
+    intensity: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float], config: MaskConfig
+) -> np.ndarray:
+    """Drop the sub-millimetre bright line a film edge leaves where the breast meets the edge.
+
+    Too thin for the 0.5 mm mask to see, yet a bright line at the chest wall is exactly what a
+    detector could mistake for a linear calcification. At full resolution, along each edge the
+    breast touches over a long stretch, the median intensity at each depth from the edge is
+    compared with the median 1.5-3 mm in; leading depths brighter by more than
+    ``edge_line_contrast`` of the breast's grey-value spread are removed from the mask.
+    """
+    out = mask.copy()
+    sample = intensity[::4, ::4][mask[::4, ::4]]
+    if sample.size < 16:
+        return out
+    lo, hi = np.percentile(sample, [5, 95])
+    excess_limit = config.edge_line_contrast * float(hi - lo)
+    for axis_spacing, view in (
+        (spacing_mm[1], lambda a: a),
+        (spacing_mm[1], lambda a: a[:, ::-1]),
+        (spacing_mm[0], lambda a: a.T),
+        (spacing_mm[0], lambda a: a[::-1, :].T),
+    ):
+        band_mask, band_int = view(out), view(intensity)
+        touching = band_mask[:, 0]
+        if touching.sum() * (spacing_mm[0] + spacing_mm[1]) / 2 < config.edge_band_min_length_mm:
+            continue
+        depth = max(2, int(math.ceil(2 * config.edge_line_max_mm / axis_spacing)))
+        profile = np.median(band_int[touching, :depth], axis=0)
+        reference = float(np.median(profile[depth // 2 :]))
+        bright = profile[: depth // 2] - reference > excess_limit
+        cut = int(np.argmin(bright)) if not bright.all() else depth // 2
+        if cut:
+            band_mask[:, :cut] = False  # a view into out
+    return out
+
+
+def _check_not_inverted(mask: np.ndarray) -> None:
+    """Refuse a "breast" that fills the image border: that is an inverted image's background.
+
+    A breast touches at most the chest-wall edge over most of its length (and, on an MLO, part
+    of the top); bright background on three or more sides means bright is *not* dense here.
+    """
+    edges = (mask[:, 0], mask[:, -1], mask[0, :], mask[-1, :])
+    covered = sum(float(edge.mean()) > 0.5 for edge in edges)
+    if covered >= 3:
+        raise InputError(
+            "the bright region runs along three or more image edges: the image looks inverted "
+            "(bright = background); check its photometric interpretation (MONOCHROME1/2) and "
+            "presentation intent"
+        )
+
+
 def breast_mask(
     intensity: np.ndarray,
     spacing_mm: tuple[float, float],
@@ -333,7 +391,9 @@ def breast_mask(
     edges, scanner frames), open to break thin bridges and text strokes, keep the largest
     component (labels and markers are separate blobs in the background), fill holes, and
     restore the skin line the opening rounded off. The coarse mask is then expanded to the
-    stored grid block by block. ``intensity`` must be bright = dense
+    stored grid block by block, and a sub-millimetre bright film-edge line where the breast
+    meets an image edge is trimmed at full resolution. A "breast" running along three or
+    more image edges is refused (:class:`InputError`): the image is inverted. ``intensity`` must be bright = dense
     (:func:`monochrome2_intensity`). The pectoral muscle of an MLO view is included.
     """
     intensity = np.asarray(intensity)
@@ -366,7 +426,9 @@ def breast_mask(
     restored = core | (fg & ndi.binary_dilation(core, disk))
     restored = _largest_component(restored)
     filled = ndi.binary_fill_holes(restored)
-    return _upsample_blocks(filled, factors, intensity.shape)
+    _check_not_inverted(filled)
+    full = _upsample_blocks(filled, factors, intensity.shape)
+    return _trim_bright_edge_lines(intensity, full, (sr, sc), config)
 
 
 def chest_wall_on_left(mask: np.ndarray) -> bool:
@@ -464,7 +526,9 @@ def plan_transform(
     """The canonical frame of a stored mask: flip, scale, and a crop to the breast plus margin.
 
     The crop is whole canonical pixels (integer offset), so canonical pixel k covers
-    [k, k+1) of the scaled frame exactly, and it never extends past the scaled image.
+    [k, k+1) of the scaled frame exactly, and it never extends past the scaled image. Where
+    the breast reaches to within the margin of the image border (the chest wall), the crop
+    starts at the first whole canonical pixel inside the breast instead.
     """
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
@@ -481,10 +545,17 @@ def plan_transform(
         c0, c1 = cols - c1, cols - c0
     margin = max(0.0, float(margin_mm)) / spacing_mm
     full_r, full_c = int(math.ceil(rows * scale[0] - 1e-9)), int(math.ceil(cols * scale[1] - 1e-9))
-    v0 = max(0, int(math.floor(r0 * scale[0] - margin)))
-    v1 = min(full_r, int(math.ceil(r1 * scale[0] + margin)))
-    u0 = max(0, int(math.floor(c0 * scale[1] - margin)))
-    u1 = min(full_c, int(math.ceil(c1 * scale[1] + margin)))
+
+    def span(lo: int, hi: int, size: int, s: float, full: int) -> tuple[int, int]:
+        # Where the breast runs (almost) into the image border, as at the chest wall, the crop
+        # starts just inside it: a margin there would only add a strip of cut-off border.
+        start = int(math.ceil(lo * s - 1e-9)) if lo * s <= margin else int(math.floor(lo * s - margin))
+        end = int(math.floor(hi * s + 1e-9)) if (size - hi) * s <= margin else int(math.ceil(hi * s + margin))
+        start, end = max(0, start), min(full, end)
+        return (start, end) if end > start else (max(0, int(math.floor(lo * s))), min(full, int(math.ceil(hi * s))))
+
+    v0, v1 = span(r0, r1, rows, scale[0], full_r)
+    u0, u1 = span(c0, c1, cols, scale[1], full_c)
     return CanonicalTransform(
         stored_shape=(rows, cols),
         flipped=bool(flipped),

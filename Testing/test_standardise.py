@@ -115,6 +115,18 @@ def test_breast_ends_on_canonical_side(case: int, key: str) -> None:
     assert canon.mask.shape[1] - 1 - cols_any[-1] <= 22
 
 
+@pytest.mark.parametrize("case,key", [(1, "rcc"), (0, "rmlo"), (1, "rmlo")])
+def test_no_bright_film_edge_line_at_the_chest_wall(case: int, key: str) -> None:
+    # These films have a sub-millimetre bright film-edge line right at the chest wall (it
+    # read 0.91 / 1.0 / 0.76 in canonical column 0 against ~0.65 / 0.79 / 0.6 behind it). A
+    # detector would see a linear calcification there: the chest wall must be plain tissue.
+    canon = _canonical(case, key)
+    rows = canon.mask[:, 0] & canon.mask[:, 10]
+    edge = np.median(canon.image[rows, :3], axis=0)
+    behind = float(np.median(canon.image[rows, 5:10]))
+    assert np.all(edge - behind < 0.05), (edge, behind)
+
+
 def test_mask_and_image_agree_with_the_stored_frame() -> None:
     # Mapping canonical mask pixels back through the transform lands on stored mask pixels.
     canon = _canonical(0, "rcc")
@@ -262,3 +274,11 @@ def test_user_errors_raise_microcalcai_errors() -> None:
         standardise(synthetic_mammogram(noise, 0.1))
     with pytest.raises(MicrocalcAIError):
         chest_wall_on_left(np.zeros((10, 10), bool))
+
+
+def test_inverted_image_is_refused_not_masked() -> None:
+    # A MONOCHROME1 film mislabelled MONOCHROME2: the bright "breast" would be the background.
+    m = real_mammogram(0, "lcc")
+    wrong = Mammogram(pixels=(np.uint16(65535) - m.pixels).astype(np.uint16), spacing_mm=None, photometric="MONOCHROME2")
+    with pytest.raises(InputError, match="inverted"):
+        standardise(wrong)

@@ -1,0 +1,159 @@
+"""Training loop, resume, metrics and export (MicrocalcAI.train), on real torch and real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from MicrocalcAI.errors import CancelledError, MicrocalcAIError
+from MicrocalcAI.manifest import load_manifest, sha256_file
+from MicrocalcAI.train import (
+    ImageEvaluation,
+    TrainConfig,
+    TrainConfigError,
+    choose_score_threshold,
+    export_model,
+    hit_matrix,
+    load_checkpoint,
+    roc_auc,
+    summarise,
+    train,
+)
+from MicrocalcAI.weights import load_detector
+
+from train_helpers import simulate_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory) -> Path:
+    return simulate_tiny(tmp_path_factory.mktemp("tiny_train_sim"), n_images=2, seed=21)
+
+
+def _config(coco: Path, out: Path, **overrides) -> TrainConfig:
+    base = dict(
+        train_coco=str(coco),
+        val_coco=str(coco),
+        output_dir=str(out),
+        cache_dir=str(out.parent / "cache"),
+        pretrained_backbone=False,
+        patch={"patch_size": 160, "background_fraction": 0.25},
+        batch_size=2,
+        iterations=4,
+        warmup_iterations=2,
+        checkpoint_every=2,
+        val_every=4,
+        log_every=1,
+        lr=0.005,
+        device="cpu",
+        num_threads=2,
+        seed=3,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_training_checkpoints_resumes_identically_and_exports(tiny_coco, tmp_path):
+    # Uninterrupted reference run.
+    ref = train(_config(tiny_coco, tmp_path / "ref"))
+    assert ref.iterations == 4 and ref.best_checkpoint is not None
+    log_lines = [json.loads(l) for l in (tmp_path / "ref" / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log_lines if "loss" in r]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert any("validation" in r for r in log_lines)
+
+    # Same run, cancelled after iteration 2 through the progress callback, then resumed.
+    def cancel_at_half(fraction: float, message: str) -> None:
+        if fraction >= 0.5:
+            raise CancelledError("test stop")
+
+    out = tmp_path / "resumed"
+    with pytest.raises(CancelledError):
+        train(_config(tiny_coco, out), progress=cancel_at_half)
+    assert load_checkpoint(out / "last.pt")["iteration"] == 2
+    with pytest.raises(TrainConfigError, match="resume"):
+        train(_config(tiny_coco, out))  # never silently overwrites a run
+    resumed = train(_config(tiny_coco, out), resume=True)
+    assert resumed.iterations == 4
+
+    a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(out / "last.pt")
+    assert a["iteration"] == b["iteration"] == 4
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert a["sampler_state"] == b["sampler_state"]
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+
+    # Export: fp16 safetensors + manifest entry that load_manifest / load_detector accept.
+    models = tmp_path / "models"
+    spec = export_model(ref.best_checkpoint, models, "tiny", "0.1", val_coco=tiny_coco, training_data="tiny sim", device="cpu")
+    default, specs = load_manifest(models)
+    assert default == "tiny" and [s.name for s in specs] == ["tiny"]
+    entry = specs[0]
+    assert entry.sha256 == sha256_file(models / entry.file) == spec.sha256
+    assert entry.backbone == "mobilenet_v2" and entry.training_data == "tiny sim"
+    assert 0.05 <= entry.score_threshold <= 0.95 and "validation" in entry.metrics
+    loaded = load_detector(entry, "cpu")
+    best = load_checkpoint(ref.best_checkpoint)["model"]
+    for key, value in loaded.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, best[key].float(), rtol=2e-3, atol=1e-4)
+    # A second export under the same name replaces the entry instead of duplicating it.
+    export_model(ref.best_checkpoint, models, "tiny", "0.2", device="cpu")
+    _, specs = load_manifest(models)
+    assert [(s.name, s.version) for s in specs] == [("tiny", "0.2")]
+
+
+def test_config_from_json_resolves_paths_and_rejects_typos(tmp_path):
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    path = cfg_dir / "c.json"
+    path.write_text(json.dumps({"train_coco": "../data/a.json", "output_dir": "runs/x", "patch": {"patch_size": 256}}))
+    config = TrainConfig.from_json(path)
+    assert Path(config.train_coco) == (tmp_path / "data" / "a.json").resolve()
+    assert Path(config.output_dir) == (cfg_dir / "runs" / "x").resolve()
+    assert config.patch.patch_size == 256
+    path.write_text(json.dumps({"train_coco": "a.json", "output_dir": "o", "learning_rate": 0.1}))
+    with pytest.raises(TrainConfigError, match="learning_rate"):
+        TrainConfig.from_json(path)
+    path.write_text(json.dumps({"train_coco": "a.json", "output_dir": "o", "patch": {"patch_size": 8}}))
+    with pytest.raises(MicrocalcAIError, match="patch_size"):
+        TrainConfig.from_json(path)
+    with pytest.raises(TrainConfigError, match="optimizer"):
+        TrainConfig(train_coco="a", output_dir="o", optimizer="rmsprop")
+
+
+def test_matching_rule_iou_or_centre_inside():
+    gt = np.array([[100, 100, 140, 140]], dtype=float)
+    dets = np.array([
+        [110, 110, 200, 200],  # centre (155, 155) outside, IoU 900/8800 < 0.2: miss
+        [60, 60, 160, 160],  # centre (110, 110) inside: hit
+        [125, 125, 175, 175],  # centre (150, 150) outside, IoU 225/3875 < 0.2: miss
+        [105, 120, 145, 165],  # centre (125, 142.5) outside, IoU 700/2700 >= 0.2: hit
+    ], dtype=float)
+    assert hit_matrix(dets, gt)[:, 0].tolist() == [False, True, False, True]
+
+
+def test_summary_counts_hits_false_positives_and_auc():
+    evals = [
+        ImageEvaluation("a", np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float), np.array([2, 1]),
+                        np.array([[1, 1, 9, 9], [2, 2, 8, 8], [200, 200, 210, 210]], float),
+                        np.array([0.9, 0.6, 0.4]), np.array([0.8, 0.7, 0.5])),
+        ImageEvaluation("b", np.zeros((0, 4)), np.zeros(0, int),
+                        np.array([[5, 5, 9, 9]], float), np.array([0.7]), np.array([0.1])),
+    ]
+    m = summarise(evals, 0.5)
+    # Lesion 1 found (twice: one hit, no FP), lesion 2 missed; FPs: only b's 0.7 box (a's 0.4 is below 0.5).
+    assert m["lesion_sensitivity"] == 0.5 and m["false_positives"] == 1 and m["fp_per_image"] == 0.5
+    assert m["malignant_sensitivity"] == 1.0 and m["benign_sensitivity"] == 0.0
+    m = summarise(evals, 0.3)
+    assert m["false_positives"] == 2 and m["lesion_sensitivity"] == 0.5
+    # No FP allowed: the threshold must pass b's 0.7 box; sensitivity 0.5 holds up to the 0.9 hit.
+    assert 0.7 < choose_score_threshold(evals, target_fp_per_image=0.0) <= 0.9
+    assert roc_auc(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0])) == 1.0
+    assert roc_auc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
+    assert np.isnan(roc_auc(np.array([0.3]), np.array([1])))
