@@ -285,6 +285,7 @@ class CocoMammogramDataset:
         spacing_mm: float,
         assumed_input_spacing_mm: float,
         cache_dir: Optional[os.PathLike | str] = None,
+        skip_unusable: bool = False,
     ) -> None:
         if spacing_mm <= 0 or assumed_input_spacing_mm <= 0:
             raise DatasetError(f"spacings must be positive, got {spacing_mm} and {assumed_input_spacing_mm}")
@@ -293,6 +294,11 @@ class CocoMammogramDataset:
         self.assumed_input_spacing_mm = float(assumed_input_spacing_mm)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.entries = parse_coco(self.coco_json)
+        #: When True, :meth:`prepare` drops images that read/standardise refuse (listed in
+        #: ``skipped``) instead of failing: inference would refuse them too, so they cannot
+        #: teach the model anything, but a large dataset should not die on one odd file.
+        self.skip_unusable = bool(skip_unusable)
+        self.skipped: list[tuple[Path, str]] = []
         self._samples: dict[int, CanonicalSample] = {}
 
     def __len__(self) -> int:
@@ -312,10 +318,26 @@ class CocoMammogramDataset:
     def prepare(self, progress: ProgressCallback = no_progress) -> None:
         """Standardise (or load from cache) every image now, so training never stalls on I/O."""
         n = len(self.entries)
-        for i in range(n):
-            progress(i / n, f"standardising {self.entries[i].path.name} ({i + 1}/{n})")
-            self[i]
-        progress(1.0, f"{n} images ready")
+        kept: list[CocoImage] = []
+        samples: dict[int, CanonicalSample] = {}
+        for i, entry in enumerate(self.entries):
+            progress(i / n, f"standardising {entry.path.name} ({i + 1}/{n})")
+            try:
+                sample = self._samples.get(i) or self._load(entry)
+            except DatasetError as exc:
+                if not self.skip_unusable:
+                    raise
+                log.warning("skipping unusable image: %s", exc)
+                self.skipped.append((entry.path, str(exc)))
+                continue
+            samples[len(kept)] = sample
+            kept.append(entry)
+        self.entries, self._samples = kept, samples
+        if not self.entries:
+            raise DatasetError(f"COCO file {self.coco_json}: no usable image (all {n} were refused)")
+        if self.skipped:
+            log.warning("%s: %d of %d images skipped as unusable", self.coco_json, len(self.skipped), n)
+        progress(1.0, f"{len(self.entries)} images ready")
 
     def _load(self, entry: CocoImage) -> CanonicalSample:
         canonical = self._canonical(entry)

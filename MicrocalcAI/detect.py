@@ -322,5 +322,5 @@ def detect(
         image_shape=(int(image.shape[0]), int(image.shape[1])),
         score_threshold=threshold,
     )
-    log.info("%d lesion(s) above %.2f from %d tile(s)", len(detections), threshold, n)
+    log.debug("%d lesion(s) above %.2f from %d tile(s)", len(detections), threshold, n)
     return detections

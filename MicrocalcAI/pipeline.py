@@ -136,8 +136,6 @@ class Analyzer:
 
         spacing, spacing_source, warnings = effective_spacing(mammogram, self.spec)
         warnings = list(mammogram.warnings) + warnings
-        if mammogram.laterality_source == "image":
-            warnings.append("laterality estimated from the image (no tag or name said it)")
 
         t = time.perf_counter()
         progress(0.05, "standardising")

@@ -1015,7 +1015,7 @@ def read_mammogram(
         if est is not None:
             mam.laterality, mam.laterality_source = est, "image"
             mam.warnings.append(f"{_name(path)}: laterality {est} estimated from the image (chest-wall side)")
-    log.info(
+    log.debug(
         "read %s: %dx%d %s, spacing %s (%s), %s %s",
         _name(path), *mam.shape, mam.photometric, mam.spacing_mm, mam.spacing_source, mam.laterality, mam.view,
     )

@@ -45,7 +45,7 @@ from .dataset import (
     parse_coco,
     standardise_file,
 )
-from .errors import CancelledError, DatasetError, InputError, ModelError
+from .errors import CancelledError, DatasetError, InputError, MicrocalcAIError, ModelError
 from .manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
 from .model import BACKBONES, build_detector, image_to_tensor, select_device, set_input_size
 from .records import CanonicalImage, ProgressCallback, no_progress
@@ -84,6 +84,8 @@ class TrainConfig:
     output_dir: str
     val_coco: Optional[str] = None
     cache_dir: Optional[str] = None  # default: <output_dir>/cache
+    #: Drop (with a warning) images that read/standardise refuse instead of stopping.
+    skip_unusable_images: bool = False
     backbone: str = "mobilenet_v2"
     pretrained_backbone: bool = True
     spacing_mm: float = 0.1
@@ -102,6 +104,12 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "cosine" (to min_lr_factor * lr) or "constant" after warm-up
     min_lr_factor: float = 0.05
     grad_clip_norm: float = 10.0
+    #: Training-only sampling sizes (inference settings and the weights layout are unaffected).
+    #: Patches hold one or two lesions, so a few hundred sampled ROIs and proposals are plenty,
+    #: and the ROI box head is the most expensive part of a CPU iteration.
+    roi_batch_size_per_image: int = 128
+    rpn_pre_nms_top_n_train: int = 1000
+    rpn_post_nms_top_n_train: int = 500
     freeze_batchnorm: bool = False  # keep BN statistics of the initialisation (eval-mode BN)
     checkpoint_every: int = 100
     val_every: int = 500
@@ -125,7 +133,8 @@ class TrainConfig:
             problems.append(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             problems.append(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        for name in ("batch_size", "iterations", "checkpoint_every", "val_every", "log_every", "num_threads"):
+        for name in ("batch_size", "iterations", "checkpoint_every", "val_every", "log_every", "num_threads",
+                     "roi_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_iterations < 0 or self.early_stopping_patience < 0:
@@ -420,10 +429,13 @@ def collect_evaluations(
     *,
     progress: ProgressCallback = no_progress,
     max_images: Optional[int] = None,
+    skipped: Optional[list[str]] = None,
 ) -> list[ImageEvaluation]:
     """Detections of every COCO image through the real path: read -> standardise -> detect.
 
-    No cache is used: this is the measurement of what a user gets from the files.
+    No cache is used: this is the measurement of what a user gets from the files. Images the
+    pipeline refuses raise, unless a ``skipped`` list is given to collect them (the caller
+    must then report them: they are neither hits nor misses).
     """
     from .dataset import canonical_boxes
 
@@ -433,12 +445,19 @@ def collect_evaluations(
     evals = []
     for i, entry in enumerate(entries):
         progress(i / len(entries), f"evaluating {entry.path.name} ({i + 1}/{len(entries)})")
-        canonical = standardise_file(
-            entry.path,
-            spacing_mm=spec.spacing_mm,
-            assumed_input_spacing_mm=spec.assumed_input_spacing_mm,
-            input_spacing_mm=entry.spacing_mm,
-        )
+        try:
+            canonical = standardise_file(
+                entry.path,
+                spacing_mm=spec.spacing_mm,
+                assumed_input_spacing_mm=spec.assumed_input_spacing_mm,
+                input_spacing_mm=entry.spacing_mm,
+            )
+        except MicrocalcAIError as exc:
+            if skipped is None:
+                raise
+            log.warning("evaluation skips %s: %s", entry.path, exc)
+            skipped.append(f"{entry.path.name}: {exc}")
+            continue
         boxes = canonical_boxes(entry.boxes_stored, canonical.transform, canonical.image.shape)
         evals.append(evaluate_canonical(canonical, boxes, entry.labels, str(entry.path), model, spec, device))
     progress(1.0, f"evaluated {len(entries)} images")
@@ -456,10 +475,13 @@ def evaluate_coco(
     max_images: Optional[int] = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on a COCO dataset at ``score_threshold`` (default: the spec's)."""
-    evals = collect_evaluations(coco_json, spec, model, device, progress=progress, max_images=max_images)
+    skipped: list[str] = []
+    evals = collect_evaluations(coco_json, spec, model, device, progress=progress, max_images=max_images, skipped=skipped)
     threshold = spec.score_threshold if score_threshold is None else float(score_threshold)
     metrics = summarise(evals, threshold)
     metrics["dataset"] = str(coco_json)
+    metrics["n_images_refused"] = len(skipped)
+    metrics["images_refused"] = skipped
     return metrics
 
 
@@ -607,6 +629,13 @@ def _patches_to_batch(patches: Sequence[Any], device: torch.device) -> tuple[lis
     return images, targets
 
 
+def _apply_training_sampling(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Set the RPN/ROI sampling sizes used while training (inference values stay the model's)."""
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = int(config.roi_batch_size_per_image)
+    model.rpn._pre_nms_top_n["training"] = int(config.rpn_pre_nms_top_n_train)
+    model.rpn._post_nms_top_n["training"] = int(config.rpn_post_nms_top_n_train)
+
+
 def validate(
     model: torch.nn.Module,
     dataset: CocoMammogramDataset,
@@ -668,6 +697,7 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
         spacing_mm=config.spacing_mm,
         assumed_input_spacing_mm=config.assumed_input_spacing_mm,
         cache_dir=cache_dir,
+        skip_unusable=config.skip_unusable_images,
     )
     train_set.prepare(lambda f, m: progress(0.0, m))
     if train_set.num_lesions == 0:
@@ -679,6 +709,7 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
             spacing_mm=config.spacing_mm,
             assumed_input_spacing_mm=config.assumed_input_spacing_mm,
             cache_dir=cache_dir,
+            skip_unusable=config.skip_unusable_images,
         )
         val_set.prepare(lambda f, m: progress(0.0, m))
     samples = [train_set[i] for i in range(len(train_set))]
@@ -695,6 +726,7 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
         pretrained_backbone=config.pretrained_backbone,
     )
     set_input_size(model, config.patch.patch_size)
+    _apply_training_sampling(model, config)
     model.to(device)
     optimizer = _make_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: _lr_factor(config, it))
@@ -775,7 +807,7 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
             scaler.update()
             scheduler.step()
             iteration += 1
-            window.append({k: float(v) for k, v in losses.items()} | {"loss": float(loss)})
+            window.append({k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss.detach())})
 
             if iteration % config.log_every == 0 or iteration == config.iterations:
                 now = time.monotonic()
@@ -935,7 +967,10 @@ def export_model(
     shipped = load_detector(spec, dev)
     metrics: dict[str, Any] = {"checkpoint_iteration": int(load_checkpoint(checkpoint_path)["iteration"])}
     if val_coco is not None:
-        val_evals = collect_evaluations(val_coco, spec, shipped, dev, progress=lambda f, m: progress(0.5 * f, m))
+        val_skipped: list[str] = []
+        val_evals = collect_evaluations(
+            val_coco, spec, shipped, dev, progress=lambda f, m: progress(0.5 * f, m), skipped=val_skipped
+        )
         spec.score_threshold = choose_score_threshold(val_evals, target_fp_per_image)
         points = choose_malignancy_operating_points(val_evals, spec.score_threshold)
         spec.operating_points = points
@@ -944,7 +979,10 @@ def export_model(
             RiskCategory("intermediate", points["high_sensitivity"]),
             RiskCategory("high", points["balanced"]),
         ]
-        metrics["validation"] = summarise(val_evals, spec.score_threshold) | {"dataset": str(val_coco)}
+        metrics["validation"] = summarise(val_evals, spec.score_threshold) | {
+            "dataset": str(val_coco),
+            "n_images_refused": len(val_skipped),
+        }
         metrics["operating_point_rule"] = (
             f"score_threshold: highest sensitivity at <= {target_fp_per_image:g} FP/image on validation; "
             "p_malignant: high_sensitivity keeps >= 90% of found malignant lesions, balanced maximises Youden J"

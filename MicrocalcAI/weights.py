@@ -147,5 +147,5 @@ def load_detector(spec: ModelSpec, device: Union[torch.device, str] = "cpu") -> 
     model.float()
     model.eval()
     model.to(torch.device(device))
-    log.info("loaded model %s %s (%s) from %s", spec.name, spec.version, spec.backbone, path)
+    log.debug("loaded model %s %s (%s) from %s", spec.name, spec.version, spec.backbone, path)
     return model

@@ -225,3 +225,21 @@ def test_clipping_drops_tiny_remnants_and_keeps_large_parts():
     kept, kept_labels = clip_boxes_to_patch(boxes, labels, size=100, min_side=3, min_visible_fraction=0.35)
     np.testing.assert_allclose(kept, [[0, 10, 30, 40]])  # 75% visible kept; 2 px sliver and 6% corner dropped
     assert kept_labels.tolist() == [2]
+
+
+def test_unusable_images_fail_clearly_or_are_skipped_when_asked(tiny_coco, tmp_path):
+    import json
+
+    data = json.loads(tiny_coco.read_text())
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"DICM" * 10)  # not a readable image
+    data["images"] = [dict(img, file_name=str(tiny_coco.parent / img["file_name"])) for img in data["images"]]
+    data["images"].append({"id": 999, "file_name": str(broken)})
+    coco = tmp_path / "with_broken.json"
+    coco.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match="broken.dcm"):
+        CocoMammogramDataset(coco, spacing_mm=0.1, assumed_input_spacing_mm=0.05).prepare()
+    ds = CocoMammogramDataset(coco, spacing_mm=0.1, assumed_input_spacing_mm=0.05, skip_unusable=True)
+    ds.prepare()
+    assert len(ds) == len(data["images"]) - 1 and [p.name for p, _ in ds.skipped] == ["broken.dcm"]
+    assert all(s.path != broken for s in (ds[i] for i in range(len(ds))))
