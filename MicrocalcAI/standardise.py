@@ -363,20 +363,22 @@ def _trim_bright_edge_lines(
     return out
 
 
-def _check_not_inverted(mask: np.ndarray) -> None:
-    """Refuse a "breast" that fills the image border: that is an inverted image's background.
+def mask_warnings(mask: np.ndarray) -> list[str]:
+    """Doubts about a breast mask worth reporting in the outputs.
 
-    A breast touches at most the chest-wall edge over most of its length (and, on an MLO, part
-    of the top); bright background on three or more sides means bright is *not* dense here.
+    A breast hangs from one vertical edge; a large one also fills the top and bottom of the
+    detector, so three covered edges are normal. A mask covering all four edges is either a
+    field filled with tissue (spot or magnification view, a crop inside the breast) or an
+    inverted image whose bright "breast" is the air; the two cannot be told apart from the
+    mask, so this is a warning, not a refusal.
     """
     edges = (mask[:, 0], mask[:, -1], mask[0, :], mask[-1, :])
-    covered = sum(float(edge.mean()) > 0.5 for edge in edges)
-    if covered >= 3:
-        raise InputError(
-            "the bright region runs along three or more image edges: the image looks inverted "
-            "(bright = background); check its photometric interpretation (MONOCHROME1/2) and "
-            "presentation intent"
-        )
+    if mask.size and all(float(edge.mean()) > 0.5 for edge in edges):
+        return [
+            "the breast region runs along all four image edges: fine for a spot or magnified view, "
+            "otherwise the image may be inverted (check its photometric interpretation)"
+        ]
+    return []
 
 
 def breast_mask(
@@ -392,8 +394,8 @@ def breast_mask(
     component (labels and markers are separate blobs in the background), fill holes, and
     restore the skin line the opening rounded off. The coarse mask is then expanded to the
     stored grid block by block, and a sub-millimetre bright film-edge line where the breast
-    meets an image edge is trimmed at full resolution. A "breast" running along three or
-    more image edges is refused (:class:`InputError`): the image is inverted. ``intensity`` must be bright = dense
+    meets an image edge is trimmed at full resolution. See :func:`mask_warnings` for masks
+    that fill the whole field. ``intensity`` must be bright = dense
     (:func:`monochrome2_intensity`). The pectoral muscle of an MLO view is included.
     """
     intensity = np.asarray(intensity)
@@ -426,7 +428,6 @@ def breast_mask(
     restored = core | (fg & ndi.binary_dilation(core, disk))
     restored = _largest_component(restored)
     filled = ndi.binary_fill_holes(restored)
-    _check_not_inverted(filled)
     full = _upsample_blocks(filled, factors, intensity.shape)
     return _trim_bright_edge_lines(intensity, full, (sr, sc), config)
 
@@ -664,6 +665,7 @@ def standardise(
         image01, mask = stored
         if image01.shape != m.shape or mask.shape != m.shape:
             raise InputError(f"precomputed stored image/mask {image01.shape}/{mask.shape} do not match the mammogram {m.shape}")
+    warnings = warnings + mask_warnings(mask)
     flipped = not chest_wall_on_left(mask)
     transform = plan_transform(mask, spacing, float(spacing_mm), flipped=flipped, margin_mm=margin_mm)
     image = _resample_image(image01, transform)

@@ -12,6 +12,7 @@ from MicrocalcAI.errors import InputError, MicrocalcAIError, NotAMammogramError,
 from MicrocalcAI.records import CanonicalImage, Mammogram
 from MicrocalcAI.standardise import (
     breast_mask,
+    mask_warnings,
     chest_wall_on_left,
     monochrome2_intensity,
     normalise,
@@ -276,9 +277,23 @@ def test_user_errors_raise_microcalcai_errors() -> None:
         chest_wall_on_left(np.zeros((10, 10), bool))
 
 
-def test_inverted_image_is_refused_not_masked() -> None:
-    # A MONOCHROME1 film mislabelled MONOCHROME2: the bright "breast" would be the background.
+def test_large_breast_filling_the_field_is_accepted_with_a_warning() -> None:
+    # A large breast fills the chest-wall edge and the top and bottom of the detector; a spot
+    # view fills all four edges. Neither may be refused (an edge rule cannot tell them from an
+    # inverted image), but filling all four edges is reported.
     m = real_mammogram(0, "lcc")
-    wrong = Mammogram(pixels=(np.uint16(65535) - m.pixels).astype(np.uint16), spacing_mm=None, photometric="MONOCHROME2")
-    with pytest.raises(InputError, match="inverted"):
-        standardise(wrong)
+    full = breast_mask(monochrome2_intensity(m), (0.05, 0.05))
+    rows = np.flatnonzero(full[:, 40])  # a little inside the film's chest-wall edge line
+    cols = np.flatnonzero(full[(rows[0] + rows[-1]) // 2])
+    three = m.pixels[rows[0] + 600 : rows[-1] - 600, : cols[-1] + 300]  # air only at the nipple side
+    big = Mammogram(pixels=np.ascontiguousarray(three), spacing_mm=(0.05, 0.05), photometric="MONOCHROME2")
+    mask = breast_mask(monochrome2_intensity(big), (0.05, 0.05))
+    canonical = standardise(big)
+    assert mask[:, 40].mean() > 0.9 and mask[0].mean() > 0.5 and mask[-1].mean() > 0.5 and mask[:, -1].mean() < 0.5
+    assert canonical.mask.mean() > 0.4 and not canonical.transform.flipped
+    assert not any("four image edges" in w for w in canonical.warnings)
+    assert not any("four image edges" in w for w in standardise(m).warnings)
+    framed = np.ones((50, 40), bool)
+    assert any("four image edges" in w for w in mask_warnings(framed))
+    framed[:, -1] = False
+    assert mask_warnings(framed) == []
