@@ -28,6 +28,10 @@ class SpacingError(InputError):
     """A pixel spacing is missing, non-positive or implausible for a mammogram."""
 
 
+class OutputError(MicrocalcAIError, OSError):
+    """An output file cannot be written (folder missing or read-only, disk full, bad name)."""
+
+
 class ModelError(MicrocalcAIError):
     """A model manifest or weights file is missing, malformed or does not match its checksum."""
 

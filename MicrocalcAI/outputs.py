@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -26,7 +25,8 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 
 from . import __version__
-from .errors import MicrocalcAIError, UnreadableFileError
+from .atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (also part of this module's API)
+from .errors import OutputError, UnreadableFileError
 from .records import BreastFindings, ExamFindings, ImageFindings, Lesion, ModelInfo, Risk, Speck
 
 log = logging.getLogger(__name__)
@@ -40,62 +40,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 CLASS_COLOURS = {"malignant": (255, 0, 0), "benign": (255, 255, 0)}
 SPECK_COLOUR = (0, 255, 255)
 TEXT_BACKGROUND = (0, 0, 0)
-
-
-class OutputError(MicrocalcAIError, OSError):
-    """An output file cannot be written (folder missing or read-only, disk full, bad name)."""
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (``os.umask`` would, racing other threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` all-or-nothing.
-
-    The bytes go to a temporary file in the target's folder (same file system, so the final
-    ``os.replace`` is atomic), are flushed to disk, then renamed over the target. On any
-    error the temporary file is removed and an existing target is left untouched.
-    """
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError) and not isinstance(exc, MicrocalcAIError):
-            raise OutputError(f"cannot write {path}: {exc}") from exc
-        raise
-    return path
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    """Write UTF-8 text all-or-nothing (see :func:`atomic_write_bytes`)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _output_path(out_dir: PathLike, name: str, suffix: str) -> Path:

@@ -50,7 +50,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -58,6 +57,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
+from .atomic import atomic_write_bytes
 from .errors import DatasetError, InputError, MicrocalcAIError
 from .records import ProgressCallback, no_progress
 
@@ -948,18 +948,6 @@ def quantise(atten: np.ndarray, full_scale: float, bits: int, photometric: str) 
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def deterministic_uid(*parts: object) -> str:
     """A DICOM UID derived from the seed and role, so a re-run writes identical files."""
     from pydicom.uid import generate_uid
@@ -1038,7 +1026,7 @@ def write_dicom(path: PathLike, ds) -> Path:
     path = Path(path)
     buf = BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -1156,7 +1144,7 @@ def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Opti
         "categories": [dict(c) for c in CATEGORIES],
     }
     path = out / "annotations.json"
-    _atomic_write_bytes(path, json.dumps(coco).encode("utf-8"))
+    atomic_write_bytes(path, json.dumps(coco).encode("utf-8"))
     progress(1.0, f"wrote {config.n_images} images, {len(annotations)} lesions")
     log.info("simulated %d images with %d lesions into %s", config.n_images, len(annotations), out)
     return path
@@ -1224,5 +1212,5 @@ def write_contact_sheet(coco_json: PathLike, png_path: PathLike, *, max_images: 
 
     buf = BytesIO()
     sheet.save(buf, format="PNG")
-    _atomic_write_bytes(png_path, buf.getvalue())
+    atomic_write_bytes(png_path, buf.getvalue())
     return png_path

@@ -15,13 +15,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import torch
 from torch import nn
 
+from .atomic import atomic_write_bytes
 from .errors import ModelError
 from .manifest import ModelSpec, verify_weights
 from .model import build_detector
@@ -45,23 +45,6 @@ def _fp16_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def save_weights(model: nn.Module, path: Union[str, os.PathLike]) -> str:
     """Write ``model``'s weights as fp16 safetensors, atomically; return the file's sha256.
 
@@ -77,7 +60,7 @@ def save_weights(model: nn.Module, path: Union[str, os.PathLike]) -> str:
         metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True)
     data = save(_fp16_state(model), metadata=metadata)
     target = Path(path)
-    _atomic_write(target, data)
+    atomic_write_bytes(target, data)
     digest = hashlib.sha256(data).hexdigest()
     log.info("saved weights %s (%.1f MB, sha256 %s)", target, len(data) / 1e6, digest)
     return digest

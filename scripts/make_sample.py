@@ -20,9 +20,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from MicrocalcAI.atomic import atomic_write_text  # noqa: E402
 from MicrocalcAI.simulate import (  # noqa: E402
     SimulationConfig,
-    _atomic_write_bytes,
     build_dicom,
     deterministic_uid,
     simulate_image,
@@ -81,7 +81,7 @@ def make_sample(out_dir: Path) -> tuple[Path, Path]:
         ],
     }
     truth_path = out_dir / f"{NAME}_truth.json"
-    _atomic_write_bytes(truth_path, (json.dumps(truth, indent=2) + "\n").encode("utf-8"))
+    atomic_write_text(truth_path, json.dumps(truth, indent=2) + "\n")
     return dcm, truth_path
 
 

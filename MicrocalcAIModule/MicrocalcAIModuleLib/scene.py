@@ -588,7 +588,6 @@ def create_lesion_table(scene: Any, volume: Any, findings: Any, rois: Sequence[A
             array.SetValue(r, row[index])
         table.AddColumn(array)
         table_node.SetColumnDescription(name, description)
-    table_node.SetUseColumnNameAsColumnHeader(True)
     table_node.SetLocked(True)
     table_node.SetAttribute("MicrocalcAI.ImageRisk", f"{findings.risk.probability:.6f}")
     table_node.SetAttribute("MicrocalcAI.ImageRiskCategory", findings.risk.category)

@@ -1,0 +1,69 @@
+"""All-or-nothing file writes, shared by every module that writes files.
+
+An interrupted run (Ctrl-C, crash, full disk) must never leave half a JSON, PNG, DICOM,
+weights file or checkpoint behind: a half file would later be mistaken for a finished one.
+Every writer goes through here: data goes to a temporary file in the target's folder (same
+file system, so the final ``os.replace`` is atomic), is flushed to disk, then renamed over the
+target; on any error the temporary file is removed and an existing target is left untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+from .errors import MicrocalcAIError, OutputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would, racing other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` all-or-nothing.
+
+    The bytes go to a temporary file in the target's folder (same file system, so the final
+    ``os.replace`` is atomic), are flushed to disk, then renamed over the target. On any
+    error the temporary file is removed and an existing target is left untouched.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError) and not isinstance(exc, MicrocalcAIError):
+            raise OutputError(f"cannot write {path}: {exc}") from exc
+        raise
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write UTF-8 text all-or-nothing (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
