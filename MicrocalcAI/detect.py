@@ -190,6 +190,33 @@ def merge_detections(
     return np.asarray(final, dtype=np.int64)
 
 
+def absorb_enclosing(
+    boxes: np.ndarray, kept: Sequence[int], containment: float = 0.7
+) -> tuple[list[int], list[np.ndarray]]:
+    """Fold a weaker box that encloses a stronger one into it: one lesion, full extent.
+
+    :func:`merge_detections` drops a box lying inside a *stronger* one; the reverse also
+    happens on calcification clusters: the detector is most confident about a dense sub-group
+    and less about the whole cluster. Both describe one lesion, so the stronger detection
+    survives (its score and p_malignant) with the box grown to the union of the two.
+    ``kept`` must be ordered by decreasing score; returns the surviving indices and boxes.
+    """
+    survivors: list[int] = []
+    grown: list[np.ndarray] = []
+    for i in kept:
+        box = np.asarray(boxes[i], dtype=np.float64)
+        if grown:
+            current = np.stack(grown)
+            inside = _intersection(current, box[None])[:, 0] / np.maximum(_area(current), 1e-9)
+            j = int(np.argmax(inside))
+            if inside[j] >= containment:
+                grown[j] = np.concatenate([np.minimum(current[j, :2], box[:2]), np.maximum(current[j, 2:], box[2:])])
+                continue
+        survivors.append(int(i))
+        grown.append(box.copy())
+    return survivors, grown
+
+
 def merge_tile_outputs(
     outputs: Sequence[dict[str, np.ndarray]],
     origins: Sequence[tuple[int, int]],
@@ -242,14 +269,15 @@ def merge_tile_outputs(
         containment=containment,
         edge_margin=edge_margin,
     )
+    survivors, grown = absorb_enclosing(boxes, kept, containment)
     return [
         Detection(
-            box=boxes[i].astype(np.float64),
+            box=box,
             label="malignant" if pmal[i] >= 0.5 else "benign",
             score=float(scores[i]),
             p_malignant=float(pmal[i]),
         )
-        for i in kept
+        for i, box in zip(survivors, grown)
     ]
 
 

@@ -756,7 +756,7 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
     elif resume:
         log.warning("resume requested but %s does not exist: starting from scratch", last_path)
     if iteration == 0:
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
+        _atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     def checkpoint_dict(with_training_state: bool = True) -> dict[str, Any]:
         ckpt: dict[str, Any] = {
@@ -906,17 +906,23 @@ def write_manifest_entry(out_dir: os.PathLike | str, spec: ModelSpec, make_defau
     data.setdefault("schema_version", 1)
     if make_default or not data.get("default"):
         data["default"] = spec.name
+    _atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write a small text file through a temporary sibling so readers never see half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(data, indent=2) + "\n")
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
 
 
 def export_model(

@@ -54,7 +54,6 @@ def add_volume(
     attributes: Optional[dict[str, str]] = None,
 ) -> Any:
     """A scalar volume whose single slice is ``pixels`` (rows = j, columns = i)."""
-    import slicer
     import vtk
     from vtk.util import numpy_support
 

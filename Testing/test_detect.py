@@ -230,3 +230,19 @@ def test_detect_on_an_empty_mask_returns_nothing():
     image = np.zeros((300, 300), dtype=np.float32)
     dets = detect(canonical_image(image, np.zeros_like(image, dtype=bool)), small_detector("mobilenet_v2"), tiling_spec())
     assert dets == []
+
+
+def test_weaker_box_enclosing_a_stronger_one_is_folded_into_it():
+    # The detector is surest about a dense sub-group (small box) and less about the whole
+    # cluster (big box around it): one lesion, with the sub-group's score and the full extent.
+    outputs = [{
+        "boxes": np.array([[100.0, 100, 130, 130], [90, 90, 180, 170], [300, 300, 340, 340]]),
+        "scores": np.array([0.95, 0.6, 0.5]),
+        "p_malignant": np.array([0.9, 0.4, 0.2]),
+    }]
+    dets = merge_tile_outputs(outputs, [(0, 0)], tile=512, image_shape=(512, 512), score_threshold=0.3)
+    assert len(dets) == 2
+    lesion = max(dets, key=lambda d: d.score)
+    assert lesion.box.tolist() == [90.0, 90.0, 180.0, 170.0]
+    assert (lesion.score, lesion.p_malignant, lesion.label) == (0.95, 0.9, "malignant")
+    assert any(d.box.tolist() == [300.0, 300.0, 340.0, 340.0] for d in dets)  # separate lesion kept

@@ -9,7 +9,6 @@ volume -> Mammogram conversion (MONOCHROME1, laterality/view, flipped pixel grid
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -424,6 +423,8 @@ def test_non_mammogram_volumes_are_refused_with_a_clear_message():
         volume_plane(label)
     mammo = add_volume(scene, np.zeros((80, 70), dtype=np.int16))
     assert mammogram_volumes(scene) == [mammo]
+    with pytest.raises(VolumeError, match="CT image"):
+        volume_to_mammogram(mammo, dicom=DicomSource(tags={"Modality": "CT"}))
 
 
 # --------------------------------------------------------------------------------- export, models
@@ -466,3 +467,147 @@ def test_lesion_outside_or_empty_masks_do_not_break_the_segmentation():
     assert segmentation.GetNumberOfSegments() == 2
     counts = [len(segment_voxels(nodes.segmentation, segmentation.GetNthSegmentID(i))) for i in range(2)]
     assert counts == [1, 0]
+
+
+# --------------------------------------------------------------------------------- engine end to end
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    pytest.importorskip("torch")
+    from _slicer_helpers import write_random_model
+
+    return write_random_model(tmp_path_factory.mktemp("model"))
+
+
+def test_analyse_volume_runs_the_engine_and_the_nodes_match_its_findings(random_model):
+    from MicrocalcAI.pipeline import Analyzer
+    from MicrocalcAI.simulate import SimulationConfig, simulate_image
+
+    from MicrocalcAIModuleLib.runner import Canceller, analyse_volume
+
+    pixels, meta, _ = simulate_image(np.random.default_rng(0), SimulationConfig(), laterality="R", view="CC", spacing_mm=0.1, size_mm=(60.0, 45.0), n_clusters=1)
+    scene = new_scene()
+    volume = add_volume(scene, pixels, spacing=(0.1, 0.1, 1.0), directions=LPS, origin=(3.0, 4.0, 5.0), name="sim R CC")
+    put_under_study(scene, volume)
+    analyzer = Analyzer(str(random_model), "cpu")
+    messages = []
+    result = analyse_volume(scene, volume, analyzer, options=DisplayOptions(threshold=0.3), progress=lambda f, m: messages.append((f, m)))
+    assert analyzer.score_threshold == 0.3  # restored after the run at the analysis floor
+    assert result.all_findings.score_threshold == pytest.approx(0.1)
+    assert result.findings.score_threshold == pytest.approx(0.3)
+    assert all(les.score >= 0.3 for les in result.findings.lesions)
+    assert len(result.nodes.rois) == len(result.findings.lesions)
+    assert result.nodes.table.GetNumberOfRows() == len(result.findings.lesions)
+    assert result.nodes.segmentation.GetSegmentation().GetNumberOfSegments() == len(result.findings.lesions)
+    assert result.findings.laterality == "R" and result.findings.image_shape == pixels.shape
+    fractions = [f for f, _ in messages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    matrix = ijk_to_ras(volume)
+    for lesion, roi in zip(result.findings.lesions, result.nodes.rois):
+        x0, y0, x1, y1 = lesion.box_px
+        assert same_point_set(roi_corners_world(roi), box_corners_ras(matrix, (x0 - 0.5, y0 - 0.5, x1 - 0.5, y1 - 0.5)), atol=1e-5)
+
+    canceller = Canceller()
+    canceller.cancel()
+    from MicrocalcAI.errors import CancelledError
+
+    before = [n.GetID() for n in scene_lib.result_nodes_of(scene, volume)]
+    with pytest.raises(CancelledError):
+        analyse_volume(scene, volume, analyzer, canceller=canceller)
+    assert [n.GetID() for n in scene_lib.result_nodes_of(scene, volume)] == before  # a cancelled run changes nothing
+
+
+def test_import_model_checks_the_manifest_entry_and_the_checksum(random_model, tmp_path):
+    import shutil
+
+    from MicrocalcAI.errors import ChecksumError, ModelError
+    from MicrocalcAI.manifest import resolve_model
+
+    from MicrocalcAIModuleLib.models import available_models, import_model, model_card_html
+
+    user_dir = tmp_path / "user-models"
+    choice = import_model(random_model.parent / "r.safetensors", user_dir)
+    assert choice.spec.name == "random" and not choice.bundled
+    assert resolve_model(choice.reference).weights_path.is_file()
+    assert [c.reference for c in available_models(user_dir) if not c.bundled] == [choice.reference]
+    assert "mobilenet_v2" in model_card_html(choice.spec)
+
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copy(random_model.parent / "r.safetensors", lonely / "mine.safetensors")
+    with pytest.raises(ModelError, match="manifest"):
+        import_model(lonely / "mine.safetensors", user_dir)
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(random_model.parent, tampered)
+    with open(tampered / "r.safetensors", "r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\0\1\2\3")
+    with pytest.raises(ChecksumError):
+        import_model(tampered / "r.safetensors", tmp_path / "other-user-dir")
+    assert not (tmp_path / "other-user-dir").exists() or not any((tmp_path / "other-user-dir").iterdir())
+
+
+def test_requirements_are_checked_without_installing_anything(tmp_path):
+    from MicrocalcAIModuleLib import dependencies
+    from MicrocalcAIModuleLib.paths import requirements_path
+
+    req = tmp_path / "requirements.txt"
+    req.write_text("# comment\nnumpy>=1.0\n--extra-index-url https://example.invalid\nsurely-not-installed-microcalcai-pkg>=1\nnumpy<1.0  # too old\n")
+    assert dependencies.read_requirements(req) == ["numpy>=1.0", "surely-not-installed-microcalcai-pkg>=1", "numpy<1.0"]
+    assert dependencies.missing_requirements(dependencies.read_requirements(req)) == ["surely-not-installed-microcalcai-pkg>=1", "numpy<1.0"]
+    shipped = dependencies.read_requirements(requirements_path())
+    assert shipped and not any(r.startswith(("torch", "torchvision")) for r in shipped)  # those come from the PyTorch extension
+
+
+class _PydicomDatabase:
+    """Stand-in for Slicer's ctkDICOMDatabase (not available outside Slicer): the two calls the
+    module makes, answered from the real file with pydicom."""
+
+    def __init__(self, files_by_uid):
+        self.files_by_uid = files_by_uid
+
+    def fileForInstance(self, uid):
+        return self.files_by_uid.get(uid, "")
+
+    def fileValue(self, path, tag):
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        group, element = (int(part, 16) for part in tag.split(","))
+        elem = ds.get((group, element))
+        if elem is None or elem.value is None:
+            return ""
+        value = elem.value
+        return "\\".join(str(v) for v in value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else str(value)
+
+
+def test_bundled_sample_loaded_from_the_dicom_database_keeps_its_tags_and_grid():
+    pydicom = pytest.importorskip("pydicom")
+    from _slicer_helpers import REPO
+
+    from MicrocalcAIModuleLib.volumes import dicom_source_from_database
+
+    sample = REPO / "Resources" / "Samples" / "sim_R_CC.dcm"
+    ds = pydicom.dcmread(sample)
+    scene = new_scene()
+    # What Slicer's DICOM scalar-volume loader produces for a mammogram without orientation tags.
+    volume = add_volume(scene, ds.pixel_array, spacing=(0.1, 0.1, 1.0), directions=LPS, name="1: MicrocalcAI simulated sample",
+                        attributes={"DICOM.instanceUIDs": ds.SOPInstanceUID})  # fmt: skip
+    source = dicom_source_from_database(volume, _PydicomDatabase({ds.SOPInstanceUID: str(sample)}))
+    assert source.file == str(sample)
+    assert source.tags["ImageLaterality"] == "R" and source.tags["ViewPosition"] == "CC"
+    assert source.tags["StudyInstanceUID"] == ds.StudyInstanceUID
+    image = volume_to_mammogram(volume, dicom=source)
+    assert image.origin == "dicom-file" and image.mapping.is_identity
+    m = image.mammogram
+    assert (m.laterality, m.view, m.photometric) == ("R", "CC", "MONOCHROME2")
+    assert m.study_uid == ds.StudyInstanceUID and m.spacing_mm == pytest.approx((0.1, 0.1))
+    # Without the file (moved or deleted), the tags from the database still give the metadata.
+    tags_only = volume_to_mammogram(volume, dicom=DicomSource(file=None, tags=source.tags))
+    assert tags_only.origin == "volume"
+    assert (tags_only.mammogram.laterality, tags_only.mammogram.view) == ("R", "CC")
+    assert tags_only.mammogram.laterality_source == "ImageLaterality"
+    # A volume that did not come from DICOM has no database entry.
+    assert dicom_source_from_database(add_volume(scene, np.zeros((80, 80), dtype=np.int16)), _PydicomDatabase({})) is None

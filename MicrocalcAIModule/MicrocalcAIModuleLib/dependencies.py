@@ -44,7 +44,7 @@ def read_requirements(path: Path) -> list[str]:
 
 
 def _requirement_name(requirement: str) -> str:
-    return re.split(r"[\s<>=!~;\[(]", requirement.strip(), 1)[0]
+    return re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0]
 
 
 def requirement_satisfied(requirement: str) -> bool:

@@ -57,6 +57,9 @@ def resources_dir() -> Path:
     for folder in _candidates():
         if (folder / "Resources" / UI_FILE).is_file():
             return folder / "Resources"
+    for folder in _candidates():
+        if (folder / "Resources").is_dir():
+            return folder / "Resources"
     return MODULE_DIR / "Resources"
 
 

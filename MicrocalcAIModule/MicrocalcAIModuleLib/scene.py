@@ -180,6 +180,10 @@ def remove_node(scene: Any, node: Any) -> None:
         dependents += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
     if node.IsA("vtkMRMLStorableNode"):
         dependents += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    sh = _sh(scene)
+    item = sh.GetItemByDataNode(node)
+    if item:  # Slicer's subject hierarchy logic would drop it; the bare MRML library does not
+        sh.RemoveItem(item, False, False)
     scene.RemoveNode(node)
     for dep in dependents:
         if dep is not None and dep.GetScene() is scene:

@@ -211,12 +211,15 @@ def volume_to_mammogram(
     read (their source becomes "user"), as in the engine's own reader.
     Raises :class:`VolumeError` or :class:`MicrocalcAI.errors.MicrocalcAIError` subclasses.
     """
-    from MicrocalcAI.errors import MicrocalcAIError
-    from MicrocalcAI.reader import read_mammogram
+    from MicrocalcAI.errors import UnreadableFileError
+    from MicrocalcAI.reader import ACCEPTED_MODALITIES, read_mammogram
 
     plane = volume_plane(volume_node)
     name = volume_node.GetName()
     notes: list[str] = []
+    modality = (dicom.tag("Modality") or "").upper() if dicom is not None else ""
+    if modality and modality not in ACCEPTED_MODALITIES:
+        raise VolumeError(f"'{name}' is a {modality} image, not a mammogram (MG, DX or CR)")
 
     if dicom is not None and dicom.file and os.path.isfile(dicom.file):
         try:
@@ -224,7 +227,7 @@ def volume_to_mammogram(
                 dicom.file, spacing_mm=spacing_mm, laterality=laterality, view=view,
                 photometric=photometric or "MONOCHROME2",
             )
-        except MicrocalcAIError as exc:
+        except UnreadableFileError as exc:  # e.g. a compression the engine cannot decode: Slicer could
             notes.append(f"the DICOM file could not be read by the engine ({exc}); the volume's pixels are used")
             log.warning("%s: %s", name, notes[-1])
         else:
