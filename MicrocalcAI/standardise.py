@@ -274,6 +274,26 @@ def _edge_band_depths(mask: np.ndarray, max_gap: int) -> np.ndarray:
     return depth
 
 
+def _flat_runs(in_band: np.ndarray, depth: np.ndarray, typical: float) -> np.ndarray:
+    """Keep only the runs along an edge whose depth stays level from one end to the other.
+
+    Where a small breast's outline meets the chest-wall edge, its depth from that edge ramps
+    from zero up to centimetres: shallow, and even enough in its quartiles to pass for a band,
+    but a ramp. A film edge is level along its whole run. A run whose first and last quarters
+    differ in median depth by more than half the typical depth is a ramp and is not a band.
+    """
+    labels, count = ndi.label(in_band)
+    out = in_band.copy()
+    for run in range(1, count + 1):
+        positions = np.flatnonzero(labels == run)
+        quarter = max(1, len(positions) // 4)
+        first = float(np.median(depth[positions[:quarter]]))
+        last = float(np.median(depth[positions[-quarter:]]))
+        if abs(last - first) > 0.5 * typical + 2:
+            out[positions] = False
+    return out
+
+
 def _remove_edge_bands(mask: np.ndarray, max_depth: int, max_gap: int, min_length: int, thin_band: int) -> np.ndarray:
     """Cut film edges and scanner frames: shallow bands of even depth along an image edge.
 
@@ -301,7 +321,7 @@ def _remove_edge_bands(mask: np.ndarray, max_depth: int, max_gap: int, min_lengt
         if candidates.sum() < min_length:
             continue
         typical = float(np.median(depth[candidates]))
-        in_band = (depth > 0) & (depth <= 1.3 * typical + 2)
+        in_band = _flat_runs((depth > 0) & (depth <= 1.3 * typical + 2), depth, typical)
         if in_band.sum() < min_length:
             continue
         q1, q2, q3 = np.percentile(depth[in_band], [25, 50, 75])

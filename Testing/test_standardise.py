@@ -297,3 +297,16 @@ def test_large_breast_filling_the_field_is_accepted_with_a_warning() -> None:
     assert any("four image edges" in w for w in mask_warnings(framed))
     framed[:, -1] = False
     assert mask_warnings(framed) == []
+
+
+@pytest.mark.parametrize("depth_mm", [30, 40, 50])
+def test_small_breast_ends_at_the_chest_wall_are_not_cut_as_film_edge(depth_mm) -> None:
+    # A small breast meets the chest-wall edge with shallow, tapering ends; they ramp, a film
+    # edge is level, so they must stay in the mask (a lesion there could otherwise never be found).
+    sp, rows, cols = 0.07, 2400, 1500
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    inside = ((xx - cols) / (depth_mm / sp)) ** 2 + ((yy - rows / 2) / (60 / sp)) ** 2 < 1
+    image = np.where(inside, 2000.0, 100.0) + np.random.default_rng(0).normal(0, 5, (rows, cols))
+    mask = breast_mask(image.astype(np.float32), (sp, sp))
+    assert (mask & inside).sum() / inside.sum() > 0.99
+    assert (mask & ~inside).sum() / inside.sum() < 0.02
