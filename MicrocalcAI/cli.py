@@ -224,6 +224,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .manifest import load_manifest, verify_weights
 
     default, specs = load_manifest(args.manifest)
+    failed = 0
     for spec in specs:
         mark = "*" if spec.name == default else " "
         status = ""
@@ -232,10 +233,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 verify_weights(spec)
                 status = "  sha256 OK"
             except MicrocalcAIError as exc:
+                failed += 1
                 status = f"  FAILED: {exc}"
         print(f"{mark} {spec.name} {spec.version}  backbone={spec.backbone} spacing={spec.spacing_mm} mm  {spec.weights_path}{status}")
         print(f"    {spec.intended_use}")
-    return EXIT_OK
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

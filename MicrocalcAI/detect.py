@@ -198,7 +198,8 @@ def absorb_enclosing(
     :func:`merge_detections` drops a box lying inside a *stronger* one; the reverse also
     happens on calcification clusters: the detector is most confident about a dense sub-group
     and less about the whole cluster. Both describe one lesion, so the stronger detection
-    survives (its score and p_malignant) with the box grown to the union of the two.
+    survives (its score and p_malignant) with the box grown to the union of the two. A weak box
+    enclosing several stronger ones groups separate lesions: it is dropped, none is grown.
     ``kept`` must be ordered by decreasing score; returns the surviving indices and boxes.
     """
     survivors: list[int] = []
@@ -208,10 +209,13 @@ def absorb_enclosing(
         if grown:
             current = np.stack(grown)
             inside = _intersection(current, box[None])[:, 0] / np.maximum(_area(current), 1e-9)
-            j = int(np.argmax(inside))
-            if inside[j] >= containment:
+            enclosed = np.flatnonzero(inside >= containment)
+            if len(enclosed) == 1:
+                j = int(enclosed[0])
                 grown[j] = np.concatenate([np.minimum(current[j, :2], box[:2]), np.maximum(current[j, 2:], box[2:])])
                 continue
+            if len(enclosed) > 1:
+                continue  # a weak box around several lesions groups them: it is none of them
         survivors.append(int(i))
         grown.append(box.copy())
     return survivors, grown

@@ -99,25 +99,43 @@ def default_models_dir() -> Path:
 
 
 def _spec_from_json(entry: dict[str, Any], folder: Path) -> ModelSpec:
+    """One manifest entry -> ModelSpec, every field type-checked: a bad entry is a ModelError."""
+    where = f"{folder / MANIFEST_NAME}"
+    if not isinstance(entry, dict):
+        raise ModelError(f"malformed model entry in {where}: expected an object, got {type(entry).__name__}")
+    name = entry.get("name")
     try:
         data = dict(entry)
         cats = [RiskCategory(str(c["name"]), float(c["min_probability"])) for c in data.pop("risk_categories", [])]
-        known = set(ModelSpec.__dataclass_fields__)
-        unknown = set(data) - known
+        unknown = set(data) - set(ModelSpec.__dataclass_fields__)
         if unknown:
-            raise ModelError(f"model entry {data.get('name')!r}: unknown fields {sorted(unknown)}")
+            raise ModelError(f"model entry {name!r} in {where}: unknown fields {sorted(unknown)}")
+        for key in ("name", "version", "file", "sha256", "backbone"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise ValueError(f"'{key}' must be a non-empty string")
         spec = ModelSpec(**data)
+        spec.spacing_mm = float(spec.spacing_mm)
+        spec.assumed_input_spacing_mm = float(spec.assumed_input_spacing_mm)
+        spec.score_threshold = float(spec.score_threshold)
+        spec.tile_size = int(spec.tile_size)
+        spec.tile_overlap = int(spec.tile_overlap)
+        spec.classes = tuple(str(c) for c in spec.classes)
+        spec.anchor_sizes = tuple(int(a) for a in spec.anchor_sizes)
+        spec.operating_points = {str(k): float(v) for k, v in dict(spec.operating_points).items()}
+        spec.metrics = dict(spec.metrics)
         if cats:
             spec.risk_categories = cats
-        spec.classes = tuple(spec.classes)
-        spec.anchor_sizes = tuple(int(a) for a in spec.anchor_sizes)
         spec.folder = str(folder)
-    except (TypeError, KeyError, ValueError) as exc:
-        raise ModelError(f"malformed model entry in {folder / MANIFEST_NAME}: {exc}") from exc
-    if tuple(spec.classes) != CLASSES:
+    except ModelError:
+        raise
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise ModelError(f"malformed model entry {name!r} in {where}: {exc}") from exc
+    if spec.classes != CLASSES:
         raise ModelError(f"model {spec.name!r}: classes must be {list(CLASSES)}, got {list(spec.classes)}")
-    if spec.spacing_mm <= 0 or spec.tile_size <= spec.tile_overlap:
-        raise ModelError(f"model {spec.name!r}: invalid spacing or tiling")
+    if not (spec.spacing_mm > 0 and spec.assumed_input_spacing_mm > 0 and 0 <= spec.tile_overlap < spec.tile_size):
+        raise ModelError(f"model {spec.name!r} in {where}: invalid spacing or tiling")
+    if not 0.0 <= spec.score_threshold <= 1.0 or not all(0.0 <= v <= 1.0 for v in spec.operating_points.values()):
+        raise ModelError(f"model {spec.name!r} in {where}: thresholds must lie in [0, 1]")
     return spec
 
 
@@ -135,7 +153,10 @@ def load_manifest(path: Optional[os.PathLike | str] = None) -> tuple[Optional[st
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         raise ModelError(f"model manifest {path} has no 'models' list")
     specs = [_spec_from_json(e, path.parent) for e in data["models"]]
-    return data.get("default"), specs
+    default = data.get("default")
+    if default is not None and not isinstance(default, str):
+        raise ModelError(f"model manifest {path}: 'default' must be a model name")
+    return default, specs
 
 
 def resolve_model(model: Optional[str] = None) -> ModelSpec:

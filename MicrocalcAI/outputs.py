@@ -149,6 +149,7 @@ def findings_to_json(f: ImageFindings, *, created: Optional[datetime] = None) ->
             "series_uid": f.series_uid,
             "sop_uid": f.sop_uid,
             "manufacturer": f.manufacturer,
+            "fingerprint": f.input_fingerprint,
         },
         "model": {
             "name": f.model.name,
@@ -254,6 +255,7 @@ def findings_from_json(doc: dict[str, Any]) -> ImageFindings:
             series_uid=_opt_str(inp["series_uid"]),
             sop_uid=_opt_str(inp["sop_uid"]),
             manufacturer=_opt_str(inp["manufacturer"]),
+            input_fingerprint=_opt_str(inp.get("fingerprint")),
             lesions=[_lesion_from_json(d) for d in doc["lesions"]],
             risk=Risk(probability=float(risk["probability"]), category=str(risk["category"])),
             model=ModelInfo(

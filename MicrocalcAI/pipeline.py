@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import CancelledError, MicrocalcAIError, SpacingError
+from .errors import CancelledError, MicrocalcAIError, OutputError, SpacingError
 from .findings import build_lesions
 from .manifest import ModelSpec, resolve_model
 from .reader import find_images, read_mammogram
@@ -206,9 +206,19 @@ class Analyzer:
             score_threshold=self.score_threshold,
             warnings=warnings,
             timings_s={k: round(v, 4) for k, v in timings.items()},
+            input_fingerprint=file_fingerprint(mammogram.source) if mammogram.source else None,
         )
         progress(1.0, "done")
         return findings, stored01
+
+
+def file_fingerprint(path: Union[str, os.PathLike]) -> Optional[str]:
+    """``"<size>:<mtime_ns>"`` of a file: changes whenever the file is replaced or edited."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _with_overrides(
@@ -310,10 +320,43 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     seen: dict[str, int] = {}
     for n in names:
         seen[n] = seen.get(n, 0) + 1
-    return [
+    names = [
         n if seen[n] == 1 else f"{n}_{p.name.split('.', 1)[1].replace('.', '_')}" if "." in p.name else n
         for n, p in zip(names, resolved)
     ]
+    # Whatever the paths, two inputs must never share outputs: number any remaining clash.
+    taken: set[str] = set()
+    unique = []
+    for n in names:
+        candidate, k = n, 2
+        while candidate in taken:
+            candidate, k = f"{n}_{k}", k + 1
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
+def _still_valid(
+    earlier: ImageFindings,
+    path: Path,
+    spec: ModelSpec,
+    threshold: float,
+    spacing_mm: Optional[float],
+) -> bool:
+    """Whether complete earlier outputs describe this file, analysed as this run would.
+
+    Same file (path and size/mtime), same weights (sha256), same threshold, same spacing
+    option; anything else is redone rather than silently reporting stale or foreign results.
+    """
+    if earlier.source is None or Path(earlier.source).resolve() != path.resolve():
+        return False
+    if earlier.input_fingerprint is None or earlier.input_fingerprint != file_fingerprint(path):
+        return False
+    if earlier.model.sha256 != spec.sha256 or abs(earlier.score_threshold - threshold) > 1e-9:
+        return False
+    if spacing_mm is None:
+        return earlier.spacing_source != "user"
+    return earlier.spacing_source == "user" and all(abs(s - float(spacing_mm)) < 1e-9 for s in earlier.spacing_mm)
 
 
 def run_batch(
@@ -339,29 +382,39 @@ def run_batch(
 
     progress = progress or no_progress
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot use output folder {out}: {exc}") from exc
     files, missing = find_images(inputs, recursive=recursive)
+    # An output folder inside an input folder must not be read back as input on a re-run.
+    out_resolved = out.resolve()
+    files = [p for p in files if not p.resolve().is_relative_to(out_resolved)]
     result = BatchResult(failed=[(str(p), reason) for p, reason in missing])
     for path, reason in missing:
         log.error("%s: %s", path, reason)
+    spec = analyzer.spec if analyzer is not None else resolve_model(model)
+    threshold = analyzer.score_threshold if analyzer is not None else (
+        spec.score_threshold if score_threshold is None else float(score_threshold)
+    )
     names = output_names(files)
     todo = []
     for path, name in zip(files, names):
         if not force and outputs_complete(name, out):
             try:
-                result.images.append(load_image_json(out / f"{name}.json"))
+                earlier = load_image_json(out / f"{name}.json")
+            except MicrocalcAIError:
+                earlier = None  # unreadable earlier output: redo the image
+            if earlier is not None and _still_valid(earlier, path, spec, threshold, spacing_mm):
+                result.images.append(earlier)
                 result.skipped.append(str(path))
                 result.overlays[name] = out / f"{name}_overlay.png"
                 continue
-            except MicrocalcAIError:
-                pass  # unreadable earlier output: redo the image
         todo.append((path, name))
     if todo and analyzer is None:
         progress(0.0, "loading model")
         analyzer = Analyzer(model, device, score_threshold=score_threshold)
-    if analyzer is not None:
-        threshold = analyzer.score_threshold
-        log.info("threshold %.3f; %d image(s) to analyse, %d already done", threshold, len(todo), len(result.skipped))
+    log.info("threshold %.3f; %d image(s) to analyse, %d already done", threshold, len(todo), len(result.skipped))
 
     n = max(len(todo), 1)
     for i, (path, name) in enumerate(todo):
@@ -384,10 +437,14 @@ def run_batch(
         except MemoryError:
             log.error("%s: not enough memory to analyse this image", path)
             result.failed.append((str(path), "not enough memory"))
+        except RuntimeError as exc:  # torch reports device out-of-memory as a RuntimeError
+            if "out of memory" not in str(exc).lower():
+                raise
+            log.error("%s: not enough %s memory to analyse this image", path, analyzer.device if analyzer else "device")
+            result.failed.append((str(path), "not enough device memory (try --device cpu)"))
         progress((i + 1) / n, f"{prefix}done")
 
-    spec = analyzer.spec if analyzer is not None else (resolve_model(model) if result.images else None)
-    if spec is not None and result.images:
+    if result.images:
         result.breasts = breast_findings(result.images, spec)
         result.exams = exam_findings(result.breasts, spec)
     result.tables = write_batch_tables(result.images, result.breasts, result.exams, out)

@@ -229,6 +229,9 @@ class ImageFindings:
     score_threshold: float
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: Identity of the input file content ("<size>:<mtime_ns>") so a re-run can tell whether
+    #: earlier outputs still describe the file; None for in-memory images.
+    input_fingerprint: Optional[str] = None
 
 
 @dataclass

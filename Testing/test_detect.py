@@ -246,3 +246,13 @@ def test_weaker_box_enclosing_a_stronger_one_is_folded_into_it():
     assert lesion.box.tolist() == [90.0, 90.0, 180.0, 170.0]
     assert (lesion.score, lesion.p_malignant, lesion.label) == (0.95, 0.9, "malignant")
     assert any(d.box.tolist() == [300.0, 300.0, 340.0, 340.0] for d in dets)  # separate lesion kept
+
+
+def test_weak_box_around_two_lesions_does_not_merge_them():
+    outputs = [{
+        "boxes": np.array([[100.0, 100, 130, 130], [200, 100, 230, 130], [90, 90, 240, 140]]),
+        "scores": np.array([0.9, 0.8, 0.4]),
+        "p_malignant": np.array([0.9, 0.2, 0.5]),
+    }]
+    dets = merge_tile_outputs(outputs, [(0, 0)], tile=512, image_shape=(512, 512), score_threshold=0.3)
+    assert sorted(tuple(d.box.tolist()) for d in dets) == [(100.0, 100.0, 130.0, 130.0), (200.0, 100.0, 230.0, 130.0)]

@@ -204,6 +204,11 @@ def test_output_names_are_unique_and_stable(tmp_path):
     names = output_names(paths)
     assert len(set(names)) == 4 and names == output_names(paths)
     assert names[2:] != ["x", "x"] and "x" != names[0]
+    for clash in (
+        [tmp_path / "x__a.dcm", tmp_path / "x" / "a.dcm", tmp_path / "y" / "a.dcm"],
+        [tmp_path / "a.dcm", tmp_path / "a.1.dcm", tmp_path / "a_1_dcm.png"],
+    ):
+        assert len(set(output_names(clash))) == len(clash)
 
 
 def test_ct_file_is_rejected_by_the_api(analyzer):
@@ -217,3 +222,34 @@ def test_bundled_sample_clusters_are_found(analyzer):
     findings = analyzer.analyse(SAMPLES / "sim_R_CC.dcm")
     for known in truth["lesions"]:
         assert any(_hits(les.box_px, known["box_px"]) for les in findings.lesions), known
+
+
+def test_rerun_redoes_stale_or_foreign_outputs(tmp_path, analyzer):
+    """Outputs are reused only for the same file, weights, threshold and spacing option."""
+    data = tmp_path / "in"
+    data.mkdir()
+    _simulated_dicom(data / "a.dcm", seed=41, laterality="L", spacing=0.1)
+    out = data / "out"  # inside the input folder: must not be read back as input
+    first = run_batch([data], out, analyzer=analyzer)
+    assert [Path(p).name for p in first.analysed] == ["a.dcm"] and not first.failed
+    again = run_batch([data], out, analyzer=analyzer)
+    assert again.skipped and not again.analysed and not again.failed  # overlay PNG not taken as input
+    other = tmp_path / "other"
+    other.mkdir()
+    _simulated_dicom(other / "a.dcm", seed=42, laterality="R", spacing=0.1)
+    foreign = run_batch([other], out, analyzer=analyzer)
+    assert foreign.analysed and foreign.images[0].laterality == "R"
+    _simulated_dicom(other / "a.dcm", seed=43, laterality="L", spacing=0.1)  # file replaced
+    replaced = run_batch([other], out, analyzer=analyzer)
+    assert replaced.analysed
+    assert run_batch([other], out, analyzer=analyzer).skipped
+    assert run_batch([other], out, analyzer=analyzer, spacing_mm=0.07).analysed
+    stricter = Analyzer(device="cpu", score_threshold=0.9)
+    assert run_batch([other], out, analyzer=stricter).analysed
+
+
+def test_unusable_output_folder_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code = cli_main(["detect", str(SAMPLES / "sim_R_CC.dcm"), "--out", str(blocker / "sub"), "--quiet"])
+    assert code == 2 and "output folder" in capsys.readouterr().err
