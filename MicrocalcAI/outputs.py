@@ -405,6 +405,10 @@ def render_overlay(f: ImageFindings, stored01: np.ndarray, *, max_size: int = 20
         ("cyan: calcification specks", SPECK_COLOUR),
         ("number: P(malignant)  -  research use only", (255, 255, 255)),
     ]
+    if f.spacing_source == "assumed":
+        legend.append((f"WARNING: pixel spacing unknown, assumed {f.spacing_mm[1]:g} mm", (255, 160, 0)))
+    if f.warnings:
+        legend.append((f"{len(f.warnings)} warning(s): see {f.name}.json", (255, 160, 0)))
     y = 4.0
     for text, colour in legend:
         _draw_label(draw, (6.0, y), text, colour, font)

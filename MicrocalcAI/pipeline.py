@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import CancelledError, MicrocalcAIError, OutputError, SpacingError
+from .errors import CancelledError, InputError, MicrocalcAIError, OutputError, SpacingError
 from .findings import build_lesions
 from .manifest import ModelSpec, resolve_model
 from .reader import find_images, read_mammogram
@@ -237,7 +237,10 @@ def _with_overrides(
             raise SpacingError(f"spacing {spacing_mm} mm is not a plausible mammogram pixel spacing (0.02-1.0 mm)")
         changes.update(spacing_mm=pair, spacing_source="user")
     if laterality is not None:
-        changes.update(laterality=laterality.upper()[:1], laterality_source="user")
+        side = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}.get(str(laterality).strip().upper())
+        if side is None:
+            raise InputError(f"laterality must be L or R, got {laterality!r}")
+        changes.update(laterality=side, laterality_source="user")
     if view is not None:
         changes.update(view=view.upper(), view_source="user")
     return replace(m, warnings=list(m.warnings), **changes) if changes else m
