@@ -507,14 +507,17 @@ def choose_score_threshold(
 
 
 def choose_malignancy_operating_points(
-    evals: Sequence[ImageEvaluation], score_threshold: float, target_malignant_sensitivity: float = 0.9
+    evals: Sequence[ImageEvaluation], score_threshold: float, target_malignant_sensitivity: float = 0.95
 ) -> dict[str, float]:
-    """Thresholds on p_malignant from the found validation lesions.
+    """Thresholds on p_malignant from the validation lesions found at ``score_threshold``.
 
-    ``high_sensitivity``: the highest threshold that still calls at least
-    ``target_malignant_sensitivity`` of the found malignant lesions malignant.
-    ``balanced``: the threshold maximising Youden's J (sensitivity + specificity - 1).
-    Falls back to the manifest defaults when the data lack a class.
+    ``balanced`` maximises Youden's J (sensitivity + specificity - 1); ``high_sensitivity``
+    maximises specificity while still calling at least ``target_malignant_sensitivity`` of
+    the found malignant lesions malignant. On well separated (e.g. simulated) data a whole
+    range of thresholds is optimal; taking its edge would put the operating point right at
+    the most extreme validation lesion, so ``balanced`` takes the middle of the optimal
+    range and ``high_sensitivity`` its low end (the sensitive side). Falls back to the
+    manifest defaults when the data lack a class.
     """
     scored = _score_evaluations(evals)
     found = scored.lesion_score >= score_threshold
@@ -526,11 +529,15 @@ def choose_malignancy_operating_points(
     grid = np.round(np.arange(0.01, 0.991, 0.01), 2)
     sens = np.array([(p[mal] >= t).mean() for t in grid])
     spec_ = np.array([(p[~mal] < t).mean() for t in grid])
-    ok = np.flatnonzero(sens >= target_malignant_sensitivity)
-    high_sens = float(grid[ok[-1]]) if len(ok) else float(grid[0])
-    balanced = float(grid[int(np.argmax(sens + spec_ - 1))])
-    balanced = max(balanced, high_sens)
-    return {"high_sensitivity": high_sens, "balanced": balanced}
+    youden = sens + spec_ - 1
+    optimal = np.flatnonzero(np.isclose(youden, youden.max()))
+    balanced = float(grid[optimal[len(optimal) // 2]])
+    allowed = np.where(sens >= target_malignant_sensitivity, spec_, -1.0)
+    if allowed.max() < 0:
+        high_sens = float(grid[0])
+    else:
+        high_sens = float(grid[np.flatnonzero(np.isclose(allowed, allowed.max()))[0]])
+    return {"high_sensitivity": min(high_sens, balanced), "balanced": balanced}
 
 
 # ------------------------------------------------------------------------------------ training
@@ -991,7 +998,7 @@ def export_model(
         }
         metrics["operating_point_rule"] = (
             f"score_threshold: highest sensitivity at <= {target_fp_per_image:g} FP/image on validation; "
-            "p_malignant: high_sensitivity keeps >= 90% of found malignant lesions, balanced maximises Youden J"
+            "p_malignant on found validation lesions: high_sensitivity = lowest threshold of best specificity with >= 95% malignant sensitivity, balanced = middle of the thresholds maximising Youden J"
         )
     if test_coco is not None:
         metrics["test"] = evaluate_coco(

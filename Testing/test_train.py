@@ -15,6 +15,7 @@ from MicrocalcAI.train import (
     ImageEvaluation,
     TrainConfig,
     TrainConfigError,
+    choose_malignancy_operating_points,
     choose_score_threshold,
     export_model,
     hit_matrix,
@@ -157,3 +158,12 @@ def test_summary_counts_hits_false_positives_and_auc():
     assert roc_auc(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0])) == 1.0
     assert roc_auc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
     assert np.isnan(roc_auc(np.array([0.3]), np.array([1])))
+
+
+def test_malignancy_operating_points_sit_inside_the_separating_range():
+    boxes = np.array([[10.0 * i, 0, 10.0 * i + 5, 5] for i in range(4)])
+    ev = ImageEvaluation("a", boxes, np.array([1, 1, 2, 2]), boxes.copy(), np.full(4, 0.9), np.array([0.1, 0.2, 0.8, 0.9]))
+    points = choose_malignancy_operating_points([ev], score_threshold=0.5)
+    # Any threshold in (0.2, 0.8] separates the classes perfectly.
+    assert 0.2 < points["high_sensitivity"] < points["balanced"] <= 0.8
+    assert 0.4 <= points["balanced"] <= 0.6
