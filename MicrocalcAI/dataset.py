@@ -9,7 +9,8 @@ file itself has no spacing, as a user would pass ``--spacing`` at inference).
 Every image goes through exactly the same :func:`read_mammogram` + :func:`standardise` path as
 inference, so the detector is trained in the frame it later sees. Standardising a full-field
 mammogram takes seconds, so the canonical image, breast mask and transform are cached as
-``.npz`` files keyed by file path, modification time, size and spacing; the boxes are mapped
+``.npz`` files keyed by file path, modification time, size, spacing and a hash of the reader
+and standardiser source; the boxes are mapped
 from the COCO file on every load, so editing annotations never needs a cache purge.
 
 :class:`PatchSampler` turns the canonical images into fixed-size training patches: class
@@ -212,10 +213,28 @@ class CanonicalSample:
         )
 
 
-def _cache_key(path: Path, spacing_mm: float, assumed_input_spacing_mm: float, coco_spacing: Optional[float]) -> str:
+def pipeline_fingerprint() -> str:
+    """Hash of the reader and standardiser source: a changed pipeline must not reuse old caches.
+
+    A cached canonical image is only valid for the code that made it; keying on the source
+    files means an upgraded standardiser re-standardises instead of silently training the
+    model on a frame that inference no longer produces.
+    """
+    from . import reader, standardise
+
+    digest = hashlib.sha1()
+    for module in (reader, standardise):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _cache_key(
+    path: Path, spacing_mm: float, assumed_input_spacing_mm: float, coco_spacing: Optional[float], fingerprint: str
+) -> str:
     stat = path.stat()
     ident = json.dumps(
-        [CACHE_VERSION, str(path.resolve()), stat.st_mtime_ns, stat.st_size, spacing_mm, assumed_input_spacing_mm, coco_spacing]
+        [CACHE_VERSION, fingerprint, str(path.resolve()), stat.st_mtime_ns, stat.st_size, spacing_mm,
+         assumed_input_spacing_mm, coco_spacing]
     )
     return hashlib.sha1(ident.encode("utf-8")).hexdigest()
 
@@ -300,6 +319,7 @@ class CocoMammogramDataset:
         self.skip_unusable = bool(skip_unusable)
         self.skipped: list[tuple[Path, str]] = []
         self._samples: dict[int, CanonicalSample] = {}
+        self._fingerprint: Optional[str] = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -363,7 +383,9 @@ class CocoMammogramDataset:
     def _canonical(self, entry: CocoImage) -> CanonicalImage:
         cache_file = None
         if self.cache_dir is not None:
-            key = _cache_key(entry.path, self.spacing_mm, self.assumed_input_spacing_mm, entry.spacing_mm)
+            if self._fingerprint is None:
+                self._fingerprint = pipeline_fingerprint()
+            key = _cache_key(entry.path, self.spacing_mm, self.assumed_input_spacing_mm, entry.spacing_mm, self._fingerprint)
             cache_file = self.cache_dir / f"{key}.npz"
             if cache_file.is_file():
                 try:
