@@ -327,9 +327,14 @@ def _remove_edge_bands(mask: np.ndarray, max_depth: int, max_gap: int, min_lengt
         q1, q2, q3 = np.percentile(depth[in_band], [25, 50, 75])
         if q3 - q1 > 0.5 * q2 + 1:
             continue  # depth changes steadily: the outline of a breast meeting the edge
-        log.debug("film edge band along the %s edge: %d positions, ~%d px deep", name, int(in_band.sum()), int(q2))
         cols = np.arange(band.shape[1])[None, :]
-        band[(cols < depth[:, None]) & in_band[:, None]] = False
+        cleared = (cols < depth[:, None]) & in_band[:, None]
+        if cleared.sum() > 0.5 * band.sum():
+            # A film edge is a strip, never most of the foreground: this "band" is a small
+            # breast (or a crop of one) hanging from this edge.
+            continue
+        log.debug("film edge band along the %s edge: %d positions, ~%d px deep", name, int(in_band.sum()), int(q2))
+        band[cleared] = False
         if q3 <= thin_band:
             # A thin, sharp film edge also runs in front of the breast or pectoral muscle,
             # where it would add a bright line; trimming that little tissue is the lesser harm.

@@ -310,3 +310,18 @@ def test_small_breast_ends_at_the_chest_wall_are_not_cut_as_film_edge(depth_mm) 
     mask = breast_mask(image.astype(np.float32), (sp, sp))
     assert (mask & inside).sum() / inside.sum() > 0.99
     assert (mask & ~inside).sum() / inside.sum() < 0.02
+
+
+def test_small_field_breast_is_not_taken_for_a_film_edge() -> None:
+    # On a small field a breast hangs only ~25 mm deep from the chest-wall edge, as deep as a
+    # film-edge band: the band rule must not remove most of the foreground.
+    from MicrocalcAI.simulate import SimulationConfig, simulate_image
+
+    for seed in range(4):
+        pixels, meta, _ = simulate_image(
+            np.random.default_rng(seed), SimulationConfig(real_fraction=0.0), size_mm=(45, 35), spacing_mm=0.1, n_clusters=0
+        )
+        m = Mammogram(pixels=pixels, spacing_mm=(0.1, 0.1), photometric=meta.photometric)
+        mask = breast_mask(monochrome2_intensity(m), (0.1, 0.1))
+        truth = meta.breast_mask
+        assert (mask & truth).sum() / truth.sum() > 0.9, seed
