@@ -1,4 +1,4 @@
-"""The ``microcalcai`` command line: detect, simulate, train, models.
+"""The ``microcalcai`` command line: detect, simulate, train, evaluate, models.
 
 Exit status: 0 when everything worked, 1 when some inputs failed (the rest are still
 processed and written), 2 for usage errors and problems that stop everything (no model,
@@ -123,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--verbose", action="store_true")
     tr.set_defaults(func=_cmd_train)
 
+    ev = sub.add_parser("evaluate", help="measure a model on COCO-annotated images: lesion/image/breast metrics, ROC, FROC, calibration")
+    ev.add_argument("coco", metavar="COCO", help="COCO annotations (boxes in stored pixels, categories benign/malignant)")
+    ev.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json, roc.png, froc.png, calibration.png")
+    ev.add_argument("--model", default=None, help="model name, manifest.json or weights file (default: the bundled default)")
+    ev.add_argument("--device", default="auto", help="auto (default), cpu, gpu, cuda, mps")
+    ev.add_argument("--findings", default=None, metavar="DIR", help="reuse per-image JSON written by `microcalcai detect` instead of running the model")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--verbose", action="store_true")
+    ev.set_defaults(func=_cmd_evaluate)
+
     models = sub.add_parser("models", help="list the models of the bundled manifest (or --manifest)")
     models.add_argument("--manifest", default=None)
     models.add_argument("--verify", action="store_true", help="also check every weights file's sha256")
@@ -217,6 +229,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     result = _run_with_bar("train", args.quiet, lambda bar: train_from_config_file(args.config, resume=args.resume, progress=bar))
     print(result)
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_dataset
+
+    report = _run_with_bar(
+        "evaluate",
+        args.quiet,
+        lambda bar: evaluate_dataset(
+            args.coco, args.out, model=args.model, device=args.device, progress=bar,
+            n_bootstrap=args.bootstrap, seed=args.seed, findings_dir=args.findings,
+        ),
+    )
+    print(report.summary())  # type: ignore[attr-defined]
+    if report.failed:  # type: ignore[attr-defined]
+        print(f"{len(report.failed)} image(s) could not be analysed and count as missed", file=sys.stderr)  # type: ignore[attr-defined]
+        return EXIT_SOME_FAILED
     return EXIT_OK
 
 

@@ -46,6 +46,7 @@ from .dataset import (
     standardise_file,
 )
 from .errors import CancelledError, DatasetError, InputError, MicrocalcAIError, ModelError
+from .evaluate import MATCH_IOU, box_iou, froc_sensitivities, hit_matrix, roc_auc  # noqa: F401 (re-exported)
 from .manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
 from .model import BACKBONES, build_detector, image_to_tensor, select_device, set_input_size
 from .records import CanonicalImage, ProgressCallback, no_progress
@@ -57,8 +58,8 @@ LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 LOG_FILE = "train_log.jsonl"
 
-#: Matching rule, see the module docstring.
-MATCH_IOU = 0.2
+# The matching rule (MATCH_IOU, box_iou, hit_matrix) and roc_auc live in evaluate.py, shared
+# with `microcalcai evaluate`, and are re-exported here under their old names.
 #: False-positive rates (per image) at which the FROC sensitivity is averaged.
 FROC_RATES: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
 #: Detections below this score are never kept for evaluation (operating points lie above it).
@@ -229,32 +230,6 @@ class ImageEvaluation:
     det_p_malignant: np.ndarray  # (D,)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU matrix of xyxy boxes."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def hit_matrix(det_boxes: np.ndarray, gt_boxes: np.ndarray, iou_threshold: float = MATCH_IOU) -> np.ndarray:
-    """(D, G) bool: detection d finds lesion g (IoU >= threshold or d's centre inside g)."""
-    det = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
-    gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
-    cx = (det[:, 0] + det[:, 2]) / 2
-    cy = (det[:, 1] + det[:, 3]) / 2
-    inside = (
-        (cx[:, None] >= gt[None, :, 0]) & (cx[:, None] <= gt[None, :, 2])
-        & (cy[:, None] >= gt[None, :, 1]) & (cy[:, None] <= gt[None, :, 3])
-    )
-    return inside | (box_iou(det, gt) >= iou_threshold)
-
-
 @dataclass
 class _Scored:
     """Per-lesion and per-false-positive scores: every threshold's metrics follow from these."""
@@ -297,39 +272,14 @@ def _score_evaluations(evals: Sequence[ImageEvaluation]) -> _Scored:
     )
 
 
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties count half); nan without both classes."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def _nan_to_none(value: float) -> Optional[float]:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 def _froc(scored: _Scored) -> dict[str, Optional[float]]:
     """Sensitivity at fixed false positives per image (best over thresholds >= EVAL_MIN_SCORE)."""
-    out: dict[str, Optional[float]] = {}
-    n_les = len(scored.lesion_score)
-    if n_les == 0 or scored.n_images == 0:
-        return {f"sensitivity_at_{r:g}_fp": None for r in FROC_RATES}
-    thresholds = np.unique(np.concatenate([scored.lesion_score, scored.fp_scores, [1.0 + 1e-9]]))
-    thresholds = thresholds[thresholds >= EVAL_MIN_SCORE]
-    fp_sorted = np.sort(scored.fp_scores)
-    les_sorted = np.sort(scored.lesion_score)
-    fp_per_image = (len(fp_sorted) - np.searchsorted(fp_sorted, thresholds, side="left")) / scored.n_images
-    sens = (n_les - np.searchsorted(les_sorted, thresholds, side="left")) / n_les
-    for rate in FROC_RATES:
-        ok = fp_per_image <= rate
-        out[f"sensitivity_at_{rate:g}_fp"] = float(sens[ok].max()) if ok.any() else 0.0
-    return out
+    points = froc_sensitivities(scored.lesion_score, scored.fp_scores, scored.n_images, FROC_RATES, EVAL_MIN_SCORE)
+    return {f"sensitivity_at_{r:g}_fp": v for r, v in points.items()}
 
 
 def summarise(evals: Sequence[ImageEvaluation], score_threshold: float) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import logging
 import re
 from pathlib import Path
@@ -100,7 +101,9 @@ def ensure_torch(interactive: bool = True) -> None:
         ) from exc
     logic = PyTorchUtils.PyTorchUtilsLogic()
     try:
-        if not logic.torchInstalled():
+        # installTorch installs torch *and* torchvision (light-the-torch picks the CUDA/CPU build),
+        # so it is also the way to add a missing torchvision next to an installed torch.
+        if not logic.torchInstalled() or importlib.util.find_spec("torchvision") is None:
             try:
                 torch = logic.installTorch(askConfirmation=interactive, torchVersionRequirement=TORCH_REQUIREMENT)
             except TypeError:  # older PyTorchUtils without the version argument
@@ -139,7 +142,8 @@ def ensure_python_packages(
     try:
         pip_ensure = _pip_ensure()
         if pip_ensure is not None:
-            pip_ensure(missing, requester=REQUESTER, prompt_install=interactive, skip_in_testing=False)
+            # pip_ensure takes packaging Requirement objects (some Slicer versions accept only those).
+            pip_ensure(_as_requirements(missing), requester=REQUESTER, prompt_install=interactive, skip_in_testing=False)
         else:
             if interactive and confirm is not None and not confirm(
                 "MicrocalcAI needs these Python packages, which will be installed now:\n\n" + "\n".join(missing)
@@ -172,6 +176,13 @@ def _pip_ensure() -> Optional[Callable[..., Any]]:
         return None
     function = getattr(packaging, "pip_ensure", None)
     return function if callable(function) else None
+
+
+def _as_requirements(requirements: Sequence[str]) -> list[Any]:
+    """``packaging.requirements.Requirement`` objects for ``slicer.packaging.pip_ensure``."""
+    from packaging.requirements import Requirement
+
+    return [Requirement(r) for r in requirements]
 
 
 def _quote(requirement: str) -> str:

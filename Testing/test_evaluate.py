@@ -1,0 +1,301 @@
+"""Tests of the evaluation suite (MicrocalcAI.evaluate).
+
+Most tests build ground truth and findings by hand so the right answer is known by
+construction; one runs the real pipeline end to end on a tiny simulated dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pytest
+
+from MicrocalcAI.errors import MicrocalcAIError
+from MicrocalcAI.evaluate import (
+    DETECTOR_CLASS,
+    FROC_RATES,
+    EvaluationReport,
+    ImageTruth,
+    compute_metrics,
+    evaluate_dataset,
+    froc_sensitivities,
+    group_breasts,
+    hit_matrix,
+    roc_auc,
+    roc_curve,
+    truth_from_coco,
+    write_report,
+)
+from MicrocalcAI.manifest import ModelSpec, RiskCategory
+from MicrocalcAI.records import ImageFindings, Lesion, ModelInfo, Risk
+
+B, M = 1, 2
+GT_BOX = (100.0, 100.0, 140.0, 140.0)  # every hand-built image has its lesions here or at FAR
+FAR = (400.0, 400.0, 420.0, 420.0)
+
+
+def spec(score_threshold: float = 0.3) -> ModelSpec:
+    return ModelSpec(
+        name="eval-test", version="1", file="w.safetensors", sha256="cd" * 32, backbone="mobilenet_v2",
+        score_threshold=score_threshold,
+        operating_points={"high_sensitivity": 0.3, "balanced": 0.5},
+        risk_categories=[RiskCategory("low", 0.0), RiskCategory("intermediate", 0.3), RiskCategory("high", 0.5)],
+    )
+
+
+def les(box: Sequence[float], score: float, p: float, label: Optional[str] = None) -> Lesion:
+    label = label or ("malignant" if p >= 0.5 else "benign")
+    return Lesion(id=1, box_px=tuple(box), box_mm=tuple(v * 0.1 for v in box), label=label, score=score,
+                  p_malignant=p, area_mm2=1.0)
+
+
+def finding(name: str, lesions: list[Lesion], threshold: float = 0.1, *, patient: Optional[str] = None,
+            study: Optional[str] = None, lat: Optional[str] = None, view: Optional[str] = None) -> ImageFindings:
+    p = max((x.p_malignant for x in lesions if x.score >= threshold), default=0.0)
+    return ImageFindings(
+        source=None, name=name, image_shape=(600, 500), spacing_mm=(0.1, 0.1), spacing_source="user",
+        photometric="MONOCHROME2", laterality=lat, laterality_source=None, view=view, view_source=None,
+        presentation_intent=None, patient_id=patient, study_uid=study, series_uid=None, sop_uid=None,
+        manufacturer=None, lesions=lesions, risk=Risk(p, "low"),
+        model=ModelInfo("eval-test", "1", "cd" * 32, "mobilenet_v2", 0.1), score_threshold=threshold,
+    )
+
+
+def truth(name: str, boxes: Sequence[Sequence[float]], labels: Sequence[int], **ident) -> ImageTruth:
+    return ImageTruth(name=name, boxes=np.asarray(boxes, dtype=float).reshape(-1, 4), labels=labels, **ident)
+
+
+def test_matching_rule_iou_or_centre():
+    gt = np.array([[0, 0, 10, 10]], dtype=float)
+    dets = np.array([
+        [20, 20, 30, 30],  # far: no
+        [2, 2, 8, 8],  # centre inside: yes
+        [8, -30, 40, 9],  # centre outside, small IoU: no
+        [5, 0, 15, 10],  # centre (10, 5) on the edge: yes (and IoU 1/3)
+    ], dtype=float)
+    assert hit_matrix(dets, gt)[:, 0].tolist() == [False, True, False, True]
+
+
+def test_missed_malignant_lesion_counts_as_false_negative_not_dropped():
+    t = [truth("a", [GT_BOX], [M]), truth("b", [GT_BOX], [M]), truth("c", [GT_BOX], [B])]
+    f = [finding("a", [les(GT_BOX, 0.9, 0.9)]), finding("b", []), finding("c", [les(GT_BOX, 0.8, 0.1)])]
+    m = compute_metrics(t, f, spec=spec(), n_bootstrap=0)
+    cls = m["lesion_level"]["classification"][DETECTOR_CLASS]
+    assert (cls["tp"], cls["fn"], cls["tn"], cls["fp"]) == (1, 1, 1, 0)
+    assert cls["sensitivity"] == 0.5  # the miss lowers sensitivity
+    assert cls["specificity"] == 1.0
+    assert cls["accuracy"] == pytest.approx(2 / 3)
+    assert cls["strict_accuracy"] == pytest.approx(2 / 3)
+    assert cls["matched_only"]["sensitivity"] == 1.0 and cls["matched_only"]["n"] == 2  # the paper code's view
+    assert m["lesion_level"]["confusion_3way"]["malignant"] == {"missed": 1, "benign": 0, "malignant": 1}
+    assert m["detection"]["malignant_sensitivity"] == 0.5
+    # the same at image level: image b is malignant with risk 0 -> false negative
+    img = m["image_level"]["classification"]["balanced"]
+    assert (img["tp"], img["fn"], img["tn"], img["fp"]) == (1, 1, 1, 0)
+    # a lesion found only below the operating threshold is missed at the operating point
+    f2 = [finding("a", [les(GT_BOX, 0.9, 0.9)]), finding("b", [les(GT_BOX, 0.2, 0.9)]), f[2]]
+    m2 = compute_metrics(t, f2, spec=spec(0.3), n_bootstrap=0)
+    assert m2["lesion_level"]["classification"][DETECTOR_CLASS]["fn"] == 1
+    assert m2["detection"]["froc"]["curve"]["sensitivity"][0] == 1.0  # but the sweep at 0.1 finds it
+
+
+def test_image_that_could_not_be_analysed_counts_as_nothing_detected():
+    t = [truth("a", [GT_BOX], [M]), truth("b", [GT_BOX, FAR], [M, B])]
+    m = compute_metrics(t, [finding("a", [les(GT_BOX, 0.9, 0.9)]), None], spec=spec(), n_bootstrap=0)
+    assert m["n_images_not_analysed"] == 1 and m["images_not_analysed"] == ["b"]
+    assert m["lesion_level"]["n_lesions"] == 3
+    assert m["detection"]["lesions_missed"] == 2
+    assert m["lesion_level"]["classification"][DETECTOR_CLASS]["sensitivity"] == 0.5
+    assert any("without findings" in w for w in m["warnings"])
+
+
+def _froc_case() -> tuple[list[ImageTruth], list[ImageFindings]]:
+    """4 images, one lesion each, found at scores 0.9, 0.7, 0.4 and never; FPs 0.8 0.6 0.5 0.3 0.2."""
+    t = [truth(f"i{k}", [GT_BOX], [M if k % 2 else B]) for k in range(4)]
+    f = [
+        finding("i0", [les(GT_BOX, 0.9, 0.2), les(FAR, 0.8, 0.6)]),
+        finding("i1", [les(GT_BOX, 0.7, 0.8), les((0, 0, 5, 5), 0.6, 0.3), les((0, 500, 5, 505), 0.2, 0.9)]),
+        finding("i2", [les(GT_BOX, 0.4, 0.1), les(FAR, 0.5, 0.5)]),
+        finding("i3", [les(FAR, 0.3, 0.7)]),
+    ]
+    return t, f
+
+
+def test_froc_is_exact_and_monotone_on_a_constructed_case():
+    t, f = _froc_case()
+    m = compute_metrics(t, f, spec=spec(0.45), n_bootstrap=0)
+    froc = m["detection"]["froc"]
+    expected = {"0.125": 0.25, "0.25": 0.5, "0.5": 0.5, "1": 0.75, "2": 0.75, "4": 0.75, "8": 0.75}
+    assert froc["sensitivity_at_fp_per_image"] == expected
+    assert [float(k) for k in froc["sensitivity_at_fp_per_image"]] == list(FROC_RATES)
+    values = list(froc["sensitivity_at_fp_per_image"].values())
+    assert values == sorted(values)
+    # the curve: sensitivity and FP/image never increase with the threshold
+    curve = froc["curve"]
+    assert np.all(np.diff(curve["threshold"]) > 0)
+    assert np.all(np.diff(curve["fp_per_image"]) <= 0) and np.all(np.diff(curve["sensitivity"]) <= 0)
+    assert curve["fp_per_image"][0] == 5 / 4 and curve["sensitivity"][0] == 0.75
+    # operating point 0.45: lesions at 0.9 and 0.7 found, FPs 0.8, 0.6, 0.5 -> 3 FP on 4 images
+    det = m["detection"]
+    assert det["lesions_found"] == 2 and det["false_positives"] == 3 and det["fp_per_image"] == 0.75
+    assert det["false_malignant_marks_per_image"] == 0.5  # 0.8 (p 0.6) and 0.5 (p 0.5)
+    # the helper shared with training gives the same numbers
+    pts = froc_sensitivities(np.array([0.9, 0.7, 0.4, -np.inf]), np.array([0.8, 0.6, 0.5, 0.3, 0.2]), 4, min_score=0.1)
+    assert [pts[r] for r in FROC_RATES] == list(expected.values())
+
+
+def test_auc_equals_hand_computed_value():
+    # matched lesions: malignant p 0.9, 0.6; benign p 0.7, 0.2 -> 3 of 4 pairs ordered -> 0.75
+    ps, labels = [0.9, 0.6, 0.7, 0.2], [M, M, B, B]
+    t = [truth(f"i{k}", [GT_BOX], [lab]) for k, lab in enumerate(labels)]
+    f = [finding(f"i{k}", [les(GT_BOX, 0.9, p)]) for k, p in enumerate(ps)]
+    m = compute_metrics(t, f, spec=spec(), n_bootstrap=0)
+    assert m["lesion_level"]["auc_benign_vs_malignant_matched"]["auc"] == 0.75
+    assert m["image_level"]["auc"]["auc"] == 0.75
+    assert roc_auc(np.array(ps), np.array(labels) == M) == 0.75
+    fpr, tpr, _ = roc_curve(np.array(ps), np.array(labels) == M)
+    assert float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) == pytest.approx(0.75)  # trapezoid area
+    # a missed lesion is not part of the matched-lesion AUC, but its image scores 0 at image level
+    f[0] = finding("i0", [])
+    m = compute_metrics(t, f, spec=spec(), n_bootstrap=0)
+    assert m["lesion_level"]["auc_benign_vs_malignant_matched"]["auc"] == 0.5  # 0.6 vs 0.7, 0.2
+    assert m["image_level"]["auc"]["auc"] == 0.25  # 0.0 and 0.6 vs 0.7 and 0.2: 1 of 4 pairs ordered
+
+
+def test_bootstrap_ci_contains_the_estimate_and_is_deterministic():
+    rng = np.random.default_rng(5)
+    t, f = [], []
+    for k in range(40):
+        mal = bool(k % 2)
+        p = float(np.clip(rng.normal(0.65 if mal else 0.35, 0.2), 0.01, 0.99))
+        t.append(truth(f"i{k}", [GT_BOX], [M if mal else B]))
+        f.append(finding(f"i{k}", [les(GT_BOX, 0.9, p)]))
+    a = compute_metrics(t, f, spec=spec(), n_bootstrap=300, seed=7)
+    b = compute_metrics(t, f, spec=spec(), n_bootstrap=300, seed=7)
+    c = compute_metrics(t, f, spec=spec(), n_bootstrap=300, seed=8)
+    assert a == b
+    for block in (a["lesion_level"]["auc_benign_vs_malignant_matched"], a["image_level"]["auc"], a["breast_level"]["auc"]):
+        lo, hi = block["auc_ci95"]
+        assert lo <= block["auc"] <= hi and hi - lo > 0.02
+        assert block["n_bootstrap_valid"] == 300
+    cls = a["lesion_level"]["classification"]["balanced"]
+    assert cls["sensitivity_ci95"][0] <= cls["sensitivity"] <= cls["sensitivity_ci95"][1]
+    assert c["image_level"]["auc"]["auc_ci95"] != a["image_level"]["auc"]["auc_ci95"]
+    assert c["image_level"]["auc"]["auc"] == a["image_level"]["auc"]["auc"]
+
+
+def test_breast_level_combines_cc_and_mlo():
+    # Patient P1 right breast: the malignant lesion is missed on CC but found on MLO.
+    ident = {"patient_id": "P1", "study_uid": "S1"}
+    t = [
+        truth("P1_R_CC", [GT_BOX], [M], laterality="R", view="CC", **ident),
+        truth("P1_R_MLO", [GT_BOX], [M], laterality="R", view="MLO", **ident),
+        truth("P1_L_CC", [], [], laterality="L", view="CC", **ident),
+        truth("P1_L_MLO", [GT_BOX], [B], laterality="L", view="MLO", **ident),
+        truth("P2_R_CC", [], [], patient_id="P2"),  # side from the file, below
+        truth("P2_R_MLO", [], [], patient_id="P2"),
+        truth("lonely", [GT_BOX], [M]),  # no identity: a breast of its own
+    ]
+    f = [
+        finding("P1_R_CC", []),
+        finding("P1_R_MLO", [les(GT_BOX, 0.9, 0.95)]),
+        finding("P1_L_CC", [les(FAR, 0.5, 0.2)]),
+        finding("P1_L_MLO", [les(GT_BOX, 0.8, 0.1)]),
+        finding("P2_R_CC", [les(FAR, 0.5, 0.7)], lat="R", view="CC", study="S2"),
+        finding("P2_R_MLO", [], lat="R", view="MLO", study="S2"),
+        finding("lonely", [les(GT_BOX, 0.9, 0.4)]),
+    ]
+    assert group_breasts(t, f) == [[0, 1], [2, 3], [4, 5], [6]]
+    m = compute_metrics(t, f, spec=spec(), n_bootstrap=0)
+    bl = m["breast_level"]
+    assert bl["n_breasts"] == 4 and bl["n_with_two_or_more_views"] == 3 and bl["n_positive"] == 2
+    bal = bl["classification"]["balanced"]
+    # P1 R positive (p 0.95) TP; P1 L negative (p 0.2) TN; P2 R negative (p 0.7) FP; lonely positive (0.4) FN
+    assert (bal["tp"], bal["fn"], bal["tn"], bal["fp"]) == (1, 1, 1, 1)
+    img = m["image_level"]["classification"]["balanced"]
+    # images: P1_R_CC FN (missed on this view), P1_R_MLO TP, P1_L_* TN, P2_R_CC FP, P2_R_MLO TN, lonely FN
+    assert (img["tp"], img["fn"], img["tn"], img["fp"]) == (1, 2, 3, 1)
+    assert bl["auc"]["auc"] == 0.75  # positives 0.95, 0.4; negatives 0.2, 0.7
+    assert [r["breast"] for r in m["images"]] == [0, 0, 1, 1, 2, 2, 3]
+
+
+def test_operating_point_and_threshold_handling():
+    t, f = _froc_case()
+    m = compute_metrics(t, f, spec=spec(0.05), n_bootstrap=0)  # below what the findings hold (0.1)
+    assert m["score_threshold"] == 0.1 and any("raised" in w for w in m["warnings"])
+    names = set(m["image_level"]["classification"])
+    assert names == {DETECTOR_CLASS, "high_sensitivity", "balanced", "risk_category>=intermediate", "risk_category>=high"}
+    with pytest.raises(MicrocalcAIError, match="4 ground-truth images but 2 findings"):
+        compute_metrics(t, f[:2], spec=spec())
+
+
+def test_calibration_bins():
+    t = [truth(f"i{k}", [GT_BOX], [M if k < 3 else B]) for k in range(4)]
+    f = [finding(f"i{k}", [les(GT_BOX, 0.9, p)]) for k, p in enumerate([0.95, 0.92, 0.15, 0.12])]
+    cal = compute_metrics(t, f, spec=spec(), n_bootstrap=0)["lesion_level"]["calibration_p_malignant_matched"]
+    by_bin = {round(b["lower"], 1): b for b in cal["bins"] if b["n"]}
+    assert by_bin[0.9]["n"] == 2 and by_bin[0.9]["observed_rate"] == 1.0
+    assert by_bin[0.1]["n"] == 2 and by_bin[0.1]["observed_rate"] == 0.5
+    assert by_bin[0.1]["mean_predicted"] == pytest.approx(0.135)
+    assert cal["ece"] == pytest.approx(0.5 * (1 - 0.935) + 0.5 * (0.5 - 0.135))
+    assert cal["brier"] == pytest.approx(np.mean([0.05 ** 2, 0.08 ** 2, 0.85 ** 2, 0.12 ** 2]))
+
+
+def _png_ok(path: Path) -> bool:
+    data = path.read_bytes()
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_write_report_writes_json_and_plots(tmp_path):
+    t, f = _froc_case()
+    metrics = compute_metrics(t, f, spec=spec(), n_bootstrap=50)
+    report = EvaluationReport(dataset="hand-built", model={"name": "eval-test"}, metrics=metrics)
+    files = write_report(report, tmp_path / "out")
+    assert sorted(p.name for p in files) == ["calibration.png", "froc.png", "metrics.json", "roc.png"]
+    for p in files[1:]:
+        assert _png_ok(p), p
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert doc["detection"]["froc"]["sensitivity_at_fp_per_image"]["1"] == 0.75
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    assert "lesion (malignant, missed = negative)" in report.summary()
+
+
+def test_evaluate_dataset_end_to_end_on_simulated_images(tmp_path):
+    from MicrocalcAI.simulate import SimulationConfig, simulate_dataset
+
+    coco = simulate_dataset(tmp_path / "sim", SimulationConfig(
+        n_images=4, seed=3003, real_fraction=0.0, clusters_per_image=(1, 2),
+        procedural_height_mm=(70.0, 70.0), procedural_width_mm=(55.0, 55.0),
+    ))
+    seen = []
+    report = evaluate_dataset(coco, tmp_path / "eval", device="cpu", n_bootstrap=50,
+                              progress=lambda fr, msg: seen.append(fr))
+    m = report.metrics
+    gt = truth_from_coco(coco)
+    assert m["n_images"] == 4 and m["n_images_not_analysed"] == 0
+    assert m["lesion_level"]["n_lesions"] == sum(len(x.labels) for x in gt) >= 4
+    assert m["score_threshold"] == pytest.approx(report_spec_threshold())
+    assert m["detection"]["froc"]["min_score"] == pytest.approx(0.05)
+    # the simulator writes one exam of 4 views: R CC, L CC, R MLO, L MLO -> two breasts of two views
+    assert m["breast_level"]["n_breasts"] == 2 and m["breast_level"]["n_with_two_or_more_views"] == 2
+    assert seen and seen[-1] == 1.0 and all(np.diff(seen) >= 0)
+    for name in ("metrics.json", "roc.png", "froc.png", "calibration.png"):
+        assert (tmp_path / "eval" / name).is_file()
+    assert _png_ok(tmp_path / "eval" / "froc.png")
+    assert len(list((tmp_path / "eval" / "findings").glob("*.json"))) == 4
+    # the bundled default model finds most simulated clusters (it was trained on this simulator)
+    assert m["detection"]["lesion_sensitivity"] >= 0.5
+    # reusing the per-image findings gives the same numbers without running the model
+    again = evaluate_dataset(coco, tmp_path / "eval2", findings_dir=tmp_path / "eval" / "findings", n_bootstrap=50)
+    assert again.findings_source.endswith("findings")
+    for key in ("detection", "lesion_level", "image_level", "breast_level"):
+        assert again.metrics[key] == m[key]
+
+
+def report_spec_threshold() -> float:
+    from MicrocalcAI.manifest import resolve_model
+
+    return resolve_model(None).score_threshold
