@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Iterator, Union
 
 from .errors import MicrocalcAIError, OutputError
 
@@ -31,12 +32,14 @@ def _umask() -> int:
     return 0o022
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` all-or-nothing.
+@contextmanager
+def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
+    """A binary file whose content replaces ``path`` only if the ``with`` block completes.
 
-    The bytes go to a temporary file in the target's folder (same file system, so the final
-    ``os.replace`` is atomic), are flushed to disk, then renamed over the target. On any
-    error the temporary file is removed and an existing target is left untouched.
+    For writers that want a file object (``np.savez``, ``torch.save``, ``pydicom``): the data
+    goes to a temporary file in the target's folder (same file system, so the final
+    ``os.replace`` is atomic), is flushed to disk, then renamed over the target. On any error
+    the temporary file is removed and an existing target is left untouched.
     """
     path = Path(path)
     try:
@@ -46,7 +49,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         raise OutputError(f"cannot write {path}: {exc}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
@@ -61,7 +64,13 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         if isinstance(exc, OSError) and not isinstance(exc, MicrocalcAIError):
             raise OutputError(f"cannot write {path}: {exc}") from exc
         raise
-    return path
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` all-or-nothing (see :func:`atomic_open`)."""
+    with atomic_open(path) as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

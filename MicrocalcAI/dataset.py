@@ -27,13 +27,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .atomic import atomic_open
 from .errors import DatasetError, MicrocalcAIError
 from .records import CanonicalImage, CanonicalTransform, ProgressCallback, no_progress
 
@@ -240,16 +240,8 @@ def _cache_key(
 
 
 def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as fh:
+        np.savez(fh, **arrays)
 
 
 def _transform_to_array(t: CanonicalTransform) -> np.ndarray:

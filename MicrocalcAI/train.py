@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +37,13 @@ import numpy as np
 import torch
 
 from .dataset import (
-    LABEL_NAMES,
     CocoMammogramDataset,
     PatchConfig,
     PatchSampler,
     parse_coco,
     standardise_file,
 )
+from .atomic import atomic_open, atomic_write_text
 from .errors import CancelledError, DatasetError, InputError, MicrocalcAIError, ModelError
 from .evaluate import MATCH_IOU, box_iou, froc_sensitivities, hit_matrix, roc_auc  # noqa: F401 (re-exported)
 from .manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
@@ -518,16 +517,8 @@ def _make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.
 
 
 def _atomic_torch_save(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(path: os.PathLike | str) -> dict[str, Any]:
@@ -713,7 +704,7 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
     elif resume:
         log.warning("resume requested but %s does not exist: starting from scratch", last_path)
     if iteration == 0:
-        _atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     def checkpoint_dict(with_training_state: bool = True) -> dict[str, Any]:
         ckpt: dict[str, Any] = {
@@ -863,23 +854,8 @@ def write_manifest_entry(out_dir: os.PathLike | str, spec: ModelSpec, make_defau
     data.setdefault("schema_version", 1)
     if make_default or not data.get("default"):
         data["default"] = spec.name
-    _atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write a small text file through a temporary sibling so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def export_model(
