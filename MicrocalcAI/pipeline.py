@@ -378,8 +378,9 @@ def run_batch(
     """Analyse files and folders into ``out_dir``: per-image JSON + overlay, per-batch CSVs.
 
     A bad file is logged in one line, recorded in ``failed`` and skipped; the batch goes on.
-    Images whose outputs are complete (same schema) are skipped unless ``force``; their JSON is
-    loaded back so the breast and exam tables still cover the whole batch.
+    Images whose outputs are complete and still valid (same file, weights, threshold and
+    spacing option: :func:`_still_valid`) are skipped unless ``force``; their JSON is loaded
+    back so the breast and exam tables still cover the whole batch.
     """
     from .outputs import load_image_json, outputs_complete, write_batch_tables, write_image_json, write_overlay
 
