@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("-n", "--n-images", type=int, default=20)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--contact-sheet", action="store_true", help="also write contact_sheet.png")
+    sim.add_argument("--realistic", action="store_true",
+                     help="BI-RADS morphologies, hard negatives, vessels/ducts/ligaments, 0.05-0.2 mm, 8-16 bit")
     sim.add_argument("--quiet", action="store_true")
     sim.add_argument("--verbose", action="store_true")
     sim.set_defaults(func=_cmd_simulate)
@@ -237,7 +239,10 @@ def _print_summary(result, out: Path) -> None:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import SimulationConfig, simulate_dataset, write_contact_sheet
 
-    config = SimulationConfig(n_images=args.n_images, seed=args.seed)
+    if args.realistic:
+        config = SimulationConfig.realistic(n_images=args.n_images, seed=args.seed)
+    else:
+        config = SimulationConfig(n_images=args.n_images, seed=args.seed)
     coco = _run_with_bar("simulate", args.quiet, lambda bar: simulate_dataset(args.out, config, progress=bar))
     print(f"wrote {args.n_images} image(s); annotations: {coco}")
     if args.contact_sheet:

@@ -30,6 +30,24 @@ simulation. This module makes that simulation physically sensible and reproducib
   round or coarse smooth specks of 0.3-1.5 mm (a few larger popcorn- or rim-like), more dispersed
   (5-20 mm), similar or higher contrast.
 
+Realistic mode (all off by default, so default output is byte-identical to the basic simulator;
+``SimulationConfig.realistic(**overrides)`` turns everything on):
+
+* ``morphology_set="birads"``: every BI-RADS 5th-ed. morphology in :data:`MORPHOLOGIES`
+  (punctate, round, coarse/popcorn, rim/eggshell, vascular, large rod-like, dystrophic, milk of
+  calcium; suspicious: amorphous, coarse heterogeneous, fine pleomorphic, fine-linear branching)
+  with its distributions (grouped, linear, segmental, regional, diffuse) and cited sizes;
+  ``birads_morphologies`` restricts the set. COCO annotations carry ``morphology`` and
+  ``distribution``.
+* ``hard_negatives_per_image``: isolated specks, skin-pore (dermal) specks, metal skin markers,
+  vessel crossings, film scratches (film backgrounds) and impulse noise, never annotated;
+  listed per image in COCO as ``hard_negatives`` (``type``, ``bbox``) (:func:`insert_hard_negatives`).
+* ``curvilinear``: ducts, vessels and Cooper's ligaments in procedural breasts
+  (:func:`curvilinear_structures`).
+* ``bits_choices`` may hold 8, 12, 14 and 16 (8-bit files use BitsAllocated 8).
+
+Each realistic feature draws from its own random stream, created only when it is enabled.
+
 Extension points (for the realistic simulator of a later issue): :data:`CLUSTER_TYPES` maps a
 ``(category, distribution)`` name to a sampler that returns speck geometry in millimetres; speck
 shapes are compositions of the primitives :class:`Ellipsoid`, :class:`Capsule` and :class:`Shell`,
@@ -146,6 +164,37 @@ class SimulationConfig:
     #: Placement attempts per cluster before it is dropped (logged).
     placement_attempts: int = 60
     patient_prefix: str = "SIM_"
+    # --- realistic-simulator extensions. Every default below reproduces the basic simulator
+    # byte for byte (same random draws, same files); :meth:`realistic` turns them on. ---
+    #: "basic": the original benign/malignant samplers; "birads": every BI-RADS 5th-ed.
+    #: morphology of :data:`MORPHOLOGIES` with its own distributions, sizes and counts.
+    morphology_set: str = "basic"
+    #: With ``morphology_set="birads"``: restrict to these morphology names (empty = all).
+    birads_morphologies: tuple[str, ...] = ()
+    #: Inclusive range of hard negatives per image (never annotated as lesions; recorded in
+    #: the COCO image entry as ``hard_negatives``).
+    hard_negatives_per_image: tuple[int, int] = (0, 0)
+    #: Hard-negative types to draw from (see :data:`HARD_NEGATIVE_TYPES`).
+    hard_negative_types: tuple[str, ...] = ("isolated_speck", "skin_pore", "skin_marker", "vessel_crossing", "film_scratch", "noise_spike")
+    #: Vessels, ducts and Cooper's ligaments as curvilinear structures in procedural breasts.
+    curvilinear: bool = False
+
+    @classmethod
+    def realistic(cls, **overrides) -> "SimulationConfig":
+        """The realistic preset: BI-RADS morphologies, hard negatives, curvilinear anatomy,
+        spacings 0.05-0.2 mm and 8/12/14/16-bit output (both photometric interpretations).
+
+        ``SimulationConfig.realistic(n_images=20, seed=3)``; any field can be overridden.
+        """
+        base = dict(
+            morphology_set="birads",
+            hard_negatives_per_image=(1, 4),
+            curvilinear=True,
+            spacing_mm=(0.05, 0.2),
+            bits_choices=(8, 12, 14, 16),
+        )
+        base.update(overrides)
+        return cls(**base)
 
     def validate(self) -> None:
         """Reject configurations that would silently produce nonsense."""
@@ -161,8 +210,19 @@ class SimulationConfig:
         c0, c1 = self.clusters_per_image
         if not (0 <= c0 <= c1):
             raise SimulationError(f"clusters_per_image {self.clusters_per_image} must be 0 <= min <= max")
-        if not self.bits_choices or any(b not in (12, 16) for b in self.bits_choices):
-            raise SimulationError(f"bits_choices must be a non-empty subset of (12, 16), got {self.bits_choices}")
+        if not self.bits_choices or any(b not in (8, 12, 14, 16) for b in self.bits_choices):
+            raise SimulationError(f"bits_choices must be a non-empty subset of (8, 12, 14, 16), got {self.bits_choices}")
+        if self.morphology_set not in ("basic", "birads"):
+            raise SimulationError(f"morphology_set must be 'basic' or 'birads', got {self.morphology_set!r}")
+        unknown = [m for m in self.birads_morphologies if m not in MORPHOLOGIES]
+        if unknown:
+            raise SimulationError(f"unknown BI-RADS morphologies {unknown}; known: {sorted(MORPHOLOGIES)}")
+        h0, h1 = self.hard_negatives_per_image
+        if not (0 <= h0 <= h1):
+            raise SimulationError(f"hard_negatives_per_image {self.hard_negatives_per_image} must be 0 <= min <= max")
+        bad = [t for t in self.hard_negative_types if t not in HARD_NEGATIVE_TYPES]
+        if bad or (h1 > 0 and not self.hard_negative_types):
+            raise SimulationError(f"hard_negative_types must be a non-empty subset of {HARD_NEGATIVE_TYPES}, got {self.hard_negative_types}")
         for name in ("procedural_height_mm", "procedural_width_mm", "real_crop_height_mm", "real_crop_width_mm"):
             a, b = getattr(self, name)
             if not (20.0 <= a <= b):
@@ -206,6 +266,8 @@ class SimulatedImageMeta:
     breast_mask: np.ndarray  # bool, True = breast tissue
     bits_stored: int = 16
     photometric: str = "MONOCHROME2"
+    #: Hard negatives rendered into the image: dicts with "type" and "box_px" [x0, y0, x1, y1].
+    hard_negatives: list = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,7 +338,47 @@ class Shell:
         return outer - inner
 
 
-Primitive = Union[Ellipsoid, Capsule, Shell]
+@dataclass
+class Tube:
+    """Capsule with a lucent core: a calcified duct cast or rod with a lucent centre (radii r > r_inner)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    r: float
+    r_inner: float
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        return Capsule(self.x0, self.y0, self.x1, self.y1, self.r).bounds()
+
+    def thickness(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        outer = Capsule(self.x0, self.y0, self.x1, self.y1, self.r).thickness(x, y)
+        inner = Capsule(self.x0, self.y0, self.x1, self.y1, self.r_inner).thickness(x, y)
+        return outer - inner
+
+
+@dataclass
+class Meniscus:
+    """Milk of calcium seen with a horizontal beam: the sediment filling the lowest ``fill``
+    fraction (of the diameter) of a spherical cyst of radius r, gravity towards +y (image down).
+    Its orientation does not rotate with the cluster: sediment always layers downwards."""
+
+    cx: float
+    cy: float
+    r: float
+    fill: float
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        return (self.cx - self.r, self.cy + self.r - 2 * self.r * self.fill, self.cx + self.r, self.cy + self.r)
+
+    def thickness(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        d2 = (x - self.cx) ** 2 + (y - self.cy) ** 2
+        chord = 2.0 * np.sqrt(np.clip(self.r**2 - d2, 0.0, None))
+        return np.where(y >= self.cy + self.r - 2 * self.r * self.fill, chord, 0.0)
+
+
+Primitive = Union[Ellipsoid, Capsule, Shell, Tube, Meniscus]
 
 
 @dataclass
@@ -312,6 +414,10 @@ class ClusterGeometry:
 
 
 def _translate(p: Primitive, dx: float, dy: float) -> Primitive:
+    if isinstance(p, Tube):
+        return Tube(p.x0 + dx, p.y0 + dy, p.x1 + dx, p.y1 + dy, p.r, p.r_inner)
+    if isinstance(p, Meniscus):
+        return Meniscus(p.cx + dx, p.cy + dy, p.r, p.fill)
     if isinstance(p, Capsule):
         return Capsule(p.x0 + dx, p.y0 + dy, p.x1 + dx, p.y1 + dy, p.r)
     if isinstance(p, Ellipsoid):
@@ -325,6 +431,12 @@ def _rotate(p: Primitive, angle: float) -> Primitive:
     def rot(x: float, y: float) -> tuple[float, float]:
         return (x * ca - y * sa, x * sa + y * ca)
 
+    if isinstance(p, Tube):
+        (a, b), (c, d) = rot(p.x0, p.y0), rot(p.x1, p.y1)
+        return Tube(a, b, c, d, p.r, p.r_inner)
+    if isinstance(p, Meniscus):
+        cx, cy = rot(p.cx, p.cy)
+        return Meniscus(cx, cy, p.r, p.fill)
     if isinstance(p, Capsule):
         (a, b), (c, d) = rot(p.x0, p.y0), rot(p.x1, p.y1)
         return Capsule(a, b, c, d, p.r)
@@ -531,6 +643,264 @@ ClusterSampler = Callable[[np.random.Generator], ClusterGeometry]
 CLUSTER_TYPES: dict[str, ClusterSampler] = {"malignant": cluster_malignant, "benign": cluster_benign}
 
 
+# --- BI-RADS morphologies (``morphology_set="birads"``) -------------------------------------
+#
+# Sources. Morphology definitions, size thresholds and distributions: ACR BI-RADS Atlas, 5th ed.
+# (Sickles, D'Orsi, Bassett et al., 2013), mammography "calcifications" section. Positive
+# predictive values that justify the benign / suspicious split: Bent et al., AJR 194:1378 (2010)
+# (amorphous 20%, coarse heterogeneous 13%, fine pleomorphic 29%, fine linear(-branching) 70%)
+# and Burnside et al., Radiology 242:388 (2007). Typically-benign morphologies are labelled
+# "benign"; the four suspicious ones "malignant" (the detector has only these two classes).
+# Where the atlas gives no number (lengths, upper sizes, counts per lesion, relative calcium
+# density), the value is a JUDGEMENT CALL and the table says so.
+
+
+@dataclass(frozen=True)
+class MorphologySpec:
+    """One BI-RADS calcification morphology: class, size of one calcification, counts, distributions."""
+
+    category: str  # "benign" or "malignant" (= BI-RADS suspicious morphology)
+    #: Largest in-plane dimension (mm) of ONE rendered calcification (what the tests measure).
+    extent_mm: tuple[float, float]
+    #: Calcifications per lesion for grouped/linear/segmental, and for regional/diffuse.
+    count: tuple[int, int]
+    count_wide: tuple[int, int]
+    distributions: tuple[tuple[str, float], ...]
+    #: Relative calcium density (scales the effective attenuation, i.e. the contrast).
+    density: tuple[float, float]
+    min_sep_mm: float
+    weight: float  # relative frequency within the category (judgement call)
+    source: str
+
+
+MORPHOLOGIES: dict[str, MorphologySpec] = {
+    # ---- typically benign
+    "punctate": MorphologySpec("benign", (0.1, 0.5), (5, 20), (10, 40), (("grouped", 0.3), ("regional", 0.3), ("diffuse", 0.4)), (0.8, 1.0), 0.8, 1.5,
+                               "BI-RADS 5th: round/oval, < 0.5 mm; counts judgement"),
+    "round": MorphologySpec("benign", (0.5, 1.0), (3, 15), (10, 30), (("grouped", 0.4), ("regional", 0.3), ("diffuse", 0.3)), (0.85, 1.0), 1.5, 1.5,
+                            "BI-RADS 5th: round >= 0.5 mm (smaller = punctate); 1 mm upper bound judgement"),
+    "coarse_popcorn": MorphologySpec("benign", (2.0, 6.0), (1, 4), (1, 4), (("grouped", 1.0),), (0.9, 1.0), 5.0, 1.0,
+                                     "BI-RADS 5th: > 2-3 mm, involuting fibroadenoma; 6 mm upper bound and counts judgement"),
+    "rim": MorphologySpec("benign", (1.0, 8.0), (1, 5), (3, 8), (("grouped", 0.7), ("regional", 0.3)), (0.85, 1.0), 7.0, 0.8,
+                          "BI-RADS 5th: rim (eggshell) - thin (< 1 mm) calcium on the surface of a sphere (oil cyst, fat necrosis); diameters judgement"),
+    "vascular": MorphologySpec("benign", (0.6, 3.5), (0, 0), (0, 0), (("linear", 1.0),), (0.8, 1.0), 0.0, 1.0,
+                               "BI-RADS 5th: parallel tracks / tubular calcifications along a vessel; vessel diameter 1-3 mm, "
+                               "track width 0.15-0.4 mm, segment lengths and vessel length judgement"),
+    "large_rod_like": MorphologySpec("benign", (3.0, 15.0), (2, 10), (4, 12), (("segmental", 0.5), ("regional", 0.3), ("diffuse", 0.2)), (0.9, 1.0), 2.0, 0.7,
+                                     "BI-RADS 5th: continuous rods along ducts (secretory disease), occasionally branching, >= 0.5 mm "
+                                     "(usually >= 1 mm) wide, may have lucent centres; width 0.5-1.5 mm, lengths 3-15 mm judgement"),
+    "dystrophic": MorphologySpec("benign", (0.5, 4.0), (2, 8), (4, 12), (("grouped", 0.6), ("regional", 0.4)), (0.85, 1.0), 3.0, 0.6,
+                                 "BI-RADS 5th: irregular, usually > 0.5 mm (often > 1 mm), often lucent-centred, after surgery/trauma/radiation; "
+                                 "4 mm upper bound judgement"),
+    "milk_of_calcium": MorphologySpec("benign", (0.4, 2.0), (5, 20), (10, 30), (("grouped", 0.4), ("regional", 0.3), ("diffuse", 0.3)), (0.35, 0.6), 2.2, 0.7,
+                                      "BI-RADS 5th: sedimented calcium in (micro)cysts - smudgy round on CC, crescent/'teacup' on MLO/ML; "
+                                      "cyst diameters 0.5-2 mm and density judgement"),
+    # ---- suspicious (labelled malignant)
+    "amorphous": MorphologySpec("malignant", (0.1, 0.4), (5, 30), (10, 40), (("grouped", 0.6), ("regional", 0.1), ("linear", 0.15), ("segmental", 0.15)), (0.3, 0.55), 0.5, 0.8,
+                                "BI-RADS 5th: so small and/or hazy that no shape can be given; PPV ~20% (Bent 2010); size upper bound "
+                                "and low density (haziness) judgement"),
+    "coarse_heterogeneous": MorphologySpec("malignant", (0.5, 1.0), (5, 30), (10, 30), (("grouped", 0.6), ("regional", 0.1), ("linear", 0.15), ("segmental", 0.15)), (0.85, 1.0), 1.0, 0.6,
+                                           "BI-RADS 5th: irregular, conspicuous, generally 0.5-1 mm, tend to coalesce; PPV ~13% (Bent 2010)"),
+    "fine_pleomorphic": MorphologySpec("malignant", (0.1, 0.5), (5, 30), (10, 30), (("grouped", 0.6), ("linear", 0.2), ("segmental", 0.2)), (0.75, 1.0), 0.5, 1.0,
+                                       "BI-RADS 5th: < 0.5 mm, varying sizes and shapes; PPV ~29% (Bent 2010)"),
+    "fine_linear_branching": MorphologySpec("malignant", (0.5, 3.0), (5, 30), (10, 30), (("grouped", 0.3), ("linear", 0.35), ("segmental", 0.35)), (0.75, 1.0), 0.5, 0.9,
+                                            "BI-RADS 5th: thin (< 0.5 mm wide) linear, often discontinuous, may branch (ductal casts); "
+                                            "PPV ~70% (Bent 2010); segment lengths 0.4-1.5 mm judgement"),
+}
+
+#: Spatial extent (mm) of a lesion for each BI-RADS distribution. Grouped: 5th ed. "within 2 cm"
+#: (>= 5 within 1 cm at the lower limit); regional: > 2 cm; diffuse: throughout the breast, here
+#: capped at a 25-40 mm field so that it still has a box (JUDGEMENT CALL); linear/segmental
+#: follow a duct or a ductal segment (lengths judgement).
+DISTRIBUTION_EXTENT_MM: dict[str, tuple[float, float]] = {
+    "grouped": (3.0, 20.0),
+    "linear": (6.0, 20.0),
+    "segmental": (10.0, 30.0),
+    "regional": (20.0, 35.0),
+    "diffuse": (25.0, 40.0),
+}
+
+
+def _irregular_lobes(rng: np.random.Generator, size_mm: float, n_lobes: tuple[int, int]) -> list[Primitive]:
+    """A main ellipsoid of length ``size_mm`` plus lobes inside its circumcircle: Feret = size."""
+    r = size_mm / 2.0
+    ang = rng.uniform(0, math.pi)
+    prims: list[Primitive] = [Ellipsoid(0.0, 0.0, r, r * rng.uniform(0.3, 0.6), r * rng.uniform(0.5, 0.9), ang)]
+    for _ in range(int(rng.integers(n_lobes[0], n_lobes[1] + 1)) - 1):
+        rho, phi = rng.uniform(0.25, 0.55) * r, rng.uniform(0, 2 * math.pi)
+        a = rng.uniform(0.5, 1.0) * (r - rho)
+        prims.append(Ellipsoid(rho * math.cos(phi), rho * math.sin(phi), a, a * rng.uniform(0.5, 1.0), a * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi)))
+    return prims
+
+
+def speck_irregular(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Irregular, angular calcification (pleomorphic, coarse heterogeneous, popcorn lobes)."""
+    return Speck(_irregular_lobes(rng, size_mm, (2, 4)), 1.0)
+
+
+def speck_popcorn_lobed(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Coarse popcorn: 3-6 coarse lobes within a ``size_mm`` circle (involuting fibroadenoma)."""
+    return Speck(_irregular_lobes(rng, size_mm, (3, 6)), 1.0)
+
+
+def speck_eggshell(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Rim / eggshell: a shell of outer diameter ``size_mm`` and wall 0.1-0.5 mm (< 1 mm, BI-RADS)."""
+    r = size_mm / 2.0
+    wall = min(rng.uniform(0.1, 0.5), 0.3 * r)
+    return Speck([Shell(0.0, 0.0, r, r - wall)], 1.0)
+
+
+def speck_dystrophic(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Dystrophic: irregular; half of them lucent-centred (shells), within a ``size_mm`` circle."""
+    r = size_mm / 2.0
+    if rng.random() < 0.5:
+        return Speck(_irregular_lobes(rng, size_mm, (2, 5)), 1.0)
+    prims: list[Primitive] = [Shell(0.0, 0.0, r, r * rng.uniform(0.5, 0.8))]
+    for _ in range(int(rng.integers(0, 3))):
+        rho, phi = rng.uniform(0.2, 0.5) * r, rng.uniform(0, 2 * math.pi)
+        ro = rng.uniform(0.3, 0.5) * r
+        ro = min(ro, r - rho)
+        prims.append(Shell(rho * math.cos(phi), rho * math.sin(phi), ro, ro * rng.uniform(0.4, 0.7)))
+    return Speck(prims, 1.0)
+
+
+def speck_rod(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Large rod-like: a rod of total length ``size_mm`` along x, 0.5-1.5 mm wide, 40% lucent-centred."""
+    w = min(rng.uniform(0.5, 1.5), size_mm / 2.0)
+    r = w / 2.0
+    half = size_mm / 2.0 - r
+    if rng.random() < 0.4:
+        return Speck([Tube(-half, 0.0, half, 0.0, r, r * rng.uniform(0.3, 0.55))], 1.0)
+    return Speck([Capsule(-half, 0.0, half, 0.0, r)], 1.0)
+
+
+def speck_milk_of_calcium(rng: np.random.Generator, size_mm: float, view: str) -> Speck:
+    """Milk of calcium in a cyst of diameter ``size_mm``: a crescent ("teacup") layering downwards
+    on MLO, a thin smudgy round layer seen from above on CC."""
+    r = size_mm / 2.0
+    if view == "MLO":
+        return Speck([Meniscus(0.0, 0.0, r, rng.uniform(0.25, 0.5))], 1.0)
+    return Speck([Ellipsoid(0.0, 0.0, r, r * rng.uniform(0.85, 1.0), r * rng.uniform(0.15, 0.35), rng.uniform(0, math.pi))], 1.0)
+
+
+def _morphology_speck(rng: np.random.Generator, morphology: str, size_mm: float, view: str) -> Speck:
+    if morphology in ("punctate", "round", "amorphous"):
+        r = size_mm / 2.0
+        return Speck([Ellipsoid(0.0, 0.0, r, r * rng.uniform(0.8, 1.0), r * rng.uniform(0.8, 1.0), rng.uniform(0, math.pi))], 1.0)
+    if morphology in ("coarse_heterogeneous", "fine_pleomorphic"):
+        return speck_irregular(rng, size_mm)
+    if morphology == "coarse_popcorn":
+        return speck_popcorn_lobed(rng, size_mm)
+    if morphology == "rim":
+        return speck_eggshell(rng, size_mm)
+    if morphology == "dystrophic":
+        return speck_dystrophic(rng, size_mm)
+    if morphology == "large_rod_like":
+        return speck_rod(rng, size_mm)
+    if morphology == "milk_of_calcium":
+        return speck_milk_of_calcium(rng, size_mm, view)
+    if morphology == "fine_linear_branching":
+        return speck_fine_linear(rng, rng.uniform(0.1, 0.5))
+    raise SimulationError(f"no speck shape for morphology {morphology!r}")
+
+
+def _vascular_specks(rng: np.random.Generator, density: tuple[float, float]) -> list[Speck]:
+    """Paired, discontinuous calcified tracks on both walls of a gently curved vessel.
+
+    Vessel diameter 1-3 mm, length 8-30 mm, track width 0.15-0.4 mm, segments 0.6-3.5 mm with
+    0.2-1.5 mm gaps (all judgement calls consistent with the BI-RADS "parallel tracks")."""
+    length = rng.uniform(8.0, 30.0)
+    radius = rng.uniform(0.5, 1.5)
+    curve = rng.uniform(-0.02, 0.02)
+    specks: list[Speck] = []
+    for side in (-1.0, 1.0):
+        s = -length / 2 + rng.uniform(0.0, 1.0)
+        while s < length / 2:
+            w = rng.uniform(0.075, 0.2)
+            seg = rng.uniform(0.6, 3.5) - 2 * w
+            e = s + seg
+            if e > length / 2:
+                break
+            if rng.random() < 0.85:
+                pts = []
+                for t in (s, e):
+                    y, slope = curve * t * t, 2 * curve * t
+                    n = math.hypot(1.0, slope)
+                    pts.append((t - side * radius * slope / n, y + side * radius / n))
+                specks.append(Speck([Capsule(pts[0][0], pts[0][1], pts[1][0], pts[1][1], w)], rng.uniform(*density)))
+            s = e + rng.uniform(0.2, 1.5)
+    if not specks:  # pathological draw: keep one segment
+        specks.append(Speck([Capsule(0.0, radius, 1.0, radius, 0.1)], 1.0))
+    return specks
+
+
+def _rod_specks(rng: np.random.Generator, spec: MorphologySpec, n: int, extent: float) -> list[Speck]:
+    """Rods on 2-4 diverging ductal rays from an apex, each oriented along its ray (towards the nipple)."""
+    nb = int(rng.integers(2, 5))
+    spread = rng.uniform(0.3, 0.9)
+    angles = np.linspace(-spread / 2, spread / 2, nb)
+    specks: list[Speck] = []
+    for _ in range(n):
+        ang = float(angles[int(rng.integers(nb))] + rng.normal(0, 0.08))
+        t = rng.uniform(0.0, 1.0) * extent
+        s = speck_rod(rng, rng.uniform(*spec.extent_mm))
+        s.density = rng.uniform(*spec.density)
+        specks.append(transform_speck(s, ang, t * math.cos(ang), t * math.sin(ang)))
+    cx, cy = np.mean([sp.centre() for sp in specks], axis=0)
+    return [transform_speck(sp, 0.0, -float(cx), -float(cy)) for sp in specks]
+
+
+_DISTRIBUTION_POSITIONS = {
+    "grouped": positions_grouped,
+    "linear": positions_linear,
+    "segmental": positions_segmental,
+    "regional": positions_scattered,
+    "diffuse": positions_scattered,
+}
+
+
+def build_morphology_cluster(rng: np.random.Generator, morphology: str, *, distribution: Optional[str] = None, view: str = "CC") -> ClusterGeometry:
+    """A lesion of one BI-RADS morphology (see :data:`MORPHOLOGIES`) in one of its distributions."""
+    spec = MORPHOLOGIES[morphology]
+    if distribution is None:
+        names = [d for d, _ in spec.distributions]
+        w = np.array([p for _, p in spec.distributions], float)
+        distribution = names[int(rng.choice(len(names), p=w / w.sum()))]
+    if morphology == "vascular":
+        return ClusterGeometry(spec.category, morphology, distribution, _vascular_specks(rng, spec.density))
+    wide = distribution in ("regional", "diffuse")
+    c0, c1 = spec.count_wide if wide else spec.count
+    n = max(int(rng.integers(c0, c1 + 1)), 1)
+    extent = rng.uniform(*DISTRIBUTION_EXTENT_MM[distribution])
+    if morphology == "large_rod_like":
+        return ClusterGeometry(spec.category, morphology, distribution, _rod_specks(rng, spec, n, extent))
+    if distribution == "grouped":  # room for n calcifications at their separation
+        extent = min(max(extent, spec.min_sep_mm * math.sqrt(n) * 1.4), 20.0)
+    pos = _DISTRIBUTION_POSITIONS[distribution](rng, n, extent, spec.min_sep_mm)
+    if len(pos) == 0:
+        pos = np.zeros((1, 2))
+    specks = []
+    for p in pos:
+        s = _morphology_speck(rng, morphology, rng.uniform(*spec.extent_mm) if morphology != "fine_linear_branching" else 0.0, view)
+        s.density = rng.uniform(*spec.density)
+        # Milk of calcium layers with gravity: never rotate it about its own centre.
+        ang = 0.0 if morphology == "milk_of_calcium" else rng.uniform(0, 2 * math.pi)
+        specks.append(transform_speck(s, ang, float(p[0]), float(p[1])))
+    return ClusterGeometry(spec.category, morphology, distribution, specks)
+
+
+def cluster_birads(rng: np.random.Generator, category: str, *, view: str = "CC", allowed: Sequence[str] = ()) -> ClusterGeometry:
+    """A BI-RADS lesion of ``category`` (benign = typically benign morphology, malignant =
+    suspicious). When ``allowed`` holds no morphology of that category, the category follows
+    the morphology drawn from ``allowed``."""
+    names = [m for m, sp in MORPHOLOGIES.items() if sp.category == category and (not allowed or m in allowed)]
+    if not names:
+        names = [m for m in MORPHOLOGIES if not allowed or m in allowed]
+    w = np.array([MORPHOLOGIES[m].weight for m in names], float)
+    morphology = names[int(rng.choice(len(names), p=w / w.sum()))]
+    return build_morphology_cluster(rng, morphology, view=view)
+
+
 # --------------------------------------------------------------------------------------------
 # Rendering calcifications onto the pixel grid
 # --------------------------------------------------------------------------------------------
@@ -654,6 +1024,9 @@ def procedural_breast(rng: np.random.Generator, config: SimulationConfig, spacin
     # The pectoralis edge is soft on mammograms (fascia, partial volume): blend over ~1.5 mm.
     w = np.clip(ndimage.gaussian_filter(muscle.astype(np.float64), 1.5 / spacing_mm), 0, 1) * mask
     atten = (1.0 - w) * atten + w * (t_out * MU_MUSCLE * (1.0 + 0.03 * noise))
+    if config.curvilinear:  # own stream, drawn only when enabled
+        cl_rng = np.random.default_rng(int(rng.integers(2**63)))
+        atten = atten + (1.0 - w) * curvilinear_structures(cl_rng, mask, dist, spacing_mm, view)
     # Calcifications are placed in breast tissue only, not in the pectoral muscle.
     mask = mask & (w < 0.5)
     if laterality == "R":
@@ -809,6 +1182,228 @@ def real_crop(rng: np.random.Generator, library: RealBackgroundLibrary, config: 
 
 
 # --------------------------------------------------------------------------------------------
+# Curvilinear anatomy (``curvilinear=True``) and hard negatives (``hard_negatives_per_image``)
+# --------------------------------------------------------------------------------------------
+
+#: Blood / fibroglandular tissue minus fat, linear attenuation at ~20 keV (Johns & Yaffe 1987).
+MU_VESSEL_EXCESS = MU_GLAND - MU_FAT
+
+
+def _random_walk(rng: np.random.Generator, start: tuple[float, float], angle: float, length_mm: float, wiggle: float, step_mm: float = 0.5) -> np.ndarray:
+    """A smooth curve (mm points) from ``start``: the heading diffuses by ``wiggle`` rad/sqrt(mm)."""
+    n = max(2, int(length_mm / step_mm))
+    heading = angle + np.cumsum(rng.normal(0.0, wiggle * math.sqrt(step_mm), n))
+    heading = ndimage.gaussian_filter1d(heading, 3.0)
+    pts = np.cumsum(np.stack([np.cos(heading), np.sin(heading)], 1) * step_mm, 0)
+    return np.vstack([[0.0, 0.0], pts]) + np.asarray(start)
+
+
+def _splat_tubes(shape: tuple[int, int], spacing_mm: float, tubes: Sequence[tuple[np.ndarray, np.ndarray, float, float]]) -> np.ndarray:
+    """Projected attenuation (nats) of tubes given as (points mm (x, y), radius mm per point, mu
+    excess, sheet depth mm). Depth 0 is a cylinder; depth D > 0 is a sheet of thickness 2r seen
+    edge-on over a depth D along the beam (cross-section 2 r D instead of pi r^2).
+
+    A cylinder of radius r integrates to pi r^2 mu across its projection; each tube is laid
+    down as a centre line of that line density and blurred by a Gaussian of sigma 0.63 r,
+    which matches the cylinder's peak chord 2 r mu. Radii are binned so a few blurs suffice."""
+    bins = (0.0, 0.3, 0.6, 1.0, 10.0)
+    out = np.zeros(shape)
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        acc = np.zeros(shape)
+        used, rs = False, []
+        for pts, radius, mu, depth in tubes:
+            seg = np.hypot(*np.diff(pts, axis=0).T)
+            if seg.size == 0:
+                continue
+            cum = np.concatenate([[0.0], np.cumsum(seg)])
+            step = spacing_mm / 2.0
+            s = np.arange(0.0, cum[-1], step)
+            r = np.interp(s, cum, radius)
+            sel = (r >= lo) & (r < hi)
+            if not sel.any():
+                continue
+            x, y, r = np.interp(s, cum, pts[:, 0])[sel], np.interp(s, cum, pts[:, 1])[sel], r[sel]
+            c, rr = (x / spacing_mm).astype(int), (y / spacing_mm).astype(int)
+            ok = (rr >= 0) & (rr < shape[0]) & (c >= 0) & (c < shape[1])
+            area = 2.0 * r[ok] * depth if depth > 0 else math.pi * r[ok] ** 2
+            np.add.at(acc, (rr[ok], c[ok]), area * mu * step / spacing_mm**2)
+            rs.append(r[ok])
+            used = True
+        if used:
+            rmean = float(np.mean(np.concatenate(rs))) if rs else lo
+            out += ndimage.gaussian_filter(acc, max(0.63 * rmean / spacing_mm, 0.5))
+    return out
+
+
+def curvilinear_structures(rng: np.random.Generator, mask: np.ndarray, dist_mm: np.ndarray, spacing_mm: float, view: str) -> np.ndarray:
+    """Excess attenuation (nats) of ducts, vessels and Cooper's ligaments; chest wall at column 0.
+
+    * Ducts: 5-12 lactiferous ducts converge on the nipple (Ramsay et al., J. Anat. 206:525,
+      2005: mean 9 ductal orifices, main ducts ~2 mm wide), radius 0.5-1.0 mm tapering to 0.2 mm,
+      branching once or twice, running 20-60% of the breast depth back (judgement).
+    * Vessels: 3-8 vessels from the chest wall (and axilla on MLO) towards the nipple, radius
+      0.4-1.2 mm (1-2.5 mm diameter; judgement), meandering; blood attenuates like
+      fibroglandular tissue (Johns & Yaffe 1987), so the excess over fat is 0.034/mm.
+    * Cooper's ligaments: 10-30 thin arcs in the peripheral 3-25 mm of the breast, roughly
+      parallel to the skin then turning inwards; modelled as fibrous sheets 0.2-0.5 mm thick
+      seen edge-on over 2-8 mm of depth (judgement), which is why they show as sharp lines.
+    """
+    rows, cols = mask.shape
+    if not mask.any():
+        return np.zeros(mask.shape)
+    far = int(np.nonzero(mask.any(0))[0].max())
+    nr = float(np.nonzero(mask[:, far])[0].mean())
+    nipple = ((far + 0.5) * spacing_mm, (nr + 0.5) * spacing_mm)
+    depth = nipple[0]
+    tubes: list[tuple[np.ndarray, np.ndarray, float, float]] = []
+    for _ in range(int(rng.integers(5, 13))):  # ducts
+        ang = math.pi + rng.normal(0.0, 0.5)
+        length = depth * rng.uniform(0.2, 0.6)
+        pts = _random_walk(rng, nipple, ang, length, 0.15)
+        r0 = rng.uniform(0.5, 1.0)
+        tubes.append((pts, np.linspace(r0, 0.2, len(pts)), MU_VESSEL_EXCESS * rng.uniform(0.7, 1.0), 0.0))
+        for _ in range(int(rng.integers(1, 3))):
+            k = int(rng.integers(len(pts) // 4, max(len(pts) // 4 + 1, 3 * len(pts) // 4)))
+            bp = _random_walk(rng, tuple(pts[k]), ang + rng.choice([-1, 1]) * rng.uniform(0.3, 0.8), length * rng.uniform(0.3, 0.6), 0.2)
+            tubes.append((bp, np.linspace(max(0.2, r0 * 0.6), 0.15, len(bp)), MU_VESSEL_EXCESS * rng.uniform(0.6, 0.9), 0.0))
+    h_mm = rows * spacing_mm
+    for _ in range(int(rng.integers(3, 9))):  # vessels
+        if view == "MLO" and rng.random() < 0.5:
+            start, ang = (rng.uniform(0.05, 0.4) * depth, 0.0), rng.uniform(0.6, 1.3)
+        else:
+            start, ang = (0.0, rng.uniform(0.1, 0.9) * h_mm), rng.normal(0.0, 0.35)
+        pts = _random_walk(rng, start, ang, depth * rng.uniform(0.6, 1.1), 0.12)
+        r0 = rng.uniform(0.4, 1.2)
+        tubes.append((pts, np.linspace(r0, 0.3 * r0, len(pts)), MU_VESSEL_EXCESS, 0.0))
+    periph = np.argwhere(mask & (dist_mm > 3.0) & (dist_mm < 25.0))
+    for _ in range(int(rng.integers(10, 31)) if len(periph) else 0):  # Cooper's ligaments
+        r, c = periph[int(rng.integers(len(periph)))]
+        gy, gx = np.gradient(dist_mm[max(r - 2, 0) : r + 3, max(c - 2, 0) : c + 3])
+        g = (float(gx.mean()), float(gy.mean()))
+        tangent = math.atan2(g[1], g[0]) + math.pi / 2 * rng.choice([-1, 1])
+        pts = _random_walk(rng, ((c + 0.5) * spacing_mm, (r + 0.5) * spacing_mm), tangent, rng.uniform(5.0, 25.0), 0.25)
+        rad = rng.uniform(0.1, 0.25)
+        tubes.append((pts, np.full(len(pts), rad), MU_VESSEL_EXCESS * rng.uniform(0.8, 1.2), rng.uniform(2.0, 8.0)))
+    fade = np.clip(dist_mm / 3.0, 0.0, 1.0) * mask
+    return _splat_tubes(mask.shape, spacing_mm, tubes) * fade
+
+
+#: Structures that look like calcifications but are not lesions (see :func:`insert_hard_negatives`).
+HARD_NEGATIVE_TYPES = ("isolated_speck", "skin_pore", "skin_marker", "vessel_crossing", "film_scratch", "noise_spike")
+
+
+def _overlaps(box: tuple[float, float, float, float], others: Sequence[tuple[float, float, float, float]], gap: float) -> bool:
+    return any(box[0] < o[2] + gap and o[0] < box[2] + gap and box[1] < o[3] + gap and o[1] < box[3] + gap for o in others)
+
+
+def insert_hard_negatives(rng: np.random.Generator, shape: tuple[int, int], breast_mask: np.ndarray, spacing_mm: float, n: int, config: SimulationConfig, lesions: Sequence[SimulatedLesion], *, film: bool) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Bright look-alikes that are NOT lesions: ``(pre_psf, post_psf, records)``.
+
+    Records are ``{"type", "box_px"[, "subtype"]}`` in stored pixels; each box keeps >= 2 mm
+    from every lesion box (isolated specks >= 10 mm: BI-RADS needs several calcifications
+    within 1 cm for a group, so one speck that far away is a single, isolated calcification).
+
+    * isolated_speck: one round calcification 0.2-0.8 mm (judgement), benign contrast.
+    * skin_pore: a lucent-centred (ring) dermal calcification 0.4-1.2 mm (judgement; BI-RADS
+      5th describes skin calcifications as lucent-centred and polygonal) within 2.5 mm of the skin.
+    * skin_marker: metal on the skin line, a BB of 1.5-3 mm diameter or a flat disc of 3-6 mm
+      (commercial mole / nipple markers; sizes judgement); metal saturates (4-6 nats added).
+    * vessel_crossing: two non-calcified vessels (radius 0.4-1.2 mm, blood excess 0.034/mm)
+      crossing at 25-90 degrees; the doubled path length makes a small bright spot.
+    * film_scratch (film backgrounds only; replaced otherwise): a 0.03-0.12 mm wide, 5-40 mm
+      line of missing emulsion, +0.15-0.5 nats, not blurred by the detector (judgement).
+    * noise_spike: a 1-2 pixel impulse (dust, detector defect) of +0.1-0.4 nats, unblurred.
+    """
+    pre = np.zeros(shape)
+    post = np.zeros(shape)
+    records: list[dict] = []
+    h_mm, w_mm = shape[0] * spacing_mm, shape[1] * spacing_mm
+    taken = [tuple(v * spacing_mm for v in les.box_px) for les in lesions]
+    clearance = max(1, int(round(config.edge_clearance_mm / spacing_mm)))
+    interior = ndimage.binary_erosion(breast_mask, iterations=clearance, border_value=0)
+    border = max(1, int(round(5.0 / spacing_mm)))
+    inner_band = ndimage.binary_erosion(breast_mask, iterations=max(1, int(round(2.5 / spacing_mm))), border_value=1)
+    skin_band = breast_mask & ~inner_band
+    skin_band[:border], skin_band[-border:], skin_band[:, :border], skin_band[:, -border:] = False, False, False, False
+    edge = breast_mask & ~ndimage.binary_erosion(breast_mask, iterations=1, border_value=1)
+    edge[:border], edge[-border:], edge[:, :border], edge[:, -border:] = False, False, False, False
+    sites = {"interior": np.argwhere(interior), "skin": np.argwhere(skin_band), "edge": np.argwhere(edge)}
+    types = [t for t in config.hard_negative_types if film or t != "film_scratch"]
+    if not types:
+        return pre, post, records
+
+    def add(target: np.ndarray, speck: Speck, scale: float, *, flat: bool = False) -> None:
+        thick, cover, (r0, c0) = render_speck(speck, spacing_mm)
+        rr0, cc0 = max(r0, 0), max(c0, 0)
+        rr1, cc1 = min(r0 + thick.shape[0], shape[0]), min(c0 + thick.shape[1], shape[1])
+        if rr1 > rr0 and cc1 > cc0:
+            val = cover if flat else thick
+            target[rr0:rr1, cc0:cc1] += scale * val[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0]
+
+    for _ in range(n):
+        kind = types[int(rng.integers(len(types)))]
+        site = {"skin_pore": "skin", "skin_marker": "edge"}.get(kind, "interior")
+        cand = sites[site]
+        if len(cand) == 0:
+            continue
+        for _attempt in range(30):
+            r, c = cand[int(rng.integers(len(cand)))]
+            cx, cy = (c + rng.uniform()) * spacing_mm, (r + rng.uniform()) * spacing_mm
+            extra: dict = {}
+            if kind == "isolated_speck":
+                sp = speck_round(rng, rng.uniform(0.2, 0.8))
+                specks, target, scale, flat = [transform_speck(sp, 0.0, cx, cy)], pre, rng.uniform(*config.mu_calc_benign), False
+            elif kind == "skin_pore":
+                d = rng.uniform(0.4, 1.2)
+                specks, target, scale, flat = [Speck([Shell(cx, cy, d / 2, d / 2 * rng.uniform(0.4, 0.7))])], pre, rng.uniform(*config.mu_calc_benign) * rng.uniform(0.6, 1.0), False
+            elif kind == "skin_marker":
+                if rng.random() < 0.6:
+                    d = rng.uniform(1.5, 3.0)
+                    extra = {"subtype": "bb"}
+                    specks, target, scale, flat = [Speck([Ellipsoid(cx, cy, d / 2, d / 2, d / 2)])], pre, rng.uniform(4.0, 6.0) / d, False
+                else:
+                    d = rng.uniform(3.0, 6.0)
+                    extra = {"subtype": "disc"}
+                    specks, target, scale, flat = [Speck([Ellipsoid(cx, cy, d / 2, d / 2, 0.05)])], pre, rng.uniform(4.0, 6.0), True
+            elif kind == "vessel_crossing":
+                a1 = rng.uniform(0, math.pi)
+                a2 = a1 + rng.choice([-1, 1]) * rng.uniform(math.radians(25), math.radians(90))
+                specks = []
+                for a in (a1, a2):
+                    half = rng.uniform(4.0, 8.0)
+                    specks.append(Speck([Capsule(cx - half * math.cos(a), cy - half * math.sin(a), cx + half * math.cos(a), cy + half * math.sin(a), rng.uniform(0.4, 1.2))]))
+                target, scale, flat = pre, MU_VESSEL_EXCESS, False
+            elif kind == "film_scratch":
+                a, length, wdt = rng.uniform(0, math.pi), rng.uniform(5.0, 40.0), rng.uniform(0.03, 0.12)
+                specks = [Speck([Capsule(cx, cy, cx + length * math.cos(a), cy + length * math.sin(a), wdt / 2)])]
+                target, scale, flat = post, rng.uniform(0.15, 0.5) / wdt, False
+            else:  # noise_spike
+                px = int(rng.integers(1, 3)) * spacing_mm
+                x0, y0 = math.floor(cx / spacing_mm) * spacing_mm, math.floor(cy / spacing_mm) * spacing_mm
+                specks = [Speck([Capsule(x0 + px / 2, y0 + px / 2, x0 + px / 2, y0 + px / 2, px / 2)])]
+                target, scale, flat = post, rng.uniform(0.1, 0.4), True
+            b = np.array([s.bounds() for s in specks])
+            m = 0.3
+            if kind == "vessel_crossing":  # the look-alike is the crossing itself, not the whole vessels
+                rmax = max(p.r for s in specks for p in s.primitives)  # type: ignore[union-attr]
+                box = (cx - 2 * rmax, cy - 2 * rmax, cx + 2 * rmax, cy + 2 * rmax)
+                if not all(0 <= v[0] < w_mm and 0 <= v[1] < h_mm and interior[min(int(v[1] / spacing_mm), shape[0] - 1), min(int(v[0] / spacing_mm), shape[1] - 1)] for v in b[:, :2].tolist() + b[:, 2:].tolist()):
+                    continue
+            else:
+                box = (float(b[:, 0].min() - m), float(b[:, 1].min() - m), float(b[:, 2].max() + m), float(b[:, 3].max() + m))
+            if box[0] < 0 or box[1] < 0 or box[2] > w_mm or box[3] > h_mm:
+                continue
+            if _overlaps(box, [t for t in taken], 10.0 if kind == "isolated_speck" else 2.0):
+                continue
+            for s in specks:
+                add(target, s, scale, flat=flat)
+            taken.append(box)
+            records.append({"type": kind, "box_px": list(_pixel_box(box, spacing_mm, shape)), **extra})
+            break
+    return pre, post, records
+
+
+# --------------------------------------------------------------------------------------------
 # One image
 # --------------------------------------------------------------------------------------------
 
@@ -851,7 +1446,7 @@ def _pixel_box(box_mm: tuple[float, float, float, float], spacing_mm: float, sha
     return (float(x0), float(y0), float(x1), float(y1))
 
 
-def insert_clusters(rng: np.random.Generator, shape: tuple[int, int], breast_mask: np.ndarray, spacing_mm: float, n_clusters: int, config: SimulationConfig, forced_categories: Optional[Sequence[str]] = None) -> tuple[np.ndarray, list[SimulatedLesion]]:
+def insert_clusters(rng: np.random.Generator, shape: tuple[int, int], breast_mask: np.ndarray, spacing_mm: float, n_clusters: int, config: SimulationConfig, forced_categories: Optional[Sequence[str]] = None, view: str = "CC") -> tuple[np.ndarray, list[SimulatedLesion]]:
     """Attenuation added by ``n_clusters`` clusters (before PSF) and their ground truth."""
     delta = np.zeros(shape, dtype=np.float64)
     clearance = max(1, int(round(config.edge_clearance_mm / spacing_mm)))
@@ -863,7 +1458,11 @@ def insert_clusters(rng: np.random.Generator, shape: tuple[int, int], breast_mas
             category = forced_categories[i]
         else:
             category = "malignant" if rng.random() < config.malignant_fraction else "benign"
-        geom = CLUSTER_TYPES[category](rng)
+        if config.morphology_set == "birads":
+            geom = cluster_birads(rng, category, view=view, allowed=config.birads_morphologies)
+            category = geom.category
+        else:
+            geom = CLUSTER_TYPES[category](rng)
         mu = rng.uniform(*(config.mu_calc_malignant if category == "malignant" else config.mu_calc_benign))
         placed = _place_cluster(rng, geom, safe, spacing_mm, boxes_mm, config)
         if placed is None:
@@ -913,17 +1512,26 @@ def simulate_image(rng: np.random.Generator, config: SimulationConfig, *, latera
         n_clusters = int(rng.integers(config.clusters_per_image[0], config.clusters_per_image[1] + 1))
     if categories is not None:
         n_clusters = len(categories)
-    delta, lesions = insert_clusters(rng, atten.shape, mask, spacing, n_clusters, config, categories)
+    delta, lesions = insert_clusters(rng, atten.shape, mask, spacing, n_clusters, config, categories, view=view)
+    hard_negatives: list = []
+    post_psf = None
+    if config.hard_negatives_per_image[1] > 0:  # own stream: the default path draws nothing here
+        hn_rng = np.random.default_rng(int(rng.integers(2**63)))
+        n_hn = int(hn_rng.integers(config.hard_negatives_per_image[0], config.hard_negatives_per_image[1] + 1))
+        pre, post_psf, hard_negatives = insert_hard_negatives(hn_rng, atten.shape, mask, spacing, n_hn, config, lesions, film=use_real)
+        delta = delta + pre
     psf = rng.uniform(*config.psf_sigma_mm) / spacing
     if use_real:  # the film already carries its own blur: only the inserted calcium is blurred
         atten = atten + ndimage.gaussian_filter(delta, psf)
     else:
         atten = ndimage.gaussian_filter(atten + delta, psf)
+    if post_psf is not None:  # film scratches and impulse noise are not blurred by the detector
+        atten = atten + post_psf
     atten = add_quantum_noise(rng, atten, mask, rng.uniform(*config.noise_sigma) * (config.real_noise_factor if use_real else 1.0))
     bits = int(config.bits_choices[int(rng.integers(len(config.bits_choices)))])
     photometric = "MONOCHROME1" if rng.random() < config.monochrome1_fraction else "MONOCHROME2"
     pixels = quantise(atten, config.display_full_scale, bits, photometric)
-    meta = SimulatedImageMeta(spacing, laterality, view, background, mask, bits, photometric)
+    meta = SimulatedImageMeta(spacing, laterality, view, background, mask, bits, photometric, hard_negatives)
     return pixels, meta, lesions
 
 
@@ -1005,7 +1613,8 @@ def build_dicom(pixels: np.ndarray, meta: SimulatedImageMeta, *, patient_id: str
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = meta.photometric
     ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
-    ds.BitsAllocated = 16
+    eight = meta.bits_stored <= 8
+    ds.BitsAllocated = 8 if eight else 16
     ds.BitsStored = meta.bits_stored
     ds.HighBit = meta.bits_stored - 1
     ds.PixelRepresentation = 0
@@ -1013,7 +1622,7 @@ def build_dicom(pixels: np.ndarray, meta: SimulatedImageMeta, *, patient_id: str
     maxval = (1 << meta.bits_stored) - 1
     ds.WindowCenter, ds.WindowWidth = f"{maxval / 2:.1f}", f"{maxval + 1}"
     ds.VOILUTFunction = "LINEAR"
-    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint8 if eight else np.uint16).tobytes()
     # Lossless: keep our deterministic SOP Instance UID (pydicom would otherwise make a new one).
     ds.compress(RLELossless, generate_instance_uid=False)
     return ds
@@ -1134,6 +1743,11 @@ def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Opti
             "patient_id": patient_id,
             "study_uid": study_uid,
         })
+        if config.hard_negatives_per_image[1] > 0:  # key absent in default runs (identical files)
+            images[-1]["hard_negatives"] = [
+                {"type": h["type"], **({"subtype": h["subtype"]} if "subtype" in h else {}), "bbox": [h["box_px"][0], h["box_px"][1], h["box_px"][2] - h["box_px"][0], h["box_px"][3] - h["box_px"][1]]}
+                for h in meta.hard_negatives
+            ]
         for lesion in lesions:
             annotations.append(_coco_annotation(len(annotations) + 1, image_id, lesion, pixels.shape))
     coco = {
@@ -1150,8 +1764,18 @@ def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Opti
     return path
 
 
+#: Fields added for the realistic simulator: written to the COCO info only when not at their
+#: default, so that default runs keep writing byte-identical ``annotations.json`` files.
+_EXTENSION_FIELDS = ("morphology_set", "birads_morphologies", "hard_negatives_per_image", "hard_negative_types", "curvilinear")
+
+
 def _config_json(config: SimulationConfig) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    default = SimulationConfig()
+    return {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in asdict(config).items()
+        if k not in _EXTENSION_FIELDS or v != getattr(default, k)
+    }
 
 
 def load_coco(path: PathLike) -> dict:
@@ -1206,6 +1830,9 @@ def write_contact_sheet(coco_json: PathLike, png_path: PathLike, *, max_images: 
             x, y, w, h = ann["bbox"]
             colour = (255, 0, 0) if ann["category_id"] == CATEGORY_IDS["malignant"] else (0, 255, 0)
             draw.rectangle([ox + x * scale - 1, oy + y * scale - 1, ox + (x + w) * scale + 1, oy + (y + h) * scale + 1], outline=colour, width=1)
+        for hn in im.get("hard_negatives", []):  # hard negatives (not lesions): cyan
+            x, y, w, h = hn["bbox"]
+            draw.rectangle([ox + x * scale - 1, oy + y * scale - 1, ox + (x + w) * scale + 1, oy + (y + h) * scale + 1], outline=(0, 200, 255), width=1)
         draw.text((ox + 3, oy + 3), f"{im['laterality']}{im['view']} {im['photometric'][-1]}", fill=(255, 255, 0))
     png_path = Path(png_path)
     from io import BytesIO

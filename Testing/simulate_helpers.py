@@ -44,3 +44,32 @@ def robust_sigma(values: np.ndarray) -> float:
 
 def display(path: Path) -> np.ndarray:
     return read_display_image(path)
+
+
+def speck_extent_mm(speck, spacing_mm: float) -> float:
+    """Largest dimension (mm) of one speck as rendered: max distance between the centres of its
+    mask pixels plus one pixel (the pixel-limited Feret diameter)."""
+    from MicrocalcAI.simulate import render_speck, speck_mask_from_coverage
+
+    _, cover, _ = render_speck(speck, spacing_mm)
+    rc = np.argwhere(speck_mask_from_coverage(cover)).astype(float)
+    if len(rc) > 400:  # long rods: the convex extremes are enough
+        rc = rc[np.unique(np.concatenate([np.argmin(rc, 0), np.argmax(rc, 0), np.argmin(rc.sum(1))[None], np.argmax(rc.sum(1))[None], np.argmin(rc[:, 0] - rc[:, 1])[None], np.argmax(rc[:, 0] - rc[:, 1])[None]]))]
+    d = np.sqrt(((rc[:, None, :] - rc[None, :, :]) ** 2).sum(-1)).max() if len(rc) > 1 else 0.0
+    return float((d + 1.0) * spacing_mm)
+
+
+def realistic_small(**overrides) -> SimulationConfig:
+    """The realistic preset on small images (fast tests)."""
+    base = dict(
+        n_images=3,
+        seed=11,
+        clusters_per_image=(1, 2),
+        procedural_height_mm=(60.0, 70.0),
+        procedural_width_mm=(50.0, 60.0),
+        real_crop_height_mm=(60.0, 70.0),
+        real_crop_width_mm=(50.0, 60.0),
+        spacing_mm=(0.1, 0.2),
+    )
+    base.update(overrides)
+    return SimulationConfig.realistic(**base)

@@ -12,18 +12,30 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simulate_helpers import display, make_dataset, robust_sigma, small_config, tophat  # noqa: E402
+from simulate_helpers import (  # noqa: E402
+    display,
+    make_dataset,
+    realistic_small,
+    robust_sigma,
+    small_config,
+    speck_extent_mm,
+    tophat,
+)
 
 from MicrocalcAI.simulate import (  # noqa: E402
     CATEGORY_IDS,
+    HARD_NEGATIVE_TYPES,
+    MORPHOLOGIES,
     RealBackgroundLibrary,
     SimulationConfig,
     SimulationError,
+    build_morphology_cluster,
     cluster_benign,
     cluster_malignant,
     coco_rle_to_mask,
     insert_clusters,
     mask_to_coco_rle,
+    procedural_breast,
     simulate_dataset,
     simulate_image,
     write_contact_sheet,
@@ -165,7 +177,11 @@ def test_lesion_free_images_and_config_validation():
     pixels, meta, lesions = simulate_image(rng, cfg, laterality="L", view="MLO")
     assert lesions == [] and pixels.shape == (600, 500) and meta.view == "MLO"
     with pytest.raises(SimulationError):
-        SimulationConfig(bits_choices=(8,)).validate()
+        SimulationConfig(bits_choices=(10,)).validate()
+    for bad in (dict(morphology_set="fancy"), dict(birads_morphologies=("popcorn_xl",)), dict(hard_negatives_per_image=(2, 1)), dict(hard_negative_types=("smudge",))):
+        with pytest.raises(SimulationError):
+            SimulationConfig(**bad).validate()
+    SimulationConfig.realistic().validate()
     with pytest.raises(SimulationError):
         simulate_dataset("/nonexistent/never", SimulationConfig(n_images=0))
 
@@ -211,3 +227,104 @@ def test_bundled_sample_is_reproducible_and_matches_its_truth(tmp_path):
         assert th[y0:y1, x0:x1].max() > 6 * sigma
     q = img.shape[1] // 4
     assert img[:, -q:].mean() > img[:, :q].mean()  # right breast: chest wall at the right edge
+
+
+# --- realistic simulator (BI-RADS morphologies, hard negatives, curvilinear anatomy, 8/14 bit) ---
+
+
+def test_default_config_writes_none_of_the_realistic_extras(dataset):
+    coco = _coco(dataset)
+    assert all("hard_negatives" not in im for im in coco["images"])
+    info = coco["info"]["simulation_config"]
+    assert not {"morphology_set", "hard_negatives_per_image", "curvilinear"} & set(info)
+
+
+@pytest.mark.parametrize("morphology", sorted(MORPHOLOGIES))
+def test_birads_morphology_sizes_match_the_cited_range_at_two_spacings(morphology):
+    spec = MORPHOLOGIES[morphology]
+    lo, hi = spec.extent_mm
+    for spacing in (0.05, 0.1):
+        for view in (("CC", "MLO") if morphology == "milk_of_calcium" else ("CC",)):
+            geom = build_morphology_cluster(np.random.default_rng(5), morphology, view=view)
+            assert geom.morphology == morphology and geom.category == spec.category and geom.specks
+            for speck in geom.specks[:8]:
+                ext = speck_extent_mm(speck, spacing)
+                assert lo - 1.5 * spacing <= ext <= hi + 2.0 * spacing, (morphology, view, spacing, ext)
+        # Rendered into an image: every speck lies inside its annotated box.
+        n = int(round(70.0 / spacing))
+        config = SimulationConfig(morphology_set="birads", birads_morphologies=(morphology,))
+        delta, lesions = insert_clusters(np.random.default_rng(9), (n, n), np.ones((n, n), bool), spacing, 1, config, view="MLO")
+        (lesion,) = lesions
+        assert lesion.morphology == morphology and lesion.category == spec.category
+        assert dict(spec.distributions).get(lesion.distribution, 0) > 0
+        x0, y0, x1, y1 = (int(v) for v in lesion.box_px)
+        inside = np.zeros((n, n), bool)
+        inside[y0:y1, x0:x1] = True
+        assert delta[inside].max() > 0 and not delta[~inside].any()
+        assert lesion.speck_mask.any()
+
+
+def test_hard_negatives_are_in_the_image_but_not_annotated(library):
+    # Same image with and without hard negatives (noise off, fixed PSF): the difference is them.
+    for types, real in ((tuple(t for t in HARD_NEGATIVE_TYPES if t != "film_scratch"), 0.0), (("film_scratch",), 1.0)):
+        common = dict(clusters_per_image=(2, 2), noise_sigma=(0.0, 0.0), psf_sigma_mm=(0.04, 0.04), spacing_mm=(0.1, 0.1), bits_choices=(16,), real_fraction=real, monochrome1_fraction=0.0, hard_negative_types=types)
+        with_hn = realistic_small(hard_negatives_per_image=(8, 8), **common)
+        without = realistic_small(hard_negatives_per_image=(0, 0), **common)
+        px1, meta1, les1 = simulate_image(np.random.default_rng(4), with_hn, laterality="L", view="MLO", backgrounds=library)
+        px0, meta0, les0 = simulate_image(np.random.default_rng(4), without, laterality="L", view="MLO", backgrounds=library)
+        assert meta1.hard_negatives and meta0.hard_negatives == []
+        assert {h["type"] for h in meta1.hard_negatives} <= set(types)
+        assert [l.box_px for l in les1] == [l.box_px for l in les0]  # lesions untouched
+        diff = (px1.astype(float) - px0.astype(float)) / 65535.0
+        for h in meta1.hard_negatives:
+            x0, y0, x1, y1 = (int(v) for v in h["box_px"])
+            assert diff[y0:y1, x0:x1].max() > 0.004, h  # brighter where it was put
+            for les in les1:  # never inside a lesion box
+                a = les.box_px
+                assert not (x0 < a[2] and a[0] < x1 and y0 < a[3] and a[1] < y1), (h, a)
+    types_seen = set()
+    for seed in range(6):
+        _, meta, _ = simulate_image(np.random.default_rng(seed), realistic_small(hard_negatives_per_image=(6, 6), real_fraction=1.0), backgrounds=library)
+        types_seen |= {h["type"] for h in meta.hard_negatives}
+    assert types_seen == set(HARD_NEGATIVE_TYPES)
+
+
+def test_realistic_preset_is_deterministic_and_records_hard_negatives(tmp_path, library):
+    a = simulate_dataset(tmp_path / "a", realistic_small(), backgrounds=library)
+    b = simulate_dataset(tmp_path / "b", realistic_small(), backgrounds=library)
+    assert a.read_bytes() == b.read_bytes()
+    coco = _coco(a)
+    for im in coco["images"]:
+        assert (a.parent / im["file_name"]).read_bytes() == (b.parent / im["file_name"]).read_bytes()
+        assert isinstance(im["hard_negatives"], list)
+        for h in im["hard_negatives"]:
+            assert h["type"] in HARD_NEGATIVE_TYPES and len(h["bbox"]) == 4
+    assert coco["annotations"] and all(x["morphology"] in MORPHOLOGIES for x in coco["annotations"])
+    assert coco["info"]["simulation_config"]["morphology_set"] == "birads"
+    png = write_contact_sheet(a, tmp_path / "sheet.png", tile_px=160)
+    assert png.stat().st_size > 0
+
+
+def test_curvilinear_structures_add_thin_positive_attenuation():
+    config = SimulationConfig(curvilinear=True)
+    plain = SimulationConfig()
+    args = (0.1, "L", "MLO", (70.0, 55.0))
+    a1, m1 = procedural_breast(np.random.default_rng(2), config, *args)
+    a0, m0 = procedural_breast(np.random.default_rng(2), plain, *args)
+    assert np.array_equal(m1, m0)
+    extra = a1 - a0
+    assert extra.min() >= -1e-12 and 0.02 < extra.max() < 1.0  # 0.034/mm tubes and edge-on sheets
+    assert 0.02 < (extra > 0.005).mean() < 0.5  # line-like: a minority of the pixels
+
+
+@pytest.mark.parametrize("bits", [8, 14])
+def test_8_and_14_bit_files(tmp_path, library, bits):
+    path = make_dataset(tmp_path, library, n_images=2, bits_choices=(bits,), monochrome1_fraction=0.5)
+    for im in _coco(path)["images"]:
+        ds = pydicom.dcmread(path.parent / im["file_name"])
+        assert ds.BitsStored == bits == im["bits_stored"] and ds.HighBit == bits - 1
+        assert ds.BitsAllocated == (8 if bits == 8 else 16)
+        px = ds.pixel_array
+        assert px.max() <= (1 << bits) - 1 and px.max() > 0.5 * ((1 << bits) - 1)
+        img = display(path.parent / im["file_name"])
+        assert 0.0 <= img.min() and img.max() <= 1.0
