@@ -224,6 +224,9 @@ class ImageTruth:
     view: Optional[str] = None
     path: Optional[str] = None
     spacing_mm: Optional[float] = None
+    #: Things that look like calcifications but are not lesions (skin markers, scratches,
+    #: isolated specks...): (type, stored [x0, y0, x1, y1]). A mark on one is a known-bad mark.
+    hard_negatives: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -260,9 +263,24 @@ def truth_from_coco(coco_json: PathLike) -> list[ImageTruth]:
                 view=text(entry.extra, "view"),
                 path=str(entry.path),
                 spacing_mm=entry.spacing_mm,
+                hard_negatives=_hard_negatives(entry.extra.get("hard_negatives"), coco_json),
             )
         )
     return out
+
+
+def _hard_negatives(records: Any, coco_json: PathLike) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """COCO ``hard_negatives`` ([{type, bbox [x, y, w, h]}], as the simulator writes) -> boxes."""
+    if records is None:
+        return []
+    try:
+        out = []
+        for rec in records:
+            x, y, w, h = (float(v) for v in rec["bbox"])
+            out.append((str(rec["type"]), (x, y, x + w, y + h)))
+        return out
+    except (TypeError, KeyError, ValueError) as exc:
+        raise DatasetError(f"COCO file {coco_json}: malformed 'hard_negatives' entry: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -440,6 +458,30 @@ def _cutpoints(spec: Optional[ModelSpec]) -> list[tuple[str, float]]:
     return cuts
 
 
+def _hard_negative_marks(
+    truth: Sequence[ImageTruth], findings: Sequence[Optional[ImageFindings]], threshold: float
+) -> dict[str, Any]:
+    """How many known non-lesions (markers, scratches, isolated specks...) the model marked.
+
+    A hard negative counts as marked when a reported lesion at the operating threshold finds
+    it by the lesion matching rule (:func:`hit_matrix`). Each of these marks is a bug to fix,
+    so they are reported per type, apart from the overall false-positive rate.
+    """
+    per_type: dict[str, dict[str, int]] = {}
+    for t, f in zip(truth, findings):
+        if not t.hard_negatives:
+            continue
+        kept = [les.box_px for les in (f.lesions if f is not None else []) if les.score >= threshold]
+        hits = hit_matrix(np.asarray(kept, dtype=np.float64).reshape(-1, 4), np.array([b for _, b in t.hard_negatives]))
+        for j, (kind, _) in enumerate(t.hard_negatives):
+            counts = per_type.setdefault(kind, {"n": 0, "marked": 0})
+            counts["n"] += 1
+            counts["marked"] += int(hits[:, j].any())
+    total = sum(c["n"] for c in per_type.values())
+    marked = sum(c["marked"] for c in per_type.values())
+    return {"n": total, "marked": marked, "marked_fraction": marked / total if total else None, "by_type": per_type}
+
+
 def compute_metrics(
     truth: Sequence[ImageTruth],
     findings: Sequence[Optional[ImageFindings]],
@@ -514,6 +556,8 @@ def compute_metrics(
             "curve": {"threshold": thr.tolist(), "fp_per_image": fppi.tolist(), "sensitivity": sens.tolist()},
         },
     }
+
+    detection["hard_negatives"] = _hard_negative_marks(truth, findings, threshold)
 
     # ---- lesion level: malignant vs not, over ALL GT lesions (missed = predicted not malignant)
     rules: list[tuple[str, Optional[float], np.ndarray]] = [
@@ -717,6 +761,10 @@ class EvaluationReport:
              f"AUC (matched) {f(les['auc_benign_vs_malignant_matched']['auc'])}"
              f"{ci(les['auc_benign_vs_malignant_matched'], 'auc_ci95')}"),
         ]
+        hard = det.get("hard_negatives") or {}
+        if hard.get("n"):
+            lines.append(f"hard negatives marked: {hard['marked']}/{hard['n']} ("
+                         + ", ".join(f"{k} {v['marked']}/{v['n']}" for k, v in sorted(hard["by_type"].items())) + ")")
         for level in ("image_level", "breast_level"):
             block = m[level]
             lines.append(

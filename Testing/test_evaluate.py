@@ -299,3 +299,25 @@ def report_spec_threshold() -> float:
     from MicrocalcAI.manifest import resolve_model
 
     return resolve_model(None).score_threshold
+
+
+def test_marks_on_hard_negatives_are_counted_per_type(tmp_path):
+    """A mark on a skin marker counts; a mark elsewhere or below the threshold does not."""
+    t = truth("a", [[10, 10, 30, 30]], [2])
+    t.hard_negatives = [("marker", (100.0, 100.0, 120.0, 120.0)), ("scratch", (200.0, 10.0, 260.0, 14.0))]
+    f = finding("a", [les([12, 12, 28, 28], 0.9, 0.9), les([102, 102, 118, 118], 0.8, 0.7), les([205, 9, 250, 15], 0.2, 0.1)])
+    m = compute_metrics([t], [f], spec=spec(0.3), n_bootstrap=10)
+    hard = m["detection"]["hard_negatives"]
+    assert hard["n"] == 2 and hard["marked"] == 1
+    assert hard["by_type"] == {"marker": {"n": 1, "marked": 1}, "scratch": {"n": 1, "marked": 0}}
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 300, "height": 300,
+                    "hard_negatives": [{"type": "marker", "bbox": [100, 100, 20, 20]}]}],
+        "annotations": [], "categories": [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}],
+    }
+    from PIL import Image
+
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    (read,) = truth_from_coco(tmp_path / "c.json")
+    assert read.hard_negatives == [("marker", (100.0, 100.0, 120.0, 120.0))]
