@@ -70,8 +70,11 @@ def _spacing(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"spacing must be a number in mm, got {text!r}") from None
-    if not 0.02 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"spacing {value} mm is not a plausible mammogram pixel spacing (0.02-1.0)")
+    from .reader import SPACING_RANGE_MM
+
+    low, high = SPACING_RANGE_MM
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"spacing {value} mm is not a plausible mammogram pixel spacing ({low}-{high})")
     return value
 
 

@@ -18,10 +18,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import CancelledError, InputError, MicrocalcAIError, OutputError, SpacingError
+from .errors import CancelledError, MicrocalcAIError, OutputError
 from .findings import build_lesions
 from .manifest import ModelSpec, resolve_model
-from .reader import find_images, read_mammogram
+from .reader import find_images, read_mammogram, user_overrides
 from .records import (
     BreastFindings,
     ExamFindings,
@@ -230,19 +230,7 @@ def _with_overrides(
     """A copy of ``m`` with explicit user values applied (the caller's record is not modified)."""
     from dataclasses import replace
 
-    changes: dict = {}
-    if spacing_mm is not None:
-        pair = (float(spacing_mm), float(spacing_mm)) if np.isscalar(spacing_mm) else tuple(map(float, spacing_mm))  # type: ignore[arg-type]
-        if len(pair) != 2 or not all(0.02 <= s <= 1.0 for s in pair):
-            raise SpacingError(f"spacing {spacing_mm} mm is not a plausible mammogram pixel spacing (0.02-1.0 mm)")
-        changes.update(spacing_mm=pair, spacing_source="user")
-    if laterality is not None:
-        side = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}.get(str(laterality).strip().upper())
-        if side is None:
-            raise InputError(f"laterality must be L or R, got {laterality!r}")
-        changes.update(laterality=side, laterality_source="user")
-    if view is not None:
-        changes.update(view=view.upper(), view_source="user")
+    changes = user_overrides(spacing_mm=spacing_mm, laterality=laterality, view=view, source=m.source)
     return replace(m, warnings=list(m.warnings), **changes) if changes else m
 
 

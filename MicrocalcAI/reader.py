@@ -943,6 +943,49 @@ def _read_array(source: np.ndarray) -> Mammogram:
     )
 
 
+def _user_laterality(laterality: Optional[str]) -> Optional[str]:
+    if laterality is None:
+        return None
+    side = _normalise_laterality(laterality)
+    if side is None:
+        raise InputError(f"laterality must be 'L' or 'R' (or LEFT/RIGHT), got {laterality!r}")
+    return side
+
+
+def _user_view(view: Optional[str]) -> Optional[str]:
+    if view is None:
+        return None
+    code = _normalise_view(view)
+    if code is None:
+        raise InputError(f"view must be a mammography view such as CC or MLO, got {view!r}")
+    return code
+
+
+def user_overrides(
+    *,
+    spacing_mm: Union[float, Sequence[float], None] = None,
+    laterality: Optional[str] = None,
+    view: Optional[str] = None,
+    source: Optional[Union[str, "os.PathLike[str]"]] = None,
+) -> dict[str, Any]:
+    """Validated :class:`Mammogram` field values for what a user stated explicitly.
+
+    One place for the rules, so a record read here and a record built elsewhere (the Slicer
+    module, a script) are overridden identically: the values and their source "user".
+    """
+    changes: dict[str, Any] = {}
+    if spacing_mm is not None:
+        path = Path(os.fspath(source)) if source is not None else None
+        changes.update(spacing_mm=_user_spacing(spacing_mm, path), spacing_source="user")
+    side = _user_laterality(laterality)
+    if side is not None:
+        changes.update(laterality=side, laterality_source="user")
+    code = _user_view(view)
+    if code is not None:
+        changes.update(view=code, view_source="user")
+    return changes
+
+
 def read_mammogram(
     source: Union[str, "os.PathLike[str]", np.ndarray],
     *,
@@ -968,16 +1011,7 @@ def read_mammogram(
     """
     if photometric not in _PHOTOMETRICS:
         raise InputError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
-    user_lat = None
-    if laterality is not None:
-        user_lat = _normalise_laterality(laterality)
-        if user_lat is None:
-            raise InputError(f"laterality must be 'L' or 'R' (or LEFT/RIGHT), got {laterality!r}")
-    user_view = None
-    if view is not None:
-        user_view = _normalise_view(view)
-        if user_view is None:
-            raise InputError(f"view must be a mammography view such as CC or MLO, got {view!r}")
+    user_lat, user_view = _user_laterality(laterality), _user_view(view)
 
     path: Optional[Path] = None
     try:

@@ -253,3 +253,19 @@ def test_unusable_output_folder_is_a_clear_error(tmp_path, capsys):
     blocker.write_text("x")
     code = cli_main(["detect", str(SAMPLES / "sim_R_CC.dcm"), "--out", str(blocker / "sub"), "--quiet"])
     assert code == 2 and "output folder" in capsys.readouterr().err
+
+
+def test_overrides_on_a_mammogram_record_follow_the_reader_rules(analyzer, tmp_path):
+    """Overrides on a record (Slicer, scripts) are validated exactly like read_mammogram's."""
+    from MicrocalcAI.errors import InputError, SpacingError
+
+    path = tmp_path / "o.dcm"
+    _simulated_dicom(path, seed=51, laterality="R", spacing=0.1)
+    m = read_mammogram(path)
+    for bad, error in ((dict(laterality="X"), InputError), (dict(view="SIDEWAYS"), InputError), (dict(spacing_mm=5.0), SpacingError)):
+        with pytest.raises(error):
+            analyzer.analyse(m, **bad)
+        with pytest.raises(error):
+            read_mammogram(path, **bad)
+    findings = analyzer.analyse(m, laterality="left", view="mlo", spacing_mm=0.1)
+    assert (findings.laterality, findings.view, findings.spacing_source) == ("L", "MLO", "user")
