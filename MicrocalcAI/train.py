@@ -639,27 +639,22 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
     torch.manual_seed(config.seed)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
 
-    progress(0.0, "preparing training images")
-    train_set = CocoMammogramDataset(
-        config.train_coco,
-        spacing_mm=config.spacing_mm,
-        assumed_input_spacing_mm=config.assumed_input_spacing_mm,
-        cache_dir=cache_dir,
-        skip_unusable=config.skip_unusable_images,
-    )
-    train_set.prepare(lambda f, m: progress(0.0, m))
-    if train_set.num_lesions == 0:
-        raise DatasetError(f"{config.train_coco} has no lesion annotations to train on")
-    val_set = None
-    if config.val_coco:
-        val_set = CocoMammogramDataset(
-            config.val_coco,
+    def prepared(coco: os.PathLike | str) -> CocoMammogramDataset:
+        dataset = CocoMammogramDataset(
+            coco,
             spacing_mm=config.spacing_mm,
             assumed_input_spacing_mm=config.assumed_input_spacing_mm,
             cache_dir=cache_dir,
             skip_unusable=config.skip_unusable_images,
         )
-        val_set.prepare(lambda f, m: progress(0.0, m))
+        dataset.prepare(lambda f, m: progress(0.0, m))
+        return dataset
+
+    progress(0.0, "preparing training images")
+    train_set = prepared(config.train_coco)
+    if train_set.num_lesions == 0:
+        raise DatasetError(f"{config.train_coco} has no lesion annotations to train on")
+    val_set = prepared(config.val_coco) if config.val_coco else None
     samples = [train_set[i] for i in range(len(train_set))]
     sampler = PatchSampler(samples, config.patch, seed=config.seed)
     log.info(
