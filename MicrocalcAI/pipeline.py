@@ -147,7 +147,7 @@ class Analyzer:
             assumed_input_spacing_mm=self.spec.assumed_input_spacing_mm,
             stored=(stored01, stored_mask),
         )
-        warnings += [w for w in canonical.warnings if w not in warnings and "assumed" not in w]
+        warnings += [w for w in canonical.warnings if w not in warnings]  # spacing is always set here
         timings["standardise"] = time.perf_counter() - t
 
         t = time.perf_counter()
