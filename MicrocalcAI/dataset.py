@@ -62,6 +62,9 @@ class CocoImage:
     boxes_stored: np.ndarray  # (N, 4) float64 [x0, y0, x1, y1] stored pixels
     labels: np.ndarray  # (N,) int64, values in LABEL_IDS
     extra: dict[str, Any] = field(default_factory=dict)  # laterality, view, ... as given
+    #: (M, 4) stored-pixel boxes of recorded hard negatives (simulator's ``hard_negatives``):
+    #: look-alikes that are *not* lesions, used to aim background patches at them.
+    hard_negatives_stored: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
 
 
 def _finite_number(value: Any) -> bool:
@@ -124,6 +127,7 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
                 problems.append(f"image {image_id}: spacing_mm must be a positive number, got {entry.get('spacing_mm')!r}")
                 spacing = None
         extra = {k: v for k, v in entry.items() if k not in ("id", "file_name", "width", "height", "spacing_mm")}
+        hard_negatives = _parse_hard_negatives(entry.get("hard_negatives", []), image_id, problems)
         images[image_id] = CocoImage(
             image_id=image_id,
             path=file_path,
@@ -133,6 +137,7 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
             boxes_stored=np.zeros((0, 4)),
             labels=np.zeros((0,), dtype=np.int64),
             extra=extra,
+            hard_negatives_stored=hard_negatives,
         )
 
     per_image: dict[int, tuple[list[list[float]], list[int]]] = {i: ([], []) for i in images}
@@ -182,6 +187,23 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
     return out
 
 
+def _parse_hard_negatives(value: Any, image_id: int, problems: list[str]) -> np.ndarray:
+    """Stored-pixel [x0, y0, x1, y1] boxes of an image entry's optional ``hard_negatives``
+    (a list of objects with a COCO ``bbox``, as :mod:`MicrocalcAI.simulate` writes)."""
+    if not isinstance(value, list):
+        problems.append(f"image {image_id}: 'hard_negatives' must be a list, got {type(value).__name__}")
+        return np.zeros((0, 4))
+    boxes = []
+    for item in value:
+        bbox = item.get("bbox") if isinstance(item, dict) else None
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_finite_number(v) for v in bbox) or bbox[2] <= 0 or bbox[3] <= 0:
+            problems.append(f"image {image_id}: hard negative {item!r} needs a bbox [x, y, w, h] with positive size")
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        boxes.append([x, y, x + w, y + h])
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+
 # ------------------------------------------------------------------- canonical samples + cache
 
 
@@ -202,6 +224,8 @@ class CanonicalSample:
     boxes: np.ndarray  # (N, 4) float32 canonical [u0, v0, u1, v1]
     labels: np.ndarray  # (N,) int64 1 = benign, 2 = malignant
     extra: dict[str, Any] = field(default_factory=dict)
+    #: (M, 4) float32 canonical boxes of recorded hard negatives (never lesions).
+    hard_negatives: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.float32))
 
     def to_canonical_image(self) -> CanonicalImage:
         """The :class:`CanonicalImage` that ``detect`` takes, rebuilt from the cached arrays."""
@@ -360,6 +384,8 @@ class CocoMammogramDataset:
                 "%s: %d lesion box(es) fall outside the standardised breast crop and are ignored",
                 entry.path, int((~keep).sum()),
             )
+        hard = canonical_boxes(entry.hard_negatives_stored, canonical.transform, canonical.image.shape)
+        hard = hard[(hard[:, 2] - hard[:, 0] > 0) & (hard[:, 3] - hard[:, 1] > 0)]
         return CanonicalSample(
             image_id=entry.image_id,
             path=entry.path,
@@ -370,6 +396,7 @@ class CocoMammogramDataset:
             boxes=boxes[keep].astype(np.float32),
             labels=entry.labels[keep],
             extra=dict(entry.extra),
+            hard_negatives=hard.astype(np.float32),
         )
 
     def _canonical(self, entry: CocoImage) -> CanonicalImage:
@@ -431,6 +458,10 @@ class PatchConfig:
     background_fraction: float = 0.3
     #: Among lesion patches, the fraction centred on a malignant lesion (class balance).
     malignant_fraction: float = 0.5
+    #: Among background patches, the fraction placed on a recorded hard negative (isolated
+    #: speck, skin marker, vessel crossing, scratch...) when the data has any: random breast
+    #: patches rarely contain one, and these look-alikes are where false positives come from.
+    hard_negative_fraction: float = 0.0
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
@@ -445,7 +476,7 @@ class PatchConfig:
     def __post_init__(self) -> None:
         if self.patch_size < 32:
             raise DatasetError(f"patch_size must be at least 32, got {self.patch_size}")
-        for name in ("background_fraction", "malignant_fraction", "min_visible_fraction"):
+        for name in ("background_fraction", "malignant_fraction", "hard_negative_fraction", "min_visible_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise DatasetError(f"{name} must be in [0, 1], got {value}")
@@ -510,7 +541,8 @@ class PatchSampler:
     Lesion patches are class balanced (``malignant_fraction``) and place the lesion at a
     random position such that the whole lesion lies inside the patch whenever it fits, so
     the detector never learns "lesions are in the centre". Background patches are centred on
-    a random breast pixel. All randomness comes from one seeded numpy generator whose state
+    a random breast pixel, or (``hard_negative_fraction``) hold a recorded hard negative at a
+    random position. All randomness comes from one seeded numpy generator whose state
     is exposed for checkpointing, so a resumed run draws the same patches.
     """
 
@@ -524,6 +556,7 @@ class PatchSampler:
         for si, s in enumerate(samples):
             for li, label in enumerate(s.labels):
                 self._lesions.setdefault(int(label), []).append((si, li))
+        self._hard_negatives = [(si, hi) for si, s in enumerate(samples) for hi in range(len(s.hard_negatives))]
         self._breast_points: dict[int, np.ndarray] = {}
         if not any(self._lesions.values()):
             log.warning("dataset has no lesions: every patch will be background")
@@ -582,6 +615,12 @@ class PatchSampler:
 
     def _background_origin(self) -> tuple[int, int, int]:
         p = self.config.patch_size
+        if self._hard_negatives and self.config.hard_negative_fraction > 0 and self.rng.random() < self.config.hard_negative_fraction:
+            si, hi = self._hard_negatives[int(self.rng.integers(len(self._hard_negatives)))]
+            sample = self.samples[si]
+            x0, y0, x1, y1 = (float(v) for v in sample.hard_negatives[hi])
+            rows, cols = sample.image.shape
+            return si, self._jittered_origin(y0, y1, rows), self._jittered_origin(x0, x1, cols)
         si = int(self.rng.integers(len(self.samples)))
         points = self._breast_points_of(si)
         rows, cols = self.samples[si].image.shape

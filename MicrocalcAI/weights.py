@@ -103,6 +103,33 @@ def _check_config(spec: ModelSpec, metadata: dict[str, str], path: Path) -> None
         )
 
 
+def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """``load_state_dict(strict=True)`` whose error names the first missing/unexpected keys
+    or the mismatched shape instead of torch's page-long message."""
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        expected = set(model.state_dict())
+        missing = sorted(expected - set(tensors))
+        unexpected = sorted(set(tensors) - expected)
+        detail = f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        if not missing and not unexpected:
+            detail = str(exc).splitlines()[-1].strip() if str(exc) else "shape mismatch"
+        raise ModelError(f"weights {path} do not fit {what}: {detail}") from exc
+
+
+def read_weights_file(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
+    """Tensors of a MicrocalcAI safetensors weights file, without a manifest entry.
+
+    Used to start training from existing weights (fine-tuning); nothing is unpickled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    tensors, _ = _read_safetensors(path)
+    return tensors
+
+
 def load_detector(spec: ModelSpec, device: Union[torch.device, str] = "cpu") -> nn.Module:
     """Build the detector a manifest entry describes and load its verified weights.
 
@@ -115,18 +142,7 @@ def load_detector(spec: ModelSpec, device: Union[torch.device, str] = "cpu") -> 
     tensors, metadata = _read_safetensors(path)
     _check_config(spec, metadata, path)
     model = build_detector(spec.backbone, anchor_sizes=spec.anchor_sizes, tile_size=spec.tile_size)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        expected = set(model.state_dict())
-        missing = sorted(expected - set(tensors))
-        unexpected = sorted(set(tensors) - expected)
-        detail = f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        if not missing and not unexpected:
-            detail = str(exc).splitlines()[-1].strip() if str(exc) else "shape mismatch"
-        raise ModelError(
-            f"weights {path} do not fit a {spec.backbone} detector with anchors {list(spec.anchor_sizes)}: {detail}"
-        ) from exc
+    load_state_strict(model, tensors, path, f"a {spec.backbone} detector with anchors {list(spec.anchor_sizes)}")
     model.float()
     model.eval()
     model.to(torch.device(device))

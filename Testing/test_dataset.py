@@ -108,6 +108,42 @@ def test_valid_coco_is_parsed_into_xyxy_boxes_with_category_names_mapped(tmp_pat
     assert entry.labels.tolist() == [2]
 
 
+def test_hard_negatives_are_parsed_and_malformed_ones_reported(tmp_path):
+    img = _image_file(tmp_path)
+    good = [{"type": "skin_marker", "bbox": [5, 6, 4, 3]}, {"type": "noise_spike", "bbox": [20, 1, 1, 1]}]
+    coco = write_coco(tmp_path / "a.json", [{"id": 1, "file_name": img.name, "hard_negatives": good}], [])
+    (entry,) = parse_coco(coco)
+    np.testing.assert_allclose(entry.hard_negatives_stored, [[5, 6, 9, 9], [20, 1, 21, 2]])
+    assert entry.extra["hard_negatives"] == good  # still there for `microcalcai evaluate`
+    bad = write_coco(tmp_path / "b.json", [{"id": 1, "file_name": img.name, "hard_negatives": [{"type": "x", "bbox": [1, 2, 0, 3]}]},
+                                           {"id": 2, "file_name": img.name, "hard_negatives": "none"}], [])
+    with pytest.raises(DatasetError) as info:
+        parse_coco(bad)
+    assert "image 1: hard negative" in str(info.value) and "image 2: 'hard_negatives' must be a list" in str(info.value)
+
+
+def test_simulated_hard_negatives_land_on_bright_structures_in_the_canonical_frame(tmp_path):
+    from MicrocalcAI.simulate import SimulationConfig, simulate_dataset
+
+    config = SimulationConfig.realistic(n_images=3, seed=8, real_fraction=0.0, hard_negatives_per_image=(4, 4),
+                                        hard_negative_types=("isolated_speck", "skin_marker"), spacing_mm=(0.07, 0.07),
+                                        procedural_height_mm=(60.0, 65.0), procedural_width_mm=(45.0, 50.0))
+    coco = simulate_dataset(tmp_path / "sim", config)
+    ds = CocoMammogramDataset(coco, spacing_mm=0.1, assumed_input_spacing_mm=0.05)
+    ds.prepare()
+    seen = 0
+    for i in range(len(ds)):
+        sample = ds[i]
+        for x0, y0, x1, y1 in sample.hard_negatives:
+            # Mapped through the same transform as the lesions: the look-alike is inside its box.
+            r0, c0 = max(int(y0) - 1, 0), max(int(x0) - 1, 0)
+            region = sample.image[r0:int(np.ceil(y1)) + 1, c0:int(np.ceil(x1)) + 1].astype(np.float32)
+            ring = sample.image[max(r0 - 6, 0):int(y1) + 7, max(c0 - 6, 0):int(x1) + 7].astype(np.float32)
+            assert region.max() > np.median(ring) + 0.01
+            seen += 1
+    assert seen >= 6
+
+
 # -------------------------------------------------------------------- standardise + cache
 
 
@@ -200,6 +236,25 @@ def test_class_balance_and_background_fraction():
     for _ in range(50):
         _, r0, c0 = bg.sample().source
         assert mask[r0:r0 + 64, c0:c0 + 64].any()
+
+
+def test_hard_negative_patches_hold_the_look_alike_at_varying_positions():
+    sample = synthetic_sample(shape=(600, 500), boxes=((40, 60, 90, 80),), labels=(1,))
+    sample.hard_negatives = np.array([[300, 400, 310, 412]], dtype=np.float32)
+    sampler = PatchSampler([sample], _exact_config(patch_size=64, background_fraction=1.0, hard_negative_fraction=1.0), seed=4)
+    origins = set()
+    for _ in range(40):
+        patch = sampler.sample()
+        _, r0, c0 = patch.source
+        assert c0 <= 300 and 310 <= c0 + 64 and r0 <= 400 and 412 <= r0 + 64  # whole look-alike inside
+        assert len(patch.boxes) == 0  # and it is not a lesion
+        origins.add((r0, c0))
+    assert len(origins) > 15
+    # Without recorded hard negatives the same setting falls back to random breast patches.
+    plain = PatchSampler([synthetic_sample(shape=(600, 500))], _exact_config(patch_size=64, background_fraction=1.0, hard_negative_fraction=1.0), seed=4)
+    assert len({plain.sample().source for _ in range(20)}) > 10
+    with pytest.raises(DatasetError, match="hard_negative_fraction"):
+        PatchConfig(hard_negative_fraction=1.5)
 
 
 def test_sampler_is_deterministic_and_state_round_trips():

@@ -73,7 +73,7 @@ def test_coco_file_is_valid(dataset):
     assert coco["categories"] == [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}]
     images = {im["id"]: im for im in coco["images"]}
     assert len(images) == 8 and len(coco["annotations"]) >= 8
-    assert {im["background"].split(":")[0] for im in images.values()} == {"procedural", "cbis"}
+    assert {im["background"].split(":")[0] for im in images.values()} == {"procedural", "real"}
     ids = [a["id"] for a in coco["annotations"]]
     assert len(set(ids)) == len(ids)
     for a in coco["annotations"]:
@@ -328,3 +328,36 @@ def test_8_and_14_bit_files(tmp_path, library, bits):
         assert px.max() <= (1 << bits) - 1 and px.max() > 0.5 * ((1 << bits) - 1)
         img = display(path.parent / im["file_name"])
         assert 0.0 <= img.min() and img.max() <= 1.0
+
+
+def test_cli_backgrounds_option_uses_only_the_given_mammograms(tmp_path, cbis_cases):
+    import shutil
+
+    from MicrocalcAI.cli import main
+    from MicrocalcAI.simulate import find_background_files
+
+    folder = tmp_path / "held_in"
+    (folder / "sub").mkdir(parents=True)
+    chosen = [cbis_cases[1]["rcc"], cbis_cases[1]["lmlo"]]
+    shutil.copy(chosen[0], folder / "a.dcm")
+    shutil.copy(chosen[1], folder / "sub" / "IMG0001")  # no extension: found by its DICM preamble
+    (folder / "notes.txt").write_text("not an image")
+    files = find_background_files([folder])
+    assert [f.name for f in files] == ["a.dcm", "IMG0001"]
+
+    out = tmp_path / "sim"
+    rc = main(["simulate", "--realistic", "--out", str(out), "-n", "6", "--seed", "4", "--real-fraction", "1",
+               "--backgrounds", str(folder), "--quiet"])
+    assert rc == 0
+    coco = _coco(out / "annotations.json")
+    used = {im["background"] for im in coco["images"]}
+    assert used and used <= {"real:held_in/a.dcm", "real:sub/IMG0001"}
+    assert main(["simulate", "--out", str(tmp_path / "x"), "-n", "1", "--backgrounds", str(tmp_path / "nowhere"), "--quiet"]) != 0
+
+
+def test_fine_pleomorphic_specks_vary_in_shape_within_a_lesion():
+    geom = build_morphology_cluster(np.random.default_rng(3), "fine_pleomorphic", distribution="grouped")
+    kinds = {tuple(sorted(type(p).__name__ for p in s.primitives)) for s in geom.specks}
+    assert len(geom.specks) >= 5 and len(kinds) >= 3  # lobed, angular and comma-like shapes mixed
+    sizes = [speck_extent_mm(s, 0.02) for s in geom.specks]
+    assert max(sizes) > 1.5 * min(sizes)  # and their sizes vary

@@ -23,6 +23,7 @@ from MicrocalcAI.train import (
     roc_auc,
     summarise,
     train,
+    training_samples,
 )
 from MicrocalcAI.weights import load_detector
 
@@ -109,6 +110,33 @@ def test_training_checkpoints_resumes_identically_and_exports(tiny_coco, tmp_pat
     assert [(s.name, s.version) for s in specs] == [("tiny", "0.2")]
 
 
+def test_sources_are_pooled_and_training_can_start_from_existing_weights(tiny_coco, tmp_path):
+    other = simulate_tiny(tmp_path / "other", n_images=3, seed=22)
+    config = _config(tiny_coco, tmp_path / "pooled", train_coco=[str(tiny_coco), str(other)])
+    samples = training_samples(config, tmp_path / "cache")
+    assert [s.path.parent.parent for s in samples] == [tiny_coco.parent] * 2 + [other.parent] * 3
+
+    # Fine-tuning start: from a checkpoint and from exported fp16 safetensors.
+    ref = train(_config(tiny_coco, tmp_path / "ref"))
+    start = load_checkpoint(ref.last_checkpoint)["model"]
+    models = tmp_path / "models"
+    export_model(ref.last_checkpoint, models, "start", "1", device="cpu")
+    for init in (ref.last_checkpoint, str(models / "start-1.safetensors")):
+        out = tmp_path / f"tuned_{Path(init).suffix[1:]}"
+        train(_config(tiny_coco, out, init_weights=init, iterations=1, lr=1e-9, warmup_iterations=0, momentum=0.0, weight_decay=0.0, val_every=1))
+        tuned = load_checkpoint(out / "last.pt")["model"]
+        convs = [k for k, v in start.items() if k.endswith(".weight") and v.ndim == 4]
+        assert len(convs) > 50
+        for key in convs:  # lr 1e-9 leaves the conv weights as loaded (fp16 rounding aside)
+            torch.testing.assert_close(tuned[key], start[key], rtol=2e-3, atol=2e-3)
+
+    # Weights of another network are refused with a message naming the problem.
+    with pytest.raises(MicrocalcAIError, match="do not fit the configured resnet18"):
+        train(_config(tiny_coco, tmp_path / "wrong", backbone="resnet18", init_weights=str(models / "start-1.safetensors")))
+    with pytest.raises(MicrocalcAIError, match="not found"):
+        train(_config(tiny_coco, tmp_path / "missing", init_weights=str(tmp_path / "nope.safetensors")))
+
+
 def test_config_from_json_resolves_paths_and_rejects_typos(tmp_path):
     cfg_dir = tmp_path / "configs"
     cfg_dir.mkdir()
@@ -118,6 +146,12 @@ def test_config_from_json_resolves_paths_and_rejects_typos(tmp_path):
     assert Path(config.train_coco) == (tmp_path / "data" / "a.json").resolve()
     assert Path(config.output_dir) == (cfg_dir / "runs" / "x").resolve()
     assert config.patch.patch_size == 256
+    path.write_text(json.dumps({"train_coco": ["../data/a.json", "/abs/b.json"], "output_dir": "o", "init_weights": "w.safetensors"}))
+    config = TrainConfig.from_json(path)
+    assert config.train_coco == [str((tmp_path / "data" / "a.json").resolve()), "/abs/b.json"]
+    assert Path(config.init_weights) == (cfg_dir / "w.safetensors").resolve()
+    with pytest.raises(TrainConfigError, match="train_coco"):
+        TrainConfig(train_coco=[], output_dir="o")
     path.write_text(json.dumps({"train_coco": "a.json", "output_dir": "o", "learning_rate": 0.1}))
     with pytest.raises(TrainConfigError, match="learning_rate"):
         TrainConfig.from_json(path)
