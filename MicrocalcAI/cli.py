@@ -1,4 +1,4 @@
-"""The ``microcalcai`` command line: detect, simulate, convert, train, evaluate, models.
+"""The ``microcalcai`` command line: detect, simulate, convert, train, export, evaluate, models.
 
 Exit status: 0 when everything worked, 1 when some inputs failed (the rest are still
 processed and written), 2 for usage errors and problems that stop everything (no model,
@@ -134,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true")
     tr.add_argument("--verbose", action="store_true")
     tr.set_defaults(func=_cmd_train)
+
+    ex = sub.add_parser("export", help="turn a training checkpoint into fp16 weights + a manifest entry usable with --model")
+    ex.add_argument("checkpoint", help="best.pt or last.pt from a `microcalcai train` output folder")
+    ex.add_argument("--out", required=True, metavar="DIR", help="models folder: weights and manifest.json go here (an existing manifest is updated)")
+    ex.add_argument("--name", required=True, help="model name (the weights file is NAME-VERSION.safetensors)")
+    ex.add_argument("--version", required=True)
+    ex.add_argument("--val", metavar="COCO", default=None, help="validation COCO: operating points are chosen on it (recommended)")
+    ex.add_argument("--test", metavar="COCO", default=None, help="held-out COCO to measure the exported weights on")
+    ex.add_argument("--training-data", default="", metavar="TEXT", help="what the model was trained on (goes into the manifest)")
+    ex.add_argument("--target-fp", type=float, default=0.5, metavar="FP",
+                    help="score threshold: best validation sensitivity at <= FP false positives per image (default 0.5)")
+    ex.add_argument("--not-default", action="store_true", help="do not make this the manifest's default model")
+    ex.add_argument("--device", default="auto", help="auto (default), cpu, gpu, cuda, mps")
+    ex.add_argument("--quiet", action="store_true")
+    ex.add_argument("--verbose", action="store_true")
+    ex.set_defaults(func=_cmd_export)
 
     conv = sub.add_parser("convert", help="convert a public dataset (CBIS-DDSM, INbreast, VinDr-Mammo, mini-MIAS, COCO) to training COCO")
     conv.add_argument("kind", metavar="KIND", help="cbis-ddsm, inbreast, vindr-mammo, mini-mias or coco (see docs/datasets.md)")
@@ -275,6 +291,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     result = _run_with_bar("train", args.quiet, lambda bar: train_from_config_file(args.config, resume=args.resume, progress=bar))
     print(result)
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .train import export_model
+
+    if args.target_fp <= 0:
+        raise InputError(f"--target-fp must be positive, got {args.target_fp}")
+    spec = _run_with_bar("export", args.quiet, lambda bar: export_model(
+        args.checkpoint, args.out, args.name, args.version,
+        val_coco=args.val, test_coco=args.test, training_data=args.training_data,
+        target_fp_per_image=args.target_fp, make_default=not args.not_default, device=args.device, progress=bar,
+    ))
+    print(f"wrote {Path(args.out) / spec.file} (sha256 {spec.sha256[:12]}...) and its entry in {Path(args.out) / 'manifest.json'}")
+    print(f"score threshold {spec.score_threshold}; operating points {spec.operating_points}")
+    for split in ("validation", "test"):
+        m = spec.metrics.get(split)
+        if m and m.get("lesion_sensitivity") is not None:
+            print(f"{split}: lesion sensitivity {m['lesion_sensitivity']:.3f} at {m['fp_per_image']:.2f} FP/image "
+                  f"({m['n_images']} images, {m['n_lesions']} lesions)")
+    print(f"use it with: microcalcai detect INPUT --out DIR --model {Path(args.out) / 'manifest.json'}")
     return EXIT_OK
 
 

@@ -120,7 +120,13 @@ def test_sources_are_pooled_and_training_can_start_from_existing_weights(tiny_co
     ref = train(_config(tiny_coco, tmp_path / "ref"))
     start = load_checkpoint(ref.last_checkpoint)["model"]
     models = tmp_path / "models"
-    export_model(ref.last_checkpoint, models, "start", "1", device="cpu")
+    from MicrocalcAI.cli import main
+
+    assert main(["export", ref.last_checkpoint, "--out", str(models), "--name", "start", "--version", "1",
+                 "--val", str(tiny_coco), "--training-data", "tiny sim", "--device", "cpu", "--quiet"]) == 0
+    default, (spec,) = load_manifest(models)
+    assert default == "start" and spec.training_data == "tiny sim" and "validation" in spec.metrics
+    assert main(["export", str(tmp_path / "none.pt"), "--out", str(models), "--name", "x", "--version", "1", "--quiet"]) != 0
     for init in (ref.last_checkpoint, str(models / "start-1.safetensors")):
         out = tmp_path / f"tuned_{Path(init).suffix[1:]}"
         train(_config(tiny_coco, out, init_weights=init, iterations=1, lr=1e-9, warmup_iterations=0, momentum=0.0, weight_decay=0.0, val_every=1))
