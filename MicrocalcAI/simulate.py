@@ -1685,6 +1685,26 @@ def build_dicom(pixels: np.ndarray, meta: SimulatedImageMeta, *, patient_id: str
     return ds
 
 
+def write_png(path: PathLike, pixels: np.ndarray, meta: "SimulatedImageMeta") -> Path:
+    """Write the image as a greyscale PNG, atomically: 8-bit files as 8-bit PNG, 12-16-bit
+    files as 16-bit PNG holding the stored values. PNG has no photometric interpretation and
+    readers take bright = dense, so MONOCHROME1 images are written inverted back."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    maxval = (1 << meta.bits_stored) - 1
+    values = (maxval - pixels.astype(np.int64)) if meta.photometric == "MONOCHROME1" else pixels.astype(np.int64)
+    if meta.bits_stored <= 8:
+        img = Image.fromarray(values.astype(np.uint8), mode="L")
+    else:
+        img = Image.fromarray(values.astype(np.uint16))  # mode I;16
+    buf = BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
 def write_dicom(path: PathLike, ds) -> Path:
     """Write a dataset atomically (temp file in the same folder, then rename)."""
     from io import BytesIO
@@ -1754,8 +1774,14 @@ def _image_plan(index: int, config: SimulationConfig) -> tuple[str, str, int]:
     return lat, view, index // 4
 
 
-def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Optional[ProgressCallback] = None, backgrounds: Optional[RealBackgroundLibrary] = None) -> Path:
-    """Render ``config.n_images`` DICOM mammograms and their COCO ``annotations.json``.
+def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Optional[ProgressCallback] = None, backgrounds: Optional[RealBackgroundLibrary] = None, file_format: str = "dicom") -> Path:
+    """Render ``config.n_images`` mammograms (``file_format`` "dicom" or "png") and their COCO
+    ``annotations.json``.
+
+    PNG files carry no metadata: their spacing is the image entry's ``spacing_mm`` (which
+    training and evaluation use), laterality and view are in the file name and the entry,
+    and pixels are bright = dense whatever the simulated photometric interpretation
+    (the entry's ``photometric`` then says MONOCHROME2).
 
     Images are grouped four per simulated exam (R CC, L CC, R MLO, L MLO; PatientID
     ``SIM_00012``) so breast- and exam-level scoring can be exercised. Each image uses its own
@@ -1765,6 +1791,8 @@ def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Opti
     Returns the path of ``annotations.json``.
     """
     config.validate()
+    if file_format not in ("dicom", "png"):
+        raise SimulationError(f"file_format must be 'dicom' or 'png', got {file_format!r}")
     progress = progress or no_progress
     out = Path(out_dir)
     try:
@@ -1782,9 +1810,13 @@ def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Opti
         pixels, meta, lesions = simulate_image(rng, config, laterality=lat, view=view, backgrounds=backgrounds)
         patient_id = f"{config.patient_prefix}{study:05d}"
         study_uid = deterministic_uid(config.seed, "study", study)
-        name = f"images/{patient_id}_{lat}_{view}_{i:05d}.dcm"
-        ds = build_dicom(pixels, meta, patient_id=patient_id, study_uid=study_uid, series_uid=deterministic_uid(config.seed, "series", i), sop_uid=deterministic_uid(config.seed, "sop", i), instance_number=i % 4 + 1)
-        write_dicom(out / name, ds)
+        if file_format == "png":
+            name = f"images/{patient_id}_{lat}_{view}_{i:05d}.png"
+            write_png(out / name, pixels, meta)
+        else:
+            name = f"images/{patient_id}_{lat}_{view}_{i:05d}.dcm"
+            ds = build_dicom(pixels, meta, patient_id=patient_id, study_uid=study_uid, series_uid=deterministic_uid(config.seed, "series", i), sop_uid=deterministic_uid(config.seed, "sop", i), instance_number=i % 4 + 1)
+            write_dicom(out / name, ds)
         image_id = i + 1
         images.append({
             "id": image_id,
@@ -1794,7 +1826,7 @@ def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Opti
             "spacing_mm": meta.spacing_mm,
             "laterality": lat,
             "view": view,
-            "photometric": meta.photometric,
+            "photometric": "MONOCHROME2" if file_format == "png" else meta.photometric,
             "bits_stored": meta.bits_stored,
             "background": meta.background,
             "patient_id": patient_id,
@@ -1846,8 +1878,18 @@ def load_coco(path: PathLike) -> dict:
     return coco
 
 
-def read_display_image(path: PathLike) -> np.ndarray:
-    """Float image in [0, 1], bright = dense, whatever the photometric interpretation."""
+def read_display_image(path: PathLike, bits_stored: Optional[int] = None) -> np.ndarray:
+    """Float image in [0, 1], bright = dense, whatever the photometric interpretation.
+
+    Simulated PNGs are already bright = dense; ``bits_stored`` (from the COCO entry) scales them.
+    """
+    if Path(path).suffix.lower() == ".png":
+        from PIL import Image
+
+        with Image.open(path) as img:
+            a = np.asarray(img).astype(np.float32)
+        maxval = float((1 << int(bits_stored)) - 1) if bits_stored else (255.0 if a.max() <= 255 else 65535.0)
+        return np.clip(a / maxval, 0.0, 1.0)
     import pydicom
 
     ds = pydicom.dcmread(str(path))
@@ -1875,7 +1917,7 @@ def write_contact_sheet(coco_json: PathLike, png_path: PathLike, *, max_images: 
     sheet = Image.new("RGB", (ncols * tile_px, nrows * tile_px), (40, 40, 40))
     draw = ImageDraw.Draw(sheet)
     for k, im in enumerate(imgs):
-        a = read_display_image(root / im["file_name"])
+        a = read_display_image(root / im["file_name"], im.get("bits_stored"))
         mask_vals = a[a > 0.05]
         lo, hi = (np.percentile(mask_vals, [1, 99.5]) if mask_vals.size else (0.0, 1.0))
         a8 = (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)

@@ -361,3 +361,31 @@ def test_fine_pleomorphic_specks_vary_in_shape_within_a_lesion():
     assert len(geom.specks) >= 5 and len(kinds) >= 3  # lobed, angular and comma-like shapes mixed
     sizes = [speck_extent_mm(s, 0.02) for s in geom.specks]
     assert max(sizes) > 1.5 * min(sizes)  # and their sizes vary
+
+
+def test_png_output_holds_the_dicom_pixels_bright_equals_dense_and_trains_through_the_reader(tmp_path, library):
+    from MicrocalcAI.dataset import CocoMammogramDataset
+
+    config = realistic_small(monochrome1_fraction=0.5, bits_choices=(8, 12, 16), n_images=6)
+    dcm = simulate_dataset(tmp_path / "dcm", config, backgrounds=library)
+    png = simulate_dataset(tmp_path / "png", config, backgrounds=library, file_format="png")
+    a, b = _coco(dcm), _coco(png)
+    assert [x["bbox"] for x in a["annotations"]] == [x["bbox"] for x in b["annotations"]]
+    photometrics = set()
+    for da, pb in zip(a["images"], b["images"]):
+        assert pb["file_name"].endswith(".png") and pb["photometric"] == "MONOCHROME2"
+        photometrics.add(da["photometric"])
+        expected = display(dcm.parent / da["file_name"])  # bright = dense, in [0, 1]
+        from PIL import Image
+
+        with Image.open(png.parent / pb["file_name"]) as img:
+            stored = np.asarray(img).astype(np.float64)
+            assert (img.mode == "L") == (da["bits_stored"] == 8)
+        np.testing.assert_allclose(stored / ((1 << da["bits_stored"]) - 1), expected, atol=1e-6)
+    assert photometrics == {"MONOCHROME1", "MONOCHROME2"}
+    ds = CocoMammogramDataset(png, spacing_mm=0.1, assumed_input_spacing_mm=0.05)
+    ds.prepare()  # read + standardise through the same path as inference
+    assert ds.num_lesions == len(b["annotations"]) and len(ds) == 6
+    write_contact_sheet(png, tmp_path / "sheet.png", tile_px=96)
+    with pytest.raises(SimulationError, match="file_format"):
+        simulate_dataset(tmp_path / "x", config, backgrounds=library, file_format="tiff")
