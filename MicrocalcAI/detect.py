@@ -14,7 +14,10 @@ coordinates and merged:
    whole box is small when the lesion is mostly outside the tile);
 2. class-agnostic NMS (a benign and a malignant box on one spot are one lesion);
 3. a box lying mostly inside a higher-scoring box is dropped (a sub-cluster of a lesion
-   already reported, whose IoU with the whole is too small for NMS).
+   already reported, whose IoU with the whole is too small for NMS);
+4. a box whose centre is not on the breast mask is dropped: pixels off the mask are set to 0
+   by standardisation (air, film border, burned-in labels), so such a box can only be a
+   response to the mask's own edge, never to calcifications.
 
 Tiles are spaced evenly with at least ``tile_overlap`` pixels in common, so a lesion smaller
 than the overlap is always seen whole by some tile. Tiles never extend past the image unless
@@ -354,5 +357,21 @@ def detect(
         image_shape=(int(image.shape[0]), int(image.shape[1])),
         score_threshold=threshold,
     )
-    log.debug("%d lesion(s) above %.2f from %d tile(s)", len(detections), threshold, n)
-    return detections
+    kept = drop_off_mask(detections, canonical.mask)
+    if len(kept) < len(detections):
+        log.debug("dropped %d detection(s) centred off the breast mask", len(detections) - len(kept))
+    log.debug("%d lesion(s) above %.2f from %d tile(s)", len(kept), threshold, n)
+    return kept
+
+
+def drop_off_mask(detections: Sequence[Detection], mask: np.ndarray) -> list[Detection]:
+    """Detections whose box centre lies on a breast-mask pixel (order kept)."""
+    mask = np.asarray(mask, dtype=bool)
+    rows, cols = mask.shape
+    kept = []
+    for det in detections:
+        u = int(np.clip(math.floor((det.box[0] + det.box[2]) / 2.0), 0, cols - 1))
+        v = int(np.clip(math.floor((det.box[1] + det.box[3]) / 2.0), 0, rows - 1))
+        if mask[v, u]:
+            kept.append(det)
+    return kept

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from detector_helpers import SMALL_OVERLAP, SMALL_TILE, breast_like, canonical_image, small_detector, tiling_spec
 from MicrocalcAI.detect import (
+    drop_off_mask,
     detect,
     extract_tile,
     merge_detections,
@@ -256,3 +257,16 @@ def test_weak_box_around_two_lesions_does_not_merge_them():
     }]
     dets = merge_tile_outputs(outputs, [(0, 0)], tile=512, image_shape=(512, 512), score_threshold=0.3)
     assert sorted(tuple(d.box.tolist()) for d in dets) == [(100.0, 100.0, 130.0, 130.0), (200.0, 100.0, 230.0, 130.0)]
+
+
+def test_boxes_centred_off_the_breast_mask_are_dropped():
+    mask = np.zeros((100, 80), dtype=bool)
+    mask[:, :40] = True  # breast on the left half; the right half is air / label / film border
+    dets = [
+        Detection(np.array([10.0, 10.0, 30.0, 30.0]), "malignant", 0.9, 0.8),  # inside
+        Detection(np.array([30.0, 50.0, 48.0, 60.0]), "benign", 0.8, 0.2),  # straddles, centre x=39 inside
+        Detection(np.array([35.0, 50.0, 55.0, 60.0]), "benign", 0.95, 0.1),  # centre x=45: off the mask
+        Detection(np.array([60.0, 0.0, 80.0, 10.0]), "malignant", 0.99, 0.9),  # in the air
+    ]
+    kept = drop_off_mask(dets, mask)
+    assert [d.score for d in kept] == [0.9, 0.8]
