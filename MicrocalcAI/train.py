@@ -137,8 +137,12 @@ class TrainConfig:
         sources = self.train_coco if isinstance(self.train_coco, list) else [self.train_coco]
         if not sources or not all(isinstance(v, str) and v for v in sources):
             problems.append(f"train_coco must be a COCO file path or a non-empty list of them, got {self.train_coco!r}")
-        if self.init_weights is not None and not isinstance(self.init_weights, str):
+        if self.init_weights is not None and not (isinstance(self.init_weights, str) and self.init_weights.strip()):
             problems.append(f"init_weights must be a file path, got {self.init_weights!r}")
+        for name in ("output_dir", "val_coco", "cache_dir"):
+            value = getattr(self, name)
+            if not (value is None and name != "output_dir") and not isinstance(value, str):
+                problems.append(f"{name} must be one path, got {value!r}")
         if self.backbone not in BACKBONES:
             problems.append(f"backbone must be one of {list(BACKBONES)}, got {self.backbone!r}")
         if self.optimizer not in ("sgd", "adamw"):
@@ -552,15 +556,45 @@ def load_checkpoint(path: os.PathLike | str) -> dict[str, Any]:
     return ckpt
 
 
+def _is_checkpoint_path(path: Path) -> bool:
+    return path.suffix.lower() in (".pt", ".pth")
+
+
+def _check_initial_weights_file(config: TrainConfig) -> None:
+    """Fail before hours of standardising when ``init_weights`` cannot be used."""
+    if not config.init_weights:
+        return
+    path = Path(config.init_weights)
+    if not path.is_file():
+        raise TrainConfigError(f"init_weights: file not found: {path}")
+    if not _is_checkpoint_path(path) and path.suffix.lower() != ".safetensors":
+        raise TrainConfigError(f"init_weights {path}: expected a MicrocalcAI .safetensors weights file or a training checkpoint .pt")
+
+
 def _load_initial_weights(model: torch.nn.Module, config: TrainConfig) -> None:
-    """Fine-tuning start: weights from a MicrocalcAI safetensors file or a training checkpoint."""
+    """Fine-tuning start: weights from a MicrocalcAI safetensors file or a training checkpoint.
+
+    Weight shapes do not depend on the anchor sizes or the spacing, so the settings saved
+    with the weights are compared with the config: a detector trained with other anchors or
+    at another spacing would load silently and then mislocate every box.
+    """
     from .weights import load_state_strict, read_weights_file
 
     path = Path(str(config.init_weights))
-    if path.suffix == ".pt":
-        tensors = load_checkpoint(path)["model"]
+    if _is_checkpoint_path(path):
+        ckpt = load_checkpoint(path)
+        tensors, saved = ckpt["model"], json.loads(ckpt["model_config"])
     else:
-        tensors = {k: v.float() if v.is_floating_point() else v for k, v in read_weights_file(path).items()}
+        raw, saved = read_weights_file(path)
+        tensors = {k: v.float() if v.is_floating_point() else v for k, v in raw.items()}
+    ours = _model_config(config)
+    clashes = [
+        f"{key} {saved[key]} (config: {ours[key]})"
+        for key in ("backbone", "anchor_sizes", "spacing_mm")
+        if key in saved and json.dumps(saved[key]) != json.dumps(ours[key])
+    ]
+    if clashes:
+        raise TrainConfigError(f"init_weights {path} were trained with {', '.join(clashes)}; set the config to match")
     load_state_strict(model, tensors, path, f"the configured {config.backbone} detector with anchors {list(config.anchor_sizes)}")
     log.info("initialised the detector from %s", path)
 
@@ -664,7 +698,12 @@ def training_samples(config: TrainConfig, cache_dir: Path, progress: ProgressCal
     lesions; to weight a small real dataset up, list its COCO file more than once.
     """
     sources = config.train_coco if isinstance(config.train_coco, list) else [config.train_coco]
-    datasets = [_prepared_dataset(config, coco, cache_dir, progress) for coco in sources]
+    unique: dict[str, CocoMammogramDataset] = {}
+    for coco in sources:  # a file listed twice (to weight it up) is loaded once
+        key = str(Path(coco).resolve())
+        if key not in unique:
+            unique[key] = _prepared_dataset(config, coco, cache_dir, progress)
+    datasets = [unique[str(Path(coco).resolve())] for coco in sources]
     num_lesions = sum(ds.num_lesions for ds in datasets)
     if num_lesions == 0:
         raise DatasetError(f"{', '.join(sources)}: no lesion annotations to train on")
@@ -697,6 +736,9 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
     torch.manual_seed(config.seed)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
 
+    resuming = resume and last_path.exists()
+    if not resuming:
+        _check_initial_weights_file(config)
     progress(0.0, "preparing training images")
     samples = training_samples(config, cache_dir, progress)
     val_set = _prepared_dataset(config, config.val_coco, cache_dir, progress) if config.val_coco else None
@@ -707,9 +749,10 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
         config.backbone,
         anchor_sizes=config.anchor_sizes,
         tile_size=config.tile_size,
-        pretrained_backbone=config.pretrained_backbone,
+        # ImageNet weights would be overwritten at once by init_weights or the checkpoint.
+        pretrained_backbone=config.pretrained_backbone and not config.init_weights and not resuming,
     )
-    if config.init_weights and not (resume and last_path.exists()):
+    if config.init_weights and not resuming:
         _load_initial_weights(model, config)
     set_input_size(model, config.patch.patch_size)
     _apply_training_sampling(model, config)
@@ -918,17 +961,47 @@ def export_model(
     :func:`choose_malignancy_operating_points`), and every metric is measured on the
     *exported* fp16 weights loaded back through :func:`load_detector`, i.e. on what users run.
     """
-    from .weights import load_detector, save_weights
+    from .weights import save_weights
 
     dev = select_device(device)
     model, mc = model_from_checkpoint(checkpoint_path, "cpu")
+    for coco in (val_coco, test_coco):  # a bad file must fail before anything is written
+        if coco is not None:
+            parse_coco(coco)
+    if not (isinstance(target_fp_per_image, (int, float)) and math.isfinite(target_fp_per_image) and target_fp_per_image > 0):
+        raise InputError(f"target_fp_per_image must be a positive number, got {target_fp_per_image!r}")
     out = Path(out_dir)
     weights_file = f"{name}-{version}.safetensors"
-    sha = save_weights(model, out / weights_file)
+    # Measured under a temporary name and renamed only once the manifest entry is ready, so an
+    # interrupted export neither leaves a stray weights file nor breaks the checksum of an
+    # existing entry that points at the final name.
+    staging = f".{name}-{version}.exporting.safetensors"
+    sha = save_weights(model, out / staging)
+    try:
+        spec = _measure_export(out, staging, sha, mc, checkpoint_path, name, version, val_coco, test_coco,
+                               training_data, target_fp_per_image, dev, extra_metrics, progress)
+        os.replace(out / staging, out / weights_file)
+    except BaseException:
+        (out / staging).unlink(missing_ok=True)
+        raise
+    spec.file = weights_file
+    write_manifest_entry(out, spec, make_default=make_default)
+    progress(1.0, f"exported {name} {version} to {out}")
+    log.info("exported %s %s (%s) to %s", name, version, weights_file, out)
+    return spec
+
+
+def _measure_export(out: Path, staging: str, sha: str, mc: dict[str, Any], checkpoint_path: os.PathLike | str,
+                    name: str, version: str, val_coco: Optional[os.PathLike | str], test_coco: Optional[os.PathLike | str],
+                    training_data: str, target_fp_per_image: float, dev: torch.device,
+                    extra_metrics: Optional[dict[str, Any]], progress: ProgressCallback) -> ModelSpec:
+    """The manifest entry of freshly written (staged) weights, with operating points and metrics."""
+    from .weights import load_detector
+
     spec = ModelSpec(
         name=name,
         version=version,
-        file=weights_file,
+        file=staging,
         sha256=sha,
         backbone=mc["backbone"],
         spacing_mm=float(mc["spacing_mm"]),
@@ -971,7 +1044,4 @@ def export_model(
     if extra_metrics:
         metrics.update(extra_metrics)
     spec.metrics = metrics
-    write_manifest_entry(out, spec, make_default=make_default)
-    progress(1.0, f"exported {name} {version} to {out}")
-    log.info("exported %s %s (%s) to %s", name, version, weights_file, out)
     return spec

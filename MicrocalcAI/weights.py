@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -118,16 +118,21 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], path: 
         raise ModelError(f"weights {path} do not fit {what}: {detail}") from exc
 
 
-def read_weights_file(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
-    """Tensors of a MicrocalcAI safetensors weights file, without a manifest entry.
+def read_weights_file(path: Union[str, os.PathLike]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors of a MicrocalcAI safetensors weights file and the network settings saved with
+    them (backbone, anchor sizes; empty when the file has none), without a manifest entry.
 
     Used to start training from existing weights (fine-tuning); nothing is unpickled.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}")
-    tensors, _ = _read_safetensors(path)
-    return tensors
+    tensors, metadata = _read_safetensors(path)
+    try:
+        config = json.loads(metadata.get(CONFIG_KEY, "{}"))
+    except ValueError as exc:
+        raise ModelError(f"weights {path}: unreadable {CONFIG_KEY} metadata: {exc}") from exc
+    return tensors, config if isinstance(config, dict) else {}
 
 
 def load_detector(spec: ModelSpec, device: Union[torch.device, str] = "cpu") -> nn.Module:

@@ -270,3 +270,15 @@ def test_boxes_centred_off_the_breast_mask_are_dropped():
     ]
     kept = drop_off_mask(dets, mask)
     assert [d.score for d in kept] == [0.9, 0.8]
+
+
+def test_an_off_mask_box_cannot_suppress_the_breast_box_it_overlaps():
+    mask = np.zeros((200, 200), dtype=bool)
+    mask[:, :100] = True
+    # One tile: a strong box centred just off the breast overlaps a weaker box on the breast.
+    out = {"boxes": np.array([[80.0, 50.0, 140.0, 90.0], [70.0, 50.0, 110.0, 90.0]]),
+           "scores": np.array([0.99, 0.6]), "p_malignant": np.array([0.9, 0.4])}
+    without = merge_tile_outputs([out], [(0, 0)], tile=200, image_shape=(200, 200), score_threshold=0.3)
+    assert [d.score for d in without] == [0.99]  # NMS keeps the off-mask box only
+    kept = merge_tile_outputs([out], [(0, 0)], tile=200, image_shape=(200, 200), score_threshold=0.3, mask=mask)
+    assert [d.score for d in kept] == [0.6]

@@ -389,3 +389,26 @@ def test_png_output_holds_the_dicom_pixels_bright_equals_dense_and_trains_throug
     write_contact_sheet(png, tmp_path / "sheet.png", tile_px=96)
     with pytest.raises(SimulationError, match="file_format"):
         simulate_dataset(tmp_path / "x", config, backgrounds=library, file_format="tiff")
+
+
+def test_background_files_with_a_pixel_spacing_are_cropped_at_that_spacing(tmp_path, cbis_cases):
+    from MicrocalcAI.simulate import real_crop
+
+    ds = pydicom.dcmread(str(cbis_cases[0]["rcc"]))
+    ds.ImagerPixelSpacing = [0.1, 0.1]  # as if it were a 0.1 mm digital mammogram
+    path = tmp_path / "ffdm.dcm"
+    ds.save_as(str(path))
+    lib_own = RealBackgroundLibrary.from_files([path])
+    lib_assumed = RealBackgroundLibrary.from_files([cbis_cases[0]["rcc"]])
+    assert lib_own.images[0].spacing_mm == 0.1 and lib_assumed.images[0].spacing_mm is None
+    config = SimulationConfig(real_crop_height_mm=(80.0, 80.0), real_crop_width_mm=(60.0, 60.0))
+    own, _, _ = real_crop(np.random.default_rng(1), lib_own, config, 0.1, "R", "CC")
+    assumed, _, _ = real_crop(np.random.default_rng(1), lib_assumed, config, 0.1, "R", "CC")
+    assert own.shape == (800, 600)  # 80 x 60 mm at 0.1 mm: no resampling of a 0.1 mm file
+    assert assumed.shape == (800, 600)  # same physical size from the assumed 0.05 mm film
+    # Cut at the file's own scale: the 0.1 mm crop holds the stored values unresampled (whole
+    # numbers once the attenuation scaling is undone); the 0.05 mm film was anti-aliased and halved.
+    stored_own = own * 65535.0 / config.real_attenuation_scale
+    stored_assumed = assumed * 65535.0 / config.real_attenuation_scale
+    assert np.abs(stored_own - np.round(stored_own)).max() < 1e-6
+    assert np.abs(stored_assumed - np.round(stored_assumed)).max() > 0.1

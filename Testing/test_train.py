@@ -136,11 +136,22 @@ def test_sources_are_pooled_and_training_can_start_from_existing_weights(tiny_co
         for key in convs:  # lr 1e-9 leaves the conv weights as loaded (fp16 rounding aside)
             torch.testing.assert_close(tuned[key], start[key], rtol=2e-3, atol=2e-3)
 
-    # Weights of another network are refused with a message naming the problem.
-    with pytest.raises(MicrocalcAIError, match="do not fit the configured resnet18"):
-        train(_config(tiny_coco, tmp_path / "wrong", backbone="resnet18", init_weights=str(models / "start-1.safetensors")))
-    with pytest.raises(MicrocalcAIError, match="not found"):
-        train(_config(tiny_coco, tmp_path / "missing", init_weights=str(tmp_path / "nope.safetensors")))
+    # Weights of another network, or of other anchors (same tensor shapes), are refused by name.
+    weights = str(models / "start-1.safetensors")
+    with pytest.raises(TrainConfigError, match="backbone mobilenet_v2 \\(config: resnet18\\)"):
+        train(_config(tiny_coco, tmp_path / "wrong", backbone="resnet18", init_weights=weights))
+    for init in (weights, ref.last_checkpoint):
+        with pytest.raises(TrainConfigError, match="anchor_sizes"):
+            train(_config(tiny_coco, tmp_path / "anchors", anchor_sizes=(8, 16, 32, 64, 128), init_weights=init))
+    # A missing file is reported before any image is standardised (the COCO here does not even exist).
+    with pytest.raises(TrainConfigError, match="init_weights: file not found"):
+        train(_config(tiny_coco, tmp_path / "missing", train_coco=str(tmp_path / "absent.json"), init_weights=str(tmp_path / "nope.safetensors")))
+
+    # A failing export (bad validation file) leaves no weights behind and the manifest untouched.
+    before = sorted(p.name for p in models.iterdir())
+    assert main(["export", ref.last_checkpoint, "--out", str(models), "--name", "start", "--version", "1",
+                 "--val", str(tmp_path / "absent.json"), "--quiet"]) != 0
+    assert sorted(p.name for p in models.iterdir()) == before
 
 
 def test_config_from_json_resolves_paths_and_rejects_typos(tmp_path):
@@ -158,6 +169,8 @@ def test_config_from_json_resolves_paths_and_rejects_typos(tmp_path):
     assert Path(config.init_weights) == (cfg_dir / "w.safetensors").resolve()
     with pytest.raises(TrainConfigError, match="train_coco"):
         TrainConfig(train_coco=[], output_dir="o")
+    with pytest.raises(TrainConfigError, match="val_coco must be one path"):
+        TrainConfig(train_coco="a", output_dir="o", val_coco=["v1", "v2"])
     path.write_text(json.dumps({"train_coco": "a.json", "output_dir": "o", "learning_rate": 0.1}))
     with pytest.raises(TrainConfigError, match="learning_rate"):
         TrainConfig.from_json(path)
