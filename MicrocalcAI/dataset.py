@@ -65,6 +65,9 @@ class CocoImage:
     #: (M, 4) stored-pixel boxes of recorded hard negatives (simulator's ``hard_negatives``):
     #: look-alikes that are *not* lesions, used to aim background patches at them.
     hard_negatives_stored: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    #: Per lesion (parallel to ``labels``): the annotation's text descriptors other than the
+    #: COCO fields, e.g. ``morphology`` and ``distribution`` (BI-RADS) from the simulator.
+    descriptors: list[dict[str, str]] = field(default_factory=list)
 
 
 def _finite_number(value: Any) -> bool:
@@ -141,6 +144,7 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
         )
 
     per_image: dict[int, tuple[list[list[float]], list[int]]] = {i: ([], []) for i in images}
+    per_image_descriptors: dict[int, list[dict[str, str]]] = {i: [] for i in images}
     for ann in annotations:
         if not isinstance(ann, dict):
             problems.append(f"annotation {ann!r} is not an object")
@@ -170,6 +174,9 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
             continue
         per_image[image_id][0].append([x, y, x + w, y + h])
         per_image[image_id][1].append(category_to_label[cat])
+        per_image_descriptors[image_id].append(
+            {k: v for k, v in ann.items() if isinstance(v, str) and k not in ("id", "image_id", "category_id", "bbox", "segmentation", "area", "iscrowd")}
+        )
 
     if problems:
         shown = "\n  ".join(problems[:20])
@@ -183,6 +190,7 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
         boxes, labels = per_image[image_id]
         img.boxes_stored = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         img.labels = np.asarray(labels, dtype=np.int64)
+        img.descriptors = per_image_descriptors[image_id]
         out.append(img)
     return out
 

@@ -227,6 +227,9 @@ class ImageTruth:
     #: Things that look like calcifications but are not lesions (skin markers, scratches,
     #: isolated specks...): (type, stored [x0, y0, x1, y1]). A mark on one is a known-bad mark.
     hard_negatives: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
+    #: Per lesion, text descriptors from the annotation (e.g. BI-RADS ``morphology``,
+    #: ``distribution``); empty when the data has none.
+    descriptors: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -264,6 +267,7 @@ def truth_from_coco(coco_json: PathLike) -> list[ImageTruth]:
                 path=str(entry.path),
                 spacing_mm=entry.spacing_mm,
                 hard_negatives=_hard_negatives(entry.extra.get("hard_negatives"), coco_json),
+                descriptors=entry.descriptors,
             )
         )
     return out
@@ -482,6 +486,36 @@ def _hard_negative_marks(
     return {"n": total, "marked": marked, "marked_fraction": marked / total if total else None, "by_type": per_type}
 
 
+#: Annotation descriptors broken down in the report (when the data has them).
+DESCRIPTOR_KEYS = ("morphology", "distribution")
+
+
+def _by_descriptor(truth: Sequence[ImageTruth], matched: np.ndarray, matched_p: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
+    """Sensitivity and mean p_malignant of the found lesions per descriptor value.
+
+    A pooled sensitivity hides which kinds of lesion are missed (faint amorphous specks, wide
+    regional spreads...); this says which, so a model or a simulator can be fixed where it fails.
+    """
+    per_lesion = [(t.descriptors[j] if j < len(t.descriptors) else {}) for t in truth for j in range(len(t.labels))]
+    out: dict[str, Any] = {}
+    for key in DESCRIPTOR_KEYS:
+        values = sorted({d[key] for d in per_lesion if key in d})
+        if not values:
+            continue
+        block = {}
+        for value in values:
+            idx = np.array([i for i, d in enumerate(per_lesion) if d.get(key) == value], dtype=int)
+            found = matched[idx]
+            block[value] = {
+                "n": int(len(idx)),
+                "malignant": int((gt[idx] == MALIGNANT).sum()),
+                "sensitivity": float(found.mean()),
+                "mean_p_malignant_found": float(np.nanmean(matched_p[idx][found])) if found.any() else None,
+            }
+        out[key] = block
+    return out
+
+
 def compute_metrics(
     truth: Sequence[ImageTruth],
     findings: Sequence[Optional[ImageFindings]],
@@ -558,6 +592,7 @@ def compute_metrics(
     }
 
     detection["hard_negatives"] = _hard_negative_marks(truth, findings, threshold)
+    detection["by_descriptor"] = _by_descriptor(truth, matched, matched_p, gt)
 
     # ---- lesion level: malignant vs not, over ALL GT lesions (missed = predicted not malignant)
     rules: list[tuple[str, Optional[float], np.ndarray]] = [
@@ -765,6 +800,8 @@ class EvaluationReport:
         if hard.get("n"):
             lines.append(f"hard negatives marked: {hard['marked']}/{hard['n']} ("
                          + ", ".join(f"{k} {v['marked']}/{v['n']}" for k, v in sorted(hard["by_type"].items())) + ")")
+        for key, block in (det.get("by_descriptor") or {}).items():
+            lines.append(f"sensitivity by {key}: " + ", ".join(f"{k} {f(v['sensitivity'])} (n={v['n']})" for k, v in block.items()))
         for level in ("image_level", "breast_level"):
             block = m[level]
             lines.append(

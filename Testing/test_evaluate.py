@@ -321,3 +321,29 @@ def test_marks_on_hard_negatives_are_counted_per_type(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(coco))
     (read,) = truth_from_coco(tmp_path / "c.json")
     assert read.hard_negatives == [("marker", (100.0, 100.0, 120.0, 120.0))]
+
+
+def test_sensitivity_is_broken_down_by_morphology_and_distribution(tmp_path):
+    img = tmp_path / "a.dcm"
+    img.write_bytes(b"placeholder")
+    coco = tmp_path / "c.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.dcm"}, {"id": 2, "file_name": "a.dcm"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [100, 100, 40, 40], "morphology": "amorphous", "distribution": "grouped"},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [400, 400, 20, 20], "morphology": "punctate", "distribution": "grouped"},
+            {"id": 3, "image_id": 2, "category_id": 2, "bbox": [100, 100, 40, 40], "morphology": "amorphous", "distribution": "segmental"},
+        ],
+        "categories": [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}],
+    }))
+    t = truth_from_coco(coco)
+    assert t[0].descriptors == [{"morphology": "amorphous", "distribution": "grouped"}, {"morphology": "punctate", "distribution": "grouped"}]
+    # Image 1: the amorphous lesion found (p 0.8), the punctate one missed; image 2: found (p 0.6).
+    f = [finding(t[0].name, [les(GT_BOX, 0.9, 0.8)]), finding(t[1].name, [les(GT_BOX, 0.7, 0.6)])]
+    by = compute_metrics(t, f, spec=spec(), n_bootstrap=0)["detection"]["by_descriptor"]
+    assert by["morphology"]["amorphous"] == {"n": 2, "malignant": 2, "sensitivity": 1.0, "mean_p_malignant_found": pytest.approx(0.7)}
+    assert by["morphology"]["punctate"] == {"n": 1, "malignant": 0, "sensitivity": 0.0, "mean_p_malignant_found": None}
+    assert by["distribution"]["grouped"]["sensitivity"] == 0.5 and by["distribution"]["segmental"]["n"] == 1
+    # Data without descriptors gets an empty breakdown, not an error.
+    plain = compute_metrics([truth("x", [GT_BOX], [M])], [finding("x", [])], spec=spec(), n_bootstrap=0)
+    assert plain["detection"]["by_descriptor"] == {}
