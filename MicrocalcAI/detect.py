@@ -378,10 +378,3 @@ def centres_on_mask(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
     v = np.clip(np.floor((boxes[:, 1] + boxes[:, 3]) / 2.0), 0, rows - 1).astype(np.int64)
     return mask[v, u]
 
-
-def drop_off_mask(detections: Sequence[Detection], mask: np.ndarray) -> list[Detection]:
-    """Detections whose box centre lies on a breast-mask pixel (order kept)."""
-    if not detections:
-        return []
-    on = centres_on_mask(np.array([d.box for d in detections]), mask)
-    return [d for d, keep in zip(detections, on) if keep]

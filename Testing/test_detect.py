@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from detector_helpers import SMALL_OVERLAP, SMALL_TILE, breast_like, canonical_image, small_detector, tiling_spec
 from MicrocalcAI.detect import (
-    drop_off_mask,
     detect,
     extract_tile,
     merge_detections,
@@ -268,7 +267,9 @@ def test_boxes_centred_off_the_breast_mask_are_dropped():
         Detection(np.array([35.0, 50.0, 55.0, 60.0]), "benign", 0.95, 0.1),  # centre x=45: off the mask
         Detection(np.array([60.0, 0.0, 80.0, 10.0]), "malignant", 0.99, 0.9),  # in the air
     ]
-    kept = drop_off_mask(dets, mask)
+    out = {"boxes": np.array([d.box for d in dets]), "scores": np.array([d.score for d in dets]),
+           "p_malignant": np.array([d.p_malignant for d in dets])}
+    kept = merge_tile_outputs([out], [(0, 0)], tile=100, image_shape=(100, 80), score_threshold=0.3, mask=mask)
     assert [d.score for d in kept] == [0.9, 0.8]
 
 
