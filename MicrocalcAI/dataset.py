@@ -65,6 +65,7 @@ class CocoImage:
     #: (M, 4) stored-pixel boxes of recorded hard negatives (simulator's ``hard_negatives``):
     #: look-alikes that are *not* lesions, used to aim background patches at them.
     hard_negatives_stored: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    hard_negative_types: list[str] = field(default_factory=list)  # parallel to the boxes
     #: Per lesion (parallel to ``labels``): the annotation's text descriptors other than the
     #: COCO fields, e.g. ``morphology`` and ``distribution`` (BI-RADS) from the simulator.
     descriptors: list[dict[str, str]] = field(default_factory=list)
@@ -130,7 +131,7 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
                 problems.append(f"image {image_id}: spacing_mm must be a positive number, got {entry.get('spacing_mm')!r}")
                 spacing = None
         extra = {k: v for k, v in entry.items() if k not in ("id", "file_name", "width", "height", "spacing_mm")}
-        hard_negatives = _parse_hard_negatives(entry.get("hard_negatives", []), image_id, problems)
+        hard_boxes, hard_types = _parse_hard_negatives(entry.get("hard_negatives", []), image_id, problems)
         images[image_id] = CocoImage(
             image_id=image_id,
             path=file_path,
@@ -140,7 +141,8 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
             boxes_stored=np.zeros((0, 4)),
             labels=np.zeros((0,), dtype=np.int64),
             extra=extra,
-            hard_negatives_stored=hard_negatives,
+            hard_negatives_stored=hard_boxes,
+            hard_negative_types=hard_types,
         )
 
     per_image: dict[int, tuple[list[list[float]], list[int]]] = {i: ([], []) for i in images}
@@ -195,21 +197,27 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
     return out
 
 
-def _parse_hard_negatives(value: Any, image_id: int, problems: list[str]) -> np.ndarray:
-    """Stored-pixel [x0, y0, x1, y1] boxes of an image entry's optional ``hard_negatives``
-    (a list of objects with a COCO ``bbox``, as :mod:`MicrocalcAI.simulate` writes)."""
+def _parse_hard_negatives(value: Any, image_id: int, problems: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Stored-pixel [x0, y0, x1, y1] boxes and types of an image entry's optional
+    ``hard_negatives`` (objects with a ``type`` and a COCO ``bbox``, as
+    :mod:`MicrocalcAI.simulate` writes). Training aims patches at them; evaluation counts
+    marks on them per type."""
     if not isinstance(value, list):
         problems.append(f"image {image_id}: 'hard_negatives' must be a list, got {type(value).__name__}")
-        return np.zeros((0, 4))
-    boxes = []
+        return np.zeros((0, 4)), []
+    boxes, types = [], []
     for item in value:
         bbox = item.get("bbox") if isinstance(item, dict) else None
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_finite_number(v) for v in bbox) or bbox[2] <= 0 or bbox[3] <= 0:
             problems.append(f"image {image_id}: hard negative {item!r} needs a bbox [x, y, w, h] with positive size")
             continue
+        if "type" not in item:
+            problems.append(f"image {image_id}: hard negative {item!r} needs a 'type'")
+            continue
         x, y, w, h = (float(v) for v in bbox)
         boxes.append([x, y, x + w, y + h])
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        types.append(str(item["type"]))
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), types
 
 
 # ------------------------------------------------------------------- canonical samples + cache

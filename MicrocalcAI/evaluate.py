@@ -266,25 +266,11 @@ def truth_from_coco(coco_json: PathLike) -> list[ImageTruth]:
                 view=text(entry.extra, "view"),
                 path=str(entry.path),
                 spacing_mm=entry.spacing_mm,
-                hard_negatives=_hard_negatives(entry.extra.get("hard_negatives"), coco_json),
+                hard_negatives=[(kind, tuple(float(v) for v in box)) for kind, box in zip(entry.hard_negative_types, entry.hard_negatives_stored)],
                 descriptors=entry.descriptors,
             )
         )
     return out
-
-
-def _hard_negatives(records: Any, coco_json: PathLike) -> list[tuple[str, tuple[float, float, float, float]]]:
-    """COCO ``hard_negatives`` ([{type, bbox [x, y, w, h]}], as the simulator writes) -> boxes."""
-    if records is None:
-        return []
-    try:
-        out = []
-        for rec in records:
-            x, y, w, h = (float(v) for v in rec["bbox"])
-            out.append((str(rec["type"]), (x, y, x + w, y + h)))
-        return out
-    except (TypeError, KeyError, ValueError) as exc:
-        raise DatasetError(f"COCO file {coco_json}: malformed 'hard_negatives' entry: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------- metrics
