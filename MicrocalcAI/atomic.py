@@ -66,6 +66,27 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
         raise
 
 
+@contextmanager
+def staged_path(path: PathLike) -> Iterator[Path]:
+    """A hidden path beside ``path`` that becomes ``path`` only if the ``with`` block completes.
+
+    For a file that must be written *and then used* before it counts as finished (exported
+    weights are loaded back and measured before their manifest entry exists): the block writes
+    and reads the staged file; on success it is renamed over ``path``, on any error it is
+    removed and an existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    staged = path.with_name(f".{path.stem}.staged{path.suffix}")
+    try:
+        yield staged
+        os.replace(staged, path)
+    except BaseException as exc:
+        staged.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, MicrocalcAIError):
+            raise OutputError(f"cannot write {path}: {exc}") from exc
+        raise
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` all-or-nothing (see :func:`atomic_open`)."""
     with atomic_open(path) as fh:

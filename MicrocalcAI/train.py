@@ -44,7 +44,7 @@ from .dataset import (
     parse_coco,
     standardise_file,
 )
-from .atomic import atomic_open, atomic_write_text
+from .atomic import atomic_open, atomic_write_text, staged_path
 from .errors import CancelledError, DatasetError, InputError, MicrocalcAIError, ModelError
 from .evaluate import MATCH_IOU, box_iou, froc_sensitivities, hit_matrix, roc_auc  # noqa: F401 (re-exported)
 from .manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
@@ -961,7 +961,7 @@ def export_model(
     :func:`choose_malignancy_operating_points`), and every metric is measured on the
     *exported* fp16 weights loaded back through :func:`load_detector`, i.e. on what users run.
     """
-    from .weights import save_weights
+    from .weights import load_detector, save_weights
 
     dev = select_device(device)
     model, mc = model_from_checkpoint(checkpoint_path, "cpu")
@@ -972,76 +972,59 @@ def export_model(
         raise InputError(f"target_fp_per_image must be a positive number, got {target_fp_per_image!r}")
     out = Path(out_dir)
     weights_file = f"{name}-{version}.safetensors"
-    # Measured under a temporary name and renamed only once the manifest entry is ready, so an
-    # interrupted export neither leaves a stray weights file nor breaks the checksum of an
-    # existing entry that points at the final name.
-    staging = f".{name}-{version}.exporting.safetensors"
-    sha = save_weights(model, out / staging)
-    try:
-        spec = _measure_export(out, staging, sha, mc, checkpoint_path, name, version, val_coco, test_coco,
-                               training_data, target_fp_per_image, dev, extra_metrics, progress)
-        os.replace(out / staging, out / weights_file)
-    except BaseException:
-        (out / staging).unlink(missing_ok=True)
-        raise
+    # Measured under a hidden name and renamed only once everything is measured, so a failed
+    # or interrupted export neither leaves a stray weights file nor breaks the checksum of an
+    # existing manifest entry that points at the final name.
+    with staged_path(out / weights_file) as staged:
+        sha = save_weights(model, staged)
+        spec = ModelSpec(
+            name=name,
+            version=version,
+            file=staged.name,
+            sha256=sha,
+            backbone=mc["backbone"],
+            spacing_mm=float(mc["spacing_mm"]),
+            assumed_input_spacing_mm=float(mc["assumed_input_spacing_mm"]),
+            tile_size=int(mc["tile_size"]),
+            tile_overlap=int(mc["tile_overlap"]),
+            anchor_sizes=tuple(int(a) for a in mc["anchor_sizes"]),
+            training_data=training_data,
+            folder=str(out),
+        )
+        if sha256_file(spec.weights_path) != sha:
+            raise ModelError(f"written weights {spec.weights_path} do not match their own checksum")
+        shipped = load_detector(spec, dev)
+        metrics: dict[str, Any] = {"checkpoint_iteration": int(load_checkpoint(checkpoint_path)["iteration"])}
+        if val_coco is not None:
+            val_skipped: list[str] = []
+            val_evals = collect_evaluations(
+                val_coco, spec, shipped, dev, progress=lambda f, m: progress(0.5 * f, m), skipped=val_skipped
+            )
+            spec.score_threshold = choose_score_threshold(val_evals, target_fp_per_image)
+            points = choose_malignancy_operating_points(val_evals, spec.score_threshold)
+            spec.operating_points = points
+            spec.risk_categories = [
+                RiskCategory("low", 0.0),
+                RiskCategory("intermediate", points["high_sensitivity"]),
+                RiskCategory("high", points["balanced"]),
+            ]
+            metrics["validation"] = summarise(val_evals, spec.score_threshold) | {
+                "dataset": str(val_coco),
+                "n_images_refused": len(val_skipped),
+            }
+            metrics["operating_point_rule"] = (
+                f"score_threshold: highest sensitivity at <= {target_fp_per_image:g} FP/image on validation; "
+                "p_malignant on found validation lesions: high_sensitivity = lowest threshold of best specificity with >= 95% malignant sensitivity, balanced = middle of the thresholds maximising Youden J"
+            )
+        if test_coco is not None:
+            metrics["test"] = evaluate_coco(
+                test_coco, spec, shipped, dev, progress=lambda f, m: progress(0.5 + 0.5 * f, m)
+            )
+        if extra_metrics:
+            metrics.update(extra_metrics)
+        spec.metrics = metrics
     spec.file = weights_file
     write_manifest_entry(out, spec, make_default=make_default)
     progress(1.0, f"exported {name} {version} to {out}")
     log.info("exported %s %s (%s) to %s", name, version, weights_file, out)
-    return spec
-
-
-def _measure_export(out: Path, staging: str, sha: str, mc: dict[str, Any], checkpoint_path: os.PathLike | str,
-                    name: str, version: str, val_coco: Optional[os.PathLike | str], test_coco: Optional[os.PathLike | str],
-                    training_data: str, target_fp_per_image: float, dev: torch.device,
-                    extra_metrics: Optional[dict[str, Any]], progress: ProgressCallback) -> ModelSpec:
-    """The manifest entry of freshly written (staged) weights, with operating points and metrics."""
-    from .weights import load_detector
-
-    spec = ModelSpec(
-        name=name,
-        version=version,
-        file=staging,
-        sha256=sha,
-        backbone=mc["backbone"],
-        spacing_mm=float(mc["spacing_mm"]),
-        assumed_input_spacing_mm=float(mc["assumed_input_spacing_mm"]),
-        tile_size=int(mc["tile_size"]),
-        tile_overlap=int(mc["tile_overlap"]),
-        anchor_sizes=tuple(int(a) for a in mc["anchor_sizes"]),
-        training_data=training_data,
-        folder=str(out),
-    )
-    if sha256_file(spec.weights_path) != sha:
-        raise ModelError(f"written weights {spec.weights_path} do not match their own checksum")
-    shipped = load_detector(spec, dev)
-    metrics: dict[str, Any] = {"checkpoint_iteration": int(load_checkpoint(checkpoint_path)["iteration"])}
-    if val_coco is not None:
-        val_skipped: list[str] = []
-        val_evals = collect_evaluations(
-            val_coco, spec, shipped, dev, progress=lambda f, m: progress(0.5 * f, m), skipped=val_skipped
-        )
-        spec.score_threshold = choose_score_threshold(val_evals, target_fp_per_image)
-        points = choose_malignancy_operating_points(val_evals, spec.score_threshold)
-        spec.operating_points = points
-        spec.risk_categories = [
-            RiskCategory("low", 0.0),
-            RiskCategory("intermediate", points["high_sensitivity"]),
-            RiskCategory("high", points["balanced"]),
-        ]
-        metrics["validation"] = summarise(val_evals, spec.score_threshold) | {
-            "dataset": str(val_coco),
-            "n_images_refused": len(val_skipped),
-        }
-        metrics["operating_point_rule"] = (
-            f"score_threshold: highest sensitivity at <= {target_fp_per_image:g} FP/image on validation; "
-            "p_malignant on found validation lesions: high_sensitivity = lowest threshold of best specificity with >= 95% malignant sensitivity, balanced = middle of the thresholds maximising Youden J"
-        )
-    if test_coco is not None:
-        metrics["test"] = evaluate_coco(
-            test_coco, spec, shipped, dev, progress=lambda f, m: progress(0.5 + 0.5 * f, m)
-        )
-    if extra_metrics:
-        metrics.update(extra_metrics)
-    spec.metrics = metrics
     return spec

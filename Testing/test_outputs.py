@@ -312,3 +312,20 @@ def test_empty_batch_tables_have_headers(tmp_path):
     for path in paths:
         lines = path.read_text().splitlines()
         assert len(lines) == 1 and lines[0].count(",") >= 5
+
+
+def test_staged_path_becomes_the_target_only_when_the_block_completes(tmp_path):
+    from MicrocalcAI.atomic import staged_path
+
+    target = tmp_path / "w.safetensors"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with staged_path(target) as staged:
+            staged.write_bytes(b"new")
+            assert staged.parent == tmp_path and staged.name.startswith(".")
+            raise RuntimeError("measurement failed")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+    with staged_path(target) as staged:
+        staged.write_bytes(b"new")
+        assert target.read_bytes() == b"old"  # still the old file while the block runs
+    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
