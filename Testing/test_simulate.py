@@ -17,7 +17,6 @@ from simulate_helpers import (  # noqa: E402
     make_dataset,
     realistic_small,
     robust_sigma,
-    small_config,
     speck_extent_mm,
     tophat,
 )
