@@ -11,10 +11,21 @@ coordinates and merged:
    sits away from that tile's own inner edges and therefore saw the lesion whole, covers
    most of it. Score order cannot do this: a fragment may well score higher than the whole
    lesion, and plain NMS then keeps the fragment (or both, since a fragment's IoU with the
-   whole box is small when the lesion is mostly outside the tile);
+   whole box is small when the lesion is mostly outside the tile). The whole box takes the
+   fragment's score when that is higher: both are views of one lesion, and the lesion must
+   not drop below a threshold because the tile that saw it whole was less sure;
 2. class-agnostic NMS (a benign and a malignant box on one spot are one lesion);
 3. a box lying mostly inside a higher-scoring box is dropped (a sub-cluster of a lesion
-   already reported, whose IoU with the whole is too small for NMS).
+   already reported, whose IoU with the whole is too small for NMS), and so is a box that
+   encloses two or more higher-scoring boxes (it groups separate lesions).
+
+Merging always runs on every box scoring at least :data:`MERGE_FLOOR`; the caller's score
+threshold is applied to the merged list. So the lesions reported at threshold ``t`` are
+exactly the lesions reported at a lower threshold with score >= ``t``: evaluation can sweep
+the threshold over one run (FROC), and the Slicer threshold slider can filter findings
+without re-running the model. No step lets a weaker box change a stronger one's box: an
+earlier version grew a confident box to the union with a weak box enclosing it, which at low
+thresholds turned a well-placed lesion box into a large box centred off the lesion.
 
 Before any of that, a box whose centre is not on the breast mask is dropped: pixels off the
 mask are set to 0 by standardisation (air, film border, burned-in labels), so such a box can
@@ -37,7 +48,7 @@ import torch
 from torchvision.ops import nms
 
 from .errors import InputError, ModelError
-from .manifest import ModelSpec
+from .manifest import MERGE_FLOOR, ModelSpec
 from .model import image_to_tensor
 from .records import CanonicalImage, Detection, ProgressCallback, no_progress
 
@@ -144,14 +155,15 @@ def merge_detections(
     containment: float = 0.7,
     edge_margin: float = DEFAULT_EDGE_MARGIN,
     fragment_overlap: float = DEFAULT_FRAGMENT_OVERLAP,
-) -> np.ndarray:
-    """Indices of the boxes to keep (highest score first) so each lesion is reported once.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the boxes to keep, highest score first; their merged scores).
 
     ``boxes`` are whole-image canonical ``[x0, y0, x1, y1]``. With ``tile_ids`` (the tile of
     each box, indexing ``rects`` from :func:`tile_rects`) and ``image_shape``, fragments cut
-    by a tile border are first dropped in favour of the whole lesion seen by another tile
-    (see the module docstring); without them only NMS and containment apply. Among equal
-    scores the higher ``p_malignant`` wins, so a tie never hides a malignant call.
+    by a tile border are first dropped in favour of the whole lesion seen by another tile,
+    which inherits a fragment's higher score (see the module docstring); without them only
+    NMS and containment apply and every score is its own. Among equal scores the higher
+    ``p_malignant`` wins, so a tie never hides a malignant call.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -160,8 +172,9 @@ def merge_detections(
     if len(scores) != n or len(p_malignant) != n:
         raise ValueError(f"boxes ({n}), scores ({len(scores)}) and p_malignant ({len(p_malignant)}) differ in length")
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
 
+    merged = scores.copy()
     candidates = np.arange(n)
     if tile_ids is not None:
         if rects is None or image_shape is None:
@@ -175,12 +188,17 @@ def merge_detections(
         fragments = np.flatnonzero(cut)
         if len(whole) and len(fragments):
             cover = _intersection(boxes[fragments], boxes[whole]) / np.maximum(_area(boxes[fragments]), 1e-9)[:, None]
-            other_tile = tile_ids[fragments][:, None] != tile_ids[whole][None, :]
-            replaced = ((cover >= fragment_overlap) & other_tile).any(axis=1)
+            replacers = (cover >= fragment_overlap) & (tile_ids[fragments][:, None] != tile_ids[whole][None, :])
+            replaced = replacers.any(axis=1)
+            for f in np.flatnonzero(replaced):
+                # The best whole view of the lesion carries it on, at the better of the two scores.
+                options = whole[replacers[f]]
+                heir = options[np.argmax(scores[options])]
+                merged[heir] = max(merged[heir], scores[fragments[f]])
             candidates = np.sort(np.concatenate([whole, fragments[~replaced]]))
 
     # Order by (score, p_malignant) descending; NMS then sees the tie-broken order as scores.
-    order = candidates[np.lexsort((-p_malignant[candidates], -scores[candidates]))]
+    order = candidates[np.lexsort((-p_malignant[candidates], -merged[candidates]))]
     rank = torch.arange(len(order), 0, -1, dtype=torch.float64)
     kept = order[nms(torch.from_numpy(boxes[order]), rank, float(iou_threshold)).numpy()]
 
@@ -188,42 +206,14 @@ def merge_detections(
     areas = np.maximum(_area(boxes), 1e-9)
     for idx in kept:  # already highest first
         if final:
-            inside = _intersection(boxes[idx : idx + 1], boxes[final])[0] / areas[idx]
-            if (inside >= containment).any():
+            overlap = _intersection(boxes[idx : idx + 1], boxes[final])[0]
+            inside_stronger = (overlap / areas[idx] >= containment).any()
+            encloses_several = int((overlap / areas[final] >= containment).sum()) >= 2
+            if inside_stronger or encloses_several:
                 continue
         final.append(int(idx))
-    return np.asarray(final, dtype=np.int64)
-
-
-def absorb_enclosing(
-    boxes: np.ndarray, kept: Sequence[int], containment: float = 0.7
-) -> tuple[list[int], list[np.ndarray]]:
-    """Fold a weaker box that encloses a stronger one into it: one lesion, full extent.
-
-    :func:`merge_detections` drops a box lying inside a *stronger* one; the reverse also
-    happens on calcification clusters: the detector is most confident about a dense sub-group
-    and less about the whole cluster. Both describe one lesion, so the stronger detection
-    survives (its score and p_malignant) with the box grown to the union of the two. A weak box
-    enclosing several stronger ones groups separate lesions: it is dropped, none is grown.
-    ``kept`` must be ordered by decreasing score; returns the surviving indices and boxes.
-    """
-    survivors: list[int] = []
-    grown: list[np.ndarray] = []
-    for i in kept:
-        box = np.asarray(boxes[i], dtype=np.float64)
-        if grown:
-            current = np.stack(grown)
-            inside = _intersection(current, box[None])[:, 0] / np.maximum(_area(current), 1e-9)
-            enclosed = np.flatnonzero(inside >= containment)
-            if len(enclosed) == 1:
-                j = int(enclosed[0])
-                grown[j] = np.concatenate([np.minimum(current[j, :2], box[:2]), np.maximum(current[j, 2:], box[2:])])
-                continue
-            if len(enclosed) > 1:
-                continue  # a weak box around several lesions groups them: it is none of them
-        survivors.append(int(i))
-        grown.append(box.copy())
-    return survivors, grown
+    final_idx = np.asarray(final, dtype=np.int64)
+    return final_idx, merged[final_idx]
 
 
 def merge_tile_outputs(
@@ -237,24 +227,27 @@ def merge_tile_outputs(
     containment: float = 0.7,
     edge_margin: float = DEFAULT_EDGE_MARGIN,
     mask: Optional[np.ndarray] = None,
+    merge_floor: float = MERGE_FLOOR,
 ) -> list[Detection]:
     """Per-tile model outputs (tile coordinates) -> whole-image canonical detections.
 
     ``outputs[i]`` holds ``boxes`` (N, 4), ``scores`` (N,) and ``p_malignant`` (N,) of the
-    tile at ``origins[i]`` (row, col). The threshold is applied before merging so that a
-    low-confidence whole box can never suppress a confident fragment and lose the lesion.
+    tile at ``origins[i]`` (row, col). Every box scoring at least ``merge_floor`` (or the
+    threshold, if lower) is merged; ``score_threshold`` then selects what is reported, so a
+    higher threshold only ever removes lesions from the list, never moves or adds one.
     With ``mask`` (the canonical breast mask), boxes centred off it are dropped before
-    merging too, so that they can neither suppress nor absorb a box on the breast.
+    merging, so that they can neither suppress nor absorb a box on the breast.
     """
     if len(outputs) != len(origins):
         raise ValueError(f"{len(outputs)} tile outputs for {len(origins)} tiles")
+    floor = min(float(merge_floor), float(score_threshold))
     rows, cols = image_shape
     all_boxes, all_scores, all_pmal, all_tiles = [], [], [], []
     for t, (out, (r, c)) in enumerate(zip(outputs, origins)):
         boxes = np.asarray(out["boxes"], dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(out["scores"], dtype=np.float64).reshape(-1)
         pmal = np.asarray(out["p_malignant"], dtype=np.float64).reshape(-1)
-        keep = scores >= score_threshold
+        keep = scores >= floor
         boxes = boxes[keep] + np.array([c, r, c, r], dtype=np.float64)
         # Zero padding beyond a small image can only yield boxes to clip, never lesions.
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, cols)
@@ -269,29 +262,27 @@ def merge_tile_outputs(
     if not all_boxes:
         return []
     boxes = np.concatenate(all_boxes)
-    scores = np.concatenate(all_scores)
     pmal = np.concatenate(all_pmal)
-    tiles = np.concatenate(all_tiles)
-    kept = merge_detections(
+    kept, scores = merge_detections(
         boxes,
-        scores,
+        np.concatenate(all_scores),
         pmal,
-        tile_ids=tiles,
+        tile_ids=np.concatenate(all_tiles),
         rects=tile_rects(origins, tile, image_shape),
         image_shape=image_shape,
         iou_threshold=iou_threshold,
         containment=containment,
         edge_margin=edge_margin,
     )
-    survivors, grown = absorb_enclosing(boxes, kept, containment)
     return [
         Detection(
-            box=box,
+            box=boxes[i].copy(),
             label="malignant" if pmal[i] >= 0.5 else "benign",
-            score=float(scores[i]),
+            score=float(score),
             p_malignant=float(pmal[i]),
         )
-        for i, box in zip(survivors, grown)
+        for i, score in zip(kept, scores)
+        if score >= score_threshold
     ]
 
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes, atomic_write_text
 from .errors import CancelledError, DatasetError, MicrocalcAIError
-from .manifest import ModelSpec
+from .manifest import MERGE_FLOOR, ModelSpec
 from .records import ImageFindings, Lesion, ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ MATCH_IOU = 0.2
 #: FP-per-image rates of the FROC table (1/8 ... 8).
 FROC_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 #: Lowest lesion score kept when the pipeline is run for evaluation: the FROC sweep starts here.
-EVAL_MIN_SCORE = 0.05
+#: It is the detector's merge floor, so every threshold of the sweep reports exactly what
+#: running the pipeline at that threshold would.
+EVAL_MIN_SCORE = MERGE_FLOOR
 #: Label ids of the ground truth (as in :data:`MicrocalcAI.dataset.LABEL_IDS`).
 BENIGN, MALIGNANT = 1, 2
 #: Name of the classification rule "the detector's own class" (argmax benign/malignant).

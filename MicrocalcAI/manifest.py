@@ -19,6 +19,9 @@ from .errors import ChecksumError, ModelError
 
 MANIFEST_NAME = "manifest.json"
 CLASSES = ("background", "benign", "malignant")
+#: Lowest lesion score that takes part in merging tiles (MicrocalcAI.detect) and in evaluation
+#: sweeps: reporting at a threshold t >= MERGE_FLOOR is filtering the lesions merged here.
+MERGE_FLOOR = 0.05
 
 
 @dataclass

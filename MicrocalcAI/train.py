@@ -46,7 +46,7 @@ from .dataset import (
 )
 from .atomic import atomic_open, atomic_write_text, staged_path
 from .errors import CancelledError, DatasetError, InputError, MicrocalcAIError, ModelError
-from .evaluate import MATCH_IOU, box_iou, froc_sensitivities, hit_matrix, roc_auc  # noqa: F401 (re-exported)
+from .evaluate import EVAL_MIN_SCORE, MATCH_IOU, box_iou, froc_sensitivities, hit_matrix, roc_auc  # noqa: F401 (re-exported)
 from .manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
 from .model import BACKBONES, build_detector, image_to_tensor, select_device, set_input_size
 from .records import CanonicalImage, ProgressCallback, no_progress
@@ -62,8 +62,6 @@ LOG_FILE = "train_log.jsonl"
 # with `microcalcai evaluate`, and are re-exported here under their old names.
 #: False-positive rates (per image) at which the FROC sensitivity is averaged.
 FROC_RATES: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
-#: Detections below this score are never kept for evaluation (operating points lie above it).
-EVAL_MIN_SCORE = 0.05
 
 
 class TrainConfigError(InputError):

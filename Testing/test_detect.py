@@ -102,19 +102,23 @@ def test_fragment_cut_by_a_tile_border_yields_to_the_whole_lesion():
     scores = np.array([0.9, 0.6])
     pmal = np.array([0.2, 0.7])
     rects = tile_rects(TWO_TILES, 512, SHAPE)
-    kept = merge_detections(boxes, scores, pmal, tile_ids=np.array([0, 1]), rects=rects, image_shape=SHAPE)
+    kept, merged = merge_detections(boxes, scores, pmal, tile_ids=np.array([0, 1]), rects=rects, image_shape=SHAPE)
     assert kept.tolist() == [1]
+    # The whole box carries the lesion at the fragment's better score, so a threshold between
+    # the two cannot lose it.
+    assert merged.tolist() == [0.9]
     # Without tile information plain NMS keeps the higher-scoring fragment instead.
-    assert merge_detections(boxes, scores, pmal).tolist() == [0]
+    assert merge_detections(boxes, scores, pmal)[0].tolist() == [0]
 
 
 def test_fragment_survives_when_no_tile_sees_the_lesion_whole():
     boxes = np.array([[490.0, 200, 512, 230], [600.0, 300, 640, 340]])
     rects = tile_rects(TWO_TILES, 512, SHAPE)
-    kept = merge_detections(
+    kept, merged = merge_detections(
         boxes, np.array([0.9, 0.8]), np.array([0.5, 0.5]), tile_ids=np.array([0, 1]), rects=rects, image_shape=SHAPE
     )
     assert sorted(kept.tolist()) == [0, 1]
+    assert merged.tolist() == [0.9, 0.8]
 
 
 def test_cross_tile_duplicates_merge_but_separate_lesions_stay():
@@ -123,7 +127,7 @@ def test_cross_tile_duplicates_merge_but_separate_lesions_stay():
     boxes = np.array([[420.0, 100, 470, 150], [421.0, 101, 471, 149], [480.0, 100, 505, 150]])
     scores = np.array([0.7, 0.8, 0.5])
     rects = tile_rects(TWO_TILES, 512, SHAPE)
-    kept = merge_detections(
+    kept, _ = merge_detections(
         boxes, scores, np.array([0.1, 0.2, 0.9]), tile_ids=np.array([0, 1, 1]), rects=rects, image_shape=SHAPE
     )
     assert kept.tolist() == [1, 2]
@@ -131,15 +135,15 @@ def test_cross_tile_duplicates_merge_but_separate_lesions_stay():
 
 def test_box_mostly_inside_a_stronger_box_is_dropped():
     boxes = np.array([[100.0, 100, 200, 200], [110.0, 110, 150, 150], [150.0, 150, 260, 260]])
-    kept = merge_detections(boxes, np.array([0.9, 0.8, 0.7]), np.array([0.5, 0.5, 0.5]))
+    kept, _ = merge_detections(boxes, np.array([0.9, 0.8, 0.7]), np.array([0.5, 0.5, 0.5]))
     # Box 1 (IoU 0.16 with box 0, too low for NMS) lies inside box 0; box 2 only overlaps a corner.
     assert kept.tolist() == [0, 2]
-    assert merge_detections(boxes, np.array([0.9, 0.8, 0.7]), np.array([0.5] * 3), containment=1.01).tolist() == [0, 1, 2]
+    assert merge_detections(boxes, np.array([0.9, 0.8, 0.7]), np.array([0.5] * 3), containment=1.01)[0].tolist() == [0, 1, 2]
 
 
 def test_equal_scores_keep_the_more_malignant_box():
     boxes = np.array([[0.0, 0, 10, 10], [0.0, 0, 10, 11]])
-    kept = merge_detections(boxes, np.array([0.5, 0.5]), np.array([0.3, 0.8]))
+    kept, _ = merge_detections(boxes, np.array([0.5, 0.5]), np.array([0.3, 0.8]))
     assert kept.tolist() == [1]
 
 
@@ -232,20 +236,51 @@ def test_detect_on_an_empty_mask_returns_nothing():
     assert dets == []
 
 
-def test_weaker_box_enclosing_a_stronger_one_is_folded_into_it():
-    # The detector is surest about a dense sub-group (small box) and less about the whole
-    # cluster (big box around it): one lesion, with the sub-group's score and the full extent.
+def test_a_weak_box_enclosing_a_strong_one_does_not_move_it():
+    # A confident lesion box and a weak, much larger box around it (context, or a neighbouring
+    # group): the lesion keeps its own box and score. Growing it to the union, as an earlier
+    # version did, moved the box's centre off the lesion at low thresholds.
     outputs = [{
-        "boxes": np.array([[100.0, 100, 130, 130], [90, 90, 180, 170], [300, 300, 340, 340]]),
-        "scores": np.array([0.95, 0.6, 0.5]),
+        "boxes": np.array([[100.0, 100, 130, 130], [90, 40, 260, 170], [300, 300, 340, 340]]),
+        "scores": np.array([0.95, 0.1, 0.5]),
         "p_malignant": np.array([0.9, 0.4, 0.2]),
     }]
-    dets = merge_tile_outputs(outputs, [(0, 0)], tile=512, image_shape=(512, 512), score_threshold=0.3)
-    assert len(dets) == 2
+    dets = merge_tile_outputs(outputs, [(0, 0)], tile=512, image_shape=(512, 512), score_threshold=0.05)
     lesion = max(dets, key=lambda d: d.score)
-    assert lesion.box.tolist() == [90.0, 90.0, 180.0, 170.0]
+    assert lesion.box.tolist() == [100.0, 100.0, 130.0, 130.0]
     assert (lesion.score, lesion.p_malignant, lesion.label) == (0.95, 0.9, "malignant")
     assert any(d.box.tolist() == [300.0, 300.0, 340.0, 340.0] for d in dets)  # separate lesion kept
+
+
+def test_fragment_yielding_to_a_weaker_whole_box_survives_a_threshold_between_them():
+    # Tile 0 (x 0-512) sees a confident fragment of a lesion at x 490-540; tile 1 (x 384-896)
+    # sees it whole but less surely. Reported at 0.5, the lesion must still be there, whole.
+    outputs = [
+        {"boxes": np.array([[490.0, 200, 512, 230]]), "scores": np.array([0.9]), "p_malignant": np.array([0.2])},
+        {"boxes": np.array([[105.0, 199, 157, 231]]), "scores": np.array([0.3]), "p_malignant": np.array([0.7])},
+    ]
+    dets = merge_tile_outputs(outputs, list(TWO_TILES), tile=512, image_shape=SHAPE, score_threshold=0.5)
+    assert [(d.box.tolist(), d.score, d.p_malignant) for d in dets] == [([489.0, 199.0, 541.0, 231.0], 0.9, 0.7)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), threshold=st.floats(0.05, 0.95))
+def test_a_higher_threshold_only_filters_the_merged_lesions(seed, threshold):
+    # What evaluation's FROC sweep and the Slicer threshold slider rely on: the lesions at
+    # threshold t are exactly the low-threshold lesions scoring >= t (same boxes, same scores).
+    rng = np.random.default_rng(seed)
+    origins = [(0, 0), (0, 384), (384, 0), (384, 384)]
+    outputs = []
+    for _ in origins:
+        n = int(rng.integers(0, 12))
+        xy = rng.uniform(0, 480, (n, 2))
+        wh = rng.uniform(4, 160, (n, 2))
+        outputs.append({"boxes": np.concatenate([xy, np.minimum(xy + wh, 512)], axis=1),
+                        "scores": rng.uniform(0.01, 1.0, n), "p_malignant": rng.uniform(0, 1, n)})
+    low = merge_tile_outputs(outputs, origins, tile=512, image_shape=(896, 896), score_threshold=0.05)
+    high = merge_tile_outputs(outputs, origins, tile=512, image_shape=(896, 896), score_threshold=threshold)
+    expected = [(d.box.tolist(), d.score, d.p_malignant) for d in low if d.score >= threshold]
+    assert [(d.box.tolist(), d.score, d.p_malignant) for d in high] == expected
 
 
 def test_weak_box_around_two_lesions_does_not_merge_them():
