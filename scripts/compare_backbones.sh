@@ -4,8 +4,12 @@
 # ResNet weights are available offline).
 #
 #   BUDGET_S=720 scripts/compare_backbones.sh     # seconds of training per backbone
+#   CONFIG=configs/realistic_train.json OUT=work_dirs/backbones_realistic BUDGET_S=1500 \
+#       VAL_N=80 TEST_N=120 scripts/compare_backbones.sh   # on the realistic simulator
 #
-# Needs the simulated splits of scripts/train_default.sh (work_dirs/default/sim_*). Steps, one
+# Needs the simulated splits of scripts/train_default.sh (work_dirs/default/sim_* for the
+# default CONFIG; the test set is the sim_test folder next to CONFIG's validation set). Both
+# backbones start from their generic initialisation: CONFIG's init_weights is ignored. Steps, one
 # backbone after the other (never in parallel), torch threads = $THREADS:
 #   1. speed probe: PROBE_ITERS iterations of each backbone -> median s/iteration;
 #   2. training: iterations = 0.95 * BUDGET_S / (s/iteration), cosine schedule over that length,
@@ -24,7 +28,7 @@ PYTHON=${PYTHON:-python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export BUDGET_S=${BUDGET_S:-720} PROBE_ITERS=${PROBE_ITERS:-6} VAL_N=${VAL_N:-20} TEST_N=${TEST_N:-40}
 export THREADS=${THREADS:-2} BACKBONES=${BACKBONES:-"mobilenet_v2 resnet50"} STAGE=${STAGE:-all}
-export DEVICE=${DEVICE:-cpu}
+export DEVICE=${DEVICE:-cpu} CONFIG=${CONFIG:-configs/default_train.json} OUT=${OUT:-work_dirs/backbones}
 
 "$PYTHON" - <<'EOF'
 import json, logging, os, statistics, time
@@ -44,14 +48,14 @@ budget, probe_iters = float(os.environ["BUDGET_S"]), int(os.environ["PROBE_ITERS
 val_n, test_n, threads = int(os.environ["VAL_N"]), int(os.environ["TEST_N"]), int(os.environ["THREADS"])
 backbones, stage, device = os.environ["BACKBONES"].split(), os.environ["STAGE"], os.environ["DEVICE"]
 torch.set_num_threads(threads)
-root = Path("work_dirs/backbones").resolve()
+root = Path(os.environ["OUT"]).resolve()
 root.mkdir(parents=True, exist_ok=True)
 results_path = root / "results.json"
 results = json.loads(results_path.read_text()) if results_path.exists() else {}
-base = json.loads(Path("configs/default_train.json").read_text())
-default = Path("configs").resolve()
+config_path = Path(os.environ["CONFIG"]).resolve()
+base = json.loads(config_path.read_text())
 for key in ("train_coco", "val_coco", "cache_dir"):
-    base[key] = str((default / base[key]).resolve())
+    base[key] = str((config_path.parent / base[key]).resolve())
 
 
 def subset(coco: str, n: int, name: str) -> Path:
@@ -72,7 +76,7 @@ test_sub = subset(str(Path(base["val_coco"]).parent.parent / "sim_test" / "annot
 
 
 def config(backbone: str, out: Path, iterations: int) -> TrainConfig:
-    c = dict(base, backbone=backbone, pretrained_backbone=(backbone == "mobilenet_v2"), output_dir=str(out),
+    c = dict(base, backbone=backbone, pretrained_backbone=(backbone == "mobilenet_v2"), init_weights=None, output_dir=str(out),
              val_coco=None, iterations=iterations, warmup_iterations=max(1, round(iterations * 100 / 2400)),
              checkpoint_every=10**9, num_threads=threads, device=device, log_every=10)
     return TrainConfig.from_dict(c)
