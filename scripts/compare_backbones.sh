@@ -55,7 +55,9 @@ results = json.loads(results_path.read_text()) if results_path.exists() else {}
 config_path = Path(os.environ["CONFIG"]).resolve()
 base = json.loads(config_path.read_text())
 for key in ("train_coco", "val_coco", "cache_dir"):
-    base[key] = str((config_path.parent / base[key]).resolve())
+    value = base[key]
+    resolved = [str((config_path.parent / v).resolve()) for v in (value if isinstance(value, list) else [value])]
+    base[key] = resolved if isinstance(value, list) else resolved[0]
 
 
 def subset(coco: str, n: int, name: str) -> Path:
