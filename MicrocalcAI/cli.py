@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--out", required=True, metavar="DIR", help="output folder")
     det.add_argument("--model", default=None, help="model name in the bundled manifest, a manifest.json, or a weights file listed in a manifest next to it")
     det.add_argument("--device", default="auto", help="auto (default), cpu, gpu, cuda, cuda:1, mps")
-    det.add_argument("--threshold", type=_fraction, default=None, help="lesion score threshold (default: the model's)")
+    det.add_argument("--threshold", type=_fraction, default=None,
+                     help="lesion score threshold (default: the model's); nothing below 0.05 is ever reported")
     det.add_argument("--spacing", type=_spacing, default=None, metavar="MM", help="pixel spacing in mm for all inputs (overrides the files')")
     det.add_argument("--force", action="store_true", help="redo images whose outputs already exist")
     det.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")

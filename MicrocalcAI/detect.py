@@ -8,24 +8,29 @@ coordinates and merged:
 
 1. a box cut by a tile border (touching an *inner* edge of its tile, i.e. an edge that is
    not the image border) is a fragment; it is dropped when a box from another tile, which
-   sits away from that tile's own inner edges and therefore saw the lesion whole, covers
-   most of it. Score order cannot do this: a fragment may well score higher than the whole
-   lesion, and plain NMS then keeps the fragment (or both, since a fragment's IoU with the
-   whole box is small when the lesion is mostly outside the tile). The whole box takes the
-   fragment's score when that is higher: both are views of one lesion, and the lesion must
-   not drop below a threshold because the tile that saw it whole was less sure;
+   sits away from that tile's own inner edges and therefore saw the lesion whole, is the
+   same lesion: clipped to the fragment's tile, it matches the fragment (IoU >= 0.5), as the
+   whole lesion cut by that tile would. Score order cannot do this: a fragment may well
+   score higher than the whole lesion, and plain NMS then keeps the fragment (or both, since
+   a fragment's IoU with the whole box is small when the lesion is mostly outside the tile).
+   The whole box takes the fragment's score and p_malignant when the fragment was the more
+   confident view: the lesion must not drop below a threshold because the tile that saw it
+   whole was less sure. A larger box that merely covers the fragment (context, a group of
+   lesions) does not match it, so it neither replaces the fragment nor gains its score;
 2. class-agnostic NMS (a benign and a malignant box on one spot are one lesion);
 3. a box lying mostly inside a higher-scoring box is dropped (a sub-cluster of a lesion
    already reported, whose IoU with the whole is too small for NMS), and so is a box that
    encloses two or more higher-scoring boxes (it groups separate lesions).
 
-Merging always runs on every box scoring at least :data:`MERGE_FLOOR`; the caller's score
-threshold is applied to the merged list. So the lesions reported at threshold ``t`` are
-exactly the lesions reported at a lower threshold with score >= ``t``: evaluation can sweep
-the threshold over one run (FROC), and the Slicer threshold slider can filter findings
-without re-running the model. No step lets a weaker box change a stronger one's box: an
-earlier version grew a confident box to the union with a weak box enclosing it, which at low
-thresholds turned a well-placed lesion box into a large box centred off the lesion.
+Merging always runs on every box scoring at least :data:`MERGE_FLOOR` (0.05), whatever the
+caller's score threshold, which is applied to the merged list; nothing scoring below the
+floor is ever reported. So the lesions reported at threshold ``t`` are exactly the lesions
+reported at any lower threshold with score >= ``t``: evaluation can sweep the threshold over
+one run (FROC), and the Slicer threshold slider can filter findings without re-running the
+model. Apart from a whole box carrying on its own fragment's score (step 1), no step lets a
+weaker box change a stronger one: an earlier version grew a confident box to the union with
+a weak box enclosing it, which at low thresholds turned a well-placed lesion box into a large
+box centred off the lesion.
 
 Before any of that, a box whose centre is not on the breast mask is dropped: pixels off the
 mask are set to 0 by standardisation (air, film border, burned-in labels), so such a box can
@@ -57,7 +62,8 @@ log = logging.getLogger(__name__)
 #: Pixels from an inner tile edge within which a box counts as cut by that edge. Box
 #: regression of a cut lesion stops near the edge, not exactly on it; two stride-4 cells.
 DEFAULT_EDGE_MARGIN = 8.0
-#: Share of a fragment's area a whole box from another tile must cover to replace it.
+#: IoU a fragment must have with a whole box from another tile, clipped to the fragment's
+#: tile, for the two to count as one lesion.
 DEFAULT_FRAGMENT_OVERLAP = 0.5
 
 
@@ -122,7 +128,14 @@ def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _area(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[:, 2] - boxes[:, 0], 0.0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0.0, None)
+    return np.clip(boxes[..., 2] - boxes[..., 0], 0.0, None) * np.clip(boxes[..., 3] - boxes[..., 1], 0.0, None)
+
+
+def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of broadcast box arrays (..., 4); empty boxes (x1 < x0) have area 0."""
+    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0.0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / np.maximum(_area(a) + _area(b) - inter, 1e-9)
 
 
 def touches_inner_edge(
@@ -155,14 +168,14 @@ def merge_detections(
     containment: float = 0.7,
     edge_margin: float = DEFAULT_EDGE_MARGIN,
     fragment_overlap: float = DEFAULT_FRAGMENT_OVERLAP,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(indices of the boxes to keep, highest score first; their merged scores).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices of the boxes to keep, highest score first; their scores; their p_malignant).
 
     ``boxes`` are whole-image canonical ``[x0, y0, x1, y1]``. With ``tile_ids`` (the tile of
     each box, indexing ``rects`` from :func:`tile_rects`) and ``image_shape``, fragments cut
     by a tile border are first dropped in favour of the whole lesion seen by another tile,
-    which inherits a fragment's higher score (see the module docstring); without them only
-    NMS and containment apply and every score is its own. Among equal scores the higher
+    which takes over a more confident fragment's score and p_malignant (see the module
+    docstring); without them only NMS and containment apply and every box keeps its own. Among equal scores the higher
     ``p_malignant`` wins, so a tie never hides a malignant call.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -172,9 +185,9 @@ def merge_detections(
     if len(scores) != n or len(p_malignant) != n:
         raise ValueError(f"boxes ({n}), scores ({len(scores)}) and p_malignant ({len(p_malignant)}) differ in length")
     if n == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64)
 
-    merged = scores.copy()
+    merged, merged_p = scores.copy(), p_malignant.copy()
     candidates = np.arange(n)
     if tile_ids is not None:
         if rects is None or image_shape is None:
@@ -187,18 +200,26 @@ def merge_detections(
         whole = np.flatnonzero(~cut)
         fragments = np.flatnonzero(cut)
         if len(whole) and len(fragments):
-            cover = _intersection(boxes[fragments], boxes[whole]) / np.maximum(_area(boxes[fragments]), 1e-9)[:, None]
-            replacers = (cover >= fragment_overlap) & (tile_ids[fragments][:, None] != tile_ids[whole][None, :])
-            replaced = replacers.any(axis=1)
+            # What each fragment's tile could see of each whole box: the box clipped to that tile.
+            tile_rect = rects[tile_ids[fragments]][:, None, :]
+            seen = np.concatenate(
+                [np.maximum(boxes[whole][None, :, :2], tile_rect[..., :2]), np.minimum(boxes[whole][None, :, 2:], tile_rect[..., 2:])],
+                axis=2,
+            )
+            same_lesion = _pairwise_iou(boxes[fragments][:, None, :], seen) >= fragment_overlap
+            same_lesion &= tile_ids[fragments][:, None] != tile_ids[whole][None, :]
+            replaced = same_lesion.any(axis=1)
             for f in np.flatnonzero(replaced):
-                # The best whole view of the lesion carries it on, at the better of the two scores.
-                options = whole[replacers[f]]
+                # The best whole view carries the lesion on, as confident as its best view.
+                options = whole[same_lesion[f]]
                 heir = options[np.argmax(scores[options])]
-                merged[heir] = max(merged[heir], scores[fragments[f]])
+                frag = fragments[f]
+                if scores[frag] > merged[heir]:
+                    merged[heir], merged_p[heir] = scores[frag], p_malignant[frag]
             candidates = np.sort(np.concatenate([whole, fragments[~replaced]]))
 
     # Order by (score, p_malignant) descending; NMS then sees the tie-broken order as scores.
-    order = candidates[np.lexsort((-p_malignant[candidates], -merged[candidates]))]
+    order = candidates[np.lexsort((-merged_p[candidates], -merged[candidates]))]
     rank = torch.arange(len(order), 0, -1, dtype=torch.float64)
     kept = order[nms(torch.from_numpy(boxes[order]), rank, float(iou_threshold)).numpy()]
 
@@ -213,7 +234,7 @@ def merge_detections(
                 continue
         final.append(int(idx))
     final_idx = np.asarray(final, dtype=np.int64)
-    return final_idx, merged[final_idx]
+    return final_idx, merged[final_idx], merged_p[final_idx]
 
 
 def merge_tile_outputs(
@@ -232,15 +253,16 @@ def merge_tile_outputs(
     """Per-tile model outputs (tile coordinates) -> whole-image canonical detections.
 
     ``outputs[i]`` holds ``boxes`` (N, 4), ``scores`` (N,) and ``p_malignant`` (N,) of the
-    tile at ``origins[i]`` (row, col). Every box scoring at least ``merge_floor`` (or the
-    threshold, if lower) is merged; ``score_threshold`` then selects what is reported, so a
-    higher threshold only ever removes lesions from the list, never moves or adds one.
+    tile at ``origins[i]`` (row, col). Every box scoring at least ``merge_floor`` is merged,
+    whatever the threshold; ``score_threshold`` then selects what is reported (nothing below
+    the floor), so a higher threshold only ever removes lesions from the list, never moves or
+    adds one.
     With ``mask`` (the canonical breast mask), boxes centred off it are dropped before
     merging, so that they can neither suppress nor absorb a box on the breast.
     """
     if len(outputs) != len(origins):
         raise ValueError(f"{len(outputs)} tile outputs for {len(origins)} tiles")
-    floor = min(float(merge_floor), float(score_threshold))
+    floor = float(merge_floor)
     rows, cols = image_shape
     all_boxes, all_scores, all_pmal, all_tiles = [], [], [], []
     for t, (out, (r, c)) in enumerate(zip(outputs, origins)):
@@ -263,7 +285,7 @@ def merge_tile_outputs(
         return []
     boxes = np.concatenate(all_boxes)
     pmal = np.concatenate(all_pmal)
-    kept, scores = merge_detections(
+    kept, scores, pmal_kept = merge_detections(
         boxes,
         np.concatenate(all_scores),
         pmal,
@@ -275,13 +297,8 @@ def merge_tile_outputs(
         edge_margin=edge_margin,
     )
     return [
-        Detection(
-            box=boxes[i].copy(),
-            label="malignant" if pmal[i] >= 0.5 else "benign",
-            score=float(score),
-            p_malignant=float(pmal[i]),
-        )
-        for i, score in zip(kept, scores)
+        Detection(box=boxes[i].copy(), label="malignant" if p >= 0.5 else "benign", score=float(score), p_malignant=float(p))
+        for i, score, p in zip(kept, scores, pmal_kept)
         if score >= score_threshold
     ]
 

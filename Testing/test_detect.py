@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from detector_helpers import SMALL_OVERLAP, SMALL_TILE, breast_like, canonical_image, small_detector, tiling_spec
@@ -18,6 +18,7 @@ from MicrocalcAI.detect import (
     touches_inner_edge,
 )
 from MicrocalcAI.errors import CancelledError, InputError
+from MicrocalcAI.manifest import MERGE_FLOOR
 from MicrocalcAI.records import Detection
 
 # ---------------------------------------------------------------- tiling
@@ -102,7 +103,7 @@ def test_fragment_cut_by_a_tile_border_yields_to_the_whole_lesion():
     scores = np.array([0.9, 0.6])
     pmal = np.array([0.2, 0.7])
     rects = tile_rects(TWO_TILES, 512, SHAPE)
-    kept, merged = merge_detections(boxes, scores, pmal, tile_ids=np.array([0, 1]), rects=rects, image_shape=SHAPE)
+    kept, merged, _ = merge_detections(boxes, scores, pmal, tile_ids=np.array([0, 1]), rects=rects, image_shape=SHAPE)
     assert kept.tolist() == [1]
     # The whole box carries the lesion at the fragment's better score, so a threshold between
     # the two cannot lose it.
@@ -114,7 +115,7 @@ def test_fragment_cut_by_a_tile_border_yields_to_the_whole_lesion():
 def test_fragment_survives_when_no_tile_sees_the_lesion_whole():
     boxes = np.array([[490.0, 200, 512, 230], [600.0, 300, 640, 340]])
     rects = tile_rects(TWO_TILES, 512, SHAPE)
-    kept, merged = merge_detections(
+    kept, merged, _ = merge_detections(
         boxes, np.array([0.9, 0.8]), np.array([0.5, 0.5]), tile_ids=np.array([0, 1]), rects=rects, image_shape=SHAPE
     )
     assert sorted(kept.tolist()) == [0, 1]
@@ -127,7 +128,7 @@ def test_cross_tile_duplicates_merge_but_separate_lesions_stay():
     boxes = np.array([[420.0, 100, 470, 150], [421.0, 101, 471, 149], [480.0, 100, 505, 150]])
     scores = np.array([0.7, 0.8, 0.5])
     rects = tile_rects(TWO_TILES, 512, SHAPE)
-    kept, _ = merge_detections(
+    kept, _, _ = merge_detections(
         boxes, scores, np.array([0.1, 0.2, 0.9]), tile_ids=np.array([0, 1, 1]), rects=rects, image_shape=SHAPE
     )
     assert kept.tolist() == [1, 2]
@@ -135,7 +136,7 @@ def test_cross_tile_duplicates_merge_but_separate_lesions_stay():
 
 def test_box_mostly_inside_a_stronger_box_is_dropped():
     boxes = np.array([[100.0, 100, 200, 200], [110.0, 110, 150, 150], [150.0, 150, 260, 260]])
-    kept, _ = merge_detections(boxes, np.array([0.9, 0.8, 0.7]), np.array([0.5, 0.5, 0.5]))
+    kept, _, _ = merge_detections(boxes, np.array([0.9, 0.8, 0.7]), np.array([0.5, 0.5, 0.5]))
     # Box 1 (IoU 0.16 with box 0, too low for NMS) lies inside box 0; box 2 only overlaps a corner.
     assert kept.tolist() == [0, 2]
     assert merge_detections(boxes, np.array([0.9, 0.8, 0.7]), np.array([0.5] * 3), containment=1.01)[0].tolist() == [0, 1, 2]
@@ -143,7 +144,7 @@ def test_box_mostly_inside_a_stronger_box_is_dropped():
 
 def test_equal_scores_keep_the_more_malignant_box():
     boxes = np.array([[0.0, 0, 10, 10], [0.0, 0, 10, 11]])
-    kept, _ = merge_detections(boxes, np.array([0.5, 0.5]), np.array([0.3, 0.8]))
+    kept, _, _ = merge_detections(boxes, np.array([0.5, 0.5]), np.array([0.3, 0.8]))
     assert kept.tolist() == [1]
 
 
@@ -260,11 +261,45 @@ def test_fragment_yielding_to_a_weaker_whole_box_survives_a_threshold_between_th
         {"boxes": np.array([[105.0, 199, 157, 231]]), "scores": np.array([0.3]), "p_malignant": np.array([0.7])},
     ]
     dets = merge_tile_outputs(outputs, list(TWO_TILES), tile=512, image_shape=SHAPE, score_threshold=0.5)
-    assert [(d.box.tolist(), d.score, d.p_malignant) for d in dets] == [([489.0, 199.0, 541.0, 231.0], 0.9, 0.7)]
+    # Whole extent from tile 1; score and class from the more confident view, the fragment.
+    assert [(d.box.tolist(), d.score, d.p_malignant) for d in dets] == [([489.0, 199.0, 541.0, 231.0], 0.9, 0.2)]
+
+
+def test_a_large_box_covering_a_fragment_neither_replaces_it_nor_takes_its_score():
+    # Tile 0 sees a confident fragment at x 490-512. Tile 1 sees two malignant lesions and a
+    # weak benign box around them that also covers the fragment: clipped to tile 0 it does not
+    # look like the fragment, so it is not that lesion's whole view. It must not inherit 0.9
+    # and then swallow the two lesions inside it.
+    outputs = [
+        {"boxes": np.array([[490.0, 200, 512, 230]]), "scores": np.array([0.9]), "p_malignant": np.array([0.2])},
+        {"boxes": np.array([[46.0, 150, 256, 330], [136, 160, 176, 200], [196, 260, 236, 300]]),
+         "scores": np.array([0.3, 0.85, 0.8]), "p_malignant": np.array([0.1, 0.95, 0.9])},
+    ]
+    dets = merge_tile_outputs(outputs, list(TWO_TILES), tile=512, image_shape=SHAPE, score_threshold=0.05)
+    assert [(d.box.tolist(), d.score, d.label) for d in dets] == [
+        ([490.0, 200.0, 512.0, 230.0], 0.9, "benign"),
+        ([520.0, 160.0, 560.0, 200.0], 0.85, "malignant"),
+        ([580.0, 260.0, 620.0, 300.0], 0.8, "malignant"),
+    ]  # the weak box encloses several stronger ones: dropped
+
+
+def test_thresholds_below_the_merge_floor_report_what_the_floor_reports():
+    # A weak whole box (0.03) below the floor must not take part in merging at a lower threshold
+    # either, or the lesions above the floor would change with the threshold.
+    outputs = [
+        {"boxes": np.array([[490.0, 200, 512, 230]]), "scores": np.array([0.9]), "p_malignant": np.array([0.2])},
+        {"boxes": np.array([[105.0, 199, 157, 231]]), "scores": np.array([0.03]), "p_malignant": np.array([0.7])},
+    ]
+    at = {t: [(d.box.tolist(), d.score) for d in merge_tile_outputs(outputs, list(TWO_TILES), tile=512, image_shape=SHAPE, score_threshold=t)]
+          for t in (0.0, 0.02, MERGE_FLOOR, 0.3)}
+    assert at[0.0] == at[0.02] == at[MERGE_FLOOR] == at[0.3] == [([490.0, 200.0, 512.0, 230.0], 0.9)]
 
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), threshold=st.floats(0.05, 0.95))
+@example(seed=12, threshold=0.3).via("fails when the threshold is applied before merging")
+@example(seed=6, threshold=0.5).via("fails when the threshold is applied before merging")
+@example(seed=5, threshold=0.7).via("fails when the threshold is applied before merging")
 def test_a_higher_threshold_only_filters_the_merged_lesions(seed, threshold):
     # What evaluation's FROC sweep and the Slicer threshold slider rely on: the lesions at
     # threshold t are exactly the low-threshold lesions scoring >= t (same boxes, same scores).

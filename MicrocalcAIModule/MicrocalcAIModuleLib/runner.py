@@ -27,6 +27,7 @@ Progress = Callable[[float, str], None]
 
 #: Lesions are searched down to this score (or the chosen threshold, if lower) so that the
 #: threshold can later be raised *and lowered* down to it without running the model again.
+#: Detection never reports below MicrocalcAI.manifest.MERGE_FLOOR (0.05), the slider's minimum.
 ANALYSIS_FLOOR = 0.1
 
 
