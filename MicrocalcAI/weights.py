@@ -58,12 +58,31 @@ def save_weights(model: nn.Module, path: Union[str, os.PathLike]) -> str:
     config = getattr(model, "microcalcai_config", None)
     if isinstance(config, dict):
         metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True)
-    data = save(_fp16_state(model), metadata=metadata)
+    data = _sorted_metadata(save(_fp16_state(model), metadata=metadata))
     target = Path(path)
     atomic_write_bytes(target, data)
     digest = hashlib.sha256(data).hexdigest()
     log.info("saved weights %s (%.1f MB, sha256 %s)", target, len(data) / 1e6, digest)
     return digest
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """The same safetensors bytes with the header's metadata keys in sorted order.
+
+    safetensors writes the metadata in hash-map order, which changes from run to run, so two
+    exports of the same weights would differ in their sha256; the recipe must reproduce the
+    shipped file exactly. Only the order of keys changes, never the length or the tensors.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    if "__metadata__" not in header:
+        return data
+    metadata = header.pop("__metadata__")
+    header = {"__metadata__": dict(sorted(metadata.items())), **header}
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    if len(text) > size:  # cannot happen for a reordering; keep the library's bytes then
+        return data
+    return data[:8] + text + b" " * (size - len(text)) + data[8 + size :]
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

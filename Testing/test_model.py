@@ -203,6 +203,19 @@ def test_save_load_round_trip_gives_the_same_outputs(tmp_path):
     assert torch.allclose(ref["boxes"][:n], out["boxes"][:n], atol=0.5)
 
 
+def test_saving_the_same_weights_twice_gives_the_same_file(tmp_path):
+    # The recipe must reproduce the shipped file's sha256. safetensors writes its metadata in
+    # hash-map order, which changes between calls: with two keys, five saves would differ with
+    # probability 15/16 if the order were not fixed.
+    model = small_detector("mobilenet_v2")
+    digests = {save_weights(model, tmp_path / f"w{i}.safetensors") for i in range(5)}
+    assert len(digests) == 1
+    data = (tmp_path / "w0.safetensors").read_bytes()
+    header = data[8 : 8 + int.from_bytes(data[:8], "little")].decode()
+    assert header.index('"format"') < header.index('"microcalcai_config"')  # sorted
+    assert sha256_file(tmp_path / "w0.safetensors") == digests.pop()
+
+
 def test_tampered_weights_raise_checksum_error(tmp_path):
     spec = small_spec(tmp_path, small_detector("mobilenet_v2"))
     data = bytearray(spec.weights_path.read_bytes())
