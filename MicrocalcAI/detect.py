@@ -175,8 +175,8 @@ def merge_detections(
     each box, indexing ``rects`` from :func:`tile_rects`) and ``image_shape``, fragments cut
     by a tile border are first dropped in favour of the whole lesion seen by another tile,
     which takes over a more confident fragment's score and p_malignant (see the module
-    docstring); without them only NMS and containment apply and every box keeps its own. Among equal scores the higher
-    ``p_malignant`` wins, so a tie never hides a malignant call.
+    docstring); without them only NMS and containment apply and every box keeps its own.
+    Among equal scores the higher ``p_malignant`` wins, so a tie never hides a malignant call.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -202,8 +202,9 @@ def merge_detections(
         if len(whole) and len(fragments):
             # What each fragment's tile could see of each whole box: the box clipped to that tile.
             tile_rect = rects[tile_ids[fragments]][:, None, :]
+            whole_boxes = boxes[whole][None, :, :]
             seen = np.concatenate(
-                [np.maximum(boxes[whole][None, :, :2], tile_rect[..., :2]), np.minimum(boxes[whole][None, :, 2:], tile_rect[..., 2:])],
+                [np.maximum(whole_boxes[..., :2], tile_rect[..., :2]), np.minimum(whole_boxes[..., 2:], tile_rect[..., 2:])],
                 axis=2,
             )
             same_lesion = _pairwise_iou(boxes[fragments][:, None, :], seen) >= fragment_overlap
