@@ -62,6 +62,7 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .errors import DatasetError
+from .reader import dicom_row_spacing_mm, has_dicom_preamble
 from .records import ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
@@ -381,25 +382,12 @@ def _dicom_header(path: Path) -> Any:
     return ds
 
 
-def _dicom_spacing_mm(ds: Any) -> Optional[float]:
-    """Row spacing from ImagerPixelSpacing or PixelSpacing, when present and plausible."""
-    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
-        value = ds.get(keyword)
-        try:
-            spacing = float(value[0]) if value is not None else None
-        except (TypeError, ValueError, IndexError):
-            spacing = None
-        if spacing is not None and 0.01 <= spacing <= 1.0:
-            return spacing
-    return None
-
-
 def _image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image file from its header; raises ``ValueError`` when unknown."""
     suffix = path.suffix.lower()
     if suffix in (".pgm", ".pnm"):
         return _pgm_size(path)
-    if suffix in (".dcm", ".dicom", ".dic", ".ima", "") or _has_dicm(path):
+    if suffix in (".dcm", ".dicom", ".dic", ".ima", "") or has_dicom_preamble(path):
         ds = _dicom_header(path)
         return int(ds.Columns), int(ds.Rows)
     if suffix in (".nrrd", ".nhdr", ".nii", ".gz", ".mha", ".mhd"):
@@ -420,15 +408,6 @@ def _image_size(path: Path) -> tuple[int, int]:
             return int(im.width), int(im.height)
     except (OSError, UnidentifiedImageError) as exc:
         raise ValueError(f"unreadable image header: {exc}") from exc
-
-
-def _has_dicm(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _pgm_size(path: Path) -> tuple[int, int]:
@@ -940,7 +919,7 @@ def _inbreast_image(
         builder.skip(dicom.name, str(exc))
         return
     width, height = int(ds.Columns), int(ds.Rows)
-    spacing = spacing_override or _dicom_spacing_mm(ds) or INBREAST_SPACING_MM
+    spacing = spacing_override or dicom_row_spacing_mm(ds) or INBREAST_SPACING_MM
     meta_row = table_row[2] if table_row else {}
     lat = meta_row.get("laterality", "").strip().upper() or None
     view = meta_row.get("view", "").strip().upper() or None

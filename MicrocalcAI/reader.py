@@ -1056,7 +1056,9 @@ def read_mammogram(
     return mam
 
 
-def _has_dicom_preamble(path: Path) -> bool:
+def has_dicom_preamble(path: Path) -> bool:
+    """Whether the file starts like a DICOM Part 10 file ("DICM" after the 128-byte preamble),
+    whatever its name: DICOM files are often extension-less or named after their UID."""
     try:
         with open(path, "rb") as fh:
             fh.seek(128)
@@ -1074,7 +1076,24 @@ def _is_candidate(path: Path) -> bool:
         return True
     if suffix in NON_IMAGE_SUFFIXES:
         return False
-    return _has_dicom_preamble(path)  # extension-less or UID-named DICOM files
+    return has_dicom_preamble(path)  # extension-less or UID-named DICOM files
+
+
+def dicom_row_spacing_mm(ds: Any, plausible_mm: tuple[float, float] = (0.01, 1.0)) -> Optional[float]:
+    """Row spacing from ImagerPixelSpacing, else PixelSpacing, when present and within
+    ``plausible_mm``; None otherwise. The plain stored value, for tools that only need a scale
+    (dataset conversion, simulator backgrounds); reading a mammogram uses :func:`_dicom_spacing`,
+    which also applies the magnification factor and reports where the spacing came from."""
+    lo, hi = plausible_mm
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            spacing = float(value[0]) if value is not None else None
+        except (TypeError, ValueError, IndexError):
+            spacing = None
+        if spacing is not None and lo <= spacing <= hi:
+            return spacing
+    return None
 
 
 def find_images(inputs: Sequence[PathLike], recursive: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:

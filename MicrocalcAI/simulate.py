@@ -77,6 +77,7 @@ from scipy import ndimage
 
 from .atomic import atomic_write_bytes
 from .errors import DatasetError, InputError, MicrocalcAIError
+from .reader import dicom_row_spacing_mm, find_images, has_dicom_preamble
 from .records import ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
@@ -1122,7 +1123,8 @@ class RealBackgroundLibrary:
             elif lat != side:
                 log.warning("background %s: laterality %s but the breast is at the %s edge; using the image", path, lat, side)
                 lat = side
-            images.append(RealBackground(f"{Path(path).parent.name}/{Path(path).name}", pixels, lat, view, mask, factor, _file_spacing(ds)))
+            spacing = dicom_row_spacing_mm(ds, BACKGROUND_SPACING_RANGE_MM)
+            images.append(RealBackground(f"{Path(path).parent.name}/{Path(path).name}", pixels, lat, view, mask, factor, spacing))
         return cls(images, spacing_mm)
 
     @classmethod
@@ -1136,42 +1138,24 @@ class RealBackgroundLibrary:
         return cls.from_files(paths)
 
 
-def _file_spacing(ds) -> Optional[float]:
-    """Row spacing (mm) from ImagerPixelSpacing or PixelSpacing, if plausible for a mammogram."""
-    for tag in ("ImagerPixelSpacing", "PixelSpacing"):
-        value = getattr(ds, tag, None)
-        try:
-            spacing = float(value[0]) if value is not None and len(value) else None
-        except (TypeError, ValueError):
-            spacing = None
-        if spacing is not None and 0.01 <= spacing <= 0.5:
-            return spacing
-    return None
+#: Spacings outside this range in a background's header are ignored (the library's assumed
+#: spacing is used instead): backgrounds are resampled down to 0.05-0.2 mm.
+BACKGROUND_SPACING_RANGE_MM = (0.01, 0.5)
 
 
 def find_background_files(paths: Sequence[PathLike]) -> list[Path]:
-    """DICOM files named by ``paths`` (files, or folders searched recursively for ``*.dcm``
-    and extension-less files that start with the DICOM preamble), sorted for determinism."""
-    found: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_file():
-            found.append(p)
-        elif p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and (f.suffix.lower() in (".dcm", ".dicom") or (not f.suffix and _has_dicom_preamble(f))):
-                    found.append(f)
-        else:
-            raise InputError(f"background path not found: {p}")
-    return sorted(set(found))
-
-
-def _has_dicom_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
+    """DICOM files named by ``paths``: files as given, and in folders (searched recursively,
+    as ``microcalcai detect`` does) the ``.dcm``/``.dicom`` files and those that start with the
+    DICOM preamble; sorted for determinism."""
+    files, missing = find_images(paths)
+    if missing:
+        path, why = missing[0]
+        raise InputError(f"background path not found: {path} ({why})")
+    named = {os.path.normpath(str(p)) for p in paths if Path(p).is_file()}
+    return [
+        f for f in files
+        if os.path.normpath(str(f)) in named or f.suffix.lower() in (".dcm", ".dicom") or has_dicom_preamble(f)
+    ]
 
 
 def real_breast_mask(pixels: np.ndarray, factor: int) -> np.ndarray:

@@ -127,12 +127,17 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: bool = True  # only effective on CUDA
 
+    @property
+    def train_sources(self) -> list[str]:
+        """``train_coco`` as a list, whether one file or several were given."""
+        return list(self.train_coco) if isinstance(self.train_coco, list) else [self.train_coco]
+
     def __post_init__(self) -> None:
         if isinstance(self.patch, dict):
             self.patch = _dataclass_from_dict(PatchConfig, self.patch, "patch")
         self.anchor_sizes = tuple(int(a) for a in self.anchor_sizes)
         problems = []
-        sources = self.train_coco if isinstance(self.train_coco, list) else [self.train_coco]
+        sources = self.train_sources
         if not sources or not all(isinstance(v, str) and v for v in sources):
             problems.append(f"train_coco must be a COCO file path or a non-empty list of them, got {self.train_coco!r}")
         if self.init_weights is not None and not (isinstance(self.init_weights, str) and self.init_weights.strip()):
@@ -695,7 +700,7 @@ def training_samples(config: TrainConfig, cache_dir: Path, progress: ProgressCal
     Pooling (rather than alternating sources) keeps patch sampling class balanced over all
     lesions; to weight a small real dataset up, list its COCO file more than once.
     """
-    sources = config.train_coco if isinstance(config.train_coco, list) else [config.train_coco]
+    sources = config.train_sources
     unique: dict[str, CocoMammogramDataset] = {}
     for coco in sources:  # a file listed twice (to weight it up) is loaded once
         key = str(Path(coco).resolve())

@@ -54,10 +54,9 @@ results_path = root / "results.json"
 results = json.loads(results_path.read_text()) if results_path.exists() else {}
 config_path = Path(os.environ["CONFIG"]).resolve()
 base = json.loads(config_path.read_text())
+resolved = TrainConfig.from_dict(base, base_dir=config_path.parent)  # the config file's own path rules
 for key in ("train_coco", "val_coco", "cache_dir"):
-    value = base[key]
-    resolved = [str((config_path.parent / v).resolve()) for v in (value if isinstance(value, list) else [value])]
-    base[key] = resolved if isinstance(value, list) else resolved[0]
+    base[key] = getattr(resolved, key)
 
 
 def subset(coco: str, n: int, name: str) -> Path:
