@@ -20,20 +20,24 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "analyse", "Analyzer", "read_mammogram", "standardise"]
+__all__ = ["__version__", "analyse", "Analyzer", "run_batch", "read_mammogram", "standardise"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: keep `import MicrocalcAI` free of torch
     if name in ("analyse", "Analyzer"):
-        from . import pipeline
+        from MicrocalcAI.core import pipeline
 
         return getattr(pipeline, name)
+    if name == "run_batch":
+        from MicrocalcAI.core.batch import run_batch
+
+        return run_batch
     if name == "read_mammogram":
-        from .reader import read_mammogram
+        from MicrocalcAI.core.read import read_mammogram
 
         return read_mammogram
     if name == "standardise":
-        from .standardise import standardise
+        from MicrocalcAI.core.standardise import standardise
 
         return standardise
     raise AttributeError(f"module 'MicrocalcAI' has no attribute {name!r}")

@@ -401,7 +401,7 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _run(self, title: str, job: Callable[[], Any]) -> Any:
         """Run a long job with progress; user errors become a dialog without traceback."""
-        from MicrocalcAI.errors import CancelledError, MicrocalcAIError
+        from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError
 
         self._setBusy(True)
         try:
@@ -535,7 +535,7 @@ class MicrocalcAIModuleLogic(ScriptedLoadableModuleLogic):
 
     def analyzer(self, model: Optional[str] = None, device: str = "auto") -> Any:
         """A loaded (checksum-verified) model, kept between runs of the same model/device."""
-        from MicrocalcAI.pipeline import Analyzer
+        from MicrocalcAI.core.pipeline import Analyzer
 
         key = (model or "", device or "auto")
         if self._analyzer is None or self._analyzerKey != key:
@@ -703,8 +703,8 @@ class MicrocalcAIModuleTest(ScriptedLoadableModuleTest):
 
     # -- no model needed: what the scene shows must match the findings exactly
     def test_GeometryAndReplacement(self) -> None:
-        from MicrocalcAI.manifest import ModelSpec
-        from MicrocalcAI.records import ImageFindings, Lesion, ModelInfo, Risk
+        from MicrocalcAI.core.detect.manifest import ModelSpec
+        from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk
 
         from MicrocalcAIModuleLib.geometry import PixelMapping
 

@@ -21,8 +21,8 @@ MODULE_DIR = REPO / "MicrocalcAIModule"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
-from MicrocalcAI.manifest import ModelSpec, RiskCategory  # noqa: E402
-from MicrocalcAI.records import ImageFindings, Lesion, ModelInfo, Risk, Speck  # noqa: E402
+from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory  # noqa: E402
+from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk, Speck  # noqa: E402
 
 
 def new_scene() -> Any:
@@ -246,8 +246,8 @@ def write_random_model(folder: Path, score_threshold: float = 0.3) -> Path:
     """A random-weights mobilenet_v2 model with its manifest (real path, meaningless output)."""
     import torch
 
-    from MicrocalcAI.model import build_detector
-    from MicrocalcAI.weights import save_weights
+    from MicrocalcAI.core.detect.network import build_detector
+    from MicrocalcAI.core.detect.weights import save_weights
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

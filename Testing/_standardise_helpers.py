@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from MicrocalcAI.records import Mammogram
+from MicrocalcAI.core.records import Mammogram
 
 #: Burned-in labels, stored-pixel boxes [x0, y0, x1, y1] per (case index, view key).
 LABEL_BOXES: dict[tuple[int, str], list[tuple[int, int, int, int]]] = {

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from MicrocalcAI.manifest import ModelSpec
-from MicrocalcAI.model import build_detector
-from MicrocalcAI.records import CanonicalImage, CanonicalTransform
-from MicrocalcAI.weights import save_weights
+from MicrocalcAI.core.detect.manifest import ModelSpec
+from MicrocalcAI.core.detect.network import build_detector
+from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform
+from MicrocalcAI.core.detect.weights import save_weights
 
 SMALL_TILE = 256
 SMALL_OVERLAP = 64

@@ -12,8 +12,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from MicrocalcAI.manifest import ModelSpec, RiskCategory
-from MicrocalcAI.records import ImageFindings, Lesion, ModelInfo, Risk, Speck
+from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory
+from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk, Speck
 
 
 def synthetic_mammogram_patch(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from MicrocalcAI.simulate import RealBackgroundLibrary, SimulationConfig, read_display_image, simulate_dataset
+from MicrocalcAI.simulation.simulate import RealBackgroundLibrary, SimulationConfig, read_display_image, simulate_dataset
 
 
 def small_config(**overrides) -> SimulationConfig:
@@ -49,7 +49,7 @@ def display(path: Path) -> np.ndarray:
 def speck_extent_mm(speck, spacing_mm: float) -> float:
     """Largest dimension (mm) of one speck as rendered: max distance between the centres of its
     mask pixels plus one pixel (the pixel-limited Feret diameter)."""
-    from MicrocalcAI.simulate import render_speck, speck_mask_from_coverage
+    from MicrocalcAI.simulation.simulate import render_speck, speck_mask_from_coverage
 
     _, cover, _ = render_speck(speck, spacing_mm)
     rc = np.argwhere(speck_mask_from_coverage(cover)).astype(float)

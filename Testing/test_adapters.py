@@ -29,7 +29,7 @@ from _adapter_fixtures import (
     write_vindr_mammo,
 )
 
-from MicrocalcAI.adapters import (
+from MicrocalcAI.datasets.adapters import (
     ConversionReport,
     convert_cbis_ddsm,
     convert_coco,
@@ -40,8 +40,8 @@ from MicrocalcAI.adapters import (
     group_points_single_linkage,
     normalise_kind,
 )
-from MicrocalcAI.dataset import LABEL_IDS, parse_coco
-from MicrocalcAI.errors import DatasetError
+from MicrocalcAI.training.data import LABEL_IDS, parse_coco
+from MicrocalcAI.core.errors import DatasetError
 
 
 def _load(out: Path) -> dict:
@@ -318,7 +318,7 @@ def test_convert_command_writes_coco_and_reports_skipped_rows(tmp_path, capsys):
     import json
 
     from MicrocalcAI.cli import main as cli_main
-    from MicrocalcAI.dataset import parse_coco
+    from MicrocalcAI.training.data import parse_coco
     from _adapter_fixtures import write_mini_mias
 
     source = write_mini_mias(tmp_path / "mias")

@@ -187,13 +187,13 @@ import MicrocalcAIModuleLib.paths as paths
 assert paths.MODULE_DIR == root, paths.MODULE_DIR
 assert paths.engine_root() == root, paths.engine_root()
 paths.ensure_engine_importable()
-import MicrocalcAI, MicrocalcAI.manifest, MicrocalcAI.pipeline, MicrocalcAI.reader, MicrocalcAI.outputs
+import MicrocalcAI, MicrocalcAI.core.detect.manifest, MicrocalcAI.core.pipeline, MicrocalcAI.core.read, MicrocalcAI.core.outputs.findings_json
 assert Path(MicrocalcAI.__file__).resolve().parent == root / "MicrocalcAI", MicrocalcAI.__file__
 assert paths.resources_dir() == root / "Resources"
 assert paths.resource_path("UI/MicrocalcAIModule.ui").is_file()
 assert paths.requirements_path().is_file()
 assert paths.sample_path().is_file()
-models = MicrocalcAI.manifest.default_models_dir()
+models = MicrocalcAI.core.detect.manifest.default_models_dir()
 assert models.resolve() == (root / "Resources" / "Models").resolve() or not (root / "Resources" / "Models" / "manifest.json").is_file(), models
 for name in ("geometry", "volumes", "scene", "runner", "models", "dependencies"):
     __import__("MicrocalcAIModuleLib." + name)

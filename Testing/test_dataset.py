@@ -1,4 +1,4 @@
-"""COCO loading, validation, caching and box-correct patch sampling (MicrocalcAI.dataset)."""
+"""COCO loading, validation, caching and box-correct patch sampling (MicrocalcAI.training.data)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MicrocalcAI.dataset import (
+from MicrocalcAI.training.data import (
     CocoMammogramDataset,
     PatchConfig,
     PatchSampler,
@@ -16,7 +16,7 @@ from MicrocalcAI.dataset import (
     parse_coco,
     standardise_file,
 )
-from MicrocalcAI.errors import DatasetError, MicrocalcAIError
+from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
 
 from train_helpers import box_pixels_are_lesion, simulate_tiny, synthetic_sample, write_coco
 
@@ -123,7 +123,7 @@ def test_hard_negatives_are_parsed_and_malformed_ones_reported(tmp_path):
 
 
 def test_simulated_hard_negatives_land_on_bright_structures_in_the_canonical_frame(tmp_path):
-    from MicrocalcAI.simulate import SimulationConfig, simulate_dataset
+    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_dataset
 
     config = SimulationConfig.realistic(n_images=3, seed=8, real_fraction=0.0, hard_negatives_per_image=(4, 4),
                                         hard_negative_types=("isolated_speck", "skin_marker"), spacing_mm=(0.07, 0.07),

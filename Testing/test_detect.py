@@ -1,4 +1,4 @@
-"""Tiling, cross-tile merging and end-to-end detection (MicrocalcAI.detect), on real torch."""
+"""Tiling, cross-tile merging and end-to-end detection (MicrocalcAI.core.detect.tiles), on real torch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from detector_helpers import SMALL_OVERLAP, SMALL_TILE, breast_like, canonical_image, small_detector, tiling_spec
-from MicrocalcAI.detect import (
+from MicrocalcAI.core.detect.tiles import (
     detect,
     extract_tile,
     merge_detections,
@@ -17,9 +17,9 @@ from MicrocalcAI.detect import (
     tile_rects,
     touches_inner_edge,
 )
-from MicrocalcAI.errors import CancelledError, InputError
-from MicrocalcAI.manifest import MERGE_FLOOR
-from MicrocalcAI.records import Detection
+from MicrocalcAI.core.errors import CancelledError, InputError
+from MicrocalcAI.core.detect.manifest import MERGE_FLOOR
+from MicrocalcAI.core.records import Detection
 
 # ---------------------------------------------------------------- tiling
 

@@ -1,4 +1,4 @@
-"""Tests of the evaluation suite (MicrocalcAI.evaluate).
+"""Tests of the evaluation suite (MicrocalcAI.evaluation.evaluate).
 
 Most tests build ground truth and findings by hand so the right answer is known by
 construction; one runs the real pipeline end to end on a tiny simulated dataset.
@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pytest
 
-from MicrocalcAI.errors import MicrocalcAIError
-from MicrocalcAI.evaluate import (
+from MicrocalcAI.core.errors import MicrocalcAIError
+from MicrocalcAI.evaluation.evaluate import (
     DETECTOR_CLASS,
     FROC_RATES,
     EvaluationReport,
@@ -29,8 +29,8 @@ from MicrocalcAI.evaluate import (
     truth_from_coco,
     write_report,
 )
-from MicrocalcAI.manifest import ModelSpec, RiskCategory
-from MicrocalcAI.records import ImageFindings, Lesion, ModelInfo, Risk
+from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory
+from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk
 
 B, M = 1, 2
 GT_BOX = (100.0, 100.0, 140.0, 140.0)  # every hand-built image has its lesions here or at FAR
@@ -264,7 +264,7 @@ def test_write_report_writes_json_and_plots(tmp_path):
 
 
 def test_evaluate_dataset_end_to_end_on_simulated_images(tmp_path):
-    from MicrocalcAI.simulate import SimulationConfig, simulate_dataset
+    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_dataset
 
     coco = simulate_dataset(tmp_path / "sim", SimulationConfig(
         n_images=4, seed=3003, real_fraction=0.0, clusters_per_image=(1, 2),
@@ -296,7 +296,7 @@ def test_evaluate_dataset_end_to_end_on_simulated_images(tmp_path):
 
 
 def report_spec_threshold() -> float:
-    from MicrocalcAI.manifest import resolve_model
+    from MicrocalcAI.core.detect.manifest import resolve_model
 
     return resolve_model(None).score_threshold
 

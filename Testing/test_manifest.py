@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from MicrocalcAI.cli import main as cli_main
-from MicrocalcAI.errors import ChecksumError, ModelError
-from MicrocalcAI.manifest import load_manifest, resolve_model, sha256_file, verify_weights
+from MicrocalcAI.core.errors import ChecksumError, ModelError
+from MicrocalcAI.core.detect.manifest import load_manifest, resolve_model, sha256_file, verify_weights
 
 BASE = {"name": "m", "version": "1", "file": "w.safetensors", "sha256": "00", "backbone": "mobilenet_v2"}
 

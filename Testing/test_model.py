@@ -1,4 +1,4 @@
-"""The detector (MicrocalcAI.model) and its weights files (MicrocalcAI.weights), on real torch."""
+"""The detector (MicrocalcAI.core.detect.network) and its weights files (MicrocalcAI.core.detect.weights), on real torch."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from detector_helpers import small_detector, small_spec
-from MicrocalcAI import model as model_module
-from MicrocalcAI.errors import ChecksumError, ModelError
-from MicrocalcAI.manifest import sha256_file
-from MicrocalcAI.model import (
+from MicrocalcAI.core.detect import network as model_module
+from MicrocalcAI.core.errors import ChecksumError, ModelError
+from MicrocalcAI.core.detect.manifest import sha256_file
+from MicrocalcAI.core.detect.network import (
     BACKBONES,
     LesionRoIHeads,
     build_backbone,
@@ -23,7 +23,7 @@ from MicrocalcAI.model import (
     select_device,
     set_input_size,
 )
-from MicrocalcAI.weights import load_detector, save_weights
+from MicrocalcAI.core.detect.weights import load_detector, save_weights
 
 LOSS_KEYS = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
 

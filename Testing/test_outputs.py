@@ -1,4 +1,4 @@
-"""Per-image JSON and overlay, batch CSV tables, atomic writes (MicrocalcAI.outputs)."""
+"""Per-image JSON and overlay, batch CSV tables, atomic writes (MicrocalcAI.core.outputs.findings_json)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from PIL import Image
 
 import MicrocalcAI
 from findings_fixtures import assert_findings_equal, image_findings, lesion, model_spec, schema_errors, synthetic_mammogram_patch
-from MicrocalcAI import outputs
-from MicrocalcAI.errors import MicrocalcAIError, UnreadableFileError
-from MicrocalcAI.findings import build_lesions
-from MicrocalcAI.outputs import (
+from MicrocalcAI.core.outputs import findings_json as outputs
+from MicrocalcAI.core.errors import MicrocalcAIError, UnreadableFileError
+from MicrocalcAI.core.findings.lesions import build_lesions
+from MicrocalcAI.core.outputs.findings_json import (
     CLASS_COLOURS,
     SCHEMA_VERSION,
     SPECK_COLOUR,
@@ -33,12 +33,12 @@ from MicrocalcAI.outputs import (
     write_image_json,
     write_overlay,
 )
-from MicrocalcAI.risk import breast_findings, exam_findings
+from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "Resources" / "Schemas" / "findings.schema.json"
 
 
-def _rich_findings(name: str = "R_CC") -> MicrocalcAI.records.ImageFindings:
+def _rich_findings(name: str = "R_CC") -> MicrocalcAI.core.records.ImageFindings:
     spacing = (0.07, 0.065)
     f = image_findings(
         name,
@@ -315,7 +315,7 @@ def test_empty_batch_tables_have_headers(tmp_path):
 
 
 def test_staged_path_becomes_the_target_only_when_the_block_completes(tmp_path):
-    from MicrocalcAI.atomic import staged_path
+    from MicrocalcAI.core.atomic import staged_path
 
     target = tmp_path / "w.safetensors"
     target.write_bytes(b"old")

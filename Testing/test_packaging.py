@@ -29,7 +29,9 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_carries_the_bundled_model_and_schema(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "MicrocalcAI/pipeline.py" in names and "MicrocalcAI/cli.py" in names
+    engine = {p.relative_to(REPO).as_posix() for p in (REPO / "MicrocalcAI").rglob("*.py") if "__pycache__" not in p.parts}
+    assert engine - names == set(), "subpackages missing from pyproject's [tool.setuptools] packages"
+    assert "MicrocalcAI/py.typed" in names
     assert "MicrocalcAI/_resources/Models/manifest.json" in names
     assert any(n.startswith("MicrocalcAI/_resources/Models/") and n.endswith(".safetensors") for n in names)
     assert "MicrocalcAI/_resources/Schemas/findings.schema.json" in names
@@ -42,7 +44,7 @@ def test_unpacked_wheel_finds_and_verifies_its_model(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "import MicrocalcAI.manifest as m, pathlib;"
+        "import MicrocalcAI.core.detect.manifest as m, pathlib;"
         "d = m.default_models_dir(); spec = m.resolve_model(None); m.verify_weights(spec);"
         "print(d); print(spec.name)"
     )

@@ -18,10 +18,11 @@ import pydicom
 import pytest
 
 from MicrocalcAI.cli import main as cli_main
-from MicrocalcAI.errors import CancelledError, NotAMammogramError
-from MicrocalcAI.pipeline import Analyzer, output_names, run_batch
-from MicrocalcAI.reader import read_mammogram
-from MicrocalcAI.simulate import SimulationConfig, build_dicom, simulate_image, write_dicom
+from MicrocalcAI.core.errors import CancelledError, NotAMammogramError
+from MicrocalcAI.core.batch import output_names, run_batch
+from MicrocalcAI.core.pipeline import Analyzer
+from MicrocalcAI.core.read import read_mammogram
+from MicrocalcAI.simulation.simulate import SimulationConfig, build_dicom, simulate_image, write_dicom
 
 SAMPLES = Path(__file__).resolve().parent.parent / "Resources" / "Samples"
 
@@ -257,7 +258,7 @@ def test_unusable_output_folder_is_a_clear_error(tmp_path, capsys):
 
 def test_overrides_on_a_mammogram_record_follow_the_reader_rules(analyzer, tmp_path):
     """Overrides on a record (Slicer, scripts) are validated exactly like read_mammogram's."""
-    from MicrocalcAI.errors import InputError, SpacingError
+    from MicrocalcAI.core.errors import InputError, SpacingError
 
     path = tmp_path / "o.dcm"
     _simulated_dicom(path, seed=51, laterality="R", spacing=0.1)

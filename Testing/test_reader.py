@@ -34,8 +34,8 @@ from _reader_helpers import (  # noqa: E402
     mammo_like,
 )
 
-from MicrocalcAI.errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError, UnreadableFileError  # noqa: E402
-from MicrocalcAI.reader import (  # noqa: E402
+from MicrocalcAI.core.errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError, UnreadableFileError  # noqa: E402
+from MicrocalcAI.core.read import (  # noqa: E402
     SUPPORTED_SUFFIXES,
     estimate_laterality,
     find_images,

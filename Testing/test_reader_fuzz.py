@@ -24,9 +24,9 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _reader_helpers import make_mammo_dicom, make_png, mammo_like  # noqa: E402
 
-from MicrocalcAI.errors import MicrocalcAIError  # noqa: E402
-from MicrocalcAI.records import Mammogram  # noqa: E402
-from MicrocalcAI.reader import parse_laterality_view, read_mammogram  # noqa: E402
+from MicrocalcAI.core.errors import MicrocalcAIError  # noqa: E402
+from MicrocalcAI.core.records import Mammogram  # noqa: E402
+from MicrocalcAI.core.read import parse_laterality_view, read_mammogram  # noqa: E402
 
 N_CASES = 1200
 INTERESTING_US = [0, 1, 2, 3, 7, 8, 12, 15, 16, 17, 24, 31, 32, 33, 63, 64, 95, 96, 97, 127, 128, 255, 256, 4096, 32767, 32768, 65535]

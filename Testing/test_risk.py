@@ -1,4 +1,4 @@
-"""Risk roll-up: image -> breast (views of one side) -> exam (MicrocalcAI.risk)."""
+"""Risk roll-up: image -> breast (views of one side) -> exam (MicrocalcAI.core.findings.risk)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from findings_fixtures import image_findings, lesion, model_spec
-from MicrocalcAI.errors import MicrocalcAIError
-from MicrocalcAI.risk import RiskOptionError, breast_findings, combine_probabilities, exam_findings, image_risk
+from MicrocalcAI.core.errors import MicrocalcAIError
+from MicrocalcAI.core.findings.risk import RiskOptionError, breast_findings, combine_probabilities, exam_findings, image_risk
 
 SPEC = model_spec([("routine", 0.0), ("follow-up", 0.3), ("biopsy", 0.7)])
 
@@ -108,7 +108,7 @@ def test_unknown_laterality_is_its_own_breast_with_a_warning(caplog):
         image_findings("unknown2", laterality="B", view="MLO", p=0.1),
         image_findings("lmlo", laterality="L", view="MLO", p=0.3),
     ]
-    with caplog.at_level(logging.WARNING, logger="MicrocalcAI.risk"):
+    with caplog.at_level(logging.WARNING, logger="MicrocalcAI.core.findings.risk"):
         breasts = breast_findings(images, SPEC)
     assert [b.image_names for b in breasts] == [["lcc", "lmlo"], ["unknown1"], ["unknown2"]]
     assert [b.laterality for b in breasts] == ["L", None, None]

@@ -1,4 +1,4 @@
-"""Tests of the calcification simulator (MicrocalcAI.simulate) and the bundled sample."""
+"""Tests of the calcification simulator (MicrocalcAI.simulation.simulate) and the bundled sample."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from simulate_helpers import (  # noqa: E402
     tophat,
 )
 
-from MicrocalcAI.simulate import (  # noqa: E402
+from MicrocalcAI.simulation.simulate import (  # noqa: E402
     CATEGORY_IDS,
     HARD_NEGATIVE_TYPES,
     MORPHOLOGIES,
@@ -333,7 +333,7 @@ def test_cli_backgrounds_option_uses_only_the_given_mammograms(tmp_path, cbis_ca
     import shutil
 
     from MicrocalcAI.cli import main
-    from MicrocalcAI.simulate import find_background_files
+    from MicrocalcAI.simulation.simulate import find_background_files
 
     folder = tmp_path / "held_in"
     (folder / "sub").mkdir(parents=True)
@@ -363,7 +363,7 @@ def test_fine_pleomorphic_specks_vary_in_shape_within_a_lesion():
 
 
 def test_png_output_holds_the_dicom_pixels_bright_equals_dense_and_trains_through_the_reader(tmp_path, library):
-    from MicrocalcAI.dataset import CocoMammogramDataset
+    from MicrocalcAI.training.data import CocoMammogramDataset
 
     config = realistic_small(monochrome1_fraction=0.5, bits_choices=(8, 12, 16), n_images=6)
     dcm = simulate_dataset(tmp_path / "dcm", config, backgrounds=library)
@@ -391,7 +391,7 @@ def test_png_output_holds_the_dicom_pixels_bright_equals_dense_and_trains_throug
 
 
 def test_background_files_with_a_pixel_spacing_are_cropped_at_that_spacing(tmp_path, cbis_cases):
-    from MicrocalcAI.simulate import real_crop
+    from MicrocalcAI.simulation.simulate import real_crop
 
     ds = pydicom.dcmread(str(cbis_cases[0]["rcc"]))
     ds.ImagerPixelSpacing = [0.1, 0.1]  # as if it were a 0.1 mm digital mammogram

@@ -431,7 +431,7 @@ def test_non_mammogram_volumes_are_refused_with_a_clear_message():
 
 
 def test_export_writes_the_shown_findings_in_the_engine_formats(tmp_path):
-    from MicrocalcAI.outputs import load_image_json
+    from MicrocalcAI.core.outputs.findings_json import load_image_json
 
     from MicrocalcAIModuleLib.runner import export_results
 
@@ -481,8 +481,8 @@ def random_model(tmp_path_factory):
 
 
 def test_analyse_volume_runs_the_engine_and_the_nodes_match_its_findings(random_model):
-    from MicrocalcAI.pipeline import Analyzer
-    from MicrocalcAI.simulate import SimulationConfig, simulate_image
+    from MicrocalcAI.core.pipeline import Analyzer
+    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_image
 
     from MicrocalcAIModuleLib.runner import Canceller, analyse_volume
 
@@ -510,7 +510,7 @@ def test_analyse_volume_runs_the_engine_and_the_nodes_match_its_findings(random_
 
     canceller = Canceller()
     canceller.cancel()
-    from MicrocalcAI.errors import CancelledError
+    from MicrocalcAI.core.errors import CancelledError
 
     before = [n.GetID() for n in scene_lib.result_nodes_of(scene, volume)]
     with pytest.raises(CancelledError):
@@ -521,8 +521,8 @@ def test_analyse_volume_runs_the_engine_and_the_nodes_match_its_findings(random_
 def test_import_model_checks_the_manifest_entry_and_the_checksum(random_model, tmp_path):
     import shutil
 
-    from MicrocalcAI.errors import ChecksumError, ModelError
-    from MicrocalcAI.manifest import resolve_model
+    from MicrocalcAI.core.errors import ChecksumError, ModelError
+    from MicrocalcAI.core.detect.manifest import resolve_model
 
     from MicrocalcAIModuleLib.models import available_models, import_model, model_card_html
 

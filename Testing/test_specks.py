@@ -1,4 +1,4 @@
-"""Speck segmentation (MicrocalcAI.specks) and lesion records (MicrocalcAI.findings)."""
+"""Speck segmentation (MicrocalcAI.core.findings.specks) and lesion records (MicrocalcAI.core.findings.lesions)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from findings_fixtures import synthetic_mammogram_patch
-from MicrocalcAI.errors import InputError, MicrocalcAIError, SpacingError
-from MicrocalcAI.findings import build_lesions
-from MicrocalcAI.specks import SpeckConfig, box_window, segment_specks, speck_tophat
+from MicrocalcAI.core.errors import InputError, MicrocalcAIError, SpacingError
+from MicrocalcAI.core.findings.lesions import build_lesions
+from MicrocalcAI.core.findings.specks import SpeckConfig, box_window, segment_specks, speck_tophat
 
 # (x mm, y mm, diameter mm): sizes across the microcalcification range.
 TRUTH = [(5.0, 5.0, 0.4), (10.0, 6.0, 0.6), (14.0, 14.0, 0.3), (6.0, 15.0, 0.8), (15.0, 4.0, 0.2)]

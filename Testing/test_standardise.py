@@ -1,4 +1,4 @@
-"""Tests of MicrocalcAI.standardise on the 8 real CBIS-DDSM film scans and on synthetic images
+"""Tests of MicrocalcAI.core.standardise on the 8 real CBIS-DDSM film scans and on synthetic images
 whose ground truth is known exactly (a disc at a known stored position)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import functools
 import numpy as np
 import pytest
 
-from MicrocalcAI.errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError
-from MicrocalcAI.records import CanonicalImage, Mammogram
-from MicrocalcAI.standardise import (
+from MicrocalcAI.core.errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError
+from MicrocalcAI.core.records import CanonicalImage, Mammogram
+from MicrocalcAI.core.standardise import (
     breast_mask,
     mask_warnings,
     chest_wall_on_left,
@@ -315,7 +315,7 @@ def test_small_breast_ends_at_the_chest_wall_are_not_cut_as_film_edge(depth_mm) 
 def test_small_field_breast_is_not_taken_for_a_film_edge() -> None:
     # On a small field a breast hangs only ~25 mm deep from the chest-wall edge, as deep as a
     # film-edge band: the band rule must not remove most of the foreground.
-    from MicrocalcAI.simulate import SimulationConfig, simulate_image
+    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_image
 
     for seed in range(4):
         pixels, meta, _ = simulate_image(

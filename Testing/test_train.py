@@ -1,4 +1,4 @@
-"""Training loop, resume, metrics and export (MicrocalcAI.train), on real torch and real files."""
+"""Training loop, resume, metrics and export (MicrocalcAI.training.loop), on real torch and real files."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from MicrocalcAI.errors import CancelledError, MicrocalcAIError
-from MicrocalcAI.manifest import load_manifest, sha256_file
-from MicrocalcAI.train import (
+from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError
+from MicrocalcAI.core.detect.manifest import load_manifest, sha256_file
+from MicrocalcAI.training.loop import (
     ImageEvaluation,
     TrainConfig,
     TrainConfigError,
@@ -25,7 +25,7 @@ from MicrocalcAI.train import (
     train,
     training_samples,
 )
-from MicrocalcAI.weights import load_detector
+from MicrocalcAI.core.detect.weights import load_detector
 
 from train_helpers import simulate_tiny
 

@@ -8,13 +8,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from MicrocalcAI.dataset import CanonicalSample
-from MicrocalcAI.records import CanonicalTransform
+from MicrocalcAI.training.data import CanonicalSample
+from MicrocalcAI.core.records import CanonicalTransform
 
 
 def simulate_tiny(out_dir: Path, n_images: int = 4, seed: int = 11) -> Path:
     """A few small procedural mammograms, each with 1-2 clusters: fast to standardise and detect."""
-    from MicrocalcAI.simulate import SimulationConfig, simulate_dataset
+    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_dataset
 
     config = SimulationConfig(
         n_images=n_images,

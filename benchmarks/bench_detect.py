@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from MicrocalcAI.detect import detect, tile_origins  # noqa: E402
-from MicrocalcAI.manifest import ModelSpec  # noqa: E402
-from MicrocalcAI.model import BACKBONES, build_detector, select_device  # noqa: E402
-from MicrocalcAI.records import CanonicalImage, CanonicalTransform  # noqa: E402
+from MicrocalcAI.core.detect.tiles import detect, tile_origins  # noqa: E402
+from MicrocalcAI.core.detect.manifest import ModelSpec  # noqa: E402
+from MicrocalcAI.core.detect.network import BACKBONES, build_detector, select_device  # noqa: E402
+from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform  # noqa: E402
 
 
 def synthetic_canonical(shape: tuple[int, int] = (2000, 1000), seed: int = 0) -> CanonicalImage:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from MicrocalcAI.pipeline import Analyzer  # noqa: E402
+from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "Samples" / "sim_R_CC.dcm"
 

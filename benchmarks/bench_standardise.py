@@ -20,8 +20,8 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from MicrocalcAI.records import Mammogram  # noqa: E402
-from MicrocalcAI.standardise import (  # noqa: E402
+from MicrocalcAI.core.records import Mammogram  # noqa: E402
+from MicrocalcAI.core.standardise import (  # noqa: E402
     breast_mask,
     monochrome2_intensity,
     normalise,

@@ -36,11 +36,11 @@ from pathlib import Path
 
 import torch
 
-from MicrocalcAI.errors import CancelledError
-from MicrocalcAI.train import TrainConfig, evaluate_coco, export_model, train
+from MicrocalcAI.core.errors import CancelledError
+from MicrocalcAI.training.loop import TrainConfig, evaluate_coco, export_model, train
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-for noisy in ("MicrocalcAI.detect", "MicrocalcAI.reader", "MicrocalcAI.standardise"):
+for noisy in ("MicrocalcAI.core.detect.tiles", "MicrocalcAI.core.read", "MicrocalcAI.core.standardise"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 log = logging.getLogger("compare_backbones")
 
@@ -115,7 +115,7 @@ for backbone in backbones:
         results_path.write_text(json.dumps(results, indent=2))
     if stage in ("all", "eval") and "test" not in r:
         torch.set_num_threads(threads)
-        from MicrocalcAI.weights import load_detector
+        from MicrocalcAI.core.detect.weights import load_detector
         spec = export_model(root / backbone / "train" / "last.pt", root / backbone / "model", f"cmp-{backbone}", "0.0.0",
                             val_coco=val_sub, device=device, training_data="simulated (comparison run)")
         model = load_detector(spec, device)

@@ -20,8 +20,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from MicrocalcAI.atomic import atomic_write_text  # noqa: E402
-from MicrocalcAI.simulate import (  # noqa: E402
+from MicrocalcAI.core.atomic import atomic_write_text  # noqa: E402
+from MicrocalcAI.simulation.simulate import (  # noqa: E402
     SimulationConfig,
     build_dicom,
     deterministic_uid,
@@ -59,7 +59,7 @@ def make_sample(out_dir: Path) -> tuple[Path, Path]:
     dcm = write_dicom(out_dir / f"{NAME}.dcm", ds)
     truth = {
         "file": dcm.name,
-        "description": "Simulated right CC mammogram with known calcification clusters (MicrocalcAI.simulate).",
+        "description": "Simulated right CC mammogram with known calcification clusters (MicrocalcAI.simulation).",
         "seed": SEED,
         "spacing_mm": [meta.spacing_mm, meta.spacing_mm],
         "image_shape": [int(pixels.shape[0]), int(pixels.shape[1])],

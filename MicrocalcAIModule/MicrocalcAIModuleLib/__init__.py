@@ -1,6 +1,6 @@
 """Slicer-side helpers of the MicrocalcAI module, usable without the Slicer GUI.
 
-Everything that touches MRML (volume node -> :class:`MicrocalcAI.records.Mammogram`,
+Everything that touches MRML (volume node -> :class:`MicrocalcAI.core.records.Mammogram`,
 findings -> markups ROIs, segmentation, table, subject hierarchy) lives here as plain
 functions that take the scene and nodes as arguments. That keeps ``MicrocalcAIModule.py``
 a thin layer of Qt wiring and lets the tests run this code on the real MRML library of the

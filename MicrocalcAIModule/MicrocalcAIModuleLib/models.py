@@ -1,6 +1,6 @@
 """Models the module offers: the bundled ones, and users' own imported weights.
 
-A model is always a manifest entry plus its weights (see :mod:`MicrocalcAI.manifest`): the
+A model is always a manifest entry plus its weights (see :mod:`MicrocalcAI.core.detect.manifest`): the
 entry says the backbone, canonical spacing, tiling, thresholds and sha256, so a weights file
 on its own is refused. Importing copies the checked entry and weights into the user's model
 folder (one sub-folder per model, with its own ``manifest.json``), so imported models appear
@@ -31,14 +31,14 @@ class ModelChoice:
 
     label: str  # shown to the user
     reference: str  # what ``Analyzer(model=...)`` takes: a bundled name or a manifest path
-    spec: Any  # MicrocalcAI.manifest.ModelSpec
+    spec: Any  # MicrocalcAI.core.detect.manifest.ModelSpec
     bundled: bool
 
 
 def bundled_models() -> list[ModelChoice]:
     """The models of the bundled manifest, default first (empty with a log line if none)."""
-    from MicrocalcAI.errors import ModelError
-    from MicrocalcAI.manifest import load_manifest
+    from MicrocalcAI.core.errors import ModelError
+    from MicrocalcAI.core.detect.manifest import load_manifest
 
     try:
         default, specs = load_manifest()
@@ -59,8 +59,8 @@ def bundled_models() -> list[ModelChoice]:
 
 def imported_models(user_models_dir: Optional[PathLike]) -> list[ModelChoice]:
     """Models imported earlier into ``user_models_dir`` (each sub-folder holds a manifest)."""
-    from MicrocalcAI.errors import ModelError
-    from MicrocalcAI.manifest import MANIFEST_NAME, load_manifest
+    from MicrocalcAI.core.errors import ModelError
+    from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, load_manifest
 
     if not user_models_dir or not Path(user_models_dir).is_dir():
         return []
@@ -125,8 +125,8 @@ def find_manifest_entry(weights: Path, manifest: Optional[Path] = None) -> Any:
     Raises ModelError when no entry lists the file: without an entry nothing says which
     backbone, spacing and thresholds the weights need, so they cannot be used safely.
     """
-    from MicrocalcAI.errors import ModelError
-    from MicrocalcAI.manifest import MANIFEST_NAME, load_manifest
+    from MicrocalcAI.core.errors import ModelError
+    from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, load_manifest
 
     manifest = manifest or weights.parent / MANIFEST_NAME
     if not manifest.is_file():
@@ -153,9 +153,9 @@ def import_model(source: PathLike, user_models_dir: PathLike, *, manifest: Optio
     the entry (a mismatch is an error, never a warning). Files are copied atomically; an
     import of the same model again replaces the earlier copy.
     """
-    from MicrocalcAI.errors import ModelError
-    from MicrocalcAI.manifest import MANIFEST_NAME, resolve_model, verify_weights
-    from MicrocalcAI.outputs import atomic_write_text
+    from MicrocalcAI.core.errors import ModelError
+    from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, resolve_model, verify_weights
+    from MicrocalcAI.core.outputs.findings_json import atomic_write_text
 
     source = Path(source)
     if not source.is_file():

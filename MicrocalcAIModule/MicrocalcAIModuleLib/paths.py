@@ -15,7 +15,7 @@ Two layouts must work:
       <repo>/MicrocalcAI/...
       <repo>/Resources/...
 
-In both, ``MicrocalcAI.manifest.default_models_dir()`` finds ``Resources/Models`` next to the
+In both, ``MicrocalcAI.core.detect.manifest.default_models_dir()`` finds ``Resources/Models`` next to the
 engine package, so the bundled model resolves without configuration.
 """
 

@@ -1,9 +1,9 @@
 """Run the engine on volumes of a scene, on files or DICOM folders, and export results.
 
 These functions are what the module's Logic calls; they take the scene, the nodes and a
-loaded :class:`MicrocalcAI.pipeline.Analyzer` as arguments, report progress through a
+loaded :class:`MicrocalcAI.core.pipeline.Analyzer` as arguments, report progress through a
 ``progress(fraction, message)`` callback and stop cleanly when a :class:`Canceller` is
-cancelled (the callback raises :class:`MicrocalcAI.errors.CancelledError` at the next
+cancelled (the callback raises :class:`MicrocalcAI.core.errors.CancelledError` at the next
 step). They never open dialogs: the GUI decides what to show.
 """
 
@@ -27,7 +27,7 @@ Progress = Callable[[float, str], None]
 
 #: Lesions are searched down to this score (or the chosen threshold, if lower) so that the
 #: threshold can later be raised *and lowered* down to it without running the model again.
-#: Detection never reports below MicrocalcAI.manifest.MERGE_FLOOR (0.05), the slider's minimum.
+#: Detection never reports below MicrocalcAI.core.detect.manifest.MERGE_FLOOR (0.05), the slider's minimum.
 ANALYSIS_FLOOR = 0.1
 
 
@@ -52,7 +52,7 @@ class Canceller:
 
     def check(self) -> None:
         """Raise CancelledError when cancelled (called between steps)."""
-        from MicrocalcAI.errors import CancelledError
+        from MicrocalcAI.core.errors import CancelledError
 
         if self._event.is_set():
             raise CancelledError("cancelled by the user")
@@ -171,7 +171,7 @@ def analyse_volumes(
     canceller: Optional[Canceller] = None,
 ) -> SceneRunResult:
     """Analyse several volumes; one bad volume is reported and the others still run."""
-    from MicrocalcAI.errors import CancelledError, MicrocalcAIError
+    from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError
 
     from .volumes import VolumeError
 
@@ -215,7 +215,7 @@ def run_file_batch(
     exams CSV, all atomically) and returns the engine's BatchResult. Images whose outputs
     are complete are skipped unless ``force``, so an interrupted batch resumes.
     """
-    from MicrocalcAI.pipeline import run_batch
+    from MicrocalcAI.core.batch import run_batch
 
     return run_batch(
         list(inputs), out_dir, analyzer=analyzer, force=force, spacing_mm=spacing_mm,
@@ -226,7 +226,7 @@ def run_file_batch(
 def export_results(scene: Any, volumes: Sequence[Any], out_dir: Union[str, os.PathLike]) -> list[Path]:
     """Write the findings as shown (current threshold) for these volumes: one JSON per image
     and the images/breasts/exams CSV tables over them, in the engine's formats."""
-    from MicrocalcAI.outputs import write_batch_tables, write_image_json
+    from MicrocalcAI.core.outputs.findings_json import write_batch_tables, write_image_json
 
     images, breasts, exams = scene_lib.combined_risks(scene, volumes)
     if not images:

@@ -270,7 +270,7 @@ def spec_for_categories(categories: Sequence[tuple[str, float]], findings: Any =
     Threshold changes and reloaded scenes must recompute risks without the model files,
     so the categories travel with the findings instead of being looked up again.
     """
-    from MicrocalcAI.manifest import ModelSpec, RiskCategory
+    from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory
 
     model = getattr(findings, "model", None)
     spec = ModelSpec(
@@ -292,7 +292,7 @@ def filter_findings(findings: Any, threshold: Optional[float], categories: Seque
     original order (decreasing P(malignant)) and the image risk recomputed. A threshold
     below the analysis threshold cannot add lesions: the analysis one is used instead.
     """
-    from MicrocalcAI.risk import image_risk
+    from MicrocalcAI.core.findings.risk import image_risk
 
     t = findings.score_threshold if threshold is None else max(float(threshold), float(findings.score_threshold))
     kept = [les for les in findings.lesions if les.score >= t]
@@ -310,7 +310,7 @@ def store_findings(
     options: DisplayOptions,
 ) -> Any:
     """Create the volume's findings text node (complete findings JSON + how to show them)."""
-    from MicrocalcAI.outputs import findings_to_json
+    from MicrocalcAI.core.outputs.findings_json import findings_to_json
 
     node = scene.AddNewNodeByClass("vtkMRMLTextNode", f"MicrocalcAI findings - {volume.GetName()}")
     node.SetText(json.dumps(findings_to_json(findings), allow_nan=False))
@@ -338,7 +338,7 @@ def findings_node_of(scene: Any, volume: Any) -> Optional[Any]:
 
 def load_stored(scene: Any, volume: Any) -> Optional[StoredFindings]:
     """Decode a volume's findings node (None when the volume has not been analysed)."""
-    from MicrocalcAI.outputs import findings_from_json
+    from MicrocalcAI.core.outputs.findings_json import findings_from_json
 
     node = findings_node_of(scene, volume)
     if node is None:
@@ -731,7 +731,7 @@ def combined_risks(scene: Any, volumes: Sequence[Any]) -> tuple[list[Any], list[
     Image names are made unique (volume ID appended on a clash) because output files and
     the breast tables are keyed by name.
     """
-    from MicrocalcAI.risk import breast_findings, exam_findings
+    from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
 
     images: list[Any] = []
     categories: list[tuple[str, float]] = []
@@ -757,7 +757,7 @@ def combined_risks(scene: Any, volumes: Sequence[Any]) -> tuple[list[Any], list[
 def scene_risks(scene: Any, volume: Any) -> Optional[SceneRisks]:
     """Risks for the panel: the volume's image, its breast (CC + MLO of the same side and
     study among the analysed volumes) and its exam. None when the volume is not analysed."""
-    from MicrocalcAI.risk import breast_key
+    from MicrocalcAI.core.findings.risk import breast_key
 
     volumes = analysed_volumes(scene)
     if volume not in volumes:

@@ -4,7 +4,7 @@ No image processing happens here: the engine reads and standardises. This module
 *which* pixels and metadata the engine gets and how they lie on the volume's grid:
 
 1. The volume came from DICOM and its file is readable: the engine reads **the file**
-   (:func:`MicrocalcAI.reader.read_mammogram`), so it gets the stored pixels exactly as in
+   (:func:`MicrocalcAI.core.read.read_mammogram`), so it gets the stored pixels exactly as in
    the file plus every tag it knows (photometric interpretation - Slicer's loader does not
    invert MONOCHROME1 -, ImagerPixelSpacing and the magnification correction, laterality,
    view, presentation intent, UIDs, modality LUT). The orientation of the file's pixel grid
@@ -80,7 +80,7 @@ class DicomSource:
 class VolumeImage:
     """The engine's input for one volume, and how its stored pixels lie on the volume grid."""
 
-    mammogram: Any  # MicrocalcAI.records.Mammogram
+    mammogram: Any  # MicrocalcAI.core.records.Mammogram
     mapping: PixelMapping
     origin: str  # "dicom-file" (engine read the file) or "volume" (the volume's array)
     notes: list[str] = field(default_factory=list)
@@ -165,7 +165,7 @@ def _parse_ds_pair(value: Optional[str]) -> Optional[tuple[float, float]]:
 
 def _laterality_view_hints(dicom: Optional[DicomSource], node_name: str) -> tuple[Optional[tuple[str, str]], Optional[tuple[str, str]]]:
     """((laterality, source), (view, source)) from DICOM tags, then free text, else None."""
-    from MicrocalcAI.reader import parse_laterality_view
+    from MicrocalcAI.core.read import parse_laterality_view
 
     lat: Optional[tuple[str, str]] = None
     view: Optional[tuple[str, str]] = None
@@ -209,10 +209,10 @@ def volume_to_mammogram(
 
     Explicit ``spacing_mm``, ``laterality``, ``view`` and ``photometric`` override anything
     read (their source becomes "user"), as in the engine's own reader.
-    Raises :class:`VolumeError` or :class:`MicrocalcAI.errors.MicrocalcAIError` subclasses.
+    Raises :class:`VolumeError` or :class:`MicrocalcAI.core.errors.MicrocalcAIError` subclasses.
     """
-    from MicrocalcAI.errors import UnreadableFileError
-    from MicrocalcAI.reader import ACCEPTED_MODALITIES, read_mammogram
+    from MicrocalcAI.core.errors import UnreadableFileError
+    from MicrocalcAI.core.read import ACCEPTED_MODALITIES, read_mammogram
 
     plane = volume_plane(volume_node)
     name = volume_node.GetName()
@@ -261,7 +261,7 @@ def _mammogram_from_plane(
     notes: list[str],
 ) -> Any:
     """The Mammogram of a volume's own array: pixels in IJK order, metadata from tags/name."""
-    from MicrocalcAI.reader import read_mammogram
+    from MicrocalcAI.core.read import read_mammogram
 
     name = volume_node.GetName()
     # Spacing: explicit > DICOM tags (as the loader used them) > volume spacing (not 1x1).

@@ -2,7 +2,7 @@
 
 A dataset is a COCO JSON file (``images``, ``annotations``, ``categories``) whose boxes are
 ``[x, y, width, height]`` in *stored* pixels of the referenced image files (DICOM or any format
-:func:`MicrocalcAI.reader.read_mammogram` reads). Category names must be ``benign`` and
+:func:`MicrocalcAI.core.read.read_mammogram` reads). Category names must be ``benign`` and
 ``malignant``; their ids may be anything. Image entries may carry ``spacing_mm`` (used when the
 file itself has no spacing, as a user would pass ``--spacing`` at inference).
 
@@ -33,9 +33,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .atomic import atomic_open
-from .errors import DatasetError, MicrocalcAIError
-from .records import CanonicalImage, CanonicalTransform, ProgressCallback, no_progress
+from MicrocalcAI.core.atomic import atomic_open
+from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
+from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform, ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
 def _parse_hard_negatives(value: Any, image_id: int, problems: list[str]) -> tuple[np.ndarray, list[str]]:
     """Stored-pixel [x0, y0, x1, y1] boxes and types of an image entry's optional
     ``hard_negatives`` (objects with a ``type`` and a COCO ``bbox``, as
-    :mod:`MicrocalcAI.simulate` writes). Training aims patches at them; evaluation counts
+    :mod:`MicrocalcAI.simulation.simulate` writes). Training aims patches at them; evaluation counts
     marks on them per type."""
     if not isinstance(value, list):
         problems.append(f"image {image_id}: 'hard_negatives' must be a list, got {type(value).__name__}")
@@ -260,7 +260,7 @@ def pipeline_fingerprint() -> str:
     files means an upgraded standardiser re-standardises instead of silently training the
     model on a frame that inference no longer produces.
     """
-    from . import reader, standardise
+    from MicrocalcAI.core import read as reader, standardise
 
     digest = hashlib.sha1()
     for module in (reader, standardise):
@@ -312,8 +312,8 @@ def standardise_file(
     ``input_spacing_mm`` plays the role of the user's ``--spacing``: it is used only when the
     file carries no spacing of its own, so a dataset's annotation never overrides the header.
     """
-    from .reader import read_mammogram
-    from .standardise import standardise
+    from MicrocalcAI.core.read import read_mammogram
+    from MicrocalcAI.core.standardise import standardise
 
     mammogram = read_mammogram(path)
     if mammogram.spacing_mm is None and input_spacing_mm is not None:

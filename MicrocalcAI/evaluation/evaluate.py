@@ -18,7 +18,7 @@ short version:
   detection: all their lesions missed, image risk 0. They are listed in the report.
 * Image and breast level: truth positive = at least one malignant GT lesion (images with no
   lesions are negatives); the score is the image risk (highest p_malignant of the reported
-  lesions) and the breast risk (highest of its views, :mod:`MicrocalcAI.risk`).
+  lesions) and the breast risk (highest of its views, :mod:`MicrocalcAI.core.findings.risk`).
 
 :func:`compute_metrics` is pure (GT + :class:`ImageFindings` in, a JSON-ready dict out) so
 every number can be checked on hand-built cases without a model; :func:`evaluate_dataset`
@@ -45,10 +45,10 @@ from typing import Any, Callable, Hashable, Optional, Sequence, Union
 
 import numpy as np
 
-from .atomic import atomic_write_bytes, atomic_write_text
-from .errors import CancelledError, DatasetError, MicrocalcAIError
-from .manifest import MERGE_FLOOR, ModelSpec
-from .records import ImageFindings, Lesion, ProgressCallback, no_progress
+from MicrocalcAI.core.atomic import atomic_write_bytes, atomic_write_text
+from MicrocalcAI.core.errors import CancelledError, DatasetError, MicrocalcAIError
+from MicrocalcAI.core.detect.manifest import MERGE_FLOOR, ModelSpec
+from MicrocalcAI.core.records import ImageFindings, Lesion, ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ FROC_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 #: It is the detector's merge floor, so every threshold of the sweep reports exactly what
 #: running the pipeline at that threshold would.
 EVAL_MIN_SCORE = MERGE_FLOOR
-#: Label ids of the ground truth (as in :data:`MicrocalcAI.dataset.LABEL_IDS`).
+#: Label ids of the ground truth (as in :data:`MicrocalcAI.training.data.LABEL_IDS`).
 BENIGN, MALIGNANT = 1, 2
 #: Name of the classification rule "the detector's own class" (argmax benign/malignant).
 DETECTOR_CLASS = "detector_class"
@@ -248,8 +248,8 @@ class ImageTruth:
 
 
 def truth_from_coco(coco_json: PathLike) -> list[ImageTruth]:
-    """The ground truth of a COCO file (validated by :func:`MicrocalcAI.dataset.parse_coco`)."""
-    from .dataset import parse_coco
+    """The ground truth of a COCO file (validated by :func:`MicrocalcAI.training.data.parse_coco`)."""
+    from MicrocalcAI.training.data import parse_coco
 
     def text(extra: dict[str, Any], key: str) -> Optional[str]:
         value = extra.get(key)
@@ -428,11 +428,11 @@ def _identity(truth: ImageTruth, findings: Optional[ImageFindings]) -> SimpleNam
 def group_breasts(truth: Sequence[ImageTruth], findings: Sequence[Optional[ImageFindings]]) -> list[list[int]]:
     """Image indices of each breast (one side of one study), in order of first appearance.
 
-    Uses :func:`MicrocalcAI.risk.breast_key`, the grouping the product reports breast risks
+    Uses :func:`MicrocalcAI.core.findings.risk.breast_key`, the grouping the product reports breast risks
     with, on the ground truth's identity (falling back to the file's): an image with no
     known side, or neither patient nor study, is a breast of its own.
     """
-    from .risk import breast_key
+    from MicrocalcAI.core.findings.risk import breast_key
 
     groups: dict[tuple[Hashable, ...], list[int]] = {}
     for i, (t, f) in enumerate(zip(truth, findings)):
@@ -804,7 +804,7 @@ class EvaluationReport:
 
 def _findings_index(findings_dir: Path) -> tuple[dict[str, ImageFindings], dict[str, ImageFindings]]:
     """Findings JSON files of a ``microcalcai detect`` folder, by resolved source path and by name."""
-    from .outputs import load_image_json
+    from MicrocalcAI.core.outputs.findings_json import load_image_json
 
     by_source: dict[str, ImageFindings] = {}
     by_name: dict[str, ImageFindings] = {}
@@ -824,7 +824,7 @@ def _findings_index(findings_dir: Path) -> tuple[dict[str, ImageFindings], dict[
 
 def _resolve_spec(model: Optional[str], findings: Sequence[Optional[ImageFindings]]) -> ModelSpec:
     """The model whose operating points apply: ``model``, else the one named in the findings."""
-    from .manifest import resolve_model
+    from MicrocalcAI.core.detect.manifest import resolve_model
 
     named = next((f.model for f in findings if f is not None), None)
     if model is None and named is not None:
@@ -856,7 +856,7 @@ def evaluate_dataset(
     """Evaluate a model on a COCO dataset and write ``metrics.json`` and plots into ``out_dir``.
 
     Without ``findings_dir`` every image goes through the real pipeline (read, standardise,
-    tiled detect, findings) with one :class:`MicrocalcAI.pipeline.Analyzer`, keeping lesions
+    tiled detect, findings) with one :class:`MicrocalcAI.core.pipeline.Analyzer`, keeping lesions
     down to score :data:`EVAL_MIN_SCORE` so the FROC sweep covers the low-threshold end; the
     per-image findings are also written to ``out_dir/findings/`` (reusable with
     ``findings_dir``). With ``findings_dir`` the JSON files written by ``microcalcai detect``
@@ -864,10 +864,11 @@ def evaluate_dataset(
     threshold. Images that cannot be analysed or have no findings count as "nothing
     detected" and are listed in the report.
     """
-    from .dataset import parse_coco
-    from .outputs import write_image_json
-    from .pipeline import Analyzer, output_names
-    from .reader import read_mammogram
+    from MicrocalcAI.training.data import parse_coco
+    from MicrocalcAI.core.outputs.findings_json import write_image_json
+    from MicrocalcAI.core.batch import output_names
+    from MicrocalcAI.core.pipeline import Analyzer
+    from MicrocalcAI.core.read import read_mammogram
 
     progress = progress or no_progress
     started = time.monotonic()

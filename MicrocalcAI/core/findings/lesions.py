@@ -12,9 +12,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .records import Lesion
-from .specks import SpeckConfig, check_spacing, segment_specks
+from MicrocalcAI.core.errors import InputError
+from MicrocalcAI.core.records import Lesion
+from MicrocalcAI.core.findings.specks import SpeckConfig, check_spacing, segment_specks
 
 log = logging.getLogger(__name__)
 

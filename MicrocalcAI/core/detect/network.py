@@ -56,8 +56,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from .errors import ModelError
-from .manifest import CLASSES
+from MicrocalcAI.core.errors import ModelError
+from MicrocalcAI.core.detect.manifest import CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import logging
 import math
 from typing import Hashable, Optional, Sequence
 
-from .errors import MicrocalcAIError
-from .manifest import ModelSpec
-from .records import BreastFindings, ExamFindings, ImageFindings, Lesion, Risk
+from MicrocalcAI.core.errors import MicrocalcAIError
+from MicrocalcAI.core.detect.manifest import ModelSpec
+from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings, Lesion, Risk
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 #: ``progress(fraction, message)``: fraction in [0, 1] of the current job, a short stage text.
 #: The CLI turns it into a progress bar, Slicer into a progress dialog. A callback may raise
-#: :class:`MicrocalcAI.errors.CancelledError` to stop the job.
+#: :class:`MicrocalcAI.core.errors.CancelledError` to stop the job.
 ProgressCallback = Callable[[float, str], None]
 
 #: Where a pixel spacing came from, reported in every output.

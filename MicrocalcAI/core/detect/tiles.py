@@ -52,10 +52,10 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-from .errors import InputError, ModelError
-from .manifest import MERGE_FLOOR, ModelSpec
-from .model import image_to_tensor
-from .records import CanonicalImage, Detection, ProgressCallback, no_progress
+from MicrocalcAI.core.errors import InputError, ModelError
+from MicrocalcAI.core.detect.manifest import MERGE_FLOOR, ModelSpec
+from MicrocalcAI.core.detect.network import image_to_tensor
+from MicrocalcAI.core.records import CanonicalImage, Detection, ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ def detect(
     Tiling comes from the manifest entry (``spec.tile_size``/``tile_overlap``) because the
     model was trained on that geometry. Boxes are canonical coordinates of the whole image.
     ``progress`` gets the fraction of tiles done and may raise
-    :class:`~MicrocalcAI.errors.CancelledError`, which propagates after the model's
+    :class:`~MicrocalcAI.core.errors.CancelledError`, which propagates after the model's
     train/eval mode is restored.
     """
     report = progress or no_progress

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
-from .errors import MicrocalcAIError, OutputError
+from MicrocalcAI.core.errors import MicrocalcAIError, OutputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -24,10 +24,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 
-from . import __version__
-from .atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (also part of this module's API)
-from .errors import OutputError, UnreadableFileError
-from .records import BreastFindings, ExamFindings, ImageFindings, Lesion, ModelInfo, Risk, Speck
+from MicrocalcAI import __version__
+from MicrocalcAI.core.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (also part of this module's API)
+from MicrocalcAI.core.errors import OutputError, UnreadableFileError
+from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings, Lesion, ModelInfo, Risk, Speck
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ChecksumError, ModelError
+from MicrocalcAI.core.errors import ChecksumError, ModelError
 
 MANIFEST_NAME = "manifest.json"
 CLASSES = ("background", "benign", "malignant")
-#: Lowest lesion score that takes part in merging tiles (MicrocalcAI.detect) and in evaluation
+#: Lowest lesion score that takes part in merging tiles (MicrocalcAI.core.detect.tiles) and in evaluation
 #: sweeps: reporting at a threshold t >= MERGE_FLOOR is filtering the lesions merged here.
 MERGE_FLOOR = 0.05
 
@@ -94,7 +94,7 @@ def default_models_dir() -> Path:
     env = os.environ.get("MICROCALCAI_MODELS_DIR")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[2]  # the MicrocalcAI package folder
     for candidate in (here.parent / "Resources" / "Models", here / "_resources" / "Models"):
         if (candidate / MANIFEST_NAME).is_file():
             return candidate

@@ -1,9 +1,9 @@
 """Where the detector is trained, evaluated and exported (``microcalcai train CONFIG``).
 
 Training draws fixed-size patches from COCO-annotated mammograms that went through the same
-read + standardise path as inference (:mod:`MicrocalcAI.dataset`), so the network learns in
+read + standardise path as inference (:mod:`MicrocalcAI.training.data`), so the network learns in
 the canonical frame it later sees. Validation runs the *whole-image* inference path
-(:func:`MicrocalcAI.detect.detect`, tiles merged) on the validation images, because patch
+(:func:`MicrocalcAI.core.detect.tiles.detect`, tiles merged) on the validation images, because patch
 losses say little about false positives across a whole breast.
 
 Lesion matching rule (used for every metric here): a ground-truth lesion is *found* by a
@@ -36,7 +36,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .dataset import (
+from MicrocalcAI.training.data import (
     CanonicalSample,
     CocoMammogramDataset,
     PatchConfig,
@@ -44,12 +44,12 @@ from .dataset import (
     parse_coco,
     standardise_file,
 )
-from .atomic import atomic_open, atomic_write_text, staged_path
-from .errors import CancelledError, DatasetError, InputError, MicrocalcAIError, ModelError
-from .evaluate import EVAL_MIN_SCORE, MATCH_IOU, box_iou, froc_sensitivities, hit_matrix, roc_auc  # noqa: F401 (re-exported)
-from .manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
-from .model import BACKBONES, build_detector, image_to_tensor, select_device, set_input_size
-from .records import CanonicalImage, ProgressCallback, no_progress
+from MicrocalcAI.core.atomic import atomic_open, atomic_write_text, staged_path
+from MicrocalcAI.core.errors import CancelledError, DatasetError, InputError, MicrocalcAIError, ModelError
+from MicrocalcAI.evaluation.evaluate import EVAL_MIN_SCORE, MATCH_IOU, box_iou, froc_sensitivities, hit_matrix, roc_auc  # noqa: F401 (re-exported)
+from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
+from MicrocalcAI.core.detect.network import BACKBONES, build_detector, image_to_tensor, select_device, set_input_size
+from MicrocalcAI.core.records import CanonicalImage, ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +381,7 @@ def evaluate_canonical(
     device: torch.device,
 ) -> ImageEvaluation:
     """Run whole-image detection on one canonical image and pair it with its ground truth."""
-    from .detect import detect
+    from MicrocalcAI.core.detect.tiles import detect
 
     detections = detect(canonical, model, spec, device=device, score_threshold=EVAL_MIN_SCORE)
     return ImageEvaluation(
@@ -410,7 +410,7 @@ def collect_evaluations(
     pipeline refuses raise, unless a ``skipped`` list is given to collect them (the caller
     must then report them: they are neither hits nor misses).
     """
-    from .dataset import canonical_boxes
+    from MicrocalcAI.training.data import canonical_boxes
 
     device = torch.device(device) if not isinstance(device, torch.device) else device
     entries = parse_coco(coco_json)[:max_images]
@@ -581,7 +581,7 @@ def _load_initial_weights(model: torch.nn.Module, config: TrainConfig) -> None:
     with the weights are compared with the config: a detector trained with other anchors or
     at another spacing would load silently and then mislocate every box.
     """
-    from .weights import load_state_strict, read_weights_file
+    from MicrocalcAI.core.detect.weights import load_state_strict, read_weights_file
 
     path = Path(str(config.init_weights))
     if _is_checkpoint_path(path):
@@ -964,7 +964,7 @@ def export_model(
     :func:`choose_malignancy_operating_points`), and every metric is measured on the
     *exported* fp16 weights loaded back through :func:`load_detector`, i.e. on what users run.
     """
-    from .weights import load_detector, save_weights
+    from MicrocalcAI.core.detect.weights import load_detector, save_weights
 
     dev = select_device(device)
     model, mc = model_from_checkpoint(checkpoint_path, "cpu")

@@ -12,7 +12,7 @@ Principles:
   reported in the user's own pixel coordinates.
 * Metadata is never guessed silently. Spacing, laterality and view each carry the place they
   came from (``*_source``) and anything doubtful is added to ``warnings``.
-* Only :class:`~MicrocalcAI.errors.MicrocalcAIError` subclasses escape for any file content,
+* Only :class:`~MicrocalcAI.core.errors.MicrocalcAIError` subclasses escape for any file content,
   so a batch can report a bad file in one line and go on. Sizes are checked from headers
   before decoding, so an absurd header cannot make us allocate gigabytes.
 * Input files and arrays are never modified.
@@ -29,8 +29,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError, UnreadableFileError
-from .records import Mammogram
+from MicrocalcAI.core.errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError, UnreadableFileError
+from MicrocalcAI.core.records import Mammogram
 
 log = logging.getLogger(__name__)
 
@@ -1004,7 +1004,7 @@ def read_mammogram(
     Laterality and view, when not given, come from DICOM tags, then the DICOM PatientID and
     SeriesDescription, then the file name; laterality finally from the image itself.
 
-    Raises only :class:`~MicrocalcAI.errors.MicrocalcAIError` subclasses:
+    Raises only :class:`~MicrocalcAI.core.errors.MicrocalcAIError` subclasses:
     :class:`UnreadableFileError` (missing, empty, corrupt, unknown format),
     :class:`NotAMammogramError` (CT/MR/US..., colour, 3-D, multi-frame, too small/large),
     :class:`SpacingError` (implausible user spacing), :class:`InputError` (bad argument).

@@ -21,10 +21,10 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from .atomic import atomic_write_bytes
-from .errors import ModelError
-from .manifest import ModelSpec, verify_weights
-from .model import build_detector
+from MicrocalcAI.core.atomic import atomic_write_bytes
+from MicrocalcAI.core.errors import ModelError
+from MicrocalcAI.core.detect.manifest import ModelSpec, verify_weights
+from MicrocalcAI.core.detect.network import build_detector
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     except Exception as exc:  # safetensors raises its own SafetensorError and OSError/ValueError
         raise ModelError(
             f"weights {path} are not a valid safetensors file ({exc}); MicrocalcAI never unpickles "
-            "weights (torch.save/.pt/.pth files are refused): convert them with MicrocalcAI.weights.save_weights"
+            "weights (torch.save/.pt/.pth files are refused): convert them with MicrocalcAI.core.detect.weights.save_weights"
         ) from exc
     return tensors, metadata
 
@@ -157,7 +157,7 @@ def read_weights_file(path: Union[str, os.PathLike]) -> tuple[dict[str, torch.Te
 def load_detector(spec: ModelSpec, device: Union[torch.device, str] = "cpu") -> nn.Module:
     """Build the detector a manifest entry describes and load its verified weights.
 
-    Checksum first (:class:`~MicrocalcAI.errors.ChecksumError` on mismatch), then safetensors
+    Checksum first (:class:`~MicrocalcAI.core.errors.ChecksumError` on mismatch), then safetensors
     parsing (never pickle), then strict key and shape checking, so that any disagreement
     between the manifest and the file stops here with a :class:`ModelError`. The model comes
     back in float32, eval mode, on ``device``.

@@ -32,8 +32,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import morphology
 
-from .errors import InputError, SpacingError
-from .records import Speck
+from MicrocalcAI.core.errors import InputError, SpacingError
+from MicrocalcAI.core.records import Speck
 
 log = logging.getLogger(__name__)
 

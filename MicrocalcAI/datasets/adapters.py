@@ -1,6 +1,6 @@
 """DATASET ADAPTERS: convert public mammography datasets into MicrocalcAI's COCO training format.
 
-``microcalcai train`` reads one format only (see :mod:`MicrocalcAI.dataset`): a COCO JSON file
+``microcalcai train`` reads one format only (see :mod:`MicrocalcAI.training.data`): a COCO JSON file
 whose boxes are ``[x, y, w, h]`` in *stored* pixels of the referenced image files, categories
 ``1 benign`` / ``2 malignant``, image entries optionally carrying ``spacing_mm``,
 ``laterality`` and ``view``. Users own the public datasets in their published layouts, so each
@@ -26,9 +26,9 @@ coco           any COCO file: validated, categories mapped to benign/malignant, 
 Rules every adapter follows, because a training set is only as good as its labels:
 
 * The dataset is only read, never modified; the output is written atomically and is checked
-  with :func:`MicrocalcAI.dataset.parse_coco` before the function returns.
+  with :func:`MicrocalcAI.training.data.parse_coco` before the function returns.
 * Problems with the whole input (missing folder, index file or column) raise
-  :class:`~MicrocalcAI.errors.DatasetError` naming the file. Problems with one row or file
+  :class:`~MicrocalcAI.core.errors.DatasetError` naming the file. Problems with one row or file
   (an unresolvable path, a CALC row without coordinates, an unknown pathology) are skipped and
   listed in the :class:`ConversionReport` with the file and line, so one bad row never stops a
   conversion of thousands; ``strict=True`` turns the first such problem into an error.
@@ -60,10 +60,10 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .atomic import atomic_write_text
-from .errors import DatasetError
-from .reader import dicom_row_spacing_mm, has_dicom_preamble
-from .records import ProgressCallback, no_progress
+from MicrocalcAI.core.atomic import atomic_write_text
+from MicrocalcAI.core.errors import DatasetError
+from MicrocalcAI.core.read import dicom_row_spacing_mm, has_dicom_preamble
+from MicrocalcAI.core.records import ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ _KIND_ALIASES = {
     "vindr": "vindr-mammo", "vindrmammo": "vindr-mammo",
     "mias": "mini-mias", "minimias": "mini-mias",
 }  # fmt: skip
-#: Output category ids (the ids the bundled configs and :mod:`MicrocalcAI.dataset` use).
+#: Output category ids (the ids the bundled configs and :mod:`MicrocalcAI.training.data` use).
 CATEGORY_IDS = {"benign": 1, "malignant": 2}
 
 #: INbreast pixel size (Moreira et al., Acad Radiol 2012: 70 um), used when a DICOM has none.
@@ -271,13 +271,13 @@ class _CocoBuilder:
         if not coco_images:
             first = "; ".join(str(s) for s in report.skipped[:5]) or "no calcification lesion found"
             raise DatasetError(f"{report.kind} dataset at {report.source}: nothing to write ({first})")
-        from . import __version__
+        from MicrocalcAI import __version__
 
         data = {
             "info": {
                 "description": f"{report.kind} converted for MicrocalcAI training",
                 "source": str(report.source),
-                "converter": f"MicrocalcAI {__version__} MicrocalcAI.adapters ({report.kind})",
+                "converter": f"MicrocalcAI {__version__} MicrocalcAI.datasets.adapters ({report.kind})",
                 "label_source": self.label_source,
                 "box_convention": "bbox = [x, y, width, height] in stored pixels of file_name, origin top-left",
             },
@@ -290,7 +290,7 @@ class _CocoBuilder:
             ],
         }
         atomic_write_text(out_json, json.dumps(data, indent=1) + "\n")
-        from .dataset import parse_coco
+        from MicrocalcAI.training.data import parse_coco
 
         parse_coco(out_json)  # the output must load exactly as training will load it
         report.images = len(coco_images)

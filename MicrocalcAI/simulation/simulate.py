@@ -75,10 +75,10 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
-from .atomic import atomic_write_bytes
-from .errors import DatasetError, InputError, MicrocalcAIError
-from .reader import dicom_row_spacing_mm, find_images, has_dicom_preamble
-from .records import ProgressCallback, no_progress
+from MicrocalcAI.core.atomic import atomic_write_bytes
+from MicrocalcAI.core.errors import DatasetError, InputError, MicrocalcAIError
+from MicrocalcAI.core.read import dicom_row_spacing_mm, find_images, has_dicom_preamble
+from MicrocalcAI.core.records import ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ that, in this order:
 3. :func:`normalise` - a linear grey-value mapping taken from the breast's own histogram.
 4. :func:`standardise` - flip so the chest wall is at column 0, resample to an isotropic
    canonical spacing with anti-aliasing, crop to the breast, and record the exact
-   :class:`~MicrocalcAI.records.CanonicalTransform` so that every canonical coordinate maps
+   :class:`~MicrocalcAI.core.records.CanonicalTransform` so that every canonical coordinate maps
    back to stored pixels.
 
 Everything here is numpy / scipy / scikit-image / SimpleITK; no torch, no GUI.
@@ -31,8 +31,8 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from .errors import InputError, NotAMammogramError, SpacingError
-from .records import CanonicalImage, CanonicalTransform, Mammogram
+from MicrocalcAI.core.errors import InputError, NotAMammogramError, SpacingError
+from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform, Mammogram
 
 log = logging.getLogger(__name__)
 

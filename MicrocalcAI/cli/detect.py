@@ -1,0 +1,82 @@
+"""``microcalcai detect``: analyse mammograms into findings JSON, overlays and CSV tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from MicrocalcAI.cli.common import EXIT_OK, EXIT_SOME_FAILED, fraction_arg, run_with_bar, spacing_arg
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    det = subparsers.add_parser("detect", help="analyse mammograms (files or folders) into JSON, overlays and CSV tables")
+    det.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    det.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    det.add_argument("--model", default=None, help="model name in the bundled manifest, a manifest.json, or a weights file listed in a manifest next to it")
+    det.add_argument("--device", default="auto", help="auto (default), cpu, gpu, cuda, cuda:1, mps")
+    det.add_argument("--threshold", type=fraction_arg, default=None,
+                     help="lesion score threshold (default: the model's); nothing below 0.05 is ever reported")
+    det.add_argument("--spacing", type=spacing_arg, default=None, metavar="MM", help="pixel spacing in mm for all inputs (overrides the files')")
+    det.add_argument("--force", action="store_true", help="redo images whose outputs already exist")
+    det.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    det.add_argument("--quiet", action="store_true", help="no progress bar, only warnings and errors")
+    det.add_argument("--verbose", action="store_true", help="debug logging")
+    det.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from MicrocalcAI.core.batch import run_batch
+
+    result = run_with_bar(
+        "detect",
+        args.quiet,
+        lambda bar: run_batch(
+            args.inputs,
+            args.out,
+            model=args.model,
+            device=args.device,
+            score_threshold=args.threshold,
+            spacing_mm=args.spacing,
+            force=args.force,
+            recursive=not args.no_recursive,
+            progress=bar,
+        ),
+    )
+    if not args.quiet:
+        _print_summary(result, Path(args.out))
+    if result.failed:  # type: ignore[attr-defined]
+        print(f"{len(result.failed)} input(s) failed:", file=sys.stderr)  # type: ignore[attr-defined]
+        for path, reason in result.failed:  # type: ignore[attr-defined]
+            line = reason if Path(path).name in reason else f"{path}: {reason}"
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def _print_summary(result, out: Path) -> None:
+    print(f"\n{len(result.analysed)} analysed, {len(result.skipped)} already done (skipped), {len(result.failed)} failed")
+    if result.images:
+        print(f"\n{'image':40s} {'side':4s} {'view':4s} {'lesions':>7s} {'malig.':>6s} {'p(cancer)':>9s}  category")
+        for f in result.images:
+            n_mal = sum(1 for les in f.lesions if les.label == "malignant")
+            print(f"{f.name[:40]:40s} {f.laterality or '?':4s} {f.view or '?':4s} {len(f.lesions):7d} {n_mal:6d} "
+                  f"{f.risk.probability:9.3f}  {f.risk.category}")
+    if result.breasts:
+        print(f"\n{'breast (patient / side)':40s} {'views':10s} {'p(cancer)':>9s}  category")
+        for b in result.breasts:
+            views = "+".join(v or "?" for v in b.views)
+            print(f"{(b.patient_id or '?')[:36] + ' / ' + (b.laterality or '?'):40s} {views:10s} {b.risk.probability:9.3f}  {b.risk.category}")
+    if result.exams:
+        print(f"\n{'exam (patient)':40s} {'p(cancer)':>9s}  category")
+        for e in result.exams:
+            print(f"{(e.patient_id or '?')[:40]:40s} {e.risk.probability:9.3f}  {e.risk.category}")
+    if result.overlays:
+        print("\noverlays:")
+        for name in sorted(result.overlays):
+            print(f"  {result.overlays[name]}")
+    if result.tables:
+        print("tables:  " + ", ".join(str(p) for p in result.tables))
+    print(f"results in {out.resolve()}")

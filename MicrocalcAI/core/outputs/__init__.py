@@ -1,0 +1,1 @@
+"""Writers (and readers) of the result files: findings JSON, overlay PNG, batch CSV tables."""
