@@ -15,8 +15,9 @@ Console use (see docs/slicer.md)::
 import logging
 import os
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, Sequence
+from typing import Annotated, Any, Optional
 
 import numpy as np
 import qt
@@ -180,7 +181,9 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.removeObserver(
+                self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified
+            )
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -200,13 +203,19 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            if self.hasObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified):
-                self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            if self.hasObserver(
+                self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified
+            ):
+                self.removeObserver(
+                    self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified
+                )
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Widgets with a "SlicerParameterName" property in the .ui file are connected here.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.addObserver(
+                self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified
+            )
             self._selectModel(self._parameterNode.modelReference)
             self.onParameterNodeModified()
 
@@ -220,7 +229,9 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.modelComboBox.addItem(choice.label, choice.reference)
         self.ui.modelComboBox.blockSignals(False)
         if not self._modelChoices:
-            self.ui.modelCardLabel.text = _("No model found: the bundled model is missing (broken install?). Import weights to continue.")
+            self.ui.modelCardLabel.text = _(
+                "No model found: the bundled model is missing (broken install?). Import weights to continue."
+            )
         self._selectModel(self._parameterNode.modelReference if self._parameterNode else "")
 
     def _selectModel(self, reference: str) -> None:
@@ -244,7 +255,9 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onOperatingPointChanged(self, index: int) -> None:
         if self._parameterNode:
-            self._parameterNode.operatingPoint = self.ui.operatingPointComboBox.itemData(index) or OPERATING_POINT_DEFAULT
+            self._parameterNode.operatingPoint = (
+                self.ui.operatingPointComboBox.itemData(index) or OPERATING_POINT_DEFAULT
+            )
         self._syncThresholdWithOperatingPoint()
 
     def _syncThresholdWithOperatingPoint(self) -> None:
@@ -254,7 +267,11 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         custom = self._parameterNode.operatingPoint == OPERATING_POINT_CUSTOM
         self.ui.scoreThresholdSliderWidget.enabled = custom
         choice = self._currentModel()
-        if not custom and choice is not None and abs(self._parameterNode.scoreThreshold - choice.spec.score_threshold) > 1e-9:
+        if (
+            not custom
+            and choice is not None
+            and abs(self._parameterNode.scoreThreshold - choice.spec.score_threshold) > 1e-9
+        ):
             self._parameterNode.scoreThreshold = choice.spec.score_threshold
 
     def onImportWeights(self) -> None:
@@ -272,7 +289,9 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         self.populateModels()
         self._selectModel(choice.reference)
-        slicer.util.infoDisplay(_("Imported model {name} {version}.").format(name=choice.spec.name, version=choice.spec.version))
+        slicer.util.infoDisplay(
+            _("Imported model {name} {version}.").format(name=choice.spec.name, version=choice.spec.version)
+        )
 
     # ------------------------------------------------------------------ parameter changes
     def onParameterNodeModified(self, caller=None, event=None) -> None:
@@ -286,7 +305,9 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.scoreThresholdSliderWidget.enabled = pn.operatingPoint == OPERATING_POINT_CUSTOM
         has_input = bool(pn.allVolumes or pn.inputVolume)
         self.ui.applyButton.enabled = has_input and not self._busy and bool(self._modelChoices)
-        self.ui.applyButton.toolTip = _("Find and classify the calcification lesions.") if has_input else _("Select a mammogram first.")
+        self.ui.applyButton.toolTip = (
+            _("Find and classify the calcification lesions.") if has_input else _("Select a mammogram first.")
+        )
         self.ui.inputSelector.enabled = not pn.allVolumes and not self._busy
         display = (pn.scoreThreshold, pn.showBenign, pn.showMalignant, pn.segmentsPer)
         rebuild = False
@@ -304,7 +325,12 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _displayOptions(self) -> DisplayOptions:
         pn = self._parameterNode
-        return DisplayOptions(threshold=float(pn.scoreThreshold), show_benign=pn.showBenign, show_malignant=pn.showMalignant, segments_per=pn.segmentsPer)
+        return DisplayOptions(
+            threshold=float(pn.scoreThreshold),
+            show_benign=pn.showBenign,
+            show_malignant=pn.showMalignant,
+            segments_per=pn.segmentsPer,
+        )
 
     def _shownVolumes(self) -> list:
         pn = self._parameterNode
@@ -342,7 +368,9 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         try:
             risks = scene_lib.scene_risks(slicer.mrmlScene, volume) if volume else None
         except ImportError as exc:  # a saved scene with results, opened before the packages are installed
-            self.ui.statusLabel.text = _("Press Apply to install the packages MicrocalcAI needs ({error}).").format(error=exc)
+            self.ui.statusLabel.text = _("Press Apply to install the packages MicrocalcAI needs ({error}).").format(
+                error=exc
+            )
             risks = None
         table = self.ui.lesionTableWidget
         table.setRowCount(0)
@@ -352,15 +380,26 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         image = risks.image
         views = ", ".join(v or "?" for v in risks.breast.views)
-        self.ui.imageRiskLabel.text = self._riskText(image.risk, f" &nbsp; {len(image.lesions)} lesion(s) at score &ge; {image.score_threshold:.2f}")
-        self.ui.breastRiskLabel.text = self._riskText(risks.breast.risk, f" &nbsp; {risks.breast.laterality or '?'} breast, views: {views}")
+        self.ui.imageRiskLabel.text = self._riskText(
+            image.risk, f" &nbsp; {len(image.lesions)} lesion(s) at score &ge; {image.score_threshold:.2f}"
+        )
+        self.ui.breastRiskLabel.text = self._riskText(
+            risks.breast.risk, f" &nbsp; {risks.breast.laterality or '?'} breast, views: {views}"
+        )
         self.ui.examRiskLabel.text = self._riskText(risks.exam.risk, f" &nbsp; {len(risks.exam.breasts)} breast(s)")
         nodes = scene_lib.current_result_nodes(slicer.mrmlScene, volume)
         rois = nodes.rois if nodes else []
         table.setRowCount(len(image.lesions))
         for row, lesion in enumerate(image.lesions):
             x0, y0, x1, y1 = lesion.box_mm
-            values = (f"L{lesion.id}", lesion.label, f"{lesion.p_malignant:.2f}", f"{lesion.score:.2f}", str(lesion.speck_count), f"{x1 - x0:.1f} x {y1 - y0:.1f}")
+            values = (
+                f"L{lesion.id}",
+                lesion.label,
+                f"{lesion.p_malignant:.2f}",
+                f"{lesion.score:.2f}",
+                str(lesion.speck_count),
+                f"{x1 - x0:.1f} x {y1 - y0:.1f}",
+            )
             for column, value in enumerate(values):
                 item = qt.QTableWidgetItem(value)
                 if column == 0 and row < len(rois):
@@ -414,7 +453,9 @@ class MicrocalcAIModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         except Exception as exc:  # noqa: BLE001 - a bug: show it with details, keep Slicer running
             logging.exception("%s failed", title)
             self.ui.statusLabel.text = _("Failed: {error}").format(error=exc)
-            slicer.util.errorDisplay(_("{title} failed: {error}").format(title=title, error=exc), detailedText=traceback.format_exc())
+            slicer.util.errorDisplay(
+                _("{title} failed: {error}").format(title=title, error=exc), detailedText=traceback.format_exc()
+            )
         finally:
             self._setBusy(False)
         return None
@@ -584,7 +625,9 @@ class MicrocalcAIModuleLogic(ScriptedLoadableModuleLogic):
         self.setupDependencies(interactive=interactive)
         analyzer = self.analyzer(model, device)
         self.canceller.reset()
-        options = DisplayOptions(threshold=scoreThreshold, show_benign=showBenign, show_malignant=showMalignant, segments_per=segmentsPer)
+        options = DisplayOptions(
+            threshold=scoreThreshold, show_benign=showBenign, show_malignant=showMalignant, segments_per=segmentsPer
+        )
         return runner.analyse_volume(
             slicer.mrmlScene, volumeNode, analyzer, dicom=self.dicomSource(volumeNode), options=options,
             spacing_mm=spacingMm, laterality=laterality, view=view, progress=progress, canceller=self.canceller,
@@ -630,7 +673,15 @@ class MicrocalcAIModuleLogic(ScriptedLoadableModuleLogic):
         saved = analyzer.score_threshold
         analyzer.score_threshold = analyzer.spec.score_threshold if scoreThreshold is None else float(scoreThreshold)
         try:
-            return runner.run_file_batch(inputs, outputFolder, analyzer, force=force, spacing_mm=spacingMm, progress=progress, canceller=self.canceller)
+            return runner.run_file_batch(
+                inputs,
+                outputFolder,
+                analyzer,
+                force=force,
+                spacing_mm=spacingMm,
+                progress=progress,
+                canceller=self.canceller,
+            )
         finally:
             analyzer.score_threshold = saved
 
@@ -705,7 +756,6 @@ class MicrocalcAIModuleTest(ScriptedLoadableModuleTest):
     def test_GeometryAndReplacement(self) -> None:
         from MicrocalcAI.core.detect.manifest import ModelSpec
         from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk
-
         from MicrocalcAIModuleLib.geometry import PixelMapping
 
         self.delayDisplay("Geometry of boxes, specks and table on an LPS volume")
@@ -727,7 +777,14 @@ class MicrocalcAIModuleTest(ScriptedLoadableModuleTest):
             lesions=[lesion], risk=Risk(0.8, "high"), model=ModelInfo("t", "0", "", "mobilenet_v2", 0.1), score_threshold=0.1,
         )  # fmt: skip
         for _run in range(2):  # the second run must replace, not add
-            nodes = scene_lib.write_results(slicer.mrmlScene, volume, findings, PixelMapping.identity((100, 80)), spec, DisplayOptions(threshold=0.1))
+            nodes = scene_lib.write_results(
+                slicer.mrmlScene,
+                volume,
+                findings,
+                PixelMapping.identity((100, 80)),
+                spec,
+                DisplayOptions(threshold=0.1),
+            )
         self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLMarkupsROINode")), 1)
         self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLSegmentationNode")), 1)
         self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLTableNode")), 1)
@@ -745,7 +802,9 @@ class MicrocalcAIModuleTest(ScriptedLoadableModuleTest):
         self.assertTrue(nodes.rois[0].GetLocked())
         self.assertEqual(nodes.rois[0].GetName(), "L1 malignant 0.80")
         self.assertEqual(nodes.table.GetNumberOfRows(), 1)
-        labelmap = slicer.util.arrayFromSegmentBinaryLabelmap(nodes.segmentation, nodes.segmentation.GetSegmentation().GetNthSegmentID(0), volume)
+        labelmap = slicer.util.arrayFromSegmentBinaryLabelmap(
+            nodes.segmentation, nodes.segmentation.GetSegmentation().GetNthSegmentID(0), volume
+        )
         self.assertEqual(int(labelmap.sum()), 2)
         self.assertEqual(int(labelmap[0, 30 + 2, 20 + 3]), 1)
         self.delayDisplay("Geometry test passed")
@@ -780,7 +839,9 @@ class MicrocalcAIModuleTest(ScriptedLoadableModuleTest):
             self.delayDisplay("Loading the simulated mammogram as a file (no DICOM module)")
             volume = slicer.util.loadVolume(str(sample))
             result = self._analyseAndCheck(logic, volume, truth, expectDicom=False)
-        self.delayDisplay(f"Sample analysed: {len(result.findings.lesions)} lesion(s), image risk {result.findings.risk.probability:.2f}")
+        self.delayDisplay(
+            f"Sample analysed: {len(result.findings.lesions)} lesion(s), image risk {result.findings.risk.probability:.2f}"
+        )
 
     def _analyseAndCheck(self, logic: "MicrocalcAIModuleLogic", volume: Any, truth: dict, expectDicom: bool) -> Any:
         fractions = []
@@ -793,7 +854,13 @@ class MicrocalcAIModuleTest(ScriptedLoadableModuleTest):
             self.assertIsNotNone(findings.study_uid)
         # Every known cluster is found (IoU >= 0.2 or centre inside), as in scripts/check_sample.py.
         for known in truth["lesions"]:
-            self.assertTrue(any(_iou(les.box_px, known["box_px"]) >= 0.2 or _centre_inside(les.box_px, known["box_px"]) for les in findings.lesions), f"missed {known}")
+            self.assertTrue(
+                any(
+                    _iou(les.box_px, known["box_px"]) >= 0.2 or _centre_inside(les.box_px, known["box_px"])
+                    for les in findings.lesions
+                ),
+                f"missed {known}",
+            )
         # One ROI / segment / table row per lesion; ROI centres are the boxes through IJK-to-RAS.
         self.assertEqual(len(result.nodes.rois), len(findings.lesions))
         self.assertEqual(result.nodes.segmentation.GetSegmentation().GetNumberOfSegments(), len(findings.lesions))

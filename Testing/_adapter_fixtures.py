@@ -12,8 +12,9 @@ Images are 96 rows x 128 columns throughout (``ROWS``, ``COLS``).
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from _reader_helpers import make_mammo_dicom, make_png, mammo_like
@@ -70,17 +71,25 @@ def write_cbis_ddsm(root: Path) -> Path:
     def full(top: str, seed: int, side: str) -> Path:
         path = tree / top / "08-07-2016-DDSM-23157" / "1.000000-full mammogram images-38548" / "1-1.dcm"
         path.parent.mkdir(parents=True)
-        return make_mammo_dicom(path, _mammo(seed, side), spacing=None, laterality=None, view=None,
-                                SeriesDescription="full mammogram images")
+        return make_mammo_dicom(
+            path,
+            _mammo(seed, side),
+            spacing=None,
+            laterality=None,
+            view=None,
+            SeriesDescription="full mammogram images",
+        )
 
     def roi(top: str, mask: np.ndarray, crop_shape: tuple[int, int] = (30, 40)) -> None:
         folder = tree / top / "08-30-2017-DDSM-09081" / "1.000000-cropped images-94682"
         folder.mkdir(parents=True)
         crop = np.full(crop_shape, 900, dtype=np.uint16)
-        make_mammo_dicom(folder / "1-1.dcm", crop, spacing=None, laterality=None, view=None,
-                         SeriesDescription="cropped images")
-        make_mammo_dicom(folder / "1-2.dcm", mask, spacing=None, laterality=None, view=None,
-                         SeriesDescription="ROI mask images")
+        make_mammo_dicom(
+            folder / "1-1.dcm", crop, spacing=None, laterality=None, view=None, SeriesDescription="cropped images"
+        )
+        make_mammo_dicom(
+            folder / "1-2.dcm", mask, spacing=None, laterality=None, view=None, SeriesDescription="ROI mask images"
+        )
 
     full("Calc-Training_P_00005_RIGHT_CC", 1, "R")
     roi("Calc-Training_P_00005_RIGHT_CC_1", _mask([(30, 20, 50, 35), (52, 30, 60, 40)]))
@@ -93,8 +102,20 @@ def write_cbis_ddsm(root: Path) -> Path:
     def row(patient: str, side: str, view: str, abn: int, kind: str, pathology: str, n: int) -> list[str]:
         top = f"Calc-Training_{patient}_{side}_{view}"
         return [
-            patient, "2", side, view, str(abn), kind, "PLEOMORPHIC", "CLUSTERED", "4", pathology, "3",
-            _uid_path(top, n), _uid_path(f"{top}_{abn}", n + 50), _uid_path(f"{top}_{abn}", n + 50, "000001.dcm") + "\n",
+            patient,
+            "2",
+            side,
+            view,
+            str(abn),
+            kind,
+            "PLEOMORPHIC",
+            "CLUSTERED",
+            "4",
+            pathology,
+            "3",
+            _uid_path(top, n),
+            _uid_path(f"{top}_{abn}", n + 50),
+            _uid_path(f"{top}_{abn}", n + 50, "000001.dcm") + "\n",
         ]
 
     train = [
@@ -119,10 +140,24 @@ def write_cbis_ddsm(root: Path) -> Path:
     ):
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         make_mammo_dicom(tree / rel, pixels, spacing=None, laterality=None, view=None)
-    test = [[
-        "P_00010", "3", "LEFT", "CC", "1", "calcification", "AMORPHOUS", "CLUSTERED", "4", "MALIGNANT", "2",
-        image_rel, mask_rel, crop_rel + "\n",  # cropped and ROI paths swapped, as in some released rows
-    ]]
+    test = [
+        [
+            "P_00010",
+            "3",
+            "LEFT",
+            "CC",
+            "1",
+            "calcification",
+            "AMORPHOUS",
+            "CLUSTERED",
+            "4",
+            "MALIGNANT",
+            "2",
+            image_rel,
+            mask_rel,
+            crop_rel + "\n",  # cropped and ROI paths swapped, as in some released rows
+        ]
+    ]
     _write_csv(root / "calc_case_description_test_set.csv", CBIS_HEADER, test)
     return root
 
@@ -148,8 +183,11 @@ _PLIST_HEAD = (
 
 def inbreast_xml(rois: Sequence[tuple[str, Sequence[tuple[float, float]]]]) -> str:
     """An INbreast/OsiriX ROI plist: one image, ROIs with Name, NumberOfPoints, Point_mm, Point_px."""
-    parts = [_PLIST_HEAD, f"\t\t\t<key>NumberOfROIs</key>\n\t\t\t<integer>{len(rois)}</integer>\n",
-             "\t\t\t<key>ROIs</key>\n\t\t\t<array>\n"]
+    parts = [
+        _PLIST_HEAD,
+        f"\t\t\t<key>NumberOfROIs</key>\n\t\t\t<integer>{len(rois)}</integer>\n",
+        "\t\t\t<key>ROIs</key>\n\t\t\t<array>\n",
+    ]
     for index, (name, points) in enumerate(rois):
         cx = sum(p[0] for p in points) / len(points)
         cy = sum(p[1] for p in points) / len(points)
@@ -207,29 +245,60 @@ def write_inbreast(root: Path) -> Path:
     rows = []
     for n, (image_id, side, view, birads, spacing) in enumerate(cases):
         name = f"{image_id}_6c613a14b80a85{n:02d}_MG_{side}_{view}_ANON.dcm"
-        make_mammo_dicom(dicoms / name, _mammo(10 + n, side), spacing=None if spacing is None else (spacing, spacing),
-                         laterality=side, view=view)
+        make_mammo_dicom(
+            dicoms / name,
+            _mammo(10 + n, side),
+            spacing=None if spacing is None else (spacing, spacing),
+            laterality=side,
+            view=view,
+        )
         if birads is not None:
             rows.append(["removed", "removed", side, view, "201001", image_id, "2", birads])
-    _write_csv(release / "INbreast.csv",
-               ["Patient ID", "Patient age", "Laterality", "View", "Acquisition date", "File Name", "ACR", "Bi-Rads"],
-               rows, delimiter=";")
-    (xmls / "20586908.xml").write_text(inbreast_xml([
-        ("Calcification", [(15, 20)]),
-        ("Cluster", [(10, 12), (40, 15), (35, 44), (12, 40)]),
-        ("Calcification", [(30, 30)]),
-        ("Mass", [(60, 10), (90, 10), (90, 40)]),
-    ]), encoding="utf-8")
-    (xmls / "20586934.xml").write_text(inbreast_xml([
-        ("Calcification", [(20, 20)]), ("Calcification", [(24, 22)]), ("Calcification", [(22, 27)]),
-        ("Calcification", [(80, 60)]), ("Calcification", [(86, 60)]), ("Calcification", [(92, 62)]),
-        ("Calcification", [(90, 70)]), ("Calcification", [(95, 64), (99, 64), (97, 68)]),
-        ("Calcification", [(60, 85)]), ("Calcification", [(64, 85)]),
-        ("Calcification", [(120, 5)]),
-    ]), encoding="utf-8")
-    (xmls / "22614097.xml").write_text(inbreast_xml([
-        ("Calcification", [(20, 20)]), ("Calcification", [(21, 21)]), ("Calcification", [(22, 22)]),
-    ]), encoding="utf-8")
+    _write_csv(
+        release / "INbreast.csv",
+        ["Patient ID", "Patient age", "Laterality", "View", "Acquisition date", "File Name", "ACR", "Bi-Rads"],
+        rows,
+        delimiter=";",
+    )
+    (xmls / "20586908.xml").write_text(
+        inbreast_xml(
+            [
+                ("Calcification", [(15, 20)]),
+                ("Cluster", [(10, 12), (40, 15), (35, 44), (12, 40)]),
+                ("Calcification", [(30, 30)]),
+                ("Mass", [(60, 10), (90, 10), (90, 40)]),
+            ]
+        ),
+        encoding="utf-8",
+    )
+    (xmls / "20586934.xml").write_text(
+        inbreast_xml(
+            [
+                ("Calcification", [(20, 20)]),
+                ("Calcification", [(24, 22)]),
+                ("Calcification", [(22, 27)]),
+                ("Calcification", [(80, 60)]),
+                ("Calcification", [(86, 60)]),
+                ("Calcification", [(92, 62)]),
+                ("Calcification", [(90, 70)]),
+                ("Calcification", [(95, 64), (99, 64), (97, 68)]),
+                ("Calcification", [(60, 85)]),
+                ("Calcification", [(64, 85)]),
+                ("Calcification", [(120, 5)]),
+            ]
+        ),
+        encoding="utf-8",
+    )
+    (xmls / "22614097.xml").write_text(
+        inbreast_xml(
+            [
+                ("Calcification", [(20, 20)]),
+                ("Calcification", [(21, 21)]),
+                ("Calcification", [(22, 22)]),
+            ]
+        ),
+        encoding="utf-8",
+    )
     whole = inbreast_xml([("Calcification", [(20, 20)]), ("Calcification", [(21, 21)]), ("Calcification", [(22, 22)])])
     (xmls / "22614127.xml").write_text(whole[: len(whole) // 2], encoding="utf-8")
     return release
@@ -254,22 +323,52 @@ def write_vindr_mammo(root: Path) -> Path:
     * img_d (training): Suspicious Calcification with an empty finding BI-RADS -> image left out.
     * img_e (training): Suspicious Calcification, but its DICOM is missing -> skipped.
     """
+
     def image(study: str, image_id: str, seed: int) -> None:
         folder = root / "images" / study
         folder.mkdir(parents=True, exist_ok=True)
         make_mammo_dicom(folder / f"{image_id}.dicom", _mammo(seed), spacing=(0.085, 0.085))
 
-    for study, image_id, seed in (("st1", "img_a", 20), ("st2", "img_b", 21), ("st1", "img_c", 22), ("st3", "img_d", 23)):
+    for study, image_id, seed in (
+        ("st1", "img_a", 20),
+        ("st2", "img_b", 21),
+        ("st1", "img_c", 22),
+        ("st3", "img_d", 23),
+    ):
         image(study, image_id, seed)
 
     def row(study, image_id, lat, view, cats, birads, box, split, series="se1"):
         box_cells = [str(v) for v in box] if box else ["", "", "", ""]
-        return [study, series, image_id, lat, view, str(ROWS), str(COLS), "BI-RADS 4", "DENSITY C", cats, birads,
-                *box_cells, split]
+        return [
+            study,
+            series,
+            image_id,
+            lat,
+            view,
+            str(ROWS),
+            str(COLS),
+            "BI-RADS 4",
+            "DENSITY C",
+            cats,
+            birads,
+            *box_cells,
+            split,
+        ]
 
     rows = [
-        row("st1", "img_a", "L", "CC", "['Suspicious Calcification']", "BI-RADS 4", (10.5, 20.25, 50.0, 60.0), "training"),
-        row("st1", "img_a", "L", "CC", "['Mass', 'Suspicious Calcification']", "BI-RADS 3", (70, 10, 90, 30), "training"),
+        row(
+            "st1",
+            "img_a",
+            "L",
+            "CC",
+            "['Suspicious Calcification']",
+            "BI-RADS 4",
+            (10.5, 20.25, 50.0, 60.0),
+            "training",
+        ),
+        row(
+            "st1", "img_a", "L", "CC", "['Mass', 'Suspicious Calcification']", "BI-RADS 3", (70, 10, 90, 30), "training"
+        ),
         row("st1", "img_a", "L", "CC", "['Mass']", "BI-RADS 4", (5, 5, 15, 15), "training"),
         row("st2", "img_b", "R", "MLO", "['Suspicious Calcification']", "BI-RADS 5", (0, 0, 128, 96), "test"),
         row("st1", "img_c", "R", "CC", "['No Finding']", "", None, "training"),
@@ -339,8 +438,15 @@ def write_coco(root: Path) -> Path:
         make_png(imgs / f"{name}.png", mammo_like(ROWS, COLS, seed=40 + n, dtype=np.uint8))
     data = {
         "images": [
-            {"id": 11, "file_name": "../imgs/a.png", "width": COLS, "height": ROWS, "spacing_mm": 0.1,
-             "laterality": "left", "view": "cc"},
+            {
+                "id": 11,
+                "file_name": "../imgs/a.png",
+                "width": COLS,
+                "height": ROWS,
+                "spacing_mm": 0.1,
+                "laterality": "left",
+                "view": "cc",
+            },
             {"id": 12, "file_name": "../imgs/b.png", "width": 100, "height": 100},
             {"id": 13, "file_name": "../imgs/missing.png"},
             {"id": 14, "file_name": "../imgs/c.png"},

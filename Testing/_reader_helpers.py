@@ -11,18 +11,19 @@ Part 10 file that pydicom, dcmtk or Slicer read like any other.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGLosslessSV1,
-    UID,
     generate_uid,
 )
 
@@ -40,7 +41,9 @@ _SOP_CLASSES = {
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def mammo_like(rows: int = 256, cols: int = 192, *, side: str = "L", dtype: Any = np.uint16, seed: int = 0) -> np.ndarray:
+def mammo_like(
+    rows: int = 256, cols: int = 192, *, side: str = "L", dtype: Any = np.uint16, seed: int = 0
+) -> np.ndarray:
     """A synthetic MONOCHROME2 mammogram: a textured half-ellipse breast whose chest wall is on
     ``side`` ("L" = column 0, the DICOM convention for a left breast), a dark background, a
     bright burned-in label in the opposite upper corner and a thin bright film edge on top.
@@ -158,7 +161,9 @@ def make_mammo_dicom(
     if arr.ndim not in (2, 3):
         raise ValueError("pixels must be 2-D or (rows, cols, 3)")
     ts = UID(str(transfer_syntax))
-    sop_class = _SOP_CLASSES.get((modality, presentation_intent)) or _SOP_CLASSES.get((modality, None)) or _SECONDARY_CAPTURE
+    sop_class = (
+        _SOP_CLASSES.get((modality, presentation_intent)) or _SOP_CLASSES.get((modality, None)) or _SECONDARY_CAPTURE
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -279,7 +284,9 @@ def make_tiff(
     return path
 
 
-def make_sitk_image(path: Union[str, Path], pixels: np.ndarray, spacing_mm: Optional[tuple[float, float]] = (0.07, 0.07)) -> Path:
+def make_sitk_image(
+    path: Union[str, Path], pixels: np.ndarray, spacing_mm: Optional[tuple[float, float]] = (0.07, 0.07)
+) -> Path:
     """Write a 2-D (or 3-D, for rejection tests) NRRD / NIfTI / MHA file with SimpleITK.
 
     ``spacing_mm`` is (row, col) for 2-D input; the format follows the suffix of ``path``.

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -120,7 +121,12 @@ def roi_corners_world(roi: Any) -> np.ndarray:
     for sx in (-1, 1):
         for sy in (-1, 1):
             for sz in (-1, 1):
-                out.append(np.array(centre) + sx * axes[0] * size[0] / 2 + sy * axes[1] * size[1] / 2 + sz * axes[2] * size[2] / 2)
+                out.append(
+                    np.array(centre)
+                    + sx * axes[0] * size[0] / 2
+                    + sy * axes[1] * size[1] / 2
+                    + sz * axes[2] * size[2] / 2
+                )
     return np.array(out)
 
 
@@ -142,7 +148,14 @@ def same_point_set(a: np.ndarray, b: np.ndarray, atol: float = 1e-6) -> bool:
 
 
 def spec(categories: Optional[list[tuple[str, float]]] = None, score_threshold: float = 0.3) -> ModelSpec:
-    s = ModelSpec(name="test-model", version="1.0", file="w.safetensors", sha256="cd" * 32, backbone="mobilenet_v2", score_threshold=score_threshold)
+    s = ModelSpec(
+        name="test-model",
+        version="1.0",
+        file="w.safetensors",
+        sha256="cd" * 32,
+        backbone="mobilenet_v2",
+        score_threshold=score_threshold,
+    )
     if categories is not None:
         s.risk_categories = [RiskCategory(n, p) for n, p in categories]
     return s
@@ -165,7 +178,10 @@ def make_lesion(
     for r, c in mask_pixels:
         mask[r - r0, c - c0] = True
     box_mm = (box[0] * spacing[1], box[1] * spacing[0], box[2] * spacing[1], box[3] * spacing[0])
-    specks = [Speck(centroid_px=(c + 0.5, r + 0.5), area_px=1, area_mm2=spacing[0] * spacing[1], diameter_mm=0.1) for r, c in mask_pixels]
+    specks = [
+        Speck(centroid_px=(c + 0.5, r + 0.5), area_px=1, area_mm2=spacing[0] * spacing[1], diameter_mm=0.1)
+        for r, c in mask_pixels
+    ]
     return Lesion(
         id=id, label=label, score=score, p_malignant=p_malignant, box_px=tuple(map(float, box)), box_mm=box_mm,
         area_mm2=(box_mm[2] - box_mm[0]) * (box_mm[3] - box_mm[1]), speck_mask=mask, mask_origin=(r0, c0), specks=specks,
@@ -233,7 +249,14 @@ def table_rows(table_node: Any) -> list[dict[str, Any]]:
     names = [table.GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())]
     rows = []
     for r in range(table.GetNumberOfRows()):
-        rows.append({names[c]: table.GetValue(r, c).ToString() if table.GetColumn(c).IsA("vtkStringArray") else table.GetValue(r, c).ToDouble() for c in range(len(names))})
+        rows.append(
+            {
+                names[c]: table.GetValue(r, c).ToString()
+                if table.GetColumn(c).IsA("vtkStringArray")
+                else table.GetValue(r, c).ToDouble()
+                for c in range(len(names))
+            }
+        )
     return rows
 
 
@@ -253,6 +276,15 @@ def write_random_model(folder: Path, score_threshold: float = 0.3) -> Path:
     torch.manual_seed(0)
     model = build_detector("mobilenet_v2")
     sha = save_weights(model, folder / "r.safetensors")
-    entry = ModelSpec(name="random", version="0", file="r.safetensors", sha256=sha, backbone="mobilenet_v2", score_threshold=score_threshold)
-    (folder / "manifest.json").write_text(json.dumps({"schema_version": 1, "default": "random", "models": [entry.to_json()]}))
+    entry = ModelSpec(
+        name="random",
+        version="0",
+        file="r.safetensors",
+        sha256=sha,
+        backbone="mobilenet_v2",
+        score_threshold=score_threshold,
+    )
+    (folder / "manifest.json").write_text(
+        json.dumps({"schema_version": 1, "default": "random", "models": [entry.to_json()]})
+    )
     return folder / "manifest.json"

@@ -38,7 +38,7 @@ def _case_path(case: int, key: str) -> Path:
     return Path(mm.CASES[case][key])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def real_mammogram(case: int, key: str) -> Mammogram:
     """A real CBIS-DDSM image as a Mammogram, built straight from pydicom (no reader needed).
 

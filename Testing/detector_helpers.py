@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +10,22 @@ import torch
 
 from MicrocalcAI.core.detect.manifest import ModelSpec
 from MicrocalcAI.core.detect.network import build_detector
-from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform
 from MicrocalcAI.core.detect.weights import save_weights
+from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform
 
 SMALL_TILE = 256
 SMALL_OVERLAP = 64
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_detector(backbone: str, pretrained: bool, tile: int) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_detector(backbone, tile_size=tile, pretrained_backbone=pretrained)
 
 
-def small_detector(backbone: str = "mobilenet_v2", *, pretrained: bool = False, tile: int = SMALL_TILE) -> torch.nn.Module:
+def small_detector(
+    backbone: str = "mobilenet_v2", *, pretrained: bool = False, tile: int = SMALL_TILE
+) -> torch.nn.Module:
     """A deterministic detector in eval mode; cached per arguments (tests must not mutate it)."""
     model = _cached_detector(backbone, pretrained, tile)
     model.eval()
@@ -66,7 +68,9 @@ def tiling_spec(**overrides) -> ModelSpec:
 def canonical_image(image: np.ndarray, mask: np.ndarray) -> CanonicalImage:
     """Wrap an image and mask as a CanonicalImage with an identity stored<->canonical mapping."""
     shape = (int(image.shape[0]), int(image.shape[1]))
-    transform = CanonicalTransform(stored_shape=shape, flipped=False, scale=(1.0, 1.0), offset=(0.0, 0.0), canonical_shape=shape)
+    transform = CanonicalTransform(
+        stored_shape=shape, flipped=False, scale=(1.0, 1.0), offset=(0.0, 0.0), canonical_shape=shape
+    )
     return CanonicalImage(image=image.astype(np.float32), mask=mask.astype(bool), spacing_mm=0.1, transform=transform)
 
 

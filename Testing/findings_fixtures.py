@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -78,7 +79,12 @@ def lesion(
         r, c = np.nonzero(labels == lab)
         a_mm2 = r.size * spacing[0] * spacing[1]
         specks.append(
-            Speck((origin[1] + c.mean() + 0.5, origin[0] + r.mean() + 0.5), int(r.size), a_mm2, 2 * math.sqrt(a_mm2 / math.pi))
+            Speck(
+                (origin[1] + c.mean() + 0.5, origin[0] + r.mean() + 0.5),
+                int(r.size),
+                a_mm2,
+                2 * math.sqrt(a_mm2 / math.pi),
+            )
         )
     box_mm = (x0 * spacing[1], y0 * spacing[0], x1 * spacing[1], y1 * spacing[0])
     return Lesion(
@@ -152,7 +158,9 @@ def _type_ok(value: Any, name: str) -> bool:
     return isinstance(value, _TYPES[name])
 
 
-def schema_errors(value: Any, schema: dict[str, Any], root: Optional[dict[str, Any]] = None, where: str = "$") -> list[str]:
+def schema_errors(
+    value: Any, schema: dict[str, Any], root: Optional[dict[str, Any]] = None, where: str = "$"
+) -> list[str]:
     """The subset of JSON Schema that findings.schema.json uses, checked recursively.
 
     Stand-in for the `jsonschema` package, which is not installed here.

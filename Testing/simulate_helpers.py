@@ -7,7 +7,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from MicrocalcAI.simulation.simulate import RealBackgroundLibrary, SimulationConfig, read_display_image, simulate_dataset
+from MicrocalcAI.simulation.simulate import (
+    RealBackgroundLibrary,
+    SimulationConfig,
+    read_display_image,
+    simulate_dataset,
+)
 
 
 def small_config(**overrides) -> SimulationConfig:
@@ -54,7 +59,20 @@ def speck_extent_mm(speck, spacing_mm: float) -> float:
     _, cover, _ = render_speck(speck, spacing_mm)
     rc = np.argwhere(speck_mask_from_coverage(cover)).astype(float)
     if len(rc) > 400:  # long rods: the convex extremes are enough
-        rc = rc[np.unique(np.concatenate([np.argmin(rc, 0), np.argmax(rc, 0), np.argmin(rc.sum(1))[None], np.argmax(rc.sum(1))[None], np.argmin(rc[:, 0] - rc[:, 1])[None], np.argmax(rc[:, 0] - rc[:, 1])[None]]))]
+        rc = rc[
+            np.unique(
+                np.concatenate(
+                    [
+                        np.argmin(rc, 0),
+                        np.argmax(rc, 0),
+                        np.argmin(rc.sum(1))[None],
+                        np.argmax(rc.sum(1))[None],
+                        np.argmin(rc[:, 0] - rc[:, 1])[None],
+                        np.argmax(rc[:, 0] - rc[:, 1])[None],
+                    ]
+                )
+            )
+        ]
     d = np.sqrt(((rc[:, None, :] - rc[None, :, :]) ** 2).sum(-1)).max() if len(rc) > 1 else 0.0
     return float((d + 1.0) * spacing_mm)
 

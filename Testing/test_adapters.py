@@ -29,6 +29,7 @@ from _adapter_fixtures import (
     write_vindr_mammo,
 )
 
+from MicrocalcAI.core.errors import DatasetError
 from MicrocalcAI.datasets.adapters import (
     ConversionReport,
     convert_cbis_ddsm,
@@ -41,7 +42,6 @@ from MicrocalcAI.datasets.adapters import (
     normalise_kind,
 )
 from MicrocalcAI.training.data import LABEL_IDS, parse_coco
-from MicrocalcAI.core.errors import DatasetError
 
 
 def _load(out: Path) -> dict:
@@ -62,7 +62,8 @@ def _boxes_by_image(out: Path, key: str = "file_name") -> dict[str, list[tuple[l
 def _tree_digest(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -100,7 +101,9 @@ def test_cbis_ddsm_boxes_are_mask_bounding_boxes(tmp_path):
 
     assert report.images == 3 and report.lesions == {"benign": 2, "malignant": 2}
     reasons = _reasons(report)
-    assert "calc_case_description_train_set.csv row 5 (line 8)" in reasons and "no ROI mask of the image's size" in reasons
+    assert (
+        "calc_case_description_train_set.csv row 5 (line 8)" in reasons and "no ROI mask of the image's size" in reasons
+    )
     assert "calc_case_description_train_set.csv row 6 (line 10)" in reasons and "full image not found" in reasons
     assert "calc_case_description_train_set.csv row 7 (line 12)" in reasons and "not calcification" in reasons
     assert "image left out" in reasons  # P_00008: its only lesion could not be converted
@@ -262,11 +265,18 @@ def test_coco_mapping_validation_and_relative_paths(tmp_path):
     ]
     entries = {Path(e["file_name"]).name: e for e in data["images"]}
     assert entries["a.png"]["file_name"] == "../user/imgs/a.png"
-    assert (entries["a.png"]["laterality"], entries["a.png"]["view"], entries["a.png"]["spacing_mm"]) == ("L", "CC", 0.1)
+    assert (entries["a.png"]["laterality"], entries["a.png"]["view"], entries["a.png"]["spacing_mm"]) == (
+        "L",
+        "CC",
+        0.1,
+    )
     boxes = _boxes_by_image(out)
     assert boxes == {
-        "a.png": [([0.0, 0.0, 5.0, 5.0], "benign"), ([10.0, 20.0, 40.0, 60.0], "malignant"),
-                  ([60.0, 10.0, 80.0, 30.0], "benign")],
+        "a.png": [
+            ([0.0, 0.0, 5.0, 5.0], "benign"),
+            ([10.0, 20.0, 40.0, 60.0], "malignant"),
+            ([60.0, 10.0, 80.0, 30.0], "benign"),
+        ],
         "d.png": [],
     }
     reasons = _reasons(report)
@@ -298,12 +308,18 @@ def test_output_never_overwrites_an_input(tmp_path):
 def test_convert_dataset_dispatch_options_and_progress(tmp_path):
     root = write_mini_mias(tmp_path / "mias")
     calls = []
-    report = convert_dataset("MIAS", root, tmp_path / "m.json", progress=lambda f, m: calls.append(f),
-                             include_negatives=None, strict=None)
+    report = convert_dataset(
+        "MIAS", root, tmp_path / "m.json", progress=lambda f, m: calls.append(f), include_negatives=None, strict=None
+    )
     assert report.kind == "mini-mias" and report.images == 3
     assert calls and calls[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in calls) and calls == sorted(calls)
     assert [normalise_kind(k) for k in ("CBIS_DDSM", "vindr", "InBreast", "coco", "mini-mias")] == [
-        "cbis-ddsm", "vindr-mammo", "inbreast", "coco", "mini-mias"]
+        "cbis-ddsm",
+        "vindr-mammo",
+        "inbreast",
+        "coco",
+        "mini-mias",
+    ]
     with pytest.raises(DatasetError, match="unknown dataset kind"):
         convert_dataset("ddsm-original-ljpeg", root, tmp_path / "m.json")
     with pytest.raises(DatasetError, match=r"\['split'\] do not apply to mini-mias"):
@@ -317,9 +333,10 @@ def test_convert_command_writes_coco_and_reports_skipped_rows(tmp_path, capsys):
     """The CLI path: `microcalcai convert mini-mias SOURCE --out FILE`, exit 1 when rows were skipped."""
     import json
 
+    from _adapter_fixtures import write_mini_mias
+
     from MicrocalcAI.cli import main as cli_main
     from MicrocalcAI.training.data import parse_coco
-    from _adapter_fixtures import write_mini_mias
 
     source = write_mini_mias(tmp_path / "mias")
     out = tmp_path / "mias.json"

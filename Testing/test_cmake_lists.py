@@ -100,14 +100,23 @@ def test_model_files_named_by_the_manifest_are_installed():
     assert "*.json" in patterns
     for entry in json.loads(manifest.read_text(encoding="utf-8"))["models"]:
         weights = Path(entry["file"])
-        assert not weights.is_absolute() and weights.parent == Path("."), f"{weights}: bundled weights must sit next to the manifest"
+        assert not weights.is_absolute() and weights.parent == Path("."), (
+            f"{weights}: bundled weights must sit next to the manifest"
+        )
         assert any(weights.match(p) for p in patterns), f"{weights} is not matched by the Models globs {patterns}"
 
 
 def test_extension_metadata_is_complete():
     values = cmake_set_lists(TOP_CMAKE)
     text = TOP_CMAKE.read_text(encoding="utf-8")
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+    for key in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CATEGORY",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+    ):
         assert values.get(key) and values[key][0].strip('"'), key
     assert "PyTorch" in " ".join(values["EXTENSION_DEPENDS"])
     assert values["EXTENSION_ICONURL"][0].strip('"').endswith(".png")
@@ -218,7 +227,9 @@ def test_configure_build_install_gives_a_working_module_tree(tmp_path):
     build, prefix = tmp_path / "build", tmp_path / "install"
     env = dict(os.environ)
     run = lambda *args: subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)  # noqa: E731
-    configured = run("cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={fake}", f"-DCMAKE_INSTALL_PREFIX={prefix}")
+    configured = run(
+        "cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={fake}", f"-DCMAKE_INSTALL_PREFIX={prefix}"
+    )
     assert configured.returncode == 0, configured.stdout + configured.stderr
     built = run("cmake", "--build", str(build))
     assert built.returncode == 0, built.stdout + built.stderr
@@ -275,12 +286,22 @@ def test_ui_parameter_names_match_the_parameter_node_and_code_uses_existing_widg
     import ast
 
     tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    wrapper = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "MicrocalcAIModuleParameterNode")
+    wrapper = next(
+        n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "MicrocalcAIModuleParameterNode"
+    )
     fields = {n.target.id for n in wrapper.body if isinstance(n, ast.AnnAssign)}
     widgets = _ui_widgets()
     bound = {info["SlicerParameterName"] for info in widgets.values() if "SlicerParameterName" in info}
     assert bound <= fields, f"unknown SlicerParameterName(s): {bound - fields}"
-    assert {"inputVolume", "allVolumes", "device", "scoreThreshold", "showBenign", "showMalignant", "segmentsPer"} <= bound
+    assert {
+        "inputVolume",
+        "allVolumes",
+        "device",
+        "scoreThreshold",
+        "showBenign",
+        "showMalignant",
+        "segmentsPer",
+    } <= bound
     used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text(encoding="utf-8")))
     assert used <= set(widgets), f"widgets used in code but missing from the .ui: {used - set(widgets)}"
     for needed in ("applyButton", "cancelButton", "progressBar", "statusLabel", "imageRiskLabel", "breastRiskLabel",

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from train_helpers import box_pixels_are_lesion, simulate_tiny, synthetic_sample, write_coco
 
+from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
 from MicrocalcAI.training.data import (
     CocoMammogramDataset,
     PatchConfig,
@@ -16,9 +18,6 @@ from MicrocalcAI.training.data import (
     parse_coco,
     standardise_file,
 )
-from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
-
-from train_helpers import box_pixels_are_lesion, simulate_tiny, synthetic_sample, write_coco
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +44,14 @@ def test_missing_image_is_reported_with_its_path(tmp_path):
 
 @pytest.mark.parametrize(
     "bbox, fragment",
-    [([10, 10, -5, 20], "non-positive size"), ([10, 10, 0, 20], "non-positive size"), ([1, 2, 3], "4 finite numbers"),
-     ([1, 2, "x", 4], "4 finite numbers"), ([90, 10, 20, 20], "outside"), ([-3, 10, 5, 5], "negative origin")],
+    [
+        ([10, 10, -5, 20], "non-positive size"),
+        ([10, 10, 0, 20], "non-positive size"),
+        ([1, 2, 3], "4 finite numbers"),
+        ([1, 2, "x", 4], "4 finite numbers"),
+        ([90, 10, 20, 20], "outside"),
+        ([-3, 10, 5, 5], "negative origin"),
+    ],
 )
 def test_bad_bbox_is_rejected(tmp_path, bbox, fragment):
     img = _image_file(tmp_path)
@@ -63,7 +68,9 @@ def test_bad_bbox_is_rejected(tmp_path, bbox, fragment):
 def test_unknown_category_name_and_id_are_rejected(tmp_path):
     img = _image_file(tmp_path)
     images = [{"id": 1, "file_name": img.name}]
-    coco = write_coco(tmp_path / "a.json", images, [], categories=[{"id": 1, "name": "benign"}, {"id": 2, "name": "tumour"}])
+    coco = write_coco(
+        tmp_path / "a.json", images, [], categories=[{"id": 1, "name": "benign"}, {"id": 2, "name": "tumour"}]
+    )
     with pytest.raises(DatasetError, match="unknown category 'tumour'"):
         parse_coco(coco)
     coco = write_coco(tmp_path / "b.json", images, [{"id": 5, "image_id": 1, "category_id": 9, "bbox": [1, 1, 4, 4]}])
@@ -76,8 +83,10 @@ def test_all_problems_are_listed_at_once(tmp_path):
     coco = write_coco(
         tmp_path / "a.json",
         [{"id": 1, "file_name": img.name}, {"id": 2, "file_name": "gone.dcm"}],
-        [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 0]},
-         {"id": 2, "image_id": 99, "category_id": 1, "bbox": [0, 0, 5, 5]}],
+        [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 0]},
+            {"id": 2, "image_id": 99, "category_id": 1, "bbox": [0, 0, 5, 5]},
+        ],
     )
     with pytest.raises(DatasetError) as err:
         parse_coco(coco)
@@ -115,8 +124,14 @@ def test_hard_negatives_are_parsed_and_malformed_ones_reported(tmp_path):
     (entry,) = parse_coco(coco)
     np.testing.assert_allclose(entry.hard_negatives_stored, [[5, 6, 9, 9], [20, 1, 21, 2]])
     assert entry.extra["hard_negatives"] == good  # still there for `microcalcai evaluate`
-    bad = write_coco(tmp_path / "b.json", [{"id": 1, "file_name": img.name, "hard_negatives": [{"type": "x", "bbox": [1, 2, 0, 3]}]},
-                                           {"id": 2, "file_name": img.name, "hard_negatives": "none"}], [])
+    bad = write_coco(
+        tmp_path / "b.json",
+        [
+            {"id": 1, "file_name": img.name, "hard_negatives": [{"type": "x", "bbox": [1, 2, 0, 3]}]},
+            {"id": 2, "file_name": img.name, "hard_negatives": "none"},
+        ],
+        [],
+    )
     with pytest.raises(DatasetError) as info:
         parse_coco(bad)
     assert "image 1: hard negative" in str(info.value) and "image 2: 'hard_negatives' must be a list" in str(info.value)
@@ -125,9 +140,16 @@ def test_hard_negatives_are_parsed_and_malformed_ones_reported(tmp_path):
 def test_simulated_hard_negatives_land_on_bright_structures_in_the_canonical_frame(tmp_path):
     from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_dataset
 
-    config = SimulationConfig.realistic(n_images=3, seed=8, real_fraction=0.0, hard_negatives_per_image=(4, 4),
-                                        hard_negative_types=("isolated_speck", "skin_marker"), spacing_mm=(0.07, 0.07),
-                                        procedural_height_mm=(60.0, 65.0), procedural_width_mm=(45.0, 50.0))
+    config = SimulationConfig.realistic(
+        n_images=3,
+        seed=8,
+        real_fraction=0.0,
+        hard_negatives_per_image=(4, 4),
+        hard_negative_types=("isolated_speck", "skin_marker"),
+        spacing_mm=(0.07, 0.07),
+        procedural_height_mm=(60.0, 65.0),
+        procedural_width_mm=(45.0, 50.0),
+    )
     coco = simulate_dataset(tmp_path / "sim", config)
     ds = CocoMammogramDataset(coco, spacing_mm=0.1, assumed_input_spacing_mm=0.05)
     ds.prepare()
@@ -137,8 +159,8 @@ def test_simulated_hard_negatives_land_on_bright_structures_in_the_canonical_fra
         for x0, y0, x1, y1 in sample.hard_negatives:
             # Mapped through the same transform as the lesions: the look-alike is inside its box.
             r0, c0 = max(int(y0) - 1, 0), max(int(x0) - 1, 0)
-            region = sample.image[r0:int(np.ceil(y1)) + 1, c0:int(np.ceil(x1)) + 1].astype(np.float32)
-            ring = sample.image[max(r0 - 6, 0):int(y1) + 7, max(c0 - 6, 0):int(x1) + 7].astype(np.float32)
+            region = sample.image[r0 : int(np.ceil(y1)) + 1, c0 : int(np.ceil(x1)) + 1].astype(np.float32)
+            ring = sample.image[max(r0 - 6, 0) : int(y1) + 7, max(c0 - 6, 0) : int(x1) + 7].astype(np.float32)
             assert region.max() > np.median(ring) + 0.01
             seen += 1
     assert seen >= 6
@@ -160,7 +182,7 @@ def test_dataset_matches_inference_path_and_caches(tiny_coco, tmp_path):
         np.testing.assert_allclose(sample.boxes, direct.transform.to_canonical_boxes(entry.boxes_stored), atol=1e-4)
         # The lesion boxes hold the bright calcifications: their top intensities beat the breast's.
         for box in sample.boxes.astype(int):
-            region = sample.image[box[1]:box[3], box[0]:box[2]].astype(np.float32)
+            region = sample.image[box[1] : box[3], box[0] : box[2]].astype(np.float32)
             assert region.max() > np.percentile(sample.image[sample.mask], 90)
 
     again = CocoMammogramDataset(tiny_coco, spacing_mm=0.1, assumed_input_spacing_mm=0.05, cache_dir=cache)
@@ -179,16 +201,29 @@ def test_dataset_matches_inference_path_and_caches(tiny_coco, tmp_path):
 
 
 def _exact_config(**flags) -> PatchConfig:
-    base = dict(patch_size=128, background_fraction=0.0, hflip=False, vflip=False, rot90=False,
-                gamma_range=(1.0, 1.0), contrast_range=(1.0, 1.0), min_box_side=1.0, min_visible_fraction=0.0)
+    base = dict(
+        patch_size=128,
+        background_fraction=0.0,
+        hflip=False,
+        vflip=False,
+        rot90=False,
+        gamma_range=(1.0, 1.0),
+        contrast_range=(1.0, 1.0),
+        min_box_side=1.0,
+        min_visible_fraction=0.0,
+    )
     base.update(flags)
     return PatchConfig(**base)
 
 
 @pytest.mark.parametrize(
     "flags",
-    [dict(hflip=True), dict(vflip=True), dict(rot90=True),
-     dict(hflip=True, vflip=True, rot90=True, gamma_range=(0.7, 1.4), contrast_range=(0.8, 1.2))],
+    [
+        dict(hflip=True),
+        dict(vflip=True),
+        dict(rot90=True),
+        dict(hflip=True, vflip=True, rot90=True, gamma_range=(0.7, 1.4), contrast_range=(0.8, 1.2)),
+    ],
     ids=["hflip", "vflip", "rot90", "all"],
 )
 def test_augmented_boxes_cover_exactly_the_lesion_pixels(flags):
@@ -235,13 +270,15 @@ def test_class_balance_and_background_fraction():
     bg = PatchSampler([synthetic_sample(mask=mask)], _exact_config(patch_size=64, background_fraction=1.0), seed=2)
     for _ in range(50):
         _, r0, c0 = bg.sample().source
-        assert mask[r0:r0 + 64, c0:c0 + 64].any()
+        assert mask[r0 : r0 + 64, c0 : c0 + 64].any()
 
 
 def test_hard_negative_patches_hold_the_look_alike_at_varying_positions():
     sample = synthetic_sample(shape=(600, 500), boxes=((40, 60, 90, 80),), labels=(1,))
     sample.hard_negatives = np.array([[300, 400, 310, 412]], dtype=np.float32)
-    sampler = PatchSampler([sample], _exact_config(patch_size=64, background_fraction=1.0, hard_negative_fraction=1.0), seed=4)
+    sampler = PatchSampler(
+        [sample], _exact_config(patch_size=64, background_fraction=1.0, hard_negative_fraction=1.0), seed=4
+    )
     origins = set()
     for _ in range(40):
         patch = sampler.sample()
@@ -251,7 +288,11 @@ def test_hard_negative_patches_hold_the_look_alike_at_varying_positions():
         origins.add((r0, c0))
     assert len(origins) > 15
     # Without recorded hard negatives the same setting falls back to random breast patches.
-    plain = PatchSampler([synthetic_sample(shape=(600, 500))], _exact_config(patch_size=64, background_fraction=1.0, hard_negative_fraction=1.0), seed=4)
+    plain = PatchSampler(
+        [synthetic_sample(shape=(600, 500))],
+        _exact_config(patch_size=64, background_fraction=1.0, hard_negative_fraction=1.0),
+        seed=4,
+    )
     assert len({plain.sample().source for _ in range(20)}) > 10
     with pytest.raises(DatasetError, match="hard_negative_fraction"):
         PatchConfig(hard_negative_fraction=1.5)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from detector_helpers import SMALL_OVERLAP, SMALL_TILE, breast_like, canonical_image, small_detector, tiling_spec
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from detector_helpers import SMALL_OVERLAP, SMALL_TILE, breast_like, canonical_image, small_detector, tiling_spec
+from MicrocalcAI.core.detect.manifest import MERGE_FLOOR
 from MicrocalcAI.core.detect.tiles import (
     detect,
     extract_tile,
@@ -18,7 +19,6 @@ from MicrocalcAI.core.detect.tiles import (
     touches_inner_edge,
 )
 from MicrocalcAI.core.errors import CancelledError, InputError
-from MicrocalcAI.core.detect.manifest import MERGE_FLOOR
 from MicrocalcAI.core.records import Detection
 
 # ---------------------------------------------------------------- tiling
@@ -139,7 +139,11 @@ def test_box_mostly_inside_a_stronger_box_is_dropped():
     kept, _, _ = merge_detections(boxes, np.array([0.9, 0.8, 0.7]), np.array([0.5, 0.5, 0.5]))
     # Box 1 (IoU 0.16 with box 0, too low for NMS) lies inside box 0; box 2 only overlaps a corner.
     assert kept.tolist() == [0, 2]
-    assert merge_detections(boxes, np.array([0.9, 0.8, 0.7]), np.array([0.5] * 3), containment=1.01)[0].tolist() == [0, 1, 2]
+    assert merge_detections(boxes, np.array([0.9, 0.8, 0.7]), np.array([0.5] * 3), containment=1.01)[0].tolist() == [
+        0,
+        1,
+        2,
+    ]
 
 
 def test_equal_scores_keep_the_more_malignant_box():
@@ -152,7 +156,11 @@ def test_merge_tile_outputs_maps_tiles_to_whole_image_coordinates():
     origins = [(0, 0), (0, 384), (384, 0)]
     outputs = [
         {"boxes": np.array([[10.0, 20, 40, 60]]), "scores": np.array([0.9]), "p_malignant": np.array([0.8])},
-        {"boxes": np.array([[100.0, 50, 130, 90], [5, 5, 9, 9]]), "scores": np.array([0.6, 0.1]), "p_malignant": np.array([0.3, 0.9])},
+        {
+            "boxes": np.array([[100.0, 50, 130, 90], [5, 5, 9, 9]]),
+            "scores": np.array([0.6, 0.1]),
+            "p_malignant": np.array([0.3, 0.9]),
+        },
         {"boxes": np.array([[200.0, 300, 220, 330]]), "scores": np.array([0.5]), "p_malignant": np.array([0.5])},
     ]
     dets = merge_tile_outputs(outputs, origins, tile=512, image_shape=(896, 896), score_threshold=0.3)
@@ -179,7 +187,13 @@ def test_merge_tile_outputs_dedupes_a_lesion_seen_by_two_tiles():
 
 
 def test_merge_tile_outputs_clips_boxes_to_a_small_image():
-    outputs = [{"boxes": np.array([[50.0, 60, 120, 128], [110, 110, 128, 128]]), "scores": np.array([0.9, 0.8]), "p_malignant": np.array([0.1, 0.1])}]
+    outputs = [
+        {
+            "boxes": np.array([[50.0, 60, 120, 128], [110, 110, 128, 128]]),
+            "scores": np.array([0.9, 0.8]),
+            "p_malignant": np.array([0.1, 0.1]),
+        }
+    ]
     dets = merge_tile_outputs(outputs, [(0, 0)], tile=128, image_shape=(100, 100), score_threshold=0.3)
     assert len(dets) == 1  # the second box lies wholly in the zero padding
     assert dets[0].box.tolist() == [50.0, 60.0, 100.0, 100.0]
@@ -194,7 +208,9 @@ def test_detect_runs_the_real_model_over_the_breast():
     spec = tiling_spec()
     model = small_detector("mobilenet_v2", pretrained=True)
     calls: list[tuple[float, str]] = []
-    dets = detect(canonical, model, spec, score_threshold=0.05, batch_size=2, progress=lambda f, m: calls.append((f, m)))
+    dets = detect(
+        canonical, model, spec, score_threshold=0.05, batch_size=2, progress=lambda f, m: calls.append((f, m))
+    )
     n_tiles = len(tile_origins(image.shape, mask, SMALL_TILE, SMALL_OVERLAP))
     assert n_tiles == 4
     assert calls[0] == (0.0, f"detecting: tile 0/{n_tiles}")
@@ -233,7 +249,9 @@ def test_detect_cancellation_propagates_and_restores_mode():
 
 def test_detect_on_an_empty_mask_returns_nothing():
     image = np.zeros((300, 300), dtype=np.float32)
-    dets = detect(canonical_image(image, np.zeros_like(image, dtype=bool)), small_detector("mobilenet_v2"), tiling_spec())
+    dets = detect(
+        canonical_image(image, np.zeros_like(image, dtype=bool)), small_detector("mobilenet_v2"), tiling_spec()
+    )
     assert dets == []
 
 
@@ -241,11 +259,13 @@ def test_a_weak_box_enclosing_a_strong_one_does_not_move_it():
     # A confident lesion box and a weak, much larger box around it (context, or a neighbouring
     # group): the lesion keeps its own box and score. Growing it to the union, as an earlier
     # version did, moved the box's centre off the lesion at low thresholds.
-    outputs = [{
-        "boxes": np.array([[100.0, 100, 130, 130], [90, 40, 260, 170], [300, 300, 340, 340]]),
-        "scores": np.array([0.95, 0.1, 0.5]),
-        "p_malignant": np.array([0.9, 0.4, 0.2]),
-    }]
+    outputs = [
+        {
+            "boxes": np.array([[100.0, 100, 130, 130], [90, 40, 260, 170], [300, 300, 340, 340]]),
+            "scores": np.array([0.95, 0.1, 0.5]),
+            "p_malignant": np.array([0.9, 0.4, 0.2]),
+        }
+    ]
     dets = merge_tile_outputs(outputs, [(0, 0)], tile=512, image_shape=(512, 512), score_threshold=0.05)
     lesion = max(dets, key=lambda d: d.score)
     assert lesion.box.tolist() == [100.0, 100.0, 130.0, 130.0]
@@ -272,8 +292,11 @@ def test_a_large_box_covering_a_fragment_neither_replaces_it_nor_takes_its_score
     # and then swallow the two lesions inside it.
     outputs = [
         {"boxes": np.array([[490.0, 200, 512, 230]]), "scores": np.array([0.9]), "p_malignant": np.array([0.2])},
-        {"boxes": np.array([[46.0, 150, 256, 330], [136, 160, 176, 200], [196, 260, 236, 300]]),
-         "scores": np.array([0.3, 0.85, 0.8]), "p_malignant": np.array([0.1, 0.95, 0.9])},
+        {
+            "boxes": np.array([[46.0, 150, 256, 330], [136, 160, 176, 200], [196, 260, 236, 300]]),
+            "scores": np.array([0.3, 0.85, 0.8]),
+            "p_malignant": np.array([0.1, 0.95, 0.9]),
+        },
     ]
     dets = merge_tile_outputs(outputs, list(TWO_TILES), tile=512, image_shape=SHAPE, score_threshold=0.05)
     assert [(d.box.tolist(), d.score, d.label) for d in dets] == [
@@ -290,8 +313,13 @@ def test_thresholds_below_the_merge_floor_report_what_the_floor_reports():
         {"boxes": np.array([[490.0, 200, 512, 230]]), "scores": np.array([0.9]), "p_malignant": np.array([0.2])},
         {"boxes": np.array([[105.0, 199, 157, 231]]), "scores": np.array([0.03]), "p_malignant": np.array([0.7])},
     ]
-    at = {t: [(d.box.tolist(), d.score) for d in merge_tile_outputs(outputs, list(TWO_TILES), tile=512, image_shape=SHAPE, score_threshold=t)]
-          for t in (0.0, 0.02, MERGE_FLOOR, 0.3)}
+    at = {
+        t: [
+            (d.box.tolist(), d.score)
+            for d in merge_tile_outputs(outputs, list(TWO_TILES), tile=512, image_shape=SHAPE, score_threshold=t)
+        ]
+        for t in (0.0, 0.02, MERGE_FLOOR, 0.3)
+    }
     assert at[0.0] == at[0.02] == at[MERGE_FLOOR] == at[0.3] == [([490.0, 200.0, 512.0, 230.0], 0.9)]
 
 
@@ -310,8 +338,13 @@ def test_a_higher_threshold_only_filters_the_merged_lesions(seed, threshold):
         n = int(rng.integers(0, 12))
         xy = rng.uniform(0, 480, (n, 2))
         wh = rng.uniform(4, 160, (n, 2))
-        outputs.append({"boxes": np.concatenate([xy, np.minimum(xy + wh, 512)], axis=1),
-                        "scores": rng.uniform(0.01, 1.0, n), "p_malignant": rng.uniform(0, 1, n)})
+        outputs.append(
+            {
+                "boxes": np.concatenate([xy, np.minimum(xy + wh, 512)], axis=1),
+                "scores": rng.uniform(0.01, 1.0, n),
+                "p_malignant": rng.uniform(0, 1, n),
+            }
+        )
     low = merge_tile_outputs(outputs, origins, tile=512, image_shape=(896, 896), score_threshold=0.05)
     high = merge_tile_outputs(outputs, origins, tile=512, image_shape=(896, 896), score_threshold=threshold)
     expected = [(d.box.tolist(), d.score, d.p_malignant) for d in low if d.score >= threshold]
@@ -319,11 +352,13 @@ def test_a_higher_threshold_only_filters_the_merged_lesions(seed, threshold):
 
 
 def test_weak_box_around_two_lesions_does_not_merge_them():
-    outputs = [{
-        "boxes": np.array([[100.0, 100, 130, 130], [200, 100, 230, 130], [90, 90, 240, 140]]),
-        "scores": np.array([0.9, 0.8, 0.4]),
-        "p_malignant": np.array([0.9, 0.2, 0.5]),
-    }]
+    outputs = [
+        {
+            "boxes": np.array([[100.0, 100, 130, 130], [200, 100, 230, 130], [90, 90, 240, 140]]),
+            "scores": np.array([0.9, 0.8, 0.4]),
+            "p_malignant": np.array([0.9, 0.2, 0.5]),
+        }
+    ]
     dets = merge_tile_outputs(outputs, [(0, 0)], tile=512, image_shape=(512, 512), score_threshold=0.3)
     assert sorted(tuple(d.box.tolist()) for d in dets) == [(100.0, 100.0, 130.0, 130.0), (200.0, 100.0, 230.0, 130.0)]
 
@@ -337,8 +372,11 @@ def test_boxes_centred_off_the_breast_mask_are_dropped():
         Detection(np.array([35.0, 50.0, 55.0, 60.0]), "benign", 0.95, 0.1),  # centre x=45: off the mask
         Detection(np.array([60.0, 0.0, 80.0, 10.0]), "malignant", 0.99, 0.9),  # in the air
     ]
-    out = {"boxes": np.array([d.box for d in dets]), "scores": np.array([d.score for d in dets]),
-           "p_malignant": np.array([d.p_malignant for d in dets])}
+    out = {
+        "boxes": np.array([d.box for d in dets]),
+        "scores": np.array([d.score for d in dets]),
+        "p_malignant": np.array([d.p_malignant for d in dets]),
+    }
     kept = merge_tile_outputs([out], [(0, 0)], tile=100, image_shape=(100, 80), score_threshold=0.3, mask=mask)
     assert [d.score for d in kept] == [0.9, 0.8]
 
@@ -347,8 +385,11 @@ def test_an_off_mask_box_cannot_suppress_the_breast_box_it_overlaps():
     mask = np.zeros((200, 200), dtype=bool)
     mask[:, :100] = True
     # One tile: a strong box centred just off the breast overlaps a weaker box on the breast.
-    out = {"boxes": np.array([[80.0, 50.0, 140.0, 90.0], [70.0, 50.0, 110.0, 90.0]]),
-           "scores": np.array([0.99, 0.6]), "p_malignant": np.array([0.9, 0.4])}
+    out = {
+        "boxes": np.array([[80.0, 50.0, 140.0, 90.0], [70.0, 50.0, 110.0, 90.0]]),
+        "scores": np.array([0.99, 0.6]),
+        "p_malignant": np.array([0.9, 0.4]),
+    }
     without = merge_tile_outputs([out], [(0, 0)], tile=200, image_shape=(200, 200), score_threshold=0.3)
     assert [d.score for d in without] == [0.99]  # NMS keeps the off-mask box only
     kept = merge_tile_outputs([out], [(0, 0)], tile=200, image_shape=(200, 200), score_threshold=0.3, mask=mask)

@@ -7,13 +7,16 @@ construction; one runs the real pipeline end to end on a tiny simulated dataset.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pytest
 
+from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory
 from MicrocalcAI.core.errors import MicrocalcAIError
+from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk
 from MicrocalcAI.evaluation.evaluate import (
     DETECTOR_CLASS,
     FROC_RATES,
@@ -29,8 +32,6 @@ from MicrocalcAI.evaluation.evaluate import (
     truth_from_coco,
     write_report,
 )
-from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory
-from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk
 
 B, M = 1, 2
 GT_BOX = (100.0, 100.0, 140.0, 140.0)  # every hand-built image has its lesions here or at FAR
@@ -39,7 +40,11 @@ FAR = (400.0, 400.0, 420.0, 420.0)
 
 def spec(score_threshold: float = 0.3) -> ModelSpec:
     return ModelSpec(
-        name="eval-test", version="1", file="w.safetensors", sha256="cd" * 32, backbone="mobilenet_v2",
+        name="eval-test",
+        version="1",
+        file="w.safetensors",
+        sha256="cd" * 32,
+        backbone="mobilenet_v2",
         score_threshold=score_threshold,
         operating_points={"high_sensitivity": 0.3, "balanced": 0.5},
         risk_categories=[RiskCategory("low", 0.0), RiskCategory("intermediate", 0.3), RiskCategory("high", 0.5)],
@@ -48,19 +53,49 @@ def spec(score_threshold: float = 0.3) -> ModelSpec:
 
 def les(box: Sequence[float], score: float, p: float, label: Optional[str] = None) -> Lesion:
     label = label or ("malignant" if p >= 0.5 else "benign")
-    return Lesion(id=1, box_px=tuple(box), box_mm=tuple(v * 0.1 for v in box), label=label, score=score,
-                  p_malignant=p, area_mm2=1.0)
+    return Lesion(
+        id=1,
+        box_px=tuple(box),
+        box_mm=tuple(v * 0.1 for v in box),
+        label=label,
+        score=score,
+        p_malignant=p,
+        area_mm2=1.0,
+    )
 
 
-def finding(name: str, lesions: list[Lesion], threshold: float = 0.1, *, patient: Optional[str] = None,
-            study: Optional[str] = None, lat: Optional[str] = None, view: Optional[str] = None) -> ImageFindings:
+def finding(
+    name: str,
+    lesions: list[Lesion],
+    threshold: float = 0.1,
+    *,
+    patient: Optional[str] = None,
+    study: Optional[str] = None,
+    lat: Optional[str] = None,
+    view: Optional[str] = None,
+) -> ImageFindings:
     p = max((x.p_malignant for x in lesions if x.score >= threshold), default=0.0)
     return ImageFindings(
-        source=None, name=name, image_shape=(600, 500), spacing_mm=(0.1, 0.1), spacing_source="user",
-        photometric="MONOCHROME2", laterality=lat, laterality_source=None, view=view, view_source=None,
-        presentation_intent=None, patient_id=patient, study_uid=study, series_uid=None, sop_uid=None,
-        manufacturer=None, lesions=lesions, risk=Risk(p, "low"),
-        model=ModelInfo("eval-test", "1", "cd" * 32, "mobilenet_v2", 0.1), score_threshold=threshold,
+        source=None,
+        name=name,
+        image_shape=(600, 500),
+        spacing_mm=(0.1, 0.1),
+        spacing_source="user",
+        photometric="MONOCHROME2",
+        laterality=lat,
+        laterality_source=None,
+        view=view,
+        view_source=None,
+        presentation_intent=None,
+        patient_id=patient,
+        study_uid=study,
+        series_uid=None,
+        sop_uid=None,
+        manufacturer=None,
+        lesions=lesions,
+        risk=Risk(p, "low"),
+        model=ModelInfo("eval-test", "1", "cd" * 32, "mobilenet_v2", 0.1),
+        score_threshold=threshold,
     )
 
 
@@ -70,12 +105,15 @@ def truth(name: str, boxes: Sequence[Sequence[float]], labels: Sequence[int], **
 
 def test_matching_rule_iou_or_centre():
     gt = np.array([[0, 0, 10, 10]], dtype=float)
-    dets = np.array([
-        [20, 20, 30, 30],  # far: no
-        [2, 2, 8, 8],  # centre inside: yes
-        [8, -30, 40, 9],  # centre outside, small IoU: no
-        [5, 0, 15, 10],  # centre (10, 5) on the edge: yes (and IoU 1/3)
-    ], dtype=float)
+    dets = np.array(
+        [
+            [20, 20, 30, 30],  # far: no
+            [2, 2, 8, 8],  # centre inside: yes
+            [8, -30, 40, 9],  # centre outside, small IoU: no
+            [5, 0, 15, 10],  # centre (10, 5) on the edge: yes (and IoU 1/3)
+        ],
+        dtype=float,
+    )
     assert hit_matrix(dets, gt)[:, 0].tolist() == [False, True, False, True]
 
 
@@ -177,7 +215,11 @@ def test_bootstrap_ci_contains_the_estimate_and_is_deterministic():
     b = compute_metrics(t, f, spec=spec(), n_bootstrap=300, seed=7)
     c = compute_metrics(t, f, spec=spec(), n_bootstrap=300, seed=8)
     assert a == b
-    for block in (a["lesion_level"]["auc_benign_vs_malignant_matched"], a["image_level"]["auc"], a["breast_level"]["auc"]):
+    for block in (
+        a["lesion_level"]["auc_benign_vs_malignant_matched"],
+        a["image_level"]["auc"],
+        a["breast_level"]["auc"],
+    ):
         lo, hi = block["auc_ci95"]
         assert lo <= block["auc"] <= hi and hi - lo > 0.02
         assert block["n_bootstrap_valid"] == 300
@@ -227,7 +269,13 @@ def test_operating_point_and_threshold_handling():
     m = compute_metrics(t, f, spec=spec(0.05), n_bootstrap=0)  # below what the findings hold (0.1)
     assert m["score_threshold"] == 0.1 and any("raised" in w for w in m["warnings"])
     names = set(m["image_level"]["classification"])
-    assert names == {DETECTOR_CLASS, "high_sensitivity", "balanced", "risk_category>=intermediate", "risk_category>=high"}
+    assert names == {
+        DETECTOR_CLASS,
+        "high_sensitivity",
+        "balanced",
+        "risk_category>=intermediate",
+        "risk_category>=high",
+    }
     with pytest.raises(MicrocalcAIError, match="4 ground-truth images but 2 findings"):
         compute_metrics(t, f[:2], spec=spec())
 
@@ -241,7 +289,7 @@ def test_calibration_bins():
     assert by_bin[0.1]["n"] == 2 and by_bin[0.1]["observed_rate"] == 0.5
     assert by_bin[0.1]["mean_predicted"] == pytest.approx(0.135)
     assert cal["ece"] == pytest.approx(0.5 * (1 - 0.935) + 0.5 * (0.5 - 0.135))
-    assert cal["brier"] == pytest.approx(np.mean([0.05 ** 2, 0.08 ** 2, 0.85 ** 2, 0.12 ** 2]))
+    assert cal["brier"] == pytest.approx(np.mean([0.05**2, 0.08**2, 0.85**2, 0.12**2]))
 
 
 def _png_ok(path: Path) -> bool:
@@ -266,13 +314,21 @@ def test_write_report_writes_json_and_plots(tmp_path):
 def test_evaluate_dataset_end_to_end_on_simulated_images(tmp_path):
     from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_dataset
 
-    coco = simulate_dataset(tmp_path / "sim", SimulationConfig(
-        n_images=4, seed=3003, real_fraction=0.0, clusters_per_image=(1, 2),
-        procedural_height_mm=(70.0, 70.0), procedural_width_mm=(55.0, 55.0),
-    ))
+    coco = simulate_dataset(
+        tmp_path / "sim",
+        SimulationConfig(
+            n_images=4,
+            seed=3003,
+            real_fraction=0.0,
+            clusters_per_image=(1, 2),
+            procedural_height_mm=(70.0, 70.0),
+            procedural_width_mm=(55.0, 55.0),
+        ),
+    )
     seen = []
-    report = evaluate_dataset(coco, tmp_path / "eval", device="cpu", n_bootstrap=50,
-                              progress=lambda fr, msg: seen.append(fr))
+    report = evaluate_dataset(
+        coco, tmp_path / "eval", device="cpu", n_bootstrap=50, progress=lambda fr, msg: seen.append(fr)
+    )
     m = report.metrics
     gt = truth_from_coco(coco)
     assert m["n_images"] == 4 and m["n_images_not_analysed"] == 0
@@ -305,15 +361,25 @@ def test_marks_on_hard_negatives_are_counted_per_type(tmp_path):
     """A mark on a skin marker counts; a mark elsewhere or below the threshold does not."""
     t = truth("a", [[10, 10, 30, 30]], [2])
     t.hard_negatives = [("marker", (100.0, 100.0, 120.0, 120.0)), ("scratch", (200.0, 10.0, 260.0, 14.0))]
-    f = finding("a", [les([12, 12, 28, 28], 0.9, 0.9), les([102, 102, 118, 118], 0.8, 0.7), les([205, 9, 250, 15], 0.2, 0.1)])
+    f = finding(
+        "a", [les([12, 12, 28, 28], 0.9, 0.9), les([102, 102, 118, 118], 0.8, 0.7), les([205, 9, 250, 15], 0.2, 0.1)]
+    )
     m = compute_metrics([t], [f], spec=spec(0.3), n_bootstrap=10)
     hard = m["detection"]["hard_negatives"]
     assert hard["n"] == 2 and hard["marked"] == 1
     assert hard["by_type"] == {"marker": {"n": 1, "marked": 1}, "scratch": {"n": 1, "marked": 0}}
     coco = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 300, "height": 300,
-                    "hard_negatives": [{"type": "marker", "bbox": [100, 100, 20, 20]}]}],
-        "annotations": [], "categories": [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}],
+        "images": [
+            {
+                "id": 1,
+                "file_name": "a.png",
+                "width": 300,
+                "height": 300,
+                "hard_negatives": [{"type": "marker", "bbox": [100, 100, 20, 20]}],
+            }
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}],
     }
     from PIL import Image
 
@@ -327,21 +393,54 @@ def test_sensitivity_is_broken_down_by_morphology_and_distribution(tmp_path):
     img = tmp_path / "a.dcm"
     img.write_bytes(b"placeholder")
     coco = tmp_path / "c.json"
-    coco.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.dcm"}, {"id": 2, "file_name": "a.dcm"}],
-        "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [100, 100, 40, 40], "morphology": "amorphous", "distribution": "grouped"},
-            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [400, 400, 20, 20], "morphology": "punctate", "distribution": "grouped"},
-            {"id": 3, "image_id": 2, "category_id": 2, "bbox": [100, 100, 40, 40], "morphology": "amorphous", "distribution": "segmental"},
-        ],
-        "categories": [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}],
-    }))
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.dcm"}, {"id": 2, "file_name": "a.dcm"}],
+                "annotations": [
+                    {
+                        "id": 1,
+                        "image_id": 1,
+                        "category_id": 2,
+                        "bbox": [100, 100, 40, 40],
+                        "morphology": "amorphous",
+                        "distribution": "grouped",
+                    },
+                    {
+                        "id": 2,
+                        "image_id": 1,
+                        "category_id": 1,
+                        "bbox": [400, 400, 20, 20],
+                        "morphology": "punctate",
+                        "distribution": "grouped",
+                    },
+                    {
+                        "id": 3,
+                        "image_id": 2,
+                        "category_id": 2,
+                        "bbox": [100, 100, 40, 40],
+                        "morphology": "amorphous",
+                        "distribution": "segmental",
+                    },
+                ],
+                "categories": [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}],
+            }
+        )
+    )
     t = truth_from_coco(coco)
-    assert t[0].descriptors == [{"morphology": "amorphous", "distribution": "grouped"}, {"morphology": "punctate", "distribution": "grouped"}]
+    assert t[0].descriptors == [
+        {"morphology": "amorphous", "distribution": "grouped"},
+        {"morphology": "punctate", "distribution": "grouped"},
+    ]
     # Image 1: the amorphous lesion found (p 0.8), the punctate one missed; image 2: found (p 0.6).
     f = [finding(t[0].name, [les(GT_BOX, 0.9, 0.8)]), finding(t[1].name, [les(GT_BOX, 0.7, 0.6)])]
     by = compute_metrics(t, f, spec=spec(), n_bootstrap=0)["detection"]["by_descriptor"]
-    assert by["morphology"]["amorphous"] == {"n": 2, "malignant": 2, "sensitivity": 1.0, "mean_p_malignant_found": pytest.approx(0.7)}
+    assert by["morphology"]["amorphous"] == {
+        "n": 2,
+        "malignant": 2,
+        "sensitivity": 1.0,
+        "mean_p_malignant_found": pytest.approx(0.7),
+    }
     assert by["morphology"]["punctate"] == {"n": 1, "malignant": 0, "sensitivity": 0.0, "mean_p_malignant_found": None}
     assert by["distribution"]["grouped"]["sensitivity"] == 0.5 and by["distribution"]["segmental"]["n"] == 1
     # Data without descriptors gets an empty breakdown, not an error.

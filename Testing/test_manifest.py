@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from MicrocalcAI.cli import main as cli_main
-from MicrocalcAI.core.errors import ChecksumError, ModelError
 from MicrocalcAI.core.detect.manifest import load_manifest, resolve_model, sha256_file, verify_weights
+from MicrocalcAI.core.errors import ChecksumError, ModelError
 
 BASE = {"name": "m", "version": "1", "file": "w.safetensors", "sha256": "00", "backbone": "mobilenet_v2"}
 
@@ -22,9 +22,18 @@ def _write(folder: Path, entry: dict, **top) -> Path:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"score_threshold": "x"}, {"sha256": None}, {"operating_points": [1]}, {"tile_size": [1]},
-     {"backbone": 3}, {"surprise": 1}, {"classes": ["a", "b"]}, {"tile_overlap": 600},
-     {"score_threshold": 1.5}, {"risk_categories": [{"name": "low"}]}],
+    [
+        {"score_threshold": "x"},
+        {"sha256": None},
+        {"operating_points": [1]},
+        {"tile_size": [1]},
+        {"backbone": 3},
+        {"surprise": 1},
+        {"classes": ["a", "b"]},
+        {"tile_overlap": 600},
+        {"score_threshold": 1.5},
+        {"risk_categories": [{"name": "low"}]},
+    ],
 )
 def test_malformed_entries_are_model_errors(tmp_path, bad):
     entry = dict(BASE, **bad)

@@ -7,11 +7,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from detector_helpers import small_detector, small_spec
 from safetensors.torch import save_file
 
-from detector_helpers import small_detector, small_spec
 from MicrocalcAI.core.detect import network as model_module
-from MicrocalcAI.core.errors import ChecksumError, ModelError
 from MicrocalcAI.core.detect.manifest import sha256_file
 from MicrocalcAI.core.detect.network import (
     BACKBONES,
@@ -24,6 +23,7 @@ from MicrocalcAI.core.detect.network import (
     set_input_size,
 )
 from MicrocalcAI.core.detect.weights import load_detector, save_weights
+from MicrocalcAI.core.errors import ChecksumError, ModelError
 
 LOSS_KEYS = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
 

@@ -8,15 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from findings_fixtures import (
+    assert_findings_equal,
+    image_findings,
+    lesion,
+    model_spec,
+    schema_errors,
+    synthetic_mammogram_patch,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 import MicrocalcAI
-from findings_fixtures import assert_findings_equal, image_findings, lesion, model_spec, schema_errors, synthetic_mammogram_patch
-from MicrocalcAI.core.outputs import findings_json as outputs
 from MicrocalcAI.core.errors import MicrocalcAIError, UnreadableFileError
 from MicrocalcAI.core.findings.lesions import build_lesions
+from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
+from MicrocalcAI.core.outputs import findings_json as outputs
 from MicrocalcAI.core.outputs.findings_json import (
     CLASS_COLOURS,
     SCHEMA_VERSION,
@@ -33,7 +41,6 @@ from MicrocalcAI.core.outputs.findings_json import (
     write_image_json,
     write_overlay,
 )
-from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "Resources" / "Schemas" / "findings.schema.json"
 
@@ -282,7 +289,9 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def test_batch_tables(tmp_path):
     spec = model_spec()
     images = [
-        image_findings("L_CC", laterality="L", view="CC", lesions=[lesion(1, "malignant", 0.8), lesion(2, "benign", 0.3)]),
+        image_findings(
+            "L_CC", laterality="L", view="CC", lesions=[lesion(1, "malignant", 0.8), lesion(2, "benign", 0.3)]
+        ),
         image_findings("L_MLO", laterality="L", view="MLO", lesions=[lesion(1, "benign", 0.4)]),
         image_findings("R_CC", laterality="R", view="CC", spacing=(0.05, 0.07)),
     ]

@@ -20,8 +20,21 @@ REPO = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(REPO), "-w", str(out)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            str(REPO),
+            "-w",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (found,) = out.glob("*.whl")
     return found
@@ -29,7 +42,9 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_carries_the_bundled_model_and_schema(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    engine = {p.relative_to(REPO).as_posix() for p in (REPO / "MicrocalcAI").rglob("*.py") if "__pycache__" not in p.parts}
+    engine = {
+        p.relative_to(REPO).as_posix() for p in (REPO / "MicrocalcAI").rglob("*.py") if "__pycache__" not in p.parts
+    }
     assert engine - names == set(), "subpackages missing from pyproject's [tool.setuptools] packages"
     assert "MicrocalcAI/py.typed" in names
     assert "MicrocalcAI/_resources/Models/manifest.json" in names
@@ -50,7 +65,9 @@ def test_unpacked_wheel_finds_and_verifies_its_model(wheel, tmp_path):
     )
     # -S: no site-packages, so the checkout's editable install cannot answer instead of the wheel.
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     models_dir, name = done.stdout.split()
     assert Path(models_dir).is_relative_to(site) and name

@@ -18,8 +18,8 @@ import pydicom
 import pytest
 
 from MicrocalcAI.cli import main as cli_main
-from MicrocalcAI.core.errors import CancelledError, NotAMammogramError
 from MicrocalcAI.core.batch import output_names, run_batch
+from MicrocalcAI.core.errors import CancelledError, NotAMammogramError
 from MicrocalcAI.core.pipeline import Analyzer
 from MicrocalcAI.core.read import read_mammogram
 from MicrocalcAI.simulation.simulate import SimulationConfig, build_dicom, simulate_image, write_dicom
@@ -33,8 +33,15 @@ def analyzer() -> Analyzer:
 
 
 def _simulated_dicom(
-    path: Path, *, seed: int, laterality: str, spacing: float, photometric: str = "MONOCHROME2",
-    categories: tuple[str, ...] = ("malignant",), view: str = "CC", patient: str = "SIM_T1",
+    path: Path,
+    *,
+    seed: int,
+    laterality: str,
+    spacing: float,
+    photometric: str = "MONOCHROME2",
+    categories: tuple[str, ...] = ("malignant",),
+    view: str = "CC",
+    patient: str = "SIM_T1",
     study: str = "1.2.826.0.1.3680043.8.498.1",
 ):
     """Write a small simulated mammogram with known clusters; return its lesions (stored px)."""
@@ -43,12 +50,21 @@ def _simulated_dicom(
     )
     rng = np.random.default_rng(seed)
     pixels, meta, lesions = simulate_image(
-        rng, config, laterality=laterality, view=view, spacing_mm=spacing,
-        n_clusters=len(categories), size_mm=(70.0, 55.0), categories=list(categories),
+        rng,
+        config,
+        laterality=laterality,
+        view=view,
+        spacing_mm=spacing,
+        n_clusters=len(categories),
+        size_mm=(70.0, 55.0),
+        categories=list(categories),
     )
     assert meta.photometric == photometric and len(lesions) == len(categories)
     ds = build_dicom(
-        pixels, meta, patient_id=patient, study_uid=study,
+        pixels,
+        meta,
+        patient_id=patient,
+        study_uid=study,
         series_uid=pydicom.uid.generate_uid(entropy_srcs=[str(path), "series"]),
         sop_uid=pydicom.uid.generate_uid(entropy_srcs=[str(path), "sop"]),
     )
@@ -73,8 +89,13 @@ def _hits(box: tuple[float, ...], truth: tuple[float, ...]) -> bool:
 def test_reported_box_lands_on_inserted_cluster(tmp_path, analyzer, laterality, spacing):
     """MONOCHROME1, both sides, several spacings: the box comes back in stored-pixel coordinates."""
     path = tmp_path / f"m1_{laterality}_{spacing}.dcm"
-    truth = _simulated_dicom(path, seed=int(spacing * 1000) + (7 if laterality == "L" else 11),
-                             laterality=laterality, spacing=spacing, photometric="MONOCHROME1")
+    truth = _simulated_dicom(
+        path,
+        seed=int(spacing * 1000) + (7 if laterality == "L" else 11),
+        laterality=laterality,
+        spacing=spacing,
+        photometric="MONOCHROME1",
+    )
     findings = analyzer.analyse(path)
     assert findings.photometric == "MONOCHROME1"
     assert findings.spacing_mm == (pytest.approx(spacing), pytest.approx(spacing))
@@ -95,7 +116,9 @@ def test_mirrored_array_gives_mirrored_box(analyzer, tmp_path):
     _simulated_dicom(path, seed=5, laterality="R", spacing=0.1)
     m = read_mammogram(path)
     direct = analyzer.analyse(m)
-    mirrored = analyzer.analyse(read_mammogram(np.ascontiguousarray(m.pixels[:, ::-1]), spacing_mm=0.1, laterality="L", view="CC"))
+    mirrored = analyzer.analyse(
+        read_mammogram(np.ascontiguousarray(m.pixels[:, ::-1]), spacing_mm=0.1, laterality="L", view="CC")
+    )
     assert direct.lesions and mirrored.lesions
     cols = m.shape[1]
     best = direct.lesions[0]
@@ -181,7 +204,9 @@ def test_rerun_skips_complete_outputs_and_force_redoes(tmp_path, analyzer):
     second = run_batch([data], out, analyzer=analyzer)
     assert second.skipped == first.analysed and not second.analysed
     assert (out / "a.json").stat().st_mtime_ns == stamp
-    assert len(second.images) == 1 and second.images[0].risk.probability == pytest.approx(first.images[0].risk.probability)
+    assert len(second.images) == 1 and second.images[0].risk.probability == pytest.approx(
+        first.images[0].risk.probability
+    )
     (out / "a_overlay.png").unlink()  # incomplete outputs are redone
     third = run_batch([data], out, analyzer=analyzer)
     assert third.analysed and (out / "a_overlay.png").exists()
@@ -263,7 +288,11 @@ def test_overrides_on_a_mammogram_record_follow_the_reader_rules(analyzer, tmp_p
     path = tmp_path / "o.dcm"
     _simulated_dicom(path, seed=51, laterality="R", spacing=0.1)
     m = read_mammogram(path)
-    for bad, error in ((dict(laterality="X"), InputError), (dict(view="SIDEWAYS"), InputError), (dict(spacing_mm=5.0), SpacingError)):
+    for bad, error in (
+        (dict(laterality="X"), InputError),
+        (dict(view="SIDEWAYS"), InputError),
+        (dict(spacing_mm=5.0), SpacingError),
+    ):
         with pytest.raises(error):
             analyzer.analyse(m, **bad)
         with pytest.raises(error):

@@ -43,7 +43,14 @@ from MicrocalcAI.core.read import (  # noqa: E402
     read_mammogram,
 )
 
-TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, JPEGLosslessSV1, JPEG2000Lossless, JPEGLSLossless]
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    JPEGLosslessSV1,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+]
 
 
 def _sha(path: Path) -> str:
@@ -55,7 +62,9 @@ def _sha(path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype, bits", [(np.uint16, 16), (np.uint16, 12), (np.uint8, 8)], ids=["16bit", "12bit", "8bit"])
+@pytest.mark.parametrize(
+    "dtype, bits", [(np.uint16, 16), (np.uint16, 12), (np.uint8, 8)], ids=["16bit", "12bit", "8bit"]
+)
 @pytest.mark.parametrize("ts", TRANSFER_SYNTAXES, ids=lambda t: t.name.split(" ")[0] + t[-3:])
 def test_dicom_transfer_syntaxes_round_trip_exactly(tmp_path, ts, dtype, bits):
     pixels = mammo_like(96, 80, dtype=dtype, seed=3)
@@ -96,11 +105,17 @@ def test_dicom_signed_pixels_and_metadata(tmp_path):
     np.testing.assert_array_equal(mam.modality_lut[1], [5, 6, 7, 8])
     assert mam.manufacturer == "ACME" and mam.patient_id == "PAT9"
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    assert (mam.study_uid, mam.series_uid, mam.sop_uid) == (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert (mam.study_uid, mam.series_uid, mam.sop_uid) == (
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+    )
 
 
 def test_cr_accepted_and_presentation_flagged(tmp_path):
-    mam = read_mammogram(make_mammo_dicom(tmp_path / "cr.dcm", mammo_like(80, 80), modality="CR", presentation_intent=None))
+    mam = read_mammogram(
+        make_mammo_dicom(tmp_path / "cr.dcm", mammo_like(80, 80), modality="CR", presentation_intent=None)
+    )
     assert mam.modality == "CR" and mam.presentation_intent is None
     mam = read_mammogram(make_mammo_dicom(tmp_path / "mg.dcm", mammo_like(80, 80)))
     assert mam.presentation_intent == "FOR PRESENTATION" and mam.photometric == "MONOCHROME2"
@@ -185,12 +200,26 @@ def test_implausible_spacing(tmp_path):
 def test_laterality_view_from_tags(tmp_path):
     px = mammo_like(80, 80, side="L")
     mam = read_mammogram(make_mammo_dicom(tmp_path / "a.dcm", px, laterality="R", view="MLO"))
-    assert (mam.laterality, mam.laterality_source, mam.view, mam.view_source) == ("R", "ImageLaterality", "MLO", "ViewPosition")
+    assert (mam.laterality, mam.laterality_source, mam.view, mam.view_source) == (
+        "R",
+        "ImageLaterality",
+        "MLO",
+        "ViewPosition",
+    )
 
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "399162004", "SCT", "cranio-caudal"
-    mam = read_mammogram(make_mammo_dicom(tmp_path / "b.dcm", px, laterality=None, view=None, Laterality="L", ViewCodeSequence=Sequence([code])))
-    assert (mam.laterality, mam.laterality_source, mam.view, mam.view_source) == ("L", "Laterality", "CC", "ViewCodeSequence")
+    mam = read_mammogram(
+        make_mammo_dicom(
+            tmp_path / "b.dcm", px, laterality=None, view=None, Laterality="L", ViewCodeSequence=Sequence([code])
+        )
+    )
+    assert (mam.laterality, mam.laterality_source, mam.view, mam.view_source) == (
+        "L",
+        "Laterality",
+        "CC",
+        "ViewCodeSequence",
+    )
 
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "XYZ", "99LOCAL", "Medio-lateral oblique"
@@ -200,11 +229,20 @@ def test_laterality_view_from_tags(tmp_path):
 
 def test_laterality_view_from_text_fields_filename_and_image(tmp_path):
     px = mammo_like(80, 80, side="L")
-    mam = read_mammogram(make_mammo_dicom(tmp_path / "a.dcm", px, laterality=None, view=None, PatientID="Calc-Test_P_00038_RIGHT_MLO"))
+    mam = read_mammogram(
+        make_mammo_dicom(tmp_path / "a.dcm", px, laterality=None, view=None, PatientID="Calc-Test_P_00038_RIGHT_MLO")
+    )
     assert (mam.laterality, mam.laterality_source, mam.view, mam.view_source) == ("R", "PatientID", "MLO", "PatientID")
 
-    mam = read_mammogram(make_mammo_dicom(tmp_path / "b.dcm", px, laterality=None, view=None, SeriesDescription="R CC tomo-free"))
-    assert (mam.laterality, mam.laterality_source, mam.view, mam.view_source) == ("R", "SeriesDescription", "CC", "SeriesDescription")
+    mam = read_mammogram(
+        make_mammo_dicom(tmp_path / "b.dcm", px, laterality=None, view=None, SeriesDescription="R CC tomo-free")
+    )
+    assert (mam.laterality, mam.laterality_source, mam.view, mam.view_source) == (
+        "R",
+        "SeriesDescription",
+        "CC",
+        "SeriesDescription",
+    )
 
     mam = read_mammogram(make_mammo_dicom(tmp_path / "case7_RMLO.dcm", px, laterality=None, view=None))
     assert (mam.laterality, mam.laterality_source, mam.view, mam.view_source) == ("R", "filename", "MLO", "filename")
@@ -396,7 +434,13 @@ def test_numpy_array_input():
 
 @pytest.mark.parametrize(
     "name, modality",
-    [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR"), ("ExplVR_BigEnd.dcm", "US"), ("test-SR.dcm", "SR"), ("JPEG2000.dcm", "NM")],
+    [
+        ("CT_small.dcm", "CT"),
+        ("MR_small.dcm", "MR"),
+        ("ExplVR_BigEnd.dcm", "US"),
+        ("test-SR.dcm", "SR"),
+        ("JPEG2000.dcm", "NM"),
+    ],
 )
 def test_bundled_non_mammograms_rejected(name, modality):
     with pytest.raises(NotAMammogramError) as info:
@@ -453,7 +497,16 @@ def test_unreadable_files(tmp_path):
     ds.save_as(good)
     with pytest.raises(UnreadableFileError, match="Pixel Data missing"):
         read_mammogram(good)  # image attributes without pixels: a broken file
-    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation"):
+    for keyword in (
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+    ):
         delattr(ds, keyword)
     ds.save_as(good)
     with pytest.raises(UnreadableFileError, match="nopixels.dcm: DICOM file has no Pixel Data"):

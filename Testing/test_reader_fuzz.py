@@ -12,8 +12,8 @@ import random
 import struct
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -25,11 +25,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _reader_helpers import make_mammo_dicom, make_png, mammo_like  # noqa: E402
 
 from MicrocalcAI.core.errors import MicrocalcAIError  # noqa: E402
-from MicrocalcAI.core.records import Mammogram  # noqa: E402
 from MicrocalcAI.core.read import parse_laterality_view, read_mammogram  # noqa: E402
+from MicrocalcAI.core.records import Mammogram  # noqa: E402
 
 N_CASES = 1200
-INTERESTING_US = [0, 1, 2, 3, 7, 8, 12, 15, 16, 17, 24, 31, 32, 33, 63, 64, 95, 96, 97, 127, 128, 255, 256, 4096, 32767, 32768, 65535]
+INTERESTING_US = [
+    0,
+    1,
+    2,
+    3,
+    7,
+    8,
+    12,
+    15,
+    16,
+    17,
+    24,
+    31,
+    32,
+    33,
+    63,
+    64,
+    95,
+    96,
+    97,
+    127,
+    128,
+    255,
+    256,
+    4096,
+    32767,
+    32768,
+    65535,
+]
 
 # (group, element) -> tag bytes as written in an explicit VR little endian stream.
 DICOM_US_FIELDS = {
@@ -187,7 +215,9 @@ def _png_ihdr(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         interlace = rng.choice([1, 2, 255])
     chunks[0] = (ctype, struct.pack(">IIBBBBB", width, height, depth, colour, comp, filt, interlace))
     fix = rng.random() < 0.9
-    return _png_build(chunks, fix_crc=fix), f"IHDR {field}: {width}x{height} depth {depth} colour {colour} ({'crc ok' if fix else 'bad crc'})"
+    return _png_build(
+        chunks, fix_crc=fix
+    ), f"IHDR {field}: {width}x{height} depth {depth} colour {colour} ({'crc ok' if fix else 'bad crc'})"
 
 
 def _png_idat(data: bytes, rng: random.Random) -> tuple[bytes, str]:
@@ -243,7 +273,13 @@ def _png_chunk_order(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return _png_build(chunks), f"chunks {what}"
 
 
-GENERIC: list[Callable[[bytes, random.Random], tuple[bytes, str]]] = [_flip_bytes, _flip_header_bytes, _truncate, _insert, _delete]
+GENERIC: list[Callable[[bytes, random.Random], tuple[bytes, str]]] = [
+    _flip_bytes,
+    _flip_header_bytes,
+    _truncate,
+    _insert,
+    _delete,
+]
 DICOM_MUTATORS = GENERIC + [_dicom_us_field, _dicom_us_field, _dicom_text_field, _dicom_text_field]
 PNG_MUTATORS = GENERIC + [_png_ihdr, _png_ihdr, _png_idat, _png_idat, _png_chunk_order]
 
@@ -266,15 +302,27 @@ def bases(tmp_path_factory) -> dict[str, tuple[str, str, bytes]]:
     px16 = mammo_like(96, 96, dtype=np.uint16, seed=11)
     px8 = mammo_like(96, 96, dtype=np.uint8, seed=12)
     out = {
-        "dicom-native16": ("dicom", ".dcm", make_mammo_dicom(d / "a.dcm", px16, transfer_syntax=ExplicitVRLittleEndian).read_bytes()),
+        "dicom-native16": (
+            "dicom",
+            ".dcm",
+            make_mammo_dicom(d / "a.dcm", px16, transfer_syntax=ExplicitVRLittleEndian).read_bytes(),
+        ),
         "dicom-rle16": ("dicom", ".dcm", make_mammo_dicom(d / "b.dcm", px16, transfer_syntax=RLELossless).read_bytes()),
-        "dicom-native8-m1": ("dicom", ".dcm", make_mammo_dicom(d / "c.dcm", px8, photometric="MONOCHROME1").read_bytes()),
+        "dicom-native8-m1": (
+            "dicom",
+            ".dcm",
+            make_mammo_dicom(d / "c.dcm", px8, photometric="MONOCHROME1").read_bytes(),
+        ),
         "dicom-rle8": ("dicom", ".dcm", make_mammo_dicom(d / "d.dcm", px8, transfer_syntax=RLELossless).read_bytes()),
-        "dicom-jpegls16": ("dicom", ".dcm", make_mammo_dicom(d / "e.dcm", px16, transfer_syntax=JPEGLSLossless).read_bytes()),
+        "dicom-jpegls16": (
+            "dicom",
+            ".dcm",
+            make_mammo_dicom(d / "e.dcm", px16, transfer_syntax=JPEGLSLossless).read_bytes(),
+        ),
         "png16": ("png", ".png", make_png(d / "f.png", px16).read_bytes()),
         "png8": ("png", ".png", make_png(d / "g.png", px8).read_bytes()),
     }
-    for name, (kind, suffix, data) in out.items():  # the bases themselves must read
+    for name, (_kind, suffix, data) in out.items():  # the bases themselves must read
         path = d / f"check_{name}{suffix}"
         path.write_bytes(data)
         assert isinstance(read_mammogram(path), Mammogram)
@@ -308,7 +356,9 @@ def test_fuzz_mutated_dicom_and_png_only_raise_microcalcai_errors(tmp_path, base
         else:
             outcomes["read"] += 1
             if not (isinstance(mam.pixels, np.ndarray) and mam.pixels.ndim == 2 and min(mam.pixels.shape) >= 64):
-                failures.append(f"seed {seed} ({name}: {how}): accepted a bad image of shape {getattr(mam.pixels, 'shape', None)}")
+                failures.append(
+                    f"seed {seed} ({name}: {how}): accepted a bad image of shape {getattr(mam.pixels, 'shape', None)}"
+                )
     assert run >= 1000
     # Both outcomes must occur, or the mutator is not exercising the reader at all.
     assert outcomes["read"] > 50 and outcomes["rejected"] > 300, outcomes
@@ -316,7 +366,10 @@ def test_fuzz_mutated_dicom_and_png_only_raise_microcalcai_errors(tmp_path, base
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(min_size=0, max_size=3000), suffix=st.sampled_from([".dcm", ".png", ".tif", ".jpg", ".pgm", ".nrrd", ".mha", ".nii", ""]))
+@given(
+    data=st.binary(min_size=0, max_size=3000),
+    suffix=st.sampled_from([".dcm", ".png", ".tif", ".jpg", ".pgm", ".nrrd", ".mha", ".nii", ""]),
+)
 def test_arbitrary_bytes_with_any_suffix(tmp_path, data, suffix):
     path = tmp_path / f"blob{suffix}"
     path.write_bytes(data)
@@ -327,7 +380,21 @@ def test_arbitrary_bytes_with_any_suffix(tmp_path, data, suffix):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(prefix=st.sampled_from([b"\0" * 128 + b"DICM", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"\xff\xd8\xff", b"P5\n", b"NRRD0004\n", b"ObjectType = Image\n"]), tail=st.binary(max_size=2000))
+@given(
+    prefix=st.sampled_from(
+        [
+            b"\0" * 128 + b"DICM",
+            b"\x89PNG\r\n\x1a\n",
+            b"II*\x00",
+            b"MM\x00*",
+            b"\xff\xd8\xff",
+            b"P5\n",
+            b"NRRD0004\n",
+            b"ObjectType = Image\n",
+        ]
+    ),
+    tail=st.binary(max_size=2000),
+)
 def test_valid_magic_followed_by_garbage(tmp_path, prefix, tail):
     path = tmp_path / "magic.img"
     path.write_bytes(prefix + tail)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from findings_fixtures import image_findings, lesion, model_spec
+
 from MicrocalcAI.core.errors import MicrocalcAIError
-from MicrocalcAI.core.findings.risk import RiskOptionError, breast_findings, combine_probabilities, exam_findings, image_risk
+from MicrocalcAI.core.findings.risk import (
+    RiskOptionError,
+    breast_findings,
+    combine_probabilities,
+    exam_findings,
+    image_risk,
+)
 
 SPEC = model_spec([("routine", 0.0), ("follow-up", 0.3), ("biopsy", 0.7)])
 
@@ -24,7 +30,10 @@ def test_image_without_lesions_has_zero_probability_and_lowest_category():
     assert risk.probability == 0.0 and risk.category == "routine"
 
 
-@pytest.mark.parametrize("p, category", [(0.0, "routine"), (0.299, "routine"), (0.3, "follow-up"), (0.69, "follow-up"), (0.7, "biopsy"), (1.0, "biopsy")])
+@pytest.mark.parametrize(
+    "p, category",
+    [(0.0, "routine"), (0.299, "routine"), (0.3, "follow-up"), (0.69, "follow-up"), (0.7, "biopsy"), (1.0, "biopsy")],
+)
 def test_categories_come_from_the_model_operating_points(p, category):
     assert image_risk([lesion(1, "benign", p)], SPEC).category == category
     # Another model with other operating points categorises the same lesion differently.
@@ -38,14 +47,19 @@ def _two_studies():
     images = []
     for (study, side), (p_cc, p_mlo) in probs.items():
         for view, p in (("CC", p_cc), ("MLO", p_mlo)):
-            images.append(image_findings(f"{study}_{side}{view}", study=study, laterality=side, view=view, p=p, spec=SPEC))
+            images.append(
+                image_findings(f"{study}_{side}{view}", study=study, laterality=side, view=view, p=p, spec=SPEC)
+            )
     images.append(image_findings("P2_RCC", patient="P2", study="S3", laterality="R", view="CC", p=0.4, spec=SPEC))
     return images
 
 
 def test_breasts_group_views_of_one_side_of_one_study():
     breasts = breast_findings(_two_studies(), SPEC)
-    summary = [(b.patient_id, b.study_uid, b.laterality, b.image_names, b.views, b.risk.probability, b.risk.category) for b in breasts]
+    summary = [
+        (b.patient_id, b.study_uid, b.laterality, b.image_names, b.views, b.risk.probability, b.risk.category)
+        for b in breasts
+    ]
     assert summary == [
         ("P1", "S1", "L", ["S1_LCC", "S1_LMLO"], ["CC", "MLO"], 0.6, "follow-up"),
         ("P1", "S1", "R", ["S1_RCC", "S1_RMLO"], ["CC", "MLO"], 0.1, "routine"),
@@ -72,7 +86,10 @@ def test_unknown_combine_method_is_a_user_error():
 
 def test_exams_take_the_highest_breast():
     exams = exam_findings(breast_findings(_two_studies(), SPEC), SPEC)
-    summary = [(e.patient_id, e.study_uid, [b.laterality for b in e.breasts], e.risk.probability, e.risk.category) for e in exams]
+    summary = [
+        (e.patient_id, e.study_uid, [b.laterality for b in e.breasts], e.risk.probability, e.risk.category)
+        for e in exams
+    ]
     assert summary == [
         ("P1", "S1", ["L", "R"], 0.6, "follow-up"),
         ("P1", "S2", ["L", "R"], 0.9, "biopsy"),
@@ -87,14 +104,19 @@ def test_missing_study_uid_groups_by_patient_with_a_warning():
         image_findings("c", patient="P2", study=None, laterality="L", view="CC", p=0.1),
     ]
     breasts = breast_findings(images, SPEC)
-    assert [(b.patient_id, b.image_names, b.risk.probability) for b in breasts] == [("P1", ["a", "b"], 0.7), ("P2", ["c"], 0.1)]
+    assert [(b.patient_id, b.image_names, b.risk.probability) for b in breasts] == [
+        ("P1", ["a", "b"], 0.7),
+        ("P2", ["c"], 0.1),
+    ]
     assert all(any("study UID" in w for w in b.warnings) for b in breasts)
     exams = exam_findings(breasts, SPEC)
     assert [(e.patient_id, e.risk.probability) for e in exams] == [("P1", 0.7), ("P2", 0.1)]
 
 
 def test_images_without_patient_and_study_stand_alone():
-    images = [image_findings(n, patient=None, study=None, laterality="L", view="CC", p=p) for n, p in (("x", 0.2), ("y", 0.8))]
+    images = [
+        image_findings(n, patient=None, study=None, laterality="L", view="CC", p=p) for n, p in (("x", 0.2), ("y", 0.8))
+    ]
     breasts = breast_findings(images, SPEC)
     assert [b.image_names for b in breasts] == [["x"], ["y"]]
     exams = exam_findings(breasts, SPEC)

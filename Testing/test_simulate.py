@@ -152,7 +152,14 @@ def test_cluster_physical_size_does_not_depend_on_spacing():
         mask = np.ones((n, n), dtype=bool)
         delta, lesions = insert_clusters(np.random.default_rng(3), (n, n), mask, spacing, 1, config, ["malignant"])
         (lesion,) = lesions
-        results.append((lesion.extent_mm, lesion.speck_mask.sum() * spacing**2, delta.sum() * spacing**2 / lesion.mu_calc_per_mm, lesion.n_specks))
+        results.append(
+            (
+                lesion.extent_mm,
+                lesion.speck_mask.sum() * spacing**2,
+                delta.sum() * spacing**2 / lesion.mu_calc_per_mm,
+                lesion.n_specks,
+            )
+        )
     (e1, a1, v1, n1), (e2, a2, v2, n2) = results
     assert n1 == n2 and e1 == pytest.approx(e2, abs=1e-9) and e1 > 1.0
     assert v1 == pytest.approx(v2, rel=0.03) and v1 > 0  # calcium volume (mm^3) is conserved
@@ -172,12 +179,19 @@ def test_cluster_samplers_follow_the_literature_ranges():
 
 def test_lesion_free_images_and_config_validation():
     rng = np.random.default_rng(1)
-    cfg = SimulationConfig(clusters_per_image=(0, 0), procedural_height_mm=(60.0, 60.0), procedural_width_mm=(50.0, 50.0))
+    cfg = SimulationConfig(
+        clusters_per_image=(0, 0), procedural_height_mm=(60.0, 60.0), procedural_width_mm=(50.0, 50.0)
+    )
     pixels, meta, lesions = simulate_image(rng, cfg, laterality="L", view="MLO")
     assert lesions == [] and pixels.shape == (600, 500) and meta.view == "MLO"
     with pytest.raises(SimulationError):
         SimulationConfig(bits_choices=(10,)).validate()
-    for bad in (dict(morphology_set="fancy"), dict(birads_morphologies=("popcorn_xl",)), dict(hard_negatives_per_image=(2, 1)), dict(hard_negative_types=("smudge",))):
+    for bad in (
+        dict(morphology_set="fancy"),
+        dict(birads_morphologies=("popcorn_xl",)),
+        dict(hard_negatives_per_image=(2, 1)),
+        dict(hard_negative_types=("smudge",)),
+    ):
         with pytest.raises(SimulationError):
             SimulationConfig(**bad).validate()
     SimulationConfig.realistic().validate()
@@ -216,7 +230,9 @@ def test_bundled_sample_is_reproducible_and_matches_its_truth(tmp_path):
     assert truth == json.loads(truth_path.read_text())
     assert (bundled / "sim_R_CC.dcm").stat().st_size < 5e6
     ds = pydicom.dcmread(bundled / "sim_R_CC.dcm")
-    assert (ds.Rows, ds.Columns) == tuple(truth["image_shape"]) and ds.ImageLaterality == "R" and ds.ViewPosition == "CC"
+    assert (
+        (ds.Rows, ds.Columns) == tuple(truth["image_shape"]) and ds.ImageLaterality == "R" and ds.ViewPosition == "CC"
+    )
     assert {les["class"] for les in truth["lesions"]} == {"benign", "malignant"} and 2 <= len(truth["lesions"]) <= 3
     img = ds.pixel_array.astype(float) / ((1 << ds.BitsStored) - 1)
     th = tophat(img, truth["spacing_mm"][0])
@@ -243,7 +259,7 @@ def test_birads_morphology_sizes_match_the_cited_range_at_two_spacings(morpholog
     spec = MORPHOLOGIES[morphology]
     lo, hi = spec.extent_mm
     for spacing in (0.05, 0.1):
-        for view in (("CC", "MLO") if morphology == "milk_of_calcium" else ("CC",)):
+        for view in ("CC", "MLO") if morphology == "milk_of_calcium" else ("CC",):
             geom = build_morphology_cluster(np.random.default_rng(5), morphology, view=view)
             assert geom.morphology == morphology and geom.category == spec.category and geom.specks
             for speck in geom.specks[:8]:
@@ -252,7 +268,9 @@ def test_birads_morphology_sizes_match_the_cited_range_at_two_spacings(morpholog
         # Rendered into an image: every speck lies inside its annotated box.
         n = int(round(70.0 / spacing))
         config = SimulationConfig(morphology_set="birads", birads_morphologies=(morphology,))
-        delta, lesions = insert_clusters(np.random.default_rng(9), (n, n), np.ones((n, n), bool), spacing, 1, config, view="MLO")
+        delta, lesions = insert_clusters(
+            np.random.default_rng(9), (n, n), np.ones((n, n), bool), spacing, 1, config, view="MLO"
+        )
         (lesion,) = lesions
         assert lesion.morphology == morphology and lesion.category == spec.category
         assert dict(spec.distributions).get(lesion.distribution, 0) > 0
@@ -266,14 +284,27 @@ def test_birads_morphology_sizes_match_the_cited_range_at_two_spacings(morpholog
 def test_hard_negatives_are_in_the_image_but_not_annotated(library):
     # Same image with and without hard negatives (noise off, fixed PSF): the difference is them.
     for types, real in ((tuple(t for t in HARD_NEGATIVE_TYPES if t != "film_scratch"), 0.0), (("film_scratch",), 1.0)):
-        common = dict(clusters_per_image=(2, 2), noise_sigma=(0.0, 0.0), psf_sigma_mm=(0.04, 0.04), spacing_mm=(0.1, 0.1), bits_choices=(16,), real_fraction=real, monochrome1_fraction=0.0, hard_negative_types=types)
+        common = dict(
+            clusters_per_image=(2, 2),
+            noise_sigma=(0.0, 0.0),
+            psf_sigma_mm=(0.04, 0.04),
+            spacing_mm=(0.1, 0.1),
+            bits_choices=(16,),
+            real_fraction=real,
+            monochrome1_fraction=0.0,
+            hard_negative_types=types,
+        )
         with_hn = realistic_small(hard_negatives_per_image=(8, 8), **common)
         without = realistic_small(hard_negatives_per_image=(0, 0), **common)
-        px1, meta1, les1 = simulate_image(np.random.default_rng(4), with_hn, laterality="L", view="MLO", backgrounds=library)
-        px0, meta0, les0 = simulate_image(np.random.default_rng(4), without, laterality="L", view="MLO", backgrounds=library)
+        px1, meta1, les1 = simulate_image(
+            np.random.default_rng(4), with_hn, laterality="L", view="MLO", backgrounds=library
+        )
+        px0, meta0, les0 = simulate_image(
+            np.random.default_rng(4), without, laterality="L", view="MLO", backgrounds=library
+        )
         assert meta1.hard_negatives and meta0.hard_negatives == []
         assert {h["type"] for h in meta1.hard_negatives} <= set(types)
-        assert [l.box_px for l in les1] == [l.box_px for l in les0]  # lesions untouched
+        assert [les.box_px for les in les1] == [les.box_px for les in les0]  # lesions untouched
         diff = (px1.astype(float) - px0.astype(float)) / 65535.0
         for h in meta1.hard_negatives:
             x0, y0, x1, y1 = (int(v) for v in h["box_px"])
@@ -283,7 +314,11 @@ def test_hard_negatives_are_in_the_image_but_not_annotated(library):
                 assert not (x0 < a[2] and a[0] < x1 and y0 < a[3] and a[1] < y1), (h, a)
     types_seen = set()
     for seed in range(6):
-        _, meta, _ = simulate_image(np.random.default_rng(seed), realistic_small(hard_negatives_per_image=(6, 6), real_fraction=1.0), backgrounds=library)
+        _, meta, _ = simulate_image(
+            np.random.default_rng(seed),
+            realistic_small(hard_negatives_per_image=(6, 6), real_fraction=1.0),
+            backgrounds=library,
+        )
         types_seen |= {h["type"] for h in meta.hard_negatives}
     assert types_seen == set(HARD_NEGATIVE_TYPES)
 
@@ -345,13 +380,33 @@ def test_cli_backgrounds_option_uses_only_the_given_mammograms(tmp_path, cbis_ca
     assert [f.name for f in files] == ["a.dcm", "IMG0001"]
 
     out = tmp_path / "sim"
-    rc = main(["simulate", "--realistic", "--out", str(out), "-n", "6", "--seed", "4", "--real-fraction", "1",
-               "--backgrounds", str(folder), "--quiet"])
+    rc = main(
+        [
+            "simulate",
+            "--realistic",
+            "--out",
+            str(out),
+            "-n",
+            "6",
+            "--seed",
+            "4",
+            "--real-fraction",
+            "1",
+            "--backgrounds",
+            str(folder),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     coco = _coco(out / "annotations.json")
     used = {im["background"] for im in coco["images"]}
     assert used and used <= {"real:held_in/a.dcm", "real:sub/IMG0001"}
-    assert main(["simulate", "--out", str(tmp_path / "x"), "-n", "1", "--backgrounds", str(tmp_path / "nowhere"), "--quiet"]) != 0
+    assert (
+        main(
+            ["simulate", "--out", str(tmp_path / "x"), "-n", "1", "--backgrounds", str(tmp_path / "nowhere"), "--quiet"]
+        )
+        != 0
+    )
 
 
 def test_fine_pleomorphic_specks_vary_in_shape_within_a_lesion():

@@ -55,7 +55,9 @@ GEOMETRIES = {
 }
 
 
-def _scene_with_results(geometry: str = "lps-dicom", mapping: PixelMapping | None = None, options: DisplayOptions | None = None):
+def _scene_with_results(
+    geometry: str = "lps-dicom", mapping: PixelMapping | None = None, options: DisplayOptions | None = None
+):
     scene = new_scene()
     g = GEOMETRIES[geometry]
     plane_shape = mapping.plane_shape if mapping else SHAPE
@@ -143,7 +145,9 @@ def test_rois_follow_the_volumes_parent_transform():
     transform.SetMatrixTransformToParent(m)
     volume.SetAndObserveTransformNodeID(transform.GetID())
     findings = make_findings(standard_lesions(), SHAPE)
-    nodes = scene_lib.write_results(scene, volume, findings, PixelMapping.identity(SHAPE), spec(), DisplayOptions(threshold=0.1))
+    nodes = scene_lib.write_results(
+        scene, volume, findings, PixelMapping.identity(SHAPE), spec(), DisplayOptions(threshold=0.1)
+    )
     matrix = ijk_to_ras(volume)
     for lesion, roi in zip(findings.lesions, nodes.rois):
         assert roi.GetTransformNodeID() == transform.GetID()
@@ -195,9 +199,14 @@ def test_segments_hold_exactly_the_speck_pixels_in_the_volume_geometry(geometry)
 
 
 def test_segments_per_class_are_the_union_of_the_lesion_masks():
-    scene, volume, _, findings, _, nodes = _scene_with_results(options=DisplayOptions(threshold=0.1, segments_per="class"))
+    scene, volume, _, findings, _, nodes = _scene_with_results(
+        options=DisplayOptions(threshold=0.1, segments_per="class")
+    )
     segmentation = nodes.segmentation.GetSegmentation()
-    names = {segmentation.GetSegment(segmentation.GetNthSegmentID(i)).GetName(): segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())}
+    names = {
+        segmentation.GetSegment(segmentation.GetNthSegmentID(i)).GetName(): segmentation.GetNthSegmentID(i)
+        for i in range(segmentation.GetNumberOfSegments())
+    }
     assert set(names) == {"malignant specks", "benign specks"}
     for label in ("malignant", "benign"):
         expected = set()
@@ -254,7 +263,14 @@ def _counts(scene):
 def test_rerunning_replaces_the_previous_results_of_that_volume_only():
     scene, volume, _, findings, mapping, first = _scene_with_results()
     other = add_volume(scene, np.zeros(SHAPE, dtype=np.int16), name="other")
-    other_nodes = scene_lib.write_results(scene, other, make_findings(standard_lesions()[:1], SHAPE, name="o"), mapping, spec(), DisplayOptions(threshold=0.1))
+    other_nodes = scene_lib.write_results(
+        scene,
+        other,
+        make_findings(standard_lesions()[:1], SHAPE, name="o"),
+        mapping,
+        spec(),
+        DisplayOptions(threshold=0.1),
+    )
     before = _counts(scene)
     old_ids = [n.GetID() for n in [*first.rois, first.segmentation, first.table, first.findings_node]]
     second = scene_lib.write_results(scene, volume, findings, mapping, spec(), DisplayOptions(threshold=0.1))
@@ -281,7 +297,9 @@ def test_changing_the_threshold_updates_the_nodes_without_rerunning():
     scene, volume, _, findings, _, nodes = _scene_with_results()
     shown = scene_lib.update_display(scene, volume, DisplayOptions(threshold=0.5))
     kept = [les for les in findings.lesions if les.score >= 0.5]
-    assert [r.GetName() for r in shown.rois] == [f"L{i + 1} {les.label} {les.p_malignant:.2f}" for i, les in enumerate(kept)]
+    assert [r.GetName() for r in shown.rois] == [
+        f"L{i + 1} {les.label} {les.p_malignant:.2f}" for i, les in enumerate(kept)
+    ]
     assert shown.segmentation.GetSegmentation().GetNumberOfSegments() == len(kept)
     assert [row["Score"] for row in table_rows(shown.table)] == pytest.approx([les.score for les in kept])
     assert len(nodes_of_class(scene, "vtkMRMLMarkupsROINode")) == len(kept)
@@ -303,7 +321,9 @@ def test_hiding_a_class_hides_its_rois_and_segments():
     seg = nodes.segmentation
     display = seg.GetDisplayNode()
     for index, lesion in enumerate(findings.lesions):
-        assert display.GetSegmentVisibility(seg.GetSegmentation().GetNthSegmentID(index)) == (lesion.label == "malignant")
+        assert display.GetSegmentVisibility(seg.GetSegmentation().GetNthSegmentID(index)) == (
+            lesion.label == "malignant"
+        )
     stored = scene_lib.load_stored(scene, volume)
     assert stored.options.show_benign is False and stored.options.show_malignant is True
     rebuilt = scene_lib.update_display(scene, volume)  # stored options are kept on rebuild
@@ -321,9 +341,25 @@ def test_breast_and_exam_risk_combine_the_views_of_the_scene():
     left = add_volume(scene, np.zeros(SHAPE, dtype=np.int16), name="L CC")
     mapping = PixelMapping.identity(SHAPE)
     les = standard_lesions()
-    scene_lib.write_results(scene, cc, make_findings(les[1:2], SHAPE, name="rcc"), mapping, spec(categories), DisplayOptions(threshold=0.1))
-    scene_lib.write_results(scene, mlo, make_findings(les[:1], SHAPE, name="rmlo", view="MLO"), mapping, spec(categories), DisplayOptions(threshold=0.1))
-    scene_lib.write_results(scene, left, make_findings([], SHAPE, name="lcc", laterality="L"), mapping, spec(categories), DisplayOptions(threshold=0.1))
+    scene_lib.write_results(
+        scene, cc, make_findings(les[1:2], SHAPE, name="rcc"), mapping, spec(categories), DisplayOptions(threshold=0.1)
+    )
+    scene_lib.write_results(
+        scene,
+        mlo,
+        make_findings(les[:1], SHAPE, name="rmlo", view="MLO"),
+        mapping,
+        spec(categories),
+        DisplayOptions(threshold=0.1),
+    )
+    scene_lib.write_results(
+        scene,
+        left,
+        make_findings([], SHAPE, name="lcc", laterality="L"),
+        mapping,
+        spec(categories),
+        DisplayOptions(threshold=0.1),
+    )
     risks = scene_lib.scene_risks(scene, cc)
     assert risks.image.risk.probability == pytest.approx(0.40)
     assert risks.breast.risk.probability == pytest.approx(0.87)  # max of its CC and MLO
@@ -365,7 +401,9 @@ def test_volume_from_a_plain_file_gets_laterality_from_its_name_and_no_fake_spac
     assert (m.laterality, m.view, m.laterality_source) == ("R", "CC", "filename")
 
 
-@pytest.mark.parametrize("flip", [(False, False, False), (False, True, False), (False, True, True), (True, False, True)])
+@pytest.mark.parametrize(
+    "flip", [(False, False, False), (False, True, False), (False, True, True), (True, False, True)]
+)
 def test_volume_from_a_dicom_file_reads_the_file_and_measures_the_grid_orientation(tmp_path, flip):
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -391,7 +429,9 @@ def test_volume_from_a_dicom_file_reads_the_file_and_measures_the_grid_orientati
     mapping = PixelMapping((160, 120), transpose=flip[0], flip_rows=flip[1], flip_cols=flip[2])
     scene = new_scene()
     # What a loader puts in the volume: rescaled values, possibly on a flipped grid.
-    volume = add_volume(scene, (mapping.stored_to_plane(stored).astype(np.float32) * 2 - 100), spacing=(0.1, 0.1, 1.0), directions=LPS)
+    volume = add_volume(
+        scene, (mapping.stored_to_plane(stored).astype(np.float32) * 2 - 100), spacing=(0.1, 0.1, 1.0), directions=LPS
+    )
     image = volume_to_mammogram(volume, dicom=DicomSource(file=str(tmp_path / "x.dcm"), tags={}))
     assert image.origin == "dicom-file"
     assert image.mapping == mapping
@@ -432,7 +472,6 @@ def test_non_mammogram_volumes_are_refused_with_a_clear_message():
 
 def test_export_writes_the_shown_findings_in_the_engine_formats(tmp_path):
     from MicrocalcAI.core.outputs.findings_json import load_image_json
-
     from MicrocalcAIModuleLib.runner import export_results
 
     scene, volume, _, findings, _, _ = _scene_with_results()
@@ -462,7 +501,14 @@ def test_lesion_outside_or_empty_masks_do_not_break_the_segmentation():
     volume = add_volume(scene, np.zeros(SHAPE, dtype=np.int16))
     edge = make_lesion(1, "benign", 0.5, 0.2, (85.0, 110.0, 90.0, 120.0), [(119, 89)])
     empty = make_lesion(2, "malignant", 0.6, 0.1, (5.0, 5.0, 9.0, 9.0), [])
-    nodes = scene_lib.write_results(scene, volume, make_findings([edge, empty], SHAPE), PixelMapping.identity(SHAPE), spec(), DisplayOptions(threshold=0.1))
+    nodes = scene_lib.write_results(
+        scene,
+        volume,
+        make_findings([edge, empty], SHAPE),
+        PixelMapping.identity(SHAPE),
+        spec(),
+        DisplayOptions(threshold=0.1),
+    )
     segmentation = nodes.segmentation.GetSegmentation()
     assert segmentation.GetNumberOfSegments() == 2
     counts = [len(segment_voxels(nodes.segmentation, segmentation.GetNthSegmentID(i))) for i in range(2)]
@@ -483,16 +529,25 @@ def random_model(tmp_path_factory):
 def test_analyse_volume_runs_the_engine_and_the_nodes_match_its_findings(random_model):
     from MicrocalcAI.core.pipeline import Analyzer
     from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_image
-
     from MicrocalcAIModuleLib.runner import Canceller, analyse_volume
 
-    pixels, meta, _ = simulate_image(np.random.default_rng(0), SimulationConfig(), laterality="R", view="CC", spacing_mm=0.1, size_mm=(60.0, 45.0), n_clusters=1)
+    pixels, meta, _ = simulate_image(
+        np.random.default_rng(0),
+        SimulationConfig(),
+        laterality="R",
+        view="CC",
+        spacing_mm=0.1,
+        size_mm=(60.0, 45.0),
+        n_clusters=1,
+    )
     scene = new_scene()
     volume = add_volume(scene, pixels, spacing=(0.1, 0.1, 1.0), directions=LPS, origin=(3.0, 4.0, 5.0), name="sim R CC")
     put_under_study(scene, volume)
     analyzer = Analyzer(str(random_model), "cpu")
     messages = []
-    result = analyse_volume(scene, volume, analyzer, options=DisplayOptions(threshold=0.3), progress=lambda f, m: messages.append((f, m)))
+    result = analyse_volume(
+        scene, volume, analyzer, options=DisplayOptions(threshold=0.3), progress=lambda f, m: messages.append((f, m))
+    )
     assert analyzer.score_threshold == 0.3  # restored after the run at the analysis floor
     assert result.all_findings.score_threshold == pytest.approx(0.1)
     assert result.findings.score_threshold == pytest.approx(0.3)
@@ -506,7 +561,9 @@ def test_analyse_volume_runs_the_engine_and_the_nodes_match_its_findings(random_
     matrix = ijk_to_ras(volume)
     for lesion, roi in zip(result.findings.lesions, result.nodes.rois):
         x0, y0, x1, y1 = lesion.box_px
-        assert same_point_set(roi_corners_world(roi), box_corners_ras(matrix, (x0 - 0.5, y0 - 0.5, x1 - 0.5, y1 - 0.5)), atol=1e-5)
+        assert same_point_set(
+            roi_corners_world(roi), box_corners_ras(matrix, (x0 - 0.5, y0 - 0.5, x1 - 0.5, y1 - 0.5)), atol=1e-5
+        )
 
     canceller = Canceller()
     canceller.cancel()
@@ -521,9 +578,8 @@ def test_analyse_volume_runs_the_engine_and_the_nodes_match_its_findings(random_
 def test_import_model_checks_the_manifest_entry_and_the_checksum(random_model, tmp_path):
     import shutil
 
-    from MicrocalcAI.core.errors import ChecksumError, ModelError
     from MicrocalcAI.core.detect.manifest import resolve_model
-
+    from MicrocalcAI.core.errors import ChecksumError, ModelError
     from MicrocalcAIModuleLib.models import available_models, import_model, model_card_html
 
     user_dir = tmp_path / "user-models"
@@ -554,11 +610,18 @@ def test_requirements_are_checked_without_installing_anything(tmp_path):
     from MicrocalcAIModuleLib.paths import requirements_path
 
     req = tmp_path / "requirements.txt"
-    req.write_text("# comment\nnumpy>=1.0\n--extra-index-url https://example.invalid\nsurely-not-installed-microcalcai-pkg>=1\nnumpy<1.0  # too old\n")
+    req.write_text(
+        "# comment\nnumpy>=1.0\n--extra-index-url https://example.invalid\nsurely-not-installed-microcalcai-pkg>=1\nnumpy<1.0  # too old\n"
+    )
     assert dependencies.read_requirements(req) == ["numpy>=1.0", "surely-not-installed-microcalcai-pkg>=1", "numpy<1.0"]
-    assert dependencies.missing_requirements(dependencies.read_requirements(req)) == ["surely-not-installed-microcalcai-pkg>=1", "numpy<1.0"]
+    assert dependencies.missing_requirements(dependencies.read_requirements(req)) == [
+        "surely-not-installed-microcalcai-pkg>=1",
+        "numpy<1.0",
+    ]
     shipped = dependencies.read_requirements(requirements_path())
-    assert shipped and not any(r.startswith(("torch", "torchvision")) for r in shipped)  # those come from the PyTorch extension
+    assert shipped and not any(
+        r.startswith(("torch", "torchvision")) for r in shipped
+    )  # those come from the PyTorch extension
 
 
 class _PydicomDatabase:
@@ -580,7 +643,11 @@ class _PydicomDatabase:
         if elem is None or elem.value is None:
             return ""
         value = elem.value
-        return "\\".join(str(v) for v in value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else str(value)
+        return (
+            "\\".join(str(v) for v in value)
+            if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+            else str(value)
+        )
 
 
 def test_bundled_sample_loaded_from_the_dicom_database_keeps_its_tags_and_grid():
@@ -610,4 +677,6 @@ def test_bundled_sample_loaded_from_the_dicom_database_keeps_its_tags_and_grid()
     assert (tags_only.mammogram.laterality, tags_only.mammogram.view) == ("R", "CC")
     assert tags_only.mammogram.laterality_source == "ImageLaterality"
     # A volume that did not come from DICOM has no database entry.
-    assert dicom_source_from_database(add_volume(scene, np.zeros((80, 80), dtype=np.int16)), _PydicomDatabase({})) is None
+    assert (
+        dicom_source_from_database(add_volume(scene, np.zeros((80, 80), dtype=np.int16)), _PydicomDatabase({})) is None
+    )

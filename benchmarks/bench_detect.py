@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from MicrocalcAI.core.detect.tiles import detect, tile_origins  # noqa: E402
 from MicrocalcAI.core.detect.manifest import ModelSpec  # noqa: E402
 from MicrocalcAI.core.detect.network import BACKBONES, build_detector, select_device  # noqa: E402
+from MicrocalcAI.core.detect.tiles import detect, tile_origins  # noqa: E402
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform  # noqa: E402
 
 
@@ -43,7 +43,9 @@ def synthetic_canonical(shape: tuple[int, int] = (2000, 1000), seed: int = 0) ->
     return CanonicalImage(np.clip(image, 0, 1).astype(np.float32), mask, 0.1, transform)
 
 
-def bench(backbone: str, canonical: CanonicalImage, runs: int, device: torch.device, batch_size: int) -> dict[str, float]:
+def bench(
+    backbone: str, canonical: CanonicalImage, runs: int, device: torch.device, batch_size: int
+) -> dict[str, float]:
     spec = ModelSpec(name="bench", version="0", file="-", sha256="-", backbone=backbone)
     model = build_detector(backbone, anchor_sizes=spec.anchor_sizes, tile_size=spec.tile_size).eval().to(device)
     n_tiles = len(tile_origins(canonical.image.shape, canonical.mask, spec.tile_size, spec.tile_overlap))
@@ -58,7 +60,13 @@ def bench(backbone: str, canonical: CanonicalImage, runs: int, device: torch.dev
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    return {"tiles": n_tiles, "s_per_image": median, "s_per_tile": median / n_tiles, "min": min(times), "max": max(times)}
+    return {
+        "tiles": n_tiles,
+        "s_per_image": median,
+        "s_per_tile": median / n_tiles,
+        "min": min(times),
+        "max": max(times),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
     canonical = synthetic_canonical()
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, image {canonical.image.shape}")
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, image {canonical.image.shape}"
+    )
     for backbone in args.backbones:
         r = bench(backbone, canonical, args.runs, device, args.batch_size)
         print(

@@ -47,8 +47,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     analyzer = Analyzer(args.model, args.device)
-    print(f"model {analyzer.spec.name} {analyzer.spec.version} ({analyzer.spec.backbone}) on {analyzer.device}, "
-          f"torch threads {torch.get_num_threads()}, {args.repeats} repeats after 1 warm-up\n")
+    print(
+        f"model {analyzer.spec.name} {analyzer.spec.version} ({analyzer.spec.backbone}) on {analyzer.device}, "
+        f"torch threads {torch.get_num_threads()}, {args.repeats} repeats after 1 warm-up\n"
+    )
     stages = ("read", "standardise", "detect", "findings", "total")
     print(f"{'image':28s} {'pixels':>11s} {'lesions':>7s} " + " ".join(f"{s:>11s}" for s in stages))
     for path in _inputs(args.real):
@@ -59,8 +61,10 @@ def main() -> None:
                 runs.append(findings.timings_s)
         med = {s: statistics.median(r[s] for r in runs) for s in stages}
         rows, cols = findings.image_shape
-        print(f"{path.name:28s} {f'{rows}x{cols}':>11s} {len(findings.lesions):7d} "
-              + " ".join(f"{med[s]:10.2f}s" for s in stages))
+        print(
+            f"{path.name:28s} {f'{rows}x{cols}':>11s} {len(findings.lesions):7d} "
+            + " ".join(f"{med[s]:10.2f}s" for s in stages)
+        )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak resident memory of the process: {peak_mb:.0f} MB")
 

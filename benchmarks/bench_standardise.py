@@ -12,10 +12,9 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'image':<34} {'shape':>11} {'decode':>7} {'intens':>7} {'mask':>7} {'norm':>7} {'TOTAL':>7}  canonical")
     totals = []
     for case in mm.CASES:
-        for key, path in case.items():
+        for _key, path in case.items():
             decode = _median_s(lambda: pydicom.dcmread(path).pixel_array, 1)
             ds = pydicom.dcmread(path)
             m = Mammogram(pixels=ds.pixel_array, spacing_mm=None, bits_stored=int(ds.BitsStored))

@@ -38,14 +38,22 @@ def main(findings_path: str, truth_path: str) -> int:
         box = known["box_px"]
         match = max(lesions, key=lambda les: _iou(les["box_px"], box), default=None)
         if match is not None and (_iou(match["box_px"], box) >= 0.2 or _centre_inside(match["box_px"], box)):
-            print(f"  cluster {i} ({known['class']:9s} at x={box[0]:.0f}-{box[2]:.0f}, y={box[1]:.0f}-{box[3]:.0f}): "
-                  f"found as L{match['id']} {match['label']} p_malignant={match['p_malignant']:.2f}")
+            print(
+                f"  cluster {i} ({known['class']:9s} at x={box[0]:.0f}-{box[2]:.0f}, y={box[1]:.0f}-{box[3]:.0f}): "
+                f"found as L{match['id']} {match['label']} p_malignant={match['p_malignant']:.2f}"
+            )
         else:
             missed += 1
-            print(f"  cluster {i} ({known['class']:9s} at x={box[0]:.0f}-{box[2]:.0f}, y={box[1]:.0f}-{box[3]:.0f}): MISSED")
+            print(
+                f"  cluster {i} ({known['class']:9s} at x={box[0]:.0f}-{box[2]:.0f}, y={box[1]:.0f}-{box[3]:.0f}): MISSED"
+            )
     extra = sum(
-        1 for les in lesions
-        if not any(_iou(les["box_px"], k["box_px"]) >= 0.2 or _centre_inside(les["box_px"], k["box_px"]) for k in truth["lesions"])
+        1
+        for les in lesions
+        if not any(
+            _iou(les["box_px"], k["box_px"]) >= 0.2 or _centre_inside(les["box_px"], k["box_px"])
+            for k in truth["lesions"]
+        )
     )
     print(f"  {len(truth['lesions']) - missed}/{len(truth['lesions'])} known clusters found, {extra} other mark(s)")
     return 1 if missed else 0

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from MicrocalcAI import __version__
 from MicrocalcAI.cli import convert, detect, evaluate, export, models, simulate, train

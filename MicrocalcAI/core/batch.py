@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
-from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError, OutputError
 from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
+from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError, OutputError
 from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
 from MicrocalcAI.core.pipeline import Analyzer, _sub_progress, file_fingerprint
 from MicrocalcAI.core.read import find_images
 from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings, ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class BatchResult:
@@ -122,7 +124,13 @@ def run_batch(
     spacing option: :func:`_still_valid`) are skipped unless ``force``; their JSON is loaded
     back so the breast and exam tables still cover the whole batch.
     """
-    from MicrocalcAI.core.outputs.findings_json import load_image_json, outputs_complete, write_batch_tables, write_image_json, write_overlay
+    from MicrocalcAI.core.outputs.findings_json import (
+        load_image_json,
+        outputs_complete,
+        write_batch_tables,
+        write_image_json,
+        write_overlay,
+    )
 
     progress = progress or no_progress
     out = Path(out_dir)
@@ -138,8 +146,10 @@ def run_batch(
     for path, reason in missing:
         log.error("%s: %s", path, reason)
     spec = analyzer.spec if analyzer is not None else resolve_model(model)
-    threshold = analyzer.score_threshold if analyzer is not None else (
-        spec.score_threshold if score_threshold is None else float(score_threshold)
+    threshold = (
+        analyzer.score_threshold
+        if analyzer is not None
+        else (spec.score_threshold if score_threshold is None else float(score_threshold))
     )
     names = output_names(files)
     todo = []

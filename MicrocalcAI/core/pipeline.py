@@ -16,9 +16,11 @@ from typing import Optional, Union
 
 import numpy as np
 
+from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
 from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.findings.lesions import build_lesions
-from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
+from MicrocalcAI.core.findings.risk import image_risk
+from MicrocalcAI.core.findings.specks import SpeckConfig
 from MicrocalcAI.core.read import read_mammogram, user_overrides
 from MicrocalcAI.core.records import (
     ImageFindings,
@@ -27,8 +29,6 @@ from MicrocalcAI.core.records import (
     ProgressCallback,
     no_progress,
 )
-from MicrocalcAI.core.findings.risk import image_risk
-from MicrocalcAI.core.findings.specks import SpeckConfig
 from MicrocalcAI.core.standardise import normalised_stored, standardise
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,9 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -81,9 +82,7 @@ _PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 
 _LATERALITY_TOKENS = {"L": "L", "R": "R", "LEFT": "L", "RIGHT": "R", "LT": "L", "RT": "R"}
 #: ACR / DICOM (CID 4014) mammography view abbreviations.
-_VIEW_TOKENS = frozenset(
-    {"CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM", "FB", "SIO", "ISO", "AT", "CV", "TAN"}
-)
+_VIEW_TOKENS = frozenset({"CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM", "FB", "SIO", "ISO", "AT", "CV", "TAN"})
 #: View tokens that are also common words or abbreviations ("at", "cv", "iso", "tan"): they
 #: count only when written in capitals and when no other view is named.
 _WEAK_VIEW_TOKENS = frozenset({"AT", "CV", "FB", "TAN", "ISO"})
@@ -266,7 +265,9 @@ def estimate_laterality(pixels: np.ndarray, photometric: str = "MONOCHROME2") ->
     col_mass = breast.sum(axis=0).astype(np.float64)
     centroid = float((col_mass * np.arange(col_mass.size)).sum() / col_mass.sum()) / max(1, col_mass.size - 1)
     score = (left_touch - right_touch) + (0.5 - centroid) * 2.0
-    log.debug("estimate_laterality: touch L %.2f R %.2f centroid %.2f score %.2f", left_touch, right_touch, centroid, score)
+    log.debug(
+        "estimate_laterality: touch L %.2f R %.2f centroid %.2f score %.2f", left_touch, right_touch, centroid, score
+    )
     if score > 0.3:
         return "L"
     if score < -0.3:
@@ -285,7 +286,9 @@ def _name(path: Optional[Path]) -> str:
 
 def _check_size(rows: int, cols: int, path: Optional[Path]) -> None:
     if rows < MIN_SIDE_PX or cols < MIN_SIDE_PX:
-        raise NotAMammogramError(f"{_name(path)}: image of {rows}x{cols} pixels is too small for a mammogram (minimum {MIN_SIDE_PX}x{MIN_SIDE_PX})")
+        raise NotAMammogramError(
+            f"{_name(path)}: image of {rows}x{cols} pixels is too small for a mammogram (minimum {MIN_SIDE_PX}x{MIN_SIDE_PX})"
+        )
     if rows * cols > MAX_PIXELS:
         raise NotAMammogramError(
             f"{_name(path)}: image of {rows}x{cols} pixels ({rows * cols / 1e6:.0f} megapixels) is larger than any mammogram (maximum {MAX_PIXELS // 1_000_000} megapixels)"
@@ -301,9 +304,15 @@ def _grey_from_channels(arr: np.ndarray, path: Optional[Path], tolerance: float 
     colour = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
     first = colour[..., 0]
     for k in range(1, colour.shape[-1]):
-        diff = np.abs(colour[..., k].astype(np.int64) - first.astype(np.int64)) if np.issubdtype(colour.dtype, np.integer) else np.abs(colour[..., k] - first)
+        diff = (
+            np.abs(colour[..., k].astype(np.int64) - first.astype(np.int64))
+            if np.issubdtype(colour.dtype, np.integer)
+            else np.abs(colour[..., k] - first)
+        )
         if diff.size and float(diff.max()) > tolerance:
-            raise NotAMammogramError(f"{_name(path)}: colour image (its colour channels differ); a mammogram is grey-scale")
+            raise NotAMammogramError(
+                f"{_name(path)}: colour image (its colour channels differ); a mammogram is grey-scale"
+            )
     return np.ascontiguousarray(first)
 
 
@@ -412,7 +421,12 @@ def _dicom_spacing(ds: Any, warn: list[str], name: str) -> tuple[Optional[tuple[
     if imager is not None:
         factor = _ds_float(ds, "EstimatedRadiographicMagnificationFactor")
         if factor is not None and MAGNIFICATION_RANGE[0] <= factor <= MAGNIFICATION_RANGE[1]:
-            candidates.append(((imager[0] / factor, imager[1] / factor), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"))
+            candidates.append(
+                (
+                    (imager[0] / factor, imager[1] / factor),
+                    "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor",
+                )
+            )
         elif factor is not None:
             warn.append(f"{name}: ignored implausible EstimatedRadiographicMagnificationFactor {factor:g}")
         candidates.append((imager, "ImagerPixelSpacing"))
@@ -488,17 +502,23 @@ def _read_dicom_dataset(path: Path, force: bool) -> Mammogram:
     except InvalidDicomError as exc:
         raise UnreadableFileError(f"{name}: not a valid DICOM file ({exc})") from None
     except MemoryError:
-        raise UnreadableFileError(f"{name}: DICOM header asks for an impossible amount of memory (corrupt file)") from None
+        raise UnreadableFileError(
+            f"{name}: DICOM header asks for an impossible amount of memory (corrupt file)"
+        ) from None
     except BaseException as exc:  # noqa: BLE001 - pydicom raises many types on corrupt/truncated input
         _reraise_fatal(exc)
-        raise UnreadableFileError(f"{name}: corrupt or truncated DICOM file ({type(exc).__name__}: {_short(exc)})") from None
+        raise UnreadableFileError(
+            f"{name}: corrupt or truncated DICOM file ({type(exc).__name__}: {_short(exc)})"
+        ) from None
 
     warn: list[str] = []
     modality = _ds_str(ds, "Modality")
     if modality is not None:
         modality = modality.upper()
         if modality not in ACCEPTED_MODALITIES:
-            raise NotAMammogramError(f"{name}: DICOM modality {modality} is not a mammogram (expected {', '.join(ACCEPTED_MODALITIES[:-1])} or {ACCEPTED_MODALITIES[-1]})")
+            raise NotAMammogramError(
+                f"{name}: DICOM modality {modality} is not a mammogram (expected {', '.join(ACCEPTED_MODALITIES[:-1])} or {ACCEPTED_MODALITIES[-1]})"
+            )
     else:
         warn.append(f"{name}: DICOM file has no Modality; assuming a mammogram")
     truncated = any("end of file" in str(w.message).lower() for w in caught)
@@ -507,7 +527,9 @@ def _read_dicom_dataset(path: Path, force: bool) -> Mammogram:
             raise UnreadableFileError(f"{name}: not a DICOM image or any other known image format")
         if truncated or "Rows" in ds or "Columns" in ds:
             # pydicom drops an encapsulated Pixel Data element cut short by the end of the file.
-            raise UnreadableFileError(f"{name}: truncated DICOM file: image attributes present but Pixel Data missing or incomplete")
+            raise UnreadableFileError(
+                f"{name}: truncated DICOM file: image attributes present but Pixel Data missing or incomplete"
+            )
         # Non-image objects (SR, KO, PR ...) were refused by modality above; an MG/DX/CR or
         # modality-less file without pixels is a header cut short or a broken export.
         raise UnreadableFileError(f"{name}: DICOM file has no Pixel Data (truncated, or not an image)")
@@ -535,7 +557,9 @@ def _read_dicom_dataset(path: Path, force: bool) -> Mammogram:
         raise NotAMammogramError(f"{name}: palette colour image; a mammogram is grey-scale")
     if spp == 1 and photometric not in _PHOTOMETRICS:
         if photometric:
-            raise UnreadableFileError(f"{name}: photometric interpretation {photometric!r} is invalid for a 1-sample image")
+            raise UnreadableFileError(
+                f"{name}: photometric interpretation {photometric!r} is invalid for a 1-sample image"
+            )
         warn.append(f"{name}: no PhotometricInterpretation; assuming MONOCHROME2")
         photometric = "MONOCHROME2"
     if spp == 3 and photometric in _PHOTOMETRICS:
@@ -552,7 +576,9 @@ def _read_dicom_dataset(path: Path, force: bool) -> Mammogram:
         except Exception as exc:  # noqa: BLE001
             raise UnreadableFileError(f"{name}: unreadable Pixel Data ({_short(exc)})") from None
         if have < expected:
-            raise UnreadableFileError(f"{name}: truncated DICOM: Pixel Data has {have} bytes, {expected} expected for {rows}x{cols}x{bits_alloc} bits")
+            raise UnreadableFileError(
+                f"{name}: truncated DICOM: Pixel Data has {have} bytes, {expected} expected for {rows}x{cols}x{bits_alloc} bits"
+            )
 
     try:
         with warnings.catch_warnings():
@@ -562,7 +588,9 @@ def _read_dicom_dataset(path: Path, force: bool) -> Mammogram:
         raise UnreadableFileError(f"{name}: pixel data needs an impossible amount of memory (corrupt header)") from None
     except BaseException as exc:  # noqa: BLE001 - decoders (pydicom, pylibjpeg, openjpeg, jpeg-ls) raise anything
         _reraise_fatal(exc)
-        raise UnreadableFileError(f"{name}: cannot decode DICOM pixel data ({type(exc).__name__}: {_short(exc)})") from None
+        raise UnreadableFileError(
+            f"{name}: cannot decode DICOM pixel data ({type(exc).__name__}: {_short(exc)})"
+        ) from None
     arr = np.asarray(arr)
     if spp == 3:
         if arr.ndim != 3 or arr.shape[-1] != 3:
@@ -718,18 +746,24 @@ def _read_pillow(path: Path, fmt: str) -> tuple[np.ndarray, Optional[tuple[float
                 cols, rows = img.size
                 _check_size(int(rows), int(cols), path)
                 if getattr(img, "n_frames", 1) > 1:
-                    raise NotAMammogramError(f"{name}: image file holds {img.n_frames} frames; a mammogram is one 2-D image")
+                    raise NotAMammogramError(
+                        f"{name}: image file holds {img.n_frames} frames; a mammogram is one 2-D image"
+                    )
                 img.load()
                 arr = _pil_to_array(img, path)
     except MicrocalcAIError:
         raise
     except Image.DecompressionBombError:
-        raise NotAMammogramError(f"{name}: image is larger than any mammogram (maximum {MAX_PIXELS // 1_000_000} megapixels)") from None
+        raise NotAMammogramError(
+            f"{name}: image is larger than any mammogram (maximum {MAX_PIXELS // 1_000_000} megapixels)"
+        ) from None
     except MemoryError:
         raise UnreadableFileError(f"{name}: image needs an impossible amount of memory (corrupt header)") from None
     except BaseException as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, struct.error ...
         _reraise_fatal(exc)
-        raise UnreadableFileError(f"{name}: corrupt or unsupported {fmt.upper()} file ({type(exc).__name__}: {_short(exc)})") from None
+        raise UnreadableFileError(
+            f"{name}: corrupt or unsupported {fmt.upper()} file ({type(exc).__name__}: {_short(exc)})"
+        ) from None
     return arr, None, None, []
 
 
@@ -759,7 +793,9 @@ def _tiff_spacing(page: Any, warn: list[str], name: str) -> Optional[tuple[float
     if unit not in _TIFF_UNIT_MM:
         return None
     if unit == 2 and _is_default_dpi(xres) and _is_default_dpi(yres):
-        warn.append(f"{name}: TIFF resolution is the {_ratio(xres):g} dpi default of image editors, not a pixel spacing; spacing unknown")
+        warn.append(
+            f"{name}: TIFF resolution is the {_ratio(xres):g} dpi default of image editors, not a pixel spacing; spacing unknown"
+        )
         return None
     try:
         x, y = _ratio(xres), _ratio(yres)
@@ -808,7 +844,9 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, Optional[tuple[float, float]], O
         raise UnreadableFileError(f"{name}: TIFF needs an impossible amount of memory (corrupt header)") from None
     except BaseException as exc:  # noqa: BLE001 - tifffile raises many types on corrupt input
         _reraise_fatal(exc)
-        raise UnreadableFileError(f"{name}: corrupt or unsupported TIFF file ({type(exc).__name__}: {_short(exc)})") from None
+        raise UnreadableFileError(
+            f"{name}: corrupt or unsupported TIFF file ({type(exc).__name__}: {_short(exc)})"
+        ) from None
     if arr is None:  # compression tifffile cannot decode without imagecodecs: Pillow's libtiff can
         arr, _, _, _ = _read_pillow(path, "tiff")
     arr = np.asarray(arr)
@@ -843,7 +881,9 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Optional[tuple[float, float]], O
         _reraise_fatal(exc)
         raise UnreadableFileError(f"{name}: cannot read image header ({_short(exc)})") from None
     if dim < 2 or dim > 4 or any(s > 1 for s in size[2:]):
-        raise NotAMammogramError(f"{name}: {dim}-D image of size {'x'.join(map(str, size))}; a mammogram is one 2-D image")
+        raise NotAMammogramError(
+            f"{name}: {dim}-D image of size {'x'.join(map(str, size))}; a mammogram is one 2-D image"
+        )
     cols, rows = size[0], size[1]
     _check_size(rows, cols, path)
     if comps not in (1, 3, 4):
@@ -863,7 +903,9 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Optional[tuple[float, float]], O
         arr = arr.reshape(rows, cols)
     spacing: Optional[tuple[float, float]] = (spacing_xyz[1], spacing_xyz[0])
     if spacing == (1.0, 1.0):
-        warn.append(f"{name}: header spacing is exactly 1.0 x 1.0 mm, which means 'not set' for a mammogram; spacing unknown")
+        warn.append(
+            f"{name}: header spacing is exactly 1.0 x 1.0 mm, which means 'not set' for a mammogram; spacing unknown"
+        )
         spacing = None
     elif not _plausible(spacing):
         warn.append(f"{name}: ignored implausible header spacing {spacing[0]:g} x {spacing[1]:g} mm")
@@ -966,7 +1008,7 @@ def user_overrides(
     spacing_mm: Union[float, Sequence[float], None] = None,
     laterality: Optional[str] = None,
     view: Optional[str] = None,
-    source: Optional[Union[str, "os.PathLike[str]"]] = None,
+    source: Optional[Union[str, os.PathLike[str]]] = None,
 ) -> dict[str, Any]:
     """Validated :class:`Mammogram` field values for what a user stated explicitly.
 
@@ -987,7 +1029,7 @@ def user_overrides(
 
 
 def read_mammogram(
-    source: Union[str, "os.PathLike[str]", np.ndarray],
+    source: Union[str, os.PathLike[str], np.ndarray],
     *,
     spacing_mm: Union[float, tuple[float, float], None] = None,
     laterality: Optional[str] = None,
@@ -1051,7 +1093,13 @@ def read_mammogram(
             mam.warnings.append(f"{_name(path)}: laterality {est} estimated from the image (chest-wall side)")
     log.debug(
         "read %s: %dx%d %s, spacing %s (%s), %s %s",
-        _name(path), *mam.shape, mam.photometric, mam.spacing_mm, mam.spacing_source, mam.laterality, mam.view,
+        _name(path),
+        *mam.shape,
+        mam.photometric,
+        mam.spacing_mm,
+        mam.spacing_source,
+        mam.laterality,
+        mam.view,
     )
     return mam
 

@@ -13,8 +13,9 @@ The canonical frame (resampled, flipped, cropped) is internal to the engine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -53,7 +54,9 @@ class Mammogram:
     spacing_source: Optional[str] = None  # one of SPACING_SOURCES, None when unknown
     photometric: str = "MONOCHROME2"  # MONOCHROME1 = bright is low attenuation (must be inverted)
     laterality: Optional[str] = None  # "L" or "R"
-    laterality_source: Optional[str] = None  # "ImageLaterality", "Laterality", "PatientID", "SeriesDescription", "filename", "image", "user"
+    laterality_source: Optional[str] = (
+        None  # "ImageLaterality", "Laterality", "PatientID", "SeriesDescription", "filename", "image", "user"
+    )
     view: Optional[str] = None  # "CC", "MLO", "ML", "LM", "XCCL", ... (ACR abbreviations, upper case)
     view_source: Optional[str] = None
     presentation_intent: Optional[str] = None  # "FOR PRESENTATION", "FOR PROCESSING" or None

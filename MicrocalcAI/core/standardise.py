@@ -111,7 +111,9 @@ def _check_pixels(pixels: np.ndarray) -> None:
         raise NotAMammogramError(f"expected a 2-D grey-scale image, got an array of shape {pixels.shape}")
     if pixels.shape[0] < 16 or pixels.shape[1] < 16:
         raise NotAMammogramError(f"image of {pixels.shape[0]}x{pixels.shape[1]} pixels is too small to be a mammogram")
-    if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating) or pixels.dtype == bool):
+    if not (
+        np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating) or pixels.dtype == bool
+    ):
         raise NotAMammogramError(f"unsupported pixel type {pixels.dtype}")
 
 
@@ -505,7 +507,9 @@ def normalise(intensity: np.ndarray, mask: np.ndarray, config: NormaliseConfig =
         raise InputError("cannot normalise: the breast mask is empty")
     lo, hi = np.percentile(sample.astype(np.float64), [config.low_percentile, config.high_percentile])
     if not hi > lo:
-        log.warning("breast has a flat histogram (p%.1f = p%.1f = %g)", config.low_percentile, config.high_percentile, lo)
+        log.warning(
+            "breast has a flat histogram (p%.1f = p%.1f = %g)", config.low_percentile, config.high_percentile, lo
+        )
         hi = lo + 1.0
     gain = np.float32(config.high_value / (hi - lo))
     out = (intensity.astype(np.float32, copy=False) - np.float32(lo)) * gain
@@ -689,7 +693,9 @@ def standardise(
     else:
         image01, mask = stored
         if image01.shape != m.shape or mask.shape != m.shape:
-            raise InputError(f"precomputed stored image/mask {image01.shape}/{mask.shape} do not match the mammogram {m.shape}")
+            raise InputError(
+                f"precomputed stored image/mask {image01.shape}/{mask.shape} do not match the mammogram {m.shape}"
+            )
     warnings = warnings + mask_warnings(mask)
     flipped = not chest_wall_on_left(mask)
     transform = plan_transform(mask, spacing, float(spacing_mm), flipped=flipped, margin_mm=margin_mm)
@@ -700,6 +706,13 @@ def standardise(
     for w in warnings:
         log.warning("%s: %s", m.source or "image", w)
     log.debug(
-        "standardised %s: %s -> %s, flipped=%s, scale=%s", m.source or "image", m.shape, image.shape, flipped, transform.scale
+        "standardised %s: %s -> %s, flipped=%s, scale=%s",
+        m.source or "image",
+        m.shape,
+        image.shape,
+        flipped,
+        transform.scale,
     )
-    return CanonicalImage(image=image, mask=mask_c, spacing_mm=float(spacing_mm), transform=transform, warnings=warnings)
+    return CanonicalImage(
+        image=image, mask=mask_c, spacing_mm=float(spacing_mm), transform=transform, warnings=warnings
+    )

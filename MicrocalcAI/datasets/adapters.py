@@ -54,9 +54,10 @@ import os
 import plistlib
 import re
 import xml.parsers.expat
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -589,9 +590,7 @@ def convert_cbis_ddsm(
             )
     index = _CbisIndex(root, files)
     if not index.by_top:
-        raise DatasetError(
-            f"no CBIS-DDSM DICOM case folders (e.g. Calc-Training_P_00005_RIGHT_CC) under {root}"
-        )
+        raise DatasetError(f"no CBIS-DDSM DICOM case folders (e.g. Calc-Training_P_00005_RIGHT_CC) under {root}")
     builder = _CocoBuilder("cbis-ddsm", root, out, strict=strict, include_negatives=False)
     builder.label_source = "biopsy pathology (CSV column 'pathology')"
     builder.report.notes.append(
@@ -617,7 +616,12 @@ def convert_cbis_ddsm(
 
 
 def _cbis_row(
-    builder: _CocoBuilder, index: _CbisIndex, csv_file: Path, where: str, row: dict[str, str], spacing_mm: Optional[float]
+    builder: _CocoBuilder,
+    index: _CbisIndex,
+    csv_file: Path,
+    where: str,
+    row: dict[str, str],
+    spacing_mm: Optional[float],
 ) -> None:
     kind = row.get("abnormality type", "").strip().lower()
     if kind != "calcification":
@@ -683,7 +687,8 @@ def _cbis_row(
     if not sized:
         found = f" (found {', '.join(sizes)})" if sizes else ""
         builder.fail_lesion(
-            key, where,
+            key,
+            where,
             f"no ROI mask of the image's size {cols_}x{rows_} for {mask_text.strip()!r} in folder {top_roi}{found}",
         )
         return
@@ -706,7 +711,10 @@ def _cbis_row(
         return
     box = (float(cols_any[0]), float(rows_any[0]), float(cols_any[-1] + 1), float(rows_any[-1] + 1))
     builder.add_lesion(
-        key, box, label, where,
+        key,
+        box,
+        label,
+        where,
         pathology=row.get("pathology"),
         abnormality_id=row.get("abnormality id"),
         calc_type=row.get("calc type"),
@@ -865,8 +873,16 @@ def convert_inbreast(
     for n, image_id in enumerate(ids):
         progress(0.02 + 0.93 * n / len(ids), f"INbreast image {image_id}")
         _inbreast_image(
-            builder, image_id, dicoms[image_id], xml_root / f"{image_id}.xml", birads.get(image_id), table,
-            float(cluster_link_mm), int(min_calcifications), float(calc_margin_mm), spacing_mm,
+            builder,
+            image_id,
+            dicoms[image_id],
+            xml_root / f"{image_id}.xml",
+            birads.get(image_id),
+            table,
+            float(cluster_link_mm),
+            int(min_calcifications),
+            float(calc_margin_mm),
+            spacing_mm,
         )
     progress(0.97, "writing COCO")
     report = builder.write([table, *sorted(xml_root.glob("*.xml"))])
@@ -905,7 +921,14 @@ def _inbreast_image(
                     if len(pts) == 0:
                         raise ValueError(f"ROI {k} ({roi.get('Name')}) has no Point_px")
                     (clusters if name.startswith("cluster") else calcs).append(pts)
-        except (plistlib.InvalidFileException, xml.parsers.expat.ExpatError, ValueError, TypeError, AttributeError, OSError) as exc:
+        except (
+            plistlib.InvalidFileException,
+            xml.parsers.expat.ExpatError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            OSError,
+        ) as exc:
             if calcs or clusters or _mentions_calcification(xml_file):
                 builder.skip(where, f"unreadable INbreast XML, image {image_id} left out: {exc}")
                 return
@@ -924,7 +947,10 @@ def _inbreast_image(
     lat = meta_row.get("laterality", "").strip().upper() or None
     view = meta_row.get("view", "").strip().upper() or None
     key = builder.image(
-        str(dicom.resolve()), dicom, width, height,
+        str(dicom.resolve()),
+        dicom,
+        width,
+        height,
         spacing_mm=float(spacing),
         laterality=lat if lat in ("L", "R") else None,
         view=view,
@@ -961,8 +987,13 @@ def _inbreast_image(
         x0, y0 = pts.min(axis=0) - pad
         x1, y1 = pts.max(axis=0) + pad
         builder.add_lesion(
-            key, (x0, y0, x1, y1), label, f"{where} group {k + 1}",
-            origin="grouped Calcification ROIs", calcifications=len(members), **attrs,
+            key,
+            (x0, y0, x1, y1),
+            label,
+            f"{where} group {k + 1}",
+            origin="grouped Calcification ROIs",
+            calcifications=len(members),
+            **attrs,
         )
 
 
@@ -1049,7 +1080,8 @@ def convert_vindr_mammo(
     for n, (image_id, image_rows) in enumerate(by_image.items()):
         progress(0.05 + 0.9 * n / max(len(by_image), 1), f"VinDr-Mammo image {image_id}")
         calc_rows = [
-            (line, row) for line, row in image_rows
+            (line, row)
+            for line, row in image_rows
             if any(c.lower() == "suspicious calcification" for c in _categories(row["finding categories"]))
         ]
         if not calc_rows and not include_negatives:
@@ -1072,7 +1104,10 @@ def convert_vindr_mammo(
                 continue
         lat = first.get("laterality", "").upper()
         key = builder.image(
-            str(path.resolve()), path, width, height,
+            str(path.resolve()),
+            path,
+            width,
+            height,
             laterality=lat if lat in ("L", "R") else None,
             view=first.get("view position", "").upper() or None,
             breast_birads=first.get("breast birads"),
@@ -1093,8 +1128,12 @@ def convert_vindr_mammo(
                 builder.fail_lesion(key, rwhere, "xmin/ymin/xmax/ymax are not numbers")
                 continue
             builder.add_lesion(
-                key, box, label, rwhere,
-                finding_birads=row["finding birads"], finding_categories=row["finding categories"],
+                key,
+                box,
+                label,
+                rwhere,
+                finding_birads=row["finding birads"],
+                finding_categories=row["finding categories"],
             )
     progress(0.97, "writing COCO")
     report = builder.write([table])
@@ -1179,7 +1218,10 @@ def convert_mini_mias(
             continue
         digits = int(re.sub(r"\D", "", ref))
         key = builder.image(
-            str(path.resolve()), path, width, height,
+            str(path.resolve()),
+            path,
+            width,
+            height,
             spacing_mm=MINI_MIAS_SPACING_MM,
             laterality="L" if digits % 2 == 0 else "R",
             view="MLO",
@@ -1199,7 +1241,8 @@ def convert_mini_mias(
             x, y, r = (float(t) for t in tokens[4:7])
         except ValueError:
             builder.fail_lesion(
-                key, where,
+                key,
+                where,
                 "CALC row without centre and radius (calcifications spread over the image; Info.txt note 4)",
             )
             continue
@@ -1208,8 +1251,13 @@ def convert_mini_mias(
             continue
         y_stored = height - y  # bottom-left origin -> top-left stored rows
         builder.add_lesion(
-            key, (x - r, y_stored - r, x + r, y_stored + r), label, where,
-            severity=severity, centre_info_txt=[x, y], radius_px=r,
+            key,
+            (x - r, y_stored - r, x + r, y_stored + r),
+            label,
+            where,
+            severity=severity,
+            centre_info_txt=[x, y],
+            radius_px=r,
         )
     progress(0.97, "writing COCO")
     report = builder.write([info])
@@ -1254,7 +1302,11 @@ def convert_coco(
         data = json.loads(src.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DatasetError(f"COCO file {src} is not readable JSON: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("categories"), list)
+    ):
         raise DatasetError(f"COCO file {src}: needs 'images' and 'categories' lists")
     annotations = data.get("annotations", [])
     if not isinstance(annotations, list):
@@ -1277,7 +1329,13 @@ def convert_coco(
             cat_label[cat["id"]] = mapping[name]
         else:
             unmapped[cat["id"]] = str(cat["name"])
-    used_unmapped = sorted({unmapped[a.get("category_id")] for a in annotations if isinstance(a, dict) and a.get("category_id") in unmapped})
+    used_unmapped = sorted(
+        {
+            unmapped[a.get("category_id")]
+            for a in annotations
+            if isinstance(a, dict) and a.get("category_id") in unmapped
+        }
+    )
     if used_unmapped:
         raise DatasetError(
             f"COCO file {src}: categories {used_unmapped} have annotations but no mapping; pass category_map "

@@ -38,16 +38,17 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Hashable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from MicrocalcAI.core.atomic import atomic_write_bytes, atomic_write_text
-from MicrocalcAI.core.errors import CancelledError, DatasetError, MicrocalcAIError
 from MicrocalcAI.core.detect.manifest import MERGE_FLOOR, ModelSpec
+from MicrocalcAI.core.errors import CancelledError, DatasetError, MicrocalcAIError
 from MicrocalcAI.core.records import ImageFindings, Lesion, ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,10 @@ def hit_matrix(det_boxes: np.ndarray, gt_boxes: np.ndarray, iou_threshold: float
     cx = (det[:, 0] + det[:, 2]) / 2
     cy = (det[:, 1] + det[:, 3]) / 2
     inside = (
-        (cx[:, None] >= gt[None, :, 0]) & (cx[:, None] <= gt[None, :, 2])
-        & (cy[:, None] >= gt[None, :, 1]) & (cy[:, None] <= gt[None, :, 3])
+        (cx[:, None] >= gt[None, :, 0])
+        & (cx[:, None] <= gt[None, :, 2])
+        & (cy[:, None] >= gt[None, :, 1])
+        & (cy[:, None] <= gt[None, :, 3])
     )
     return inside | (box_iou(det, gt) >= iou_threshold)
 
@@ -197,7 +200,15 @@ def calibration_bins(probabilities: np.ndarray, outcomes: np.ndarray, n_bins: in
         observed = float(y[sel].mean()) if n else None
         if n:
             ece += n / len(p) * abs(observed - mean_p)  # type: ignore[operator]
-        bins.append({"lower": k / n_bins, "upper": (k + 1) / n_bins, "n": n, "mean_predicted": mean_p, "observed_rate": observed})
+        bins.append(
+            {
+                "lower": k / n_bins,
+                "upper": (k + 1) / n_bins,
+                "n": n,
+                "mean_predicted": mean_p,
+                "observed_rate": observed,
+            }
+        )
     return {
         "n": int(p.size),
         "bins": bins,
@@ -268,7 +279,10 @@ def truth_from_coco(coco_json: PathLike) -> list[ImageTruth]:
                 view=text(entry.extra, "view"),
                 path=str(entry.path),
                 spacing_mm=entry.spacing_mm,
-                hard_negatives=[(kind, tuple(float(v) for v in box)) for kind, box in zip(entry.hard_negative_types, entry.hard_negatives_stored)],
+                hard_negatives=[
+                    (kind, tuple(float(v) for v in box))
+                    for kind, box in zip(entry.hard_negative_types, entry.hard_negatives_stored)
+                ],
                 descriptors=entry.descriptors,
             )
         )
@@ -381,7 +395,10 @@ def _classification_block(
     block: dict[str, Any] = {
         "rule": rule,
         "threshold": threshold,
-        "tp": int(total[0]), "fn": int(total[1]), "tn": int(total[2]), "fp": int(total[3]),
+        "tp": int(total[0]),
+        "fn": int(total[1]),
+        "tn": int(total[2]),
+        "fp": int(total[3]),
     }
     boot_rates = _rates(cluster_counts[boot].sum(axis=1)) if len(boot) else None
     for key, value in point.items():
@@ -391,9 +408,7 @@ def _classification_block(
     return block
 
 
-def _auc_block(
-    scores: np.ndarray, positive: np.ndarray, members: list[np.ndarray], boot: np.ndarray
-) -> dict[str, Any]:
+def _auc_block(scores: np.ndarray, positive: np.ndarray, members: list[np.ndarray], boot: np.ndarray) -> dict[str, Any]:
     """AUC, its bootstrap CI (clusters resampled: ``members[c]`` are cluster c's rows), ROC points."""
     auc = roc_auc(scores, positive)
     reps = []
@@ -414,6 +429,7 @@ def _auc_block(
 
 def _identity(truth: ImageTruth, findings: Optional[ImageFindings]) -> SimpleNamespace:
     """Patient, study and side of an image: the ground truth's, else what the file said."""
+
     def pick(attr: str) -> Optional[str]:
         value = getattr(truth, attr)
         if value is None and findings is not None:
@@ -478,7 +494,9 @@ def _hard_negative_marks(
 DESCRIPTOR_KEYS = ("morphology", "distribution")
 
 
-def _by_descriptor(truth: Sequence[ImageTruth], matched: np.ndarray, matched_p: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
+def _by_descriptor(
+    truth: Sequence[ImageTruth], matched: np.ndarray, matched_p: np.ndarray, gt: np.ndarray
+) -> dict[str, Any]:
     """Sensitivity and mean p_malignant of the found lesions per descriptor value.
 
     A pooled sensitivity hides which kinds of lesion are missed (faint amorphous specks, wide
@@ -550,7 +568,11 @@ def compute_metrics(
     matched_label = [lab for m in matches for lab in m.matched_label]
     sweep = np.concatenate([m.sweep_score for m in matches]) if matches else np.zeros(0)
     fp_all = np.concatenate([m.fp_scores_all for m in matches]) if matches else np.zeros(0)
-    lesion_image = np.concatenate([np.full(len(m.gt_labels), i) for i, m in enumerate(matches)]) if matches else np.zeros(0, dtype=int)
+    lesion_image = (
+        np.concatenate([np.full(len(m.gt_labels), i) for i, m in enumerate(matches)])
+        if matches
+        else np.zeros(0, dtype=int)
+    )
     image_members = [np.flatnonzero(lesion_image == i) for i in range(n_images)]
     n_les = len(gt)
     n_fp = sum(m.n_fp for m in matches)
@@ -590,17 +612,26 @@ def compute_metrics(
         rules.append((name, cut, matched & (np.nan_to_num(matched_p, nan=-1.0) >= cut)))
     lesion_cls: dict[str, Any] = {}
     for name, cut, pred in rules:
-        per_image = np.stack([_confusion(is_mal[idx], pred[idx]) for idx in image_members]) if n_images else np.zeros((0, 4), dtype=np.int64)
+        per_image = (
+            np.stack([_confusion(is_mal[idx], pred[idx]) for idx in image_members])
+            if n_images
+            else np.zeros((0, 4), dtype=np.int64)
+        )
         block = _classification_block(per_image, boot_images, cut, "missed lesion = predicted not malignant")
         correct = matched & (pred == is_mal)  # strict: a missed lesion is never correct
         block["strict_accuracy"] = float(correct.mean()) if n_les else float("nan")
         only = matched
-        block["matched_only"] = {
-            k: float(v) for k, v in _rates(_confusion(is_mal[only], pred[only])).items()
-        } | {"n": int(only.sum()), "note": "missed lesions dropped, as in the paper's code: NOT comparable"}
+        block["matched_only"] = {k: float(v) for k, v in _rates(_confusion(is_mal[only], pred[only])).items()} | {
+            "n": int(only.sum()),
+            "note": "missed lesions dropped, as in the paper's code: NOT comparable",
+        }
         lesion_cls[name] = block
-    lesion_auc = _auc_block(matched_p[matched], is_mal[matched],
-                            [np.flatnonzero(lesion_image[matched] == i) for i in range(n_images)], boot_images)
+    lesion_auc = _auc_block(
+        matched_p[matched],
+        is_mal[matched],
+        [np.flatnonzero(lesion_image[matched] == i) for i in range(n_images)],
+        boot_images,
+    )
     lesion_level = {
         "n_lesions": n_les,
         "n_malignant": int(is_mal.sum()),
@@ -623,16 +654,24 @@ def compute_metrics(
     image_p = np.array([m.probability for m in matches], dtype=np.float64)
     image_pos = np.array([bool(np.any(m.gt_labels == MALIGNANT)) for m in matches], dtype=bool)
     image_flag = np.array([m.any_malignant_label for m in matches], dtype=bool)
-    image_level = _level_block(image_p, image_pos, image_flag, [np.array([i]) for i in range(n_images)],
-                               spec, boot_images, n_calibration_bins)
+    image_level = _level_block(
+        image_p, image_pos, image_flag, [np.array([i]) for i in range(n_images)], spec, boot_images, n_calibration_bins
+    )
 
     breasts = group_breasts(truth, findings)
     breast_p = np.array([image_p[g].max() for g in breasts], dtype=np.float64)
     breast_pos = np.array([image_pos[g].any() for g in breasts], dtype=bool)
     breast_flag = np.array([image_flag[g].any() for g in breasts], dtype=bool)
     boot_breasts = _bootstrap_indices(len(breasts), n_bootstrap, seed, 2)
-    breast_level = _level_block(breast_p, breast_pos, breast_flag, [np.array([i]) for i in range(len(breasts))],
-                                spec, boot_breasts, n_calibration_bins)
+    breast_level = _level_block(
+        breast_p,
+        breast_pos,
+        breast_flag,
+        [np.array([i]) for i in range(len(breasts))],
+        spec,
+        boot_breasts,
+        n_calibration_bins,
+    )
     breast_level["n_breasts"] = len(breasts)
     breast_level["n_with_two_or_more_views"] = sum(1 for g in breasts if len(g) >= 2)
     breast_level["combine"] = "max"
@@ -640,38 +679,44 @@ def compute_metrics(
     per_image = []
     breast_of = {i: b for b, g in enumerate(breasts) for i in g}
     for i, (t, m) in enumerate(zip(truth, matches)):
-        per_image.append({
-            "name": t.name,
-            "path": t.path,
-            "analysed": findings[i] is not None,
-            "breast": breast_of[i],
-            "n_lesions": len(t.labels),
-            "n_malignant": int(np.sum(t.labels == MALIGNANT)),
-            "found": int(m.matched.sum()),
-            "false_positives": m.n_fp,
-            "probability": float(m.probability),
-        })
+        per_image.append(
+            {
+                "name": t.name,
+                "path": t.path,
+                "analysed": findings[i] is not None,
+                "breast": breast_of[i],
+                "n_lesions": len(t.labels),
+                "n_malignant": int(np.sum(t.labels == MALIGNANT)),
+                "found": int(m.matched.sum()),
+                "false_positives": m.n_fp,
+                "probability": float(m.probability),
+            }
+        )
     per_lesion = []
     for k in range(n_les):
         i = int(lesion_image[k])
         g = k - int(image_members[i][0])
-        per_lesion.append({
-            "image": truth[i].name,
-            "index": g,
-            "label": "malignant" if gt[k] == MALIGNANT else "benign",
-            "box_px": [float(v) for v in truth[i].boxes[g]],
-            "found": bool(matched[k]),
-            "score": float(matches[i].matched_score[g]) if matched[k] else None,
-            "predicted_label": matched_label[k],
-            "p_malignant": float(matched_p[k]) if matched[k] else None,
-        })
+        per_lesion.append(
+            {
+                "image": truth[i].name,
+                "index": g,
+                "label": "malignant" if gt[k] == MALIGNANT else "benign",
+                "box_px": [float(v) for v in truth[i].boxes[g]],
+                "found": bool(matched[k]),
+                "score": float(matches[i].matched_score[g]) if matched[k] else None,
+                "predicted_label": matched_label[k],
+                "p_malignant": float(matched_p[k]) if matched[k] else None,
+            }
+        )
 
     metrics: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "match_rule": f"IoU >= {MATCH_IOU} or detection centre inside the lesion box; best-scoring finder is the match",
         "score_threshold": threshold,
         "operating_points": dict(spec.operating_points) if spec is not None else {},
-        "risk_categories": [{"name": c.name, "min_probability": c.min_probability} for c in spec.risk_categories] if spec is not None else [],
+        "risk_categories": [{"name": c.name, "min_probability": c.min_probability} for c in spec.risk_categories]
+        if spec is not None
+        else [],
         "n_images": n_images,
         "n_images_not_analysed": len(failed),
         "images_not_analysed": failed,
@@ -699,12 +744,17 @@ def _level_block(
     n_bins: int,
 ) -> dict[str, Any]:
     """Image- or breast-level numbers: AUC with CI, each operating point, calibration."""
+
     def unit_counts(pred: np.ndarray) -> np.ndarray:
         if not members:
             return np.zeros((0, 4), dtype=np.int64)
         return np.stack([_confusion(positive[i], pred[i]) for i in members])
 
-    cls = {DETECTOR_CLASS: _classification_block(unit_counts(flagged), boot, None, "any reported lesion labelled malignant")}
+    cls = {
+        DETECTOR_CLASS: _classification_block(
+            unit_counts(flagged), boot, None, "any reported lesion labelled malignant"
+        )
+    }
     for name, cut in _cutpoints(spec):
         cls[name] = _classification_block(unit_counts(p >= cut), boot, cut, "risk probability >= threshold")
     return {
@@ -751,15 +801,17 @@ class EvaluationReport:
     files: list[Path] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return _json_ready({
-            "dataset": self.dataset,
-            "model": self.model,
-            "findings_source": self.findings_source,
-            "elapsed_s": round(self.elapsed_s, 2),
-            "seconds_per_image": self.seconds_per_image,
-            "failed": [{"path": p, "reason": r} for p, r in self.failed],
-            **self.metrics,
-        })
+        return _json_ready(
+            {
+                "dataset": self.dataset,
+                "model": self.model,
+                "findings_source": self.findings_source,
+                "elapsed_s": round(self.elapsed_s, 2),
+                "seconds_per_image": self.seconds_per_image,
+                "failed": [{"path": p, "reason": r} for p, r in self.failed],
+                **self.metrics,
+            }
+        )
 
     def summary(self) -> str:
         """A few lines for a terminal: the paper's headline figures and the curves' summaries."""
@@ -775,21 +827,31 @@ class EvaluationReport:
             return f" [{c[0]:.3f}, {c[1]:.3f}]" if c else ""
 
         lines = [
-            (f"{m['n_images']} images, {les['n_lesions']} lesions ({les['n_malignant']} malignant); "
-             f"threshold {m['score_threshold']:.2f}; {m['n_images_not_analysed']} not analysed"),
+            (
+                f"{m['n_images']} images, {les['n_lesions']} lesions ({les['n_malignant']} malignant); "
+                f"threshold {m['score_threshold']:.2f}; {m['n_images_not_analysed']} not analysed"
+            ),
             f"detection: sensitivity {f(det['lesion_sensitivity'])}, {f(det['fp_per_image'])} FP/image; FROC "
             + ", ".join(f"{k}:{f(v)}" for k, v in det["froc"]["sensitivity_at_fp_per_image"].items()),
-            (f"lesion (malignant, missed = negative): accuracy {f(cls['accuracy'])}, sensitivity "
-             f"{f(cls['sensitivity'])}{ci(cls, 'sensitivity_ci95')}, specificity {f(cls['specificity'])}; "
-             f"AUC (matched) {f(les['auc_benign_vs_malignant_matched']['auc'])}"
-             f"{ci(les['auc_benign_vs_malignant_matched'], 'auc_ci95')}"),
+            (
+                f"lesion (malignant, missed = negative): accuracy {f(cls['accuracy'])}, sensitivity "
+                f"{f(cls['sensitivity'])}{ci(cls, 'sensitivity_ci95')}, specificity {f(cls['specificity'])}; "
+                f"AUC (matched) {f(les['auc_benign_vs_malignant_matched']['auc'])}"
+                f"{ci(les['auc_benign_vs_malignant_matched'], 'auc_ci95')}"
+            ),
         ]
         hard = det.get("hard_negatives") or {}
         if hard.get("n"):
-            lines.append(f"hard negatives marked: {hard['marked']}/{hard['n']} ("
-                         + ", ".join(f"{k} {v['marked']}/{v['n']}" for k, v in sorted(hard["by_type"].items())) + ")")
+            lines.append(
+                f"hard negatives marked: {hard['marked']}/{hard['n']} ("
+                + ", ".join(f"{k} {v['marked']}/{v['n']}" for k, v in sorted(hard["by_type"].items()))
+                + ")"
+            )
         for key, block in (det.get("by_descriptor") or {}).items():
-            lines.append(f"sensitivity by {key}: " + ", ".join(f"{k} {f(v['sensitivity'])} (n={v['n']})" for k, v in block.items()))
+            lines.append(
+                f"sensitivity by {key}: "
+                + ", ".join(f"{k} {f(v['sensitivity'])} (n={v['n']})" for k, v in block.items())
+            )
         for level in ("image_level", "breast_level"):
             block = m[level]
             lines.append(
@@ -831,14 +893,20 @@ def _resolve_spec(model: Optional[str], findings: Sequence[Optional[ImageFinding
         try:
             spec = resolve_model(named.name)
         except MicrocalcAIError:
-            log.warning("model %r of the findings is not in the bundled manifest: default operating points used", named.name)
+            log.warning(
+                "model %r of the findings is not in the bundled manifest: default operating points used", named.name
+            )
             spec = resolve_model(None)
     else:
         spec = resolve_model(model)
     shas = {f.model.sha256 for f in findings if f is not None}
     if shas and shas != {spec.sha256}:
-        log.warning("findings were made by weights %s, evaluated with the operating points of %s (%s)",
-                    sorted(s[:12] for s in shas), spec.name, spec.sha256[:12])
+        log.warning(
+            "findings were made by weights %s, evaluated with the operating points of %s (%s)",
+            sorted(s[:12] for s in shas),
+            spec.name,
+            spec.sha256[:12],
+        )
     return spec
 
 
@@ -864,11 +932,11 @@ def evaluate_dataset(
     threshold. Images that cannot be analysed or have no findings count as "nothing
     detected" and are listed in the report.
     """
-    from MicrocalcAI.training.data import parse_coco
-    from MicrocalcAI.core.outputs.findings_json import write_image_json
     from MicrocalcAI.core.batch import output_names
+    from MicrocalcAI.core.outputs.findings_json import write_image_json
     from MicrocalcAI.core.pipeline import Analyzer
     from MicrocalcAI.core.read import read_mammogram
+    from MicrocalcAI.training.data import parse_coco
 
     progress = progress or no_progress
     started = time.monotonic()
@@ -1006,15 +1074,22 @@ def plot_froc(metrics: dict[str, Any]) -> bytes:
         ax.plot(list(pts), list(pts.values()), "o", color="tab:red", label="sensitivity at 1/8 ... 8 FP/image")
         for r, v in pts.items():
             ax.annotate(f"{v:.2f}", (r, v), textcoords="offset points", xytext=(0, -12), ha="center", fontsize=7)
-    ax.axvline(max(metrics["detection"]["fp_per_image"] or floor_x, floor_x), color="0.5", linestyle=":",
-               label=f"operating point (score >= {metrics['score_threshold']:.2f})")
+    ax.axvline(
+        max(metrics["detection"]["fp_per_image"] or floor_x, floor_x),
+        color="0.5",
+        linestyle=":",
+        label=f"operating point (score >= {metrics['score_threshold']:.2f})",
+    )
     ax.set_xscale("log", base=2)
     ax.set_xlim(floor_x, 16)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("false positives per image")
     ax.set_ylabel("lesion sensitivity")
-    ax.set_title(f"FROC ({metrics['n_images']} images, {metrics['lesion_level']['n_lesions']} lesions; "
-                 f"scores >= {froc['min_score']:.2f})", fontsize=10)
+    ax.set_title(
+        f"FROC ({metrics['n_images']} images, {metrics['lesion_level']['n_lesions']} lesions; "
+        f"scores >= {froc['min_score']:.2f})",
+        fontsize=10,
+    )
     ax.legend(loc="lower right", fontsize=7)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

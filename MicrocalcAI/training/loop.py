@@ -29,13 +29,20 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
+from MicrocalcAI.core.atomic import atomic_open, atomic_write_text, staged_path
+from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
+from MicrocalcAI.core.detect.network import BACKBONES, build_detector, image_to_tensor, select_device, set_input_size
+from MicrocalcAI.core.errors import CancelledError, DatasetError, InputError, MicrocalcAIError, ModelError
+from MicrocalcAI.core.records import CanonicalImage, ProgressCallback, no_progress
+from MicrocalcAI.evaluation.evaluate import EVAL_MIN_SCORE, MATCH_IOU, box_iou, froc_sensitivities, hit_matrix, roc_auc  # noqa: F401 (re-exported)
 from MicrocalcAI.training.data import (
     CanonicalSample,
     CocoMammogramDataset,
@@ -44,12 +51,6 @@ from MicrocalcAI.training.data import (
     parse_coco,
     standardise_file,
 )
-from MicrocalcAI.core.atomic import atomic_open, atomic_write_text, staged_path
-from MicrocalcAI.core.errors import CancelledError, DatasetError, InputError, MicrocalcAIError, ModelError
-from MicrocalcAI.evaluation.evaluate import EVAL_MIN_SCORE, MATCH_IOU, box_iou, froc_sensitivities, hit_matrix, roc_auc  # noqa: F401 (re-exported)
-from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
-from MicrocalcAI.core.detect.network import BACKBONES, build_detector, image_to_tensor, select_device, set_input_size
-from MicrocalcAI.core.records import CanonicalImage, ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,17 @@ class TrainConfig:
             problems.append(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             problems.append(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        for name in ("batch_size", "iterations", "checkpoint_every", "val_every", "log_every", "num_threads",
-                     "roi_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train"):
+        for name in (
+            "batch_size",
+            "iterations",
+            "checkpoint_every",
+            "val_every",
+            "log_every",
+            "num_threads",
+            "roi_batch_size_per_image",
+            "rpn_pre_nms_top_n_train",
+            "rpn_post_nms_top_n_train",
+        ):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_iterations < 0 or self.early_stopping_patience < 0:
@@ -166,10 +176,11 @@ class TrainConfig:
             raise TrainConfigError("invalid training config: " + "; ".join(problems))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base_dir: Optional[Path] = None) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any], base_dir: Optional[Path] = None) -> TrainConfig:
         """Build from a JSON-like dict; unknown keys are an error (a typo must not be ignored)."""
         config = _dataclass_from_dict(cls, data, "config")
         if base_dir is not None:
+
             def resolve(value: str) -> str:
                 return value if Path(value).is_absolute() else str((base_dir / value).resolve())
 
@@ -182,7 +193,7 @@ class TrainConfig:
         return config
 
     @classmethod
-    def from_json(cls, path: os.PathLike | str) -> "TrainConfig":
+    def from_json(cls, path: os.PathLike | str) -> TrainConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -234,7 +245,11 @@ class TrainResult:
     elapsed_s: float
 
     def __str__(self) -> str:
-        best = f"best {self.best_checkpoint} (iteration {self.best_iteration})" if self.best_checkpoint else "no validation"
+        best = (
+            f"best {self.best_checkpoint} (iteration {self.best_iteration})"
+            if self.best_checkpoint
+            else "no validation"
+        )
         return f"trained {self.iterations} iterations in {self.elapsed_s:.0f} s; last {self.last_checkpoint}; {best}"
 
 
@@ -282,7 +297,9 @@ def _score_evaluations(evals: Sequence[ImageEvaluation]) -> _Scored:
             lesion_label.append(int(ev.gt_labels[g]))
         is_fp = ~hits.any(axis=1) if hits.size else np.ones(len(ev.det_boxes), dtype=bool)
         fp_scores.extend(float(s) for s in np.asarray(ev.det_scores)[is_fp])
-        per_image.append((np.asarray(ev.det_scores, dtype=np.float64), np.asarray(ev.det_p_malignant, dtype=np.float64)))
+        per_image.append(
+            (np.asarray(ev.det_scores, dtype=np.float64), np.asarray(ev.det_p_malignant, dtype=np.float64))
+        )
         image_mal.append(bool(np.any(np.asarray(ev.gt_labels) == 2)))
     return _Scored(
         lesion_score=np.asarray(lesion_score, dtype=np.float64),
@@ -449,7 +466,9 @@ def evaluate_coco(
 ) -> dict[str, Any]:
     """Metrics of ``model`` on a COCO dataset at ``score_threshold`` (default: the spec's)."""
     skipped: list[str] = []
-    evals = collect_evaluations(coco_json, spec, model, device, progress=progress, max_images=max_images, skipped=skipped)
+    evals = collect_evaluations(
+        coco_json, spec, model, device, progress=progress, max_images=max_images, skipped=skipped
+    )
     threshold = spec.score_threshold if score_threshold is None else float(score_threshold)
     metrics = summarise(evals, threshold)
     metrics["dataset"] = str(coco_json)
@@ -458,9 +477,7 @@ def evaluate_coco(
     return metrics
 
 
-def choose_score_threshold(
-    evals: Sequence[ImageEvaluation], target_fp_per_image: float = 1.0
-) -> float:
+def choose_score_threshold(evals: Sequence[ImageEvaluation], target_fp_per_image: float = 1.0) -> float:
     """The lesion-score threshold with the best sensitivity at <= ``target_fp_per_image``.
 
     Among thresholds with that same sensitivity the highest is taken (fewest false
@@ -530,7 +547,7 @@ def _lr_factor(config: TrainConfig, iteration: int) -> float:
 def _make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     # No weight decay on biases and normalisation parameters: decaying them only hurts.
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for _name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 else decay).append(param)
@@ -571,7 +588,9 @@ def _check_initial_weights_file(config: TrainConfig) -> None:
     if not path.is_file():
         raise TrainConfigError(f"init_weights: file not found: {path}")
     if not _is_checkpoint_path(path) and path.suffix.lower() != ".safetensors":
-        raise TrainConfigError(f"init_weights {path}: expected a MicrocalcAI .safetensors weights file or a training checkpoint .pt")
+        raise TrainConfigError(
+            f"init_weights {path}: expected a MicrocalcAI .safetensors weights file or a training checkpoint .pt"
+        )
 
 
 def _load_initial_weights(model: torch.nn.Module, config: TrainConfig) -> None:
@@ -598,7 +617,9 @@ def _load_initial_weights(model: torch.nn.Module, config: TrainConfig) -> None:
     ]
     if clashes:
         raise TrainConfigError(f"init_weights {path} were trained with {', '.join(clashes)}; set the config to match")
-    load_state_strict(model, tensors, path, f"the configured {config.backbone} detector with anchors {list(config.anchor_sizes)}")
+    load_state_strict(
+        model, tensors, path, f"the configured {config.backbone} detector with anchors {list(config.anchor_sizes)}"
+    )
     log.info("initialised the detector from %s", path)
 
 
@@ -631,7 +652,9 @@ def _set_batchnorm_eval(model: torch.nn.Module) -> None:
             module.eval()
 
 
-def _patches_to_batch(patches: Sequence[Any], device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+def _patches_to_batch(
+    patches: Sequence[Any], device: torch.device
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     images, targets = [], []
     for p in patches:
         images.append(image_to_tensor(p.image).to(device))
@@ -682,7 +705,9 @@ def validate(
     return metrics
 
 
-def _prepared_dataset(config: TrainConfig, coco: os.PathLike | str, cache_dir: Path, progress: ProgressCallback) -> CocoMammogramDataset:
+def _prepared_dataset(
+    config: TrainConfig, coco: os.PathLike | str, cache_dir: Path, progress: ProgressCallback
+) -> CocoMammogramDataset:
     dataset = CocoMammogramDataset(
         coco,
         spacing_mm=config.spacing_mm,
@@ -694,7 +719,9 @@ def _prepared_dataset(config: TrainConfig, coco: os.PathLike | str, cache_dir: P
     return dataset
 
 
-def training_samples(config: TrainConfig, cache_dir: Path, progress: ProgressCallback = no_progress) -> list[CanonicalSample]:
+def training_samples(
+    config: TrainConfig, cache_dir: Path, progress: ProgressCallback = no_progress
+) -> list[CanonicalSample]:
     """Every usable image of every ``train_coco`` source, standardised, pooled in source order.
 
     Pooling (rather than alternating sources) keeps patch sampling class balanced over all
@@ -771,7 +798,9 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
         ckpt = load_checkpoint(last_path)
         saved = json.loads(ckpt["model_config"])
         if saved != _model_config(config):
-            raise TrainConfigError(f"cannot resume {last_path}: it was trained with {saved}, config now says {_model_config(config)}")
+            raise TrainConfigError(
+                f"cannot resume {last_path}: it was trained with {saved}, config now says {_model_config(config)}"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -851,7 +880,13 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
                     elapsed_s=now - started,
                 )
                 train_log.write(record)
-                log.info("iteration %d/%d loss %.4f (%.2f s/it)", iteration, config.iterations, record["loss"], record["s_per_iteration"])
+                log.info(
+                    "iteration %d/%d loss %.4f (%.2f s/it)",
+                    iteration,
+                    config.iterations,
+                    record["loss"],
+                    record["s_per_iteration"],
+                )
                 window, tick = [], now
 
             if val_set is not None and (iteration % config.val_every == 0 or iteration == config.iterations):
@@ -869,8 +904,12 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
                 train_log.write({"iteration": iteration, "validation": metrics, "improved": improved})
                 log.info(
                     "validation at %d: score %.4f (sensitivity %s at threshold %.2f, %.2f FP/image, AUC %s)%s",
-                    iteration, score, metrics["lesion_sensitivity"], metrics["score_threshold"],
-                    metrics["fp_per_image"] or 0.0, metrics["lesion_auc_benign_vs_malignant"],
+                    iteration,
+                    score,
+                    metrics["lesion_sensitivity"],
+                    metrics["score_threshold"],
+                    metrics["fp_per_image"] or 0.0,
+                    metrics["lesion_auc_benign_vs_malignant"],
                     " new best" if improved else "",
                 )
                 tick = time.monotonic()  # validation time is not iteration time
@@ -908,7 +947,9 @@ def train_from_config_file(path: str, resume: bool = False, progress: Optional[P
 # -------------------------------------------------------------------------------------- export
 
 
-def model_from_checkpoint(checkpoint_path: os.PathLike | str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def model_from_checkpoint(
+    checkpoint_path: os.PathLike | str, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The detector stored in a checkpoint (eval mode) and the checkpoint's model config."""
     ckpt = load_checkpoint(checkpoint_path)
     model_config = json.loads(ckpt["model_config"])
@@ -971,7 +1012,9 @@ def export_model(
     for coco in (val_coco, test_coco):  # a bad file must fail before anything is written
         if coco is not None:
             parse_coco(coco)
-    if not (isinstance(target_fp_per_image, (int, float)) and math.isfinite(target_fp_per_image) and target_fp_per_image > 0):
+    if not (
+        isinstance(target_fp_per_image, (int, float)) and math.isfinite(target_fp_per_image) and target_fp_per_image > 0
+    ):
         raise InputError(f"target_fp_per_image must be a positive number, got {target_fp_per_image!r}")
     out = Path(out_dir)
     weights_file = f"{name}-{version}.safetensors"

@@ -19,8 +19,9 @@ import importlib.metadata
 import importlib.util
 import logging
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,16 @@ def ensure_python_packages(
         pip_ensure = _pip_ensure()
         if pip_ensure is not None:
             # pip_ensure takes packaging Requirement objects (some Slicer versions accept only those).
-            pip_ensure(_as_requirements(missing), requester=REQUESTER, prompt_install=interactive, skip_in_testing=False)
+            pip_ensure(
+                _as_requirements(missing), requester=REQUESTER, prompt_install=interactive, skip_in_testing=False
+            )
         else:
-            if interactive and confirm is not None and not confirm(
-                "MicrocalcAI needs these Python packages, which will be installed now:\n\n" + "\n".join(missing)
+            if (
+                interactive
+                and confirm is not None
+                and not confirm(
+                    "MicrocalcAI needs these Python packages, which will be installed now:\n\n" + "\n".join(missing)
+                )
             ):
                 raise DependencyError("Installation of the required Python packages was cancelled.")
             import slicer
@@ -164,7 +171,9 @@ def ensure_python_packages(
     importlib.invalidate_caches()
     still = missing_requirements(requirements)
     if still:
-        raise DependencyError(f"These Python packages are still missing after installation: {', '.join(still)}. Restart Slicer and try again.")
+        raise DependencyError(
+            f"These Python packages are still missing after installation: {', '.join(still)}. Restart Slicer and try again."
+        )
     return missing
 
 
@@ -189,7 +198,9 @@ def _quote(requirement: str) -> str:
     return f'"{requirement}"' if any(c in requirement for c in "<>; ") else requirement
 
 
-def ensure_dependencies(requirements_file: Path, interactive: bool = True, confirm: Optional[Callable[[str], bool]] = None) -> None:
+def ensure_dependencies(
+    requirements_file: Path, interactive: bool = True, confirm: Optional[Callable[[str], bool]] = None
+) -> None:
     """torch/torchvision first (PyTorch extension), then the other packages."""
     ensure_torch(interactive=interactive)
     ensure_python_packages(requirements_file, interactive=interactive, confirm=confirm)

@@ -22,8 +22,9 @@ pixel grid: it is one of the 8 flips/transposes of the plane, found by
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,12 +49,12 @@ class PixelMapping:
     flip_cols: bool = False
 
     @classmethod
-    def identity(cls, stored_shape: Sequence[int]) -> "PixelMapping":
+    def identity(cls, stored_shape: Sequence[int]) -> PixelMapping:
         """The mapping of a volume whose plane is the stored image itself."""
         return cls((int(stored_shape[0]), int(stored_shape[1])))
 
     @classmethod
-    def all_mappings(cls, stored_shape: Sequence[int]) -> list["PixelMapping"]:
+    def all_mappings(cls, stored_shape: Sequence[int]) -> list[PixelMapping]:
         """The 8 flips/transposes of a grid of this shape, identity first."""
         shape = (int(stored_shape[0]), int(stored_shape[1]))
         return [
@@ -167,7 +168,7 @@ class PixelMapping:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "PixelMapping":
+    def from_json(cls, text: str) -> PixelMapping:
         data: dict[str, Any] = json.loads(text)
         return cls(
             (int(data["stored_shape"][0]), int(data["stored_shape"][1])),
@@ -280,7 +281,9 @@ def roi_geometry_for_box(
     return roi_geometry_for_ijk_bounds(ijk_to_ras, mapping.box_to_ijk_bounds(box_px), (k_index - HALF, k_index + HALF))
 
 
-def box_center_ras(ijk_to_ras: np.ndarray, mapping: PixelMapping, box_px: Sequence[float], k_index: float = 0.0) -> np.ndarray:
+def box_center_ras(
+    ijk_to_ras: np.ndarray, mapping: PixelMapping, box_px: Sequence[float], k_index: float = 0.0
+) -> np.ndarray:
     """RAS position of a stored-pixel box's centre (node coordinates)."""
     i0, j0, i1, j1 = mapping.box_to_ijk_bounds(box_px)
     return ijk_to_ras_points(ijk_to_ras, np.array([[(i0 + i1) / 2.0, (j0 + j1) / 2.0, k_index]]))[0]

@@ -37,8 +37,8 @@ class ModelChoice:
 
 def bundled_models() -> list[ModelChoice]:
     """The models of the bundled manifest, default first (empty with a log line if none)."""
-    from MicrocalcAI.core.errors import ModelError
     from MicrocalcAI.core.detect.manifest import load_manifest
+    from MicrocalcAI.core.errors import ModelError
 
     try:
         default, specs = load_manifest()
@@ -59,8 +59,8 @@ def bundled_models() -> list[ModelChoice]:
 
 def imported_models(user_models_dir: Optional[PathLike]) -> list[ModelChoice]:
     """Models imported earlier into ``user_models_dir`` (each sub-folder holds a manifest)."""
-    from MicrocalcAI.core.errors import ModelError
     from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, load_manifest
+    from MicrocalcAI.core.errors import ModelError
 
     if not user_models_dir or not Path(user_models_dir).is_dir():
         return []
@@ -73,7 +73,9 @@ def imported_models(user_models_dir: Optional[PathLike]) -> list[ModelChoice]:
             continue
         for spec in specs:
             if default is None or spec.name == default:
-                out.append(ModelChoice(f"{spec.name} {spec.version} (imported)", str(folder / MANIFEST_NAME), spec, False))
+                out.append(
+                    ModelChoice(f"{spec.name} {spec.version} (imported)", str(folder / MANIFEST_NAME), spec, False)
+                )
                 break
     return out
 
@@ -89,7 +91,10 @@ def model_card_html(spec: Any) -> str:
     rows = [
         ("Model", f"{spec.name} {spec.version}"),
         ("Backbone", f"Faster R-CNN + FPN, {spec.backbone}"),
-        ("Canonical spacing", f"{spec.spacing_mm:g} mm (inputs without spacing: {spec.assumed_input_spacing_mm:g} mm assumed)"),
+        (
+            "Canonical spacing",
+            f"{spec.spacing_mm:g} mm (inputs without spacing: {spec.assumed_input_spacing_mm:g} mm assumed)",
+        ),
         ("Default score threshold", f"{spec.score_threshold:.2f}"),
         ("Operating points (P malignant)", ", ".join(f"{k} {v:.2f}" for k, v in spec.operating_points.items()) or "-"),
         ("Risk categories", ", ".join(f"{c.name} from {c.min_probability:.2f}" for c in spec.risk_categories)),
@@ -125,8 +130,8 @@ def find_manifest_entry(weights: Path, manifest: Optional[Path] = None) -> Any:
     Raises ModelError when no entry lists the file: without an entry nothing says which
     backbone, spacing and thresholds the weights need, so they cannot be used safely.
     """
-    from MicrocalcAI.core.errors import ModelError
     from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, load_manifest
+    from MicrocalcAI.core.errors import ModelError
 
     manifest = manifest or weights.parent / MANIFEST_NAME
     if not manifest.is_file():
@@ -153,8 +158,8 @@ def import_model(source: PathLike, user_models_dir: PathLike, *, manifest: Optio
     the entry (a mismatch is an error, never a warning). Files are copied atomically; an
     import of the same model again replaces the earlier copy.
     """
-    from MicrocalcAI.core.errors import ModelError
     from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, resolve_model, verify_weights
+    from MicrocalcAI.core.errors import ModelError
     from MicrocalcAI.core.outputs.findings_json import atomic_write_text
 
     source = Path(source)
@@ -169,7 +174,11 @@ def import_model(source: PathLike, user_models_dir: PathLike, *, manifest: Optio
     target = Path(user_models_dir) / _safe_folder_name(f"{spec.name}-{spec.version}")
     target.mkdir(parents=True, exist_ok=True)
     dest_weights = target / weights.name
-    if not (dest_weights.is_file() and dest_weights.stat().st_size == weights.stat().st_size and dest_weights.resolve() == weights.resolve()):
+    if not (
+        dest_weights.is_file()
+        and dest_weights.stat().st_size == weights.stat().st_size
+        and dest_weights.resolve() == weights.resolve()
+    ):
         fd, tmp = tempfile.mkstemp(prefix=f".{weights.name}.", suffix=".tmp", dir=target)
         os.close(fd)
         try:

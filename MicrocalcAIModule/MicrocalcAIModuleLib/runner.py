@@ -13,9 +13,10 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from . import scene as scene_lib
 from .scene import DisplayOptions, ResultNodes
@@ -128,12 +129,16 @@ def analyse_volume(
     options = options or DisplayOptions()
     report = cancellable_progress(progress, canceller)
     report(0.0, f"{volume.GetName()}: preparing the image")
-    image = volume_to_mammogram(volume, dicom=dicom, spacing_mm=spacing_mm, laterality=laterality, view=view, photometric=photometric)
+    image = volume_to_mammogram(
+        volume, dicom=dicom, spacing_mm=spacing_mm, laterality=laterality, view=view, photometric=photometric
+    )
     saved_threshold = analyzer.score_threshold
     analyzer.score_threshold = analysis_threshold(options.threshold, analyzer.spec.score_threshold)
     try:
         findings = analyzer.analyse(
-            image.mammogram, name=safe_name(volume.GetName()), progress=scaled_progress(report, 0.02, 0.92, f"{volume.GetName()}: ")
+            image.mammogram,
+            name=safe_name(volume.GetName()),
+            progress=scaled_progress(report, 0.02, 0.92, f"{volume.GetName()}: "),
         )
     finally:
         analyzer.score_threshold = saved_threshold
@@ -142,7 +147,11 @@ def analyse_volume(
     shown = scene_lib.shown_findings(scene, volume)
     log.info(
         "%s: %d lesion(s) at score >= %.2f, image risk %.2f (%s)",
-        volume.GetName(), len(shown.lesions), shown.score_threshold, shown.risk.probability, shown.risk.category,
+        volume.GetName(),
+        len(shown.lesions),
+        shown.score_threshold,
+        shown.risk.probability,
+        shown.risk.category,
     )
     report(1.0, f"{volume.GetName()}: done")
     return VolumeResult(volume=volume, findings=shown, all_findings=findings, nodes=nodes, image=image)

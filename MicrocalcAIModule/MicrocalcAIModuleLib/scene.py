@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -412,7 +413,9 @@ def _vtk_matrix(array: np.ndarray) -> Any:
     return m
 
 
-def create_lesion_roi(scene: Any, volume: Any, lesion: Any, geometry: RoiGeometry, folder: int, visible: bool = True) -> Any:
+def create_lesion_roi(
+    scene: Any, volume: Any, lesion: Any, geometry: RoiGeometry, folder: int, visible: bool = True
+) -> Any:
     """One locked markups ROI for a lesion, coloured by class, descriptors attached."""
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", lesion_node_name(lesion))
     roi.CreateDefaultDisplayNodes()
@@ -452,7 +455,10 @@ def ensure_segmentation_converters() -> None:
     slicer = _slicer()
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
     names = {rule.GetClassName() for rule in factory.GetConverterRules()}
-    for rule_class in ("vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule"):
+    for rule_class in (
+        "vtkBinaryLabelmapToClosedSurfaceConversionRule",
+        "vtkClosedSurfaceToBinaryLabelmapConversionRule",
+    ):
         if rule_class not in names and hasattr(slicer, rule_class):
             factory.RegisterConverterRule(getattr(slicer, rule_class)())
 
@@ -477,7 +483,9 @@ def _oriented_labelmap(ijk_to_ras: np.ndarray, mask: np.ndarray, origin_ji: tupl
     return image
 
 
-def _clip_mask(mask: np.ndarray, origin_ji: tuple[int, int], plane_shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+def _clip_mask(
+    mask: np.ndarray, origin_ji: tuple[int, int], plane_shape: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Cut a mask window to the volume plane (a window reaching past the edge is not an error)."""
     j0, i0 = origin_ji
     h, w = mask.shape
@@ -633,14 +641,25 @@ def update_display(scene: Any, volume: Any, options: Optional[DisplayOptions] = 
         ijk_to_ras = ijk_to_ras_matrix(volume)
         visible = _visible_labels(options)
         rois = [
-            create_lesion_roi(scene, volume, les, roi_geometry_for_box(ijk_to_ras, stored.mapping, les.box_px), folder, les.label in visible)
+            create_lesion_roi(
+                scene,
+                volume,
+                les,
+                roi_geometry_for_box(ijk_to_ras, stored.mapping, les.box_px),
+                folder,
+                les.label in visible,
+            )
             for les in shown.lesions
         ]
-        segmentation = create_speck_segmentation(scene, volume, shown.lesions, stored.mapping, folder, options.segments_per, visible)
+        segmentation = create_speck_segmentation(
+            scene, volume, shown.lesions, stored.mapping, folder, options.segments_per, visible
+        )
         table = create_lesion_table(scene, volume, shown, rois, folder)
     finally:
         scene.EndState(scene.BatchProcessState)
-    return ResultNodes(volume=volume, folder_item=folder, findings_node=node, rois=rois, segmentation=segmentation, table=table)
+    return ResultNodes(
+        volume=volume, folder_item=folder, findings_node=node, rois=rois, segmentation=segmentation, table=table
+    )
 
 
 def set_class_visibility(scene: Any, volume: Any, show_benign: bool, show_malignant: bool) -> None:
@@ -699,7 +718,9 @@ def current_result_nodes(scene: Any, volume: Any) -> Optional[ResultNodes]:
         return None
     segs = result_nodes_of(scene, volume, (ROLE_SPECKS,))
     tables = result_nodes_of(scene, volume, (ROLE_TABLE,))
-    rois = sorted(result_nodes_of(scene, volume, (ROLE_LESION,)), key=lambda n: int(n.GetAttribute("MicrocalcAI.LesionId") or 0))
+    rois = sorted(
+        result_nodes_of(scene, volume, (ROLE_LESION,)), key=lambda n: int(n.GetAttribute("MicrocalcAI.LesionId") or 0)
+    )
     return ResultNodes(
         volume=volume,
         folder_item=results_folder(scene, volume, create=False),

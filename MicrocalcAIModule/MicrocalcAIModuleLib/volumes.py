@@ -21,9 +21,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -98,7 +99,9 @@ def volume_plane(volume_node: Any) -> np.ndarray:
         raise VolumeError("no input volume selected")
     name = volume_node.GetName()
     if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
-        raise VolumeError(f"'{name}' is not a grey-scale image volume (label maps and colour images cannot be analysed)")
+        raise VolumeError(
+            f"'{name}' is not a grey-scale image volume (label maps and colour images cannot be analysed)"
+        )
     image = volume_node.GetImageData()
     if image is None:
         raise VolumeError(f"'{name}' has no image data")
@@ -163,7 +166,9 @@ def _parse_ds_pair(value: Optional[str]) -> Optional[tuple[float, float]]:
     return (nums[0], nums[1])
 
 
-def _laterality_view_hints(dicom: Optional[DicomSource], node_name: str) -> tuple[Optional[tuple[str, str]], Optional[tuple[str, str]]]:
+def _laterality_view_hints(
+    dicom: Optional[DicomSource], node_name: str
+) -> tuple[Optional[tuple[str, str]], Optional[tuple[str, str]]]:
     """((laterality, source), (view, source)) from DICOM tags, then free text, else None."""
     from MicrocalcAI.core.read import parse_laterality_view
 
@@ -224,7 +229,10 @@ def volume_to_mammogram(
     if dicom is not None and dicom.file and os.path.isfile(dicom.file):
         try:
             m = read_mammogram(
-                dicom.file, spacing_mm=spacing_mm, laterality=laterality, view=view,
+                dicom.file,
+                spacing_mm=spacing_mm,
+                laterality=laterality,
+                view=view,
                 photometric=photometric or "MONOCHROME2",
             )
         except UnreadableFileError as exc:  # e.g. a compression the engine cannot decode: Slicer could
@@ -234,12 +242,16 @@ def volume_to_mammogram(
             mapping = match_pixel_mapping(plane, m.pixels)
             if mapping is not None:
                 if not mapping.is_identity:
-                    notes.append(f"the volume's pixel grid is a flip/transpose of the file ({mapping}); boxes are mapped accordingly")
+                    notes.append(
+                        f"the volume's pixel grid is a flip/transpose of the file ({mapping}); boxes are mapped accordingly"
+                    )
                     log.info("%s: %s", name, notes[-1])
                 if photometric is not None and photometric != m.photometric:
                     m = replace(m, photometric=photometric)
                 return VolumeImage(mammogram=m, mapping=mapping, origin="dicom-file", notes=notes)
-            notes.append("the DICOM file's pixels do not match the volume (edited or resampled?); the volume's pixels are used")
+            notes.append(
+                "the DICOM file's pixels do not match the volume (edited or resampled?); the volume's pixels are used"
+            )
             log.warning("%s: %s", name, notes[-1])
 
     return VolumeImage(
@@ -269,13 +281,17 @@ def _mammogram_from_plane(
     spacing: Optional[tuple[float, float]] = None
     if spacing_mm is not None:
         spacing = (float(spacing_mm), float(spacing_mm)) if np.isscalar(spacing_mm) else tuple(map(float, spacing_mm))  # type: ignore[arg-type]
-    elif dicom is not None and (_parse_ds_pair(dicom.tag("ImagerPixelSpacing")) or _parse_ds_pair(dicom.tag("PixelSpacing"))):
+    elif dicom is not None and (
+        _parse_ds_pair(dicom.tag("ImagerPixelSpacing")) or _parse_ds_pair(dicom.tag("PixelSpacing"))
+    ):
         spacing = _spacing_from_volume(volume_node)
         spacing_source = "ImagerPixelSpacing" if dicom.tag("ImagerPixelSpacing") else "PixelSpacing"
     else:
         vol_spacing = _spacing_from_volume(volume_node)
         if np.allclose(vol_spacing, UNKNOWN_SPACING):
-            notes.append("the volume has spacing 1 x 1 mm, which means its file recorded none: the model's assumed spacing is used")
+            notes.append(
+                "the volume has spacing 1 x 1 mm, which means its file recorded none: the model's assumed spacing is used"
+            )
         else:
             spacing, spacing_source = vol_spacing, "file"
 

@@ -177,7 +177,9 @@ def resolve_model(model: Optional[str] = None) -> ModelSpec:
         for spec in specs:
             if spec.weights_path.resolve() == path.resolve():
                 return spec
-        raise ModelError(f"weights {path} are not listed in {path.parent / MANIFEST_NAME}; a model needs a manifest entry")
+        raise ModelError(
+            f"weights {path} are not listed in {path.parent / MANIFEST_NAME}; a model needs a manifest entry"
+        )
     default, specs = load_manifest()
     return _pick(specs, model or default, "the bundled manifest")
 

@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -53,11 +54,12 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign, boxes as box_ops
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from MicrocalcAI.core.errors import ModelError
 from MicrocalcAI.core.detect.manifest import CLASSES
+from MicrocalcAI.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,9 @@ class LesionRoIHeads(RoIHeads):
             return super().forward(features, proposals, image_shapes, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
-        boxes, scores, labels, p_mal = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        boxes, scores, labels, p_mal = self.postprocess_detections(
+            class_logits, box_regression, proposals, image_shapes
+        )
         result = [
             {"boxes": b, "scores": s, "labels": lab, "p_malignant": p}
             for b, s, lab, p in zip(boxes, scores, labels, p_mal)
@@ -191,7 +195,9 @@ def mobilenet_weights_path() -> Path:
         path = Path(location) / "weights" / _MOBILENET_WEIGHTS_FILE
         if path.is_file():
             return path
-    raise ModelError(f"package {_MOBILENET_WEIGHTS_PACKAGE!r} is installed but has no weights/{_MOBILENET_WEIGHTS_FILE}")
+    raise ModelError(
+        f"package {_MOBILENET_WEIGHTS_PACKAGE!r} is installed but has no weights/{_MOBILENET_WEIGHTS_FILE}"
+    )
 
 
 def _load_mobilenet_imagenet(net: nn.Module) -> None:

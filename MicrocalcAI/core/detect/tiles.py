@@ -46,15 +46,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from torchvision.ops import nms
 
-from MicrocalcAI.core.errors import InputError, ModelError
 from MicrocalcAI.core.detect.manifest import MERGE_FLOOR, ModelSpec
 from MicrocalcAI.core.detect.network import image_to_tensor
+from MicrocalcAI.core.errors import InputError, ModelError
 from MicrocalcAI.core.records import CanonicalImage, Detection, ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,10 @@ def merge_detections(
             tile_rect = rects[tile_ids[fragments]][:, None, :]
             whole_boxes = boxes[whole][None, :, :]
             seen = np.concatenate(
-                [np.maximum(whole_boxes[..., :2], tile_rect[..., :2]), np.minimum(whole_boxes[..., 2:], tile_rect[..., 2:])],
+                [
+                    np.maximum(whole_boxes[..., :2], tile_rect[..., :2]),
+                    np.minimum(whole_boxes[..., 2:], tile_rect[..., 2:]),
+                ],
                 axis=2,
             )
             same_lesion = _pairwise_iou(boxes[fragments][:, None, :], seen) >= fragment_overlap
@@ -298,7 +302,9 @@ def merge_tile_outputs(
         edge_margin=edge_margin,
     )
     return [
-        Detection(box=boxes[i].copy(), label="malignant" if p >= 0.5 else "benign", score=float(score), p_malignant=float(p))
+        Detection(
+            box=boxes[i].copy(), label="malignant" if p >= 0.5 else "benign", score=float(score), p_malignant=float(p)
+        )
         for i, score, p in zip(kept, scores, pmal_kept)
         if score >= score_threshold
     ]
@@ -386,4 +392,3 @@ def centres_on_mask(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
     u = np.clip(np.floor((boxes[:, 0] + boxes[:, 2]) / 2.0), 0, cols - 1).astype(np.int64)
     v = np.clip(np.floor((boxes[:, 1] + boxes[:, 3]) / 2.0), 0, rows - 1).astype(np.int64)
     return mask[v, u]
-

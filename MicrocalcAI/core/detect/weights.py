@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from MicrocalcAI.core.atomic import atomic_write_bytes
-from MicrocalcAI.core.errors import ModelError
 from MicrocalcAI.core.detect.manifest import ModelSpec, verify_weights
 from MicrocalcAI.core.detect.network import build_detector
+from MicrocalcAI.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,9 @@ def _check_config(spec: ModelSpec, metadata: dict[str, str], path: Path) -> None
         raise ModelError(f"weights {path}: unreadable {CONFIG_KEY} metadata: {exc}") from exc
     saved = config.get("backbone")
     if saved is not None and saved != spec.backbone:
-        raise ModelError(f"weights {path} hold a {saved} detector but model {spec.name!r} says backbone {spec.backbone!r}")
+        raise ModelError(
+            f"weights {path} hold a {saved} detector but model {spec.name!r} says backbone {spec.backbone!r}"
+        )
     anchors = config.get("anchor_sizes")
     if anchors is not None and [int(a) for a in anchors] != [int(a) for a in spec.anchor_sizes]:
         log.warning(

@@ -8,13 +8,14 @@ decreasing probability of malignancy, so "L1" is always the most suspicious one 
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
 from MicrocalcAI.core.errors import InputError
-from MicrocalcAI.core.records import Lesion
 from MicrocalcAI.core.findings.specks import SpeckConfig, check_spacing, segment_specks
+from MicrocalcAI.core.records import Lesion
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Hashable, Optional, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Optional
 
-from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.detect.manifest import ModelSpec
+from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings, Lesion, Risk
 
 log = logging.getLogger(__name__)

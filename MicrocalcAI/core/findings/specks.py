@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -132,9 +133,7 @@ def _tophat_footprint(diameter_mm: float, spacing: tuple[float, float]) -> tuple
     return morphology.ellipse(half_cols, half_rows, decomposition="crosses"), (half_rows, half_cols)
 
 
-def speck_tophat(
-    image: np.ndarray, spacing_mm: tuple[float, float], config: SpeckConfig
-) -> np.ndarray:
+def speck_tophat(image: np.ndarray, spacing_mm: tuple[float, float], config: SpeckConfig) -> np.ndarray:
     """Background-free speck contrast of an image patch (denoised white top-hat).
 
     The patch is first extended by edge replication, twice the element's size: the opening
@@ -208,7 +207,11 @@ def _components_to_specks(
         # Pixel (r, c) has its centre at stored (x, y) = (c + 0.5, r + 0.5).
         x = origin[1] + sum_c[lab] / area_px + 0.5
         y = origin[0] + sum_r[lab] / area_px + 0.5
-        specks.append(Speck(centroid_px=(float(x), float(y)), area_px=area_px, area_mm2=float(area_mm2), diameter_mm=float(diameter)))
+        specks.append(
+            Speck(
+                centroid_px=(float(x), float(y)), area_px=area_px, area_mm2=float(area_mm2), diameter_mm=float(diameter)
+            )
+        )
     return keep[labels], specks
 
 

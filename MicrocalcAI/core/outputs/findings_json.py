@@ -16,9 +16,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -340,7 +341,9 @@ def _grey_overlay_base(stored01: np.ndarray, size: tuple[int, int]) -> Image.Ima
     return img.convert("RGB")
 
 
-def _speck_outline_points(lesion: Lesion, sy: float, sx: float, out_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _speck_outline_points(
+    lesion: Lesion, sy: float, sx: float, out_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Overlay pixels of a ring just outside each speck, from the speck mask.
 
     Mask pixels are mapped to the overlay by their centres (a speck never vanishes when the
@@ -361,7 +364,9 @@ def _speck_outline_points(lesion: Lesion, sy: float, sx: float, out_shape: tuple
     return ry[inside], rx[inside]
 
 
-def _draw_label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour: tuple[int, int, int], font: Any) -> None:
+def _draw_label(
+    draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour: tuple[int, int, int], font: Any
+) -> None:
     left, top, right, bottom = draw.textbbox(xy, text, font=font)
     draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=TEXT_BACKGROUND)
     draw.text(xy, text, fill=colour, font=font)
@@ -526,4 +531,6 @@ def write_batch_tables(
         ("breasts", BREAST_COLUMNS, [_breast_row(b) for b in breasts]),
         ("exams", EXAM_COLUMNS, [_exam_row(e) for e in exams]),
     )
-    return [atomic_write_text(_output_path(out_dir, name, ".csv"), _csv_text(cols, rows)) for name, cols, rows in tables]
+    return [
+        atomic_write_text(_output_path(out_dir, name, ".csv"), _csv_text(cols, rows)) for name, cols, rows in tables
+    ]
