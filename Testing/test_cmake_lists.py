@@ -196,7 +196,7 @@ import MicrocalcAIModuleLib.paths as paths
 assert paths.MODULE_DIR == root, paths.MODULE_DIR
 assert paths.engine_root() == root, paths.engine_root()
 paths.ensure_engine_importable()
-import MicrocalcAI, MicrocalcAI.core.detect.manifest, MicrocalcAI.core.pipeline, MicrocalcAI.core.read, MicrocalcAI.core.outputs.findings_json
+import MicrocalcAI, MicrocalcAI.core.detect.manifest, MicrocalcAI.core.pipeline, MicrocalcAI.core.read, MicrocalcAI.core.outputs.findings_json, MicrocalcAI.core.detect.run
 assert Path(MicrocalcAI.__file__).resolve().parent == root / "MicrocalcAI", MicrocalcAI.__file__
 assert paths.resources_dir() == root / "Resources"
 assert paths.resource_path("UI/MicrocalcAIModule.ui").is_file()

@@ -1,4 +1,4 @@
-"""Tiling, cross-tile merging and end-to-end detection (MicrocalcAI.core.detect.tiles), on real torch."""
+"""Tiling, cross-tile merging and end-to-end detection (MicrocalcAI.core.detect: tiling, merge, run), on real torch."""
 
 from __future__ import annotations
 
@@ -9,15 +9,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from MicrocalcAI.core.detect.manifest import MERGE_FLOOR
-from MicrocalcAI.core.detect.tiles import (
-    detect,
-    extract_tile,
-    merge_detections,
-    merge_tile_outputs,
-    tile_origins,
-    tile_rects,
-    touches_inner_edge,
-)
+from MicrocalcAI.core.detect.merge import merge_detections, merge_tile_outputs, touches_inner_edge
+from MicrocalcAI.core.detect.run import detect
+from MicrocalcAI.core.detect.tiling import extract_tile, tile_origins, tile_rects
 from MicrocalcAI.core.errors import CancelledError, InputError
 from MicrocalcAI.core.records import Detection
 

@@ -1,4 +1,4 @@
-"""Per-image JSON and overlay, batch CSV tables, atomic writes (MicrocalcAI.core.outputs.findings_json)."""
+"""Per-image JSON and overlay, batch CSV tables, completeness, atomic writes (MicrocalcAI.core.outputs)."""
 
 from __future__ import annotations
 
@@ -21,26 +21,22 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import MicrocalcAI
-from MicrocalcAI.core.errors import MicrocalcAIError, UnreadableFileError
+from MicrocalcAI.core import atomic
+from MicrocalcAI.core.atomic import atomic_write_bytes, atomic_write_text
+from MicrocalcAI.core.errors import MicrocalcAIError, OutputError, UnreadableFileError
 from MicrocalcAI.core.findings.lesions import build_lesions
 from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
-from MicrocalcAI.core.outputs import findings_json as outputs
+from MicrocalcAI.core.outputs.complete import outputs_complete
 from MicrocalcAI.core.outputs.findings_json import (
-    CLASS_COLOURS,
     SCHEMA_VERSION,
-    SPECK_COLOUR,
-    OutputError,
-    atomic_write_bytes,
-    atomic_write_text,
     findings_to_json,
     load_image_json,
     mask_to_rle,
-    outputs_complete,
     rle_to_mask,
-    write_batch_tables,
     write_image_json,
-    write_overlay,
 )
+from MicrocalcAI.core.outputs.overlay import CLASS_COLOURS, SPECK_COLOUR, write_overlay
+from MicrocalcAI.core.outputs.tables import write_batch_tables
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "Resources" / "Schemas" / "findings.schema.json"
 
@@ -235,7 +231,7 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
     def fail(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(outputs.os, "fsync", fail)
+    monkeypatch.setattr(atomic.os, "fsync", fail)
     f = _rich_findings()
     f.risk.probability = 0.01
     with pytest.raises(OutputError):
@@ -250,7 +246,7 @@ def test_interrupt_between_write_and_rename_leaves_no_partial_file(tmp_path, mon
     def interrupted(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(outputs.os, "replace", interrupted)
+    monkeypatch.setattr(atomic.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_text(tmp_path / "x.csv", "a,b\n")
     assert list(tmp_path.iterdir()) == []

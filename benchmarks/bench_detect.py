@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from MicrocalcAI.core.detect.manifest import ModelSpec  # noqa: E402
 from MicrocalcAI.core.detect.network import BACKBONES, build_detector, select_device  # noqa: E402
-from MicrocalcAI.core.detect.tiles import detect, tile_origins  # noqa: E402
+from MicrocalcAI.core.detect.run import detect  # noqa: E402
+from MicrocalcAI.core.detect.tiling import tile_origins  # noqa: E402
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform  # noqa: E402
 
 

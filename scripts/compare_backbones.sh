@@ -40,7 +40,7 @@ from MicrocalcAI.core.errors import CancelledError
 from MicrocalcAI.training.loop import TrainConfig, evaluate_coco, export_model, train
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-for noisy in ("MicrocalcAI.core.detect.tiles", "MicrocalcAI.core.read", "MicrocalcAI.core.standardise"):
+for noisy in ("MicrocalcAI.core.detect.run", "MicrocalcAI.core.read", "MicrocalcAI.core.standardise"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 log = logging.getLogger("compare_backbones")
 

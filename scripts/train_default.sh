@@ -86,7 +86,7 @@ from MicrocalcAI.training.loop import evaluate_coco, export_model, hit_matrix, w
 from MicrocalcAI.core.detect.weights import load_detector
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-for noisy in ("MicrocalcAI.core.detect.tiles", "MicrocalcAI.core.read", "MicrocalcAI.core.standardise"):
+for noisy in ("MicrocalcAI.core.detect.run", "MicrocalcAI.core.read", "MicrocalcAI.core.standardise"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 work, name, version = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 models = Path("Resources/Models")
@@ -143,7 +143,7 @@ spec.metrics["basic_sim_test"] = evaluate_coco(Path("work_dirs/default/sim_test/
 
 # The bundled sample: its known clusters must be found at the shipped threshold.
 truth = json.loads(Path("Resources/Samples/sim_R_CC_truth.json").read_text())
-from MicrocalcAI.core.detect.tiles import detect
+from MicrocalcAI.core.detect.run import detect
 
 canonical = standardise_file("Resources/Samples/sim_R_CC.dcm", spacing_mm=spec.spacing_mm,
                              assumed_input_spacing_mm=spec.assumed_input_spacing_mm)

@@ -124,13 +124,10 @@ def run_batch(
     spacing option: :func:`_still_valid`) are skipped unless ``force``; their JSON is loaded
     back so the breast and exam tables still cover the whole batch.
     """
-    from MicrocalcAI.core.outputs.findings_json import (
-        load_image_json,
-        outputs_complete,
-        write_batch_tables,
-        write_image_json,
-        write_overlay,
-    )
+    from MicrocalcAI.core.outputs.complete import outputs_complete
+    from MicrocalcAI.core.outputs.findings_json import load_image_json, write_image_json
+    from MicrocalcAI.core.outputs.overlay import write_overlay
+    from MicrocalcAI.core.outputs.tables import write_batch_tables
 
     progress = progress or no_progress
     out = Path(out_dir)

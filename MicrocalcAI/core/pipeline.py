@@ -117,7 +117,7 @@ class Analyzer:
         progress: Optional[ProgressCallback] = None,
     ) -> tuple[ImageFindings, np.ndarray]:
         """Like :meth:`analyse`, also returning the normalised stored-frame image for overlays."""
-        from MicrocalcAI.core.detect.tiles import detect
+        from MicrocalcAI.core.detect.run import detect
 
         progress = progress or no_progress
         timings: dict[str, float] = {}

@@ -3,7 +3,7 @@
 Training draws fixed-size patches from COCO-annotated mammograms that went through the same
 read + standardise path as inference (:mod:`MicrocalcAI.training.data`), so the network learns in
 the canonical frame it later sees. Validation runs the *whole-image* inference path
-(:func:`MicrocalcAI.core.detect.tiles.detect`, tiles merged) on the validation images, because patch
+(:func:`MicrocalcAI.core.detect.run.detect`, tiles merged) on the validation images, because patch
 losses say little about false positives across a whole breast.
 
 Lesion matching rule (used for every metric here): a ground-truth lesion is *found* by a
@@ -398,7 +398,7 @@ def evaluate_canonical(
     device: torch.device,
 ) -> ImageEvaluation:
     """Run whole-image detection on one canonical image and pair it with its ground truth."""
-    from MicrocalcAI.core.detect.tiles import detect
+    from MicrocalcAI.core.detect.run import detect
 
     detections = detect(canonical, model, spec, device=device, score_threshold=EVAL_MIN_SCORE)
     return ImageEvaluation(

@@ -158,9 +158,9 @@ def import_model(source: PathLike, user_models_dir: PathLike, *, manifest: Optio
     the entry (a mismatch is an error, never a warning). Files are copied atomically; an
     import of the same model again replaces the earlier copy.
     """
+    from MicrocalcAI.core.atomic import atomic_write_text
     from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, resolve_model, verify_weights
     from MicrocalcAI.core.errors import ModelError
-    from MicrocalcAI.core.outputs.findings_json import atomic_write_text
 
     source = Path(source)
     if not source.is_file():

@@ -235,7 +235,8 @@ def run_file_batch(
 def export_results(scene: Any, volumes: Sequence[Any], out_dir: Union[str, os.PathLike]) -> list[Path]:
     """Write the findings as shown (current threshold) for these volumes: one JSON per image
     and the images/breasts/exams CSV tables over them, in the engine's formats."""
-    from MicrocalcAI.core.outputs.findings_json import write_batch_tables, write_image_json
+    from MicrocalcAI.core.outputs.findings_json import write_image_json
+    from MicrocalcAI.core.outputs.tables import write_batch_tables
 
     images, breasts, exams = scene_lib.combined_risks(scene, volumes)
     if not images:

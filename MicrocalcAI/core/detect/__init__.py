@@ -1,6 +1,13 @@
 """Detection: the Faster R-CNN + FPN network, its weights and manifest, and tiled inference.
 
-``network`` builds the model, ``manifest`` describes a trained model (classes, spacing, tiling,
-operating points, checksum), ``weights`` loads and saves checked weights, ``tiles`` runs the
-network over the tiles that touch the breast and merges their boxes.
+One module per step, in the order a tile's pixels meet them:
+
+- ``manifest``  what a trained model is (classes, spacing, tiling, operating points, checksum);
+- ``network``   builds the network (:func:`~MicrocalcAI.core.detect.network.build_detector`);
+- ``weights``   loads and saves checked weights;
+- ``tiling``    where the canonical image is cut into tiles that touch the breast;
+- ``merge``     how the tiles' boxes become one lesion list;
+- ``run``       :func:`~MicrocalcAI.core.detect.run.detect`: the network over the tiles, merged.
 """
+
+__all__: list[str] = []

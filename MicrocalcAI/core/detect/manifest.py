@@ -19,7 +19,7 @@ from MicrocalcAI.core.errors import ChecksumError, ModelError
 
 MANIFEST_NAME = "manifest.json"
 CLASSES = ("background", "benign", "malignant")
-#: Lowest lesion score that takes part in merging tiles (MicrocalcAI.core.detect.tiles) and in evaluation
+#: Lowest lesion score that takes part in merging tiles (MicrocalcAI.core.detect.merge) and in evaluation
 #: sweeps: reporting at a threshold t >= MERGE_FLOOR is filtering the lesions merged here.
 MERGE_FLOOR = 0.05
 

@@ -1,10 +1,7 @@
-"""Where the detector runs: overlapping tiles over the breast, merged into one lesion list.
+"""Where the tiles' boxes are merged into one lesion list for the whole image.
 
-A canonical mammogram (about 2000 x 1000 pixels at 0.1 mm) is far larger than the model's
-input, and downscaling it would erase specks a few pixels wide, so the image is cut into
-overlapping ``tile_size`` tiles at full resolution. Only tiles that touch the breast mask are
-run (the rest is air). Each tile's detections are shifted back into whole-image canonical
-coordinates and merged:
+Each tile's detections are shifted back into whole-image canonical coordinates
+(:mod:`MicrocalcAI.core.detect.tiling` says where the tiles are) and merged:
 
 1. a box cut by a tile border (touching an *inner* edge of its tile, i.e. an edge that is
    not the image border) is a fragment; it is dropped when a box from another tile, which
@@ -36,29 +33,30 @@ Before any of that, a box whose centre is not on the breast mask is dropped: pix
 mask are set to 0 by standardisation (air, film border, burned-in labels), so such a box can
 only be a response to the mask's own edge, never to calcifications; dropping it first means
 it can neither suppress nor absorb a box on the breast.
-
-Tiles are spaced evenly with at least ``tile_overlap`` pixels in common, so a lesion smaller
-than the overlap is always seen whole by some tile. Tiles never extend past the image unless
-the image is smaller than a tile; then the tile is padded with 0 (the canonical background).
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import torch
 from torchvision.ops import nms
 
-from MicrocalcAI.core.detect.manifest import MERGE_FLOOR, ModelSpec
-from MicrocalcAI.core.detect.network import image_to_tensor
-from MicrocalcAI.core.errors import InputError, ModelError
-from MicrocalcAI.core.records import CanonicalImage, Detection, ProgressCallback, no_progress
+from MicrocalcAI.core.detect.manifest import MERGE_FLOOR
+from MicrocalcAI.core.detect.tiling import tile_rects
+from MicrocalcAI.core.records import Detection
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "DEFAULT_EDGE_MARGIN",
+    "DEFAULT_FRAGMENT_OVERLAP",
+    "centres_on_mask",
+    "merge_detections",
+    "merge_tile_outputs",
+    "touches_inner_edge",
+]
+
 
 #: Pixels from an inner tile edge within which a box counts as cut by that edge. Box
 #: regression of a cut lesion stops near the edge, not exactly on it; two stride-4 cells.
@@ -66,58 +64,6 @@ DEFAULT_EDGE_MARGIN = 8.0
 #: IoU a fragment must have with a whole box from another tile, clipped to the fragment's
 #: tile, for the two to count as one lesion.
 DEFAULT_FRAGMENT_OVERLAP = 0.5
-
-
-def _axis_origins(length: int, tile: int, stride: int) -> list[int]:
-    """Fewest evenly spaced starts with gaps <= stride covering [0, length)."""
-    if length <= tile:
-        return [0]
-    count = math.ceil((length - tile) / stride) + 1
-    return sorted({round(i * (length - tile) / (count - 1)) for i in range(count)})
-
-
-def tile_origins(shape: tuple[int, int], mask: np.ndarray, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """(row, col) starts of overlapping ``tile`` x ``tile`` tiles that touch the breast.
-
-    Every mask pixel lies in at least one returned tile; tiles over air only are skipped
-    because running the network there costs time and can only add false positives.
-    """
-    rows, cols = int(shape[0]), int(shape[1])
-    if tile <= 0 or overlap < 0 or overlap >= tile:
-        raise InputError(f"invalid tiling: tile {tile}, overlap {overlap} (need 0 <= overlap < tile)")
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != (rows, cols):
-        raise InputError(f"mask shape {mask.shape} differs from image shape {(rows, cols)}")
-    stride = tile - overlap
-    # Summed-area table: "does this tile hold any breast pixel" in O(1) per tile.
-    sat = np.zeros((rows + 1, cols + 1), dtype=np.int64)
-    sat[1:, 1:] = mask.cumsum(0).cumsum(1)
-    origins = []
-    for r in _axis_origins(rows, tile, stride):
-        r1 = min(r + tile, rows)
-        for c in _axis_origins(cols, tile, stride):
-            c1 = min(c + tile, cols)
-            if sat[r1, c1] - sat[r, c1] - sat[r1, c] + sat[r, c] > 0:
-                origins.append((r, c))
-    return origins
-
-
-def extract_tile(image: np.ndarray, origin: tuple[int, int], tile: int) -> np.ndarray:
-    """The ``tile`` x ``tile`` window at ``origin`` (row, col), zero-padded past the image."""
-    r, c = origin
-    window = image[r : r + tile, c : c + tile]
-    if window.shape == (tile, tile):
-        return np.ascontiguousarray(window, dtype=np.float32)
-    out = np.zeros((tile, tile), dtype=np.float32)
-    out[: window.shape[0], : window.shape[1]] = window
-    return out
-
-
-def tile_rects(origins: Sequence[tuple[int, int]], tile: int, image_shape: tuple[int, int]) -> np.ndarray:
-    """(T, 4) ``[x0, y0, x1, y1]`` of each tile's image content in canonical coordinates."""
-    rows, cols = image_shape
-    rects = [(c, r, min(c + tile, cols), min(r + tile, rows)) for r, c in origins]
-    return np.asarray(rects, dtype=np.float64).reshape(-1, 4)
 
 
 def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -197,32 +143,64 @@ def merge_detections(
         if len(tile_ids) != n:
             raise ValueError(f"tile_ids ({len(tile_ids)}) and boxes ({n}) differ in length")
         rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
-        cut = touches_inner_edge(boxes, rects[tile_ids], image_shape, edge_margin)
-        whole = np.flatnonzero(~cut)
-        fragments = np.flatnonzero(cut)
-        if len(whole) and len(fragments):
-            # What each fragment's tile could see of each whole box: the box clipped to that tile.
-            tile_rect = rects[tile_ids[fragments]][:, None, :]
-            whole_boxes = boxes[whole][None, :, :]
-            seen = np.concatenate(
-                [
-                    np.maximum(whole_boxes[..., :2], tile_rect[..., :2]),
-                    np.minimum(whole_boxes[..., 2:], tile_rect[..., 2:]),
-                ],
-                axis=2,
-            )
-            same_lesion = _pairwise_iou(boxes[fragments][:, None, :], seen) >= fragment_overlap
-            same_lesion &= tile_ids[fragments][:, None] != tile_ids[whole][None, :]
-            replaced = same_lesion.any(axis=1)
-            for f in np.flatnonzero(replaced):
-                # The best whole view carries the lesion on, as confident as its best view.
-                options = whole[same_lesion[f]]
-                heir = options[np.argmax(scores[options])]
-                frag = fragments[f]
-                if scores[frag] > merged[heir]:
-                    merged[heir], merged_p[heir] = scores[frag], p_malignant[frag]
-            candidates = np.sort(np.concatenate([whole, fragments[~replaced]]))
+        candidates = _absorb_fragments(
+            boxes, scores, p_malignant, merged, merged_p, tile_ids, rects, image_shape, edge_margin, fragment_overlap
+        )
+    final_idx = _suppress(boxes, candidates, merged, merged_p, iou_threshold, containment)
+    return final_idx, merged[final_idx], merged_p[final_idx]
 
+
+def _absorb_fragments(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    p_malignant: np.ndarray,
+    merged: np.ndarray,
+    merged_p: np.ndarray,
+    tile_ids: np.ndarray,
+    rects: np.ndarray,
+    image_shape: tuple[int, int],
+    edge_margin: float,
+    fragment_overlap: float,
+) -> np.ndarray:
+    """Step 1 of the module docstring: the indices that survive (sorted), fragments seen whole
+    elsewhere dropped; ``merged``/``merged_p`` are updated in place for the heirs."""
+    cut = touches_inner_edge(boxes, rects[tile_ids], image_shape, edge_margin)
+    whole = np.flatnonzero(~cut)
+    fragments = np.flatnonzero(cut)
+    if not (len(whole) and len(fragments)):
+        return np.arange(len(boxes))
+    # What each fragment's tile could see of each whole box: the box clipped to that tile.
+    tile_rect = rects[tile_ids[fragments]][:, None, :]
+    whole_boxes = boxes[whole][None, :, :]
+    seen = np.concatenate(
+        [
+            np.maximum(whole_boxes[..., :2], tile_rect[..., :2]),
+            np.minimum(whole_boxes[..., 2:], tile_rect[..., 2:]),
+        ],
+        axis=2,
+    )
+    same_lesion = _pairwise_iou(boxes[fragments][:, None, :], seen) >= fragment_overlap
+    same_lesion &= tile_ids[fragments][:, None] != tile_ids[whole][None, :]
+    replaced = same_lesion.any(axis=1)
+    for f in np.flatnonzero(replaced):
+        # The best whole view carries the lesion on, as confident as its best view.
+        options = whole[same_lesion[f]]
+        heir = options[np.argmax(scores[options])]
+        frag = fragments[f]
+        if scores[frag] > merged[heir]:
+            merged[heir], merged_p[heir] = scores[frag], p_malignant[frag]
+    return np.sort(np.concatenate([whole, fragments[~replaced]]))
+
+
+def _suppress(
+    boxes: np.ndarray,
+    candidates: np.ndarray,
+    merged: np.ndarray,
+    merged_p: np.ndarray,
+    iou_threshold: float,
+    containment: float,
+) -> np.ndarray:
+    """Steps 2 and 3 of the module docstring: NMS, then containment; kept indices, best first."""
     # Order by (score, p_malignant) descending; NMS then sees the tie-broken order as scores.
     order = candidates[np.lexsort((-merged_p[candidates], -merged[candidates]))]
     rank = torch.arange(len(order), 0, -1, dtype=torch.float64)
@@ -238,8 +216,7 @@ def merge_detections(
             if inside_stronger or encloses_several:
                 continue
         final.append(int(idx))
-    final_idx = np.asarray(final, dtype=np.int64)
-    return final_idx, merged[final_idx], merged_p[final_idx]
+    return np.asarray(final, dtype=np.int64)
 
 
 def merge_tile_outputs(
@@ -308,80 +285,6 @@ def merge_tile_outputs(
         for i, score, p in zip(kept, scores, pmal_kept)
         if score >= score_threshold
     ]
-
-
-def _model_device(model: torch.nn.Module) -> Optional[torch.device]:
-    first = next(iter(model.parameters()), None)
-    return None if first is None else first.device
-
-
-def detect(
-    canonical: CanonicalImage,
-    model: torch.nn.Module,
-    spec: ModelSpec,
-    *,
-    device: Union[str, torch.device] = "cpu",
-    score_threshold: Optional[float] = None,
-    batch_size: int = 4,
-    progress: Optional[ProgressCallback] = None,
-) -> list[Detection]:
-    """Run the detector over the breast of one canonical image; lesions highest score first.
-
-    Tiling comes from the manifest entry (``spec.tile_size``/``tile_overlap``) because the
-    model was trained on that geometry. Boxes are canonical coordinates of the whole image.
-    ``progress`` gets the fraction of tiles done and may raise
-    :class:`~MicrocalcAI.core.errors.CancelledError`, which propagates after the model's
-    train/eval mode is restored.
-    """
-    report = progress or no_progress
-    threshold = spec.score_threshold if score_threshold is None else float(score_threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"score threshold must be in [0, 1], got {threshold}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    image = np.asarray(canonical.image, dtype=np.float32)
-    if image.ndim != 2:
-        raise InputError(f"canonical image must be 2-D, got shape {image.shape}")
-    target = torch.device(device)
-    model_device = _model_device(model)
-    if model_device is not None and model_device.type != target.type:
-        raise ModelError(f"the model is on {model_device} but detection was asked to run on {target}; move one of them")
-
-    tile, overlap = int(spec.tile_size), int(spec.tile_overlap)
-    origins = tile_origins(image.shape, canonical.mask, tile, overlap)
-    n = len(origins)
-    if n == 0:
-        log.warning("breast mask is empty: nothing to detect")
-        report(1.0, "detecting: no breast tissue")
-        return []
-
-    outputs: list[dict[str, np.ndarray]] = []
-    was_training = model.training
-    model.eval()
-    try:
-        report(0.0, f"detecting: tile 0/{n}")
-        for start in range(0, n, batch_size):
-            batch = origins[start : start + batch_size]
-            tensors = [image_to_tensor(extract_tile(image, o, tile)).to(target) for o in batch]
-            with torch.inference_mode():
-                results = model(tensors)
-            for res in results:
-                outputs.append({key: res[key].float().cpu().numpy() for key in ("boxes", "scores", "p_malignant")})
-            done = start + len(batch)
-            report(done / n, f"detecting: tile {done}/{n}")
-    finally:
-        model.train(was_training)
-
-    detections = merge_tile_outputs(
-        outputs,
-        origins,
-        tile=tile,
-        image_shape=(int(image.shape[0]), int(image.shape[1])),
-        score_threshold=threshold,
-        mask=canonical.mask,
-    )
-    log.debug("%d lesion(s) above %.2f from %d tile(s)", len(detections), threshold, n)
-    return detections
 
 
 def centres_on_mask(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
