@@ -22,7 +22,9 @@ MODULE_DIR = REPO / "MicrocalcAIModule"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
-from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory  # noqa: E402
+from _findings_helpers import model_spec  # noqa: E402
+
+from MicrocalcAI.core.detect.manifest import ModelSpec  # noqa: E402
 from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk, Speck  # noqa: E402
 
 
@@ -148,17 +150,8 @@ def same_point_set(a: np.ndarray, b: np.ndarray, atol: float = 1e-6) -> bool:
 
 
 def spec(categories: Optional[list[tuple[str, float]]] = None, score_threshold: float = 0.3) -> ModelSpec:
-    s = ModelSpec(
-        name="test-model",
-        version="1.0",
-        file="w.safetensors",
-        sha256="cd" * 32,
-        backbone="mobilenet_v2",
-        score_threshold=score_threshold,
-    )
-    if categories is not None:
-        s.risk_categories = [RiskCategory(n, p) for n, p in categories]
-    return s
+    """The model entry of the Slicer tests: :func:`_findings_helpers.model_spec`."""
+    return model_spec(categories, score_threshold)
 
 
 def make_lesion(
@@ -274,8 +267,8 @@ def write_random_model(folder: Path, score_threshold: float = 0.3) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = build_detector("mobilenet_v2")
-    sha = save_weights(model, folder / "r.safetensors")
+    model, config = build_detector("mobilenet_v2")
+    sha = save_weights(model, folder / "r.safetensors", config)
     entry = ModelSpec(
         name="random",
         version="0",

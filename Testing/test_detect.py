@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from detector_helpers import SMALL_OVERLAP, SMALL_TILE, breast_like, canonical_image, small_detector, tiling_spec
+from _detect_helpers import SMALL_OVERLAP, SMALL_TILE, breast_like, canonical_image, small_detector, tiling_spec
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from detector_helpers import small_detector, small_spec
+from _detect_helpers import small_detector, small_detector_config, small_spec
 from safetensors.torch import save_file
 
 from MicrocalcAI.core.detect import network as model_module
 from MicrocalcAI.core.detect.manifest import sha256_file
 from MicrocalcAI.core.detect.network import (
     BACKBONES,
+    DetectorConfig,
     LesionRoIHeads,
     build_backbone,
     build_detector,
@@ -22,7 +24,7 @@ from MicrocalcAI.core.detect.network import (
     select_device,
     set_input_size,
 )
-from MicrocalcAI.core.detect.weights import load_detector, save_weights
+from MicrocalcAI.core.detect.weights import load_detector, read_weights_file, save_weights
 from MicrocalcAI.core.errors import ChecksumError, ModelError
 
 LOSS_KEYS = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
@@ -42,7 +44,8 @@ def test_fpn_finest_level_has_stride_4(backbone):
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_train_mode_returns_the_four_losses_and_trains(backbone):
     torch.manual_seed(1)
-    model = build_detector(backbone, tile_size=128).train()
+    model, _ = build_detector(backbone, tile_size=128)
+    model.train()
     images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
     targets = [
         {"boxes": torch.tensor([[20.0, 30.0, 52.0, 60.0]]), "labels": torch.tensor([2])},
@@ -87,7 +90,7 @@ def test_eval_returns_one_box_per_lesion_with_p_malignant(backbone):
 def test_lesion_head_scores_and_box_choice():
     """One box per proposal: score 1-P(bg), p_mal from the foreground softmax, box of the
     more probable foreground class, and a benign and a malignant box on one spot merge."""
-    heads = build_detector("mobilenet_v2", tile_size=128).roi_heads
+    heads = build_detector("mobilenet_v2", tile_size=128)[0].roi_heads
     assert isinstance(heads, LesionRoIHeads)
     proposals = [torch.tensor([[10.0, 10.0, 30.0, 30.0], [11.0, 10.0, 31.0, 30.0], [60.0, 60.0, 90.0, 80.0]])]
     # 0: malignant-leaning lesion (score 0.91); 1: benign-leaning box on the same spot (0.68);
@@ -110,20 +113,21 @@ def test_lesion_head_scores_and_box_choice():
 
 
 def test_model_never_resizes_its_input():
-    model = build_detector("mobilenet_v2", tile_size=512).eval()
+    model, config = build_detector("mobilenet_v2", tile_size=512)
+    model.eval()
+    assert config == DetectorConfig("mobilenet_v2", (16, 32, 64, 128, 256), 512, 512)
     images, _ = model.transform([torch.rand(3, 256, 192)])
     assert images.image_sizes == [(256, 192)]  # stock transform would upscale to 512 short side
     set_input_size(model, 320)
     assert model.transform.min_size == (320,) and model.transform.max_size == 320
-    assert model.microcalcai_config["input_size"] == 320
     images, _ = model.transform([torch.rand(3, 320, 320)])
     assert images.image_sizes == [(320, 320)]
 
 
 def test_mobilenet_imagenet_init_loads_the_packaged_file():
     state = torch.load(mobilenet_weights_path(), map_location="cpu", weights_only=True)
-    pretrained = build_detector("mobilenet_v2", pretrained_backbone=True)
-    random = build_detector("mobilenet_v2", pretrained_backbone=False)
+    pretrained, _ = build_detector("mobilenet_v2", pretrained_backbone=True)
+    random, _ = build_detector("mobilenet_v2", pretrained_backbone=False)
     body = pretrained.backbone.body
     assert torch.equal(body["0"][0].weight, state["features.0.0.weight"])
     assert torch.equal(body["17"].conv[2].weight, state["features.17.conv.2.weight"])
@@ -146,7 +150,7 @@ def test_invalid_build_arguments():
 
 
 def test_anchor_sizes_reach_the_anchor_generator():
-    model = build_detector("mobilenet_v2", anchor_sizes=(8, 24, 48, 96, 192), tile_size=128)
+    model, _ = build_detector("mobilenet_v2", anchor_sizes=(8, 24, 48, 96, 192), tile_size=128)
     assert model.rpn.anchor_generator.sizes == ((8,), (24,), (48,), (96,), (192,))
     assert model.rpn.anchor_generator.aspect_ratios[0] == (0.5, 1.0, 2.0)
 
@@ -208,7 +212,8 @@ def test_saving_the_same_weights_twice_gives_the_same_file(tmp_path):
     # hash-map order, which changes between calls: with two keys, five saves would differ with
     # probability 15/16 if the order were not fixed.
     model = small_detector("mobilenet_v2")
-    digests = {save_weights(model, tmp_path / f"w{i}.safetensors") for i in range(5)}
+    config = small_detector_config()
+    digests = {save_weights(model, tmp_path / f"w{i}.safetensors", config) for i in range(5)}
     assert len(digests) == 1
     data = (tmp_path / "w0.safetensors").read_bytes()
     header = data[8 : 8 + int.from_bytes(data[:8], "little")].decode()
@@ -254,6 +259,17 @@ def test_save_weights_is_atomic_over_an_existing_file(tmp_path):
     model = small_detector("mobilenet_v2")
     path = tmp_path / "w.safetensors"
     path.write_bytes(b"old contents")
-    digest = save_weights(model, path)
+    digest = save_weights(model, path, small_detector_config())
     assert sha256_file(path) == digest
     assert sorted(os.listdir(tmp_path)) == ["w.safetensors"]
+
+
+def test_saved_weights_record_the_build_configuration_passed_in(tmp_path):
+    # The configuration travels explicitly next to the network, never on it: what is saved is
+    # exactly what the caller passes (here with the training patch size as input size).
+    model = small_detector("mobilenet_v2")
+    config = replace(small_detector_config(), input_size=192)
+    save_weights(model, tmp_path / "w.safetensors", config)
+    _, saved = read_weights_file(tmp_path / "w.safetensors")
+    assert saved == config.to_json() and DetectorConfig.from_json(saved) == config
+    assert not hasattr(model, "microcalcai_config")

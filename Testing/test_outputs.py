@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from findings_fixtures import (
+from _findings_helpers import (
     assert_findings_equal,
     image_findings,
     lesion,
@@ -291,8 +291,8 @@ def test_batch_tables(tmp_path):
         image_findings("L_MLO", laterality="L", view="MLO", lesions=[lesion(1, "benign", 0.4)]),
         image_findings("R_CC", laterality="R", view="CC", spacing=(0.05, 0.07)),
     ]
-    breasts = breast_findings(images, spec)
-    exams = exam_findings(breasts, spec)
+    breasts = breast_findings(images, spec.risk_categories)
+    exams = exam_findings(breasts, spec.risk_categories)
     paths = write_batch_tables(images, breasts, exams, tmp_path / "batch")
     assert [p.name for p in paths] == ["images.csv", "breasts.csv", "exams.csv"]
     rows = _read_csv(paths[0])

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from findings_fixtures import synthetic_mammogram_patch
+from _findings_helpers import synthetic_mammogram_patch
 
 from MicrocalcAI.core.errors import InputError, MicrocalcAIError, SpacingError
 from MicrocalcAI.core.findings.lesions import build_lesions

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from MicrocalcAI.core.records import ProgressCallback
+from MicrocalcAI.core.progress import ProgressCallback
 
 __all__ = [
     "EXIT_OK",
@@ -77,18 +77,18 @@ class ProgressBar:
 
 
 def spacing_arg(text: str) -> float:
+    """``--spacing MM``: one number, checked by the engine's spacing validator."""
+    from MicrocalcAI.core.errors import SpacingError
+    from MicrocalcAI.core.spacing import SPACING_RANGE_MM, check_spacing
+
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"spacing must be a number in mm, got {text!r}") from None
-    from MicrocalcAI.core.read import SPACING_RANGE_MM
-
-    low, high = SPACING_RANGE_MM
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(
-            f"spacing {value} mm is not a plausible mammogram pixel spacing ({low}-{high})"
-        )
-    return value
+    try:
+        return check_spacing(value, plausible_mm=SPACING_RANGE_MM, what="--spacing")[0]
+    except SpacingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def fraction_arg(text: str) -> float:

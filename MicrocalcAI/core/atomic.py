@@ -18,6 +18,15 @@ from typing import BinaryIO, Union
 
 from MicrocalcAI.core.errors import MicrocalcAIError, OutputError
 
+__all__ = [
+    "PathLike",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "staged_path",
+]
+
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 

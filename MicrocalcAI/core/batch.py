@@ -17,9 +17,17 @@ from typing import Optional, Union
 from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
 from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError, OutputError
 from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
-from MicrocalcAI.core.pipeline import Analyzer, _sub_progress, file_fingerprint
+from MicrocalcAI.core.pipeline import Analyzer, file_fingerprint
+from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.core.read import find_images
-from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings, ProgressCallback, no_progress
+from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings
+
+__all__ = [
+    "BatchResult",
+    "output_names",
+    "run_batch",
+]
+
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +127,13 @@ def run_batch(
 ) -> BatchResult:
     """Analyse files and folders into ``out_dir``: per-image JSON + overlay, per-batch CSVs.
 
+    ``score_threshold`` applies to this batch only (default: the analyzer's, else the
+    model's); a shared ``analyzer`` is never changed.
+
+    Longer than the core's 60-line guideline on purpose for now: finding, skipping, analysing
+    and tabulating share the batch's state, and the Dask executor being added to this module
+    restructures exactly this function, so it is split there rather than twice.
+
     A bad file is logged in one line, recorded in ``failed`` and skipped; the batch goes on.
     Images whose outputs are complete and still valid (same file, weights, threshold and
     spacing option: :func:`_still_valid`) are skipped unless ``force``; their JSON is loaded
@@ -143,11 +158,8 @@ def run_batch(
     for path, reason in missing:
         log.error("%s: %s", path, reason)
     spec = analyzer.spec if analyzer is not None else resolve_model(model)
-    threshold = (
-        analyzer.score_threshold
-        if analyzer is not None
-        else (spec.score_threshold if score_threshold is None else float(score_threshold))
-    )
+    default_threshold = analyzer.score_threshold if analyzer is not None else spec.score_threshold
+    threshold = default_threshold if score_threshold is None else float(score_threshold)
     names = output_names(files)
     todo = []
     for path, name in zip(files, names):
@@ -173,7 +185,11 @@ def run_batch(
         try:
             assert analyzer is not None
             findings, stored01 = analyzer.analyse_with_image(
-                path, name=name, spacing_mm=spacing_mm, progress=_sub_progress(progress, i / n, (i + 0.95) / n, prefix)
+                path,
+                name=name,
+                spacing_mm=spacing_mm,
+                threshold=threshold,
+                progress=sub_progress(progress, i / n, (i + 0.95) / n, prefix),
             )
             write_image_json(findings, out)
             result.overlays[name] = write_overlay(findings, stored01, out)
@@ -196,8 +212,8 @@ def run_batch(
         progress((i + 1) / n, f"{prefix}done")
 
     if result.images:
-        result.breasts = breast_findings(result.images, spec)
-        result.exams = exam_findings(result.breasts, spec)
+        result.breasts = breast_findings(result.images, spec.risk_categories)
+        result.exams = exam_findings(result.breasts, spec.risk_categories)
     result.tables = write_batch_tables(result.images, result.breasts, result.exams, out)
     progress(1.0, "batch done")
     return result

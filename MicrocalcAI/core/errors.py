@@ -7,6 +7,19 @@ line and go on, while genuine bugs still surface as tracebacks.
 
 from __future__ import annotations
 
+__all__ = [
+    "CancelledError",
+    "ChecksumError",
+    "DatasetError",
+    "InputError",
+    "MicrocalcAIError",
+    "ModelError",
+    "NotAMammogramError",
+    "OutputError",
+    "SpacingError",
+    "UnreadableFileError",
+]
+
 
 class MicrocalcAIError(Exception):
     """Base class of every error MicrocalcAI raises deliberately."""

@@ -21,28 +21,16 @@ from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.findings.lesions import build_lesions
 from MicrocalcAI.core.findings.risk import image_risk
 from MicrocalcAI.core.findings.specks import SpeckConfig
+from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.core.read import read_mammogram, user_overrides
-from MicrocalcAI.core.records import (
-    ImageFindings,
-    Mammogram,
-    ModelInfo,
-    ProgressCallback,
-    no_progress,
-)
+from MicrocalcAI.core.records import CanonicalImage, Detection, ImageFindings, Lesion, Mammogram, ModelInfo, Risk
 from MicrocalcAI.core.standardise import normalised_stored, standardise
+
+__all__ = ["Analyzer", "Source", "analyse", "effective_spacing", "file_fingerprint"]
 
 log = logging.getLogger(__name__)
 
 Source = Union[str, os.PathLike, Mammogram]
-
-
-def _sub_progress(progress: ProgressCallback, start: float, end: float, prefix: str) -> ProgressCallback:
-    """A callback that maps a stage's own [0, 1] onto [start, end] of the caller's job."""
-
-    def report(fraction: float, message: str) -> None:
-        progress(start + (end - start) * min(max(fraction, 0.0), 1.0), f"{prefix}{message}")
-
-    return report
 
 
 def effective_spacing(mammogram: Mammogram, spec: ModelSpec) -> tuple[tuple[float, float], str, list[str]]:
@@ -61,7 +49,9 @@ class Analyzer:
     """A loaded model, ready to analyse images one after the other.
 
     Loading verifies the weights' sha256 against the manifest, so a tampered or truncated
-    weights file fails here, before any image is touched.
+    weights file fails here, before any image is touched. ``score_threshold`` is the default
+    lesion score threshold of every call; a call may pass its own ``threshold`` instead, so
+    nobody needs to change the analyzer (which a batch or the Slicer module may share).
     """
 
     def __init__(
@@ -79,12 +69,21 @@ class Analyzer:
         self.spec: ModelSpec = resolve_model(model)
         self.device = select_device(device)
         self.model = load_detector(self.spec, self.device)
-        self.score_threshold = self.spec.score_threshold if score_threshold is None else float(score_threshold)
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise MicrocalcAIError(f"score threshold must be in [0, 1], got {self.score_threshold}")
+        self._score_threshold = self._checked_threshold(score_threshold)
         self.batch_size = batch_size
         self.speck_config = speck_config
         log.info("model %s %s (%s) on %s", self.spec.name, self.spec.version, self.spec.backbone, self.device)
+
+    @property
+    def score_threshold(self) -> float:
+        """The default lesion score threshold (read-only: pass ``threshold`` per call instead)."""
+        return self._score_threshold
+
+    def _checked_threshold(self, threshold: Optional[float]) -> float:
+        value = self.spec.score_threshold if threshold is None else float(threshold)
+        if not 0.0 <= value <= 1.0:
+            raise MicrocalcAIError(f"score threshold must be in [0, 1], got {value}")
+        return value
 
     @property
     def model_info(self) -> ModelInfo:
@@ -98,11 +97,21 @@ class Analyzer:
         spacing_mm: Optional[Union[float, tuple[float, float]]] = None,
         laterality: Optional[str] = None,
         view: Optional[str] = None,
+        threshold: Optional[float] = None,
         progress: Optional[ProgressCallback] = None,
     ) -> ImageFindings:
-        """Analyse one image (a path or a :class:`Mammogram`) and return its findings."""
+        """Analyse one image (a path or a :class:`Mammogram`) and return its findings.
+
+        ``threshold`` is this call's lesion score threshold (default: :attr:`score_threshold`).
+        """
         findings, _ = self.analyse_with_image(
-            source, name=name, spacing_mm=spacing_mm, laterality=laterality, view=view, progress=progress
+            source,
+            name=name,
+            spacing_mm=spacing_mm,
+            laterality=laterality,
+            view=view,
+            threshold=threshold,
+            progress=progress,
         )
         return findings
 
@@ -114,58 +123,83 @@ class Analyzer:
         spacing_mm: Optional[Union[float, tuple[float, float]]] = None,
         laterality: Optional[str] = None,
         view: Optional[str] = None,
+        threshold: Optional[float] = None,
         progress: Optional[ProgressCallback] = None,
     ) -> tuple[ImageFindings, np.ndarray]:
-        """Like :meth:`analyse`, also returning the normalised stored-frame image for overlays."""
+        """Like :meth:`analyse`, also returning the normalised stored-frame image for overlays.
+
+        The stages in order, each timed: read, standardise, detect, findings.
+        """
         from MicrocalcAI.core.detect.run import detect
 
+        score_threshold = self._checked_threshold(self.score_threshold if threshold is None else threshold)
         progress = progress or no_progress
-        timings: dict[str, float] = {}
-        t_start = time.perf_counter()
+        clock = _Stopwatch()
 
         progress(0.0, "reading")
-        if isinstance(source, Mammogram):
-            mammogram = _with_overrides(source, spacing_mm, laterality, view)
-        else:
-            mammogram = read_mammogram(source, spacing_mm=spacing_mm, laterality=laterality, view=view)
-        timings["read"] = time.perf_counter() - t_start
-
+        mammogram = _read(source, spacing_mm, laterality, view)
+        clock.lap("read")
         spacing, spacing_source, warnings = effective_spacing(mammogram, self.spec)
         warnings = list(mammogram.warnings) + warnings
 
-        t = time.perf_counter()
         progress(0.05, "standardising")
-        work = _with_spacing(mammogram, spacing)
-        stored01, stored_mask = normalised_stored(work, assumed_input_spacing_mm=self.spec.assumed_input_spacing_mm)
-        canonical = standardise(
-            work,
-            self.spec.spacing_mm,
-            assumed_input_spacing_mm=self.spec.assumed_input_spacing_mm,
-            stored=(stored01, stored_mask),
-        )
+        canonical, stored01, stored_mask = self._standardise(_with_spacing(mammogram, spacing))
         warnings += [w for w in canonical.warnings if w not in warnings]  # spacing is always set here
-        timings["standardise"] = time.perf_counter() - t
+        clock.lap("standardise")
 
-        t = time.perf_counter()
         detections = detect(
             canonical,
             self.model,
             self.spec,
             device=self.device,
-            score_threshold=self.score_threshold,
+            score_threshold=score_threshold,
             batch_size=self.batch_size,
-            progress=_sub_progress(progress, 0.15, 0.9, ""),
+            progress=sub_progress(progress, 0.15, 0.9),
         )
-        timings["detect"] = time.perf_counter() - t
+        clock.lap("detect")
 
-        t = time.perf_counter()
         progress(0.9, "measuring lesions")
+        lesions = self._lesions(detections, canonical, stored01, stored_mask, spacing)
+        clock.lap("findings")
+
+        findings = _image_findings(
+            mammogram,
+            name=name or _default_name(mammogram),
+            spacing=spacing,
+            spacing_source=spacing_source,
+            lesions=lesions,
+            risk=image_risk(lesions, self.spec.risk_categories),
+            model=self.model_info,
+            score_threshold=score_threshold,
+            warnings=warnings,
+            timings=clock.total(),
+        )
+        progress(1.0, "done")
+        return findings, stored01
+
+    def _standardise(self, work: Mammogram) -> tuple[CanonicalImage, np.ndarray, np.ndarray]:
+        """(canonical image, normalised stored-frame image, stored-frame breast mask)."""
+        assumed = self.spec.assumed_input_spacing_mm
+        stored01, stored_mask = normalised_stored(work, assumed_input_spacing_mm=assumed)
+        canonical = standardise(
+            work, self.spec.spacing_mm, assumed_input_spacing_mm=assumed, stored=(stored01, stored_mask)
+        )
+        return canonical, stored01, stored_mask
+
+    def _lesions(
+        self,
+        detections: list[Detection],
+        canonical: CanonicalImage,
+        stored01: np.ndarray,
+        stored_mask: np.ndarray,
+        spacing: tuple[float, float],
+    ) -> list[Lesion]:
+        """Canonical detections -> lesions in stored pixels, with their specks and sizes."""
         if detections:
-            canonical_boxes = np.stack([d.box for d in detections])
-            boxes_px = canonical.transform.to_stored_boxes(canonical_boxes)
+            boxes_px = canonical.transform.to_stored_boxes(np.stack([d.box for d in detections]))
         else:
             boxes_px = np.zeros((0, 4))
-        lesions = build_lesions(
+        return build_lesions(
             boxes_px,
             [d.label for d in detections],
             [d.score for d in detections],
@@ -175,37 +209,74 @@ class Analyzer:
             breast_mask=stored_mask,
             speck_config=self.speck_config,
         )
-        risk = image_risk(lesions, self.spec)
-        timings["findings"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t_start
 
-        findings = ImageFindings(
-            source=mammogram.source,
-            name=name or _default_name(mammogram),
-            image_shape=mammogram.shape,
-            spacing_mm=spacing,
-            spacing_source=spacing_source,
-            photometric=mammogram.photometric,
-            laterality=mammogram.laterality,
-            laterality_source=mammogram.laterality_source,
-            view=mammogram.view,
-            view_source=mammogram.view_source,
-            presentation_intent=mammogram.presentation_intent,
-            patient_id=mammogram.patient_id,
-            study_uid=mammogram.study_uid,
-            series_uid=mammogram.series_uid,
-            sop_uid=mammogram.sop_uid,
-            manufacturer=mammogram.manufacturer,
-            lesions=lesions,
-            risk=risk,
-            model=self.model_info,
-            score_threshold=self.score_threshold,
-            warnings=warnings,
-            timings_s={k: round(v, 4) for k, v in timings.items()},
-            input_fingerprint=file_fingerprint(mammogram.source) if mammogram.source else None,
-        )
-        progress(1.0, "done")
-        return findings, stored01
+
+class _Stopwatch:
+    """Seconds per stage (each :meth:`lap` since the previous one) and the total."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage], self.last = now - self.last, now
+
+    def total(self) -> dict[str, float]:
+        return {**self.timings, "total": time.perf_counter() - self.start}
+
+
+def _read(
+    source: Source,
+    spacing_mm: Optional[Union[float, tuple[float, float]]],
+    laterality: Optional[str],
+    view: Optional[str],
+) -> Mammogram:
+    """The mammogram to analyse, with the caller's explicit values applied."""
+    if isinstance(source, Mammogram):
+        return _with_overrides(source, spacing_mm, laterality, view)
+    return read_mammogram(source, spacing_mm=spacing_mm, laterality=laterality, view=view)
+
+
+def _image_findings(
+    mammogram: Mammogram,
+    *,
+    name: str,
+    spacing: tuple[float, float],
+    spacing_source: str,
+    lesions: list[Lesion],
+    risk: Risk,
+    model: ModelInfo,
+    score_threshold: float,
+    warnings: list[str],
+    timings: dict[str, float],
+) -> ImageFindings:
+    """The findings record: the input's identity and metadata, plus what was found."""
+    return ImageFindings(
+        source=mammogram.source,
+        name=name,
+        image_shape=mammogram.shape,
+        spacing_mm=spacing,
+        spacing_source=spacing_source,
+        photometric=mammogram.photometric,
+        laterality=mammogram.laterality,
+        laterality_source=mammogram.laterality_source,
+        view=mammogram.view,
+        view_source=mammogram.view_source,
+        presentation_intent=mammogram.presentation_intent,
+        patient_id=mammogram.patient_id,
+        study_uid=mammogram.study_uid,
+        series_uid=mammogram.series_uid,
+        sop_uid=mammogram.sop_uid,
+        manufacturer=mammogram.manufacturer,
+        lesions=lesions,
+        risk=risk,
+        model=model,
+        score_threshold=score_threshold,
+        warnings=warnings,
+        timings_s={k: round(v, 4) for k, v in timings.items()},
+        input_fingerprint=file_fingerprint(mammogram.source) if mammogram.source else None,
+    )
 
 
 def file_fingerprint(path: Union[str, os.PathLike]) -> Optional[str]:

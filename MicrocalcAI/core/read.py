@@ -30,8 +30,28 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from MicrocalcAI.core.errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError, UnreadableFileError
+from MicrocalcAI.core.errors import InputError, MicrocalcAIError, NotAMammogramError, UnreadableFileError
 from MicrocalcAI.core.records import Mammogram
+from MicrocalcAI.core.spacing import SPACING_RANGE_MM, check_spacing, is_plausible
+
+__all__ = [
+    "ACCEPTED_MODALITIES",
+    "MAGNIFICATION_RANGE",
+    "MAX_PIXELS",
+    "MIN_SIDE_PX",
+    "NON_IMAGE_SUFFIXES",
+    "SUPPORTED_SUFFIXES",
+    "TIFF_SPACING_RANGE_MM",
+    "PathLike",
+    "dicom_row_spacing_mm",
+    "estimate_laterality",
+    "find_images",
+    "has_dicom_preamble",
+    "parse_laterality_view",
+    "read_mammogram",
+    "user_overrides",
+]
+
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +87,6 @@ ACCEPTED_MODALITIES = ("MG", "DX", "CR")
 
 MIN_SIDE_PX = 64
 MAX_PIXELS = 120_000_000
-#: Plausible pixel spacing of a mammogram in mm (detectors 0.025-0.2, film scans up to ~0.5).
-SPACING_RANGE_MM = (0.02, 1.0)
 #: TIFF resolution tags are often a meaningless 72 dpi: only trust values typical of mammograms.
 TIFF_SPACING_RANGE_MM = (0.02, 0.5)
 #: Plausible range of EstimatedRadiographicMagnificationFactor (contact 1.0, magnification views ~2).
@@ -327,32 +345,8 @@ def _check_pixels(arr: np.ndarray, path: Optional[Path]) -> np.ndarray:
     return arr
 
 
-def _spacing_pair(value: Union[float, Sequence[float]], what: str) -> tuple[float, float]:
-    try:
-        if isinstance(value, (int, float, np.integer, np.floating)):
-            pair = (float(value), float(value))
-        else:
-            seq = [float(v) for v in value]
-            if len(seq) != 2:
-                raise ValueError(f"expected 2 values, got {len(seq)}")
-            pair = (seq[0], seq[1])
-    except (TypeError, ValueError) as exc:
-        raise SpacingError(f"{what}: pixel spacing {value!r} is not a number or a (row, column) pair: {exc}") from None
-    return pair
-
-
-def _plausible(pair: tuple[float, float], lo_hi: tuple[float, float] = SPACING_RANGE_MM) -> bool:
-    lo, hi = lo_hi
-    return all(np.isfinite(v) and lo <= v <= hi for v in pair)
-
-
 def _user_spacing(value: Union[float, Sequence[float]], path: Optional[Path]) -> tuple[float, float]:
-    pair = _spacing_pair(value, _name(path))
-    if not _plausible(pair):
-        raise SpacingError(
-            f"{_name(path)}: pixel spacing {pair[0]:g} x {pair[1]:g} mm is implausible for a mammogram (expected {SPACING_RANGE_MM[0]}-{SPACING_RANGE_MM[1]} mm)"
-        )
-    return pair
+    return check_spacing(value, plausible_mm=SPACING_RANGE_MM, what=_name(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +409,10 @@ def _ds_pair(ds: Any, keyword: str) -> Optional[tuple[float, float]]:
 
 
 def _dicom_spacing(ds: Any, warn: list[str], name: str) -> tuple[Optional[tuple[float, float]], Optional[str]]:
-    """Pixel spacing in the breast plane, by the precedence of DESIGN.md, with its source."""
+    """Pixel spacing in the breast plane, with its source. Precedence: ImagerPixelSpacing
+    corrected by a plausible EstimatedRadiographicMagnificationFactor, then ImagerPixelSpacing,
+    PixelSpacing, NominalScannedPixelSpacing; the first plausible one wins, each implausible
+    one is warned about."""
     candidates: list[tuple[tuple[float, float], str]] = []
     imager = _ds_pair(ds, "ImagerPixelSpacing")
     if imager is not None:
@@ -435,7 +432,7 @@ def _dicom_spacing(ds: Any, warn: list[str], name: str) -> tuple[Optional[tuple[
         if pair is not None:
             candidates.append((pair, keyword))
     for pair, source in candidates:
-        if _plausible(pair):
+        if is_plausible(pair):
             return pair, source
         warn.append(f"{name}: ignored implausible {source} {pair[0]:g} x {pair[1]:g} mm")
         if source.startswith("ImagerPixelSpacing/"):
@@ -491,6 +488,50 @@ def _read_dicom(path: Path, force: bool) -> Mammogram:
 
 
 def _read_dicom_dataset(path: Path, force: bool) -> Mammogram:
+    """Each check below names the file and the exact problem, in the order a reader meets
+    them: the header, the modality, the pixel data's presence, its geometry, its length,
+    then decoding; metadata (spacing, side, view, UIDs) comes last."""
+    name = path.name
+    ds, truncated = _open_dataset(path, force)
+    warn: list[str] = []
+    modality = _dicom_modality(ds, name, warn)
+    _require_pixel_data(ds, name, force=force, modality=modality, truncated=truncated)
+    rows, cols, spp, bits_alloc, photometric = _dicom_geometry(ds, path, warn)
+    _check_pixel_data_length(ds, name, rows * cols * spp * bits_alloc)
+    arr, photometric = _decode_dicom_pixels(ds, path, (rows, cols), spp, photometric, warn)
+    spacing, spacing_source = _dicom_spacing(ds, warn, name)
+    (lat, lat_src), (view, view_src) = _dicom_laterality_view(ds)
+    intent = _ds_str(ds, "PresentationIntentType")
+    slope = _ds_float(ds, "RescaleSlope")
+    intercept = _ds_float(ds, "RescaleIntercept")
+    bits_stored = _ds_int(ds, "BitsStored")
+    return Mammogram(
+        pixels=arr,
+        spacing_mm=spacing,
+        spacing_source=spacing_source,
+        photometric=photometric,
+        laterality=lat,
+        laterality_source=lat_src,
+        view=view,
+        view_source=view_src,
+        presentation_intent=intent.upper() if intent else None,
+        bits_stored=bits_stored if bits_stored and 0 < bits_stored <= 32 else None,
+        rescale_slope=slope if slope not in (None, 0.0) else 1.0,
+        rescale_intercept=intercept if intercept is not None else 0.0,
+        modality_lut=_dicom_modality_lut(ds),
+        modality=modality,
+        manufacturer=_ds_str(ds, "Manufacturer"),
+        patient_id=_ds_str(ds, "PatientID"),
+        study_uid=_ds_str(ds, "StudyInstanceUID"),
+        series_uid=_ds_str(ds, "SeriesInstanceUID"),
+        sop_uid=_ds_str(ds, "SOPInstanceUID"),
+        source=str(path),
+        warnings=warn,
+    )
+
+
+def _open_dataset(path: Path, force: bool) -> tuple[Any, bool]:
+    """(the parsed dataset, whether pydicom hit the end of the file while parsing)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -510,30 +551,43 @@ def _read_dicom_dataset(path: Path, force: bool) -> Mammogram:
         raise UnreadableFileError(
             f"{name}: corrupt or truncated DICOM file ({type(exc).__name__}: {_short(exc)})"
         ) from None
+    return ds, any("end of file" in str(w.message).lower() for w in caught)
 
-    warn: list[str] = []
+
+def _dicom_modality(ds: Any, name: str, warn: list[str]) -> Optional[str]:
+    """The upper-case Modality (None when absent, with a warning); other modalities refused."""
     modality = _ds_str(ds, "Modality")
-    if modality is not None:
-        modality = modality.upper()
-        if modality not in ACCEPTED_MODALITIES:
-            raise NotAMammogramError(
-                f"{name}: DICOM modality {modality} is not a mammogram (expected {', '.join(ACCEPTED_MODALITIES[:-1])} or {ACCEPTED_MODALITIES[-1]})"
-            )
-    else:
+    if modality is None:
         warn.append(f"{name}: DICOM file has no Modality; assuming a mammogram")
-    truncated = any("end of file" in str(w.message).lower() for w in caught)
-    if "PixelData" not in ds:
-        if force and modality is None:
-            raise UnreadableFileError(f"{name}: not a DICOM image or any other known image format")
-        if truncated or "Rows" in ds or "Columns" in ds:
-            # pydicom drops an encapsulated Pixel Data element cut short by the end of the file.
-            raise UnreadableFileError(
-                f"{name}: truncated DICOM file: image attributes present but Pixel Data missing or incomplete"
-            )
-        # Non-image objects (SR, KO, PR ...) were refused by modality above; an MG/DX/CR or
-        # modality-less file without pixels is a header cut short or a broken export.
-        raise UnreadableFileError(f"{name}: DICOM file has no Pixel Data (truncated, or not an image)")
+        return None
+    modality = modality.upper()
+    if modality not in ACCEPTED_MODALITIES:
+        raise NotAMammogramError(
+            f"{name}: DICOM modality {modality} is not a mammogram (expected {', '.join(ACCEPTED_MODALITIES[:-1])} or {ACCEPTED_MODALITIES[-1]})"
+        )
+    return modality
 
+
+def _require_pixel_data(ds: Any, name: str, *, force: bool, modality: Optional[str], truncated: bool) -> None:
+    """Refuse a dataset without Pixel Data, saying why it probably has none."""
+    if "PixelData" in ds:
+        return
+    if force and modality is None:
+        raise UnreadableFileError(f"{name}: not a DICOM image or any other known image format")
+    if truncated or "Rows" in ds or "Columns" in ds:
+        # pydicom drops an encapsulated Pixel Data element cut short by the end of the file.
+        raise UnreadableFileError(
+            f"{name}: truncated DICOM file: image attributes present but Pixel Data missing or incomplete"
+        )
+    # Non-image objects (SR, KO, PR ...) were refused by modality above; an MG/DX/CR or
+    # modality-less file without pixels is a header cut short or a broken export.
+    raise UnreadableFileError(f"{name}: DICOM file has no Pixel Data (truncated, or not an image)")
+
+
+def _dicom_geometry(ds: Any, path: Path, warn: list[str]) -> tuple[int, int, int, int, str]:
+    """(rows, columns, samples per pixel, bits allocated, photometric) of a single-frame
+    grey (or grey-as-RGB) image; anything else is refused here, before decoding."""
+    name = path.name
     frames = _ds_get(ds, "NumberOfFrames")
     if frames is not None:
         try:
@@ -564,22 +618,34 @@ def _read_dicom_dataset(path: Path, force: bool) -> Mammogram:
         photometric = "MONOCHROME2"
     if spp == 3 and photometric in _PHOTOMETRICS:
         raise UnreadableFileError(f"{name}: {photometric} image with 3 samples per pixel is inconsistent")
-    # Uncompressed data shorter than the header promises = truncated file: say so plainly.
+    return rows, cols, spp, int(bits_alloc), photometric
+
+
+def _check_pixel_data_length(ds: Any, name: str, expected_bits: int) -> None:
+    """Uncompressed data shorter than the header promises = truncated file: say so plainly."""
     try:
         encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
     except Exception:  # noqa: BLE001
         encapsulated = False
-    if not encapsulated:
-        expected = (rows * cols * spp * bits_alloc + 7) // 8
-        try:
-            have = len(ds.PixelData)
-        except Exception as exc:  # noqa: BLE001
-            raise UnreadableFileError(f"{name}: unreadable Pixel Data ({_short(exc)})") from None
-        if have < expected:
-            raise UnreadableFileError(
-                f"{name}: truncated DICOM: Pixel Data has {have} bytes, {expected} expected for {rows}x{cols}x{bits_alloc} bits"
-            )
+    if encapsulated:
+        return
+    expected = (expected_bits + 7) // 8
+    try:
+        have = len(ds.PixelData)
+    except Exception as exc:  # noqa: BLE001
+        raise UnreadableFileError(f"{name}: unreadable Pixel Data ({_short(exc)})") from None
+    if have < expected:
+        rows, cols, bits_alloc = _ds_int(ds, "Rows"), _ds_int(ds, "Columns"), _ds_int(ds, "BitsAllocated")
+        raise UnreadableFileError(
+            f"{name}: truncated DICOM: Pixel Data has {have} bytes, {expected} expected for {rows}x{cols}x{bits_alloc} bits"
+        )
 
+
+def _decode_dicom_pixels(
+    ds: Any, path: Path, shape: tuple[int, int], spp: int, photometric: str, warn: list[str]
+) -> tuple[np.ndarray, str]:
+    """(decoded 2-D pixels, photometric): a grey image stored as colour becomes MONOCHROME2."""
+    name = path.name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -599,11 +665,16 @@ def _read_dicom_dataset(path: Path, force: bool) -> Mammogram:
         arr = _grey_from_channels(arr, path, tolerance=_lossy_tolerance(arr) if lossy else 0.0)
         warn.append(f"{name}: grey image stored as {photometric}; using its first channel as MONOCHROME2")
         photometric = "MONOCHROME2"
-    if arr.shape[:2] != (rows, cols):
-        raise UnreadableFileError(f"{name}: decoded pixel data has shape {arr.shape}, header says {rows}x{cols}")
-    arr = _check_pixels(arr, path)
+    if arr.shape[:2] != tuple(shape):
+        raise UnreadableFileError(
+            f"{name}: decoded pixel data has shape {arr.shape}, header says {shape[0]}x{shape[1]}"
+        )
+    return _check_pixels(arr, path), photometric
 
-    spacing, spacing_source = _dicom_spacing(ds, warn, name)
+
+def _dicom_laterality_view(ds: Any) -> tuple[tuple[Optional[str], Optional[str]], tuple[Optional[str], Optional[str]]]:
+    """((laterality, source keyword), (view, source keyword)): the dedicated attributes first,
+    then free text (PatientID, SeriesDescription), as CBIS-DDSM keeps them only there."""
     lat, lat_src = None, None
     for keyword in ("ImageLaterality", "Laterality"):
         lat = _normalise_laterality(_ds_str(ds, keyword))
@@ -622,34 +693,7 @@ def _read_dicom_dataset(path: Path, force: bool) -> Mammogram:
             lat, lat_src = t_lat, keyword
         if view is None and t_view is not None:
             view, view_src = t_view, keyword
-
-    intent = _ds_str(ds, "PresentationIntentType")
-    slope = _ds_float(ds, "RescaleSlope")
-    intercept = _ds_float(ds, "RescaleIntercept")
-    bits_stored = _ds_int(ds, "BitsStored")
-    return Mammogram(
-        pixels=arr,
-        spacing_mm=spacing,
-        spacing_source=spacing_source,
-        photometric=photometric,
-        laterality=lat,
-        laterality_source=lat_src,
-        view=view,
-        view_source=view_src,
-        presentation_intent=intent.upper() if intent else None,
-        bits_stored=bits_stored if bits_stored and 0 < bits_stored <= 32 else None,
-        rescale_slope=slope if slope not in (None, 0.0) else 1.0,
-        rescale_intercept=intercept if intercept is not None else 0.0,
-        modality_lut=_dicom_modality_lut(ds),
-        modality=modality,
-        manufacturer=_ds_str(ds, "Manufacturer"),
-        patient_id=_ds_str(ds, "PatientID"),
-        study_uid=_ds_str(ds, "StudyInstanceUID"),
-        series_uid=_ds_str(ds, "SeriesInstanceUID"),
-        sop_uid=_ds_str(ds, "SOPInstanceUID"),
-        source=str(path),
-        warnings=warn,
-    )
+    return (lat, lat_src), (view, view_src)
 
 
 def _lossy_tolerance(arr: np.ndarray) -> float:
@@ -745,9 +789,10 @@ def _read_pillow(path: Path, fmt: str) -> tuple[np.ndarray, Optional[tuple[float
             with Image.open(path) as img:
                 cols, rows = img.size
                 _check_size(int(rows), int(cols), path)
-                if getattr(img, "n_frames", 1) > 1:
+                n_frames = int(getattr(img, "n_frames", 1))
+                if n_frames > 1:
                     raise NotAMammogramError(
-                        f"{name}: image file holds {img.n_frames} frames; a mammogram is one 2-D image"
+                        f"{name}: image file holds {n_frames} frames; a mammogram is one 2-D image"
                     )
                 img.load()
                 arr = _pil_to_array(img, path)
@@ -802,7 +847,7 @@ def _tiff_spacing(page: Any, warn: list[str], name: str) -> Optional[tuple[float
         pair = (_TIFF_UNIT_MM[unit] / y, _TIFF_UNIT_MM[unit] / x)
     except (TypeError, ValueError, ZeroDivisionError, IndexError):
         return None
-    if _plausible(pair, TIFF_SPACING_RANGE_MM):
+    if is_plausible(pair, TIFF_SPACING_RANGE_MM):
         return pair
     log.debug("%s: TIFF resolution gives %.4g x %.4g mm, not a mammogram spacing; ignored", name, *pair)
     return None
@@ -820,7 +865,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, Optional[tuple[float, float]], O
                 if not tif.pages:
                     raise UnreadableFileError(f"{name}: TIFF file has no images")
                 series = tif.series[0]
-                page = series.pages[0] if series.pages else tif.pages[0]
+                page: Any = series.pages[0] if series.pages else tif.pages[0]
                 shape = tuple(int(s) for s in series.shape)
                 photometric_tag = int(getattr(page, "photometric", 1))
                 samples = int(getattr(page, "samplesperpixel", 1))
@@ -901,14 +946,15 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Optional[tuple[float, float]], O
         arr = _grey_from_channels(arr, path)
     else:
         arr = arr.reshape(rows, cols)
-    spacing: Optional[tuple[float, float]] = (spacing_xyz[1], spacing_xyz[0])
-    if spacing == (1.0, 1.0):
+    header = (float(spacing_xyz[1]), float(spacing_xyz[0]))
+    spacing: Optional[tuple[float, float]] = header
+    if header == (1.0, 1.0):
         warn.append(
             f"{name}: header spacing is exactly 1.0 x 1.0 mm, which means 'not set' for a mammogram; spacing unknown"
         )
         spacing = None
-    elif not _plausible(spacing):
-        warn.append(f"{name}: ignored implausible header spacing {spacing[0]:g} x {spacing[1]:g} mm")
+    elif not is_plausible(header):
+        warn.append(f"{name}: ignored implausible header spacing {header[0]:g} x {header[1]:g} mm")
         spacing = None
     return np.array(arr, copy=True), spacing, None, warn
 
@@ -1053,7 +1099,7 @@ def read_mammogram(
     """
     if photometric not in _PHOTOMETRICS:
         raise InputError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
-    user_lat, user_view = _user_laterality(laterality), _user_view(view)
+    user_lat, user_view = _user_laterality(laterality), _user_view(view)  # bad values fail before reading
 
     path: Optional[Path] = None
     try:
@@ -1072,13 +1118,27 @@ def read_mammogram(
     except MemoryError:
         raise UnreadableFileError(f"{_name(path)}: not enough memory to read the image") from None
 
-    if spacing_mm is not None:
-        mam.spacing_mm = _user_spacing(spacing_mm, path)
-        mam.spacing_source = "user"
-    if user_lat is not None:
-        mam.laterality, mam.laterality_source = user_lat, "user"
-    if user_view is not None:
-        mam.view, mam.view_source = user_view, "user"
+    for field_name, value in user_overrides(
+        spacing_mm=spacing_mm, laterality=user_lat, view=user_view, source=path
+    ).items():
+        setattr(mam, field_name, value)
+    _guess_laterality_view(mam, path)
+    log.debug(
+        "read %s: %dx%d %s, spacing %s (%s), %s %s",
+        _name(path),
+        *mam.shape,
+        mam.photometric,
+        mam.spacing_mm,
+        mam.spacing_source,
+        mam.laterality,
+        mam.view,
+    )
+    return mam
+
+
+def _guess_laterality_view(mam: Mammogram, path: Optional[Path]) -> None:
+    """Fill a laterality or view the file did not state: from the file name, then (laterality
+    only) from the image itself, with a warning because that is an estimate."""
     if path is not None and (mam.laterality is None or mam.view is None):
         stem = path.name[: -len(_full_suffix(path))] if _full_suffix(path) else path.name
         f_lat, f_view = parse_laterality_view(stem)
@@ -1091,17 +1151,6 @@ def read_mammogram(
         if est is not None:
             mam.laterality, mam.laterality_source = est, "image"
             mam.warnings.append(f"{_name(path)}: laterality {est} estimated from the image (chest-wall side)")
-    log.debug(
-        "read %s: %dx%d %s, spacing %s (%s), %s %s",
-        _name(path),
-        *mam.shape,
-        mam.photometric,
-        mam.spacing_mm,
-        mam.spacing_source,
-        mam.laterality,
-        mam.view,
-    )
-    return mam
 
 
 def has_dicom_preamble(path: Path) -> bool:
@@ -1176,7 +1225,7 @@ def find_images(inputs: Sequence[PathLike], recursive: bool = True) -> tuple[lis
                 candidate = Path(root) / fname
                 if candidate.is_file() and _is_candidate(candidate):
                     found.setdefault(os.path.normpath(str(candidate)), candidate)
-        for exc in errors:
-            missing.append((Path(exc.filename) if exc.filename else path, f"cannot be read ({exc.strerror or exc})"))
+        for err in errors:
+            missing.append((Path(err.filename) if err.filename else path, f"cannot be read ({err.strerror or err})"))
     images = [found[k] for k in sorted(found)]
     return images, missing

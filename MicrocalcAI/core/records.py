@@ -3,7 +3,7 @@
 They are plain dataclasses so that a test, a script in Slicer's console or the Slicer module
 can build or inspect any stage's input and output without running the others.
 
-Coordinate convention used everywhere a user can see it (see DESIGN.md):
+Coordinate convention used everywhere a user can see it (docs/output-format.md):
 stored-pixel coordinates of the input image, x = column, y = row, origin at the top-left
 *corner* of the top-left pixel, so pixel (row r, column c) covers [c, c+1) x [r, r+1).
 Boxes are ``[x0, y0, x1, y1]`` in those continuous coordinates. Millimetres are the same
@@ -19,10 +19,21 @@ from typing import Optional
 
 import numpy as np
 
-#: ``progress(fraction, message)``: fraction in [0, 1] of the current job, a short stage text.
-#: The CLI turns it into a progress bar, Slicer into a progress dialog. A callback may raise
-#: :class:`MicrocalcAI.core.errors.CancelledError` to stop the job.
-ProgressCallback = Callable[[float, str], None]
+__all__ = [
+    "SPACING_SOURCES",
+    "BreastFindings",
+    "CanonicalImage",
+    "CanonicalTransform",
+    "Detection",
+    "ExamFindings",
+    "ImageFindings",
+    "Lesion",
+    "Mammogram",
+    "ModelInfo",
+    "Risk",
+    "Speck",
+]
+
 
 #: Where a pixel spacing came from, reported in every output.
 SPACING_SOURCES = (
@@ -34,10 +45,6 @@ SPACING_SOURCES = (
     "user",  # --spacing or an explicit argument
     "assumed",  # nothing known: the model's assumed input spacing, with a warning
 )
-
-
-def no_progress(fraction: float, message: str) -> None:
-    """Default progress callback: report nothing."""
 
 
 @dataclass

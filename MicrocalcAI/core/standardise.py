@@ -33,6 +33,11 @@ from skimage.filters import threshold_otsu
 
 from MicrocalcAI.core.errors import InputError, NotAMammogramError, SpacingError
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform, Mammogram
+from MicrocalcAI.core.spacing import check_spacing
+
+#: Spacings standardisation will resample from (mm): wider than the reader's plausible range,
+#: because a caller may pass any record; outside it the arithmetic itself is meaningless.
+RESAMPLE_SPACING_RANGE_MM = (0.001, 5.0)
 
 log = logging.getLogger(__name__)
 
@@ -194,18 +199,6 @@ def monochrome2_intensity(m: Mammogram) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 # 2. Breast mask
 # ----------------------------------------------------------------------------------------
-
-
-def _check_spacing(spacing_mm: tuple[float, float]) -> tuple[float, float]:
-    try:
-        sr, sc = (float(spacing_mm[0]), float(spacing_mm[1]))
-    except (TypeError, ValueError, IndexError) as exc:
-        raise SpacingError(f"pixel spacing must be two numbers (row, column) in mm, got {spacing_mm!r}") from exc
-    if not (math.isfinite(sr) and math.isfinite(sc)) or sr <= 0 or sc <= 0:
-        raise SpacingError(f"pixel spacing must be positive and finite, got {spacing_mm!r} mm")
-    if sr > 5.0 or sc > 5.0 or sr < 0.001 or sc < 0.001:
-        raise SpacingError(f"pixel spacing {spacing_mm!r} mm is implausible for a mammogram (0.001-5 mm)")
-    return sr, sc
 
 
 def _block_mean(image: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
@@ -427,7 +420,7 @@ def breast_mask(
     """
     intensity = np.asarray(intensity)
     _check_pixels(intensity)
-    sr, sc = _check_spacing(spacing_mm)
+    sr, sc = check_spacing(spacing_mm, plausible_mm=RESAMPLE_SPACING_RANGE_MM)
     factors = (max(1, int(round(config.coarse_spacing_mm / sr))), max(1, int(round(config.coarse_spacing_mm / sc))))
     coarse = _block_mean(intensity.astype(np.float32, copy=False), factors)
     coarse_mm = (sr * factors[0], sc * factors[1])
@@ -520,8 +513,8 @@ def normalise(intensity: np.ndarray, mask: np.ndarray, config: NormaliseConfig =
 
 def _input_spacing(m: Mammogram, assumed_input_spacing_mm: float) -> tuple[tuple[float, float], list[str]]:
     if m.spacing_mm is not None:
-        return _check_spacing(m.spacing_mm), []
-    spacing = _check_spacing((assumed_input_spacing_mm, assumed_input_spacing_mm))
+        return check_spacing(m.spacing_mm, plausible_mm=RESAMPLE_SPACING_RANGE_MM), []
+    spacing = check_spacing(assumed_input_spacing_mm, plausible_mm=RESAMPLE_SPACING_RANGE_MM)
     return spacing, [
         f"pixel spacing unknown: assumed {assumed_input_spacing_mm:g} mm; sizes in mm and the detector's "
         "scale may be wrong (give the spacing explicitly)"
@@ -565,10 +558,10 @@ def plan_transform(
         raise InputError("cannot crop to an empty breast mask")
     if not (spacing_mm > 0 and math.isfinite(spacing_mm)):
         raise SpacingError(f"canonical spacing must be positive, got {spacing_mm!r} mm")
-    sr, sc = _check_spacing(stored_spacing_mm)
+    sr, sc = check_spacing(stored_spacing_mm, plausible_mm=RESAMPLE_SPACING_RANGE_MM)
     rows, cols = mask.shape
     scale = (sr / spacing_mm, sc / spacing_mm)
-    row_any, col_any = mask.any(axis=1), mask.any(axis=0)
+    row_any, col_any = np.asarray(mask.any(axis=1)), np.asarray(mask.any(axis=0))
     r0, r1 = int(np.argmax(row_any)), rows - int(np.argmax(row_any[::-1]))
     c0, c1 = int(np.argmax(col_any)), cols - int(np.argmax(col_any[::-1]))
     if flipped:  # x' = cols - x: the box [c0, c1) becomes [cols - c1, cols - c0)

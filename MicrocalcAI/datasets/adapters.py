@@ -63,8 +63,8 @@ import numpy as np
 
 from MicrocalcAI.core.atomic import atomic_write_text
 from MicrocalcAI.core.errors import DatasetError
+from MicrocalcAI.core.progress import ProgressCallback, no_progress
 from MicrocalcAI.core.read import dicom_row_spacing_mm, has_dicom_preamble
-from MicrocalcAI.core.records import ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
 

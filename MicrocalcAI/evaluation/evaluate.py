@@ -49,7 +49,8 @@ import numpy as np
 from MicrocalcAI.core.atomic import atomic_write_bytes, atomic_write_text
 from MicrocalcAI.core.detect.manifest import MERGE_FLOOR, ModelSpec
 from MicrocalcAI.core.errors import CancelledError, DatasetError, MicrocalcAIError
-from MicrocalcAI.core.records import ImageFindings, Lesion, ProgressCallback, no_progress
+from MicrocalcAI.core.progress import ProgressCallback, no_progress
+from MicrocalcAI.core.records import ImageFindings, Lesion
 
 log = logging.getLogger(__name__)
 

@@ -78,8 +78,8 @@ from scipy import ndimage
 
 from MicrocalcAI.core.atomic import atomic_write_bytes
 from MicrocalcAI.core.errors import DatasetError, InputError, MicrocalcAIError
+from MicrocalcAI.core.progress import ProgressCallback, no_progress
 from MicrocalcAI.core.read import dicom_row_spacing_mm, find_images, has_dicom_preamble
-from MicrocalcAI.core.records import ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
 

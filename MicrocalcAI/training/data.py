@@ -36,7 +36,8 @@ import numpy as np
 
 from MicrocalcAI.core.atomic import atomic_open
 from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
-from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform, ProgressCallback, no_progress
+from MicrocalcAI.core.progress import ProgressCallback, no_progress
+from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,17 @@ import torch
 
 from MicrocalcAI.core.atomic import atomic_open, atomic_write_text, staged_path
 from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
-from MicrocalcAI.core.detect.network import BACKBONES, build_detector, image_to_tensor, select_device, set_input_size
+from MicrocalcAI.core.detect.network import (
+    BACKBONES,
+    DetectorConfig,
+    build_detector,
+    image_to_tensor,
+    select_device,
+    set_input_size,
+)
 from MicrocalcAI.core.errors import CancelledError, DatasetError, InputError, MicrocalcAIError, ModelError
-from MicrocalcAI.core.records import CanonicalImage, ProgressCallback, no_progress
+from MicrocalcAI.core.progress import ProgressCallback, no_progress
+from MicrocalcAI.core.records import CanonicalImage
 from MicrocalcAI.evaluation.evaluate import EVAL_MIN_SCORE, MATCH_IOU, box_iou, froc_sensitivities, hit_matrix, roc_auc  # noqa: F401 (re-exported)
 from MicrocalcAI.training.data import (
     CanonicalSample,
@@ -775,7 +783,7 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
     sampler = PatchSampler(samples, config.patch, seed=config.seed)
     log.info("validating on %s images", len(val_set) if val_set is not None else 0)
 
-    model = build_detector(
+    model, _ = build_detector(
         config.backbone,
         anchor_sizes=config.anchor_sizes,
         tile_size=config.tile_size,
@@ -953,7 +961,7 @@ def model_from_checkpoint(
     """The detector stored in a checkpoint (eval mode) and the checkpoint's model config."""
     ckpt = load_checkpoint(checkpoint_path)
     model_config = json.loads(ckpt["model_config"])
-    model = build_detector(
+    model, _ = build_detector(
         model_config["backbone"],
         anchor_sizes=model_config["anchor_sizes"],
         tile_size=model_config["tile_size"],
@@ -1022,7 +1030,7 @@ def export_model(
     # or interrupted export neither leaves a stray weights file nor breaks the checksum of an
     # existing manifest entry that points at the final name.
     with staged_path(out / weights_file) as staged:
-        sha = save_weights(model, staged)
+        sha = save_weights(model, staged, DetectorConfig.from_json(mc))
         spec = ModelSpec(
             name=name,
             version=version,

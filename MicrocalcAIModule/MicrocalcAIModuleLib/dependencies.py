@@ -23,6 +23,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+__all__ = [
+    "REQUESTER",
+    "TORCH_PACKAGES",
+    "TORCH_REQUIREMENT",
+    "DependencyError",
+    "ensure_dependencies",
+    "ensure_python_packages",
+    "ensure_torch",
+    "missing_requirements",
+    "read_requirements",
+    "requirement_satisfied",
+    "torch_available",
+]
+
+
 log = logging.getLogger(__name__)
 
 REQUESTER = "MicrocalcAI"

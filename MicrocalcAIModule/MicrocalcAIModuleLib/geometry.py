@@ -28,6 +28,22 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "AXIS_TOLERANCE",
+    "HALF",
+    "PixelMapping",
+    "RoiGeometry",
+    "box_center_ras",
+    "ijk_to_ras_matrix",
+    "ijk_to_ras_points",
+    "is_axis_aligned",
+    "roi_geometry_for_box",
+    "roi_geometry_for_ijk_bounds",
+    "view_field_of_view",
+    "vtk_matrix_to_numpy",
+]
+
+
 #: Half a pixel: corner coordinate -> IJK index offset.
 HALF = 0.5
 #: Off-axis direction components below this fraction count as zero (axis-aligned volume).

@@ -20,6 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+__all__ = [
+    "ModelChoice",
+    "PathLike",
+    "available_models",
+    "bundled_models",
+    "find_manifest_entry",
+    "import_model",
+    "imported_models",
+    "model_card_html",
+]
+
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]

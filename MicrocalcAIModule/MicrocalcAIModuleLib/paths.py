@@ -26,6 +26,19 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+__all__ = [
+    "ENGINE_PACKAGE",
+    "MODULE_DIR",
+    "UI_FILE",
+    "engine_root",
+    "ensure_engine_importable",
+    "requirements_path",
+    "resource_path",
+    "resources_dir",
+    "sample_path",
+]
+
+
 log = logging.getLogger(__name__)
 
 #: The module folder (where ``MicrocalcAIModule.py`` lives).

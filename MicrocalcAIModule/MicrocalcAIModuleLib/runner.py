@@ -18,13 +18,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from MicrocalcAI.core.progress import ProgressCallback, sub_progress
+
 from . import scene as scene_lib
 from .scene import DisplayOptions, ResultNodes
 from .volumes import DicomSource, VolumeImage, volume_to_mammogram
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "ANALYSIS_FLOOR",
+    "Canceller",
+    "SceneRunResult",
+    "VolumeResult",
+    "analyse_volume",
+    "analyse_volumes",
+    "analysis_threshold",
+    "cancellable_progress",
+    "dicom_export_function",
+    "export_results",
+    "run_file_batch",
+    "safe_name",
+]
 
-Progress = Callable[[float, str], None]
+
+log = logging.getLogger(__name__)
 
 #: Lesions are searched down to this score (or the chosen threshold, if lower) so that the
 #: threshold can later be raised *and lowered* down to it without running the model again.
@@ -59,7 +75,7 @@ class Canceller:
             raise CancelledError("cancelled by the user")
 
 
-def cancellable_progress(progress: Optional[Progress], canceller: Optional[Canceller]) -> Progress:
+def cancellable_progress(progress: Optional[ProgressCallback], canceller: Optional[Canceller]) -> ProgressCallback:
     """A progress callback that forwards to ``progress`` and then honours the cancel flag.
 
     The engine calls progress between tiles, so a cancel takes effect within one tile.
@@ -70,15 +86,6 @@ def cancellable_progress(progress: Optional[Progress], canceller: Optional[Cance
             progress(min(max(float(fraction), 0.0), 1.0), message)
         if canceller is not None:
             canceller.check()
-
-    return report
-
-
-def scaled_progress(progress: Progress, start: float, end: float, prefix: str = "") -> Progress:
-    """Map a sub-job's [0, 1] onto [start, end] of the whole job, prefixing its messages."""
-
-    def report(fraction: float, message: str) -> None:
-        progress(start + (end - start) * min(max(float(fraction), 0.0), 1.0), f"{prefix}{message}")
 
     return report
 
@@ -117,13 +124,13 @@ def analyse_volume(
     laterality: Optional[str] = None,
     view: Optional[str] = None,
     photometric: Optional[str] = None,
-    progress: Optional[Progress] = None,
+    progress: Optional[ProgressCallback] = None,
     canceller: Optional[Canceller] = None,
 ) -> VolumeResult:
     """Analyse one volume node and (re)place its result nodes in the scene.
 
-    The analyzer's ``score_threshold`` is set for the run (see :func:`analysis_threshold`)
-    and restored afterwards. Raises ``MicrocalcAIError`` subclasses (including
+    The model runs at :func:`analysis_threshold` (passed per call; the shared analyzer is
+    not changed). Raises ``MicrocalcAIError`` subclasses (including
     ``CancelledError``) and :class:`~MicrocalcAIModuleLib.volumes.VolumeError`.
     """
     options = options or DisplayOptions()
@@ -132,16 +139,12 @@ def analyse_volume(
     image = volume_to_mammogram(
         volume, dicom=dicom, spacing_mm=spacing_mm, laterality=laterality, view=view, photometric=photometric
     )
-    saved_threshold = analyzer.score_threshold
-    analyzer.score_threshold = analysis_threshold(options.threshold, analyzer.spec.score_threshold)
-    try:
-        findings = analyzer.analyse(
-            image.mammogram,
-            name=safe_name(volume.GetName()),
-            progress=scaled_progress(report, 0.02, 0.92, f"{volume.GetName()}: "),
-        )
-    finally:
-        analyzer.score_threshold = saved_threshold
+    findings = analyzer.analyse(
+        image.mammogram,
+        name=safe_name(volume.GetName()),
+        threshold=analysis_threshold(options.threshold, analyzer.spec.score_threshold),
+        progress=sub_progress(report, 0.02, 0.92, f"{volume.GetName()}: "),
+    )
     report(0.93, f"{volume.GetName()}: creating the result nodes")
     nodes = scene_lib.write_results(scene, volume, findings, image.mapping, analyzer.spec, options)
     shown = scene_lib.shown_findings(scene, volume)
@@ -176,7 +179,7 @@ def analyse_volumes(
     *,
     dicom_lookup: Optional[Callable[[Any], Optional[DicomSource]]] = None,
     options: Optional[DisplayOptions] = None,
-    progress: Optional[Progress] = None,
+    progress: Optional[ProgressCallback] = None,
     canceller: Optional[Canceller] = None,
 ) -> SceneRunResult:
     """Analyse several volumes; one bad volume is reported and the others still run."""
@@ -195,7 +198,7 @@ def analyse_volumes(
                     scene, volume, analyzer,
                     dicom=dicom_lookup(volume) if dicom_lookup else None,
                     options=options,
-                    progress=scaled_progress(report, index / n, (index + 1) / n, prefix),
+                    progress=sub_progress(report, index / n, (index + 1) / n, prefix),
                     canceller=canceller,
                 )
             )  # fmt: skip
@@ -215,7 +218,8 @@ def run_file_batch(
     *,
     force: bool = False,
     spacing_mm: Optional[float] = None,
-    progress: Optional[Progress] = None,
+    score_threshold: Optional[float] = None,
+    progress: Optional[ProgressCallback] = None,
     canceller: Optional[Canceller] = None,
 ) -> Any:
     """Analyse files and folders (DICOM folders included) into ``out_dir`` with the engine.
@@ -228,7 +232,7 @@ def run_file_batch(
 
     return run_batch(
         list(inputs), out_dir, analyzer=analyzer, force=force, spacing_mm=spacing_mm,
-        progress=cancellable_progress(progress, canceller),
+        score_threshold=score_threshold, progress=cancellable_progress(progress, canceller),
     )  # fmt: skip
 
 

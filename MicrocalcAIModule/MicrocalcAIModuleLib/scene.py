@@ -33,6 +33,57 @@ import numpy as np
 
 from .geometry import PixelMapping, RoiGeometry, ijk_to_ras_matrix, roi_geometry_for_box
 
+__all__ = [
+    "ATTR_CATEGORIES",
+    "ATTR_MAPPING",
+    "ATTR_MODEL_THRESHOLD",
+    "ATTR_PREFIX",
+    "ATTR_ROLE",
+    "ATTR_SEGMENTS_PER",
+    "ATTR_SHOW_BENIGN",
+    "ATTR_SHOW_MALIGNANT",
+    "ATTR_SOURCE",
+    "ATTR_THRESHOLD",
+    "CLASS_COLOURS",
+    "DISPLAY_ROLES",
+    "REF_SOURCE",
+    "RISK_COLOURS",
+    "SEGMENTS_PER",
+    "TABLE_COLUMNS",
+    "DisplayOptions",
+    "ResultNodes",
+    "SceneRisks",
+    "StoredFindings",
+    "analysed_volumes",
+    "class_colour",
+    "combined_risks",
+    "create_lesion_roi",
+    "create_lesion_table",
+    "create_speck_segmentation",
+    "current_result_nodes",
+    "ensure_segmentation_converters",
+    "findings_node_of",
+    "lesion_description",
+    "lesion_node_name",
+    "lesion_plane_mask",
+    "load_stored",
+    "node_belongs_to",
+    "remove_node",
+    "remove_results",
+    "result_nodes_of",
+    "results_folder",
+    "risk_colour",
+    "scene_risks",
+    "set_class_visibility",
+    "shown_findings",
+    "store_findings",
+    "study_item_of",
+    "subject_hierarchy_item",
+    "update_display",
+    "write_results",
+]
+
+
 log = logging.getLogger(__name__)
 
 ATTR_PREFIX = "MicrocalcAI."
@@ -105,7 +156,7 @@ class StoredFindings:
 
     findings: Any  # ImageFindings at the analysis threshold (all lesions found)
     mapping: PixelMapping
-    categories: list[tuple[str, float]]
+    categories: list[Any]  # RiskCategory records of the model that made the findings
     model_threshold: float
     options: DisplayOptions
 
@@ -265,41 +316,26 @@ def _categories_of(spec: Any) -> list[tuple[str, float]]:
     return [(str(c.name), float(c.min_probability)) for c in spec.risk_categories]
 
 
-def spec_for_categories(categories: Sequence[tuple[str, float]], findings: Any = None) -> Any:
-    """A ModelSpec carrying only risk categories, for the engine's risk functions.
+def _decode_categories(text: Optional[str]) -> list[Any]:
+    """The stored risk categories as the engine's RiskCategory records (the engine's
+    defaults for a node saved without them)."""
+    from MicrocalcAI.core.detect.manifest import DEFAULT_RISK_CATEGORIES, RiskCategory
 
-    Threshold changes and reloaded scenes must recompute risks without the model files,
-    so the categories travel with the findings instead of being looked up again.
-    """
-    from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory
-
-    model = getattr(findings, "model", None)
-    spec = ModelSpec(
-        name=getattr(model, "name", "stored"),
-        version=getattr(model, "version", ""),
-        file="",
-        sha256=getattr(model, "sha256", ""),
-        backbone=getattr(model, "backbone", ""),
-    )
-    if categories:
-        spec.risk_categories = [RiskCategory(name, float(p)) for name, p in categories]
-    return spec
+    categories = [RiskCategory(str(n), float(p)) for n, p in json.loads(text or "[]")]
+    return categories or list(DEFAULT_RISK_CATEGORIES)
 
 
-def filter_findings(findings: Any, threshold: Optional[float], categories: Sequence[tuple[str, float]]) -> Any:
-    """The findings as the engine would report them at ``threshold``.
+def _display_threshold(stored: StoredFindings) -> float:
+    """The threshold the nodes show: the chosen one, else the model's default."""
+    return stored.model_threshold if stored.options.threshold is None else float(stored.options.threshold)
 
-    Lesions scoring below the threshold are dropped, the rest renumbered from 1 in their
-    original order (decreasing P(malignant)) and the image risk recomputed. A threshold
-    below the analysis threshold cannot add lesions: the analysis one is used instead.
-    """
-    from MicrocalcAI.core.findings.risk import image_risk
 
-    t = findings.score_threshold if threshold is None else max(float(threshold), float(findings.score_threshold))
-    kept = [les for les in findings.lesions if les.score >= t]
-    kept = [replace(les, id=i + 1) for i, les in enumerate(kept)]
-    risk = image_risk(kept, spec_for_categories(categories, findings))
-    return replace(findings, lesions=kept, risk=risk, score_threshold=float(t))
+def _shown(stored: StoredFindings) -> Any:
+    """The stored findings re-thresholded for display (the engine's rule, see
+    :func:`MicrocalcAI.core.findings.threshold.rethreshold`)."""
+    from MicrocalcAI.core.findings.threshold import rethreshold
+
+    return rethreshold(stored.findings, _display_threshold(stored), stored.categories)
 
 
 def store_findings(
@@ -347,7 +383,7 @@ def load_stored(scene: Any, volume: Any) -> Optional[StoredFindings]:
     findings = findings_from_json(json.loads(node.GetText()))
     mapping_text = node.GetAttribute(ATTR_MAPPING)
     mapping = PixelMapping.from_json(mapping_text) if mapping_text else PixelMapping.identity(findings.image_shape)
-    categories = [(str(n), float(p)) for n, p in json.loads(node.GetAttribute(ATTR_CATEGORIES) or "[]")]
+    categories = _decode_categories(node.GetAttribute(ATTR_CATEGORIES))
     model_threshold = float(node.GetAttribute(ATTR_MODEL_THRESHOLD) or findings.score_threshold)
     threshold_text = node.GetAttribute(ATTR_THRESHOLD)
     options = DisplayOptions(
@@ -364,7 +400,7 @@ def shown_findings(scene: Any, volume: Any) -> Optional[Any]:
     stored = load_stored(scene, volume)
     if stored is None:
         return None
-    return filter_findings(stored.findings, stored.options.threshold, stored.categories)
+    return _shown(stored)
 
 
 def analysed_volumes(scene: Any) -> list[Any]:
@@ -631,8 +667,7 @@ def update_display(scene: Any, volume: Any, options: Optional[DisplayOptions] = 
         raise ValueError(f"segments_per must be one of {SEGMENTS_PER}, got {options.segments_per!r}")
     node = findings_node_of(scene, volume)
     _write_options(node, options, stored.model_threshold)
-    threshold = stored.model_threshold if options.threshold is None else options.threshold
-    shown = filter_findings(stored.findings, threshold, stored.categories)
+    shown = _shown(replace(stored, options=options))
 
     scene.StartState(scene.BatchProcessState)
     try:
@@ -755,14 +790,13 @@ def combined_risks(scene: Any, volumes: Sequence[Any]) -> tuple[list[Any], list[
     from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
 
     images: list[Any] = []
-    categories: list[tuple[str, float]] = []
+    categories: list[Any] = []
     names: set[str] = set()
     for volume in volumes:
         stored = load_stored(scene, volume)
         if stored is None:
             continue
-        threshold = stored.model_threshold if stored.options.threshold is None else stored.options.threshold
-        image = filter_findings(stored.findings, threshold, stored.categories)
+        image = _shown(stored)
         if image.name in names:
             image = replace(image, name=f"{image.name}_{re.sub(r'[^A-Za-z0-9]+', '', volume.GetID())}")
         names.add(image.name)
@@ -770,9 +804,8 @@ def combined_risks(scene: Any, volumes: Sequence[Any]) -> tuple[list[Any], list[
         categories = categories or stored.categories
     if not images:
         return [], [], []
-    spec = spec_for_categories(categories, images[0])
-    breasts = breast_findings(images, spec)
-    return images, breasts, exam_findings(breasts, spec)
+    breasts = breast_findings(images, categories)
+    return images, breasts, exam_findings(breasts, categories)
 
 
 def scene_risks(scene: Any, volume: Any) -> Optional[SceneRisks]:

@@ -30,6 +30,23 @@ import numpy as np
 
 from .geometry import PixelMapping
 
+__all__ = [
+    "DICOM_TAGS",
+    "MATCH_CORRELATION",
+    "MATCH_SAMPLES",
+    "UNKNOWN_SPACING",
+    "DicomSource",
+    "VolumeError",
+    "VolumeImage",
+    "dicom_source_from_database",
+    "mammogram_volumes",
+    "match_pixel_mapping",
+    "tags_from_mapping",
+    "volume_plane",
+    "volume_to_mammogram",
+]
+
+
 log = logging.getLogger(__name__)
 
 #: DICOM tags the module reads from Slicer's DICOM database (keyword -> "gggg,eeee").

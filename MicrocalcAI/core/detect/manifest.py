@@ -11,11 +11,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from MicrocalcAI.core.errors import ChecksumError, ModelError
+
+__all__ = [
+    "CLASSES",
+    "DEFAULT_RISK_CATEGORIES",
+    "MANIFEST_NAME",
+    "MERGE_FLOOR",
+    "ModelSpec",
+    "RiskCategory",
+    "category_for",
+    "default_models_dir",
+    "load_manifest",
+    "resolve_model",
+    "sha256_file",
+    "verify_weights",
+]
+
 
 MANIFEST_NAME = "manifest.json"
 CLASSES = ("background", "benign", "malignant")
@@ -24,12 +41,29 @@ CLASSES = ("background", "benign", "malignant")
 MERGE_FLOOR = 0.05
 
 
-@dataclass
+@dataclass(frozen=True)
 class RiskCategory:
     """A risk category applies from ``min_probability`` (inclusive) up to the next category."""
 
     name: str
     min_probability: float
+
+
+#: Categories of a manifest entry that names none.
+DEFAULT_RISK_CATEGORIES = (RiskCategory("low", 0.0), RiskCategory("intermediate", 0.2), RiskCategory("high", 0.5))
+
+
+def category_for(probability: float, categories: Sequence[RiskCategory]) -> str:
+    """The risk category of a probability: the last category whose ``min_probability`` <= p
+    (the lowest category when p is below all of them)."""
+    if not categories:
+        raise ModelError("no risk categories given: a model's manifest entry defines at least one")
+    ordered = sorted(categories, key=lambda c: c.min_probability)
+    chosen = ordered[0].name
+    for cat in ordered:
+        if probability >= cat.min_probability:
+            chosen = cat.name
+    return chosen
 
 
 @dataclass
@@ -53,9 +87,7 @@ class ModelSpec:
     #: Named thresholds on p_malignant (e.g. "high_sensitivity", "balanced").
     operating_points: dict[str, float] = field(default_factory=lambda: {"high_sensitivity": 0.2, "balanced": 0.5})
     #: Ordered by min_probability; category of p = last one whose min_probability <= p.
-    risk_categories: list[RiskCategory] = field(
-        default_factory=lambda: [RiskCategory("low", 0.0), RiskCategory("intermediate", 0.2), RiskCategory("high", 0.5)]
-    )
+    risk_categories: list[RiskCategory] = field(default_factory=lambda: list(DEFAULT_RISK_CATEGORIES))
     intended_use: str = "Research only. Not for clinical use."
     training_data: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -71,11 +103,7 @@ class ModelSpec:
 
     def category(self, probability: float) -> str:
         """The risk category of a probability, from this model's operating points."""
-        chosen = self.risk_categories[0].name
-        for cat in sorted(self.risk_categories, key=lambda c: c.min_probability):
-            if probability >= cat.min_probability:
-                chosen = cat.name
-        return chosen
+        return category_for(probability, self.risk_categories)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

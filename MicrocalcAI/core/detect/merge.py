@@ -244,27 +244,13 @@ def merge_tile_outputs(
     """
     if len(outputs) != len(origins):
         raise ValueError(f"{len(outputs)} tile outputs for {len(origins)} tiles")
-    floor = float(merge_floor)
-    rows, cols = image_shape
-    all_boxes, all_scores, all_pmal, all_tiles = [], [], [], []
-    for t, (out, (r, c)) in enumerate(zip(outputs, origins)):
-        boxes = np.asarray(out["boxes"], dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(out["scores"], dtype=np.float64).reshape(-1)
-        pmal = np.asarray(out["p_malignant"], dtype=np.float64).reshape(-1)
-        keep = scores >= floor
-        boxes = boxes[keep] + np.array([c, r, c, r], dtype=np.float64)
-        # Zero padding beyond a small image can only yield boxes to clip, never lesions.
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, cols)
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0.0, rows)
-        valid = _area(boxes) > 0
-        if mask is not None:
-            valid &= centres_on_mask(boxes, mask)
-        all_boxes.append(boxes[valid])
-        all_scores.append(scores[keep][valid])
-        all_pmal.append(np.clip(pmal[keep][valid], 0.0, 1.0))
-        all_tiles.append(np.full(int(valid.sum()), t, dtype=np.int64))
-    if not all_boxes:
+    per_tile = [
+        _tile_boxes_in_image(out, origin, t, image_shape, float(merge_floor), mask)
+        for t, (out, origin) in enumerate(zip(outputs, origins))
+    ]
+    if not per_tile:
         return []
+    all_boxes, all_scores, all_pmal, all_tiles = (list(column) for column in zip(*per_tile))
     boxes = np.concatenate(all_boxes)
     pmal = np.concatenate(all_pmal)
     kept, scores, pmal_kept = merge_detections(
@@ -285,6 +271,33 @@ def merge_tile_outputs(
         for i, score, p in zip(kept, scores, pmal_kept)
         if score >= score_threshold
     ]
+
+
+def _tile_boxes_in_image(
+    out: dict[str, np.ndarray],
+    origin: tuple[int, int],
+    tile_id: int,
+    image_shape: tuple[int, int],
+    floor: float,
+    mask: Optional[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One tile's boxes at or above ``floor`` in whole-image coordinates, clipped, off-mask
+    ones dropped: (boxes, scores, p_malignant, tile ids)."""
+    r, c = origin
+    rows, cols = image_shape
+    boxes = np.asarray(out["boxes"], dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(out["scores"], dtype=np.float64).reshape(-1)
+    pmal = np.asarray(out["p_malignant"], dtype=np.float64).reshape(-1)
+    keep = scores >= floor
+    boxes = boxes[keep] + np.array([c, r, c, r], dtype=np.float64)
+    # Zero padding beyond a small image can only yield boxes to clip, never lesions.
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, cols)
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0.0, rows)
+    valid = _area(boxes) > 0
+    if mask is not None:
+        valid &= centres_on_mask(boxes, mask)
+    tiles = np.full(int(valid.sum()), tile_id, dtype=np.int64)
+    return boxes[valid], scores[keep][valid], np.clip(pmal[keep][valid], 0.0, 1.0), tiles
 
 
 def centres_on_mask(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -40,8 +40,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -60,6 +61,22 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from MicrocalcAI.core.detect.manifest import CLASSES
 from MicrocalcAI.core.errors import ModelError
+
+__all__ = [
+    "BACKBONES",
+    "FPN_LEVELS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DetectorConfig",
+    "FixedScaleTransform",
+    "LesionRoIHeads",
+    "build_backbone",
+    "build_detector",
+    "image_to_tensor",
+    "mobilenet_weights_path",
+    "select_device",
+    "set_input_size",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +109,7 @@ class LesionRoIHeads(RoIHeads):
     spot are the same lesion. Training (sampling, losses) is inherited unchanged.
     """
 
-    def postprocess_detections(  # type: ignore[override]
+    def postprocess_detections(
         self,
         class_logits: Tensor,
         box_regression: Tensor,
@@ -130,7 +147,7 @@ class LesionRoIHeads(RoIHeads):
             out_pmal.append(p_mal[keep])
         return out_boxes, out_scores, out_labels, out_pmal
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
@@ -251,14 +268,51 @@ def build_backbone(backbone: str, *, pretrained_backbone: bool = False) -> Backb
     raise ModelError(f"unknown backbone {backbone!r}; choose one of {list(BACKBONES)}")
 
 
+@dataclass(frozen=True)
+class DetectorConfig:
+    """How a detector was built, as saved with its weights for provenance checks.
+
+    Returned by :func:`build_detector` next to the network (never attached to it) and passed
+    explicitly to :func:`~MicrocalcAI.core.detect.weights.save_weights`. ``input_size`` is
+    the patch or tile size the network is fed; after :func:`set_input_size` use
+    ``dataclasses.replace(config, input_size=size)``.
+    """
+
+    backbone: str
+    anchor_sizes: tuple[int, ...]
+    tile_size: int
+    input_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone,
+            "anchor_sizes": list(self.anchor_sizes),
+            "tile_size": int(self.tile_size),
+            "input_size": int(self.input_size),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DetectorConfig:
+        """From :meth:`to_json` output or any mapping with backbone, anchor_sizes and tile_size
+        (a training checkpoint's model config); ``input_size`` defaults to the tile size."""
+        tile = int(data["tile_size"])
+        return cls(
+            backbone=str(data["backbone"]),
+            anchor_sizes=tuple(int(a) for a in data["anchor_sizes"]),
+            tile_size=tile,
+            input_size=int(data.get("input_size", tile)),
+        )
+
+
 def build_detector(
     backbone: str = "mobilenet_v2",
     *,
     anchor_sizes: Sequence[int] = (16, 32, 64, 128, 256),
     tile_size: int = 512,
     pretrained_backbone: bool = False,
-) -> nn.Module:
-    """A Faster R-CNN lesion detector (3 classes) ready for training or for loading weights.
+) -> tuple[nn.Module, DetectorConfig]:
+    """A Faster R-CNN lesion detector (3 classes) ready for training or for loading weights,
+    and the :class:`DetectorConfig` it was built from.
 
     Sampling and limits are set for small, sparse objects: few lesions per tile means few
     positive anchors, so ROI sampling keeps a larger positive fraction; proposals and
@@ -306,8 +360,16 @@ def build_detector(
         box_batch_size_per_image=256,
         box_positive_fraction=0.33,
     )
-    stock = model.roi_heads
-    model.roi_heads = LesionRoIHeads(
+    model.roi_heads = _lesion_heads(model.roi_heads)
+    model.transform = _fixed_scale(model.transform)
+    config = DetectorConfig(backbone, tuple(sizes), int(tile_size), int(tile_size))
+    log.debug("built %s detector, anchors %s, tile %d", backbone, sizes, tile_size)
+    return model, config
+
+
+def _lesion_heads(stock: RoIHeads) -> LesionRoIHeads:
+    """torchvision's ROI heads with the same settings, as :class:`LesionRoIHeads`."""
+    return LesionRoIHeads(
         stock.box_roi_pool,
         stock.box_head,
         stock.box_predictor,
@@ -320,30 +382,25 @@ def build_detector(
         nms_thresh=stock.nms_thresh,
         detections_per_img=stock.detections_per_img,
     )
-    stock_transform = model.transform
-    model.transform = FixedScaleTransform(
-        stock_transform.min_size[-1],
-        stock_transform.max_size,
-        stock_transform.image_mean,
-        stock_transform.image_std,
-        size_divisible=stock_transform.size_divisible,
+
+
+def _fixed_scale(stock: GeneralizedRCNNTransform) -> FixedScaleTransform:
+    """torchvision's transform with the same settings, as :class:`FixedScaleTransform`."""
+    return FixedScaleTransform(
+        stock.min_size[-1],
+        stock.max_size,
+        stock.image_mean,
+        stock.image_std,
+        size_divisible=stock.size_divisible,
     )
-    # Plain description of how it was built: saved as weights metadata for provenance checks.
-    model.microcalcai_config = {
-        "backbone": backbone,
-        "anchor_sizes": list(sizes),
-        "tile_size": int(tile_size),
-        "input_size": int(tile_size),
-    }
-    log.debug("built %s detector, anchors %s, tile %d", backbone, sizes, tile_size)
-    return model
 
 
 def set_input_size(model: nn.Module, size: int) -> None:
     """Record the patch/tile size the model is fed (training patch size or inference tile).
 
     The transform never resizes (see :class:`FixedScaleTransform`), so this keeps the
-    recorded size truthful for anyone reading ``model.transform`` or the saved metadata.
+    recorded size truthful for anyone reading ``model.transform``; weights saved afterwards
+    should carry ``dataclasses.replace(config, input_size=size)``.
     """
     transform = getattr(model, "transform", None)
     if not isinstance(transform, GeneralizedRCNNTransform):
@@ -352,9 +409,6 @@ def set_input_size(model: nn.Module, size: int) -> None:
         raise ModelError(f"input size must be at least 32 pixels, got {size}")
     transform.min_size = (int(size),)
     transform.max_size = int(size)
-    config = getattr(model, "microcalcai_config", None)
-    if isinstance(config, dict):
-        config["input_size"] = int(size)
 
 
 def select_device(name: Optional[str] = "auto") -> torch.device:

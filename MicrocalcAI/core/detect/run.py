@@ -18,11 +18,43 @@ from MicrocalcAI.core.detect.merge import merge_tile_outputs
 from MicrocalcAI.core.detect.network import image_to_tensor
 from MicrocalcAI.core.detect.tiling import extract_tile, tile_origins
 from MicrocalcAI.core.errors import InputError, ModelError
-from MicrocalcAI.core.records import CanonicalImage, Detection, ProgressCallback, no_progress
+from MicrocalcAI.core.progress import ProgressCallback, no_progress
+from MicrocalcAI.core.records import CanonicalImage, Detection
 
 __all__ = ["detect"]
 
 log = logging.getLogger(__name__)
+
+
+def _run_tiles(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    origins: list[tuple[int, int]],
+    tile: int,
+    target: torch.device,
+    batch_size: int,
+    report: ProgressCallback,
+) -> list[dict[str, np.ndarray]]:
+    """The network's raw output per tile (tile coordinates), in eval mode; the model's
+    train/eval mode is restored afterwards, even when ``report`` cancels."""
+    n = len(origins)
+    outputs: list[dict[str, np.ndarray]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        report(0.0, f"detecting: tile 0/{n}")
+        for start in range(0, n, batch_size):
+            batch = origins[start : start + batch_size]
+            tensors = [image_to_tensor(extract_tile(image, o, tile)).to(target) for o in batch]
+            with torch.inference_mode():
+                results = model(tensors)
+            for res in results:
+                outputs.append({key: res[key].float().cpu().numpy() for key in ("boxes", "scores", "p_malignant")})
+            done = start + len(batch)
+            report(done / n, f"detecting: tile {done}/{n}")
+    finally:
+        model.train(was_training)
+    return outputs
 
 
 def _model_device(model: torch.nn.Module) -> Optional[torch.device]:
@@ -70,23 +102,7 @@ def detect(
         report(1.0, "detecting: no breast tissue")
         return []
 
-    outputs: list[dict[str, np.ndarray]] = []
-    was_training = model.training
-    model.eval()
-    try:
-        report(0.0, f"detecting: tile 0/{n}")
-        for start in range(0, n, batch_size):
-            batch = origins[start : start + batch_size]
-            tensors = [image_to_tensor(extract_tile(image, o, tile)).to(target) for o in batch]
-            with torch.inference_mode():
-                results = model(tensors)
-            for res in results:
-                outputs.append({key: res[key].float().cpu().numpy() for key in ("boxes", "scores", "p_malignant")})
-            done = start + len(batch)
-            report(done / n, f"detecting: tile {done}/{n}")
-    finally:
-        model.train(was_training)
-
+    outputs = _run_tiles(model, image, origins, tile, target, batch_size, report)
     detections = merge_tile_outputs(
         outputs,
         origins,

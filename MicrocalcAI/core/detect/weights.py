@@ -23,8 +23,18 @@ from torch import nn
 
 from MicrocalcAI.core.atomic import atomic_write_bytes
 from MicrocalcAI.core.detect.manifest import ModelSpec, verify_weights
-from MicrocalcAI.core.detect.network import build_detector
+from MicrocalcAI.core.detect.network import DetectorConfig, build_detector
 from MicrocalcAI.core.errors import ModelError
+
+__all__ = [
+    "CONFIG_KEY",
+    "FORMAT_KEY",
+    "FORMAT_VALUE",
+    "load_detector",
+    "load_state_strict",
+    "read_weights_file",
+    "save_weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +55,10 @@ def _fp16_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_weights(model: nn.Module, path: Union[str, os.PathLike]) -> str:
+def save_weights(model: nn.Module, path: Union[str, os.PathLike], config: DetectorConfig) -> str:
     """Write ``model``'s weights as fp16 safetensors, atomically; return the file's sha256.
+
+    ``config`` (how the network was built, from :func:`build_detector`) is saved with them.
 
     The sha256 is what goes into the manifest entry. Writing through a temporary file in the
     same folder means a crash or a full disk never leaves a half-written file under the
@@ -54,10 +66,7 @@ def save_weights(model: nn.Module, path: Union[str, os.PathLike]) -> str:
     """
     from safetensors.torch import save
 
-    metadata = {FORMAT_KEY: FORMAT_VALUE}
-    config = getattr(model, "microcalcai_config", None)
-    if isinstance(config, dict):
-        metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True)
+    metadata = {FORMAT_KEY: FORMAT_VALUE, CONFIG_KEY: json.dumps(config.to_json(), sort_keys=True)}
     data = _sorted_metadata(save(_fp16_state(model), metadata=metadata))
     target = Path(path)
     atomic_write_bytes(target, data)
@@ -167,7 +176,7 @@ def load_detector(spec: ModelSpec, device: Union[torch.device, str] = "cpu") -> 
     path = verify_weights(spec)
     tensors, metadata = _read_safetensors(path)
     _check_config(spec, metadata, path)
-    model = build_detector(spec.backbone, anchor_sizes=spec.anchor_sizes, tile_size=spec.tile_size)
+    model, _ = build_detector(spec.backbone, anchor_sizes=spec.anchor_sizes, tile_size=spec.tile_size)
     load_state_strict(model, tensors, path, f"a {spec.backbone} detector with anchors {list(spec.anchor_sizes)}")
     model.float()
     model.eval()

@@ -14,8 +14,9 @@ from typing import Optional
 import numpy as np
 
 from MicrocalcAI.core.errors import InputError
-from MicrocalcAI.core.findings.specks import SpeckConfig, check_spacing, segment_specks
+from MicrocalcAI.core.findings.specks import SpeckConfig, segment_specks
 from MicrocalcAI.core.records import Lesion
+from MicrocalcAI.core.spacing import check_spacing
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,10 @@ breast with two views. ``"noisy_or"`` is offered for studies of that choice.
 
 Exam: the highest breast probability of the study.
 
-Categories come from the model's operating points (:meth:`ModelSpec.category`), never from
-constants here, so a recalibrated model ships its own thresholds.
+Categories come from the model's operating points (``ModelSpec.risk_categories``), passed in
+by the caller, never from constants here, so a recalibrated model ships its own thresholds.
+The functions take only the categories, not the whole model entry, so that findings read
+back from a file or a Slicer scene can be re-scored without the model.
 """
 
 from __future__ import annotations
@@ -24,9 +26,20 @@ import math
 from collections.abc import Hashable, Sequence
 from typing import Optional
 
-from MicrocalcAI.core.detect.manifest import ModelSpec
+from MicrocalcAI.core.detect.manifest import RiskCategory, category_for
 from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings, Lesion, Risk
+
+__all__ = [
+    "COMBINE_METHODS",
+    "LATERALITIES",
+    "RiskOptionError",
+    "breast_findings",
+    "breast_key",
+    "combine_probabilities",
+    "exam_findings",
+    "image_risk",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +51,17 @@ class RiskOptionError(MicrocalcAIError, ValueError):
     """An unknown risk-combination option was requested."""
 
 
-def _risk(probability: float, spec: ModelSpec) -> Risk:
+def _risk(probability: float, categories: Sequence[RiskCategory]) -> Risk:
     p = float(probability)
     if not (0.0 <= p <= 1.0) or math.isnan(p):
         raise MicrocalcAIError(f"probability {probability} is outside [0, 1]")
-    return Risk(probability=p, category=spec.category(p))
+    return Risk(probability=p, category=category_for(p, categories))
 
 
-def image_risk(lesions: list[Lesion], spec: ModelSpec) -> Risk:
+def image_risk(lesions: Sequence[Lesion], categories: Sequence[RiskCategory]) -> Risk:
     """Risk of one image: the most suspicious lesion decides (0.0 when there is none)."""
     p = max((float(les.p_malignant) for les in lesions), default=0.0)
-    return _risk(p, spec)
+    return _risk(p, categories)
 
 
 def combine_probabilities(probabilities: Sequence[float], combine: str = "max") -> float:
@@ -84,7 +97,9 @@ def breast_key(image: ImageFindings, index: int) -> tuple[Hashable, ...]:
     return ("breast", image.patient_id, image.study_uid, lat)
 
 
-def breast_findings(images: list[ImageFindings], spec: ModelSpec, combine: str = "max") -> list[BreastFindings]:
+def breast_findings(
+    images: Sequence[ImageFindings], categories: Sequence[RiskCategory], combine: str = "max"
+) -> list[BreastFindings]:
     """Group images into breasts and combine their risks, in order of first appearance."""
     if combine not in COMBINE_METHODS:
         raise RiskOptionError(f"unknown combine method {combine!r}; use one of {list(COMBINE_METHODS)}")
@@ -115,14 +130,14 @@ def breast_findings(images: list[ImageFindings], spec: ModelSpec, combine: str =
                 laterality=lat,
                 image_names=[m.name for m in members],
                 views=[m.view for m in members],
-                risk=_risk(p, spec),
+                risk=_risk(p, categories),
                 warnings=warnings,
             )
         )
     return breasts
 
 
-def exam_findings(breasts: list[BreastFindings], spec: ModelSpec) -> list[ExamFindings]:
+def exam_findings(breasts: Sequence[BreastFindings], categories: Sequence[RiskCategory]) -> list[ExamFindings]:
     """Group breasts into exams (patient, study) and take the highest breast risk.
 
     Breasts with neither patient nor study form an exam of their own each, for the same
@@ -140,7 +155,7 @@ def exam_findings(breasts: list[BreastFindings], spec: ModelSpec) -> list[ExamFi
             patient_id=members[0].patient_id,
             study_uid=members[0].study_uid,
             breasts=members,
-            risk=_risk(max(b.risk.probability for b in members), spec),
+            risk=_risk(max(b.risk.probability for b in members), categories),
         )
         for members in groups.values()
     ]

@@ -33,8 +33,19 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import morphology
 
-from MicrocalcAI.core.errors import InputError, SpacingError
+from MicrocalcAI.core.errors import InputError
 from MicrocalcAI.core.records import Speck
+from MicrocalcAI.core.spacing import check_spacing
+
+__all__ = [
+    "SpeckConfig",
+    "box_window",
+    "refine_to_peak_fraction",
+    "robust_threshold",
+    "segment_specks",
+    "speck_tophat",
+]
+
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +122,6 @@ def box_window(box_px: Sequence[float], shape: tuple[int, int]) -> tuple[int, in
     r1 = min(max(math.ceil(y1), r0), rows)
     c1 = min(max(math.ceil(x1), c0), cols)
     return r0, c0, r1, c1
-
-
-def check_spacing(spacing_mm: tuple[float, float]) -> tuple[float, float]:
-    """(row mm, column mm) as floats; a missing or non-positive spacing would make every mm wrong."""
-    try:
-        sr, sc = (float(v) for v in spacing_mm)
-    except (TypeError, ValueError) as exc:
-        raise SpacingError(f"spacing must be (row mm, column mm), got {spacing_mm!r}") from exc
-    if not (sr > 0 and sc > 0 and math.isfinite(sr) and math.isfinite(sc)):
-        raise SpacingError(f"spacing must be positive and finite, got {spacing_mm!r}")
-    return sr, sc
 
 
 def _tophat_footprint(diameter_mm: float, spacing: tuple[float, float]) -> tuple[object, tuple[int, int]]:

@@ -30,7 +30,7 @@ TEXT_BACKGROUND = (0, 0, 0)
 def _font(size_px: int) -> Any:
     """Pillow's bundled scalable font (no system fonts needed); bitmap font on old Pillow."""
     try:
-        return ImageFont.load_default(size=size_px)  # type: ignore[call-arg]
+        return ImageFont.load_default(size=size_px)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
 

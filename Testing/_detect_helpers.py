@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from MicrocalcAI.core.detect.manifest import ModelSpec
-from MicrocalcAI.core.detect.network import build_detector
+from MicrocalcAI.core.detect.network import DetectorConfig, build_detector
 from MicrocalcAI.core.detect.weights import save_weights
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform
 
@@ -18,7 +18,7 @@ SMALL_OVERLAP = 64
 
 
 @cache
-def _cached_detector(backbone: str, pretrained: bool, tile: int) -> torch.nn.Module:
+def _cached_detector(backbone: str, pretrained: bool, tile: int) -> tuple[torch.nn.Module, DetectorConfig]:
     torch.manual_seed(0)
     return build_detector(backbone, tile_size=tile, pretrained_backbone=pretrained)
 
@@ -27,15 +27,21 @@ def small_detector(
     backbone: str = "mobilenet_v2", *, pretrained: bool = False, tile: int = SMALL_TILE
 ) -> torch.nn.Module:
     """A deterministic detector in eval mode; cached per arguments (tests must not mutate it)."""
-    model = _cached_detector(backbone, pretrained, tile)
+    model = _cached_detector(backbone, pretrained, tile)[0]
     model.eval()
     return model
 
 
+def small_detector_config(backbone: str = "mobilenet_v2", *, tile: int = SMALL_TILE) -> DetectorConfig:
+    """The build configuration of :func:`small_detector` (what its saved weights record)."""
+    return _cached_detector(backbone, False, tile)[1]
+
+
 def small_spec(tmp_dir: Path, model: torch.nn.Module, backbone: str = "mobilenet_v2", **overrides) -> ModelSpec:
-    """Save ``model`` into ``tmp_dir`` and return a manifest entry that points at it."""
+    """Save ``model`` (a mobilenet_v2 :func:`small_detector`) into ``tmp_dir`` and return a
+    manifest entry that points at it; ``backbone`` is what the entry claims."""
     path = Path(tmp_dir) / "detector.safetensors"
-    digest = save_weights(model, path)
+    digest = save_weights(model, path, small_detector_config())
     fields = dict(
         name="test-model",
         version="0",

@@ -1,4 +1,5 @@
-"""Shared builders for the findings/risk/outputs tests: synthetic images and records.
+"""Shared builders for the findings, risk, re-thresholding, outputs and Slicer tests:
+synthetic images, model entries and findings records.
 
 Kept out of conftest.py on purpose: these are plain functions, imported explicitly by the
 tests that need them.
@@ -40,8 +41,16 @@ def synthetic_mammogram_patch(
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def model_spec(categories: Optional[list[tuple[str, float]]] = None) -> ModelSpec:
-    spec = ModelSpec(name="test-model", version="9.9", file="w.safetensors", sha256="ab" * 32, backbone="mobilenet_v2")
+def model_spec(categories: Optional[list[tuple[str, float]]] = None, score_threshold: float = 0.3) -> ModelSpec:
+    """A manifest entry (no weights file) with these risk categories and default threshold."""
+    spec = ModelSpec(
+        name="test-model",
+        version="9.9",
+        file="w.safetensors",
+        sha256="ab" * 32,
+        backbone="mobilenet_v2",
+        score_threshold=score_threshold,
+    )
     if categories is not None:
         spec.risk_categories = [RiskCategory(n, p) for n, p in categories]
     return spec
