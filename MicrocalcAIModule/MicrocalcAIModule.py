@@ -40,14 +40,7 @@ from MicrocalcAIModuleLib.geometry import RoiGeometry, view_field_of_view  # noq
 from MicrocalcAIModuleLib.scene import DisplayOptions  # noqa: E402
 from MicrocalcAIModuleLib.volumes import dicom_source_from_database, mammogram_volumes  # noqa: E402
 from MicrocalcAIModuleLib.widget import OPERATING_POINT_DEFAULT, MicrocalcAIPanel  # noqa: E402
-
-try:
-    from slicer.i18n import tr as _
-except ImportError:  # Slicer < 5.4
-
-    def _(text: str) -> str:
-        return text
-
+from MicrocalcAIModuleLib.widget import tr as _  # noqa: E402
 
 log = logging.getLogger("MicrocalcAI")
 

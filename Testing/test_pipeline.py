@@ -299,3 +299,25 @@ def test_overrides_on_a_mammogram_record_follow_the_reader_rules(analyzer, tmp_p
             read_mammogram(path, **bad)
     findings = analyzer.analyse(m, laterality="left", view="mlo", spacing_mm=0.1)
     assert (findings.laterality, findings.view, findings.spacing_source) == ("L", "MLO", "user")
+
+
+def test_threshold_per_call_leaves_the_shared_analyzer_alone(analyzer, tmp_path):
+    """A call's threshold applies to that call only; the analyzer's default cannot be changed
+    behind other callers' backs, and a per-call threshold equals re-thresholding a lower one."""
+    from MicrocalcAI.core.findings.threshold import rethreshold
+
+    default = analyzer.score_threshold
+    low = analyzer.analyse(SAMPLES / "sim_R_CC.dcm", threshold=0.1)
+    high = analyzer.analyse(SAMPLES / "sim_R_CC.dcm", threshold=0.9)
+    assert (low.score_threshold, high.score_threshold, analyzer.score_threshold) == (0.1, 0.9, default)
+    assert all(les.score >= 0.9 for les in high.lesions) and len(high.lesions) <= len(low.lesions)
+    again = rethreshold(low, 0.9, analyzer.spec.risk_categories)
+    assert [(les.id, les.box_px, les.score) for les in again.lesions] == [
+        (les.id, les.box_px, les.score) for les in high.lesions
+    ]
+    assert again.risk == high.risk
+    with pytest.raises(AttributeError):
+        analyzer.score_threshold = 0.5  # type: ignore[misc]
+    # A batch's threshold is the batch's: the shared analyzer keeps its default.
+    batch = run_batch([SAMPLES / "sim_R_CC.dcm"], tmp_path, analyzer=analyzer, score_threshold=0.9)
+    assert batch.images[0].score_threshold == 0.9 and analyzer.score_threshold == default

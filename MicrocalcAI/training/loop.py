@@ -48,7 +48,7 @@ from MicrocalcAI.core.detect.network import (
     set_input_size,
 )
 from MicrocalcAI.core.errors import CancelledError, DatasetError, InputError, MicrocalcAIError, ModelError
-from MicrocalcAI.core.progress import ProgressCallback, no_progress
+from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.core.records import CanonicalImage
 from MicrocalcAI.evaluation.evaluate import EVAL_MIN_SCORE, MATCH_IOU, box_iou, froc_sensitivities, hit_matrix, roc_auc  # noqa: F401 (re-exported)
 from MicrocalcAI.training.data import (
@@ -1052,7 +1052,7 @@ def export_model(
         if val_coco is not None:
             val_skipped: list[str] = []
             val_evals = collect_evaluations(
-                val_coco, spec, shipped, dev, progress=lambda f, m: progress(0.5 * f, m), skipped=val_skipped
+                val_coco, spec, shipped, dev, progress=sub_progress(progress, 0.0, 0.5), skipped=val_skipped
             )
             spec.score_threshold = choose_score_threshold(val_evals, target_fp_per_image)
             points = choose_malignancy_operating_points(val_evals, spec.score_threshold)
@@ -1072,7 +1072,7 @@ def export_model(
             )
         if test_coco is not None:
             metrics["test"] = evaluate_coco(
-                test_coco, spec, shipped, dev, progress=lambda f, m: progress(0.5 + 0.5 * f, m)
+                test_coco, spec, shipped, dev, progress=sub_progress(progress, 0.5, 1.0)
             )
         if extra_metrics:
             metrics.update(extra_metrics)

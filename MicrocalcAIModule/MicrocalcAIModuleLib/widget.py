@@ -23,14 +23,17 @@ from .scene import DisplayOptions
 from .volumes import VolumeError, mammogram_volumes
 
 try:
-    from slicer.i18n import tr as _
+    from slicer.i18n import tr
 except ImportError:  # Slicer < 5.4
 
-    def _(text: str) -> str:
+    def tr(text: str) -> str:
         return text
 
 
-__all__ = ["OPERATING_POINT_CUSTOM", "OPERATING_POINT_DEFAULT", "MicrocalcAIPanel"]
+_ = tr
+
+
+__all__ = ["OPERATING_POINT_CUSTOM", "OPERATING_POINT_DEFAULT", "MicrocalcAIPanel", "tr"]
 
 OPERATING_POINT_DEFAULT = "default"
 OPERATING_POINT_CUSTOM = "custom"
