@@ -30,7 +30,7 @@ from _adapter_fixtures import (
 )
 
 from MicrocalcAI.core.errors import DatasetError
-from MicrocalcAI.datasets.adapters import (
+from MicrocalcAI.datasets import (
     ConversionReport,
     convert_cbis_ddsm,
     convert_coco,
@@ -38,10 +38,10 @@ from MicrocalcAI.datasets.adapters import (
     convert_inbreast,
     convert_mini_mias,
     convert_vindr_mammo,
-    group_points_single_linkage,
     normalise_kind,
 )
-from MicrocalcAI.training.data import LABEL_IDS, parse_coco
+from MicrocalcAI.datasets.coco import LABEL_IDS, parse_coco
+from MicrocalcAI.datasets.inbreast import group_points_single_linkage
 
 
 def _load(out: Path) -> dict:
@@ -336,7 +336,6 @@ def test_convert_command_writes_coco_and_reports_skipped_rows(tmp_path, capsys):
     from _adapter_fixtures import write_mini_mias
 
     from MicrocalcAI.cli import main as cli_main
-    from MicrocalcAI.training.data import parse_coco
 
     source = write_mini_mias(tmp_path / "mias")
     out = tmp_path / "mias.json"

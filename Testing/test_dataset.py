@@ -10,12 +10,12 @@ import pytest
 from train_helpers import box_pixels_are_lesion, simulate_tiny, synthetic_sample, write_coco
 
 from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
+from MicrocalcAI.datasets.coco import parse_coco
 from MicrocalcAI.training.data import (
     CocoMammogramDataset,
     PatchConfig,
     PatchSampler,
     clip_boxes_to_patch,
-    parse_coco,
     standardise_file,
 )
 

@@ -17,21 +17,11 @@ import pytest
 from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory
 from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk
-from MicrocalcAI.evaluation.evaluate import (
-    DETECTOR_CLASS,
-    FROC_RATES,
-    EvaluationReport,
-    ImageTruth,
-    compute_metrics,
-    evaluate_dataset,
-    froc_sensitivities,
-    group_breasts,
-    hit_matrix,
-    roc_auc,
-    roc_curve,
-    truth_from_coco,
-    write_report,
-)
+from MicrocalcAI.core.boxes import hit_matrix
+from MicrocalcAI.evaluation.curves import FROC_RATES, froc_sensitivities, roc_auc, roc_curve
+from MicrocalcAI.evaluation.evaluate import EvaluationReport, evaluate_dataset, write_report
+from MicrocalcAI.evaluation.matching import ImageTruth, group_breasts, truth_from_coco
+from MicrocalcAI.evaluation.metrics import DETECTOR_CLASS, compute_metrics
 
 B, M = 1, 2
 GT_BOX = (100.0, 100.0, 140.0, 140.0)  # every hand-built image has its lesions here or at FAR
