@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from MicrocalcAI.core.atomic import atomic_write_text
+from MicrocalcAI.core.atomic import atomic_write_text, staged_path
 from MicrocalcAI.core.detect.manifest import CLASSES
 from MicrocalcAI.core.errors import DatasetError
 
@@ -274,10 +274,11 @@ def write_coco(
     annotations: Sequence[dict[str, Any]],
     info: Optional[dict[str, Any]] = None,
 ) -> Path:
-    """Write a COCO file atomically with :data:`COCO_CATEGORIES`, then read it back.
+    """Write a COCO file with :data:`COCO_CATEGORIES`, atomically and only if it reads back.
 
-    The read-back through :func:`parse_coco` means a file that training would refuse is never
-    left behind silently: it raises :class:`DatasetError` listing the problems.
+    The file is staged beside ``out_json`` and read back through :func:`parse_coco`; a file
+    that training would refuse raises :class:`DatasetError` listing the problems and leaves
+    nothing behind (an existing ``out_json`` stays untouched).
     """
     out = Path(out_json)
     data = {
@@ -287,6 +288,10 @@ def write_coco(
         "annotations": list(annotations),
         "categories": [dict(c) for c in COCO_CATEGORIES],
     }
-    atomic_write_text(out, json.dumps(data, indent=1) + "\n")
-    parse_coco(out)
+    with staged_path(out) as staged:  # becomes ``out`` only once it reads back
+        atomic_write_text(staged, json.dumps(data, indent=1) + "\n")
+        try:
+            parse_coco(staged)
+        except DatasetError as exc:
+            raise DatasetError(str(exc).replace(str(staged), str(out))) from None
     return out
