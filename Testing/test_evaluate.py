@@ -46,7 +46,8 @@ def spec(score_threshold: float = 0.3) -> ModelSpec:
 def les(box: Sequence[float], score: float, p: float, label: Optional[str] = None) -> Lesion:
     """A reported lesion at ``box`` with this detector score and p_malignant (class from p)."""
     label = label or ("malignant" if p >= 0.5 else "benign")
-    return replace(lesion(1, label, p, tuple(float(v) for v in box)), score=score)
+    one_speck = np.ones((1, 1), dtype=bool)  # evaluation reads boxes and scores, not specks
+    return replace(lesion(1, label, p, tuple(float(v) for v in box), mask=one_speck), score=score)
 
 
 def finding(
