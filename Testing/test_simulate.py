@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simulate_helpers import (  # noqa: E402
+from _simulate_helpers import (  # noqa: E402
     display,
     make_dataset,
     realistic_small,
