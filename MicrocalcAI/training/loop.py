@@ -1071,9 +1071,7 @@ def export_model(
                 "p_malignant on found validation lesions: high_sensitivity = lowest threshold of best specificity with >= 95% malignant sensitivity, balanced = middle of the thresholds maximising Youden J"
             )
         if test_coco is not None:
-            metrics["test"] = evaluate_coco(
-                test_coco, spec, shipped, dev, progress=sub_progress(progress, 0.5, 1.0)
-            )
+            metrics["test"] = evaluate_coco(test_coco, spec, shipped, dev, progress=sub_progress(progress, 0.5, 1.0))
         if extra_metrics:
             metrics.update(extra_metrics)
         spec.metrics = metrics
