@@ -102,9 +102,7 @@ def _categories(spec: Optional[ModelSpec]) -> list[dict[str, Any]]:
     if spec is None:
         return []
     ordered = sorted(spec.risk_categories, key=lambda c: c.min_probability)
-    return [
-        {"name": c.name, "from": f"{c.min_probability:.2f}", "colour": _risk_colour(c.name, spec)} for c in ordered
-    ]
+    return [{"name": c.name, "from": f"{c.min_probability:.2f}", "colour": _risk_colour(c.name, spec)} for c in ordered]
 
 
 def _model(images: list[ImageFindings], spec: Optional[ModelSpec]) -> dict[str, Any]:
@@ -180,7 +178,6 @@ def build_context(unit: ExamImages, spec: Optional[ModelSpec], *, created: Optio
         "exam_risk": _risk(exam.risk, spec),
         "breasts": breasts,
         "views": views,
-        "view_width": f"{100 / max(len(views), 1):.2f}%",
         "lesions": lesions,
         "warnings": warnings,
         "categories": _categories(spec),
@@ -338,4 +335,3 @@ def reports_from_folder(
     result = write_exam_reports(images, folder, spec=spec, model=model, formats=formats, progress=progress)
     result.failed = failed + result.failed
     return result
-

@@ -44,7 +44,7 @@ def hanging_rank(image: ImageFindings) -> tuple[int, int, str]:
 
 
 def side_name(laterality: Optional[str]) -> str:
-    """"Right", "Left" or "Side unknown" for a breast heading."""
+    """ "Right", "Left" or "Side unknown" for a breast heading."""
     return {"R": "Right", "L": "Left"}.get((laterality or "").strip().upper(), "Side unknown")
 
 

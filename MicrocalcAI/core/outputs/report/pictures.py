@@ -95,9 +95,10 @@ def load_view(f: ImageFindings, *, assumed_input_spacing_mm: float = 0.05) -> Vi
         )
     path = Path(f.source)
     if not path.is_file():
+        relative = "" if path.is_absolute() else f" (a relative path, looked for from {Path.cwd()})"
         raise ReportInputError(
-            f"{f.name}: input {path} is not there any more (moved or deleted?); the report re-reads the image "
-            "for its pictures: put the file back at that path, or run detect again on its new location"
+            f"{f.name}: input {path} is not there any more (moved or deleted?){relative}; the report re-reads "
+            "the image for its pictures: put the file back at that path, or run detect again on its new location"
         )
     warnings: list[str] = []
     if f.input_fingerprint and file_fingerprint(path) != f.input_fingerprint:
@@ -111,7 +112,9 @@ def load_view(f: ImageFindings, *, assumed_input_spacing_mm: float = 0.05) -> Vi
             f"{f.name}: {path} is now {mammogram.shape[0]}x{mammogram.shape[1]} pixels but was analysed at "
             f"{f.image_shape[0]}x{f.image_shape[1]}: it is not the same image; run detect again"
         )
-    mammogram = replace(mammogram, spacing_mm=tuple(f.spacing_mm), spacing_source=f.spacing_source)
+    mammogram = replace(
+        mammogram, spacing_mm=(float(f.spacing_mm[0]), float(f.spacing_mm[1])), spacing_source=f.spacing_source
+    )
     image01, mask = normalised_stored(mammogram, assumed_input_spacing_mm=assumed_input_spacing_mm)
     side = (f.laterality or "").strip().upper()
     mirror = False
