@@ -255,12 +255,20 @@ def _chromium() -> str:
     return found
 
 
-_PROBE = """<script>
+_PROBE = r"""<script>
 window.addEventListener("load", function () {
   var imgs = Array.from(document.images);
   var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).length;
-  var fetched = performance.getEntriesByType("resource").map(function (e) { return e.name; })
-      .filter(function (n) { return n.indexOf("data:") !== 0; });
+  var urls = performance.getEntriesByType("resource").map(function (e) { return e.name; });
+  document.querySelectorAll("[src], [href]").forEach(function (e) {
+    var u = e.getAttribute("src") || e.getAttribute("href");
+    if (u.charAt(0) !== "#") { urls.push(u); }
+  });
+  document.querySelectorAll("*").forEach(function (e) {
+    var m = getComputedStyle(e).backgroundImage.match(/url\("?([^")]+)/);
+    if (m) { urls.push(m[1]); }
+  });
+  var fetched = urls.filter(function (n) { return n.indexOf("data:") !== 0; });
   document.title = "PROBE images=" + imgs.length + " broken=" + broken + " fetched=" + fetched.length;
 });
 </script>"""
@@ -291,11 +299,13 @@ def _open_in_chromium(chromium: str, html: str, folder: Path) -> tuple[str, str]
 
 def test_html_opens_in_headless_chromium_with_no_missing_resource(run, tmp_path):
     chromium = _chromium()
-    # Control: the probe does see a missing picture (else a pass would prove nothing).
+    # Control: the probe does see a fetched file and a missing one (else a pass would prove nothing).
     html = _reports(run, ".html")[_sim_exam(run)].read_text(encoding="utf-8")
-    broken = html.replace("</body>", '<img src="missing-picture.png" alt="x"></body>')
-    title, _ = _open_in_chromium(chromium, broken, tmp_path / "control")
-    assert "broken=1" in title and "fetched=1" in title, title
+    (tmp_path / "control").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "control" / "present.png")
+    extra = '<img src="present.png" alt="x"><img src="missing.png" alt="y">'
+    title, _ = _open_in_chromium(chromium, html.replace("</body>", extra + "</body>"), tmp_path / "control")
+    assert "broken=1 fetched=2" in title, title
     for stem, path in _reports(run, ".html").items():
         html = path.read_text(encoding="utf-8")
         n_images = html.count("<img ")

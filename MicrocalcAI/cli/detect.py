@@ -70,16 +70,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         _print_summary(result, Path(args.out))
+    status = EXIT_OK
     if result.failed:  # type: ignore[attr-defined]
         print(f"{len(result.failed)} input(s) failed:", file=sys.stderr)  # type: ignore[attr-defined]
         for path, reason in result.failed:  # type: ignore[attr-defined]
             line = reason if Path(path).name in reason else f"{path}: {reason}"
             print(f"  {line}", file=sys.stderr)
-        return EXIT_SOME_FAILED
+        status = EXIT_SOME_FAILED
     if result.report_failures:  # type: ignore[attr-defined]
         print_report_failures(result.report_failures)  # type: ignore[attr-defined]
-        return EXIT_SOME_FAILED
-    return EXIT_OK
+        status = EXIT_SOME_FAILED
+    return status
 
 
 def _print_summary(result, out: Path) -> None:
