@@ -161,6 +161,47 @@ def test_view_picture_draws_boxes_and_specks_where_the_lesions_are(run):
         assert (np.abs(crop.astype(int) - CLASS_COLOURS[lesion.label]).sum(axis=1) < 30).sum() > 100
 
 
+def test_a_view_stored_the_other_way_round_is_mirrored_back_with_its_marks(run, tmp_path):
+    """A right breast stored with its chest wall on the left is shown mirrored, boxes included."""
+    import dataclasses
+
+    import pydicom
+
+    f = load_image_json(run["out"] / "sim_R_CC.json")
+    ds = pydicom.dcmread(SAMPLE)
+    ds.decompress()
+    ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, ::-1]).tobytes()
+    flipped_path = tmp_path / "flipped.dcm"
+    ds.save_as(flipped_path)
+    cols = f.image_shape[1]
+    lesions = []
+    for les in f.lesions:
+        x0, y0, x1, y1 = les.box_px
+        r0, c0 = les.mask_origin
+        lesions.append(
+            dataclasses.replace(
+                les,
+                box_px=(cols - x1, y0, cols - x0, y1),
+                speck_mask=les.speck_mask[:, ::-1].copy(),
+                mask_origin=(r0, cols - (c0 + les.speck_mask.shape[1])),
+            )
+        )
+    flipped = dataclasses.replace(f, source=str(flipped_path), input_fingerprint=None, lesions=lesions)
+    original, mirrored = load_view(f), load_view(flipped)
+    assert not original.mirror and mirrored.mirror
+    a = np.asarray(view_picture(f, original), dtype=np.int32)
+    b = np.asarray(view_picture(flipped, mirrored), dtype=np.int32)
+    assert a.shape == b.shape
+    for colour in (CLASS_COLOURS["malignant"], SPECK_COLOUR):
+        in_a = np.abs(a - colour).sum(axis=2) < 30
+        in_b = np.abs(b - colour).sum(axis=2) < 30
+        assert in_a.sum() > 20 and (in_a & in_b).sum() / (in_a | in_b).sum() > 0.8, colour
+    for les_a, les_b in zip(f.lesions, lesions):
+        crop_a = np.asarray(lesion_crop(f, original, les_a), dtype=np.float32)
+        crop_b = np.asarray(lesion_crop(flipped, mirrored, les_b), dtype=np.float32)
+        assert crop_a.shape == crop_b.shape and np.abs(crop_a - crop_b).mean() < 8
+
+
 # --------------------------------------------------------------------------- the PDF, rendered
 
 
