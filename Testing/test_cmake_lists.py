@@ -91,6 +91,19 @@ def test_runtime_resources_are_listed():
     assert not missing, f"add to MODULE_RESOURCES in {MODULE_CMAKE}: {sorted(missing)}"
 
 
+def test_engine_data_files_are_listed():
+    """Non-Python files the engine loads at run time (the report's template) must be installed too."""
+    listed = set(_module_lists()["MODULE_RESOURCES"])
+    data = {
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "MicrocalcAI").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc", ".typed") and "__pycache__" not in p.parts
+    }
+    assert "MicrocalcAI/core/outputs/report/templates/exam_report.html.j2" in data
+    missing = data - listed
+    assert not missing, f"add to MODULE_RESOURCES in {MODULE_CMAKE}: {sorted(missing)}"
+
+
 def test_model_files_named_by_the_manifest_are_installed():
     manifest = REPO / "Resources" / "Models" / "manifest.json"
     if not manifest.is_file():

@@ -50,6 +50,13 @@ def test_wheel_carries_the_bundled_model_and_schema(wheel):
     assert "MicrocalcAI/_resources/Models/manifest.json" in names
     assert any(n.startswith("MicrocalcAI/_resources/Models/") and n.endswith(".safetensors") for n in names)
     assert "MicrocalcAI/_resources/Schemas/findings.schema.json" in names
+    data = {  # non-Python files inside the engine (the report's templates) are package data
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "MicrocalcAI").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    }
+    assert "MicrocalcAI/core/outputs/report/templates/exam_report.html.j2" in data
+    assert data - names == set(), "add to pyproject's [tool.setuptools.package-data]"
     assert not any(n.startswith(("Testing/", "MicrocalcAIModule/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "microcalcai = MicrocalcAI.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from MicrocalcAI.cli.common import EXIT_OK, EXIT_SOME_FAILED, fraction_arg, run_with_bar, spacing_arg
+from MicrocalcAI.cli.report import print_report_failures
 
 __all__ = ["register", "run"]
 
@@ -36,6 +37,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="MM",
         help="pixel spacing in mm for all inputs (overrides the files')",
     )
+    det.add_argument(
+        "--report",
+        action="store_true",
+        help="also write one visual exam report per exam (HTML and PDF) into DIR/reports",
+    )
     det.add_argument("--force", action="store_true", help="redo images whose outputs already exist")
     det.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
     det.add_argument("--quiet", action="store_true", help="no progress bar, only warnings and errors")
@@ -59,17 +65,22 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             recursive=not args.no_recursive,
             progress=bar,
+            report=args.report,
         ),
     )
     if not args.quiet:
         _print_summary(result, Path(args.out))
+    status = EXIT_OK
     if result.failed:  # type: ignore[attr-defined]
         print(f"{len(result.failed)} input(s) failed:", file=sys.stderr)  # type: ignore[attr-defined]
         for path, reason in result.failed:  # type: ignore[attr-defined]
             line = reason if Path(path).name in reason else f"{path}: {reason}"
             print(f"  {line}", file=sys.stderr)
-        return EXIT_SOME_FAILED
-    return EXIT_OK
+        status = EXIT_SOME_FAILED
+    if result.report_failures:  # type: ignore[attr-defined]
+        print_report_failures(result.report_failures)  # type: ignore[attr-defined]
+        status = EXIT_SOME_FAILED
+    return status
 
 
 def _print_summary(result, out: Path) -> None:
@@ -101,4 +112,6 @@ def _print_summary(result, out: Path) -> None:
             print(f"  {result.overlays[name]}")
     if result.tables:
         print("tables:  " + ", ".join(str(p) for p in result.tables))
+    if result.reports:
+        print("reports: " + ", ".join(str(p) for p in result.reports))
     print(f"results in {out.resolve()}")

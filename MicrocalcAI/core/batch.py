@@ -44,6 +44,8 @@ class BatchResult:
     exams: list[ExamFindings] = field(default_factory=list)
     tables: list[Path] = field(default_factory=list)
     overlays: dict[str, Path] = field(default_factory=dict)
+    reports: list[Path] = field(default_factory=list)  # with report=True: HTML and PDF per exam
+    report_failures: list[tuple[str, str]] = field(default_factory=list)  # (exam, reason)
 
     @property
     def ok(self) -> bool:
@@ -124,6 +126,7 @@ def run_batch(
     recursive: bool = True,
     analyzer: Optional[Analyzer] = None,
     progress: Optional[ProgressCallback] = None,
+    report: bool = False,
 ) -> BatchResult:
     """Analyse files and folders into ``out_dir``: per-image JSON + overlay, per-batch CSVs.
 
@@ -137,7 +140,10 @@ def run_batch(
     A bad file is logged in one line, recorded in ``failed`` and skipped; the batch goes on.
     Images whose outputs are complete and still valid (same file, weights, threshold and
     spacing option: :func:`_still_valid`) are skipped unless ``force``; their JSON is loaded
-    back so the breast and exam tables still cover the whole batch.
+    back so the breast and exam tables still cover the whole batch. ``report`` also writes
+    one HTML and PDF exam report per exam into ``out_dir/reports``
+    (:mod:`MicrocalcAI.core.outputs.report`); an exam whose report fails is listed in
+    ``report_failures`` and the others are still written.
     """
     from MicrocalcAI.core.outputs.complete import outputs_complete
     from MicrocalcAI.core.outputs.findings_json import load_image_json, write_image_json
@@ -215,5 +221,10 @@ def run_batch(
         result.breasts = breast_findings(result.images, spec.risk_categories)
         result.exams = exam_findings(result.breasts, spec.risk_categories)
     result.tables = write_batch_tables(result.images, result.breasts, result.exams, out)
+    if report and result.images:
+        from MicrocalcAI.core.outputs.report import write_exam_reports
+
+        reports = write_exam_reports(result.images, out, spec=spec, exams=result.exams, progress=progress)
+        result.reports, result.report_failures = reports.written, reports.failed
     progress(1.0, "batch done")
     return result
