@@ -30,7 +30,8 @@ from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
 from MicrocalcAI.core.outputs.findings_json import SCHEMA_VERSION, load_image_json
 from MicrocalcAI.core.outputs.report.hanging import ExamImages, exam_images, side_name, view_label
 from MicrocalcAI.core.outputs.report.pictures import data_uri, lesion_crop, load_view, view_picture
-from MicrocalcAI.core.records import ExamFindings, ImageFindings, ProgressCallback, Risk, no_progress
+from MicrocalcAI.core.progress import ProgressCallback, no_progress
+from MicrocalcAI.core.records import ExamFindings, ImageFindings, Risk
 
 __all__ = [
     "REPORT_FOLDER",
@@ -271,7 +272,7 @@ def write_exam_reports(
         return result
     spec = _resolve_spec(images, spec, model)
     if exams is None:
-        exams = exam_findings(breast_findings(images, spec), spec)
+        exams = exam_findings(breast_findings(images, spec.risk_categories), spec.risk_categories)
     _environment()  # a missing jinja2 stops here, once, not once per exam
     folder = Path(out_dir) / REPORT_FOLDER
     units = exam_images(images, exams)
