@@ -229,7 +229,9 @@ def _lesion_impression(f: ImageFindings, lesion: Lesion, image_position: list[in
 
 def _observer_context(uid: str) -> list[Dataset]:
     return [
-        _Tree.code("HAS OBS CONTEXT", CodedConcept("121005", "DCM", "Observer Type"), CodedConcept("121007", "DCM", "Device")),
+        _Tree.code(
+            "HAS OBS CONTEXT", CodedConcept("121005", "DCM", "Observer Type"), CodedConcept("121007", "DCM", "Device")
+        ),
         _Tree.uidref("HAS OBS CONTEXT", CodedConcept("121012", "DCM", "Device Observer UID"), uid),
         _Tree.text("HAS OBS CONTEXT", CodedConcept("121013", "DCM", "Device Observer Name"), "MicrocalcAI"),
         _Tree.text("HAS OBS CONTEXT", CodedConcept("121014", "DCM", "Device Observer Manufacturer"), MANUFACTURER),

@@ -54,7 +54,9 @@ def build_seg(
     masks = class_masks(f)
     present = list(SEG_CLASSES)
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=f.model.name, family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"), version=f.model.version
+        name=f.model.name,
+        family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"),
+        version=f.model.version,
     )
     descriptions = []
     stack = np.zeros((1, *f.image_shape, len(present)), dtype=bool)

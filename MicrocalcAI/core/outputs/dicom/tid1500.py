@@ -45,9 +45,7 @@ PROCEDURE_REPORTED = hd.sr.CodedConcept("24606-6", "LN", "MG Breast Screening")
 
 
 def _algorithm(f: ImageFindings) -> hd.sr.AlgorithmIdentification:
-    return hd.sr.AlgorithmIdentification(
-        name=f.model.name, version=f.model.version, parameters=algorithm_parameters(f)
-    )
+    return hd.sr.AlgorithmIdentification(name=f.model.name, version=f.model.version, parameters=algorithm_parameters(f))
 
 
 def _source_image(source: Dataset) -> hd.sr.SourceImageForRegion:
@@ -56,7 +54,9 @@ def _source_image(source: Dataset) -> hd.sr.SourceImageForRegion:
     )
 
 
-def _lesion_group(f: ImageFindings, lesion: Lesion, source: Dataset) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+def _lesion_group(
+    f: ImageFindings, lesion: Lesion, source: Dataset
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     algorithm = _algorithm(f)
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -64,8 +64,12 @@ def _lesion_group(f: ImageFindings, lesion: Lesion, source: Dataset) -> hd.sr.Pl
         source_image=_source_image(source),
     )
     measurements = [
-        hd.sr.Measurement(codes.PROBABILITY_OF_CANCER, float(lesion.p_malignant), codes.UNIT_NONE, algorithm_id=algorithm),
-        hd.sr.Measurement(codes.CERTAINTY_OF_FINDING, 100.0 * float(lesion.score), codes.UNIT_PERCENT, algorithm_id=algorithm),
+        hd.sr.Measurement(
+            codes.PROBABILITY_OF_CANCER, float(lesion.p_malignant), codes.UNIT_NONE, algorithm_id=algorithm
+        ),
+        hd.sr.Measurement(
+            codes.CERTAINTY_OF_FINDING, 100.0 * float(lesion.score), codes.UNIT_PERCENT, algorithm_id=algorithm
+        ),
         hd.sr.Measurement(codes.AREA, float(lesion.area_mm2), codes.UNIT_MM2, algorithm_id=algorithm),
     ]
     measurements.append(
@@ -125,7 +129,9 @@ def _image_group(f: ImageFindings, source: Dataset) -> hd.sr.MeasurementsAndQual
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
         algorithm_id=algorithm,
         measurements=[
-            hd.sr.Measurement(codes.PROBABILITY_OF_CANCER, float(f.risk.probability), codes.UNIT_NONE, algorithm_id=algorithm)
+            hd.sr.Measurement(
+                codes.PROBABILITY_OF_CANCER, float(f.risk.probability), codes.UNIT_NONE, algorithm_id=algorithm
+            )
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(codes.RISK_CATEGORY, codes.risk_category_code(f.risk.category))
