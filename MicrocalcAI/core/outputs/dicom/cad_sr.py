@@ -14,7 +14,7 @@ it, so the content tree is assembled here, following PS3.16 TID 4000-4023:
           HAS CONCEPT MOD  Rendering Intent = Presentation Required
           CONTAINS CODE Single Image Finding = Calcification Cluster    (TID 4006)
             HAS CONCEPT MOD  Rendering Intent, Algorithm Name / Version / Parameters (TID 4019)
-            HAS PROPERTIES   Finding = Benign / Malignant, Certainty of Finding (%),
+            HAS PROPERTIES   Pathology = Benign / Malignant, Certainty of Finding (%),
                              Probability of cancer (%), Number of calcifications,
                              Center (POINT) and Outline (closed POLYLINE), each
                              SELECTED FROM the Image Library entry (by reference)
@@ -210,7 +210,7 @@ def _lesion_impression(f: ImageFindings, lesion: Lesion, image_position: list[in
     finding_children = [
         _Tree.code("HAS CONCEPT MOD", codes.RENDERING_INTENT, codes.PRESENTATION_REQUIRED),
         *_algorithm(f, with_parameters=False),
-        _Tree.code("HAS PROPERTIES", codes.FINDING, codes.CLASS_CODES[lesion.label]),
+        _Tree.code("HAS PROPERTIES", codes.PATHOLOGY, codes.CLASS_CODES[lesion.label]),
         _Tree.num("HAS PROPERTIES", codes.CERTAINTY_OF_FINDING, 100.0 * lesion.score, codes.UNIT_PERCENT),
         _Tree.num("HAS PROPERTIES", codes.PROBABILITY_OF_CANCER, 100.0 * lesion.p_malignant, codes.UNIT_PERCENT),
         _Tree.num("HAS PROPERTIES", codes.NUMBER_OF_CALCIFICATIONS, lesion.speck_count, codes.UNIT_NONE),

@@ -25,7 +25,7 @@ __all__ = [
     "CERTAINTY_OF_FINDING",
     "CLASS_CODES",
     "DETECTION_PERFORMED",
-    "FINDING",
+    "PATHOLOGY",
     "HORIZONTAL_PIXEL_SPACING",
     "IMAGE_LATERALITY",
     "IMAGE_LIBRARY",
@@ -105,7 +105,7 @@ IMAGE_LATERALITY = _dcm("111027", "Image Laterality")
 IMAGE_VIEW = _dcm("111031", "Image View")
 HORIZONTAL_PIXEL_SPACING = _dcm("111026", "Horizontal Pixel Spacing")
 VERTICAL_PIXEL_SPACING = _dcm("111066", "Vertical Pixel Spacing")
-FINDING = _dcm("121071", "Finding")
+PATHOLOGY = _dcm("111042", "Pathology")
 
 # Findings (CID 6014 Mammography Single Image Finding) and classes (CID 6063).
 CALCIFICATION_CLUSTER = _sct("129769006", "Calcification Cluster")

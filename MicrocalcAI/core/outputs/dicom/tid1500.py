@@ -6,7 +6,7 @@ One Planar ROI Measurements group (TID 1410) per lesion:
 * the region: the lesion box as a closed 5-point POLYLINE on the source image (SR has no
   rectangle), in stored-pixel (column, row) coordinates (:mod:`.scoords`);
 * finding type Calcification Cluster (SCT 129769006), tracking identifier ``L<id>``;
-* qualitative evaluation Finding = Benign / Malignant (the detector's class);
+* qualitative evaluation Pathology = Benign / Malignant (the detector's class);
 * measurements: Probability of cancer (p_malignant, no units), Certainty of Finding (the
   detector score, %), Area of the box (mm2), Number of calcifications and, when there are
   specks, their mean Diameter (mm);
@@ -35,7 +35,7 @@ from MicrocalcAI.core.outputs.dicom.parameters import algorithm_parameters
 from MicrocalcAI.core.outputs.dicom.scoords import box_polyline
 from MicrocalcAI.core.records import ImageFindings, Lesion
 
-__all__ = ["TID1500_SERIES_NUMBER", "build_tid1500", "speck_group_identifier"]
+__all__ = ["IMAGE_GROUP_IDENTIFIER", "TID1500_SERIES_NUMBER", "build_tid1500", "speck_group_identifier"]
 
 TID1500_SERIES_NUMBER = 9902
 
@@ -44,8 +44,10 @@ TID1500_SERIES_NUMBER = 9902
 PROCEDURE_REPORTED = hd.sr.CodedConcept("24606-6", "LN", "MG Breast Screening")
 
 
-def _algorithm(f: ImageFindings) -> hd.sr.AlgorithmIdentification:
-    return hd.sr.AlgorithmIdentification(name=f.model.name, version=f.model.version, parameters=algorithm_parameters(f))
+def _algorithm(f: ImageFindings, with_parameters: bool = False) -> hd.sr.AlgorithmIdentification:
+    """The algorithm; its parameters (:mod:`.parameters`) once per report, in the image group."""
+    parameters = algorithm_parameters(f) if with_parameters else None
+    return hd.sr.AlgorithmIdentification(name=f.model.name, version=f.model.version, parameters=parameters)
 
 
 def _source_image(source: Dataset) -> hd.sr.SourceImageForRegion:
@@ -86,8 +88,12 @@ def _lesion_group(
         finding_type=codes.CALCIFICATION_CLUSTER,
         algorithm_id=algorithm,
         measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.FINDING, codes.CLASS_CODES[lesion.label])],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.PATHOLOGY, codes.CLASS_CODES[lesion.label])],
     )
+
+
+#: Tracking identifier of the image-level group (image risk and the algorithm's parameters).
+IMAGE_GROUP_IDENTIFIER = "image risk"
 
 
 def speck_group_identifier(lesion_id: int) -> str:
@@ -125,9 +131,9 @@ def _speck_group(f: ImageFindings, lesion: Lesion, source: Dataset) -> hd.sr.Mea
 def _image_group(f: ImageFindings, source: Dataset) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     algorithm = _algorithm(f)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="image risk"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=IMAGE_GROUP_IDENTIFIER),
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
-        algorithm_id=algorithm,
+        algorithm_id=_algorithm(f, with_parameters=True),
         measurements=[
             hd.sr.Measurement(
                 codes.PROBABILITY_OF_CANCER, float(f.risk.probability), codes.UNIT_NONE, algorithm_id=algorithm
