@@ -4,7 +4,8 @@ TID 4019 (CAD SR) and TID 4019 as used by TID 1500 (Algorithm Identification) al
 "Algorithm Parameters". We write ``key=value`` lines: the exact model (sha256, backbone,
 canonical spacing), the score threshold, and the input description the run used (stored
 image shape, pixel spacing and its source, laterality and view and where they came from),
-which an SR has no standard place for but a reader needs to rebuild the findings.
+and the run's warnings (one ``warning=`` line each), which an SR has no standard place for
+but a reader needs to rebuild the findings.
 """
 
 from __future__ import annotations
@@ -37,15 +38,21 @@ def algorithm_parameters(f: ImageFindings) -> list[str]:
         ("view_source", _text(f.view_source)),
         ("presentation_intent", _text(f.presentation_intent)),
         ("risk_category", f.risk.category),
+        *[("warning", w) for w in f.warnings],
     ]
     return [f"{key}={value}" for key, value in pairs]
 
 
-def parse_algorithm_parameters(texts: list[str]) -> dict[str, Optional[str]]:
-    """The ``key=value`` texts back as a dict; empty values become None."""
+def parse_algorithm_parameters(texts: list[str]) -> tuple[dict[str, Optional[str]], list[str]]:
+    """The ``key=value`` texts back as a dict (empty values become None) and the warnings."""
     out: dict[str, Optional[str]] = {}
+    warnings: list[str] = []
     for text in texts:
         key, sep, value = str(text).partition("=")
-        if sep:
+        if not sep:
+            continue
+        if key.strip() == "warning":
+            warnings.append(value)
+        else:
             out[key.strip()] = value if value != "" else None
-    return out
+    return out, warnings

@@ -285,7 +285,7 @@ def read_sr(path: PathLike, *, seg: Optional[Union[PathLike, Dataset]] = None) -
         risk_p, category = None, None
     else:
         raw, parameter_texts, risk_p, category = _tid1500_lesions(ds)
-    params = parse_algorithm_parameters(parameter_texts)
+    params, warnings = parse_algorithm_parameters(parameter_texts)
     try:
         shape = _pair(params.get("image_shape"), int)
         spacing = _pair(params.get("spacing_mm"), float)
@@ -298,7 +298,6 @@ def read_sr(path: PathLike, *, seg: Optional[Union[PathLike, Dataset]] = None) -
     if seg_ds is not None and referenced_sop_uid(ds) not in _seg_source_uids(seg_ds):
         raise UnreadableFileError(f"{path.name}: the SEG given describes another image")
     masks = _seg_class_masks(seg_ds, shape) if seg_ds is not None else None
-    warnings: list[str] = []
     lesions = []
     for index, d in enumerate(raw, start=1):
         if d["box"] is None or d["class"] not in class_by_code:
