@@ -75,7 +75,7 @@ def test_each_dicom_input_gets_the_four_objects_and_the_png_one_skip_line(run, a
     assert len(analysed["sim_R_CC"].lesions) >= 3  # the sample's three known clusters (at least)
 
 
-def test_a_non_dicom_input_gets_one_clear_line(caplog):
+def test_a_non_dicom_input_gets_one_clear_line():
     from findings_fixtures import image_findings
 
     from MicrocalcAI.core.batch import BatchResult, _write_dicom
@@ -83,14 +83,17 @@ def test_a_non_dicom_input_gets_one_clear_line(caplog):
     f = image_findings("photo")
     f.sop_uid, f.source = None, "/data/photo.png"
     result = BatchResult()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
     logger = logging.getLogger("MicrocalcAI.core.batch")
-    logger.addHandler(caplog.handler)  # the CLI tests may have stopped propagation to the root
+    logger.addHandler(handler)  # directly: the CLI tests may have stopped propagation to the root
     try:
         assert _write_dicom(f, Path("/nonexistent"), False, result)
     finally:
-        logger.removeHandler(caplog.handler)
-    lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["/data/photo.png: not a DICOM input, DICOM output skipped"]
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["/data/photo.png: not a DICOM input, DICOM output skipped"]
+    assert result.dicom_skipped == ["/data/photo.png"] and not result.failed
 
 
 def _tool(name: str) -> str:
@@ -242,7 +245,6 @@ def test_tid1500_report_has_one_planar_roi_group_per_lesion(run, analysed):
         assert p.value == pytest.approx(lesion.p_malignant, abs=1e-9)
         (n,) = group.get_measurements(name=codes.NUMBER_OF_CALCIFICATIONS)
         assert n.value == lesion.speck_count
-        assert group.algorithm_id is not None
     # The region is selected from the analysed image.
     region_items = [
         c
@@ -419,3 +421,75 @@ def test_deidentify_without_dicom_is_a_usage_error(tmp_path):
 
     assert main(["detect", str(SAMPLE), "--out", str(tmp_path), "--deidentify", "--quiet"]) == 2
     assert not list(tmp_path.iterdir())
+
+
+def test_slicer_export_dicom_writes_the_shown_findings(analysed, tmp_path):
+    """The module's Export DICOM path (runner.export_dicom) on a real MRML scene."""
+    pytest.importorskip("slicer")
+    from _slicer_helpers import add_volume, new_scene, spec
+
+    from MicrocalcAIModuleLib import runner
+    from MicrocalcAIModuleLib import scene as scene_lib
+    from MicrocalcAIModuleLib.geometry import PixelMapping
+    from MicrocalcAIModuleLib.scene import DisplayOptions
+    from MicrocalcAIModuleLib.volumes import DicomSource
+
+    f = analysed["sim_R_CC"]
+    scene = new_scene()
+    volume = add_volume(scene, np.zeros(f.image_shape, dtype=np.int16))
+    scene_lib.write_results(
+        scene, volume, f, PixelMapping.identity(f.image_shape), spec(), DisplayOptions(threshold=0.1)
+    )
+    threshold = sorted(les.score for les in f.lesions)[1] + 1e-6  # hide the least confident lesions
+    scene_lib.update_display(scene, volume, DisplayOptions(threshold=threshold))
+    shown = [les for les in f.lesions if les.score >= threshold]
+    assert runner.dicom_export_function() is write_dicom_outputs
+    written = runner.export_dicom(scene, [volume], tmp_path, lambda v: DicomSource(file=str(SAMPLE)))
+    assert sorted(p.name for p in written) == sorted(p.name for p in dicom_output_paths(f.name, tmp_path).values())
+    back = read_sr(dicom_output_paths(f.name, tmp_path)["tid1500"])
+    assert sorted(les.score for les in back.lesions) == pytest.approx(sorted(les.score for les in shown))
+    with pytest.raises(LookupError, match="no analysed DICOM source"):
+        runner.export_dicom(scene, [volume], tmp_path, lambda v: DicomSource(file=None))
+
+
+@pytest.mark.parametrize("n_specks", [0, 1, 4])
+def test_round_trip_of_lesions_with_no_one_or_many_specks(tmp_path, n_specks):
+    """Edge cases the model may not produce on the test images: 0 and 1 speck, no lesions,
+    boxes on the image border, and integer and fractional coordinates."""
+    from findings_fixtures import image_findings, lesion
+
+    header = pydicom.dcmread(SAMPLE, stop_before_pixels=True)
+    rows, cols = int(header.Rows), int(header.Columns)
+    mask = np.zeros((31, 41), dtype=bool)  # the window of the box below
+    for k in range(n_specks):
+        mask[3 + 6 * k : 5 + 6 * k, 4 : 7 + k] = True
+    lesions = [
+        lesion(1, "malignant", 0.9, (100.25, 200.5, 140.25, 230.5), mask=mask),
+        lesion(2, "benign", 0.2, (cols - 30.0, 0.0, float(cols), 25.0), mask=np.zeros((25, 30), dtype=bool)),
+    ]
+    f = image_findings("edge", lesions=lesions, shape=(rows, cols), laterality="R", view="MLO")
+    f.sop_uid, f.study_uid = str(header.SOPInstanceUID), str(header.StudyInstanceUID)
+    paths = write_dicom_outputs(f, SAMPLE, tmp_path)
+    for kind in (0, 1):
+        back = read_sr(paths[kind], seg=paths[3])
+        assert [les.speck_count for les in back.lesions] == [n_specks, 0]
+        for a, b in zip(f.lesions, back.lesions):
+            np.testing.assert_allclose(b.box_px, a.box_px, atol=1e-3)
+            np.testing.assert_array_equal(b.speck_mask, a.speck_mask)
+            assert [s.area_px for s in b.specks] == [s.area_px for s in a.specks]
+            np.testing.assert_allclose(
+                np.reshape([s.centroid_px for s in b.specks], (-1, 2)),
+                np.reshape([s.centroid_px for s in a.specks], (-1, 2)),
+                atol=1e-3,
+            )
+    empty = image_findings("none", lesions=[], shape=(rows, cols))
+    empty.sop_uid = str(header.SOPInstanceUID)
+    paths = write_dicom_outputs(empty, SAMPLE, tmp_path)
+    assert [read_sr(paths[k]).lesions for k in (0, 1)] == [[], []]
+    cad = pydicom.dcmread(paths[0])
+    summary = next(c for c in cad.ContentSequence if _concept(c) == _key(codes.CAD_PROCESSING_AND_FINDINGS_SUMMARY))
+    assert _concept(summary, "ConceptCodeSequence") == ("111241", "DCM")  # without findings
+    if shutil.which("dciodvfy"):
+        for path in paths:
+            proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+            assert "Error" not in proc.stdout + proc.stderr, path.name

@@ -108,7 +108,7 @@ def _speck_group(f: ImageFindings, lesion: Lesion, source: Dataset) -> hd.sr.Mea
     points = np.array([s.centroid_px for s in lesion.specks], dtype=np.float32)
     centres = hd.sr.CoordinatesForMeasurement(
         graphic_type=hd.sr.GraphicTypeValues.MULTIPOINT if len(points) > 1 else hd.sr.GraphicTypeValues.POINT,
-        graphic_data=points if len(points) > 1 else points[0],
+        graphic_data=points,
         source_image=_source_image(source),
     )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
