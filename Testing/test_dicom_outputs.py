@@ -22,7 +22,7 @@ from PIL import Image
 
 from MicrocalcAI.core.errors import InputError
 from MicrocalcAI.core.outputs.dicom import codes, dicom_output_paths, dicom_outputs_complete, write_dicom_outputs
-from MicrocalcAI.core.outputs.dicom.read_sr import NO_SPECK_SIZES_WARNING, read_sr
+from MicrocalcAI.core.outputs.dicom.read_sr import MERGED_SPECKS_WARNING, NO_SPECK_SIZES_WARNING, read_sr
 from MicrocalcAI.core.outputs.dicom.scoords import box_polyline
 from MicrocalcAI.core.outputs.dicom.seg import SEG_CLASSES, class_masks
 from MicrocalcAI.core.outputs.findings_json import load_image_json
@@ -30,6 +30,12 @@ from MicrocalcAI.core.outputs.findings_json import load_image_json
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "Resources" / "Samples" / "sim_R_CC.dcm"
 KINDS = ("cad_sr", "tid1500", "gsps", "seg")
+
+
+def CBIS_VIEWS(cases):  # noqa: N802 - reads as the constant it is
+    """The real films of the quick tests: a benign case's left CC (2 lesions) and a malignant
+    case's left CC (3 lesions, two with a single speck); the slow test covers the other six."""
+    return [cases[0]["lcc"], cases[1]["lcc"]]
 
 
 def _sha256(path: Path) -> str:
@@ -45,9 +51,9 @@ def run(tmp_path_factory, cbis_cases):
     work = tmp_path_factory.mktemp("dicom")
     png = work / "in" / "plain.png"
     png.parent.mkdir()
-    pixels = pydicom.dcmread(SAMPLE).pixel_array[::4, ::4]
+    pixels = pydicom.dcmread(SAMPLE).pixel_array[::2, ::2]
     Image.fromarray((pixels >> 4).astype(np.uint8)).save(png)
-    inputs = [SAMPLE, *cbis_cases[0].values(), png]
+    inputs = [SAMPLE, *CBIS_VIEWS(cbis_cases), png]
     before = {p: _sha256(p) for p in inputs}
     analyzer = Analyzer(device="cpu")
     result = run_batch(inputs, work / "out", analyzer=analyzer, dicom=True)
@@ -64,7 +70,7 @@ def analysed(run):
 def test_each_dicom_input_gets_the_four_objects_and_the_png_one_skip_line(run, analysed):
     result, out, _, before = run
     assert not result.failed
-    assert len(analysed) == 5 and "sim_R_CC" in analysed
+    assert len(analysed) == 3 and "sim_R_CC" in analysed
     for name in analysed:
         assert [p.name for p in result.dicom[name]] == [p.name for p in dicom_output_paths(name, out).values()]
         assert all(p.is_file() for p in result.dicom[name])
@@ -276,7 +282,7 @@ def test_findings_survive_the_round_trip_through_each_sr(run, analysed, kind):
         assert back.model.sha256 == f.model.sha256 and back.score_threshold == pytest.approx(f.score_threshold)
         assert back.risk.probability == pytest.approx(f.risk.probability, abs=1e-9)
         assert back.risk.category == f.risk.category
-        assert back.warnings == f.warnings
+        assert [w for w in back.warnings if w != MERGED_SPECKS_WARNING] == f.warnings
         assert len(back.lesions) == len(f.lesions)
         for a, b in zip(f.lesions, back.lesions):
             np.testing.assert_allclose(b.box_px, a.box_px, atol=0.5)
@@ -284,8 +290,14 @@ def test_findings_survive_the_round_trip_through_each_sr(run, analysed, kind):
             assert b.score == pytest.approx(a.score, abs=1e-9)
             assert b.p_malignant == pytest.approx(a.p_malignant, abs=1e-9)
             assert b.speck_count == a.speck_count
-            assert [s.area_px for s in b.specks] == [s.area_px for s in a.specks]
-            np.testing.assert_array_equal(b.speck_mask, a.speck_mask)
+            np.testing.assert_allclose(
+                np.reshape([s.centroid_px for s in b.specks], (-1, 2)),
+                np.reshape([s.centroid_px for s in a.specks], (-1, 2)),
+                atol=1e-3,
+            )
+            if MERGED_SPECKS_WARNING not in back.warnings:  # exact unless same-class lesions overlap
+                assert [s.area_px for s in b.specks] == [s.area_px for s in a.specks]
+                np.testing.assert_array_equal(b.speck_mask, a.speck_mask)
         # Without the SEG: the same counts and centres, no sizes, and a warning saying so.
         bare = read_sr(paths[kind])
         assert [les.speck_count for les in bare.lesions] == [les.speck_count for les in f.lesions]
@@ -306,8 +318,6 @@ def test_seg_frames_equal_the_speck_masks(run, analysed):
         for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
             number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
             np.testing.assert_array_equal(frames[index].astype(bool), expected[SEG_CLASSES[number - 1]])
-        total = sum(int(les.speck_mask.sum()) for les in f.lesions)
-        assert int(frames.astype(bool).sum()) == total  # windows of different lesions do not overlap here
 
 
 def test_gsps_graphics_are_the_boxes_on_our_layer(run, analysed):
@@ -337,7 +347,7 @@ def test_gsps_graphics_are_the_boxes_on_our_layer(run, analysed):
 
 def test_deidentify_removes_identity_and_keeps_the_references(run, analysed, tmp_path):
     result, _, _, _ = run
-    name = next(n for n in analysed if n != "sim_R_CC")  # a CBIS film: its identity is in PatientID/Name
+    name = "1-130"  # a CBIS film: its identity is in PatientID/Name
     f = analysed[name]
     source = Path(f.source)
     before = _sha256(source)
@@ -400,7 +410,7 @@ def test_render_recreates_json_and_overlay_from_the_srs(run, analysed, tmp_path,
     for name in analysed:
         for path in dicom_output_paths(name, out).values():
             shutil.copy(path, pacs / path.name)
-    image_dirs = [str(SAMPLE.parent), str(next(iter(cbis_cases[0].values())).parent)]
+    image_dirs = [str(SAMPLE.parent), *{str(p.parent) for p in CBIS_VIEWS(cbis_cases)}]
     rc = main(["render", str(pacs), "--images", *image_dirs, "--out", str(tmp_path / "again"), "--quiet"])
     assert rc == 0
     for name, f in analysed.items():
@@ -493,3 +503,36 @@ def test_round_trip_of_lesions_with_no_one_or_many_specks(tmp_path, n_specks):
         for path in paths:
             proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
             assert "Error" not in proc.stdout + proc.stderr, path.name
+
+
+def _validate(path: Path) -> list[str]:
+    """dciodvfy's Error lines, and for an SR also dsrdump's E: lines."""
+    proc = subprocess.run([_tool("dciodvfy"), str(path)], capture_output=True, text=True)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "Error" in line]
+    if path.name.endswith(".sr.dcm"):
+        proc = subprocess.run([_tool("dsrdump"), str(path)], capture_output=True, text=True)
+        errors += [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("E:")]
+    return errors
+
+
+@pytest.mark.slow
+def test_the_other_six_real_films_validate_and_round_trip(run, cbis_cases, tmp_path):
+    """The remaining CBIS-DDSM views (the quick tests cover two of the eight)."""
+    from MicrocalcAI.core.batch import run_batch
+
+    _, _, analyzer, _ = run
+    others = [p for case in cbis_cases for p in case.values() if p not in CBIS_VIEWS(cbis_cases)]
+    assert len(others) == 6
+    result = run_batch(others, tmp_path, analyzer=analyzer, dicom=True)
+    assert not result.failed and len(result.dicom) == 6
+    for f in result.images:
+        paths = dicom_output_paths(f.name, tmp_path)
+        for path in paths.values():
+            assert _validate(path) == [], path.name
+        for kind in ("cad_sr", "tid1500"):
+            back = read_sr(paths[kind], seg=paths["seg"])
+            assert [les.label for les in back.lesions] == [les.label for les in f.lesions]
+            assert [les.speck_count for les in back.lesions] == [les.speck_count for les in f.lesions]
+            for a, b in zip(f.lesions, back.lesions):
+                np.testing.assert_allclose(b.box_px, a.box_px, atol=0.5)
+                assert b.p_malignant == pytest.approx(a.p_malignant, abs=1e-9)

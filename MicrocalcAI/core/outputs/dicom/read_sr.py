@@ -8,8 +8,10 @@ with pydicom by concept codes, so an SR that went through a PACS (re-encoded, ot
 transfer syntax, extra attributes) reads the same.
 
 What an SR does not hold: speck areas and masks. Pass the SEG written with it
-(:func:`read_sr` ``seg=``) to rebuild them exactly; without it each speck has its centre
-and zero area, and a warning says so.
+(:func:`read_sr` ``seg=``) to rebuild them; without it each speck has its centre and zero
+area, and a warning says so. The SEG has one segment per class, so where two lesions of a
+class overlap and one clipped a speck at its box edge, that speck cannot be told apart and
+keeps only its centre (a warning says so too).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from MicrocalcAI.core.outputs.dicom.tid1500 import IMAGE_GROUP_IDENTIFIER, speck
 from MicrocalcAI.core.outputs.dicom.write import DICOM_SUFFIXES
 from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk, Speck
 
-__all__ = ["NO_SPECK_SIZES_WARNING", "referenced_sop_uid", "read_sr", "sr_kind"]
+__all__ = ["MERGED_SPECKS_WARNING", "NO_SPECK_SIZES_WARNING", "referenced_sop_uid", "read_sr", "sr_kind"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -46,6 +48,9 @@ _MEASUREMENT_GROUP = ("125007", "DCM")
 _TRACKING_IDENTIFIER = ("112039", "DCM")
 _FINDING_TYPE = ("121071", "DCM")
 NO_SPECK_SIZES_WARNING = "speck sizes and masks are not in the SR (read it with its SEG to restore them)"
+MERGED_SPECKS_WARNING = (
+    "some specks of overlapping lesions of one class merged in the SEG: they keep their centre, not their size"
+)
 
 
 def _key(code: Optional[codes.CodedConcept]) -> tuple[str, str]:
@@ -244,24 +249,34 @@ def _seg_class_masks(seg: Dataset, shape: tuple[int, int]) -> dict[str, np.ndarr
 
 def _specks_from_mask(
     mask: np.ndarray, origin: tuple[int, int], spacing_mm: tuple[float, float], centres: list[tuple[float, float]]
-) -> list[Speck]:
-    """The specks of a lesion window: its connected components, in the SR's speck order."""
+) -> tuple[np.ndarray, list[Speck], bool]:
+    """The lesion's speck mask and specks from the SEG's class mask over its window, and
+    whether every speck was restored.
+
+    The class mask also holds the specks of other lesions of the class whose boxes overlap
+    this window, so only the connected components whose centroid is one of the SR's speck
+    centres are kept, in the SR's order. Where lesions of one class overlap, a speck one of
+    them clipped at its box edge merges with the other's whole speck; such a speck keeps only
+    its centre (zero area) and the flag says so.
+    """
     labels, n = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
-    found = []
+    found: list[tuple[int, Speck]] = []
     for lab in range(1, n + 1):
         rr, cc = np.nonzero(labels == lab)
         area_px = int(rr.size)
         area_mm2 = area_px * spacing_mm[0] * spacing_mm[1]
         centre = (origin[1] + float(cc.mean()) + 0.5, origin[0] + float(rr.mean()) + 0.5)
-        found.append(Speck(centre, area_px, float(area_mm2), float(2.0 * math.sqrt(area_mm2 / math.pi))))
-    if not centres:
-        return found
-    ordered = []
-    for cx, cy in centres:  # match each SR centre to its component (same centroid)
-        best = min(found, key=lambda s: (s.centroid_px[0] - cx) ** 2 + (s.centroid_px[1] - cy) ** 2, default=None)
-        if best is not None and math.dist(best.centroid_px, (cx, cy)) < 1e-2:
-            ordered.append(best)
-    return ordered if len(ordered) == len(centres) else found
+        found.append((lab, Speck(centre, area_px, float(area_mm2), float(2.0 * math.sqrt(area_mm2 / math.pi)))))
+    kept_labels, specks, complete = [], [], True
+    for cx, cy in centres:
+        match = [(lab, s) for lab, s in found if math.dist(s.centroid_px, (cx, cy)) < 1e-2]
+        if match:
+            kept_labels.append(match[0][0])
+            specks.append(match[0][1])
+        else:
+            specks.append(Speck((cx, cy), 0, 0.0, 0.0))
+            complete = False
+    return np.isin(labels, kept_labels), specks, complete
 
 
 # --------------------------------------------------------------------------- the reader
@@ -299,6 +314,7 @@ def read_sr(path: PathLike, *, seg: Optional[Union[PathLike, Dataset]] = None) -
         raise UnreadableFileError(f"{path.name}: the SEG given describes another image")
     masks = _seg_class_masks(seg_ds, shape) if seg_ds is not None else None
     lesions = []
+    sizes_missing = sizes_incomplete = False
     for index, d in enumerate(raw, start=1):
         if d["box"] is None or d["class"] not in class_by_code:
             raise UnreadableFileError(f"{path.name}: lesion {index} has no outline or no benign/malignant class")
@@ -306,11 +322,12 @@ def read_sr(path: PathLike, *, seg: Optional[Union[PathLike, Dataset]] = None) -
         box = d["box"]
         r0, c0, r1, c1 = box_window(box, shape)
         if masks is not None:
-            window = masks[label][r0:r1, c0:c1].copy()
-            specks = _specks_from_mask(window, (r0, c0), spacing, d["specks"])
+            window, specks, complete = _specks_from_mask(masks[label][r0:r1, c0:c1], (r0, c0), spacing, d["specks"])
+            sizes_incomplete = sizes_incomplete or not complete
         else:
             window = np.zeros((r1 - r0, c1 - c0), dtype=bool)
             specks = [Speck(centre, 0, 0.0, 0.0) for centre in d["specks"]]
+            sizes_missing = sizes_missing or bool(specks)
         if d["count"] is not None and int(round(d["count"])) != len(specks):
             raise UnreadableFileError(
                 f"{path.name}: lesion {index} says {int(round(d['count']))} calcifications but has {len(specks)} centres"
@@ -330,8 +347,10 @@ def read_sr(path: PathLike, *, seg: Optional[Union[PathLike, Dataset]] = None) -
                 specks=specks,
             )
         )
-    if masks is None and any(les.specks for les in lesions):
+    if sizes_missing:
         warnings.append(NO_SPECK_SIZES_WARNING)
+    if sizes_incomplete:
+        warnings.append(MERGED_SPECKS_WARNING)
     if risk_p is None:  # the CAD SR has no image risk item: our rule, the highest p_malignant
         risk_p = max((les.p_malignant for les in lesions), default=0.0)
     name = raw[0]["name"] if raw else None
