@@ -536,3 +536,29 @@ def test_the_other_six_real_films_validate_and_round_trip(run, cbis_cases, tmp_p
             for a, b in zip(f.lesions, back.lesions):
                 np.testing.assert_allclose(b.box_px, a.box_px, atol=0.5)
                 assert b.p_malignant == pytest.approx(a.p_malignant, abs=1e-9)
+
+
+def test_overlapping_lesions_of_one_class_keep_every_speck_and_say_which_lost_its_size(tmp_path):
+    from findings_fixtures import image_findings, lesion
+
+    header = pydicom.dcmread(SAMPLE, stop_before_pixels=True)
+    shape = (int(header.Rows), int(header.Columns))
+    # Specks are segmented per box with local statistics, so one physical speck in the overlap
+    # may get different pixels in each lesion: here B's version of it is larger than A's.
+    a_full, b_full = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    a_full[210:213, 104:107] = True  # inside A only
+    a_full[210:213, 128:130] = True  # the shared speck as A sees it
+    b_full[209:214, 127:132] = True  # ... and as B sees it
+    a_mask, b_mask = a_full[200:230, 100:130].copy(), b_full[200:230, 125:160].copy()
+    a = lesion(1, "malignant", 0.9, (100.0, 200.0, 130.0, 230.0), mask=a_mask)
+    b = lesion(2, "malignant", 0.8, (125.0, 200.0, 160.0, 230.0), mask=b_mask)
+    f = image_findings("overlap", lesions=[a, b], shape=shape)
+    f.sop_uid = str(header.SOPInstanceUID)
+    paths = write_dicom_outputs(f, SAMPLE, tmp_path)
+    back = read_sr(paths[1], seg=paths[3])
+    assert MERGED_SPECKS_WARNING in back.warnings
+    got_a, got_b = back.lesions
+    assert [s.area_px for s in got_a.specks] == [9, 0]  # the merged speck keeps its centre only
+    np.testing.assert_allclose(got_a.specks[1].centroid_px, a.specks[1].centroid_px, atol=1e-3)
+    assert [s.area_px for s in got_b.specks] == [s.area_px for s in b.specks] == [25]
+    np.testing.assert_array_equal(got_b.speck_mask, b.speck_mask)

@@ -9,9 +9,9 @@ transfer syntax, extra attributes) reads the same.
 
 What an SR does not hold: speck areas and masks. Pass the SEG written with it
 (:func:`read_sr` ``seg=``) to rebuild them; without it each speck has its centre and zero
-area, and a warning says so. The SEG has one segment per class, so where two lesions of a
-class overlap and one clipped a speck at its box edge, that speck cannot be told apart and
-keeps only its centre (a warning says so too).
+area, and a warning says so. The SEG has one segment per class and specks are segmented per
+lesion box, so where two lesions of a class overlap, a speck both found (with different
+pixels) cannot be told apart in the SEG and keeps only its centre (a warning says so too).
 """
 
 from __future__ import annotations
@@ -255,9 +255,9 @@ def _specks_from_mask(
 
     The class mask also holds the specks of other lesions of the class whose boxes overlap
     this window, so only the connected components whose centroid is one of the SR's speck
-    centres are kept, in the SR's order. Where lesions of one class overlap, a speck one of
-    them clipped at its box edge merges with the other's whole speck; such a speck keeps only
-    its centre (zero area) and the flag says so.
+    centres are kept, in the SR's order. Where lesions of one class overlap, a speck found by
+    both with different pixels merges into another shape; it keeps only its centre (zero
+    area) and the flag says so.
     """
     labels, n = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
     found: list[tuple[int, Speck]] = []
