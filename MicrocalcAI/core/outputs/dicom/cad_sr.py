@@ -41,6 +41,7 @@ import numpy as np
 from highdicom import UID
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID as PydicomUID
 from pydicom.uid import ExplicitVRLittleEndian
 
 from MicrocalcAI import __version__
@@ -299,15 +300,15 @@ def build_cad_sr(
     sop_uid = sop_uid or str(UID())
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MAMMOGRAPHY_CAD_SR_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPClassUID = PydicomUID(MAMMOGRAPHY_CAD_SR_STORAGE)
+    ds.file_meta.MediaStorageSOPInstanceUID = PydicomUID(sop_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = MAMMOGRAPHY_CAD_SR_STORAGE
     ds.SOPInstanceUID = sop_uid
     for keyword in _PATIENT_STUDY:
         if keyword in source:
-            setattr(ds, keyword, source.data_element(keyword).value)
+            setattr(ds, keyword, source[keyword].value)
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
         if keyword not in ds:
             setattr(ds, keyword, "")

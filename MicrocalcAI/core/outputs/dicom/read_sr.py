@@ -191,7 +191,7 @@ def _tid1500_lesions(ds: Dataset) -> tuple[list[dict[str, Any]], list[str], Opti
     risk_p = _num(_first(image, _key(codes.PROBABILITY_OF_CANCER)))
     category_item = _first(image, _key(codes.RISK_CATEGORY))
     category = str(category_item.ConceptCodeSequence[0].CodeMeaning) if category_item is not None else None
-    lesions = []
+    lesions: list[dict[str, Any]] = []
     for identifier, items in groups.items():
         finding = _first(items, _FINDING_TYPE)
         if finding is None or _concept(finding, "ConceptCodeSequence") != _key(codes.CALCIFICATION_CLUSTER):
@@ -218,7 +218,7 @@ def _tid1500_lesions(ds: Dataset) -> tuple[list[dict[str, Any]], list[str], Opti
                 "version": _text(_first(items, _key(codes.ALGORITHM_VERSION))),
             }
         )
-    lesions.sort(key=lambda d: d["id"])
+    lesions.sort(key=lambda d: int(d["id"]))
     return lesions, parameters, risk_p, category
 
 
