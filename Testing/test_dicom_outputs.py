@@ -364,6 +364,8 @@ def test_deidentify_removes_identity_and_keeps_the_references(run, analysed, tmp
         assert not any(elem.tag.is_private for elem in ds.iterall())
         assert ds.StudyInstanceUID == original.StudyInstanceUID  # Retain UIDs Option
         assert identity.encode() not in path.read_bytes()
+        if shutil.which("dciodvfy") and shutil.which("dsrdump"):
+            assert _validate(path) == [], path.name
     assert dicom_outputs_complete(name, tmp_path, deidentify=True)
     assert not dicom_outputs_complete(name, tmp_path, deidentify=False)
     # Read back: same findings, no identity.

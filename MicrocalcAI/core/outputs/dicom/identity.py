@@ -40,7 +40,7 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-DEIDENTIFICATION_METHOD = "PS3.15 Basic Application Confidentiality Profile, Retain UIDs Option (MicrocalcAI)"
+DEIDENTIFICATION_METHOD = "PS3.15 Basic Profile, Retain UIDs Option"  # LO: at most 64 characters
 
 #: Basic profile action Z (replace with an empty value) for the type 2 attributes we copy.
 _EMPTY = (

@@ -183,6 +183,12 @@ def build_tid1500(
         is_complete=True,
         series_description="MicrocalcAI TID 1500 measurement report (research use only)",
     )
+    # Our private coding scheme (risk categories) is declared, as PS3.3 C.12.1.1.2 asks.
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = codes.PRIVATE_SCHEME
+    scheme.CodingSchemeName = "MicrocalcAI risk categories"
+    scheme.CodingSchemeResponsibleOrganization = "MicrocalcAI project"
+    sr.CodingSchemeIdentificationSequence = [scheme]
     if is_deidentified(source):
         mark_deidentified(sr)
     return sr
