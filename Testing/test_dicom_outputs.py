@@ -401,6 +401,15 @@ def test_rerun_keeps_complete_objects_and_restores_missing_ones_without_reanalys
     assert paths["gsps"].is_file() and set(again.dicom) == {"sim_R_CC"}
     again = run_batch([SAMPLE], target, analyzer=analyzer, dicom=True, deidentify=True)
     assert not again.analysed and pydicom.dcmread(paths["cad_sr"]).PatientIdentityRemoved == "YES"
+    # Findings replaced by a later run without --dicom: the older objects are stale, redone.
+    from MicrocalcAI.core.outputs.findings_json import write_image_json
+
+    earlier = load_image_json(target / "sim_R_CC.json")
+    earlier.lesions = earlier.lesions[:1]
+    write_image_json(earlier, target)
+    again = run_batch([SAMPLE], target, analyzer=analyzer, dicom=True, deidentify=True)
+    assert not again.analysed and set(again.dicom) == {"sim_R_CC"}
+    assert len(read_sr(paths["tid1500"]).lesions) == 1
 
 
 def test_render_recreates_json_and_overlay_from_the_srs(run, analysed, tmp_path, cbis_cases):

@@ -119,7 +119,8 @@ def _write_dicom(
         log.warning("%s: not a DICOM input, DICOM output skipped", findings.source or findings.name)
         result.dicom_skipped.append(findings.source or findings.name)
         return True
-    if only_missing and dicom_outputs_complete(findings.name, out, deidentify=deidentify):
+    json_file = out / f"{findings.name}.json"
+    if only_missing and dicom_outputs_complete(findings.name, out, deidentify=deidentify, not_older_than=json_file):
         return True
     try:
         result.dicom[findings.name] = write_dicom_outputs(findings, findings.source, out, deidentify=deidentify)

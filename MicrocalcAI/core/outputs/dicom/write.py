@@ -104,13 +104,26 @@ def write_dicom_outputs(
     return [_save(ds, paths[kind]) for kind, ds in objects]
 
 
-def dicom_outputs_complete(name: str, out_dir: PathLike, *, deidentify: bool = False) -> bool:
-    """Whether all four objects of image ``name`` exist, parse, and match the ``deidentify`` choice.
+def dicom_outputs_complete(
+    name: str, out_dir: PathLike, *, deidentify: bool = False, not_older_than: Optional[PathLike] = None
+) -> bool:
+    """Whether all four objects of image ``name`` exist, parse, match the ``deidentify`` choice
+    and, given ``not_older_than`` (the image's findings JSON), were written after it.
 
     A re-run with ``--dicom`` writes them again when this answers False (the findings are
-    reused when the JSON is still valid).
+    reused when the JSON is still valid). The age check catches objects left from an earlier
+    ``--dicom`` run whose findings a later run without ``--dicom`` replaced.
     """
+    try:
+        oldest = os.stat(not_older_than).st_mtime_ns if not_older_than is not None else None
+    except OSError:
+        return False
     for path in dicom_output_paths(name, out_dir).values():
+        try:
+            if oldest is not None and os.stat(path).st_mtime_ns < oldest:
+                return False
+        except OSError:
+            return False
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError, EOFError):
