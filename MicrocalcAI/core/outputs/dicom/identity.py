@@ -20,7 +20,7 @@ import copy
 import datetime
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -32,7 +32,9 @@ from MicrocalcAI.core.records import ImageFindings
 __all__ = [
     "DEIDENTIFICATION_METHOD",
     "deidentify",
+    "is_deidentified",
     "mark_deidentified",
+    "now",
     "patient_orientation",
     "prepare_source",
     "read_source_header",
@@ -174,9 +176,5 @@ def now() -> datetime.datetime:
 
 
 def is_deidentified(ds: Dataset) -> bool:
+    """Whether ``ds`` says its identity was removed (then the objects made from it say so too)."""
     return str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
-
-
-def optional_text(ds: Dataset, keyword: str) -> Optional[str]:
-    value = ds.get(keyword)
-    return None if value in (None, "") else str(value)
