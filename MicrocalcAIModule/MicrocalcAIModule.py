@@ -292,18 +292,8 @@ class MicrocalcAIModuleLogic(ScriptedLoadableModuleLogic):
         return runner.export_results(slicer.mrmlScene, volumeNodes, folder)
 
     def exportDicom(self, volumeNodes: Sequence[Any], folder: str) -> list[Path]:
-        """DICOM SR/SEG of the shown findings, through the engine's DICOM writer."""
-        writer = runner.dicom_export_function()
-        if writer is None:
-            raise LookupError("DICOM export is not available in this version of the MicrocalcAI engine")
-        written: list[Path] = []
-        for volume in volumeNodes:
-            findings = scene_lib.shown_findings(slicer.mrmlScene, volume)
-            source = self.dicomSource(volume)
-            if findings is None or source is None or not source.file:
-                raise LookupError(f"'{volume.GetName()}' has no analysed DICOM source to reference")
-            written += list(writer(findings, source.file, folder))
-        return written
+        """CAD SR, TID 1500 SR, presentation state and SEG of the shown findings (engine writer)."""
+        return runner.export_dicom(slicer.mrmlScene, volumeNodes, folder, self.dicomSource)
 
     @staticmethod
     def jumpToLesion(roiNode: Any) -> None:

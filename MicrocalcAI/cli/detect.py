@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from MicrocalcAI.cli.common import EXIT_OK, EXIT_SOME_FAILED, fraction_arg, run_with_bar, spacing_arg
+from MicrocalcAI.cli.common import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, fraction_arg, run_with_bar, spacing_arg
 from MicrocalcAI.cli.report import print_report_failures
 
 __all__ = ["register", "run"]
@@ -42,6 +42,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="also write one visual exam report per exam (HTML and PDF) into DIR/reports",
     )
+    det.add_argument(
+        "--dicom",
+        action="store_true",
+        help="also write, per DICOM input, a Mammography CAD SR, a TID 1500 SR, a presentation state and a speck SEG",
+    )
+    det.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="with --dicom: write the DICOM objects with patient and study identity removed (PS3.15 basic profile)",
+    )
     det.add_argument("--force", action="store_true", help="redo images whose outputs already exist")
     det.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
     det.add_argument("--quiet", action="store_true", help="no progress bar, only warnings and errors")
@@ -51,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from MicrocalcAI.core.batch import run_batch
+
+    if args.deidentify and not args.dicom:
+        print("error: --deidentify applies to the DICOM objects: add --dicom", file=sys.stderr)
+        return EXIT_ERROR
 
     result = run_with_bar(
         "detect",
@@ -66,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
             recursive=not args.no_recursive,
             progress=bar,
             report=args.report,
+            dicom=args.dicom,
+            deidentify=args.deidentify,
         ),
     )
     if not args.quiet:
@@ -110,6 +126,11 @@ def _print_summary(result, out: Path) -> None:
         print("\noverlays:")
         for name in sorted(result.overlays):
             print(f"  {result.overlays[name]}")
+    if result.dicom:
+        n_files = sum(len(paths) for paths in result.dicom.values())
+        print(
+            f"DICOM:   {n_files} object(s) for {len(result.dicom)} image(s) (NAME_cad.sr.dcm, _tid1500.sr.dcm, _gsps.dcm, _seg.dcm)"
+        )
     if result.tables:
         print("tables:  " + ", ".join(str(p) for p in result.tables))
     if result.reports:

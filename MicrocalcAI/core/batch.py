@@ -46,6 +46,8 @@ class BatchResult:
     overlays: dict[str, Path] = field(default_factory=dict)
     reports: list[Path] = field(default_factory=list)  # with report=True: HTML and PDF per exam
     report_failures: list[tuple[str, str]] = field(default_factory=list)  # (exam, reason)
+    dicom: dict[str, list[Path]] = field(default_factory=dict)  # name -> DICOM objects written now
+    dicom_skipped: list[str] = field(default_factory=list)  # non-DICOM inputs (no DICOM output)
 
     @property
     def ok(self) -> bool:
@@ -114,6 +116,31 @@ def _still_valid(
     return earlier.spacing_source == "user" and all(abs(s - float(spacing_mm)) < 1e-9 for s in earlier.spacing_mm)
 
 
+def _write_dicom(
+    findings: ImageFindings, out: Path, deidentify: bool, result: BatchResult, *, only_missing: bool = False
+) -> bool:
+    """The DICOM step of one image; False when it failed (recorded in ``failed``; the image's
+    findings, JSON and overlay stay valid). A non-DICOM input (no SOP Instance UID) gets one
+    line saying its DICOM output is skipped.
+    """
+    from MicrocalcAI.core.outputs.dicom import dicom_outputs_complete, write_dicom_outputs
+
+    if findings.sop_uid is None:
+        log.warning("%s: not a DICOM input, DICOM output skipped", findings.source or findings.name)
+        result.dicom_skipped.append(findings.source or findings.name)
+        return True
+    json_file = out / f"{findings.name}.json"
+    if only_missing and dicom_outputs_complete(findings.name, out, deidentify=deidentify, not_older_than=json_file):
+        return True
+    try:
+        result.dicom[findings.name] = write_dicom_outputs(findings, findings.source, out, deidentify=deidentify)
+    except MicrocalcAIError as exc:
+        log.error("%s: DICOM output failed: %s", findings.source or findings.name, exc)
+        result.failed.append((findings.source or findings.name, f"DICOM output failed: {exc}"))
+        return False
+    return True
+
+
 def run_batch(
     inputs: Sequence[Union[str, os.PathLike]],
     out_dir: Union[str, os.PathLike],
@@ -127,6 +154,8 @@ def run_batch(
     analyzer: Optional[Analyzer] = None,
     progress: Optional[ProgressCallback] = None,
     report: bool = False,
+    dicom: bool = False,
+    deidentify: bool = False,
 ) -> BatchResult:
     """Analyse files and folders into ``out_dir``: per-image JSON + overlay, per-batch CSVs.
 
@@ -144,6 +173,10 @@ def run_batch(
     one HTML and PDF exam report per exam into ``out_dir/reports``
     (:mod:`MicrocalcAI.core.outputs.report`); an exam whose report fails is listed in
     ``report_failures`` and the others are still written.
+
+    ``dicom`` also writes the DICOM objects of each DICOM input (:func:`_write_dicom`),
+    ``deidentify`` with the identity removed; a skipped image whose objects are missing or
+    were written with the other ``deidentify`` choice gets them from its earlier findings.
     """
     from MicrocalcAI.core.outputs.complete import outputs_complete
     from MicrocalcAI.core.outputs.findings_json import load_image_json, write_image_json
@@ -175,6 +208,8 @@ def run_batch(
             except MicrocalcAIError:
                 earlier = None  # unreadable earlier output: redo the image
             if earlier is not None and _still_valid(earlier, path, spec, threshold, spacing_mm):
+                if dicom:
+                    _write_dicom(earlier, out, deidentify, result, only_missing=True)
                 result.images.append(earlier)
                 result.skipped.append(str(path))
                 result.overlays[name] = out / f"{name}_overlay.png"
@@ -199,6 +234,8 @@ def run_batch(
             )
             write_image_json(findings, out)
             result.overlays[name] = write_overlay(findings, stored01, out)
+            if dicom:
+                _write_dicom(findings, out, deidentify, result)
             result.images.append(findings)
             result.analysed.append(str(path))
         except CancelledError:

@@ -253,14 +253,36 @@ def export_results(scene: Any, volumes: Sequence[Any], out_dir: Union[str, os.Pa
 
 
 def dicom_export_function() -> Optional[Callable[..., Any]]:
-    """The engine's DICOM writer (SR/SEG), once it exists; None until then.
-
-    Expected engine API: ``MicrocalcAI.dicom_outputs.write_dicom_outputs(findings,
-    source_path, out_dir) -> list[Path]``. The GUI enables its DICOM export button only when
-    this returns a function.
-    """
+    """The engine's DICOM writer, ``write_dicom_outputs(findings, source_path, out_dir, *,
+    deidentify=False) -> list[Path]``; None when the installed engine lacks it (the GUI then
+    leaves its DICOM export button disabled)."""
     try:
-        from MicrocalcAI import dicom_outputs  # type: ignore[attr-defined]
+        from MicrocalcAI.core.outputs.dicom import write_dicom_outputs
     except ImportError:
         return None
-    return getattr(dicom_outputs, "write_dicom_outputs", None)
+    return write_dicom_outputs
+
+
+def export_dicom(
+    scene: Any,
+    volumes: Sequence[Any],
+    out_dir: Union[str, os.PathLike],
+    source_lookup: Callable[[Any], Optional[DicomSource]],
+    *,
+    deidentify: bool = False,
+) -> list[Path]:
+    """Write the engine's DICOM objects (CAD SR, TID 1500 SR, GSPS, SEG) of the findings as
+    shown for these volumes. ``source_lookup(volume)`` gives the volume's DICOM file (the
+    objects reference it); a volume without one, or not analysed, is a LookupError."""
+    writer = dicom_export_function()
+    if writer is None:
+        raise LookupError("DICOM export is not available in this version of the MicrocalcAI engine")
+    written: list[Path] = []
+    for volume in volumes:
+        findings = scene_lib.shown_findings(scene, volume)
+        source = source_lookup(volume)
+        if findings is None or source is None or not source.file:
+            raise LookupError(f"'{volume.GetName()}' has no analysed DICOM source to reference")
+        written += list(writer(findings, source.file, out_dir, deidentify=deidentify))
+    log.info("exported DICOM objects of %d image(s) to %s", len(volumes), out_dir)
+    return written
