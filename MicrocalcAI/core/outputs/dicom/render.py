@@ -22,8 +22,8 @@ from pydicom.errors import InvalidDicomError
 
 from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError
 from MicrocalcAI.core.outputs.dicom.read_sr import read_sr, referenced_sop_uid, sr_kind
-from MicrocalcAI.core.read import find_images, read_mammogram
 from MicrocalcAI.core.progress import ProgressCallback, no_progress
+from MicrocalcAI.core.read import find_images, read_mammogram
 
 __all__ = ["RenderResult", "render_srs"]
 
