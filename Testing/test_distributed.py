@@ -215,3 +215,18 @@ def test_a_killed_worker_does_not_stop_the_batch(tmp_path, allowed_failures):
         for name in written:
             assert json.loads((out / name).read_text())["input"]["name"] == name[:-5]
         assert len(result.images) == len(written)
+
+
+def test_full_disk_stops_the_cluster_batch(tmp_path, client):
+    from _disk_helpers import nearly_full_disk
+
+    from MicrocalcAI.core.errors import DiskFullError
+
+    data = tmp_path / "in"
+    data.mkdir()
+    for path in _tiny(tmp_path, 4, seed=13):
+        shutil.copy(path, data / path.name)
+    with nearly_full_disk(tmp_path / "disk") as out:
+        with pytest.raises(DiskFullError, match="disk full"):
+            run_batch([data], out, device="cpu", client=client)
+        _no_half_files(out)
