@@ -852,15 +852,11 @@ class MicrocalcAIModuleTest(ScriptedLoadableModuleTest):
         if expectDicom:
             self.assertEqual(findings.photometric, "MONOCHROME2")
             self.assertIsNotNone(findings.study_uid)
-        # Every known cluster is found (IoU >= 0.2 or centre inside), as in scripts/check_sample.py.
+        # Every known cluster is found by the engine's hit rule, as in scripts/check_sample.py.
+        from MicrocalcAI.core.boxes import finds
+
         for known in truth["lesions"]:
-            self.assertTrue(
-                any(
-                    _iou(les.box_px, known["box_px"]) >= 0.2 or _centre_inside(les.box_px, known["box_px"])
-                    for les in findings.lesions
-                ),
-                f"missed {known}",
-            )
+            self.assertTrue(any(finds(les.box_px, known["box_px"]) for les in findings.lesions), f"missed {known}")
         # One ROI / segment / table row per lesion; ROI centres are the boxes through IJK-to-RAS.
         self.assertEqual(len(result.nodes.rois), len(findings.lesions))
         self.assertEqual(result.nodes.segmentation.GetSegmentation().GetNumberOfSegments(), len(findings.lesions))
@@ -887,15 +883,3 @@ class MicrocalcAIModuleTest(ScriptedLoadableModuleTest):
         self.assertLessEqual(len(higher.rois), len(again.nodes.rois))
         return again
 
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _centre_inside(box: Sequence[float], truth: Sequence[float]) -> bool:
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return truth[0] <= cx <= truth[2] and truth[1] <= cy <= truth[3]

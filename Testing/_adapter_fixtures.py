@@ -421,7 +421,7 @@ def write_mini_mias(root: Path) -> Path:
 # --------------------------------------------------------------------------------- COCO
 
 
-def write_coco(root: Path) -> Path:
+def write_coco_source(root: Path) -> Path:
     """A user's COCO file ``root/ann/source.json`` with PNG images in ``root/imgs``.
 
     categories: 7 "Calc-Malignant", 3 "Benign", 9 "mass".

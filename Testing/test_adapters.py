@@ -23,14 +23,14 @@ from _adapter_fixtures import (
     COLS,
     ROWS,
     write_cbis_ddsm,
-    write_coco,
+    write_coco_source,
     write_inbreast,
     write_mini_mias,
     write_vindr_mammo,
 )
 
 from MicrocalcAI.core.errors import DatasetError
-from MicrocalcAI.datasets.adapters import (
+from MicrocalcAI.datasets import (
     ConversionReport,
     convert_cbis_ddsm,
     convert_coco,
@@ -38,10 +38,10 @@ from MicrocalcAI.datasets.adapters import (
     convert_inbreast,
     convert_mini_mias,
     convert_vindr_mammo,
-    group_points_single_linkage,
     normalise_kind,
 )
-from MicrocalcAI.training.data import LABEL_IDS, parse_coco
+from MicrocalcAI.datasets.coco import LABEL_IDS, parse_coco
+from MicrocalcAI.datasets.inbreast import group_points_single_linkage
 
 
 def _load(out: Path) -> dict:
@@ -255,7 +255,7 @@ def test_mini_mias_negatives_are_normal_images_only(tmp_path):
 
 
 def test_coco_mapping_validation_and_relative_paths(tmp_path):
-    src = write_coco(tmp_path / "user")
+    src = write_coco_source(tmp_path / "user")
     out = tmp_path / "elsewhere" / "clean.json"
     report = convert_coco(src, out, category_map={"Calc-Malignant": "malignant", "mass": "ignore"})
     data = _load(out)
@@ -287,7 +287,7 @@ def test_coco_mapping_validation_and_relative_paths(tmp_path):
 
 
 def test_coco_unmapped_category_is_an_error(tmp_path):
-    src = write_coco(tmp_path / "user")
+    src = write_coco_source(tmp_path / "user")
     with pytest.raises(DatasetError, match=r"Calc-Malignant.*mass|category_map"):
         convert_coco(src, tmp_path / "x.json")
     with pytest.raises(DatasetError, match="targets are benign, malignant or ignore"):
@@ -295,7 +295,7 @@ def test_coco_unmapped_category_is_an_error(tmp_path):
 
 
 def test_output_never_overwrites_an_input(tmp_path):
-    src = write_coco(tmp_path / "user")
+    src = write_coco_source(tmp_path / "user")
     original = src.read_bytes()
     with pytest.raises(DatasetError, match="dataset's own files"):
         convert_coco(src, src, category_map={"Calc-Malignant": "malignant", "mass": None})
@@ -336,7 +336,6 @@ def test_convert_command_writes_coco_and_reports_skipped_rows(tmp_path, capsys):
     from _adapter_fixtures import write_mini_mias
 
     from MicrocalcAI.cli import main as cli_main
-    from MicrocalcAI.training.data import parse_coco
 
     source = write_mini_mias(tmp_path / "mias")
     out = tmp_path / "mias.json"

@@ -1,4 +1,4 @@
-"""COCO loading, validation, caching and box-correct patch sampling (MicrocalcAI.training.data)."""
+"""Canonical training images, caching and box-correct patch sampling (MicrocalcAI.training.data)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import box_pixels_are_lesion, simulate_tiny, synthetic_sample, write_coco
+from train_helpers import box_pixels_are_lesion, simulate_tiny, synthetic_sample
 
-from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
+from MicrocalcAI.core.errors import DatasetError
 from MicrocalcAI.training.data import (
     CocoMammogramDataset,
     PatchConfig,
     PatchSampler,
     clip_boxes_to_patch,
-    parse_coco,
     standardise_file,
 )
 
@@ -23,118 +22,6 @@ from MicrocalcAI.training.data import (
 @pytest.fixture(scope="module")
 def tiny_coco(tmp_path_factory) -> Path:
     return simulate_tiny(tmp_path_factory.mktemp("tiny_sim"), n_images=3, seed=5)
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _image_file(tmp_path: Path) -> Path:
-    path = tmp_path / "img.dcm"
-    path.write_bytes(b"placeholder: parse_coco only checks that the file exists")
-    return path
-
-
-def test_missing_image_is_reported_with_its_path(tmp_path):
-    coco = write_coco(tmp_path / "a.json", [{"id": 1, "file_name": "nowhere/missing.dcm"}], [])
-    with pytest.raises(DatasetError) as err:
-        parse_coco(coco)
-    assert "missing.dcm" in str(err.value) and str(coco) in str(err.value)
-    assert isinstance(err.value, MicrocalcAIError)
-
-
-@pytest.mark.parametrize(
-    "bbox, fragment",
-    [
-        ([10, 10, -5, 20], "non-positive size"),
-        ([10, 10, 0, 20], "non-positive size"),
-        ([1, 2, 3], "4 finite numbers"),
-        ([1, 2, "x", 4], "4 finite numbers"),
-        ([90, 10, 20, 20], "outside"),
-        ([-3, 10, 5, 5], "negative origin"),
-    ],
-)
-def test_bad_bbox_is_rejected(tmp_path, bbox, fragment):
-    img = _image_file(tmp_path)
-    coco = write_coco(
-        tmp_path / "a.json",
-        [{"id": 7, "file_name": img.name, "width": 100, "height": 100}],
-        [{"id": 3, "image_id": 7, "category_id": 1, "bbox": bbox}],
-    )
-    with pytest.raises(DatasetError) as err:
-        parse_coco(coco)
-    assert fragment in str(err.value) and "annotation 3" in str(err.value)
-
-
-def test_unknown_category_name_and_id_are_rejected(tmp_path):
-    img = _image_file(tmp_path)
-    images = [{"id": 1, "file_name": img.name}]
-    coco = write_coco(
-        tmp_path / "a.json", images, [], categories=[{"id": 1, "name": "benign"}, {"id": 2, "name": "tumour"}]
-    )
-    with pytest.raises(DatasetError, match="unknown category 'tumour'"):
-        parse_coco(coco)
-    coco = write_coco(tmp_path / "b.json", images, [{"id": 5, "image_id": 1, "category_id": 9, "bbox": [1, 1, 4, 4]}])
-    with pytest.raises(DatasetError, match="unknown category_id 9"):
-        parse_coco(coco)
-
-
-def test_all_problems_are_listed_at_once(tmp_path):
-    img = _image_file(tmp_path)
-    coco = write_coco(
-        tmp_path / "a.json",
-        [{"id": 1, "file_name": img.name}, {"id": 2, "file_name": "gone.dcm"}],
-        [
-            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 0]},
-            {"id": 2, "image_id": 99, "category_id": 1, "bbox": [0, 0, 5, 5]},
-        ],
-    )
-    with pytest.raises(DatasetError) as err:
-        parse_coco(coco)
-    text = str(err.value)
-    assert "3 problem(s)" in text and "gone.dcm" in text and "unknown image_id 99" in text
-
-
-def test_not_json_and_missing_file(tmp_path):
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json", encoding="utf-8")
-    with pytest.raises(DatasetError, match="not valid JSON"):
-        parse_coco(bad)
-    with pytest.raises(DatasetError, match="not found"):
-        parse_coco(tmp_path / "absent.json")
-
-
-def test_valid_coco_is_parsed_into_xyxy_boxes_with_category_names_mapped(tmp_path):
-    img = _image_file(tmp_path)
-    coco = write_coco(
-        tmp_path / "a.json",
-        [{"id": 4, "file_name": img.name, "width": 50, "height": 40, "spacing_mm": 0.07, "view": "CC"}],
-        [{"id": 1, "image_id": 4, "category_id": 20, "bbox": [5, 6, 10, 4]}],
-        categories=[{"id": 10, "name": "Benign"}, {"id": 20, "name": "malignant"}],
-    )
-    (entry,) = parse_coco(coco)
-    assert entry.path == img and entry.spacing_mm == 0.07 and entry.extra["view"] == "CC"
-    np.testing.assert_allclose(entry.boxes_stored, [[5, 6, 15, 10]])
-    assert entry.labels.tolist() == [2]
-
-
-def test_hard_negatives_are_parsed_and_malformed_ones_reported(tmp_path):
-    img = _image_file(tmp_path)
-    good = [{"type": "skin_marker", "bbox": [5, 6, 4, 3]}, {"type": "noise_spike", "bbox": [20, 1, 1, 1]}]
-    coco = write_coco(tmp_path / "a.json", [{"id": 1, "file_name": img.name, "hard_negatives": good}], [])
-    (entry,) = parse_coco(coco)
-    np.testing.assert_allclose(entry.hard_negatives_stored, [[5, 6, 9, 9], [20, 1, 21, 2]])
-    assert entry.extra["hard_negatives"] == good  # still there for `microcalcai evaluate`
-    bad = write_coco(
-        tmp_path / "b.json",
-        [
-            {"id": 1, "file_name": img.name, "hard_negatives": [{"type": "x", "bbox": [1, 2, 0, 3]}]},
-            {"id": 2, "file_name": img.name, "hard_negatives": "none"},
-        ],
-        [],
-    )
-    with pytest.raises(DatasetError) as info:
-        parse_coco(bad)
-    assert "image 1: hard negative" in str(info.value) and "image 2: 'hard_negatives' must be a list" in str(info.value)
 
 
 def test_simulated_hard_negatives_land_on_bright_structures_in_the_canonical_frame(tmp_path):

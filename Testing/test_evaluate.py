@@ -17,21 +17,10 @@ import pytest
 from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory
 from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk
-from MicrocalcAI.evaluation.evaluate import (
-    DETECTOR_CLASS,
-    FROC_RATES,
-    EvaluationReport,
-    ImageTruth,
-    compute_metrics,
-    evaluate_dataset,
-    froc_sensitivities,
-    group_breasts,
-    hit_matrix,
-    roc_auc,
-    roc_curve,
-    truth_from_coco,
-    write_report,
-)
+from MicrocalcAI.evaluation.curves import FROC_RATES, froc_sensitivities, roc_auc, roc_curve
+from MicrocalcAI.evaluation.evaluate import EvaluationReport, evaluate_dataset, write_report
+from MicrocalcAI.evaluation.matching import ImageTruth, group_breasts, truth_from_coco
+from MicrocalcAI.evaluation.metrics import DETECTOR_CLASS, compute_metrics
 
 B, M = 1, 2
 GT_BOX = (100.0, 100.0, 140.0, 140.0)  # every hand-built image has its lesions here or at FAR
@@ -101,20 +90,6 @@ def finding(
 
 def truth(name: str, boxes: Sequence[Sequence[float]], labels: Sequence[int], **ident) -> ImageTruth:
     return ImageTruth(name=name, boxes=np.asarray(boxes, dtype=float).reshape(-1, 4), labels=labels, **ident)
-
-
-def test_matching_rule_iou_or_centre():
-    gt = np.array([[0, 0, 10, 10]], dtype=float)
-    dets = np.array(
-        [
-            [20, 20, 30, 30],  # far: no
-            [2, 2, 8, 8],  # centre inside: yes
-            [8, -30, 40, 9],  # centre outside, small IoU: no
-            [5, 0, 15, 10],  # centre (10, 5) on the edge: yes (and IoU 1/3)
-        ],
-        dtype=float,
-    )
-    assert hit_matrix(dets, gt)[:, 0].tolist() == [False, True, False, True]
 
 
 def test_missed_malignant_lesion_counts_as_false_negative_not_dropped():
@@ -446,3 +421,95 @@ def test_sensitivity_is_broken_down_by_morphology_and_distribution(tmp_path):
     # Data without descriptors gets an empty breakdown, not an error.
     plain = compute_metrics([truth("x", [GT_BOX], [M])], [finding("x", [])], spec=spec(), n_bootstrap=0)
     assert plain["detection"]["by_descriptor"] == {}
+
+
+def _random_case(seed: int, n_images: int = 14) -> tuple[list[ImageTruth], list[ImageFindings], list]:
+    """The same GT and detections as evaluation inputs and as training-validation inputs."""
+    from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE
+    from MicrocalcAI.training.validation import ImageEvaluation
+
+    rng = np.random.default_rng(seed)
+    t, f, evals = [], [], []
+    for k in range(n_images):
+        n_gt = int(rng.integers(0, 3))
+        gt = [(100.0 + 150 * g, 100.0, 140.0 + 150 * g, 140.0) for g in range(n_gt)]
+        labels = [int(rng.choice([B, M])) for _ in range(n_gt)]
+        dets = []
+        for box, lab in zip(gt, labels):
+            if rng.random() < 0.8:  # found, with a class-dependent p_malignant
+                shift = float(rng.integers(-8, 9))
+                p = float(np.clip(rng.normal(0.7 if lab == M else 0.3, 0.2), 0.01, 0.99))
+                dets.append(((box[0] + shift, box[1], box[2] + shift, box[3]), float(rng.uniform(0.05, 1)), p))
+        for _ in range(int(rng.integers(0, 3))):  # false positives
+            x = float(rng.uniform(0, 60))
+            dets.append(((x, 400.0, x + 20, 420.0), float(rng.uniform(0.05, 1)), float(rng.uniform(0, 1))))
+        lesions = [les(box, s, p) for box, s, p in dets]
+        t.append(truth(f"i{k}", gt, labels))
+        f.append(finding(f"i{k}", lesions, threshold=EVAL_MIN_SCORE))
+        evals.append(
+            ImageEvaluation(
+                f"i{k}",
+                np.asarray(gt, dtype=float).reshape(-1, 4),
+                np.asarray(labels, dtype=np.int64),
+                np.asarray([d[0] for d in dets], dtype=float).reshape(-1, 4),
+                np.asarray([d[1] for d in dets], dtype=float),
+                np.asarray([d[2] for d in dets], dtype=float),
+                [x.label for x in lesions],
+            )
+        )
+    return t, f, evals
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_training_validation_reports_the_numbers_of_evaluate(seed):
+    """One metrics path: training's summary equals `microcalcai evaluate`'s numbers, same detections."""
+    from MicrocalcAI.training.validation import summarise
+
+    t, f, evals = _random_case(seed)
+    threshold = 0.4
+    full = compute_metrics(t, f, spec=spec(threshold), n_bootstrap=0)
+    summary = summarise(evals, threshold)
+    det = full["detection"]
+    for key in ("lesion_sensitivity", "malignant_sensitivity", "benign_sensitivity", "false_positives", "fp_per_image"):
+        assert summary[key] == det[key], key
+    assert summary["lesion_auc_benign_vs_malignant"] == full["lesion_level"]["auc_benign_vs_malignant_matched"]["auc"]
+    assert summary["image_auc_malignant"] == full["image_level"]["auc"]["auc"]
+    froc = det["froc"]["sensitivity_at_fp_per_image"]
+    assert [summary[f"sensitivity_at_{r}_fp"] for r in froc] == list(froc.values())
+    assert [float(r) for r in froc] == list(FROC_RATES)
+    assert summary["n_lesions"] == full["lesion_level"]["n_lesions"] > 0
+
+
+def test_roc_points_and_auc_match_a_hand_computed_case():
+    """scikit-learn's ROC/AUC pinned against values worked out by hand, ties included."""
+    # malignant p 0.9, 0.6; benign 0.7, 0.2: thresholds inf, 0.9, 0.7, 0.6, 0.2
+    fpr, tpr, thr = roc_curve(np.array([0.9, 0.6, 0.7, 0.2]), np.array([True, True, False, False]))
+    assert thr.tolist() == [np.inf, 0.9, 0.7, 0.6, 0.2]
+    assert tpr.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0]
+    assert fpr.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0]
+    # a positive-negative tie counts half: (0.8>0.5) + (0.8>0.3) + (0.5=0.5: 1/2) + (0.5>0.3) = 3.5 of 4 pairs
+    assert roc_auc(np.array([0.8, 0.5, 0.5, 0.3]), np.array([True, True, False, False])) == 0.875
+    assert roc_auc(np.array([0.5, 0.5, 0.5, 0.3]), np.array([True, False, False, False])) == pytest.approx(4 / 6)
+    fpr, tpr, _ = roc_curve(np.array([0.4, 0.3]), np.array([True, True]))  # no negatives: fpr undefined
+    assert tpr.tolist() == [0.0, 0.5, 1.0] and fpr[0] == 0.0 and np.isnan(fpr[1:]).all()
+    assert np.isnan(roc_auc(np.array([0.4, 0.3]), np.array([True, True])))
+
+
+def test_cluster_bootstrap_interval_equals_scipy_percentile_bootstrap():
+    """Our percentile interval is scipy.stats.bootstrap's on the same draws (cases with no undefined resample)."""
+    from scipy.stats import bootstrap
+
+    from MicrocalcAI.evaluation.metrics import bootstrap_indices, percentile_ci
+
+    values = np.random.default_rng(4).normal(size=25)
+    n_boot, seed, stream = 400, 11, 1
+    ours = percentile_ci(values[bootstrap_indices(len(values), n_boot, seed, stream)].mean(axis=1))
+    ref = bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=n_boot,
+        method="percentile",
+        confidence_level=0.95,
+        rng=np.random.default_rng([seed, stream]),
+    )
+    assert ours == pytest.approx([ref.confidence_interval.low, ref.confidence_interval.high], abs=1e-12)

@@ -13,19 +13,16 @@ from train_helpers import simulate_tiny
 from MicrocalcAI.core.detect.manifest import load_manifest, sha256_file
 from MicrocalcAI.core.detect.weights import load_detector
 from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError
-from MicrocalcAI.training.loop import (
+from MicrocalcAI.evaluation.curves import roc_auc
+from MicrocalcAI.training.checkpoints import load_checkpoint
+from MicrocalcAI.training.config import TrainConfig, TrainConfigError
+from MicrocalcAI.training.export import export_model
+from MicrocalcAI.training.loop import train, training_samples
+from MicrocalcAI.training.validation import (
     ImageEvaluation,
-    TrainConfig,
-    TrainConfigError,
     choose_malignancy_operating_points,
     choose_score_threshold,
-    export_model,
-    hit_matrix,
-    load_checkpoint,
-    roc_auc,
     summarise,
-    train,
-    training_samples,
 )
 
 
@@ -242,20 +239,6 @@ def test_config_from_json_resolves_paths_and_rejects_typos(tmp_path):
         TrainConfig.from_json(path)
     with pytest.raises(TrainConfigError, match="optimizer"):
         TrainConfig(train_coco="a", output_dir="o", optimizer="rmsprop")
-
-
-def test_matching_rule_iou_or_centre_inside():
-    gt = np.array([[100, 100, 140, 140]], dtype=float)
-    dets = np.array(
-        [
-            [110, 110, 200, 200],  # centre (155, 155) outside, IoU 900/8800 < 0.2: miss
-            [60, 60, 160, 160],  # centre (110, 110) inside: hit
-            [125, 125, 175, 175],  # centre (150, 150) outside, IoU 225/3875 < 0.2: miss
-            [105, 120, 145, 165],  # centre (125, 142.5) outside, IoU 700/2700 >= 0.2: hit
-        ],
-        dtype=float,
-    )
-    assert hit_matrix(dets, gt)[:, 0].tolist() == [False, True, False, True]
 
 
 def test_summary_counts_hits_false_positives_and_auc():

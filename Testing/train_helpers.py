@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -26,24 +25,6 @@ def simulate_tiny(out_dir: Path, n_images: int = 4, seed: int = 11) -> Path:
         procedural_width_mm=(50.0, 55.0),
     )
     return simulate_dataset(out_dir, config)
-
-
-def write_coco(
-    path: Path,
-    images: Sequence[dict[str, Any]],
-    annotations: Sequence[dict[str, Any]],
-    categories: Optional[Sequence[dict[str, Any]]] = None,
-) -> Path:
-    """Write a COCO file by hand, to provoke each validation error on purpose."""
-    data = {
-        "images": list(images),
-        "annotations": list(annotations),
-        "categories": list(categories)
-        if categories is not None
-        else [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}],
-    }
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
 
 
 def synthetic_sample(

@@ -3,27 +3,19 @@
 Usage: python scripts/check_sample.py FINDINGS.json TRUTH.json
 
 A known cluster counts as found when a reported lesion box overlaps it (IoU >= 0.2) or the
-lesion's centre lies inside it, the same rule the evaluation uses. Exit status 1 when a cluster
-is missed, so the demo makes a regression visible.
+lesion's centre lies inside it (:func:`MicrocalcAI.core.boxes.finds`, the rule the evaluation
+uses). Exit status 1 when a cluster is missed, so the demo makes a regression visible.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def _iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _centre_inside(box: list[float], truth: list[float]) -> bool:
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return truth[0] <= cx <= truth[2] and truth[1] <= cy <= truth[3]
+from MicrocalcAI.core.boxes import box_iou, finds  # noqa: E402
 
 
 def main(findings_path: str, truth_path: str) -> int:
@@ -36,8 +28,9 @@ def main(findings_path: str, truth_path: str) -> int:
     print(f"\nknown clusters in {truth['file']} vs. what MicrocalcAI reported:")
     for i, known in enumerate(truth["lesions"], 1):
         box = known["box_px"]
-        match = max(lesions, key=lambda les: _iou(les["box_px"], box), default=None)
-        if match is not None and (_iou(match["box_px"], box) >= 0.2 or _centre_inside(match["box_px"], box)):
+        finders = [les for les in lesions if finds(les["box_px"], box)]
+        match = max(finders, key=lambda les: float(box_iou([les["box_px"]], [box])[0, 0]), default=None)
+        if match is not None:
             print(
                 f"  cluster {i} ({known['class']:9s} at x={box[0]:.0f}-{box[2]:.0f}, y={box[1]:.0f}-{box[3]:.0f}): "
                 f"found as L{match['id']} {match['label']} p_malignant={match['p_malignant']:.2f}"
@@ -50,10 +43,7 @@ def main(findings_path: str, truth_path: str) -> int:
     extra = sum(
         1
         for les in lesions
-        if not any(
-            _iou(les["box_px"], k["box_px"]) >= 0.2 or _centre_inside(les["box_px"], k["box_px"])
-            for k in truth["lesions"]
-        )
+        if not any(finds(les["box_px"], k["box_px"]) for k in truth["lesions"])
     )
     print(f"  {len(truth['lesions']) - missed}/{len(truth['lesions'])} known clusters found, {extra} other mark(s)")
     return 1 if missed else 0

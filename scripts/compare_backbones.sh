@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from MicrocalcAI.core.errors import CancelledError
-from MicrocalcAI.training.loop import TrainConfig, evaluate_coco, export_model, train
+from MicrocalcAI.training import TrainConfig, evaluate_coco, export_model, train
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 for noisy in ("MicrocalcAI.core.detect.tiles", "MicrocalcAI.core.read", "MicrocalcAI.core.standardise"):

@@ -82,7 +82,8 @@ import numpy as np
 
 from MicrocalcAI.training.data import standardise_file
 from MicrocalcAI.core.detect.manifest import load_manifest
-from MicrocalcAI.training.loop import evaluate_coco, export_model, hit_matrix, write_manifest_entry
+from MicrocalcAI.core.boxes import hit_matrix
+from MicrocalcAI.training import evaluate_coco, export_model, write_manifest_entry
 from MicrocalcAI.core.detect.weights import load_detector
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

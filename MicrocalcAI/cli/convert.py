@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from MicrocalcAI.core.errors import DatasetError
-    from MicrocalcAI.datasets.adapters import convert_dataset, normalise_kind
+    from MicrocalcAI.datasets.registry import convert_dataset, normalise_kind
 
     kind = normalise_kind(args.kind)
     csv = args.csv

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from MicrocalcAI.training.loop import export_model
+    from MicrocalcAI.training.export import export_model
 
     spec = run_with_bar(
         "export",

@@ -1,0 +1,573 @@
+"""Metrics: the paper's figures and the threshold-free summaries, from matched images.
+
+:func:`compute_metrics` is pure (ground truth + :class:`~MicrocalcAI.core.records.ImageFindings`
+in, a JSON-ready dict out) so every number can be checked on hand-built cases without a
+model. It is assembled from one function per level: :func:`detection_metrics` (sensitivity,
+false positives, FROC), :func:`lesion_level_metrics` (malignant vs not over *all* GT lesions,
+a missed lesion counting as "predicted not malignant"), :func:`unit_level_metrics` (image and
+breast risk), and the per-image / per-lesion tables. Training's validation uses
+:func:`validation_summary`, built from the same functions, so a checkpoint is selected by the
+numbers ``microcalcai evaluate`` would report.
+
+Confidence intervals are percentile bootstrap intervals over *clusters* (images for the
+detection, lesion and image levels, breasts for the breast level): one set of resampled
+cluster indices per level is shared by every statistic of that level, and resamples on which a
+statistic is undefined (an AUC drawn without both classes) are left out and counted
+(``n_bootstrap_valid``). :func:`scipy.stats.bootstrap` draws the same indices from the same
+generator and gives the same percentile interval when no resample is undefined (a test pins
+this), but it resamples one statistic at a time, turns the whole interval into nan when one
+resample is undefined, and refuses a single cluster, so the resampling is done here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from MicrocalcAI.core.boxes import MATCH_RULE
+from MicrocalcAI.core.detect.manifest import ModelSpec
+from MicrocalcAI.core.errors import MicrocalcAIError
+from MicrocalcAI.core.records import ImageFindings
+from MicrocalcAI.datasets.coco import BENIGN, MALIGNANT
+from MicrocalcAI.evaluation.curves import (
+    EVAL_MIN_SCORE,
+    FROC_RATES,
+    calibration_bins,
+    froc_curve,
+    froc_sensitivities,
+    roc_auc,
+    roc_curve,
+)
+from MicrocalcAI.evaluation.matching import ImageMatch, ImageTruth, group_breasts, hard_negative_marks, match_image
+
+__all__ = [
+    "DESCRIPTOR_KEYS",
+    "DETECTOR_CLASS",
+    "REPORT_SCHEMA",
+    "PooledLesions",
+    "bootstrap_indices",
+    "compute_metrics",
+    "detection_metrics",
+    "json_ready",
+    "lesion_level_metrics",
+    "lesion_table",
+    "image_table",
+    "operating_threshold",
+    "percentile_ci",
+    "pool_lesions",
+    "unit_level_metrics",
+    "validation_summary",
+]
+
+log = logging.getLogger(__name__)
+
+#: Name of the classification rule "the detector's own class" (argmax benign/malignant).
+DETECTOR_CLASS = "detector_class"
+REPORT_SCHEMA = "microcalcai-evaluation-1"
+
+
+def _confusion(truth_pos: np.ndarray, pred_pos: np.ndarray) -> np.ndarray:
+    """[TP, FN, TN, FP] counts."""
+    t, p = np.asarray(truth_pos, dtype=bool), np.asarray(pred_pos, dtype=bool)
+    return np.array([(t & p).sum(), (t & ~p).sum(), (~t & ~p).sum(), (~t & p).sum()], dtype=np.int64)
+
+
+def _rates(counts: np.ndarray) -> dict[str, float]:
+    """Sensitivity, specificity, accuracy, PPV, NPV from [..., 4] counts (nan where undefined)."""
+    c = np.asarray(counts, dtype=np.float64)
+    tp, fn, tn, fp = c[..., 0], c[..., 1], c[..., 2], c[..., 3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "sensitivity": tp / (tp + fn),
+            "specificity": tn / (tn + fp),
+            "accuracy": (tp + tn) / (tp + fn + tn + fp),
+            "ppv": tp / (tp + fp),
+            "npv": tn / (tn + fn),
+        }
+
+
+def percentile_ci(values: np.ndarray) -> Optional[list[float]]:
+    """2.5 and 97.5 percentiles (numpy's linear rule) of the finite bootstrap values; None if none."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+
+
+def bootstrap_indices(n_clusters: int, n_bootstrap: int, seed: int, stream: int) -> np.ndarray:
+    """(B, n) resampled cluster indices; each level has its own stream so results don't interact."""
+    if n_bootstrap <= 0 or n_clusters == 0:
+        return np.zeros((0, n_clusters), dtype=np.int64)
+    rng = np.random.default_rng([int(seed), int(stream)])
+    return rng.integers(0, n_clusters, size=(n_bootstrap, n_clusters))
+
+
+def _classification_block(
+    cluster_counts: np.ndarray, boot: np.ndarray, threshold: Optional[float], rule: str
+) -> dict[str, Any]:
+    """Counts, rates and their bootstrap CIs; ``cluster_counts`` is (clusters, 4) [TP, FN, TN, FP]."""
+    total = cluster_counts.sum(axis=0) if len(cluster_counts) else np.zeros(4, dtype=np.int64)
+    point = _rates(total)
+    block: dict[str, Any] = {
+        "rule": rule,
+        "threshold": threshold,
+        "tp": int(total[0]),
+        "fn": int(total[1]),
+        "tn": int(total[2]),
+        "fp": int(total[3]),
+    }
+    boot_rates = _rates(cluster_counts[boot].sum(axis=1)) if len(boot) else None
+    for key, value in point.items():
+        block[key] = float(value)
+        if key in ("sensitivity", "specificity", "accuracy"):
+            block[f"{key}_ci95"] = percentile_ci(boot_rates[key]) if boot_rates is not None else None
+    return block
+
+
+def _auc_block(scores: np.ndarray, positive: np.ndarray, members: list[np.ndarray], boot: np.ndarray) -> dict[str, Any]:
+    """AUC, its bootstrap CI (clusters resampled: ``members[c]`` are cluster c's rows), ROC points."""
+    auc = roc_auc(scores, positive)
+    reps = []
+    for row in boot:
+        idx = np.concatenate([members[c] for c in row]) if len(row) else np.zeros(0, dtype=np.int64)
+        reps.append(roc_auc(scores[idx], positive[idx]))
+    reps_arr = np.asarray(reps, dtype=np.float64)
+    fpr, tpr, thr = roc_curve(scores, positive)
+    return {
+        "auc": auc,
+        "auc_ci95": percentile_ci(reps_arr) if len(boot) else None,
+        "n_bootstrap_valid": int(np.isfinite(reps_arr).sum()),
+        "n_positive": int(np.asarray(positive, dtype=bool).sum()),
+        "n_negative": int((~np.asarray(positive, dtype=bool)).sum()),
+        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thr.tolist()},
+    }
+
+
+def _cutpoints(spec: Optional[ModelSpec]) -> list[tuple[str, float]]:
+    """(name, threshold on p_malignant) of every operating point and risk-category boundary."""
+    if spec is None:
+        return []
+    cuts = [(str(k), float(v)) for k, v in sorted(spec.operating_points.items(), key=lambda kv: kv[1])]
+    cats = sorted(spec.risk_categories, key=lambda c: c.min_probability)
+    cuts += [(f"risk_category>={c.name}", float(c.min_probability)) for c in cats[1:]]
+    return cuts
+
+
+#: Annotation descriptors broken down in the report (when the data has them).
+DESCRIPTOR_KEYS = ("morphology", "distribution")
+
+
+def _by_descriptor(
+    truth: Sequence[ImageTruth], matched: np.ndarray, matched_p: np.ndarray, gt: np.ndarray
+) -> dict[str, Any]:
+    """Sensitivity and mean p_malignant of the found lesions per descriptor value.
+
+    A pooled sensitivity hides which kinds of lesion are missed (faint amorphous specks, wide
+    regional spreads...); this says which, so a model or a simulator can be fixed where it fails.
+    """
+    per_lesion = [(t.descriptors[j] if j < len(t.descriptors) else {}) for t in truth for j in range(len(t.labels))]
+    out: dict[str, Any] = {}
+    for key in DESCRIPTOR_KEYS:
+        values = sorted({d[key] for d in per_lesion if key in d})
+        if not values:
+            continue
+        block = {}
+        for value in values:
+            idx = np.array([i for i, d in enumerate(per_lesion) if d.get(key) == value], dtype=int)
+            found = matched[idx]
+            block[value] = {
+                "n": int(len(idx)),
+                "malignant": int((gt[idx] == MALIGNANT).sum()),
+                "sensitivity": float(found.mean()),
+                "mean_p_malignant_found": float(np.nanmean(matched_p[idx][found])) if found.any() else None,
+            }
+        out[key] = block
+    return out
+
+
+@dataclass
+class PooledLesions:
+    """All images' matches laid end to end: one row per GT lesion."""
+
+    gt: np.ndarray  # (L,) label ids
+    is_malignant: np.ndarray  # (L,) bool
+    matched: np.ndarray  # (L,) bool at the operating threshold
+    matched_p: np.ndarray  # (L,) p_malignant of the match, nan when missed
+    matched_label: list[Optional[str]]  # detector class of the match, None when missed
+    sweep: np.ndarray  # (L,) best score of any finder, -inf when none
+    fp_scores: np.ndarray  # scores of every detection that finds nothing
+    image_of: np.ndarray  # (L,) index of the lesion's image
+    members: list[np.ndarray]  # per image: its rows
+    n_images: int
+    n_fp: int  # false positives at the operating threshold
+
+    @property
+    def n(self) -> int:
+        return len(self.gt)
+
+
+def pool_lesions(matches: Sequence[ImageMatch]) -> PooledLesions:
+    """Concatenate per-image matches into per-lesion arrays."""
+    n_images = len(matches)
+    if not matches:
+        empty = np.zeros(0)
+        return PooledLesions(
+            np.zeros(0, dtype=np.int64), empty.astype(bool), empty.astype(bool), empty, [], empty, empty,
+            np.zeros(0, dtype=int), [], 0, 0,
+        )  # fmt: skip
+    gt = np.concatenate([m.gt_labels for m in matches])
+    image_of = np.concatenate([np.full(len(m.gt_labels), i) for i, m in enumerate(matches)])
+    return PooledLesions(
+        gt=gt,
+        is_malignant=gt == MALIGNANT,
+        matched=np.concatenate([m.matched for m in matches]),
+        matched_p=np.concatenate([m.matched_p for m in matches]),
+        matched_label=[lab for m in matches for lab in m.matched_label],
+        sweep=np.concatenate([m.sweep_score for m in matches]),
+        fp_scores=np.concatenate([m.fp_scores_all for m in matches]),
+        image_of=image_of,
+        members=[np.flatnonzero(image_of == i) for i in range(n_images)],
+        n_images=n_images,
+        n_fp=sum(m.n_fp for m in matches),
+    )
+
+
+def detection_metrics(
+    pooled: PooledLesions,
+    matches: Sequence[ImageMatch],
+    floor: float,
+    froc_rates: Sequence[float] = FROC_RATES,
+) -> dict[str, Any]:
+    """Lesion sensitivity, false positives per image and the FROC from ``floor`` up."""
+    matched, n_images, n_les = pooled.matched, pooled.n_images, pooled.n
+
+    def frac(mask: np.ndarray) -> Optional[float]:
+        return float(matched[mask].mean()) if mask.any() else None
+
+    froc_points = froc_sensitivities(pooled.sweep, pooled.fp_scores, n_images, froc_rates, min_score=floor)
+    thr, fppi, sens = froc_curve(pooled.sweep, pooled.fp_scores, n_images, floor) if n_les else (np.zeros(0),) * 3
+    return {
+        "lesion_sensitivity": frac(np.ones(n_les, dtype=bool)),
+        "malignant_sensitivity": frac(pooled.is_malignant),
+        "benign_sensitivity": frac(~pooled.is_malignant),
+        "lesions_found": int(matched.sum()),
+        "lesions_missed": int((~matched).sum()),
+        "false_positives": pooled.n_fp,
+        "fp_per_image": pooled.n_fp / n_images if n_images else None,
+        "false_malignant_marks_per_image": sum(m.n_fp_malignant for m in matches) / n_images if n_images else None,
+        "froc": {
+            "min_score": floor,
+            "sensitivity_at_fp_per_image": {f"{r:g}": v for r, v in froc_points.items()},
+            "curve": {"threshold": thr.tolist(), "fp_per_image": fppi.tolist(), "sensitivity": sens.tolist()},
+        },
+    }
+
+
+def _lesion_rules(pooled: PooledLesions, spec: Optional[ModelSpec]) -> list[tuple[str, Optional[float], np.ndarray]]:
+    """(name, p_malignant cut, predicted malignant per lesion) of each classification rule."""
+    matched, matched_p = pooled.matched, pooled.matched_p
+    rules: list[tuple[str, Optional[float], np.ndarray]] = [
+        (DETECTOR_CLASS, None, np.array([lab == "malignant" for lab in pooled.matched_label], dtype=bool)),
+    ]
+    for name, cut in _cutpoints(spec):
+        rules.append((name, cut, matched & (np.nan_to_num(matched_p, nan=-1.0) >= cut)))
+    return rules
+
+
+def lesion_level_metrics(
+    pooled: PooledLesions, spec: Optional[ModelSpec], boot_images: np.ndarray, n_calibration_bins: int
+) -> dict[str, Any]:
+    """Malignant vs not over ALL GT lesions (missed = predicted not malignant), AUC on matched."""
+    matched, is_mal, gt, n_les = pooled.matched, pooled.is_malignant, pooled.gt, pooled.n
+    lesion_cls: dict[str, Any] = {}
+    for name, cut, pred in _lesion_rules(pooled, spec):
+        per_image = (
+            np.stack([_confusion(is_mal[idx], pred[idx]) for idx in pooled.members])
+            if pooled.n_images
+            else np.zeros((0, 4), dtype=np.int64)
+        )
+        block = _classification_block(per_image, boot_images, cut, "missed lesion = predicted not malignant")
+        correct = matched & (pred == is_mal)  # strict: a missed lesion is never correct
+        block["strict_accuracy"] = float(correct.mean()) if n_les else float("nan")
+        only = matched
+        block["matched_only"] = {k: float(v) for k, v in _rates(_confusion(is_mal[only], pred[only])).items()} | {
+            "n": int(only.sum()),
+            "note": "missed lesions dropped, as in the paper's code: NOT comparable",
+        }
+        lesion_cls[name] = block
+    lesion_auc = _auc_block(
+        pooled.matched_p[matched],
+        is_mal[matched],
+        [np.flatnonzero(pooled.image_of[matched] == i) for i in range(pooled.n_images)],
+        boot_images,
+    )
+    return {
+        "n_lesions": n_les,
+        "n_malignant": int(is_mal.sum()),
+        "n_benign": int((~is_mal).sum()),
+        "n_matched": int(matched.sum()),
+        "classification": lesion_cls,
+        "auc_benign_vs_malignant_matched": lesion_auc,
+        "calibration_p_malignant_matched": calibration_bins(
+            pooled.matched_p[matched], is_mal[matched], n_calibration_bins
+        ),
+        "confusion_3way": {
+            truth_name: {
+                "missed": int((~matched & (gt == lab)).sum()),
+                "benign": int(sum(1 for i in np.flatnonzero(gt == lab) if pooled.matched_label[i] == "benign")),
+                "malignant": int(sum(1 for i in np.flatnonzero(gt == lab) if pooled.matched_label[i] == "malignant")),
+            }
+            for truth_name, lab in (("benign", BENIGN), ("malignant", MALIGNANT))
+        },
+    }
+
+
+def unit_level_metrics(
+    p: np.ndarray,
+    positive: np.ndarray,
+    flagged: np.ndarray,
+    members: list[np.ndarray],
+    spec: Optional[ModelSpec],
+    boot: np.ndarray,
+    n_bins: int,
+) -> dict[str, Any]:
+    """Image- or breast-level numbers: AUC with CI, each operating point, calibration.
+
+    ``p`` is each unit's risk, ``positive`` whether it holds a malignant lesion, ``flagged``
+    whether a reported lesion on it is labelled malignant; ``members`` are the bootstrap
+    clusters (one unit each).
+    """
+
+    def unit_counts(pred: np.ndarray) -> np.ndarray:
+        if not members:
+            return np.zeros((0, 4), dtype=np.int64)
+        return np.stack([_confusion(positive[i], pred[i]) for i in members])
+
+    cls = {
+        DETECTOR_CLASS: _classification_block(
+            unit_counts(flagged), boot, None, "any reported lesion labelled malignant"
+        )
+    }
+    for name, cut in _cutpoints(spec):
+        cls[name] = _classification_block(unit_counts(p >= cut), boot, cut, "risk probability >= threshold")
+    return {
+        "n": len(p),
+        "n_positive": int(positive.sum()),
+        "auc": _auc_block(p, positive, members, boot),
+        "classification": cls,
+        "calibration": calibration_bins(p, positive, n_bins),
+    }
+
+
+def image_table(
+    truth: Sequence[ImageTruth],
+    findings: Sequence[Optional[ImageFindings]],
+    matches: Sequence[ImageMatch],
+    breasts: Sequence[Sequence[int]],
+) -> list[dict[str, Any]]:
+    """One row per image: what it holds, what was found, its risk and its breast."""
+    breast_of = {i: b for b, g in enumerate(breasts) for i in g}
+    return [
+        {
+            "name": t.name,
+            "path": t.path,
+            "analysed": findings[i] is not None,
+            "breast": breast_of[i],
+            "n_lesions": len(t.labels),
+            "n_malignant": int(np.sum(t.labels == MALIGNANT)),
+            "found": int(m.matched.sum()),
+            "false_positives": m.n_fp,
+            "probability": float(m.probability),
+        }
+        for i, (t, m) in enumerate(zip(truth, matches))
+    ]
+
+
+def lesion_table(
+    truth: Sequence[ImageTruth], matches: Sequence[ImageMatch], pooled: PooledLesions
+) -> list[dict[str, Any]]:
+    """One row per GT lesion: its box and class, and what (if anything) found it."""
+    rows = []
+    for k in range(pooled.n):
+        i = int(pooled.image_of[k])
+        g = k - int(pooled.members[i][0])
+        found = bool(pooled.matched[k])
+        rows.append(
+            {
+                "image": truth[i].name,
+                "index": g,
+                "label": "malignant" if pooled.gt[k] == MALIGNANT else "benign",
+                "box_px": [float(v) for v in truth[i].boxes[g]],
+                "found": found,
+                "score": float(matches[i].matched_score[g]) if found else None,
+                "predicted_label": pooled.matched_label[k],
+                "p_malignant": float(pooled.matched_p[k]) if found else None,
+            }
+        )
+    return rows
+
+
+def operating_threshold(
+    findings: Sequence[Optional[ImageFindings]], spec: Optional[ModelSpec], score_threshold: Optional[float]
+) -> tuple[float, float, list[str]]:
+    """(operating threshold, lowest score the findings hold, warnings).
+
+    The threshold is ``score_threshold``, else the model's; it is raised to the findings'
+    own floor when lower (lesions below it were never written, so they cannot be counted).
+    """
+    present = [f for f in findings if f is not None]
+    floor = max((float(f.score_threshold) for f in present), default=0.0)
+    wanted = score_threshold if score_threshold is not None else (spec.score_threshold if spec is not None else floor)
+    warnings: list[str] = []
+    threshold = float(wanted)
+    if threshold < floor - 1e-12:
+        warnings.append(
+            f"findings only hold lesions with score >= {floor:g}; operating threshold {threshold:g} raised to it"
+        )
+        threshold = floor
+    return threshold, floor, warnings
+
+
+def compute_metrics(
+    truth: Sequence[ImageTruth],
+    findings: Sequence[Optional[ImageFindings]],
+    *,
+    spec: Optional[ModelSpec] = None,
+    score_threshold: Optional[float] = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    froc_rates: Sequence[float] = FROC_RATES,
+    n_calibration_bins: int = 10,
+) -> dict[str, Any]:
+    """All evaluation metrics from ground truth and findings (``findings[i]`` is image ``i``'s).
+
+    ``findings[i] = None`` means the image could not be analysed: it counts as an image with
+    no detection (its lesions missed), never as an image left out. ``spec`` supplies the
+    operating points (lesion score threshold, p_malignant thresholds, risk categories);
+    ``score_threshold`` overrides its lesion score threshold. Lesions below the threshold in
+    the findings are used only by the FROC sweep. Returns a JSON-ready dict (nan -> None).
+    """
+    if len(truth) != len(findings):
+        raise MicrocalcAIError(f"{len(truth)} ground-truth images but {len(findings)} findings")
+    threshold, floor, warnings = operating_threshold(findings, spec, score_threshold)
+    failed = [t.name for t, f in zip(truth, findings) if f is None]
+    if failed:
+        warnings.append(f"{len(failed)} image(s) without findings counted as 'nothing detected': {failed[:10]}")
+    for w in warnings:
+        log.warning("%s", w)
+
+    matches = [match_image(t, f, threshold) for t, f in zip(truth, findings)]
+    pooled = pool_lesions(matches)
+    n_images = len(matches)
+    boot_images = bootstrap_indices(n_images, n_bootstrap, seed, 1)
+
+    detection = detection_metrics(pooled, matches, floor, froc_rates)
+    detection["hard_negatives"] = hard_negative_marks(truth, findings, threshold)
+    detection["by_descriptor"] = _by_descriptor(truth, pooled.matched, pooled.matched_p, pooled.gt)
+    lesion_level = lesion_level_metrics(pooled, spec, boot_images, n_calibration_bins)
+
+    image_p = np.array([m.probability for m in matches], dtype=np.float64)
+    image_pos = np.array([bool(np.any(m.gt_labels == MALIGNANT)) for m in matches], dtype=bool)
+    image_flag = np.array([m.any_malignant_label for m in matches], dtype=bool)
+    image_level = unit_level_metrics(
+        image_p, image_pos, image_flag, [np.array([i]) for i in range(n_images)], spec, boot_images, n_calibration_bins
+    )
+
+    breasts = group_breasts(truth, findings)
+    boot_breasts = bootstrap_indices(len(breasts), n_bootstrap, seed, 2)
+    breast_level = unit_level_metrics(
+        np.array([image_p[g].max() for g in breasts], dtype=np.float64),
+        np.array([image_pos[g].any() for g in breasts], dtype=bool),
+        np.array([image_flag[g].any() for g in breasts], dtype=bool),
+        [np.array([i]) for i in range(len(breasts))],
+        spec,
+        boot_breasts,
+        n_calibration_bins,
+    )
+    breast_level["n_breasts"] = len(breasts)
+    breast_level["n_with_two_or_more_views"] = sum(1 for g in breasts if len(g) >= 2)
+    breast_level["combine"] = "max"
+
+    metrics: dict[str, Any] = {
+        "schema": REPORT_SCHEMA,
+        "match_rule": f"{MATCH_RULE}; best-scoring finder is the match",
+        "score_threshold": threshold,
+        "operating_points": dict(spec.operating_points) if spec is not None else {},
+        "risk_categories": [{"name": c.name, "min_probability": c.min_probability} for c in spec.risk_categories]
+        if spec is not None
+        else [],
+        "n_images": n_images,
+        "n_images_not_analysed": len(failed),
+        "images_not_analysed": failed,
+        "n_images_malignant": int(image_pos.sum()),
+        "n_bootstrap": int(n_bootstrap),
+        "bootstrap_seed": int(seed),
+        "warnings": warnings,
+        "detection": detection,
+        "lesion_level": lesion_level,
+        "image_level": image_level,
+        "breast_level": breast_level,
+        "images": image_table(truth, findings, matches, breasts),
+        "lesions": lesion_table(truth, matches, pooled),
+    }
+    return json_ready(metrics)
+
+
+def validation_summary(
+    matches: Sequence[ImageMatch], score_threshold: float, floor: float = EVAL_MIN_SCORE
+) -> dict[str, Any]:
+    """The flat dict training logs and selects checkpoints by, from :func:`compute_metrics`' parts.
+
+    Same numbers as ``microcalcai evaluate`` for the same detections: lesion, malignant and
+    benign sensitivity, false positives, FROC at :data:`FROC_RATES`, the benign-vs-malignant
+    AUC of the matched lesions and the image-level AUC (no bootstrap: it is not needed to rank
+    checkpoints).
+    """
+    pooled = pool_lesions(matches)
+    det = detection_metrics(pooled, matches, floor)
+    image_p = np.array([m.probability for m in matches], dtype=np.float64)
+    image_pos = np.array([bool(np.any(m.gt_labels == MALIGNANT)) for m in matches], dtype=bool)
+    image_auc = roc_auc(image_p, image_pos) if len(matches) else float("nan")
+    lesion_auc = roc_auc(pooled.matched_p[pooled.matched], pooled.is_malignant[pooled.matched])
+    summary: dict[str, Any] = {
+        "score_threshold": float(score_threshold),
+        "match_rule": MATCH_RULE,
+        "n_images": pooled.n_images,
+        "n_lesions": pooled.n,
+        "n_malignant": int(pooled.is_malignant.sum()),
+        "n_benign": int((~pooled.is_malignant).sum()),
+        "lesion_sensitivity": det["lesion_sensitivity"],
+        "malignant_sensitivity": det["malignant_sensitivity"],
+        "benign_sensitivity": det["benign_sensitivity"],
+        "false_positives": det["false_positives"],
+        "fp_per_image": det["fp_per_image"],
+        "lesion_auc_benign_vs_malignant": lesion_auc,
+        "image_auc_malignant": image_auc,
+    }
+    for rate, value in det["froc"]["sensitivity_at_fp_per_image"].items():
+        summary[f"sensitivity_at_{rate}_fp"] = value
+    return json_ready(summary)
+
+
+def json_ready(value: Any) -> Any:
+    """Plain JSON types; nan and inf become None (JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [json_ready(v) for v in value.tolist()]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    return value

@@ -1,0 +1,146 @@
+"""Export: a training checkpoint becomes fp16 weights plus a manifest entry that ``--model`` loads.
+
+Operating points are chosen on validation data and every reported metric is measured on the
+*exported* fp16 weights loaded back through :func:`MicrocalcAI.core.detect.weights.load_detector`,
+i.e. on what users run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from MicrocalcAI.core.atomic import atomic_write_text, staged_path
+from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
+from MicrocalcAI.core.detect.network import select_device
+from MicrocalcAI.core.errors import InputError, ModelError
+from MicrocalcAI.core.records import ProgressCallback, no_progress
+from MicrocalcAI.datasets.coco import parse_coco
+from MicrocalcAI.training.checkpoints import load_checkpoint, model_from_checkpoint
+from MicrocalcAI.training.validation import (
+    choose_malignancy_operating_points,
+    choose_score_threshold,
+    collect_evaluations,
+    evaluate_coco,
+    summarise,
+)
+
+__all__ = ["export_model", "write_manifest_entry"]
+
+log = logging.getLogger(__name__)
+
+
+def write_manifest_entry(out_dir: os.PathLike | str, spec: ModelSpec, make_default: bool = True) -> Path:
+    """Add or replace ``spec`` (by name) in ``out_dir/manifest.json``, atomically."""
+    path = Path(out_dir) / MANIFEST_NAME
+    data: dict[str, Any] = {"schema_version": 1, "default": None, "models": []}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ModelError(f"existing manifest {path} is not valid JSON; fix or remove it: {exc}") from exc
+    models = [m for m in data.get("models", []) if m.get("name") != spec.name]
+    models.append(spec.to_json())
+    data["models"] = models
+    data.setdefault("schema_version", 1)
+    if make_default or not data.get("default"):
+        data["default"] = spec.name
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def export_model(
+    checkpoint_path: os.PathLike | str,
+    out_dir: os.PathLike | str,
+    name: str,
+    version: str,
+    *,
+    val_coco: Optional[os.PathLike | str] = None,
+    test_coco: Optional[os.PathLike | str] = None,
+    training_data: str = "",
+    target_fp_per_image: float = 1.0,
+    make_default: bool = True,
+    device: str = "auto",
+    extra_metrics: Optional[dict[str, Any]] = None,
+    progress: ProgressCallback = no_progress,
+) -> ModelSpec:
+    """Write fp16 weights + a manifest entry for a checkpoint; return the entry.
+
+    Operating points are chosen on ``val_coco`` (lesion-score threshold: best sensitivity at
+    ``target_fp_per_image``; p_malignant thresholds: see
+    :func:`choose_malignancy_operating_points`), and every metric is measured on the
+    *exported* fp16 weights loaded back through :func:`load_detector`, i.e. on what users run.
+    """
+    from MicrocalcAI.core.detect.weights import load_detector, save_weights
+
+    dev = select_device(device)
+    model, mc = model_from_checkpoint(checkpoint_path, "cpu")
+    for coco in (val_coco, test_coco):  # a bad file must fail before anything is written
+        if coco is not None:
+            parse_coco(coco)
+    if not (
+        isinstance(target_fp_per_image, (int, float)) and math.isfinite(target_fp_per_image) and target_fp_per_image > 0
+    ):
+        raise InputError(f"target_fp_per_image must be a positive number, got {target_fp_per_image!r}")
+    out = Path(out_dir)
+    weights_file = f"{name}-{version}.safetensors"
+    # Measured under a hidden name and renamed only once everything is measured, so a failed
+    # or interrupted export neither leaves a stray weights file nor breaks the checksum of an
+    # existing manifest entry that points at the final name.
+    with staged_path(out / weights_file) as staged:
+        sha = save_weights(model, staged)
+        spec = ModelSpec(
+            name=name,
+            version=version,
+            file=staged.name,
+            sha256=sha,
+            backbone=mc["backbone"],
+            spacing_mm=float(mc["spacing_mm"]),
+            assumed_input_spacing_mm=float(mc["assumed_input_spacing_mm"]),
+            tile_size=int(mc["tile_size"]),
+            tile_overlap=int(mc["tile_overlap"]),
+            anchor_sizes=tuple(int(a) for a in mc["anchor_sizes"]),
+            training_data=training_data,
+            folder=str(out),
+        )
+        if sha256_file(spec.weights_path) != sha:
+            raise ModelError(f"written weights {spec.weights_path} do not match their own checksum")
+        shipped = load_detector(spec, dev)
+        metrics: dict[str, Any] = {"checkpoint_iteration": int(load_checkpoint(checkpoint_path)["iteration"])}
+        if val_coco is not None:
+            val_skipped: list[str] = []
+            val_evals = collect_evaluations(
+                val_coco, spec, shipped, dev, progress=lambda f, m: progress(0.5 * f, m), skipped=val_skipped
+            )
+            spec.score_threshold = choose_score_threshold(val_evals, target_fp_per_image)
+            points = choose_malignancy_operating_points(val_evals, spec.score_threshold)
+            spec.operating_points = points
+            spec.risk_categories = [
+                RiskCategory("low", 0.0),
+                RiskCategory("intermediate", points["high_sensitivity"]),
+                RiskCategory("high", points["balanced"]),
+            ]
+            metrics["validation"] = summarise(val_evals, spec.score_threshold) | {
+                "dataset": str(val_coco),
+                "n_images_refused": len(val_skipped),
+            }
+            metrics["operating_point_rule"] = (
+                f"score_threshold: highest sensitivity at <= {target_fp_per_image:g} FP/image on validation; "
+                "p_malignant on found validation lesions: high_sensitivity = lowest threshold of best specificity with >= 95% malignant sensitivity, balanced = middle of the thresholds maximising Youden J"
+            )
+        if test_coco is not None:
+            metrics["test"] = evaluate_coco(
+                test_coco, spec, shipped, dev, progress=lambda f, m: progress(0.5 + 0.5 * f, m)
+            )
+        if extra_metrics:
+            metrics.update(extra_metrics)
+        spec.metrics = metrics
+    spec.file = weights_file
+    write_manifest_entry(out, spec, make_default=make_default)
+    progress(1.0, f"exported {name} {version} to {out}")
+    log.info("exported %s %s (%s) to %s", name, version, weights_file, out)
+    return spec
