@@ -114,6 +114,22 @@ def test_local_cluster_writes_what_the_local_run_writes(inputs, reference, clien
     assert_same_outputs(reference, out)
 
 
+def test_the_local_path_never_imports_dask(tmp_path):
+    """``import MicrocalcAI``, Slicer and the in-process batch stay free of dask."""
+    code = (
+        "import sys, MicrocalcAI, MicrocalcAI.cli, MicrocalcAI.core.batch;"
+        "from MicrocalcAI.core.batch import run_batch;"
+        f"r = run_batch([{str(SAMPLE)!r}], {str(tmp_path)!r}, device='cpu');"
+        "assert r.analysed, r.failed;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed'));"
+        "assert not bad, bad"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_command_line_scheduler_and_workers(inputs, reference, tmp_path, capsys):
     """``dask scheduler`` and ``dask worker`` processes, then ``microcalcai detect --scheduler``."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
@@ -186,6 +202,7 @@ def _no_half_files(out: Path) -> None:
     assert not [p for p in out.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("allowed_failures", [2, 0])
 def test_a_killed_worker_does_not_stop_the_batch(tmp_path, allowed_failures):
     """Killed mid-batch: its images go to another worker; with no retries allowed they fail alone."""
