@@ -247,3 +247,18 @@ def test_full_disk_stops_the_cluster_batch(tmp_path, client):
         with pytest.raises(DiskFullError, match="disk full"):
             run_batch([data], out, device="cpu", client=client)
         _no_half_files(out)
+
+
+def test_every_worker_checks_the_weights_sha256(client):
+    """A worker whose model is not the one the client resolved stops the batch before any image."""
+    from MicrocalcAI.core.distributed import WorkerModel, _ensure_plugin
+    from MicrocalcAI.core.errors import ChecksumError
+
+    with pytest.raises(ChecksumError, match="sha256"):
+        _ensure_plugin(client, WorkerModel(None, "cpu", 0.3, "0" * 64))
+    assert not [
+        n
+        for plugins in client.run(lambda dask_worker: list(dask_worker.plugins)).values()
+        for n in plugins
+        if n.startswith("microcalcai-model-000000")
+    ]

@@ -64,6 +64,13 @@ def _time_batches(run, repeats: int, scratch: Path, tag: str) -> list[float]:
     return times
 
 
+def _print_row(name: str, n: int, times: list[float], base: float, started: float | None) -> None:
+    rate = n * 60.0 / statistics.median(times)
+    runs = " ".join(f"{t:.1f}" for t in times)
+    start_text = f"{started:.1f}" if started is not None else "-"
+    print(f"{name:34s} {rate:10.1f} {rate / base:12.2f}x {runs:>24s} {start_text:>18s}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4)
@@ -86,14 +93,11 @@ def main() -> None:
             f"{n} images, {args.repeats} timed batches after 1 warm-up, {os.cpu_count()} CPU cores, "
             f"in-process torch threads {torch.get_num_threads()}, 1 thread per Dask worker\n"
         )
+        print(f"{'path':34s} {'images/min':>10s} {'vs in-process':>13s} {'runs (s)':>24s} {'cluster start (s)':>18s}")
         analyzer = Analyzer(device=args.device)
-        rows = [
-            (
-                "in-process",
-                _time_batches(lambda out: run_batch([data], out, analyzer=analyzer), args.repeats, scratch, "local"),
-                None,
-            )
-        ]
+        local = _time_batches(lambda out: run_batch([data], out, analyzer=analyzer), args.repeats, scratch, "local")
+        base = n * 60.0 / statistics.median(local)
+        _print_row("in-process", n, local, base, None)
         for workers in args.workers:
             start = time.perf_counter()
             with cluster_client(workers=workers, dashboard=False) as client:
@@ -105,14 +109,7 @@ def main() -> None:
                     scratch,
                     f"dask{workers}",
                 )
-            rows.append((f"Dask LocalCluster, {workers} worker(s)", times, started))
-        base = n * 60.0 / statistics.median(rows[0][1])
-        print(f"{'path':34s} {'images/min':>10s} {'vs in-process':>13s} {'runs (s)':>24s} {'cluster start (s)':>18s}")
-        for name, times, started in rows:
-            rate = n * 60.0 / statistics.median(times)
-            runs = " ".join(f"{t:.1f}" for t in times)
-            start_text = f"{started:.1f}" if started is not None else "-"
-            print(f"{name:34s} {rate:10.1f} {rate / base:12.2f}x {runs:>24s} {start_text:>18s}")
+            _print_row(f"Dask LocalCluster, {workers} worker(s)", n, times, base, started)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

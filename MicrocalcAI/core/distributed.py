@@ -34,7 +34,7 @@ from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin, as_com
 
 from MicrocalcAI.core.batch import ImageOutcome, analyse_to_files
 from MicrocalcAI.core.detect.manifest import ModelSpec
-from MicrocalcAI.core.errors import ChecksumError, DiskFullError, MicrocalcAIError
+from MicrocalcAI.core.errors import ChecksumError, DiskFullError, MicrocalcAIError, ModelError
 from MicrocalcAI.core.findings.specks import SpeckConfig
 from MicrocalcAI.core.records import ProgressCallback, no_progress
 
@@ -144,10 +144,14 @@ def _ensure_plugin(client: Client, config: WorkerModel) -> str:
     if not have or not all(have.values()):
         try:
             client.register_plugin(AnalyzerPlugin(config), name=name)
-        except MicrocalcAIError:
-            raise
-        except Exception as exc:  # a worker could not load the model at all
-            raise ChecksumError(f"a Dask worker could not load the model: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            try:  # the scheduler would hand the failing plugin to every worker that joins later
+                client.unregister_worker_plugin(name)
+            except Exception:  # noqa: S110 - nothing registered: nothing to undo
+                pass
+            if isinstance(exc, MicrocalcAIError):
+                raise
+            raise ModelError(f"a Dask worker could not load the model: {type(exc).__name__}: {exc}") from exc
     return name
 
 
@@ -194,10 +198,8 @@ def analyse_on_cluster(
                 exc = future.exception()
                 if not isinstance(exc, KilledWorker):
                     raise exc
-                outcome = ImageOutcome(
-                    path, name, error=f"{path.name}: the Dask worker analysing it died (killed or out of memory), "
-                    "also on retry; skipped"
-                )  # fmt: skip
+                reason = "the Dask worker analysing it died (killed or out of memory) more often than allowed"
+                outcome = ImageOutcome(path, name, error=f"{path.name}: {reason}; skipped")
             else:
                 outcome = future.result()
                 if outcome.disk_full:
