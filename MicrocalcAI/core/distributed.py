@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Optional
 import dask
 from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin, as_completed, get_worker
 
-from MicrocalcAI.core.batch import ImageOutcome, analyse_to_files
+from MicrocalcAI.core.batch import ImageOutcome, _still_valid, analyse_to_files
 from MicrocalcAI.core.detect.manifest import ModelSpec
 from MicrocalcAI.core.errors import ChecksumError, DiskFullError, MicrocalcAIError, ModelError
 from MicrocalcAI.core.findings.specks import SpeckConfig
@@ -180,6 +181,7 @@ def analyse_on_cluster(
     progress(0.0, "loading the model on the workers")
     plugin = _ensure_plugin(client, _worker_model(spec, model, device, score_threshold, analyzer))
     batch = uuid.uuid4().hex[:8]
+    started = time.time()
     futures = [
         client.submit(
             _analyse_image_task, plugin, str(path), name, str(out), spacing_mm, key=image_key(batch, path), pure=False
@@ -198,8 +200,10 @@ def analyse_on_cluster(
                 exc = future.exception()
                 if not isinstance(exc, KilledWorker):
                     raise exc
-                reason = "the Dask worker analysing it died (killed or out of memory) more often than allowed"
-                outcome = ImageOutcome(path, name, error=f"{path.name}: {reason}; skipped")
+                outcome = _written_before_death(path, name, out, spec, score_threshold, spacing_mm, started)
+                if outcome is None:
+                    reason = "the Dask worker analysing it died (killed or out of memory) more often than allowed"
+                    outcome = ImageOutcome(path, name, error=f"{path.name}: {reason}; skipped")
             else:
                 outcome = future.result()
                 if outcome.disk_full:
@@ -208,6 +212,34 @@ def analyse_on_cluster(
             yield i, outcome
     finally:
         client.cancel([f for f in futures if not f.done()])
+
+
+def _written_before_death(
+    path: Path,
+    name: str,
+    out: Path,
+    spec: ModelSpec,
+    score_threshold: float,
+    spacing_mm: Optional[float],
+    started: float,
+) -> Optional[ImageOutcome]:
+    """The image's outcome when its worker wrote complete outputs in this batch and then died.
+
+    A worker can finish an image and die before the scheduler hears of it; the files are
+    complete (atomic writes), so the image counts as analysed rather than failed.
+    """
+    from MicrocalcAI.core.outputs.findings_json import load_image_json, outputs_complete
+
+    json_path = out / f"{name}.json"
+    try:
+        if not outputs_complete(name, out) or json_path.stat().st_mtime < started - 1.0:
+            return None
+        findings = load_image_json(json_path)
+    except (OSError, MicrocalcAIError):
+        return None
+    if not _still_valid(findings, path, spec, score_threshold, spacing_mm):
+        return None
+    return ImageOutcome(path, name, findings, out / f"{name}_overlay.png")
 
 
 @contextmanager
