@@ -882,4 +882,3 @@ class MicrocalcAIModuleTest(ScriptedLoadableModuleTest):
         higher = logic.setThreshold(volume, 0.9)
         self.assertLessEqual(len(higher.rois), len(again.nodes.rois))
         return again
-

@@ -1,7 +1,7 @@
 """Dataset adapters: each public format, written from its published description, converts into a
 COCO file that ``parse_coco`` (what training reads) accepts, with exactly the expected boxes.
 
-Expected boxes are worked out by hand in the fixture docstrings (Testing/_adapter_fixtures.py)
+Expected boxes are worked out by hand in the fixture docstrings (Testing/adapter_helpers.py)
 from the format's conventions: the ROI mask's bounding box for CBIS-DDSM, the outline or the
 single-linkage speck groups for INbreast, the finding rectangle for VinDr-Mammo and the
 bottom-left-origin circle for mini-MIAS.
@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _adapter_fixtures import (
+from adapter_helpers import (
     COLS,
     ROWS,
     write_cbis_ddsm,
@@ -333,7 +333,7 @@ def test_convert_command_writes_coco_and_reports_skipped_rows(tmp_path, capsys):
     """The CLI path: `microcalcai convert mini-mias SOURCE --out FILE`, exit 1 when rows were skipped."""
     import json
 
-    from _adapter_fixtures import write_mini_mias
+    from adapter_helpers import write_mini_mias
 
     from MicrocalcAI.cli import main as cli_main
 

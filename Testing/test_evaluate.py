@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pytest
+from findings_fixtures import image_findings, lesion
+from train_helpers import simulate_tiny
 
 from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory
 from MicrocalcAI.core.errors import MicrocalcAIError
-from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk
+from MicrocalcAI.core.records import ImageFindings, Lesion
 from MicrocalcAI.evaluation.curves import FROC_RATES, froc_sensitivities, roc_auc, roc_curve
 from MicrocalcAI.evaluation.evaluate import EvaluationReport, evaluate_dataset, write_report
 from MicrocalcAI.evaluation.matching import ImageTruth, group_breasts, truth_from_coco
@@ -41,16 +44,10 @@ def spec(score_threshold: float = 0.3) -> ModelSpec:
 
 
 def les(box: Sequence[float], score: float, p: float, label: Optional[str] = None) -> Lesion:
+    """A reported lesion at ``box`` with this detector score and p_malignant (class from p)."""
     label = label or ("malignant" if p >= 0.5 else "benign")
-    return Lesion(
-        id=1,
-        box_px=tuple(box),
-        box_mm=tuple(v * 0.1 for v in box),
-        label=label,
-        score=score,
-        p_malignant=p,
-        area_mm2=1.0,
-    )
+    one_speck = np.ones((1, 1), dtype=bool)  # evaluation reads boxes and scores, not specks
+    return replace(lesion(1, label, p, tuple(float(v) for v in box), mask=one_speck), score=score)
 
 
 def finding(
@@ -63,29 +60,9 @@ def finding(
     lat: Optional[str] = None,
     view: Optional[str] = None,
 ) -> ImageFindings:
-    p = max((x.p_malignant for x in lesions if x.score >= threshold), default=0.0)
-    return ImageFindings(
-        source=None,
-        name=name,
-        image_shape=(600, 500),
-        spacing_mm=(0.1, 0.1),
-        spacing_source="user",
-        photometric="MONOCHROME2",
-        laterality=lat,
-        laterality_source=None,
-        view=view,
-        view_source=None,
-        presentation_intent=None,
-        patient_id=patient,
-        study_uid=study,
-        series_uid=None,
-        sop_uid=None,
-        manufacturer=None,
-        lesions=lesions,
-        risk=Risk(p, "low"),
-        model=ModelInfo("eval-test", "1", "cd" * 32, "mobilenet_v2", 0.1),
-        score_threshold=threshold,
-    )
+    """Findings holding ``lesions`` down to score ``threshold``; identity only where given."""
+    f = image_findings(name, patient=patient, study=study, laterality=lat, view=view, lesions=lesions)
+    return replace(f, source=None, score_threshold=threshold)
 
 
 def truth(name: str, boxes: Sequence[Sequence[float]], labels: Sequence[int], **ident) -> ImageTruth:
@@ -287,19 +264,7 @@ def test_write_report_writes_json_and_plots(tmp_path):
 
 
 def test_evaluate_dataset_end_to_end_on_simulated_images(tmp_path):
-    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_dataset
-
-    coco = simulate_dataset(
-        tmp_path / "sim",
-        SimulationConfig(
-            n_images=4,
-            seed=3003,
-            real_fraction=0.0,
-            clusters_per_image=(1, 2),
-            procedural_height_mm=(70.0, 70.0),
-            procedural_width_mm=(55.0, 55.0),
-        ),
-    )
+    coco = simulate_tiny(tmp_path / "sim", n_images=4, seed=3003)
     seen = []
     report = evaluate_dataset(
         coco, tmp_path / "eval", device="cpu", n_bootstrap=50, progress=lambda fr, msg: seen.append(fr)

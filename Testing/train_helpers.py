@@ -1,4 +1,5 @@
-"""Helpers for test_dataset.py and test_train.py: tiny simulated datasets and synthetic samples."""
+"""Helpers for test_dataset.py, test_train.py and test_evaluate.py: tiny simulated datasets and
+synthetic training samples."""
 
 from __future__ import annotations
 

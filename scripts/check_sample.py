@@ -40,11 +40,7 @@ def main(findings_path: str, truth_path: str) -> int:
             print(
                 f"  cluster {i} ({known['class']:9s} at x={box[0]:.0f}-{box[2]:.0f}, y={box[1]:.0f}-{box[3]:.0f}): MISSED"
             )
-    extra = sum(
-        1
-        for les in lesions
-        if not any(finds(les["box_px"], k["box_px"]) for k in truth["lesions"])
-    )
+    extra = sum(1 for les in lesions if not any(finds(les["box_px"], k["box_px"]) for k in truth["lesions"]))
     print(f"  {len(truth['lesions']) - missed}/{len(truth['lesions'])} known clusters found, {extra} other mark(s)")
     return 1 if missed else 0
 

@@ -159,10 +159,11 @@ def parse_coco(coco_json: os.PathLike | str) -> list[CocoImage]:
             problems.append(f"annotation {ann!r} is not an object")
             continue
         ann_id = ann.get("id", "?")
-        image_id = ann.get("image_id")
-        if image_id not in images:
-            problems.append(f"annotation {ann_id}: unknown image_id {image_id!r}")
+        ann_image = ann.get("image_id")
+        if ann_image not in images:
+            problems.append(f"annotation {ann_id}: unknown image_id {ann_image!r}")
             continue
+        image_id = int(ann_image)
         cat = ann.get("category_id")
         if cat not in category_to_label:
             problems.append(f"annotation {ann_id} (image {image_id}): unknown category_id {cat!r}")

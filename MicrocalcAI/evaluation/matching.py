@@ -95,7 +95,7 @@ def truth_from_entry(entry: CocoImage) -> ImageTruth:
         path=str(entry.path),
         spacing_mm=entry.spacing_mm,
         hard_negatives=[
-            (kind, tuple(float(v) for v in box))
+            (kind, (float(box[0]), float(box[1]), float(box[2]), float(box[3])))
             for kind, box in zip(entry.hard_negative_types, entry.hard_negatives_stored)
         ],
         descriptors=entry.descriptors,

@@ -77,7 +77,7 @@ def _confusion(truth_pos: np.ndarray, pred_pos: np.ndarray) -> np.ndarray:
     return np.array([(t & p).sum(), (t & ~p).sum(), (~t & ~p).sum(), (~t & p).sum()], dtype=np.int64)
 
 
-def _rates(counts: np.ndarray) -> dict[str, float]:
+def _rates(counts: np.ndarray) -> dict[str, Any]:
     """Sensitivity, specificity, accuracy, PPV, NPV from [..., 4] counts (nan where undefined)."""
     c = np.asarray(counts, dtype=np.float64)
     tp, fn, tn, fp = c[..., 0], c[..., 1], c[..., 2], c[..., 3]

@@ -209,13 +209,6 @@ def _patches_to_batch(
     return images, targets
 
 
-def _apply_training_sampling(model: torch.nn.Module, config: TrainConfig) -> None:
-    """Set the RPN/ROI sampling sizes used while training (inference values stay the model's)."""
-    model.roi_heads.fg_bg_sampler.batch_size_per_image = int(config.roi_batch_size_per_image)
-    model.rpn._pre_nms_top_n["training"] = int(config.rpn_pre_nms_top_n_train)
-    model.rpn._post_nms_top_n["training"] = int(config.rpn_post_nms_top_n_train)
-
-
 def train_step(state: TrainingState, config: TrainConfig, device: torch.device) -> dict[str, float]:
     """One optimiser step on one sampled batch; returns its losses (and ``loss``, their sum)."""
     patches = state.sampler.sample_batch(config.batch_size)
