@@ -54,9 +54,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     det.add_argument("--force", action="store_true", help="redo images whose outputs already exist")
     det.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    where = det.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=_workers_arg,
+        default=None,
+        metavar="N",
+        help="run on a Dask LocalCluster of N worker processes on this machine (127.0.0.1 only; needs dask)",
+    )
+    where.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on an existing Dask cluster (e.g. tcp://host:8786); its workers must see the same paths",
+    )
     det.add_argument("--quiet", action="store_true", help="no progress bar, only warnings and errors")
     det.add_argument("--verbose", action="store_true", help="debug logging")
     det.set_defaults(func=run)
+
+
+def _workers_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of worker processes, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 worker, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,10 +90,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: --deidentify applies to the DICOM objects: add --dicom", file=sys.stderr)
         return EXIT_ERROR
 
-    result = run_with_bar(
-        "detect",
-        args.quiet,
-        lambda bar: run_batch(
+    def batch(bar, client=None):  # noqa: ANN001, ANN202
+        return run_batch(
             args.inputs,
             args.out,
             model=args.model,
@@ -82,8 +104,13 @@ def run(args: argparse.Namespace) -> int:
             report=args.report,
             dicom=args.dicom,
             deidentify=args.deidentify,
-        ),
-    )
+            client=client,
+        )
+
+    if args.workers is None and args.scheduler is None:
+        result = run_with_bar("detect", args.quiet, batch)
+    else:
+        result = _run_on_dask(args, batch)
     if not args.quiet:
         _print_summary(result, Path(args.out))
     status = EXIT_OK
@@ -97,6 +124,22 @@ def run(args: argparse.Namespace) -> int:
         print_report_failures(result.report_failures)  # type: ignore[attr-defined]
         status = EXIT_SOME_FAILED
     return status
+
+
+def _run_on_dask(args: argparse.Namespace, batch) -> object:  # noqa: ANN001
+    try:
+        from MicrocalcAI.core.distributed import cluster_client, dashboard_link
+    except ImportError as exc:
+        from MicrocalcAI.core.errors import MicrocalcAIError
+
+        raise MicrocalcAIError(
+            f"--workers/--scheduler need Dask ({exc}); install it with: pip install 'MicrocalcAI[cluster]'"
+        ) from exc
+    with cluster_client(workers=args.workers, scheduler=args.scheduler) as client:
+        link = dashboard_link(client)
+        if link and not args.quiet:
+            print(f"Dask dashboard: {link}", file=sys.stderr)
+        return run_with_bar("detect", args.quiet, lambda bar: batch(bar, client))
 
 
 def _print_summary(result, out: Path) -> None:

@@ -9,6 +9,7 @@ target; on any error the temporary file is removed and an existing target is lef
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Union
 
-from MicrocalcAI.core.errors import MicrocalcAIError, OutputError
+from MicrocalcAI.core.errors import DiskFullError, MicrocalcAIError, OutputError
+
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "output_error", "staged_path"]
 
 __all__ = [
     "PathLike",
@@ -28,6 +31,16 @@ __all__ = [
 
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: errno values meaning "the output file system has no room": the batch must stop, not go on.
+_NO_SPACE = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+def output_error(path: PathLike, exc: OSError) -> OutputError:
+    """The error to raise for a failed write: :class:`DiskFullError` when the disk is full."""
+    if exc.errno in _NO_SPACE:
+        return DiskFullError(f"output disk full or over quota ({exc.strerror}) writing {path}")
+    return OutputError(f"cannot write {path}: {exc}")
 
 
 def _umask() -> int:
@@ -56,7 +69,7 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc}") from exc
+        raise output_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
@@ -72,7 +85,7 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError) and not isinstance(exc, MicrocalcAIError):
-            raise OutputError(f"cannot write {path}: {exc}") from exc
+            raise output_error(path, exc) from exc
         raise
 
 
@@ -93,7 +106,7 @@ def staged_path(path: PathLike) -> Iterator[Path]:
     except BaseException as exc:
         staged.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, MicrocalcAIError):
-            raise OutputError(f"cannot write {path}: {exc}") from exc
+            raise output_error(path, exc) from exc
         raise
 
 

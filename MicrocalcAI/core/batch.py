@@ -9,25 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
-from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError, OutputError
+from MicrocalcAI.core.errors import CancelledError, DiskFullError, MicrocalcAIError, OutputError
 from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
 from MicrocalcAI.core.pipeline import Analyzer, file_fingerprint
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.core.read import find_images
 from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings
 
-__all__ = [
-    "BatchResult",
-    "output_names",
-    "run_batch",
-]
+if TYPE_CHECKING:  # dask is optional and never imported unless a client is passed
+    from distributed import Client
 
+__all__ = ["BatchResult", "ImageOutcome", "analyse_to_files", "output_names", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +154,7 @@ def run_batch(
     report: bool = False,
     dicom: bool = False,
     deidentify: bool = False,
+    client: Optional[Client] = None,
 ) -> BatchResult:
     """Analyse files and folders into ``out_dir``: per-image JSON + overlay, per-batch CSVs.
 
@@ -177,10 +176,14 @@ def run_batch(
     ``dicom`` also writes the DICOM objects of each DICOM input (:func:`_write_dicom`),
     ``deidentify`` with the identity removed; a skipped image whose objects are missing or
     were written with the other ``deidentify`` choice gets them from its earlier findings.
+
+    With a Dask ``client`` (:mod:`MicrocalcAI.core.distributed`) each image is a task on the
+    cluster running :func:`analyse_to_files`, exactly as here; the tables (and any DICOM objects
+    and reports) are still written once, here, after each image's findings come back. A full
+    output disk stops the batch at once (:class:`DiskFullError`).
     """
     from MicrocalcAI.core.outputs.complete import outputs_complete
-    from MicrocalcAI.core.outputs.findings_json import load_image_json, write_image_json
-    from MicrocalcAI.core.outputs.overlay import write_overlay
+    from MicrocalcAI.core.outputs.findings_json import load_image_json
     from MicrocalcAI.core.outputs.tables import write_batch_tables
 
     progress = progress or no_progress
@@ -215,44 +218,44 @@ def run_batch(
                 result.overlays[name] = out / f"{name}_overlay.png"
                 continue
         todo.append((path, name))
-    if todo and analyzer is None:
+    if todo and analyzer is None and client is None:
         progress(0.0, "loading model")
         analyzer = Analyzer(model, device, score_threshold=score_threshold)
     log.info("threshold %.3f; %d image(s) to analyse, %d already done", threshold, len(todo), len(result.skipped))
 
-    n = max(len(todo), 1)
-    for i, (path, name) in enumerate(todo):
-        prefix = f"[{i + 1}/{len(todo)}] {path.name}: "
-        try:
-            assert analyzer is not None
-            findings, stored01 = analyzer.analyse_with_image(
-                path,
-                name=name,
-                spacing_mm=spacing_mm,
-                threshold=threshold,
-                progress=sub_progress(progress, i / n, (i + 0.95) / n, prefix),
-            )
-            write_image_json(findings, out)
-            result.overlays[name] = write_overlay(findings, stored01, out)
-            if dicom:
-                _write_dicom(findings, out, deidentify, result)
-            result.images.append(findings)
-            result.analysed.append(str(path))
-        except CancelledError:
-            raise
-        except MicrocalcAIError as exc:
-            message = str(exc)
-            log.error("%s", message if str(path.name) in message else f"{path}: {message}")
-            result.failed.append((str(path), message))
-        except MemoryError:
-            log.error("%s: not enough memory to analyse this image", path)
-            result.failed.append((str(path), "not enough memory"))
-        except RuntimeError as exc:  # torch reports device out-of-memory as a RuntimeError
-            if "out of memory" not in str(exc).lower():
-                raise
-            log.error("%s: not enough %s memory to analyse this image", path, analyzer.device if analyzer else "device")
-            result.failed.append((str(path), "not enough device memory (try --device cpu)"))
-        progress((i + 1) / n, f"{prefix}done")
+    if client is None:
+        assert analyzer is not None or not todo
+        outcomes = _analyse_here(analyzer, todo, out, spacing_mm, threshold, progress)
+    else:
+        from MicrocalcAI.core.distributed import analyse_on_cluster
+
+        outcomes = analyse_on_cluster(
+            client, todo, out, spec=spec, model=model, device=device, score_threshold=threshold, analyzer=analyzer,
+            spacing_mm=spacing_mm, progress=progress,
+        )  # fmt: skip
+    done: dict[int, ImageOutcome] = {}
+    try:
+        for index, outcome in outcomes:
+            done[index] = outcome
+            if outcome.error is not None:
+                path, message = outcome.path, outcome.error
+                log.error("%s", message if str(path.name) in message else f"{path}: {message}")
+    except DiskFullError as exc:
+        raise DiskFullError(
+            f"{exc}; batch stopped after {sum(o.error is None for o in done.values())} of {len(todo)} image(s) "
+            "(finished images are kept and skipped on a re-run)"
+        ) from exc
+    for index in sorted(done):  # input order, whatever order a cluster finished them in
+        outcome = done[index]
+        if outcome.findings is None:
+            result.failed.append((str(outcome.path), outcome.error or "failed"))
+            continue
+        result.images.append(outcome.findings)
+        result.analysed.append(str(outcome.path))
+        if outcome.overlay is not None:
+            result.overlays[outcome.name] = outcome.overlay
+        if dicom:
+            _write_dicom(outcome.findings, out, deidentify, result)
 
     if result.images:
         result.breasts = breast_findings(result.images, spec.risk_categories)
@@ -265,3 +268,70 @@ def run_batch(
         result.reports, result.report_failures = reports.written, reports.failed
     progress(1.0, "batch done")
     return result
+
+
+@dataclass
+class ImageOutcome:
+    """One image of a batch: its findings and overlay, or the one-line reason it failed."""
+
+    path: Path
+    name: str
+    findings: Optional[ImageFindings] = None
+    overlay: Optional[Path] = None
+    error: Optional[str] = None
+    disk_full: bool = False  # set by a cluster worker, which returns rather than raises it
+
+
+def analyse_to_files(
+    analyzer: Analyzer,
+    path: Path,
+    name: str,
+    out: Path,
+    *,
+    spacing_mm: Optional[float] = None,
+    threshold: Optional[float] = None,
+    progress: Optional[ProgressCallback] = None,
+) -> ImageOutcome:
+    """Analyse one image and write its per-image outputs: the unit of work, local or on a cluster.
+
+    A problem with this image becomes its ``error``; cancelling, a full disk and genuine bugs
+    raise, because they concern the whole batch.
+    """
+    from MicrocalcAI.core.outputs.findings_json import write_image_json
+    from MicrocalcAI.core.outputs.overlay import write_overlay
+
+    try:
+        findings, stored01 = analyzer.analyse_with_image(
+            path, name=name, spacing_mm=spacing_mm, threshold=threshold, progress=progress
+        )
+        write_image_json(findings, out)
+        overlay = write_overlay(findings, stored01, out)
+        return ImageOutcome(path, name, findings, overlay)
+    except (CancelledError, DiskFullError):
+        raise
+    except MicrocalcAIError as exc:
+        return ImageOutcome(path, name, error=str(exc))
+    except MemoryError:
+        return ImageOutcome(path, name, error="not enough memory")
+    except RuntimeError as exc:  # torch reports device out-of-memory as a RuntimeError
+        if "out of memory" not in str(exc).lower():
+            raise
+        return ImageOutcome(path, name, error="not enough device memory (try --device cpu)")
+
+
+def _analyse_here(
+    analyzer: Optional[Analyzer],
+    todo: Sequence[tuple[Path, str]],
+    out: Path,
+    spacing_mm: Optional[float],
+    threshold: Optional[float],
+    progress: ProgressCallback,
+) -> Iterator[tuple[int, ImageOutcome]]:
+    """The in-process path: one image after the other with the caller's model."""
+    n = max(len(todo), 1)
+    for i, (path, name) in enumerate(todo):
+        assert analyzer is not None
+        prefix = f"[{i + 1}/{len(todo)}] {path.name}: "
+        sub = sub_progress(progress, i / n, (i + 0.95) / n, prefix)
+        yield i, analyse_to_files(analyzer, path, name, out, spacing_mm=spacing_mm, threshold=threshold, progress=sub)
+        progress((i + 1) / n, f"{prefix}done")

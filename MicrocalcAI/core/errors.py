@@ -45,6 +45,14 @@ class OutputError(MicrocalcAIError, OSError):
     """An output file cannot be written (folder missing or read-only, disk full, bad name)."""
 
 
+class DiskFullError(OutputError):
+    """The output file system is full or over quota (ENOSPC/EDQUOT).
+
+    Unlike other output errors this stops a batch at once: every further image would be
+    analysed only to fail at its first write.
+    """
+
+
 class ModelError(MicrocalcAIError):
     """A model manifest or weights file is missing, malformed or does not match its checksum."""
 

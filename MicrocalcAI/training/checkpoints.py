@@ -49,7 +49,7 @@ def checkpoint_dict(state: TrainingState, config: TrainConfig, with_training_sta
     ckpt: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "iteration": state.iteration,
-        "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
+        "model": {k: v.detach().cpu() for k, v in getattr(state.model, "module", state.model).state_dict().items()},
         "model_config": json.dumps(model_config(config)),
         "config": json.dumps(config.to_dict()),
         "best_score": float(state.best_score),

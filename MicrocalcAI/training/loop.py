@@ -41,12 +41,19 @@ from MicrocalcAI.training.checkpoints import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     check_initial_weights_file,
+    load_checkpoint,
     load_initial_weights,
     restore_checkpoint,
     save_checkpoint,
 )
 from MicrocalcAI.training.config import TrainConfig, TrainConfigError
 from MicrocalcAI.training.data import CanonicalSample, CocoMammogramDataset, PatchSampler
+from MicrocalcAI.training.distributed import (
+    distributed_context,
+    restore_rank_states,
+    save_checkpoint_distributed,
+    use_rank_sampler,
+)
 from MicrocalcAI.training.state import TrainingState
 from MicrocalcAI.training.validation import set_batchnorm_eval, validate
 
@@ -273,7 +280,7 @@ def _validate_and_track(
 ) -> None:
     """Validate, keep ``best.pt`` when the selection score improves, log the result."""
     rng_state = torch.get_rng_state()
-    metrics = validate(state.model, val_set, config, device)
+    metrics = validate(getattr(state.model, "module", state.model), val_set, config, device)  # not via DDP
     torch.set_rng_state(rng_state)  # validation must not change the training draw
     score = metrics["selection_score"]
     improved = state.record_validation(score, metrics)
@@ -315,23 +322,28 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
         )
 
     torch.set_num_threads(config.num_threads)
-    device = select_device(config.device)
+    ctx = distributed_context(select_device(config.device))  # torchrun: K processes, DDP
+    device = ctx.device(select_device(config.device))
     torch.manual_seed(config.seed)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
     resuming = resume and last_path.exists()
     if not resuming:
         check_initial_weights_file(config)
     progress(0.0, "preparing training images")
-    samples = training_samples(config, cache_dir, progress)
-    val_set = _prepared_dataset(config, config.val_coco, cache_dir, progress) if config.val_coco else None
+    with ctx.main_first():  # rank 0 fills the standardised-image cache, the others read it
+        samples = training_samples(config, cache_dir, progress)
+        val_set = _prepared_dataset(config, config.val_coco, cache_dir, progress) if config.val_coco else None
     log.info("validating on %s images", len(val_set) if val_set is not None else 0)
     state = build_training_state(config, samples, device, resuming=resuming)
+    use_rank_sampler(state, config, ctx)
     if resuming:
         restore_checkpoint(state, config, last_path)
+        restore_rank_states(load_checkpoint(last_path), state, ctx, last_path)
     elif resume:
         log.warning("resume requested but %s does not exist: starting from scratch", last_path)
-    if state.iteration == 0:
+    if state.iteration == 0 and ctx.is_main:
         atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    state.model = ctx.wrap(state.model, device)
 
     train_log = _JsonlLog(out / LOG_FILE)
     state.model.train()
@@ -344,15 +356,17 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
         while state.iteration < config.iterations:
             window.append(train_step(state, config, device))
             if _due(state.iteration, config.log_every, config.iterations):
-                _log_window(state, config, window, tick, started, train_log)
+                if ctx.is_main:
+                    _log_window(state, config, window, tick, started, train_log)
                 window, tick = [], time.monotonic()
             if val_set is not None and _due(state.iteration, config.val_every, config.iterations):
-                _validate_and_track(state, config, val_set, device, train_log, best_path)
+                if ctx.is_main:  # one validation, on rank 0; the others wait for its verdict
+                    _validate_and_track(state, config, val_set, device, train_log, best_path)
                 tick = time.monotonic()  # validation time is not iteration time
                 patience = config.early_stopping_patience
-                stopped_early = bool(patience and state.bad_validations >= patience)
+                stopped_early = ctx.agree(bool(patience and state.bad_validations >= patience))
             if _due(state.iteration, config.checkpoint_every, config.iterations) or stopped_early:
-                save_checkpoint(state, config, last_path)
+                save_checkpoint_distributed(state, config, last_path, ctx)
             progress(state.iteration / config.iterations, f"iteration {state.iteration}/{config.iterations}")
             if stopped_early:
                 log.info(
@@ -361,10 +375,15 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None, resu
                     state.bad_validations,
                 )
                 break
-    except (CancelledError, KeyboardInterrupt):
-        save_checkpoint(state, config, last_path)
+    except (CancelledError, KeyboardInterrupt) as exc:
+        # Across processes a Ctrl-C lands at a different point in each: keep the last periodic
+        # checkpoint. A cancel through the progress callback comes at the same step in all.
+        if not (ctx.distributed and isinstance(exc, KeyboardInterrupt)):
+            save_checkpoint_distributed(state, config, last_path, ctx)
         log.info("stopped at iteration %d; checkpoint %s (resume to continue)", state.iteration, last_path)
         raise
+    finally:
+        ctx.close()
 
     return TrainResult(
         output_dir=str(out),

@@ -182,9 +182,7 @@ def _image_entry(f: ImageFindings, source: Dataset) -> Dataset:
     image.ReferencedSOPSequence = [ref]
     context: list[Dataset] = []
     if f.laterality in codes.LATERALITY_CODES:
-        context.append(
-            _Tree.code("HAS ACQ CONTEXT", codes.IMAGE_LATERALITY, codes.LATERALITY_CODES[f.laterality])
-        )
+        context.append(_Tree.code("HAS ACQ CONTEXT", codes.IMAGE_LATERALITY, codes.LATERALITY_CODES[f.laterality]))
     if f.view in codes.VIEW_CODES:
         context.append(_Tree.code("HAS ACQ CONTEXT", codes.IMAGE_VIEW, codes.VIEW_CODES[f.view]))
     context.append(_Tree.num("HAS ACQ CONTEXT", codes.HORIZONTAL_PIXEL_SPACING, f.spacing_mm[1], codes.UNIT_MM))
