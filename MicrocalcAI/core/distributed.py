@@ -108,6 +108,8 @@ def _analyse_image_task(plugin_name: str, path: str, name: str, out: str, spacin
     logs the task's arguments (the file name) in the worker's log.
     """
     plugin = cast(AnalyzerPlugin, get_worker().plugins[plugin_name])
+    if plugin.analyzer is None:  # setup() failed on this worker; Dask retries elsewhere
+        raise RuntimeError(f"model plugin {plugin_name} is not set up on this worker")
     try:
         return analyse_to_files(plugin.analyzer, Path(path), name, Path(out), spacing_mm=spacing_mm)
     except DiskFullError as exc:
