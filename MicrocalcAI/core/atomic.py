@@ -10,6 +10,7 @@ target; on any error the temporary file is removed and an existing target is lef
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +20,14 @@ from typing import BinaryIO, Union
 
 from MicrocalcAI.core.errors import DiskFullError, MicrocalcAIError, OutputError
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "output_error", "staged_path"]
+__all__ = [
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "output_error",
+    "remove_temporaries",
+    "staged_path",
+]
 
 __all__ = [
     "PathLike",
@@ -120,3 +128,21 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
 def atomic_write_text(path: PathLike, text: str) -> Path:
     """Write UTF-8 text all-or-nothing (see :func:`atomic_write_bytes`)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_temporaries(path: PathLike) -> int:
+    """Delete temporary files that :func:`atomic_open` left for ``path``; return how many.
+
+    A process killed outright (SIGKILL, out of memory) cannot clean up, so its temporary file
+    stays beside the target (the target itself is never half written). Call this only when
+    no live writer of ``path`` remains, e.g. after a batch.
+    """
+    path = Path(path)
+    removed = 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            tmp.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
+from MicrocalcAI.core.atomic import remove_temporaries
 from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
 from MicrocalcAI.core.errors import CancelledError, DiskFullError, MicrocalcAIError, OutputError
 from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
@@ -245,6 +246,10 @@ def run_batch(
             f"{exc}; batch stopped after {sum(o.error is None for o in done.values())} of {len(todo)} image(s) "
             "(finished images are kept and skipped on a re-run)"
         ) from exc
+    finally:  # a writer killed outright (a cluster worker, SIGKILL) leaves its temporary file
+        for _, name in todo:
+            for suffix in (".json", "_overlay.png"):
+                remove_temporaries(out / f"{name}{suffix}")
     for index in sorted(done):  # input order, whatever order a cluster finished them in
         outcome = done[index]
         if outcome.findings is None:
