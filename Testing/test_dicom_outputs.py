@@ -82,7 +82,7 @@ def test_each_dicom_input_gets_the_four_objects_and_the_png_one_skip_line(run, a
 
 
 def test_a_non_dicom_input_gets_one_clear_line():
-    from findings_fixtures import image_findings
+    from _findings_helpers import image_findings
 
     from MicrocalcAI.core.batch import BatchResult, _write_dicom
 
@@ -481,7 +481,7 @@ def test_slicer_export_dicom_writes_the_shown_findings(analysed, tmp_path):
 def test_round_trip_of_lesions_with_no_one_or_many_specks(tmp_path, n_specks):
     """Edge cases the model may not produce on the test images: 0 and 1 speck, no lesions,
     boxes on the image border, and integer and fractional coordinates."""
-    from findings_fixtures import image_findings, lesion
+    from _findings_helpers import image_findings, lesion
 
     header = pydicom.dcmread(SAMPLE, stop_before_pixels=True)
     rows, cols = int(header.Rows), int(header.Columns)
@@ -554,7 +554,7 @@ def test_the_other_six_real_films_validate_and_round_trip(run, cbis_cases, tmp_p
 
 
 def test_overlapping_lesions_of_one_class_keep_every_speck_and_say_which_lost_its_size(tmp_path):
-    from findings_fixtures import image_findings, lesion
+    from _findings_helpers import image_findings, lesion
 
     header = pydicom.dcmread(SAMPLE, stop_before_pixels=True)
     shape = (int(header.Rows), int(header.Columns))

@@ -18,7 +18,7 @@ from MicrocalcAI.core.pipeline import Analyzer
 
 
 def _inputs(tmp_path: Path, n: int = 3) -> Path:
-    from train_helpers import simulate_tiny
+    from _train_helpers import simulate_tiny
 
     data = tmp_path / "in"
     data.mkdir()

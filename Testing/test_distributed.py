@@ -37,7 +37,7 @@ GOOD_TINY = 3
 
 
 def _tiny(folder: Path, n: int, seed: int) -> list[Path]:
-    from train_helpers import simulate_tiny
+    from _train_helpers import simulate_tiny
 
     images = simulate_tiny(folder / "sim", n_images=n, seed=seed).parent / "images"
     return sorted(images.glob("*.dcm"))

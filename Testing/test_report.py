@@ -22,7 +22,8 @@ from PIL import Image
 
 from MicrocalcAI.cli import main as cli_main
 from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
-from MicrocalcAI.core.outputs.findings_json import CLASS_COLOURS, SPECK_COLOUR, load_image_json
+from MicrocalcAI.core.outputs.findings_json import load_image_json
+from MicrocalcAI.core.outputs.overlay import CLASS_COLOURS, SPECK_COLOUR
 from MicrocalcAI.core.outputs.report import REPORT_FOLDER, reports_from_folder, write_exam_reports
 from MicrocalcAI.core.outputs.report.hanging import exam_images, view_label
 from MicrocalcAI.core.outputs.report.pictures import Frame, lesion_crop, load_view, view_picture

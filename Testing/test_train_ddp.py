@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import simulate_tiny
+from _train_helpers import simulate_tiny
 
 from MicrocalcAI.cli import main as cli_main
 from MicrocalcAI.training.checkpoints import load_checkpoint
