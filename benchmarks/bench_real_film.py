@@ -336,14 +336,22 @@ def simulated_test_set(model: Optional[str], images: int, seed: int, workdir: Pa
         check=True,
         capture_output=True,
     )
-    coco = next(sim.glob("*.json"), None) if not (sim / "coco.json").exists() else sim / "coco.json"
-    if coco is None:
-        raise RuntimeError(f"simulate wrote no COCO file under {sim}")
+    coco = sim / "annotations.json"
+    if not coco.exists():
+        raise RuntimeError(f"simulate wrote no annotations.json under {sim}")
     out = workdir / "eval"
     extra = ["--model", model] if model else []
     subprocess.run([*cmd, "evaluate", str(coco), "--out", str(out), *extra], check=True, capture_output=True)
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"images": images, "seed": seed, "metrics_file": str(out / "metrics.json"), "metrics": metrics}
+    detection = metrics["detection"]
+    return {
+        "images": images,
+        "seed": seed,
+        "metrics_file": str(out / "metrics.json"),
+        "lesion_sensitivity": detection.get("lesion_sensitivity"),
+        "fp_per_image": detection.get("fp_per_image"),
+        "sensitivity_at_fp_per_image": detection["froc"]["sensitivity_at_fp_per_image"],
+    }
 
 
 def _fmt(value: Optional[float], digits: int = 2) -> str:
@@ -474,8 +482,11 @@ def _default_upsampling() -> str:
 
 
 def _sim_line(simulated: dict[str, Any]) -> str:
-    froc = simulated["metrics"].get("lesion", {}).get("froc", {})
-    return f"FROC {json.dumps(froc)}"
+    froc = simulated["sensitivity_at_fp_per_image"]
+    return (
+        f"sensitivity {_fmt(simulated['lesion_sensitivity'])} at {_fmt(simulated['fp_per_image'])} FP/image "
+        f"(default threshold); at 0.5 FP/image {_fmt(froc.get('0.5'))}, at 1 FP/image {_fmt(froc.get('1'))}"
+    )
 
 
 if __name__ == "__main__":
