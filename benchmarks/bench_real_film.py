@@ -69,7 +69,7 @@ REAL_BLUR_SIGMA_MM = (0.07, 0.15)
 RENDER_SPACING_MM = 0.025
 #: The cluster rule's window: "at least N specks within 1 cm^2".
 RULE_AREA_MM2 = 100.0
-#: Seeds for the inserted clusters; training never uses seeds >= 10**6.
+#: First seed of the inserted clusters (fixed, so every run and model sees the same clusters).
 HELD_OUT_SEED = 7_000_001
 
 
