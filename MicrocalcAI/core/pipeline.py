@@ -18,13 +18,13 @@ import numpy as np
 
 from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
 from MicrocalcAI.core.errors import MicrocalcAIError
-from MicrocalcAI.core.findings.lesions import build_lesions
+from MicrocalcAI.core.findings.lesions import ClusterRule, build_lesions
 from MicrocalcAI.core.findings.risk import image_risk
 from MicrocalcAI.core.findings.specks import SpeckConfig
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.core.read import read_mammogram, user_overrides
 from MicrocalcAI.core.records import CanonicalImage, Detection, ImageFindings, Lesion, Mammogram, ModelInfo, Risk
-from MicrocalcAI.core.standardise import normalised_stored, standardise
+from MicrocalcAI.core.standardise import DEFAULT_UPSAMPLING, normalised_stored, standardise
 
 __all__ = ["Analyzer", "Source", "analyse", "effective_spacing", "file_fingerprint"]
 
@@ -62,6 +62,8 @@ class Analyzer:
         score_threshold: Optional[float] = None,
         batch_size: int = 4,
         speck_config: Optional[SpeckConfig] = None,
+        upsampling: Optional[str] = None,
+        cluster_rule: Optional[ClusterRule] = None,
     ) -> None:
         from MicrocalcAI.core.detect.network import select_device
         from MicrocalcAI.core.detect.weights import load_detector
@@ -72,6 +74,10 @@ class Analyzer:
         self._score_threshold = self._checked_threshold(score_threshold)
         self.batch_size = batch_size
         self.speck_config = speck_config
+        #: How standardise upsamples inputs coarser than the model's spacing (None: its default).
+        self.upsampling = upsampling
+        #: Which detections make lesions (None: findings.lesions.DEFAULT_CLUSTER_RULE).
+        self.cluster_rule = cluster_rule
         log.info("model %s %s (%s) on %s", self.spec.name, self.spec.version, self.spec.backbone, self.device)
 
     @property
@@ -182,7 +188,11 @@ class Analyzer:
         assumed = self.spec.assumed_input_spacing_mm
         stored01, stored_mask = normalised_stored(work, assumed_input_spacing_mm=assumed)
         canonical = standardise(
-            work, self.spec.spacing_mm, assumed_input_spacing_mm=assumed, stored=(stored01, stored_mask)
+            work,
+            self.spec.spacing_mm,
+            assumed_input_spacing_mm=assumed,
+            stored=(stored01, stored_mask),
+            upsampling=self.upsampling or DEFAULT_UPSAMPLING,
         )
         return canonical, stored01, stored_mask
 
@@ -208,6 +218,7 @@ class Analyzer:
             spacing,
             breast_mask=stored_mask,
             speck_config=self.speck_config,
+            cluster_rule=self.cluster_rule,
         )
 
 
