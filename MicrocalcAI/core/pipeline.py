@@ -74,11 +74,14 @@ class Analyzer:
         speck_config: Optional[SpeckConfig] = None,
     ) -> None:
         from MicrocalcAI.core.detect.network import select_device
-        from MicrocalcAI.core.detect.weights import load_detector
+        from MicrocalcAI.core.runtime import cached_detector, configure_cpu
 
         self.spec: ModelSpec = resolve_model(model)
         self.device = select_device(device)
-        self.model = load_detector(self.spec, self.device)
+        if self.device.type == "cpu":
+            configure_cpu()
+        # Verified, batch norm folded, channels-last; loaded once per process and weights file.
+        self.model = cached_detector(self.spec, self.device)
         self.score_threshold = self.spec.score_threshold if score_threshold is None else float(score_threshold)
         if not 0.0 <= self.score_threshold <= 1.0:
             raise MicrocalcAIError(f"score threshold must be in [0, 1], got {self.score_threshold}")
