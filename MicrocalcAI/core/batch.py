@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -171,32 +172,49 @@ def run_batch(
     log.info("threshold %.3f; %d image(s) to analyse, %d already done", threshold, len(todo), len(result.skipped))
 
     n = max(len(todo), 1)
-    for i, (path, name) in enumerate(todo):
-        prefix = f"[{i + 1}/{len(todo)}] {path.name}: "
-        try:
-            assert analyzer is not None
-            findings, stored01 = analyzer.analyse_with_image(
-                path, name=name, spacing_mm=spacing_mm, progress=_sub_progress(progress, i / n, (i + 0.95) / n, prefix)
-            )
-            write_image_json(findings, out)
-            result.overlays[name] = write_overlay(findings, stored01, out)
-            result.images.append(findings)
-            result.analysed.append(str(path))
-        except CancelledError:
-            raise
-        except MicrocalcAIError as exc:
-            message = str(exc)
-            log.error("%s", message if str(path.name) in message else f"{path}: {message}")
-            result.failed.append((str(path), message))
-        except MemoryError:
-            log.error("%s: not enough memory to analyse this image", path)
-            result.failed.append((str(path), "not enough memory"))
-        except RuntimeError as exc:  # torch reports device out-of-memory as a RuntimeError
-            if "out of memory" not in str(exc).lower():
+    # One image ahead: reading and standardising image i+1 (numpy, SimpleITK, pydicom, mostly
+    # outside the GIL) overlaps the model on image i, so both cores stay busy. A failure of
+    # the read surfaces from .result() below, in the loop that reports and skips it.
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="microcalcai-prefetch")
+
+    def prepare(k: int) -> Future:
+        assert analyzer is not None
+        return ahead.submit(analyzer.prepare, todo[k][0], spacing_mm=spacing_mm)
+
+    try:
+        pending = prepare(0) if todo else None
+        for i, (path, name) in enumerate(todo):
+            prefix = f"[{i + 1}/{len(todo)}] {path.name}: "
+            current, pending = pending, (prepare(i + 1) if i + 1 < len(todo) else None)
+            try:
+                assert analyzer is not None and current is not None
+                progress(i / n, f"{prefix}reading")
+                findings, stored01 = analyzer.analyse_prepared(
+                    current.result(), name=name, progress=_sub_progress(progress, i / n, (i + 0.95) / n, prefix)
+                )
+                write_image_json(findings, out)
+                result.overlays[name] = write_overlay(findings, stored01, out)
+                result.images.append(findings)
+                result.analysed.append(str(path))
+            except CancelledError:
                 raise
-            log.error("%s: not enough %s memory to analyse this image", path, analyzer.device if analyzer else "device")
-            result.failed.append((str(path), "not enough device memory (try --device cpu)"))
-        progress((i + 1) / n, f"{prefix}done")
+            except MicrocalcAIError as exc:
+                message = str(exc)
+                log.error("%s", message if str(path.name) in message else f"{path}: {message}")
+                result.failed.append((str(path), message))
+            except MemoryError:
+                log.error("%s: not enough memory to analyse this image", path)
+                result.failed.append((str(path), "not enough memory"))
+            except RuntimeError as exc:  # torch reports device out-of-memory as a RuntimeError
+                if "out of memory" not in str(exc).lower():
+                    raise
+                log.error(
+                    "%s: not enough %s memory to analyse this image", path, analyzer.device if analyzer else "device"
+                )
+                result.failed.append((str(path), "not enough device memory (try --device cpu)"))
+            progress((i + 1) / n, f"{prefix}done")
+    finally:
+        ahead.shutdown(wait=True, cancel_futures=True)
 
     if result.images:
         result.breasts = breast_findings(result.images, spec)
