@@ -257,16 +257,17 @@ def worker_stages(files: list[str], spacing: Optional[float], runs: int) -> dict
 
 def worker_levers(files: list[str], spacing: Optional[float], runs: int, configure: bool) -> dict:
     """detect() only, one variant per lever, interleaved; canonical images made beforehand."""
+    import copy
+    from dataclasses import replace
+
     import torch
 
+    from MicrocalcAI.core.detect.manifest import resolve_model
     from MicrocalcAI.core.detect.tiles import detect
     from MicrocalcAI.core.detect.weights import load_detector
     from MicrocalcAI.core.pipeline import effective_spacing
     from MicrocalcAI.core.runtime import configure_cpu, fuse_batch_norm, prepare_for_inference
     from MicrocalcAI.core.standardise import standardise
-    from MicrocalcAI.core.detect.manifest import resolve_model
-    import copy
-    from dataclasses import replace
 
     if configure:
         configure_cpu()

@@ -58,7 +58,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 _configured: Optional[int] = None
-_cache: dict[tuple[str, str, int, int, str], nn.Module] = {}
+_cache: dict[tuple[str, str, int, int, str, str], nn.Module] = {}
 _cache_lock = threading.Lock()
 
 
@@ -183,30 +183,44 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     return ready
 
 
-def _cache_key(spec: ModelSpec, device: torch.device) -> tuple[str, str, int, int, str]:
+def _cache_key(spec: ModelSpec, device: torch.device, backend: str) -> tuple[str, str, int, int, str, str]:
     path = Path(spec.weights_path).resolve()
     st = path.stat()
-    return (str(path), spec.sha256.lower(), st.st_size, st.st_mtime_ns, str(device))
+    return (str(path), spec.sha256.lower(), st.st_size, st.st_mtime_ns, str(device), backend)
 
 
-def cached_detector(spec: ModelSpec, device: Union[str, torch.device] = "cpu") -> nn.Module:
-    """The detector of ``spec`` on ``device``, loaded, verified and prepared once per process.
-
-    The cache key includes the weights file's size and modification time, so replacing the
-    file loads (and checksums) it again. A missing file falls through to
-    :func:`~MicrocalcAI.core.detect.weights.load_detector`, which reports it.
-    """
+def _build(spec: ModelSpec, device: torch.device, backend: str) -> nn.Module:
+    from MicrocalcAI.core.detect.backends import with_exported_backbone
     from MicrocalcAI.core.detect.weights import load_detector
 
+    model = prepare_for_inference(load_detector(spec, device))
+    with_exported_backbone(model, spec, backend)
+    return model
+
+
+def cached_detector(
+    spec: ModelSpec, device: Union[str, torch.device] = "cpu", backend: Optional[str] = None
+) -> nn.Module:
+    """The detector of ``spec`` on ``device``, loaded, verified and prepared once per process.
+
+    ``backend`` (default: ``MICROCALCAI_BACKEND``, else ``auto``) may run the backbone + FPN
+    in ONNX Runtime or OpenVINO on a CPU (:mod:`MicrocalcAI.core.detect.backends`). The cache
+    key includes the weights file's size and modification time, so replacing the file loads
+    (and checksums) it again. A missing file falls through to
+    :func:`~MicrocalcAI.core.detect.weights.load_detector`, which reports it.
+    """
+    from MicrocalcAI.core.detect.backends import choose_backend
+
     target = torch.device(device)
+    chosen = choose_backend(backend, target)
     try:
-        key = _cache_key(spec, target)
+        key = _cache_key(spec, target, chosen)
     except OSError:
-        return prepare_for_inference(load_detector(spec, target))
+        return _build(spec, target, chosen)
     with _cache_lock:
         model = _cache.get(key)
         if model is None:
-            model = prepare_for_inference(load_detector(spec, target))
+            model = _build(spec, target, chosen)
             _cache[key] = model
     return model
 
