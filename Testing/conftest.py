@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ SAMPLES = REPO / "Resources" / "Samples"
 
 # Torch would otherwise start one thread per core per test process and oversubscribe CI.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Exported ONNX backbones (MicrocalcAI.core.detect.backends) go to a per-session folder, not ~/.cache.
+os.environ.setdefault("MICROCALCAI_CACHE_DIR", tempfile.mkdtemp(prefix="microcalcai_test_cache_"))
 
 
 @pytest.fixture(scope="session")

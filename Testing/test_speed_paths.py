@@ -53,7 +53,7 @@ def sample_canonical(spec):
 
 def test_optimised_detector_finds_what_the_eager_one_finds(spec, sample_canonical):
     eager = load_detector(spec, "cpu")
-    fast = runtime.cached_detector(spec, "cpu")
+    fast = runtime.cached_detector(spec, "cpu", "torch")  # folded, channels-last; backends: below
     # Lowest reporting threshold: every merged lesion counts, not only the confident ones.
     reference = detect(sample_canonical, eager, spec, score_threshold=0.05, batch_size=1)
     assert len(reference) >= 3  # the sample's three clusters at least: the comparison has content
@@ -146,3 +146,18 @@ def test_batch_prepares_the_next_image_on_another_thread(tmp_path, monkeypatch):
     assert "broken.dcm" in result.failed[0][0]
     assert threads and all(name.startswith("microcalcai-prefetch") for name in threads)
     assert {len(f.lesions) for f in result.images} == {len(result.images[0].lesions)}  # same image, same findings
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_exported_backends_find_what_the_eager_detector_finds(backend, spec, sample_canonical, tmp_path, monkeypatch):
+    pytest.importorskip(backend)
+    monkeypatch.setenv("MICROCALCAI_CACHE_DIR", str(tmp_path / "cache"))
+    runtime.clear_detector_cache()
+    try:
+        model = runtime.cached_detector(spec, "cpu", backend)
+        assert type(model.backbone).__name__ == "ExportedBackbone"  # really running on the backend
+        assert list((tmp_path / "cache").glob("*.onnx"))  # exported once, into the cache
+        reference = detect(sample_canonical, load_detector(spec, "cpu"), spec, score_threshold=0.05)
+        assert_same_findings(reference, detect(sample_canonical, model, spec, score_threshold=0.05))
+    finally:
+        runtime.clear_detector_cache()

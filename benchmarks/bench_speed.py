@@ -266,7 +266,7 @@ def worker_levers(files: list[str], spacing: Optional[float], runs: int, configu
     from MicrocalcAI.core.detect.tiles import detect
     from MicrocalcAI.core.detect.weights import load_detector
     from MicrocalcAI.core.pipeline import effective_spacing
-    from MicrocalcAI.core.runtime import configure_cpu, fuse_batch_norm, prepare_for_inference
+    from MicrocalcAI.core.runtime import cached_detector, configure_cpu, fuse_batch_norm
     from MicrocalcAI.core.standardise import standardise
 
     if configure:
@@ -275,7 +275,7 @@ def worker_levers(files: list[str], spacing: Optional[float], runs: int, configu
     eager = load_detector(spec, "cpu")
     folded = copy.deepcopy(eager)
     fuse_batch_norm(folded)
-    full = prepare_for_inference(eager)
+    full = cached_detector(spec, "cpu", "torch")  # folded + channels-last, torch backbone
     canon = []
     for m in _read_all(files, spacing):
         sp, _, _ = effective_spacing(m, spec)
@@ -288,7 +288,7 @@ def worker_levers(files: list[str], spacing: Optional[float], runs: int, configu
         "folded_cl_b2": (full, 2),
         "folded_cl_b8": (full, 8),
     }
-    variants.update(_runtime_variants(spec, full, canon[0]))
+    variants.update(_runtime_variants(spec))
     times: dict[str, list[float]] = {k: [] for k in variants}
     for model, batch in variants.values():
         detect(canon[0], model, spec, device="cpu", batch_size=batch)  # warm-up each
@@ -301,19 +301,18 @@ def worker_levers(files: list[str], spacing: Optional[float], runs: int, configu
     return {"per_image_s": times, "threads": torch.get_num_threads(), "interop": torch.get_num_interop_threads()}
 
 
-def _runtime_variants(spec, prepared, canonical) -> dict:
-    """ONNX Runtime and OpenVINO running the backbone + FPN (the dynamic RPN/ROI parts stay in
-    torch); skipped with a note when the package is missing or the export fails."""
+def _runtime_variants(spec) -> dict:
+    """Backbone + FPN in ONNX Runtime and OpenVINO (the dynamic RPN/ROI parts stay in torch);
+    skipped with a note when the package is missing or the export fails."""
+    from MicrocalcAI.core.runtime import cached_detector
+
     variants = {}
-    try:
-        from MicrocalcAI.core.runtime import exported_backbone_detector
-    except ImportError:
-        return variants
     for runtime in ("onnxruntime", "openvino"):
-        try:
-            variants[f"{runtime}_backbone_b4"] = (exported_backbone_detector(prepared, spec, runtime), 4)
-        except Exception as exc:  # noqa: BLE001 - report and go on: this is a comparison
-            print(f"[{runtime}: {exc}]", file=sys.stderr)
+        model = cached_detector(spec, "cpu", runtime)
+        if type(model.backbone).__name__ == "ExportedBackbone":
+            variants[f"{runtime}_backbone_b4"] = (model, 4)
+        else:
+            print(f"[{runtime} backend unavailable: not timed]", file=sys.stderr)
     return variants
 
 

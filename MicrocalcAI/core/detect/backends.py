@@ -1,17 +1,18 @@
-"""Optional CPU backends for the detector's backbone + FPN: ONNX Runtime or OpenVINO.
+"""Optional CPU backends for the static front of the detector: ONNX Runtime or OpenVINO.
 
-On a CPU, most of a tile's time is the mobilenet_v2 backbone and its feature pyramid, and
-PyTorch's eager depthwise convolutions are slow there: the same backbone exported to ONNX
-runs about 2-3 times faster in ONNX Runtime or OpenVINO on the 2-core machine this was
-measured on (docs/performance.md). Only the backbone is exported: it is a static graph,
-whereas the region proposal and box heads of torchvision's Faster R-CNN have data-dependent
-shapes (top-k, NMS, RoIAlign over a variable number of boxes) that stay in torch, unchanged.
+On a CPU, most of a tile's time is the mobilenet_v2 backbone, its feature pyramid and the RPN
+head's convolutions over every pyramid level, and PyTorch's eager convolutions (depthwise
+ones above all) are slow there: exported to ONNX, the same graph ran 2-3 times faster in ONNX
+Runtime or OpenVINO on the 2-core machine this was measured on (docs/performance.md). Only
+that static part is exported; the proposal selection and box head of torchvision's Faster
+R-CNN have data-dependent shapes (top-k, NMS, RoIAlign over a variable number of boxes) and
+stay in torch, unchanged.
 
 The exported file is a cache, not a shipped artefact: it is written once per weights file
 (its sha256), torch version and opset under ``MICROCALCAI_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/microcalcai`` or ``~/.cache/microcalcai``), atomically, and re-made if
 missing. Any failure (package missing, export or session error, cache not writable) logs a
-warning and leaves the torch backbone in place: an optional accelerator never stops an
+warning and leaves the torch modules in place: an optional accelerator never stops an
 analysis. ``MICROCALCAI_BACKEND=torch`` turns it off.
 """
 
@@ -31,7 +32,14 @@ from torch import Tensor, nn
 from MicrocalcAI.core.atomic import atomic_write_bytes
 from MicrocalcAI.core.detect.manifest import ModelSpec
 
-__all__ = ["BACKENDS", "ExportedBackbone", "choose_backend", "export_backbone", "with_exported_backbone"]
+__all__ = [
+    "BACKENDS",
+    "ExportedBackbone",
+    "PrecomputedRpnHead",
+    "choose_backend",
+    "export_backbone",
+    "with_exported_backbone",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +73,42 @@ def _cache_dir() -> Path:
     return Path(base) / "microcalcai"
 
 
+class _BackboneAndRpnHead(nn.Module):
+    """What gets exported: the feature levels, then the RPN head's objectness and box deltas
+    per level, as one flat tuple (ONNX has no dicts)."""
+
+    def __init__(self, backbone: nn.Module, rpn_head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.rpn_head = backbone, rpn_head
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        features = list(self.backbone(x).values())
+        objectness, deltas = self.rpn_head(features)
+        return (*features, *objectness, *deltas)
+
+
 def _level_names(backbone: nn.Module) -> list[str]:
     with torch.inference_mode():
         return list(backbone(torch.zeros(1, 3, 64, 64)).keys())
 
 
-def export_backbone(backbone: nn.Module, spec: ModelSpec) -> tuple[Path, list[str]]:
-    """The backbone as an ONNX file (dynamic batch, height and width), from the cache or
-    exported now; and the names of its output levels, in order."""
+def export_backbone(model: nn.Module, spec: ModelSpec) -> tuple[Path, list[str]]:
+    """The detector's backbone + FPN and RPN head as an ONNX file (dynamic batch, height and
+    width), from the cache or exported now; and the names of the feature levels, in order."""
+    backbone, head = model.backbone, model.rpn.head  # type: ignore[attr-defined]
     names = _level_names(backbone)
     version = torch.__version__.split("+")[0]
-    path = _cache_dir() / f"{spec.backbone}-{spec.sha256[:16]}-torch{version}-opset{_OPSET}.onnx"
+    path = _cache_dir() / f"{spec.backbone}-{spec.sha256[:16]}-rpn-torch{version}-opset{_OPSET}.onnx"
     if path.is_file():
         return path, names
     buffer = io.BytesIO()
     example = torch.zeros(1, 3, spec.tile_size, spec.tile_size)
-    outputs = [f"level_{n}" for n in names]
+    outputs = [f"{kind}_{n}" for kind in ("level", "objectness", "deltas") for n in names]
     axes = {_INPUT: {0: "batch", 2: "height", 3: "width"}}
     axes.update({o: {0: "batch", 2: f"{o}_h", 3: f"{o}_w"} for o in outputs})
     with torch.no_grad():
         torch.onnx.export(
-            backbone.eval(),
+            _BackboneAndRpnHead(backbone, head).eval(),
             (example,),
             buffer,
             input_names=[_INPUT],
@@ -96,7 +119,7 @@ def export_backbone(backbone: nn.Module, spec: ModelSpec) -> tuple[Path, list[st
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
-    log.info("exported the %s backbone to %s", spec.backbone, path)
+    log.info("exported the %s backbone and RPN head to %s", spec.backbone, path)
     return path, names
 
 
@@ -131,8 +154,31 @@ class ExportedBackbone(nn.Module):
             outputs = self._session.run(None, {_INPUT: array})
         else:
             result = self._compiled(array)
-            outputs = [result[self._compiled.output(i)] for i in range(len(self.names))]
-        return OrderedDict((name, torch.from_numpy(out)) for name, out in zip(self.names, outputs))
+            outputs = [result[self._compiled.output(i)] for i in range(3 * len(self.names))]
+        tensors = [torch.from_numpy(out) for out in outputs]
+        k = len(self.names)
+        features = OrderedDict(zip(self.names, tensors[:k]))
+        # Kept for PrecomputedRpnHead, which hands them to the RPN for exactly these features.
+        self.rpn_outputs = (list(features.values()), tensors[k : 2 * k], tensors[2 * k :])
+        return features
+
+
+class PrecomputedRpnHead(nn.Module):
+    """The RPN head for an :class:`ExportedBackbone`: returns the objectness and box deltas the
+    exported graph computed with the features, when called with those very features (the
+    same tensor objects); otherwise runs the original head, so it is never wrong."""
+
+    def __init__(self, source: ExportedBackbone, original: nn.Module) -> None:
+        super().__init__()
+        self.source = source
+        self.original = original
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        cached = getattr(self.source, "rpn_outputs", None)
+        if cached is not None and len(cached[0]) == len(features) and all(a is b for a, b in zip(cached[0], features)):
+            self.source.rpn_outputs = None
+            return cached[1], cached[2]
+        return self.original(features)
 
 
 def with_exported_backbone(model: nn.Module, spec: ModelSpec, runtime: str) -> bool:
@@ -142,11 +188,12 @@ def with_exported_backbone(model: nn.Module, spec: ModelSpec, runtime: str) -> b
         return False
     backbone = model.backbone  # type: ignore[attr-defined]
     try:
-        path, names = export_backbone(backbone, spec)
+        path, names = export_backbone(model, spec)
         exported = ExportedBackbone(path, names, backbone.out_channels, runtime, torch.get_num_threads())
     except Exception as exc:  # noqa: BLE001 - any failure of an optional accelerator: stay on torch
         log.warning("backend %s unavailable (%s); using torch", runtime, exc)
         return False
     model.backbone = exported  # type: ignore[attr-defined]
-    log.debug("backbone + FPN run by %s from %s", runtime, path)
+    model.rpn.head = PrecomputedRpnHead(exported, model.rpn.head)  # type: ignore[attr-defined]
+    log.debug("backbone, FPN and RPN head run by %s from %s", runtime, path)
     return True
