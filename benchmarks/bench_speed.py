@@ -200,19 +200,22 @@ def worker_paper(files: list[str], spacing: Optional[float], runs: int) -> dict:
 
 def worker_whole(files: list[str], spacing: Optional[float], runs: int) -> dict:
     """(b): our detector on the whole canonical image, one forward pass, no tiles."""
+    from dataclasses import replace
+
     import torch
 
+    from MicrocalcAI.core.detect.tiles import tile_origins
     from MicrocalcAI.core.pipeline import Analyzer, effective_spacing
     from MicrocalcAI.core.standardise import standardise
 
     analyzer = Analyzer(device="cpu")
-    tensors = []
+    spec = analyzer.spec
+    tensors, tiles = [], []
     for m in _read_all(files, spacing):
-        from dataclasses import replace
-
-        sp, _, _ = effective_spacing(m, analyzer.spec)
-        c = standardise(replace(m, spacing_mm=sp), analyzer.spec.spacing_mm)
+        sp, _, _ = effective_spacing(m, spec)
+        c = standardise(replace(m, spacing_mm=sp), spec.spacing_mm)
         tensors.append(torch.from_numpy(c.image).expand(3, -1, -1))
+        tiles.append(len(tile_origins(c.image.shape, c.mask, spec.tile_size, spec.tile_overlap)))
     times: list[list[float]] = []
     with torch.inference_mode():
         analyzer.model([tensors[0]])
@@ -223,7 +226,7 @@ def worker_whole(files: list[str], spacing: Optional[float], runs: int) -> dict:
                 analyzer.model([x])
                 row.append(time.perf_counter() - t)
             times.append(row)
-    return {"per_image_s": times, "shapes": [list(x.shape[1:]) for x in tensors]}
+    return {"per_image_s": times, "shapes": [list(x.shape[1:]) for x in tensors], "tiles": tiles}
 
 
 def _lesions_json(findings) -> list[dict]:
@@ -408,7 +411,8 @@ def bench_set(name: str, info: dict, runs: int, work: Path, levers: bool) -> dic
     cpu_busy = statistics.median((c["user_s"] + c["sys_s"]) / c["wall_s"] for c in cli)
     print(f"  cli end to end per image   {fmt(cli_per_image)}   {60 / cli_per_image['median']:.1f} images/min")
     print(f"  (a) paper config per image {fmt(paper_per_image)}   input {paper[0]['input_shape']}")
-    print(f"  (b) whole image per image  {fmt(whole_per_image)}")
+    shapes = ", ".join(f"{r}x{c}:{t}" for (r, c), t in zip(whole[0]["shapes"], whole[0]["tiles"]))
+    print(f"  (b) whole image per image  {fmt(whole_per_image)}   canonical shape:tiles {shapes}")
     print(f"  ratio cli/(a) {fmt(ratio_a, 'x')}   ratio cli/(b) {fmt(ratio_b, 'x')}")
     print(f"  detect process: peak {peak:.0f} MB, cores busy {cpu_busy:.2f}, system time {sys_share:.0%} of CPU")
 
@@ -440,6 +444,7 @@ def bench_set(name: str, info: dict, runs: int, work: Path, levers: bool) -> dic
         "paper_input_shape": paper[0]["input_shape"],
         "whole_s_per_image": whole_per_image,
         "whole_shapes": whole[0]["shapes"],
+        "tiles_per_image": whole[0]["tiles"],
         "ratio_cli_over_paper": ratio_a,
         "ratio_cli_over_whole": ratio_b,
         "peak_mb": peak,

@@ -44,8 +44,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
-#: Preference when the user does not choose: measured fastest first (docs/performance.md).
-AUTO_ORDER = ("openvino", "onnxruntime")
+#: Preference when the user does not choose: ONNX Runtime is in the package's `onnx` extra;
+#: OpenVINO measured about as fast (docs/performance.md) and is used when only it is installed.
+AUTO_ORDER = ("onnxruntime", "openvino")
 _OPSET = 17
 _INPUT = "image"
 
