@@ -161,3 +161,15 @@ def test_exported_backends_find_what_the_eager_detector_finds(backend, spec, sam
         assert_same_findings(reference, detect(sample_canonical, model, spec, score_threshold=0.05))
     finally:
         runtime.clear_detector_cache()
+
+
+def test_gpu_script_exits_cleanly_without_cuda():
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the script would measure it")
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_speed.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "CUDA is not available" in done.stdout
