@@ -57,8 +57,8 @@ def test_optimised_detector_finds_what_the_eager_one_finds(spec, sample_canonica
     # Lowest reporting threshold: every merged lesion counts, not only the confident ones.
     reference = detect(sample_canonical, eager, spec, score_threshold=0.05, batch_size=1)
     assert len(reference) >= 3  # the sample's three clusters at least: the comparison has content
-    for batch in (1, 3, 8):
-        assert_same_findings(reference, detect(sample_canonical, fast, spec, score_threshold=0.05, batch_size=batch))
+    # Another batch size too: tiles batched differently must not change a tile's result.
+    assert_same_findings(reference, detect(sample_canonical, fast, spec, score_threshold=0.05, batch_size=3))
 
 
 def test_analyzer_findings_equal_the_reference_path(spec):
@@ -130,7 +130,7 @@ def test_batch_prepares_the_next_image_on_another_thread(tmp_path, monkeypatch):
     from MicrocalcAI.core import pipeline
     from MicrocalcAI.core.batch import run_batch
 
-    for i in range(3):
+    for i in range(2):
         shutil.copy(SAMPLE, tmp_path / f"img{i}.dcm")
     (tmp_path / "broken.dcm").write_bytes(b"DICM but not really")
     threads: list[str] = []
@@ -142,12 +142,13 @@ def test_batch_prepares_the_next_image_on_another_thread(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "read_mammogram", spy)
     result = run_batch([tmp_path], tmp_path / "out", device="cpu")
-    assert len(result.analysed) == 3 and len(result.failed) == 1  # a bad file is reported, the batch goes on
+    assert len(result.analysed) == 2 and len(result.failed) == 1  # a bad file is reported, the batch goes on
     assert "broken.dcm" in result.failed[0][0]
     assert threads and all(name.startswith("microcalcai-prefetch") for name in threads)
     assert {len(f.lesions) for f in result.images} == {len(result.images[0].lesions)}  # same image, same findings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_exported_backends_find_what_the_eager_detector_finds(backend, spec, sample_canonical, tmp_path, monkeypatch):
     pytest.importorskip(backend)
