@@ -51,9 +51,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Blocks up to this size stay in the process heap after ``free`` instead of going back to
-#: the kernel; covers one 512 px tile's largest feature maps for a small batch.
-_MMAP_THRESHOLD_BYTES = 256 << 20
+#: Blocks up to this size come from the heap and stay there after ``free`` instead of going
+#: back to the kernel (glibc's own threshold adapts only up to 32 MB): covers the stride-4
+#: feature maps of a 4-tile batch (4 x 128 x 128 x 128 float32 = 32 MB) and the wider
+#: mobilenet stages. Larger would keep more memory resident for little gain.
+_MMAP_THRESHOLD_BYTES = 64 << 20
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
