@@ -140,6 +140,9 @@ class ExportedBackbone(nn.Module):
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
+            # No arena: it keeps the largest batch's activations reserved for the life of the
+            # process, resident memory that the 1.5 GB peak budget cannot spare.
+            options.enable_cpu_mem_arena = False
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         elif runtime == "openvino":
             import openvino as ov
