@@ -291,7 +291,10 @@ def worker_levers(files: list[str], spacing: Optional[float], runs: int, configu
         "folded_cl_b2": (full, 2),
         "folded_cl_b8": (full, 8),
     }
-    variants.update(_runtime_variants(spec))
+    if configure:
+        variants.update(_runtime_variants(spec))
+    else:  # the thread-settings row: torch's own pools, the otherwise optimised model
+        variants = {"folded_cl_b4": variants["folded_cl_b4"]}
     times: dict[str, list[float]] = {k: [] for k in variants}
     for model, batch in variants.values():
         detect(canon[0], model, spec, device="cpu", batch_size=batch)  # warm-up each
