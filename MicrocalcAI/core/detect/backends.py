@@ -157,7 +157,8 @@ class ExportedBackbone(nn.Module):
         if self.runtime == "onnxruntime":
             outputs = self._session.run(None, {_INPUT: array})
         else:
-            result = self._compiled(array)
+            # A request per call: the model may be shared by threads (one cached per process).
+            result = self._compiled.create_infer_request().infer({0: array})
             outputs = [result[self._compiled.output(i)] for i in range(3 * len(self.names))]
         tensors = [torch.from_numpy(out) for out in outputs]
         k = len(self.names)
