@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,10 @@ SAMPLES = REPO / "Resources" / "Samples"
 
 # Torch would otherwise start one thread per core per test process and oversubscribe CI.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Exported ONNX backbones (MicrocalcAI.core.detect.backends) go to a per-session folder, not ~/.cache.
+if "MICROCALCAI_CACHE_DIR" not in os.environ:
+    os.environ["MICROCALCAI_CACHE_DIR"] = tempfile.mkdtemp(prefix="microcalcai_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["MICROCALCAI_CACHE_DIR"], True)
 
 
 @pytest.fixture(scope="session")

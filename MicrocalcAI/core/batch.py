@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -18,7 +19,7 @@ from MicrocalcAI.core.atomic import remove_temporaries
 from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
 from MicrocalcAI.core.errors import CancelledError, DiskFullError, MicrocalcAIError, OutputError
 from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
-from MicrocalcAI.core.pipeline import Analyzer, file_fingerprint
+from MicrocalcAI.core.pipeline import Analyzer, PreparedImage, file_fingerprint
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.core.read import find_images
 from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings
@@ -296,19 +297,27 @@ def analyse_to_files(
     spacing_mm: Optional[float] = None,
     threshold: Optional[float] = None,
     progress: Optional[ProgressCallback] = None,
+    prepared: Optional[Callable[[], PreparedImage]] = None,
 ) -> ImageOutcome:
     """Analyse one image and write its per-image outputs: the unit of work, local or on a cluster.
 
-    A problem with this image becomes its ``error``; cancelling, a full disk and genuine bugs
-    raise, because they concern the whole batch.
+    ``prepared`` hands over the image already read and standardised on another thread (the
+    in-process batch prefetches one image ahead); its errors count as this image's, like a
+    read here would. A problem with this image becomes its ``error``; cancelling, a full disk
+    and genuine bugs raise, because they concern the whole batch.
     """
     from MicrocalcAI.core.outputs.findings_json import write_image_json
     from MicrocalcAI.core.outputs.overlay import write_overlay
 
     try:
-        findings, stored01 = analyzer.analyse_with_image(
-            path, name=name, spacing_mm=spacing_mm, threshold=threshold, progress=progress
-        )
+        if prepared is None:
+            findings, stored01 = analyzer.analyse_with_image(
+                path, name=name, spacing_mm=spacing_mm, threshold=threshold, progress=progress
+            )
+        else:
+            findings, stored01 = analyzer.analyse_prepared(
+                prepared(), name=name, threshold=threshold, progress=progress
+            )
         write_image_json(findings, out)
         overlay = write_overlay(findings, stored01, out)
         return ImageOutcome(path, name, findings, overlay)
@@ -332,11 +341,32 @@ def _analyse_here(
     threshold: Optional[float],
     progress: ProgressCallback,
 ) -> Iterator[tuple[int, ImageOutcome]]:
-    """The in-process path: one image after the other with the caller's model."""
-    n = max(len(todo), 1)
-    for i, (path, name) in enumerate(todo):
-        assert analyzer is not None
-        prefix = f"[{i + 1}/{len(todo)}] {path.name}: "
-        sub = sub_progress(progress, i / n, (i + 0.95) / n, prefix)
-        yield i, analyse_to_files(analyzer, path, name, out, spacing_mm=spacing_mm, threshold=threshold, progress=sub)
-        progress((i + 1) / n, f"{prefix}done")
+    """The in-process path: one image after the other with the caller's model.
+
+    One image ahead: reading and standardising image i+1 (numpy, SimpleITK, pydicom, mostly
+    outside the GIL) overlaps the model on image i, so both cores stay busy.
+    """
+    if not todo:
+        return
+    assert analyzer is not None
+    n = len(todo)
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="microcalcai-prefetch")
+
+    def prepare(k: int) -> Future[PreparedImage]:
+        return ahead.submit(analyzer.prepare, todo[k][0], spacing_mm=spacing_mm)
+
+    try:
+        pending: Optional[Future[PreparedImage]] = prepare(0)
+        for i, (path, name) in enumerate(todo):
+            current, pending = pending, (prepare(i + 1) if i + 1 < n else None)
+            assert current is not None
+            prefix = f"[{i + 1}/{n}] {path.name}: "
+            progress(i / n, f"{prefix}reading")
+            sub = sub_progress(progress, i / n, (i + 0.95) / n, prefix)
+            yield (
+                i,
+                analyse_to_files(analyzer, path, name, out, threshold=threshold, progress=sub, prepared=current.result),
+            )
+            progress((i + 1) / n, f"{prefix}done")
+    finally:
+        ahead.shutdown(wait=True, cancel_futures=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -26,7 +27,7 @@ from MicrocalcAI.core.read import read_mammogram, user_overrides
 from MicrocalcAI.core.records import CanonicalImage, Detection, ImageFindings, Lesion, Mammogram, ModelInfo, Risk
 from MicrocalcAI.core.standardise import DEFAULT_UPSAMPLING, normalised_stored, standardise
 
-__all__ = ["Analyzer", "Source", "analyse", "effective_spacing", "file_fingerprint"]
+__all__ = ["Analyzer", "PreparedImage", "Source", "analyse", "effective_spacing", "file_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,20 @@ def effective_spacing(mammogram: Mammogram, spec: ModelSpec) -> tuple[tuple[floa
         "quality depend on it, pass --spacing if you know the true value"
     )
     return (assumed, assumed), "assumed", [warning]
+
+
+@dataclass
+class PreparedImage:
+    """An image read and standardised, waiting for the model (see :meth:`Analyzer.prepare`)."""
+
+    mammogram: Mammogram
+    spacing: tuple[float, float]
+    spacing_source: str
+    warnings: list[str]
+    stored01: np.ndarray
+    stored_mask: np.ndarray
+    canonical: CanonicalImage
+    timings_s: dict[str, float] = field(default_factory=dict)
 
 
 class Analyzer:
@@ -66,11 +81,14 @@ class Analyzer:
         cluster_rule: Optional[ClusterRule] = None,
     ) -> None:
         from MicrocalcAI.core.detect.network import select_device
-        from MicrocalcAI.core.detect.weights import load_detector
+        from MicrocalcAI.core.runtime import cached_detector, configure_cpu
 
         self.spec: ModelSpec = resolve_model(model)
         self.device = select_device(device)
-        self.model = load_detector(self.spec, self.device)
+        if self.device.type == "cpu":
+            configure_cpu()
+        # Verified, batch norm folded, channels-last; loaded once per process and weights file.
+        self.model = cached_detector(self.spec, self.device)
         self._score_threshold = self._checked_threshold(score_threshold)
         self.batch_size = batch_size
         self.speck_config = speck_config
@@ -134,14 +152,29 @@ class Analyzer:
     ) -> tuple[ImageFindings, np.ndarray]:
         """Like :meth:`analyse`, also returning the normalised stored-frame image for overlays.
 
-        The stages in order, each timed: read, standardise, detect, findings.
+        The stages in order, each timed: read, standardise (:meth:`prepare`), detect, findings
+        (:meth:`analyse_prepared`).
         """
-        from MicrocalcAI.core.detect.run import detect
+        progress = progress or no_progress
+        prepared = self.prepare(source, spacing_mm=spacing_mm, laterality=laterality, view=view, progress=progress)
+        return self.analyse_prepared(prepared, name=name, threshold=threshold, progress=progress)
 
-        score_threshold = self._checked_threshold(self.score_threshold if threshold is None else threshold)
+    def prepare(
+        self,
+        source: Source,
+        *,
+        spacing_mm: Optional[Union[float, tuple[float, float]]] = None,
+        laterality: Optional[str] = None,
+        view: Optional[str] = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> PreparedImage:
+        """Read and standardise one image: the CPU work that needs no model.
+
+        Separate from :meth:`analyse_prepared` so that a batch can prepare the next image on
+        another thread while the model runs on this one (:func:`MicrocalcAI.core.batch.run_batch`).
+        """
         progress = progress or no_progress
         clock = _Stopwatch()
-
         progress(0.0, "reading")
         mammogram = _read(source, spacing_mm, laterality, view)
         clock.lap("read")
@@ -152,9 +185,26 @@ class Analyzer:
         canonical, stored01, stored_mask = self._standardise(_with_spacing(mammogram, spacing))
         warnings += [w for w in canonical.warnings if w not in warnings]  # spacing is always set here
         clock.lap("standardise")
+        return PreparedImage(
+            mammogram, spacing, spacing_source, warnings, stored01, stored_mask, canonical, clock.timings
+        )
 
+    def analyse_prepared(
+        self,
+        prepared: PreparedImage,
+        *,
+        name: Optional[str] = None,
+        threshold: Optional[float] = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> tuple[ImageFindings, np.ndarray]:
+        """Detect and measure lesions on an image from :meth:`prepare`: (findings, stored image)."""
+        from MicrocalcAI.core.detect.run import detect
+
+        score_threshold = self._checked_threshold(self.score_threshold if threshold is None else threshold)
+        progress = progress or no_progress
+        clock = _Stopwatch()
         detections = detect(
-            canonical,
+            prepared.canonical,
             self.model,
             self.spec,
             device=self.device,
@@ -165,23 +215,28 @@ class Analyzer:
         clock.lap("detect")
 
         progress(0.9, "measuring lesions")
-        lesions = self._lesions(detections, canonical, stored01, stored_mask, spacing)
+        lesions = self._lesions(
+            detections, prepared.canonical, prepared.stored01, prepared.stored_mask, prepared.spacing
+        )
         clock.lap("findings")
 
+        # Stage sum, not wall time since reading: in a batch the image was prepared ahead.
+        timings = {**prepared.timings_s, **clock.timings}
+        timings["total"] = sum(timings.values())
         findings = _image_findings(
-            mammogram,
-            name=name or _default_name(mammogram),
-            spacing=spacing,
-            spacing_source=spacing_source,
+            prepared.mammogram,
+            name=name or _default_name(prepared.mammogram),
+            spacing=prepared.spacing,
+            spacing_source=prepared.spacing_source,
             lesions=lesions,
             risk=image_risk(lesions, self.spec.risk_categories),
             model=self.model_info,
             score_threshold=score_threshold,
-            warnings=warnings,
-            timings=clock.total(),
+            warnings=prepared.warnings,
+            timings=timings,
         )
         progress(1.0, "done")
-        return findings, stored01
+        return findings, prepared.stored01
 
     def _standardise(self, work: Mammogram) -> tuple[CanonicalImage, np.ndarray, np.ndarray]:
         """(canonical image, normalised stored-frame image, stored-frame breast mask)."""
@@ -223,18 +278,15 @@ class Analyzer:
 
 
 class _Stopwatch:
-    """Seconds per stage (each :meth:`lap` since the previous one) and the total."""
+    """Seconds per stage, each :meth:`lap` since the previous one."""
 
     def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
+        self.last = time.perf_counter()
         self.timings: dict[str, float] = {}
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
         self.timings[stage], self.last = now - self.last, now
-
-    def total(self) -> dict[str, float]:
-        return {**self.timings, "total": time.perf_counter() - self.start}
 
 
 def _read(

@@ -15,7 +15,6 @@ import torch
 
 from MicrocalcAI.core.detect.manifest import ModelSpec
 from MicrocalcAI.core.detect.merge import merge_tile_outputs
-from MicrocalcAI.core.detect.network import image_to_tensor
 from MicrocalcAI.core.detect.tiling import extract_tile, tile_origins
 from MicrocalcAI.core.errors import InputError, ModelError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress
@@ -43,15 +42,17 @@ def _run_tiles(
     model.eval()
     try:
         report(0.0, f"detecting: tile 0/{n}")
-        for start in range(0, n, batch_size):
-            batch = origins[start : start + batch_size]
-            tensors = [image_to_tensor(extract_tile(image, o, tile)).to(target) for o in batch]
-            with torch.inference_mode():
-                results = model(tensors)
-            for res in results:
-                outputs.append({key: res[key].float().cpu().numpy() for key in ("boxes", "scores", "p_malignant")})
-            done = start + len(batch)
-            report(done / n, f"detecting: tile {done}/{n}")
+        # One inference-mode region for all tiles; each batch is one (B, H, W) array seen as
+        # 3 channels without copying (the model normalises into its own batch tensor anyway).
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                batch = origins[start : start + batch_size]
+                grey = torch.from_numpy(np.stack([extract_tile(image, o, tile) for o in batch])).to(target)
+                results = model(list(grey.unsqueeze(1).expand(-1, 3, -1, -1)))
+                for res in results:
+                    outputs.append({key: res[key].float().cpu().numpy() for key in ("boxes", "scores", "p_malignant")})
+                done = start + len(batch)
+                report(done / n, f"detecting: tile {done}/{n}")
     finally:
         model.train(was_training)
     return outputs
