@@ -138,7 +138,8 @@ def test_hard_negatives_are_parsed_and_malformed_ones_reported(tmp_path):
 
 
 def test_simulated_hard_negatives_land_on_bright_structures_in_the_canonical_frame(tmp_path):
-    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_dataset
+    from MicrocalcAI.simulation.config import SimulationConfig
+    from MicrocalcAI.simulation.simulate import simulate_dataset
 
     config = SimulationConfig.realistic(
         n_images=3,

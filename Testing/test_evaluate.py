@@ -312,7 +312,8 @@ def test_write_report_writes_json_and_plots(tmp_path):
 
 
 def test_evaluate_dataset_end_to_end_on_simulated_images(tmp_path):
-    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_dataset
+    from MicrocalcAI.simulation.config import SimulationConfig
+    from MicrocalcAI.simulation.simulate import simulate_dataset
 
     coco = simulate_dataset(
         tmp_path / "sim",

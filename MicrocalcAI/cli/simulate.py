@@ -57,14 +57,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from MicrocalcAI.simulation.simulate import (
-        CBIS_SPACING_MM,
-        RealBackgroundLibrary,
-        SimulationConfig,
-        find_background_files,
-        simulate_dataset,
-        write_contact_sheet,
-    )
+    from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary, find_background_files
+    from MicrocalcAI.simulation.config import CBIS_SPACING_MM, SimulationConfig
+    from MicrocalcAI.simulation.simulate import simulate_dataset
+    from MicrocalcAI.simulation.writers import write_contact_sheet
 
     extra = {} if args.real_fraction is None else {"real_fraction": args.real_fraction}
     if args.realistic:
