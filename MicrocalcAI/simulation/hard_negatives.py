@@ -42,6 +42,16 @@ class HardNegativeSite:
     config: SimulationConfig
     #: Breast interior (at least the edge clearance from the skin), True = allowed.
     interior: np.ndarray
+    #: The image's effective calcium attenuation (per mm) under the film chain; None under the
+    #: detector chain, where look-alikes keep their own contrast ranges.
+    calc_mu_per_mm: Optional[float] = None
+
+    def calcium_mu(self, rng: np.random.Generator) -> float:
+        """Attenuation per mm of a calcification-like look-alike: the film chain's, else the
+        detector chain's benign range."""
+        if self.calc_mu_per_mm is not None:
+            return self.calc_mu_per_mm * rng.uniform(*self.config.lesion_contrast_spread)
+        return rng.uniform(*self.config.mu_calc_benign)
 
 
 @dataclass
@@ -86,7 +96,7 @@ def _isolated_speck(rng: np.random.Generator, site: HardNegativeSite) -> HardNeg
 def _skin_pore(rng: np.random.Generator, site: HardNegativeSite) -> HardNegativeDraw:
     d = rng.uniform(0.4, 1.2)
     specks = [Speck([Shell(site.cx, site.cy, d / 2, d / 2 * rng.uniform(0.4, 0.7))])]
-    return HardNegativeDraw(specks, False, rng.uniform(*site.config.mu_calc_benign) * rng.uniform(0.6, 1.0))
+    return HardNegativeDraw(specks, False, site.calcium_mu(rng) * rng.uniform(0.6, 1.0))
 
 
 def _skin_marker(rng: np.random.Generator, site: HardNegativeSite) -> HardNegativeDraw:
@@ -154,6 +164,69 @@ def _noise_spike(rng: np.random.Generator, site: HardNegativeSite) -> HardNegati
     return HardNegativeDraw(specks, True, rng.uniform(0.1, 0.4), True)
 
 
+# --- real-film clutter (film preset). Artefact kinds from Hogge et al., "Quality assurance in
+# mammography: artifact analysis", RadioGraphics 19:503 (1999): dust and lint on screens (white
+# specks that mimic calcifications), emulsion defects, processor marks; and from issue 10's
+# diagnosis: 68% of false marks on real film sat on isolated 1-3 pixel bright dots as bright as
+# calcifications. Their contrast is that of calcium of 0.05-0.4 mm under the same film chain
+# (calcification-like by construction); sizes are judgement calls. Film defects come after
+# all blur of the imaging chain: they are on the film the digitiser reads.
+
+
+def _film_calcium_equivalent(
+    rng: np.random.Generator, site: HardNegativeSite, thickness_mm: tuple[float, float]
+) -> float:
+    return site.calcium_mu(rng) * rng.uniform(*thickness_mm)
+
+
+def _dust(rng: np.random.Generator, site: HardNegativeSite) -> HardNegativeDraw:
+    """Dust or lint on the screen: a sharp, flat, roughly round speck of 0.05-0.3 mm."""
+    d = max(rng.uniform(0.05, 0.3), site.spacing_mm * 0.5)
+    e = Ellipsoid(site.cx, site.cy, d / 2, d / 2 * rng.uniform(0.6, 1.0), 0.05, rng.uniform(0, math.pi))
+    return HardNegativeDraw([Speck([e])], True, _film_calcium_equivalent(rng, site, (0.1, 0.4)), True)
+
+
+def _emulsion_spot(rng: np.random.Generator, site: HardNegativeSite) -> HardNegativeDraw:
+    """An emulsion defect (pick-off, pressure mark): 2-3 overlapping flat lobes within 0.1-0.5 mm."""
+    r = rng.uniform(0.05, 0.25)
+    lobes: list = []
+    for _ in range(int(rng.integers(2, 4))):
+        off = rng.normal(0.0, 0.4 * r, 2)
+        a = r * rng.uniform(0.5, 0.9)
+        lobes.append(
+            Ellipsoid(
+                site.cx + float(off[0]),
+                site.cy + float(off[1]),
+                a,
+                a * rng.uniform(0.5, 1.0),
+                0.05,
+                rng.uniform(0, math.pi),
+            )
+        )
+    return HardNegativeDraw([Speck(lobes)], True, _film_calcium_equivalent(rng, site, (0.08, 0.3)), True)
+
+
+def _pixel_outlier(rng: np.random.Generator, site: HardNegativeSite) -> HardNegativeDraw:
+    """An isolated bright dot of 1-3 connected output pixels (grain clump, dust on the
+    digitiser glass), as bright as a calcification and sharp."""
+    sp = site.spacing_mm
+    c0, r0 = math.floor(site.cx / sp), math.floor(site.cy / sp)
+    cells = [(r0, c0)]
+    for _ in range(int(rng.integers(0, 3))):
+        dr, dc = ((0, 1), (1, 0), (0, -1), (-1, 0), (1, 1))[int(rng.integers(5))]
+        cells.append((cells[-1][0] + dr, cells[-1][1] + dc))
+    specks = [Speck([Ellipsoid((c + 0.5) * sp, (r + 0.5) * sp, sp * 0.5, sp * 0.5, 0.05)]) for r, c in cells]
+    amplitude = _film_calcium_equivalent(rng, site, (0.05, 0.3))
+    return HardNegativeDraw(specks, True, amplitude / (math.pi / 4), True, {"subtype": f"{len(cells)}px"})
+
+
+def _processing_spot(rng: np.random.Generator, site: HardNegativeSite) -> HardNegativeDraw:
+    """A processor artefact: a drying / chemical spot with a brighter rim, 0.4-2 mm."""
+    d = rng.uniform(0.4, 2.0)
+    ring = Shell(site.cx, site.cy, d / 2, d / 2 * rng.uniform(0.7, 0.9))
+    return HardNegativeDraw([Speck([ring])], True, _film_calcium_equivalent(rng, site, (0.05, 0.2)) / (0.25 * d))
+
+
 #: Structures that look like calcifications but are not lesions, by name (see
 #: :func:`insert_hard_negatives`). Sizes without a source are judgement calls and say so.
 HARD_NEGATIVES: dict[str, HardNegativeType] = {
@@ -194,6 +267,30 @@ HARD_NEGATIVES: dict[str, HardNegativeType] = {
         _noise_spike,
         "a 1-2 pixel impulse (dust, detector defect) of +0.1-0.4 nats, unblurred (judgement)",
     ),
+    "dust": HardNegativeType(
+        "interior",
+        _dust,
+        "dust or lint on the screen (Hogge et al., RadioGraphics 19:503, 1999): a sharp flat speck "
+        "0.05-0.3 mm at the contrast of 0.1-0.4 mm of calcium under the same chain",
+    ),
+    "emulsion_spot": HardNegativeType(
+        "interior",
+        _emulsion_spot,
+        "emulsion defect (Hogge et al. 1999): 2-3 flat lobes within 0.1-0.5 mm at the contrast of "
+        "0.08-0.3 mm of calcium",
+    ),
+    "pixel_outlier": HardNegativeType(
+        "interior",
+        _pixel_outlier,
+        "1-3 connected bright output pixels as bright as 0.05-0.3 mm of calcium, unblurred: 68% of "
+        "false marks on real film (issue 10)",
+    ),
+    "processing_spot": HardNegativeType(
+        "interior",
+        _processing_spot,
+        "processor drying / chemical spot (Hogge et al. 1999): a 0.4-2 mm ring, faint",
+        film_only=True,
+    ),
 }
 
 #: The registry's names, in registry order.
@@ -218,6 +315,7 @@ def insert_hard_negatives(
     lesions: Sequence[SimulatedLesion],
     *,
     film: bool,
+    calc_mu_per_mm: Optional[float] = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Bright look-alikes that are NOT lesions: ``(pre_psf, post_psf, records)``.
 
@@ -225,7 +323,8 @@ def insert_hard_negatives(
     drawn twice as often); film-only types are skipped when ``film`` is false. Records are
     ``{"type", "box_px"[, "subtype"]}`` in stored pixels; each box keeps its type's
     ``isolation_mm`` from every lesion box and earlier look-alike. See :data:`HARD_NEGATIVES`
-    for each type and its source.
+    for each type and its source. ``calc_mu_per_mm`` (film chain) sets the contrast of the
+    calcification-like ones.
     """
     pre = np.zeros(shape)
     post = np.zeros(shape)
@@ -262,7 +361,7 @@ def insert_hard_negatives(
         for _attempt in range(30):
             r, c = cand[int(rng.integers(len(cand)))]
             cx, cy = (c + rng.uniform()) * spacing_mm, (r + rng.uniform()) * spacing_mm
-            draw = spec.sample(rng, HardNegativeSite(cx, cy, spacing_mm, config, interior))
+            draw = spec.sample(rng, HardNegativeSite(cx, cy, spacing_mm, config, interior, calc_mu_per_mm))
             if draw is None:
                 continue
             box = draw.box_mm

