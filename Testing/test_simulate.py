@@ -314,7 +314,7 @@ def test_hard_negatives_are_in_the_image_but_not_annotated(library):
             backgrounds=library,
         )
         types_seen |= {h["type"] for h in meta.hard_negatives}
-    assert types_seen == set(HARD_NEGATIVE_TYPES)
+    assert types_seen == set(SimulationConfig().hard_negative_types)  # the realistic preset's kinds
 
 
 def test_realistic_preset_is_deterministic_and_records_hard_negatives(tmp_path, library):
