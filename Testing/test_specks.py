@@ -246,3 +246,35 @@ def test_build_lesions_drops_boxes_outside_and_rejects_bad_input():
         build_lesions(np.array([[1, 1, 5, 5]]), ["benign", "benign"], [0.5], [0.5], img, (0.1, 0.1))
     with pytest.raises(InputError):
         build_lesions(np.array([[1, 1, 5, 5]]), ["benign"], [0.5], [1.5], img, (0.1, 0.1))
+
+
+# --------------------------------------------------------------------------- cluster rule
+
+
+def test_cluster_rule_keeps_clusters_and_drops_isolated_dots():
+    # Issue 10: on real film most false marks sit on 1-3 isolated bright pixels (dust, grain).
+    # A cluster is at least 3 specks within 1 cm^2; one speck, or three spread over 3 cm, is not.
+    from MicrocalcAI.core.findings.lesions import ClusterRule, densest_speck_count
+
+    spacing = (0.1, 0.1)
+    cluster = [(5.0, 5.0, 0.4), (6.0, 5.5, 0.3), (5.5, 6.5, 0.4), (6.5, 6.8, 0.3)]  # 4 within ~2 mm
+    single = [(25.0, 5.0, 0.4)]
+    spread = [(5.0, 25.0, 0.4), (17.0, 25.0, 0.4), (29.0, 25.0, 0.4)]  # 12 mm apart
+    shape = (int(32 / spacing[0]), int(34 / spacing[1]))
+    img = synthetic_mammogram_patch(shape, spacing, cluster + single + spread)
+    boxes = np.array([[35, 35, 80, 80], [235, 35, 265, 65], [30, 230, 310, 270]], dtype=float)
+    args = (["malignant"] * 3, [0.9, 0.8, 0.7], [0.9, 0.8, 0.7], img, spacing)
+
+    off = build_lesions(boxes, *args, cluster_rule=ClusterRule(min_specks=0))
+    assert [les.speck_count for les in off] == [4, 1, 3]
+    counts = [densest_speck_count(les.specks, spacing, 100.0) for les in off]
+    assert counts == [4, 1, 1]  # 1 cm^2 is a circle of radius 5.6 mm: the spread specks are alone
+
+    kept = build_lesions(boxes, *args, cluster_rule=ClusterRule(min_specks=3))
+    assert [les.box_px for les in kept] == [tuple(boxes[0])]
+    assert kept[0].id == 1
+    # A 5 cm^2 window (radius 12.6 mm) sees all three spread specks together.
+    wide = build_lesions(boxes, *args, cluster_rule=ClusterRule(min_specks=3, area_mm2=500.0))
+    assert len(wide) == 2
+    with pytest.raises(MicrocalcAIError):
+        build_lesions(boxes, *args, cluster_rule=ClusterRule(min_specks=-1))

