@@ -7,12 +7,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from MicrocalcAI.simulation.simulate import (
-    RealBackgroundLibrary,
-    SimulationConfig,
-    read_display_image,
-    simulate_dataset,
-)
+from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary
+from MicrocalcAI.simulation.config import SimulationConfig
+from MicrocalcAI.simulation.simulate import simulate_dataset
+from MicrocalcAI.simulation.writers import read_display_image
 
 
 def small_config(**overrides) -> SimulationConfig:
@@ -54,7 +52,7 @@ def display(path: Path) -> np.ndarray:
 def speck_extent_mm(speck, spacing_mm: float) -> float:
     """Largest dimension (mm) of one speck as rendered: max distance between the centres of its
     mask pixels plus one pixel (the pixel-limited Feret diameter)."""
-    from MicrocalcAI.simulation.simulate import render_speck, speck_mask_from_coverage
+    from MicrocalcAI.simulation.rendering import render_speck, speck_mask_from_coverage
 
     _, cover, _ = render_speck(speck, spacing_mm)
     rc = np.argwhere(speck_mask_from_coverage(cover)).astype(float)

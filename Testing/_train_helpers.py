@@ -15,7 +15,8 @@ from MicrocalcAI.training.data import CanonicalSample
 
 def simulate_tiny(out_dir: Path, n_images: int = 4, seed: int = 11) -> Path:
     """A few small procedural mammograms, each with 1-2 clusters: fast to standardise and detect."""
-    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_dataset
+    from MicrocalcAI.simulation.config import SimulationConfig
+    from MicrocalcAI.simulation.simulate import simulate_dataset
 
     config = SimulationConfig(
         n_images=n_images,

@@ -25,7 +25,8 @@ def tiny_coco(tmp_path_factory) -> Path:
 
 
 def test_simulated_hard_negatives_land_on_bright_structures_in_the_canonical_frame(tmp_path):
-    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_dataset
+    from MicrocalcAI.simulation.config import SimulationConfig
+    from MicrocalcAI.simulation.simulate import simulate_dataset
 
     config = SimulationConfig.realistic(
         n_images=3,

@@ -22,7 +22,9 @@ from MicrocalcAI.core.batch import output_names, run_batch
 from MicrocalcAI.core.errors import CancelledError, NotAMammogramError
 from MicrocalcAI.core.pipeline import Analyzer
 from MicrocalcAI.core.read import read_mammogram
-from MicrocalcAI.simulation.simulate import SimulationConfig, build_dicom, simulate_image, write_dicom
+from MicrocalcAI.simulation.config import SimulationConfig
+from MicrocalcAI.simulation.simulate import simulate_image
+from MicrocalcAI.simulation.writers import build_dicom, write_dicom
 
 SAMPLES = Path(__file__).resolve().parent.parent / "Resources" / "Samples"
 

@@ -21,24 +21,18 @@ from _simulate_helpers import (  # noqa: E402
     tophat,
 )
 
-from MicrocalcAI.simulation.simulate import (  # noqa: E402
-    CATEGORY_IDS,
-    HARD_NEGATIVE_TYPES,
+from MicrocalcAI.simulation.anatomy import procedural_breast  # noqa: E402
+from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary  # noqa: E402
+from MicrocalcAI.simulation.calcifications import (  # noqa: E402
     MORPHOLOGIES,
-    RealBackgroundLibrary,
-    SimulationConfig,
-    SimulationError,
     build_morphology_cluster,
     cluster_benign,
     cluster_malignant,
-    coco_rle_to_mask,
-    insert_clusters,
-    mask_to_coco_rle,
-    procedural_breast,
-    simulate_dataset,
-    simulate_image,
-    write_contact_sheet,
 )
+from MicrocalcAI.simulation.config import CATEGORY_IDS, SimulationConfig, SimulationError  # noqa: E402
+from MicrocalcAI.simulation.hard_negatives import HARD_NEGATIVE_TYPES  # noqa: E402
+from MicrocalcAI.simulation.simulate import insert_clusters, simulate_dataset, simulate_image  # noqa: E402
+from MicrocalcAI.simulation.writers import coco_rle_to_mask, mask_to_coco_rle, write_contact_sheet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -320,7 +314,7 @@ def test_hard_negatives_are_in_the_image_but_not_annotated(library):
             backgrounds=library,
         )
         types_seen |= {h["type"] for h in meta.hard_negatives}
-    assert types_seen == set(HARD_NEGATIVE_TYPES)
+    assert types_seen == set(SimulationConfig().hard_negative_types)  # the realistic preset's kinds
 
 
 def test_realistic_preset_is_deterministic_and_records_hard_negatives(tmp_path, library):
@@ -368,7 +362,7 @@ def test_cli_backgrounds_option_uses_only_the_given_mammograms(tmp_path, cbis_ca
     import shutil
 
     from MicrocalcAI.cli import main
-    from MicrocalcAI.simulation.simulate import find_background_files
+    from MicrocalcAI.simulation.backgrounds import find_background_files
 
     folder = tmp_path / "held_in"
     (folder / "sub").mkdir(parents=True)
@@ -446,7 +440,7 @@ def test_png_output_holds_the_dicom_pixels_bright_equals_dense_and_trains_throug
 
 
 def test_background_files_with_a_pixel_spacing_are_cropped_at_that_spacing(tmp_path, cbis_cases):
-    from MicrocalcAI.simulation.simulate import real_crop
+    from MicrocalcAI.simulation.backgrounds import real_crop
 
     ds = pydicom.dcmread(str(cbis_cases[0]["rcc"]))
     ds.ImagerPixelSpacing = [0.1, 0.1]  # as if it were a 0.1 mm digital mammogram

