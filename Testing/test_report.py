@@ -398,7 +398,7 @@ def test_only_html_when_asked_and_same_exams_as_in_memory(run, tmp_path):
     from MicrocalcAI.core.detect.manifest import resolve_model
 
     spec = resolve_model(None)
-    units = exam_images(images, exam_findings(breast_findings(images, spec), spec))
+    units = exam_images(images, exam_findings(breast_findings(images, spec.risk_categories), spec.risk_categories))
     assert [u.name for u in units] == [p.stem for p in result.written]
     again = write_exam_reports(images, tmp_path / "again", spec=spec, formats=("html",))
     assert [p.name for p in again.written] == [p.name for p in result.written]

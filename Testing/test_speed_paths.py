@@ -77,7 +77,7 @@ def test_analyzer_findings_equal_the_reference_path(spec):
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18"])
 def test_batch_norm_folding_keeps_the_features(backbone):
     torch.manual_seed(0)
-    model = build_detector(backbone).eval()
+    model = build_detector(backbone)[0].eval()
     # Non-trivial statistics, so that folding them in matters.
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):

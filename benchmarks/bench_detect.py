@@ -48,7 +48,8 @@ def bench(
     backbone: str, canonical: CanonicalImage, runs: int, device: torch.device, batch_size: int
 ) -> dict[str, float]:
     spec = ModelSpec(name="bench", version="0", file="-", sha256="-", backbone=backbone)
-    model, _ = build_detector(backbone, anchor_sizes=spec.anchor_sizes, tile_size=spec.tile_size).eval().to(device)
+    model, _ = build_detector(backbone, anchor_sizes=spec.anchor_sizes, tile_size=spec.tile_size)
+    model = model.eval().to(device)
     n_tiles = len(tile_origins(canonical.image.shape, canonical.mask, spec.tile_size, spec.tile_overlap))
     detect(canonical, model, spec, device=device, batch_size=batch_size)  # warm-up (allocator, kernels)
     times = []
