@@ -1,5 +1,5 @@
-"""Helpers for test_dataset.py, test_train.py and test_evaluate.py: tiny simulated datasets and
-synthetic training samples."""
+"""Helpers for test_dataset.py, test_train.py, test_train_ddp.py and test_evaluate.py: tiny
+simulated datasets, a tiny training configuration and synthetic training samples."""
 
 from __future__ import annotations
 
@@ -11,6 +11,30 @@ import numpy as np
 
 from MicrocalcAI.core.records import CanonicalTransform
 from MicrocalcAI.training.data import CanonicalSample
+
+
+def tiny_train_config(coco: Path, out: Path, **overrides: object) -> dict[str, object]:
+    """A training configuration (as JSON-ready dict) that trains 4 iterations on ``coco`` in seconds."""
+    config: dict[str, object] = dict(
+        train_coco=str(coco),
+        val_coco=str(coco),
+        output_dir=str(out),
+        cache_dir=str(out.parent / "cache"),
+        pretrained_backbone=False,
+        patch={"patch_size": 160, "background_fraction": 0.25},
+        batch_size=2,
+        iterations=4,
+        warmup_iterations=2,
+        checkpoint_every=2,
+        val_every=4,
+        log_every=1,
+        lr=0.005,
+        device="cpu",
+        num_threads=2,
+        seed=3,
+    )
+    config.update(overrides)
+    return config
 
 
 def simulate_tiny(out_dir: Path, n_images: int = 4, seed: int = 11) -> Path:

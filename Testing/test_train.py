@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import simulate_tiny
+from _train_helpers import simulate_tiny, tiny_train_config
 
 from MicrocalcAI.core.detect.manifest import load_manifest, sha256_file
 from MicrocalcAI.core.detect.weights import load_detector
@@ -32,26 +32,7 @@ def tiny_coco(tmp_path_factory) -> Path:
 
 
 def _config(coco: Path, out: Path, **overrides) -> TrainConfig:
-    base = dict(
-        train_coco=str(coco),
-        val_coco=str(coco),
-        output_dir=str(out),
-        cache_dir=str(out.parent / "cache"),
-        pretrained_backbone=False,
-        patch={"patch_size": 160, "background_fraction": 0.25},
-        batch_size=2,
-        iterations=4,
-        warmup_iterations=2,
-        checkpoint_every=2,
-        val_every=4,
-        log_every=1,
-        lr=0.005,
-        device="cpu",
-        num_threads=2,
-        seed=3,
-    )
-    base.update(overrides)
-    return TrainConfig(**base)
+    return TrainConfig(**tiny_train_config(coco, out, **overrides))
 
 
 def test_training_checkpoints_resumes_identically_and_exports(tiny_coco, tmp_path):

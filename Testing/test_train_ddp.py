@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import simulate_tiny
+from _train_helpers import simulate_tiny, tiny_train_config
 
 from MicrocalcAI.cli import main as cli_main
 from MicrocalcAI.training.checkpoints import load_checkpoint
@@ -22,24 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def _config_file(coco: Path, out: Path) -> Path:
-    config = dict(
-        train_coco=str(coco),
-        val_coco=str(coco),
-        output_dir=str(out),
-        cache_dir=str(out.parent / "cache"),
-        pretrained_backbone=False,
-        patch={"patch_size": 160, "background_fraction": 0.25},
-        batch_size=2,
-        iterations=4,
-        warmup_iterations=2,
-        checkpoint_every=2,
-        val_every=4,
-        log_every=1,
-        lr=0.005,
-        device="cpu",
-        num_threads=1,
-        seed=3,
-    )
+    config = tiny_train_config(coco, out, num_threads=1)
     path = out.parent / f"{out.name}.json"
     path.write_text(json.dumps(config))
     return path
