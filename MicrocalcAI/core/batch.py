@@ -163,9 +163,9 @@ def run_batch(
     ``score_threshold`` applies to this batch only (default: the analyzer's, else the
     model's); a shared ``analyzer`` is never changed.
 
-    Longer than the core's 60-line guideline on purpose for now: finding, skipping, analysing
-    and tabulating share the batch's state, and the Dask executor being added to this module
-    restructures exactly this function, so it is split there rather than twice.
+    Longer than the core's 60-line guideline: finding, skipping, analysing (in-process or on
+    Dask), the DICOM step and tabulating all share the batch's ``result``; splitting it into a
+    planning and a collecting step is the next clean-up here.
 
     A bad file is logged in one line, recorded in ``failed`` and skipped; the batch goes on.
     Images whose outputs are complete and still valid (same file, weights, threshold and
@@ -180,9 +180,9 @@ def run_batch(
     were written with the other ``deidentify`` choice gets them from its earlier findings.
 
     With a Dask ``client`` (:mod:`MicrocalcAI.core.distributed`) each image is a task on the
-    cluster running :func:`analyse_to_files`, exactly as here; the tables (and any DICOM objects
-    and reports) are still written once, here, after each image's findings come back. A full
-    output disk stops the batch at once (:class:`DiskFullError`).
+    cluster running :func:`analyse_to_files`, exactly as here; the DICOM objects, the tables and
+    the reports are written here, by the client, once the images are done. A full output disk
+    stops the batch at once (:class:`DiskFullError`).
     """
     from MicrocalcAI.core.outputs.complete import outputs_complete
     from MicrocalcAI.core.outputs.findings_json import load_image_json
