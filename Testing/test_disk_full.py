@@ -64,3 +64,33 @@ def test_full_disk_stops_the_local_batch_at_once(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and "disk full" in err[0], err
         _no_half_files(out)
+
+
+def test_full_disk_while_writing_dicom_objects_stops_the_batch(tmp_path, monkeypatch):
+    """The DICOM step is an output like the JSON: a full disk there stops the batch too."""
+    sample = Path(__file__).resolve().parent.parent / "Resources" / "Samples" / "sim_R_CC.dcm"
+    data = tmp_path / "in"
+    data.mkdir()
+    shutil.copy(sample, data / sample.name)
+    out = tmp_path / "out"
+    analyzer = Analyzer(device="cpu")
+    first = run_batch([data], out, analyzer=analyzer)  # JSON and overlay, no DICOM yet
+    assert first.analysed and not first.failed
+    real_fsync = os.fsync
+
+    def fsync_full_for_dicom(fd: int) -> None:  # only the DICOM objects find the disk full
+        real_fsync(fd)
+        if ".dcm" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync_full_for_dicom)
+    with pytest.raises(DiskFullError):  # the skipped image's missing DICOM objects hit the full disk
+        run_batch([data], out, analyzer=analyzer, dicom=True)
+    _no_half_files(out)
+
+
+def test_a_batch_threshold_outside_0_1_is_refused_before_any_image(tmp_path):
+    from MicrocalcAI.core.errors import InputError
+
+    with pytest.raises(InputError, match=r"score threshold must be in \[0, 1\], got 1.5"):
+        run_batch([tmp_path], tmp_path / "out", score_threshold=1.5, device="cpu")

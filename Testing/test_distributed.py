@@ -265,3 +265,16 @@ def test_every_worker_checks_the_weights_sha256(client):
         for n in plugins
         if n.startswith("microcalcai-model-000000")
     ]
+
+
+def test_workers_build_the_analyzer_with_the_callers_input_and_lesion_settings():
+    """A shared Analyzer's upsampling and cluster rule travel to the workers with the threshold."""
+    from MicrocalcAI.core.distributed import _worker_model
+    from MicrocalcAI.core.findings.lesions import ClusterRule
+
+    rule = ClusterRule(min_specks=3)
+    analyzer = Analyzer(device="cpu", upsampling="linear", cluster_rule=rule)
+    config = _worker_model(analyzer.spec, None, "cpu", 0.2, analyzer)
+    assert (config.upsampling, config.cluster_rule, config.score_threshold) == ("linear", rule, 0.2)
+    default = _worker_model(analyzer.spec, None, "cpu", 0.2, Analyzer(device="cpu"))
+    assert default.plugin_name != config.plugin_name  # other settings, another worker plugin

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from MicrocalcAI.core.atomic import remove_temporaries
 from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
-from MicrocalcAI.core.errors import CancelledError, DiskFullError, MicrocalcAIError, OutputError
+from MicrocalcAI.core.errors import CancelledError, DiskFullError, InputError, MicrocalcAIError, OutputError
 from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
 from MicrocalcAI.core.pipeline import Analyzer, PreparedImage, file_fingerprint
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
@@ -134,6 +134,8 @@ def _write_dicom(
         return True
     try:
         result.dicom[findings.name] = write_dicom_outputs(findings, findings.source, out, deidentify=deidentify)
+    except DiskFullError:
+        raise  # the whole batch stops, as for the JSON and overlay
     except MicrocalcAIError as exc:
         log.error("%s: DICOM output failed: %s", findings.source or findings.name, exc)
         result.failed.append((findings.source or findings.name, f"DICOM output failed: {exc}"))
@@ -204,6 +206,8 @@ def run_batch(
     spec = analyzer.spec if analyzer is not None else resolve_model(model)
     default_threshold = analyzer.score_threshold if analyzer is not None else spec.score_threshold
     threshold = default_threshold if score_threshold is None else float(score_threshold)
+    if not 0.0 <= threshold <= 1.0:  # checked once here, the same for every path and worker
+        raise InputError(f"score threshold must be in [0, 1], got {threshold}")
     names = output_names(files)
     todo = []
     for path, name in zip(files, names):
@@ -270,7 +274,9 @@ def run_batch(
     if report and result.images:
         from MicrocalcAI.core.outputs.report import write_exam_reports
 
-        reports = write_exam_reports(result.images, out, spec=spec, exams=result.exams, progress=progress)
+        reports = write_exam_reports(
+            result.images, out, spec=spec, exams=result.exams, progress=sub_progress(progress, 0.99, 1.0, "report: ")
+        )
         result.reports, result.report_failures = reports.written, reports.failed
     progress(1.0, "batch done")
     return result

@@ -36,6 +36,7 @@ from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin, as_com
 from MicrocalcAI.core.batch import ImageOutcome, _still_valid, analyse_to_files
 from MicrocalcAI.core.detect.manifest import ModelSpec
 from MicrocalcAI.core.errors import ChecksumError, DiskFullError, MicrocalcAIError, ModelError
+from MicrocalcAI.core.findings.lesions import ClusterRule
 from MicrocalcAI.core.findings.specks import SpeckConfig
 from MicrocalcAI.core.progress import ProgressCallback, no_progress
 
@@ -68,6 +69,8 @@ class WorkerModel:
     sha256: str
     batch_size: int = 4
     speck_config: Optional[SpeckConfig] = None
+    upsampling: Optional[str] = None  # Analyzer.upsampling
+    cluster_rule: Optional[ClusterRule] = None  # Analyzer.cluster_rule
 
     @property
     def plugin_name(self) -> str:
@@ -88,7 +91,13 @@ class AnalyzerPlugin(WorkerPlugin):
 
         c = self.config
         analyzer = Analyzer(
-            c.model, c.device, score_threshold=c.score_threshold, batch_size=c.batch_size, speck_config=c.speck_config
+            c.model,
+            c.device,
+            score_threshold=c.score_threshold,
+            batch_size=c.batch_size,
+            speck_config=c.speck_config,
+            upsampling=c.upsampling,
+            cluster_rule=c.cluster_rule,
         )  # verifies the weights file against its manifest's sha256
         if analyzer.spec.sha256 != c.sha256:
             raise ChecksumError(
@@ -137,6 +146,8 @@ def _worker_model(
         analyzer.spec.sha256,
         analyzer.batch_size,
         analyzer.speck_config,
+        analyzer.upsampling,
+        analyzer.cluster_rule,
     )
 
 
