@@ -30,6 +30,7 @@ __all__ = [
     "Lesion",
     "Mammogram",
     "ModelInfo",
+    "OodCheck",
     "Risk",
     "Speck",
 ]
@@ -214,6 +215,25 @@ class ModelInfo:
 
 
 @dataclass
+class OodCheck:
+    """Whether an image looks like what the model was trained on (the "unsure" signal).
+
+    ``score`` is one documented number (docs/output-format.md#ood): larger means less like
+    the training data; the image is ``flagged`` when it reaches ``threshold``, which the
+    model's manifest entry fixes from data the model was not trained on. ``measurements``
+    holds the input statistics and feature distance behind it, ``reasons`` says in words
+    which of them are outside the training range. A flagged image's risk category becomes
+    "indeterminate" (its probability is still reported).
+    """
+
+    score: float
+    threshold: float
+    flagged: bool
+    reasons: list[str] = field(default_factory=list)
+    measurements: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class ImageFindings:
     """Everything found on one image: the unit the outputs are written from."""
 
@@ -242,6 +262,8 @@ class ImageFindings:
     #: Identity of the input file content ("<size>:<mtime_ns>") so a re-run can tell whether
     #: earlier outputs still describe the file; None for in-memory images.
     input_fingerprint: Optional[str] = None
+    #: The out-of-distribution check, or None when the model ships no OOD reference.
+    ood: Optional[OodCheck] = None
 
 
 @dataclass
