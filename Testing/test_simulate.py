@@ -21,6 +21,7 @@ from _simulate_helpers import (  # noqa: E402
     tophat,
 )
 
+from MicrocalcAI.datasets.coco import COCO_CATEGORIES, LABEL_IDS  # noqa: E402
 from MicrocalcAI.simulation.anatomy import procedural_breast  # noqa: E402
 from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary  # noqa: E402
 from MicrocalcAI.simulation.calcifications import (  # noqa: E402
@@ -29,7 +30,7 @@ from MicrocalcAI.simulation.calcifications import (  # noqa: E402
     cluster_benign,
     cluster_malignant,
 )
-from MicrocalcAI.simulation.config import CATEGORY_IDS, SimulationConfig, SimulationError  # noqa: E402
+from MicrocalcAI.simulation.config import SimulationConfig, SimulationError  # noqa: E402
 from MicrocalcAI.simulation.hard_negatives import HARD_NEGATIVE_TYPES  # noqa: E402
 from MicrocalcAI.simulation.simulate import insert_clusters, simulate_dataset, simulate_image  # noqa: E402
 from MicrocalcAI.simulation.writers import coco_rle_to_mask, mask_to_coco_rle, write_contact_sheet  # noqa: E402
@@ -63,7 +64,8 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path, librar
 
 def test_coco_file_is_valid(dataset):
     coco = _coco(dataset)
-    assert coco["categories"] == [{"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"}]
+    assert coco["categories"] == [dict(c) for c in COCO_CATEGORIES]  # the project's one set of label ids
+    assert [c["name"] for c in coco["categories"]] == ["benign", "malignant"]
     images = {im["id"]: im for im in coco["images"]}
     assert len(images) == 8 and len(coco["annotations"]) >= 8
     assert {im["background"].split(":")[0] for im in images.values()} == {"procedural", "real"}
@@ -74,8 +76,8 @@ def test_coco_file_is_valid(dataset):
         assert (dataset.parent / im["file_name"]).is_file()
         x, y, w, h = a["bbox"]
         assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= im["width"] and y + h <= im["height"]
-        assert a["category_id"] in CATEGORY_IDS.values() and a["iscrowd"] == 0
-        assert a["area"] == pytest.approx(w * h)
+        assert a["category_id"] in LABEL_IDS.values() and a["iscrowd"] == 0
+        assert a["area"] == pytest.approx(w * h, rel=1e-4)
         assert a["n_specks"] >= 3 and a["morphology"] and a["distribution"]
         assert a["segmentation"]["size"] == [im["height"], im["width"]]
 
@@ -209,8 +211,8 @@ def test_contact_sheet_draws_class_coloured_boxes(dataset, tmp_path):
     red = (rgb[..., 0] == 255) & (rgb[..., 1] == 0) & (rgb[..., 2] == 0)
     green = (rgb[..., 0] == 0) & (rgb[..., 1] == 255) & (rgb[..., 2] == 0)
     cats = {a["category_id"] for a in _coco(dataset)["annotations"]}
-    assert red.any() == (CATEGORY_IDS["malignant"] in cats)
-    assert green.any() == (CATEGORY_IDS["benign"] in cats)
+    assert red.any() == (LABEL_IDS["malignant"] in cats)
+    assert green.any() == (LABEL_IDS["benign"] in cats)
 
 
 def test_bundled_sample_is_reproducible_and_matches_its_truth(tmp_path):

@@ -20,8 +20,6 @@ __all__ = [
     "MU_GLAND",
     "MU_SKIN",
     "MU_MUSCLE",
-    "CATEGORIES",
-    "CATEGORY_IDS",
     "SimulationError",
     "SimulationConfig",
     "FILM_HARD_NEGATIVE_MIX",
@@ -45,12 +43,6 @@ MU_SKIN = 0.080
 
 
 MU_MUSCLE = 0.084  # skeletal muscle, NIST XCOM/ICRU-44 at 20 keV
-
-
-CATEGORIES = ({"id": 1, "name": "benign"}, {"id": 2, "name": "malignant"})
-
-
-CATEGORY_IDS = {c["name"]: c["id"] for c in CATEGORIES}
 
 
 #: Hard-negative mix of the film preset: a name listed more often is drawn more often. Single

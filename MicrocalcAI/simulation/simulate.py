@@ -3,7 +3,6 @@ PNG files with COCO annotations (:func:`simulate_dataset`)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -14,13 +13,12 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from MicrocalcAI.core.atomic import atomic_write_bytes
 from MicrocalcAI.core.progress import ProgressCallback, no_progress
+from MicrocalcAI.datasets.coco import coco_bbox, write_coco
 from MicrocalcAI.simulation.anatomy import procedural_breast
 from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary, real_crop
 from MicrocalcAI.simulation.calcifications import CLUSTER_TYPES, cluster_birads
 from MicrocalcAI.simulation.config import (
-    CATEGORIES,
     PathLike,
     SimulatedImageMeta,
     SimulatedLesion,
@@ -363,30 +361,18 @@ def simulate_dataset(
                 {
                     "type": h["type"],
                     **({"subtype": h["subtype"]} if "subtype" in h else {}),
-                    "bbox": [
-                        h["box_px"][0],
-                        h["box_px"][1],
-                        h["box_px"][2] - h["box_px"][0],
-                        h["box_px"][3] - h["box_px"][1],
-                    ],
+                    "bbox": coco_bbox(h["box_px"])[0],
                 }
                 for h in meta.hard_negatives
             ]
         for lesion in lesions:
             annotations.append(_coco_annotation(len(annotations) + 1, image_id, lesion, pixels.shape))
-    coco = {
-        "info": {
-            "description": "MicrocalcAI simulated calcification clusters",
-            "version": "1",
-            "simulation_config": _config_json(config),
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [dict(c) for c in CATEGORIES],
+    info = {
+        "description": "MicrocalcAI simulated calcification clusters",
+        "version": "1",
+        "simulation_config": _config_json(config),
     }
-    path = out / "annotations.json"
-    atomic_write_bytes(path, json.dumps(coco).encode("utf-8"))
+    path = write_coco(out / "annotations.json", images, annotations, info=info)
     progress(1.0, f"wrote {config.n_images} images, {len(annotations)} lesions")
     log.info("simulated %d images with %d lesions into %s", config.n_images, len(annotations), out)
     return path

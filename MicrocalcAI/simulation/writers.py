@@ -3,7 +3,6 @@ RLE, and a contact sheet for a human look."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -12,7 +11,8 @@ import numpy as np
 
 from MicrocalcAI.core.atomic import atomic_write_bytes
 from MicrocalcAI.core.errors import DatasetError
-from MicrocalcAI.simulation.config import CATEGORY_IDS, PathLike, SimulatedImageMeta, SimulatedLesion
+from MicrocalcAI.datasets.coco import LABEL_IDS, coco_bbox, parse_coco
+from MicrocalcAI.simulation.config import PathLike, SimulatedImageMeta, SimulatedLesion
 
 __all__ = [
     "MG_FOR_PRESENTATION_SOP_CLASS",
@@ -23,7 +23,6 @@ __all__ = [
     "mask_to_coco_rle",
     "coco_rle_to_mask",
     "lesion_full_mask",
-    "load_coco",
     "read_display_image",
     "write_contact_sheet",
 ]
@@ -195,14 +194,14 @@ def lesion_full_mask(lesion: SimulatedLesion, shape: tuple[int, int]) -> np.ndar
 
 
 def _coco_annotation(ann_id: int, image_id: int, lesion: SimulatedLesion, shape: tuple[int, int]) -> dict:
-    x0, y0, x1, y1 = lesion.box_px
     full = lesion_full_mask(lesion, shape)
+    bbox, area = coco_bbox(lesion.box_px)
     return {
         "id": ann_id,
         "image_id": image_id,
-        "category_id": CATEGORY_IDS[lesion.category],
-        "bbox": [x0, y0, x1 - x0, y1 - y0],
-        "area": (x1 - x0) * (y1 - y0),
+        "category_id": LABEL_IDS[lesion.category],
+        "bbox": bbox,
+        "area": area,
         "iscrowd": 0,
         "segmentation": mask_to_coco_rle(full),
         "n_specks": lesion.n_specks,
@@ -211,17 +210,6 @@ def _coco_annotation(ann_id: int, image_id: int, lesion: SimulatedLesion, shape:
         "mask_area_px": int(full.sum()),
         "mu_calc_per_mm": round(lesion.mu_calc_per_mm, 4),
     }
-
-
-def load_coco(path: PathLike) -> dict:
-    """Read and sanity-check a COCO file written here (or by another tool)."""
-    try:
-        coco = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read COCO file {path}: {exc}") from exc
-    if not all(k in coco for k in ("images", "annotations", "categories")):
-        raise DatasetError(f"{path} lacks images/annotations/categories")
-    return coco
 
 
 def read_display_image(path: PathLike, bits_stored: Optional[int] = None) -> np.ndarray:
@@ -252,20 +240,24 @@ def write_contact_sheet(
     """A grid of downsampled images with lesion boxes (red malignant, green benign) for a human look."""
     from PIL import Image, ImageDraw
 
-    coco = load_coco(coco_json)
-    root = Path(coco_json).parent
-    by_image: dict[int, list[dict]] = {}
-    for a in coco["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a)
-    imgs = coco["images"][:max_images]
+    imgs = parse_coco(coco_json)[:max_images]  # the project's one COCO reader
     if not imgs:
         raise DatasetError(f"{coco_json} has no images")
     ncols = min(columns, len(imgs))
     nrows = math.ceil(len(imgs) / ncols)
     sheet = Image.new("RGB", (ncols * tile_px, nrows * tile_px), (40, 40, 40))
     draw = ImageDraw.Draw(sheet)
+
+    def outline(ox: int, oy: int, scale: float, box: np.ndarray, colour: tuple[int, int, int]) -> None:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        draw.rectangle(
+            [ox + x0 * scale - 1, oy + y0 * scale - 1, ox + x1 * scale + 1, oy + y1 * scale + 1],
+            outline=colour,
+            width=1,
+        )
+
     for k, im in enumerate(imgs):
-        a = read_display_image(root / im["file_name"], im.get("bits_stored"))
+        a = read_display_image(im.path, im.extra.get("bits_stored"))
         mask_vals = a[a > 0.05]
         lo, hi = np.percentile(mask_vals, [1, 99.5]) if mask_vals.size else (0.0, 1.0)
         a8 = (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
@@ -275,22 +267,14 @@ def write_contact_sheet(
         )
         ox, oy = (k % ncols) * tile_px, (k // ncols) * tile_px
         sheet.paste(thumb.convert("RGB"), (ox, oy))
-        for ann in by_image.get(im["id"], []):
-            x, y, w, h = ann["bbox"]
-            colour = (255, 0, 0) if ann["category_id"] == CATEGORY_IDS["malignant"] else (0, 255, 0)
-            draw.rectangle(
-                [ox + x * scale - 1, oy + y * scale - 1, ox + (x + w) * scale + 1, oy + (y + h) * scale + 1],
-                outline=colour,
-                width=1,
-            )
-        for hn in im.get("hard_negatives", []):  # hard negatives (not lesions): cyan
-            x, y, w, h = hn["bbox"]
-            draw.rectangle(
-                [ox + x * scale - 1, oy + y * scale - 1, ox + (x + w) * scale + 1, oy + (y + h) * scale + 1],
-                outline=(0, 200, 255),
-                width=1,
-            )
-        draw.text((ox + 3, oy + 3), f"{im['laterality']}{im['view']} {im['photometric'][-1]}", fill=(255, 255, 0))
+        for box, label in zip(im.boxes_stored, im.labels):
+            outline(ox, oy, scale, box, (255, 0, 0) if int(label) == LABEL_IDS["malignant"] else (0, 255, 0))
+        for box in im.hard_negatives_stored:  # hard negatives (not lesions): cyan
+            outline(ox, oy, scale, box, (0, 200, 255))
+        label = (
+            f"{im.extra.get('laterality', '')}{im.extra.get('view', '')} {str(im.extra.get('photometric', ' '))[-1]}"
+        )
+        draw.text((ox + 3, oy + 3), label, fill=(255, 255, 0))
     png_path = Path(png_path)
     from io import BytesIO
 
