@@ -34,6 +34,14 @@ def analyzer() -> Analyzer:
     return Analyzer(device="cpu")
 
 
+@pytest.fixture(scope="module")
+def geometry_analyzer() -> Analyzer:
+    """The coordinate tests need a model that reliably finds the basic simulator's sharp,
+    conspicuous clusters: 0.2.1 was trained on them; the film-trained default (0.3.0) misses
+    or over-boxes some of them, which says nothing about the geometry under test."""
+    return Analyzer("microcalcai-sim-mobilenet_v2", device="cpu")
+
+
 def _simulated_dicom(
     path: Path,
     *,
@@ -88,7 +96,7 @@ def _hits(box: tuple[float, ...], truth: tuple[float, ...]) -> bool:
 
 @pytest.mark.parametrize("laterality", ["L", "R"])
 @pytest.mark.parametrize("spacing", [0.05, 0.07, 0.1])
-def test_reported_box_lands_on_inserted_cluster(tmp_path, analyzer, laterality, spacing):
+def test_reported_box_lands_on_inserted_cluster(tmp_path, geometry_analyzer, laterality, spacing):
     """MONOCHROME1, both sides, several spacings: the box comes back in stored-pixel coordinates."""
     path = tmp_path / f"m1_{laterality}_{spacing}.dcm"
     truth = _simulated_dicom(
@@ -98,7 +106,7 @@ def test_reported_box_lands_on_inserted_cluster(tmp_path, analyzer, laterality, 
         spacing=spacing,
         photometric="MONOCHROME1",
     )
-    findings = analyzer.analyse(path)
+    findings = geometry_analyzer.analyse(path)
     assert findings.photometric == "MONOCHROME1"
     assert findings.spacing_mm == (pytest.approx(spacing), pytest.approx(spacing))
     rows, cols = findings.image_shape
@@ -112,13 +120,13 @@ def test_reported_box_lands_on_inserted_cluster(tmp_path, analyzer, laterality, 
     )
 
 
-def test_mirrored_array_gives_mirrored_box(analyzer, tmp_path):
+def test_mirrored_array_gives_mirrored_box(geometry_analyzer, tmp_path):
     """The same pixels flipped left-right (as an array, like Slicer passes) give the mirrored box."""
     path = tmp_path / "r.dcm"
     _simulated_dicom(path, seed=5, laterality="R", spacing=0.1)
     m = read_mammogram(path)
-    direct = analyzer.analyse(m)
-    mirrored = analyzer.analyse(
+    direct = geometry_analyzer.analyse(m)
+    mirrored = geometry_analyzer.analyse(
         read_mammogram(np.ascontiguousarray(m.pixels[:, ::-1]), spacing_mm=0.1, laterality="L", view="CC")
     )
     assert direct.lesions and mirrored.lesions
