@@ -183,3 +183,43 @@ def test_detect_reports_calibrated_values_and_a_mapped_threshold_keeps_the_same_
     everything = detect(canonical, model, replace(spec, score_threshold=0.0))
     assert len(everything) == len(raw)
     assert min(d.score for d in everything) >= spec.reporting_floor - 1e-12
+
+
+# ------------------------------------------------------------------ re-calibrating an existing entry
+
+
+def test_recalibrate_an_existing_entry_from_a_validation_coco_through_the_cli(tmp_path, capsys):
+    from _train_helpers import simulate_tiny
+
+    from MicrocalcAI.cli import main
+    from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, default_models_dir, verify_weights
+
+    bundled_manifest = default_models_dir() / MANIFEST_NAME
+    before = bundled_manifest.read_bytes()
+    coco = simulate_tiny(tmp_path / "sim", n_images=4, seed=3003)
+    out = tmp_path / "models"
+    argv = ["export", "--recalibrate", str(bundled_manifest), "--val", str(coco), "--out", str(out), "--device", "cpu"]
+    assert main([*argv, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "temperature" in printed and "ECE" in printed
+    assert bundled_manifest.read_bytes() == before  # the source manifest is never touched with --out
+    bundled = resolve_model(None)
+    default, specs = load_manifest(out)
+    assert default == bundled.name and [s.name for s in specs] == [bundled.name]
+    spec = specs[0]
+    # the weights are the bundled ones, found from the new folder by absolute path
+    assert verify_weights(spec) == bundled.weights_path.resolve()
+    assert spec.calibration is not None and str(coco) in spec.calibration.fitted_on
+    record = spec.metrics["calibration"]
+    assert record["previous"]["score_threshold"] == bundled.score_threshold
+    assert record["previous"]["calibration"] is None
+    assert record["score"]["n"] >= record["score"]["n_true"] >= 1
+    assert record["validation_at_new_threshold"]["score_threshold"] == spec.score_threshold
+    assert 0.05 <= spec.score_threshold <= 0.95
+    assert [c.name for c in spec.risk_categories] == ["low", "intermediate", "high"]
+    # the fitted parameters are the ones recorded, and the old metrics are kept
+    assert record["parameters"] == spec.calibration.to_json()
+    assert spec.metrics["validation"] == bundled.metrics["validation"]
+    # without --val it is a usage error (exit 2), nothing written
+    assert main(["export", "--recalibrate", str(bundled_manifest), "--out", str(tmp_path / "none"), "--quiet"]) == 2
+    assert not (tmp_path / "none").exists()
