@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from MicrocalcAI.cli.common import EXIT_OK, run_with_bar
 from MicrocalcAI.core.errors import InputError
+
+if TYPE_CHECKING:
+    from MicrocalcAI.core.detect.manifest import ModelSpec
 
 __all__ = ["register", "run"]
 
@@ -65,20 +69,24 @@ def _recalibrate(args: argparse.Namespace) -> int:
 
     if not args.val:
         raise InputError("microcalcai export --recalibrate needs --val COCO (the validation set to fit on)")
-    spec, record = run_with_bar(
-        "recalibrate",
-        args.quiet,
-        lambda bar: recalibrate_manifest_entry(
-            args.recalibrate,
-            args.val,
-            name=args.name,
-            out_dir=args.out,
-            target_fp_per_image=args.target_fp,
-            device=args.device,
-            progress=bar,
+    spec, record = cast(
+        "tuple[ModelSpec, dict[str, Any]]",
+        run_with_bar(
+            "recalibrate",
+            args.quiet,
+            lambda bar: recalibrate_manifest_entry(
+                args.recalibrate,
+                args.val,
+                name=args.name,
+                out_dir=args.out,
+                target_fp_per_image=args.target_fp,
+                device=args.device,
+                progress=bar,
+            ),
         ),
     )
     cal = spec.calibration
+    assert cal is not None
     print(
         f"{spec.name} {spec.version}: temperature {cal.temperature:.3f}, score Platt a={cal.score_a:.3f} b={cal.score_b:.3f}"
     )
@@ -112,22 +120,25 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise InputError(f"microcalcai export: {', '.join(missing)} required (or use --recalibrate MANIFEST)")
 
-    spec = run_with_bar(
-        "export",
-        args.quiet,
-        lambda bar: export_model(
-            args.checkpoint,
-            args.out,
-            args.name,
-            args.version,
-            val_coco=args.val,
-            test_coco=args.test,
-            training_data=args.training_data,
-            target_fp_per_image=args.target_fp,
-            make_default=not args.not_default,
-            device=args.device,
-            calibrate=not args.no_calibration,
-            progress=bar,
+    spec = cast(
+        "ModelSpec",
+        run_with_bar(
+            "export",
+            args.quiet,
+            lambda bar: export_model(
+                args.checkpoint,
+                args.out,
+                args.name,
+                args.version,
+                val_coco=args.val,
+                test_coco=args.test,
+                training_data=args.training_data,
+                target_fp_per_image=args.target_fp,
+                make_default=not args.not_default,
+                device=args.device,
+                calibrate=not args.no_calibration,
+                progress=bar,
+            ),
         ),
     )
     print(
