@@ -244,6 +244,37 @@ def test_calibration_bins():
     assert cal["brier"] == pytest.approx(np.mean([0.05**2, 0.08**2, 0.85**2, 0.12**2]))
 
 
+def test_calibration_before_and_after_are_reported_by_inverting_the_models_calibration():
+    from MicrocalcAI.core.detect.calibration import Calibration
+
+    cal = Calibration(temperature=2.0, score_a=0.5, score_b=-np.log(3.0))
+    # findings hold calibrated values: p 0.75 / 0.25 came from raw 0.9 / 0.1, score 0.5 from raw 0.9
+    t = [truth(f"i{k}", [GT_BOX], [M if k < 2 else B]) for k in range(4)]
+    f = [finding(f"i{k}", [les(GT_BOX, 0.5, p), les(FAR, 0.5, 0.75)]) for k, p in enumerate([0.75, 0.75, 0.25, 0.75])]
+    m = compute_metrics(t, f, spec=replace(spec(), calibration=cal), n_bootstrap=0)["calibration"]
+    assert m["model_calibration"] == cal.to_json()
+    p_raw, p_cal = m["p_malignant_matched"]["raw"], m["p_malignant_matched"]["calibrated"]
+    assert p_raw["n"] == p_cal["n"] == 4
+    # raw: 0.9, 0.9, 0.1, 0.9 for truth M, M, B, B
+    assert p_raw["brier"] == pytest.approx(np.mean([0.1**2, 0.1**2, 0.1**2, 0.9**2]))
+    assert p_cal["brier"] == pytest.approx(np.mean([0.25**2, 0.25**2, 0.25**2, 0.75**2]))
+    assert {round(b["lower"], 1) for b in p_raw["bins"] if b["n"]} == {0.1, 0.9}
+    assert {round(b["lower"], 1) for b in p_cal["bins"] if b["n"]} == {0.2, 0.7}
+    s_raw, s_cal = m["lesion_score"]["raw"], m["lesion_score"]["calibrated"]
+    assert s_raw["n"] == s_cal["n"] == 8 and m["lesion_score"]["n_true"] == 4
+    assert s_raw["ece"] == pytest.approx(0.4) and s_cal["ece"] == pytest.approx(0.0)  # half the marks are true
+    # a model without calibration: both sides are the same numbers, and the report says so
+    plain = compute_metrics(t, f, spec=spec(), n_bootstrap=0)["calibration"]
+    assert plain["model_calibration"] is None
+    assert plain["lesion_score"]["raw"] == plain["lesion_score"]["calibrated"]
+    report = EvaluationReport(
+        dataset="hand-built",
+        model={"name": "eval-test"},
+        metrics=compute_metrics(t, f, spec=replace(spec(), calibration=cal), n_bootstrap=0),
+    )
+    assert "calibration (raw -> calibrated ECE): p_malignant" in report.summary()
+
+
 def _png_ok(path: Path) -> bool:
     data = path.read_bytes()
     return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -287,8 +318,10 @@ def test_evaluate_dataset_end_to_end_on_simulated_images(tmp_path):
     # reusing the per-image findings gives the same numbers without running the model
     again = evaluate_dataset(coco, tmp_path / "eval2", findings_dir=tmp_path / "eval" / "findings", n_bootstrap=50)
     assert again.findings_source.endswith("findings")
-    for key in ("detection", "lesion_level", "image_level", "breast_level"):
+    for key in ("detection", "lesion_level", "image_level", "breast_level", "calibration"):
         assert again.metrics[key] == m[key]
+    doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert doc["calibration"]["p_malignant_matched"]["calibrated"]["n"] == m["lesion_level"]["n_matched"]
 
 
 def report_spec_threshold() -> float:

@@ -78,6 +78,9 @@ def test_training_checkpoints_resumes_identically_and_exports(tiny_coco, tmp_pat
     assert entry.sha256 == sha256_file(models / entry.file) == spec.sha256
     assert entry.backbone == "mobilenet_v2" and entry.training_data == "tiny sim"
     assert 0.05 <= entry.score_threshold <= 0.95 and "validation" in entry.metrics
+    # the calibration is fitted on --val by default and stored with what it was fitted on
+    assert entry.calibration == spec.calibration is not None and str(tiny_coco) in entry.calibration.fitted_on
+    assert entry.metrics["calibration"]["score"]["n"] >= 1
     loaded = load_detector(entry, "cpu")
     best = load_checkpoint(ref.best_checkpoint)["model"]
     for key, value in loaded.state_dict().items():
@@ -87,6 +90,7 @@ def test_training_checkpoints_resumes_identically_and_exports(tiny_coco, tmp_pat
     export_model(ref.best_checkpoint, models, "tiny", "0.2", device="cpu")
     _, specs = load_manifest(models)
     assert [(s.name, s.version) for s in specs] == [("tiny", "0.2")]
+    assert specs[0].calibration is None  # nothing to fit on without --val
 
 
 def test_sources_are_pooled_and_training_can_start_from_existing_weights(tiny_coco, tmp_path):

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from MicrocalcAI.cli.common import EXIT_OK, run_with_bar
+from MicrocalcAI.core.errors import InputError
+
+if TYPE_CHECKING:
+    from MicrocalcAI.core.detect.manifest import ModelSpec
 
 __all__ = ["register", "run"]
 
@@ -14,15 +19,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ex = subparsers.add_parser(
         "export", help="turn a training checkpoint into fp16 weights + a manifest entry usable with --model"
     )
-    ex.add_argument("checkpoint", help="best.pt or last.pt from a `microcalcai train` output folder")
+    ex.add_argument(
+        "checkpoint", nargs="?", default=None, help="best.pt or last.pt from a `microcalcai train` output folder"
+    )
     ex.add_argument(
         "--out",
-        required=True,
         metavar="DIR",
-        help="models folder: weights and manifest.json go here (an existing manifest is updated)",
+        default=None,
+        help="models folder: weights and manifest.json go here (an existing manifest is updated); "
+        "with --recalibrate the default is the manifest's own folder",
     )
-    ex.add_argument("--name", required=True, help="model name (the weights file is NAME-VERSION.safetensors)")
-    ex.add_argument("--version", required=True)
+    ex.add_argument("--name", default=None, help="model name (the weights file is NAME-VERSION.safetensors)")
+    ex.add_argument("--version", default=None)
+    ex.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="do not fit the score/p_malignant calibration on --val (operating points on raw values)",
+    )
+    ex.add_argument(
+        "--recalibrate",
+        metavar="MANIFEST",
+        default=None,
+        help="instead of exporting a checkpoint: fit the calibration of an existing entry of MANIFEST "
+        "(--name, default its default model) on --val and choose its operating points again",
+    )
     ex.add_argument(
         "--val", metavar="COCO", default=None, help="validation COCO: operating points are chosen on it (recommended)"
     )
@@ -44,24 +64,81 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ex.set_defaults(func=run)
 
 
+def _recalibrate(args: argparse.Namespace) -> int:
+    from MicrocalcAI.training.calibration_fit import recalibrate_manifest_entry
+
+    if not args.val:
+        raise InputError("microcalcai export --recalibrate needs --val COCO (the validation set to fit on)")
+    spec, record = cast(
+        "tuple[ModelSpec, dict[str, Any]]",
+        run_with_bar(
+            "recalibrate",
+            args.quiet,
+            lambda bar: recalibrate_manifest_entry(
+                args.recalibrate,
+                args.val,
+                name=args.name,
+                out_dir=args.out,
+                target_fp_per_image=args.target_fp,
+                device=args.device,
+                progress=bar,
+            ),
+        ),
+    )
+    cal = spec.calibration
+    assert cal is not None
+    print(
+        f"{spec.name} {spec.version}: temperature {cal.temperature:.3f}, score Platt a={cal.score_a:.3f} b={cal.score_b:.3f}"
+    )
+    for key in ("score", "p_malignant"):
+        block = record[key]
+        print(
+            f"{key} (n={block['n']}): ECE {block['before']['ece']:.3f} -> {block['after']['ece']:.3f}, "
+            f"Brier {block['before']['brier']:.3f} -> {block['after']['brier']:.3f} (on the fitting data)"
+        )
+    print(f"score threshold {spec.score_threshold}; operating points {spec.operating_points}")
+    print("risk categories " + ", ".join(f"{c.name} >= {c.min_probability:g}" for c in spec.risk_categories))
+    print(f"written to {Path(spec.folder or '.') / 'manifest.json'}")
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
     from MicrocalcAI.training.export import export_model
 
-    spec = run_with_bar(
-        "export",
-        args.quiet,
-        lambda bar: export_model(
-            args.checkpoint,
-            args.out,
-            args.name,
-            args.version,
-            val_coco=args.val,
-            test_coco=args.test,
-            training_data=args.training_data,
-            target_fp_per_image=args.target_fp,
-            make_default=not args.not_default,
-            device=args.device,
-            progress=bar,
+    if args.recalibrate:
+        return _recalibrate(args)
+    missing = [
+        flag
+        for flag, value in (
+            ("CHECKPOINT", args.checkpoint),
+            ("--out", args.out),
+            ("--name", args.name),
+            ("--version", args.version),
+        )
+        if not value
+    ]
+    if missing:
+        raise InputError(f"microcalcai export: {', '.join(missing)} required (or use --recalibrate MANIFEST)")
+
+    spec = cast(
+        "ModelSpec",
+        run_with_bar(
+            "export",
+            args.quiet,
+            lambda bar: export_model(
+                args.checkpoint,
+                args.out,
+                args.name,
+                args.version,
+                val_coco=args.val,
+                test_coco=args.test,
+                training_data=args.training_data,
+                target_fp_per_image=args.target_fp,
+                make_default=not args.not_default,
+                device=args.device,
+                calibrate=not args.no_calibration,
+                progress=bar,
+            ),
         ),
     )
     print(

@@ -129,6 +129,15 @@ class EvaluationReport:
                 f"sensitivity by {key}: "
                 + ", ".join(f"{k} {f(v['sensitivity'])} (n={v['n']})" for k, v in block.items())
             )
+        cal = m.get("calibration")
+        if cal is not None:
+            lines.append(
+                "calibration (raw -> calibrated ECE): p_malignant "
+                + " -> ".join(f(cal["p_malignant_matched"][k]["ece"]) for k in ("raw", "calibrated"))
+                + ", lesion score "
+                + " -> ".join(f(cal["lesion_score"][k]["ece"]) for k in ("raw", "calibrated"))
+                + ("" if cal["model_calibration"] else " (model has no calibration)")
+            )
         for level in ("image_level", "breast_level"):
             block = m[level]
             lines.append(
@@ -239,7 +248,10 @@ def evaluate_dataset(
     else:
         progress(0.0, "loading model")
         probe = _resolve_spec(model, [])
-        analyzer = Analyzer(model, device, score_threshold=min(EVAL_MIN_SCORE, probe.score_threshold))
+        # Everything the model can report: its merge floor on the calibrated scale.
+        analyzer = Analyzer(
+            model, device, score_threshold=min(EVAL_MIN_SCORE, probe.reporting_floor, probe.score_threshold)
+        )
         spec = analyzer.spec
         names = output_names([e.path for e in entries])
         n = max(len(entries), 1)

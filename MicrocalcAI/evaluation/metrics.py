@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from MicrocalcAI.core.boxes import MATCH_RULE
+from MicrocalcAI.core.boxes import MATCH_RULE, hit_matrix
 from MicrocalcAI.core.detect.manifest import ModelSpec
 from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.records import ImageFindings
@@ -51,6 +51,7 @@ __all__ = [
     "REPORT_SCHEMA",
     "PooledLesions",
     "bootstrap_indices",
+    "calibration_metrics",
     "compute_metrics",
     "detection_metrics",
     "json_ready",
@@ -365,6 +366,62 @@ def unit_level_metrics(
     }
 
 
+def lesion_score_outcomes(
+    truth: Sequence[ImageTruth], findings: Sequence[Optional[ImageFindings]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(score, finds a GT lesion) of every lesion the findings hold, down to their own floor:
+    the data of the lesion-score reliability diagram (a true mark vs a false positive)."""
+    scores, true = [], []
+    for t, f in zip(truth, findings):
+        lesions = list(f.lesions) if f is not None else []
+        if not lesions:
+            continue
+        boxes = np.array([les.box_px for les in lesions], dtype=np.float64).reshape(-1, 4)
+        hits = hit_matrix(boxes, t.boxes)
+        scores.append(np.array([les.score for les in lesions], dtype=np.float64))
+        true.append(hits.any(axis=1) if hits.size else np.zeros(len(lesions), dtype=bool))
+    if not scores:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    return np.concatenate(scores), np.concatenate(true)
+
+
+def calibration_metrics(
+    truth: Sequence[ImageTruth],
+    findings: Sequence[Optional[ImageFindings]],
+    pooled: PooledLesions,
+    spec: Optional[ModelSpec],
+    n_bins: int,
+) -> dict[str, Any]:
+    """Reliability before and after the model's calibration, for p_malignant and lesion score.
+
+    The findings hold calibrated values (detection applies ``spec.calibration``); the raw
+    values are recovered by inverting it. Without a calibration both sides are the same
+    numbers. p_malignant: the matched GT lesions (outcome: malignant); lesion score: every
+    lesion in the findings down to their floor (outcome: it finds a GT lesion).
+    """
+    cal = spec.calibration if spec is not None else None
+    p = pooled.matched_p[pooled.matched]
+    is_mal = pooled.is_malignant[pooled.matched]
+    scores, true = lesion_score_outcomes(truth, findings)
+    raw_p = cal.raw_p_malignant(p) if cal is not None else p
+    raw_scores = cal.raw_score(scores) if cal is not None else scores
+    return {
+        "model_calibration": cal.to_json() if cal is not None else None,
+        "note": "raw = the network's values (the stored calibration inverted); calibrated = what users see"
+        if cal is not None
+        else "the model has no calibration: raw and calibrated are the same values",
+        "p_malignant_matched": {
+            "raw": calibration_bins(raw_p, is_mal, n_bins),
+            "calibrated": calibration_bins(p, is_mal, n_bins),
+        },
+        "lesion_score": {
+            "n_true": int(true.sum()),
+            "raw": calibration_bins(raw_scores, true, n_bins),
+            "calibrated": calibration_bins(scores, true, n_bins),
+        },
+    }
+
+
 def image_table(
     truth: Sequence[ImageTruth],
     findings: Sequence[Optional[ImageFindings]],
@@ -513,6 +570,7 @@ def compute_metrics(
         "lesion_level": lesion_level,
         "image_level": image_level,
         "breast_level": breast_level,
+        "calibration": calibration_metrics(truth, findings, pooled, spec, n_calibration_bins),
         "images": image_table(truth, findings, matches, breasts),
         "lesions": lesion_table(truth, matches, pooled),
     }

@@ -102,33 +102,61 @@ def plot_froc(metrics: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def plot_calibration(metrics: dict[str, Any]) -> bytes:
-    """Reliability diagrams: p_malignant of matched lesions, image risk, breast risk."""
-    fig = _figure(10.5, 3.9)
-    panels = (
-        ("lesion p_malignant (matched)", metrics["lesion_level"]["calibration_p_malignant_matched"]),
-        ("image risk", metrics["image_level"]["calibration"]),
-        ("breast risk", metrics["breast_level"]["calibration"]),
-    )
-    for k, (title, cal) in enumerate(panels):
-        ax = fig.add_subplot(1, 3, k + 1)
-        ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+def _reliability_panel(ax: Any, title: str, tables: list[tuple[str, dict[str, Any], str]], ylabel: str) -> None:
+    """One reliability diagram: a line per (label, calibration_bins table, colour)."""
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+    lines = [title]
+    for label, cal, colour in tables:
         bins = [b for b in cal["bins"] if b["n"]]
         if bins:
             xs = [b["mean_predicted"] for b in bins]
             ys = [b["observed_rate"] for b in bins]
             sizes = [20 + 180 * b["n"] / max(cal["n"], 1) for b in bins]
-            ax.plot(xs, ys, color="tab:blue", linewidth=1)
-            ax.scatter(xs, ys, s=sizes, color="tab:blue", zorder=3)
+            ax.plot(xs, ys, color=colour, linewidth=1, label=label or None)
+            ax.scatter(xs, ys, s=sizes, color=colour, zorder=3)
         brier = "n/a" if cal["brier"] is None else f"{cal['brier']:.3f}"
         ece = "n/a" if cal["ece"] is None else f"{cal['ece']:.3f}"
-        ax.set_title(f"{title}\nn={cal['n']}, Brier {brier}, ECE {ece}", fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("predicted probability")
-        if k == 0:
-            ax.set_ylabel("observed fraction malignant")
-        ax.grid(alpha=0.3)
+        lines.append(f"{label + ': ' if label else ''}n={cal['n']}, Brier {brier}, ECE {ece}")
+    ax.set_title("\n".join(lines), fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel(ylabel, fontsize=8)
+    if any(label for label, _, _ in tables):
+        ax.legend(loc="upper left", fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def plot_calibration(metrics: dict[str, Any]) -> bytes:
+    """Reliability diagrams: lesion p_malignant and lesion score before (raw) and after the
+    model's calibration, then image and breast risk."""
+    fig = _figure(9.0, 8.4)
+    cal = metrics.get("calibration")
+    if cal is not None:
+        before_after = [
+            ("lesion p_malignant (matched)", cal["p_malignant_matched"], "observed fraction malignant"),
+            ("lesion score (all marks)", cal["lesion_score"], "observed fraction true marks"),
+        ]
+        for k, (title, block, ylabel) in enumerate(before_after):
+            _reliability_panel(
+                fig.add_subplot(2, 2, k + 1),
+                title,
+                [("raw", block["raw"], "tab:red"), ("calibrated", block["calibrated"], "tab:blue")],
+                ylabel,
+            )
+    else:  # a metrics.json from before calibration existed
+        _reliability_panel(
+            fig.add_subplot(2, 2, 1),
+            "lesion p_malignant (matched)",
+            [("", metrics["lesion_level"]["calibration_p_malignant_matched"], "tab:blue")],
+            "observed fraction malignant",
+        )
+    for k, (title, block) in enumerate(
+        (("image risk", metrics["image_level"]["calibration"]), ("breast risk", metrics["breast_level"]["calibration"]))
+    ):
+        _reliability_panel(
+            fig.add_subplot(2, 2, k + 3), title, [("", block, "tab:blue")], "observed fraction malignant"
+        )
     fig.tight_layout()
     return _png(fig)
 

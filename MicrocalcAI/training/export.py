@@ -15,19 +15,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from MicrocalcAI.core.atomic import atomic_write_text, staged_path
-from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, ModelSpec, RiskCategory, sha256_file
+from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, ModelSpec, sha256_file
 from MicrocalcAI.core.detect.network import DetectorConfig, select_device
 from MicrocalcAI.core.errors import InputError, ModelError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.datasets.coco import parse_coco
+from MicrocalcAI.training.calibration_fit import calibrate_evaluations, choose_operating_points, fit_calibration
 from MicrocalcAI.training.checkpoints import load_checkpoint, model_from_checkpoint
-from MicrocalcAI.training.validation import (
-    choose_malignancy_operating_points,
-    choose_score_threshold,
-    collect_evaluations,
-    evaluate_coco,
-    summarise,
-)
+from MicrocalcAI.training.validation import collect_evaluations, evaluate_coco, summarise
 
 __all__ = ["export_model", "write_manifest_entry"]
 
@@ -66,14 +61,18 @@ def export_model(
     make_default: bool = True,
     device: str = "auto",
     extra_metrics: Optional[dict[str, Any]] = None,
+    calibrate: bool = True,
     progress: ProgressCallback = no_progress,
 ) -> ModelSpec:
     """Write fp16 weights + a manifest entry for a checkpoint; return the entry.
 
-    Operating points are chosen on ``val_coco`` (lesion-score threshold: best sensitivity at
-    ``target_fp_per_image``; p_malignant thresholds: see
-    :func:`choose_malignancy_operating_points`), and every metric is measured on the
-    *exported* fp16 weights loaded back through :func:`load_detector`, i.e. on what users run.
+    With ``val_coco`` and ``calibrate`` (the default), the score and p_malignant calibration
+    is fitted on the validation detections (:mod:`MicrocalcAI.training.calibration_fit`) and
+    stored in the entry; operating points are then chosen on ``val_coco``'s calibrated values
+    (lesion-score threshold: best sensitivity at ``target_fp_per_image``; p_malignant
+    thresholds: :func:`choose_malignancy_operating_points`; risk categories on the image
+    probability of ``image_risk``). Every metric is measured on the *exported* fp16 weights
+    loaded back through :func:`load_detector`, i.e. on what users run.
     """
     from MicrocalcAI.core.detect.weights import load_detector, save_weights
 
@@ -116,22 +115,18 @@ def export_model(
             val_evals = collect_evaluations(
                 val_coco, spec, shipped, dev, progress=sub_progress(progress, 0.0, 0.5), skipped=val_skipped
             )
-            spec.score_threshold = choose_score_threshold(val_evals, target_fp_per_image)
-            points = choose_malignancy_operating_points(val_evals, spec.score_threshold)
-            spec.operating_points = points
-            spec.risk_categories = [
-                RiskCategory("low", 0.0),
-                RiskCategory("intermediate", points["high_sensitivity"]),
-                RiskCategory("high", points["balanced"]),
-            ]
+            if calibrate:
+                spec.calibration, metrics["calibration"] = fit_calibration(val_evals, fitted_on=str(val_coco))
+                val_evals = calibrate_evaluations(val_evals, spec.calibration)
+            points = choose_operating_points(val_evals, target_fp_per_image)
+            spec.score_threshold = points.score_threshold
+            spec.operating_points = points.operating_points
+            spec.risk_categories = points.risk_categories
             metrics["validation"] = summarise(val_evals, spec.score_threshold) | {
                 "dataset": str(val_coco),
                 "n_images_refused": len(val_skipped),
             }
-            metrics["operating_point_rule"] = (
-                f"score_threshold: highest sensitivity at <= {target_fp_per_image:g} FP/image on validation; "
-                "p_malignant on found validation lesions: high_sensitivity = lowest threshold of best specificity with >= 95% malignant sensitivity, balanced = middle of the thresholds maximising Youden J"
-            )
+            metrics["operating_point_rule"] = points.rule
         if test_coco is not None:
             metrics["test"] = evaluate_coco(test_coco, spec, shipped, dev, progress=sub_progress(progress, 0.5, 1.0))
         if extra_metrics:

@@ -35,6 +35,7 @@ from MicrocalcAI.training.data import CocoMammogramDataset, canonical_boxes, sta
 
 __all__ = [
     "ImageEvaluation",
+    "choose_cutpoints",
     "choose_malignancy_operating_points",
     "choose_score_threshold",
     "collect_evaluations",
@@ -123,7 +124,10 @@ def evaluate_canonical(
     """Run whole-image detection on one canonical image and pair it with its ground truth."""
     from MicrocalcAI.core.detect.run import detect
 
-    detections = detect(canonical, model, spec, device=device, score_threshold=EVAL_MIN_SCORE)
+    # Everything the model can report: the merge floor, on the calibrated scale when calibrated.
+    detections = detect(
+        canonical, model, spec, device=device, score_threshold=min(EVAL_MIN_SCORE, spec.reporting_floor)
+    )
     return ImageEvaluation(
         name=name,
         gt_boxes=np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4),
@@ -237,18 +241,32 @@ def choose_malignancy_operating_points(
     if mal.sum() == 0 or (~mal).sum() == 0:
         log.warning("validation lacks found lesions of both classes: default p_malignant operating points kept")
         return {"high_sensitivity": 0.2, "balanced": 0.5}
+    high_sens, balanced = choose_cutpoints(p, mal, target_malignant_sensitivity)
+    return {"high_sensitivity": high_sens, "balanced": balanced}
+
+
+def choose_cutpoints(p: np.ndarray, positive: np.ndarray, target_sensitivity: float = 0.95) -> tuple[float, float]:
+    """(high_sensitivity, balanced) thresholds on probabilities ``p`` of units (lesions, images).
+
+    ``balanced`` is the middle of the thresholds maximising Youden's J; ``high_sensitivity``
+    the lowest threshold of best specificity with sensitivity >= ``target_sensitivity``
+    (never above ``balanced``). The grid is 0.01..0.99 in steps of 0.01. Both classes must
+    be present.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
     grid = np.round(np.arange(0.01, 0.991, 0.01), 2)
-    sens = np.array([(p[mal] >= t).mean() for t in grid])
-    spec_ = np.array([(p[~mal] < t).mean() for t in grid])
+    sens = np.array([(p[positive] >= t).mean() for t in grid])
+    spec_ = np.array([(p[~positive] < t).mean() for t in grid])
     youden = sens + spec_ - 1
     optimal = np.flatnonzero(np.isclose(youden, youden.max()))
     balanced = float(grid[optimal[len(optimal) // 2]])
-    allowed = np.where(sens >= target_malignant_sensitivity, spec_, -1.0)
+    allowed = np.where(sens >= target_sensitivity, spec_, -1.0)
     if allowed.max() < 0:
         high_sens = float(grid[0])
     else:
         high_sens = float(grid[np.flatnonzero(np.isclose(allowed, allowed.max()))[0]])
-    return {"high_sensitivity": min(high_sens, balanced), "balanced": balanced}
+    return min(high_sens, balanced), balanced
 
 
 def set_batchnorm_eval(model: torch.nn.Module) -> None:

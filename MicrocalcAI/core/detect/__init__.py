@@ -7,6 +7,7 @@ One module per step, in the order a tile's pixels meet them:
 - ``weights``   loads and saves checked weights;
 - ``tiling``    where the canonical image is cut into tiles that touch the breast;
 - ``merge``     how the tiles' boxes become one lesion list;
+- ``calibration`` the model's calibration of score and p_malignant, applied after merging;
 - ``run``       :func:`~MicrocalcAI.core.detect.run.detect`: the network over the tiles, merged.
 """
 

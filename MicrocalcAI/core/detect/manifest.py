@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from MicrocalcAI.core.detect.calibration import Calibration
 from MicrocalcAI.core.errors import ChecksumError, ModelError
 
 __all__ = [
@@ -91,6 +92,10 @@ class ModelSpec:
     intended_use: str = "Research only. Not for clinical use."
     training_data: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: Calibration of score and p_malignant (core/detect/calibration.py); None = identity, the
+    #: raw network outputs are reported. ``score_threshold``, ``operating_points`` and
+    #: ``risk_categories`` are on the calibrated scale when it is set.
+    calibration: Optional[Calibration] = None
     #: Folder of the manifest this entry came from; weights paths resolve against it.
     folder: Optional[str] = None
 
@@ -101,6 +106,13 @@ class ModelSpec:
             path = Path(self.folder) / path
         return path
 
+    @property
+    def reporting_floor(self) -> float:
+        """Lowest lesion score this model can report: :data:`MERGE_FLOOR` on the calibrated scale."""
+        if self.calibration is None:
+            return MERGE_FLOOR
+        return float(self.calibration.score(MERGE_FLOOR))
+
     def category(self, probability: float) -> str:
         """The risk category of a probability, from this model's operating points."""
         return category_for(probability, self.risk_categories)
@@ -110,6 +122,10 @@ class ModelSpec:
         data.pop("folder", None)
         data["classes"] = list(self.classes)
         data["anchor_sizes"] = list(self.anchor_sizes)
+        if self.calibration is None:
+            data.pop("calibration")  # an entry without one stays as it was written
+        else:
+            data["calibration"] = self.calibration.to_json()
         return data
 
 
@@ -138,6 +154,7 @@ def _spec_from_json(entry: dict[str, Any], folder: Path) -> ModelSpec:
     try:
         data = dict(entry)
         cats = [RiskCategory(str(c["name"]), float(c["min_probability"])) for c in data.pop("risk_categories", [])]
+        calibration = data.pop("calibration", None)
         unknown = set(data) - set(ModelSpec.__dataclass_fields__)
         if unknown:
             raise ModelError(f"model entry {name!r} in {where}: unknown fields {sorted(unknown)}")
@@ -156,6 +173,8 @@ def _spec_from_json(entry: dict[str, Any], folder: Path) -> ModelSpec:
         spec.metrics = dict(spec.metrics)
         if cats:
             spec.risk_categories = cats
+        if calibration is not None:
+            spec.calibration = Calibration.from_json(calibration)
         spec.folder = str(folder)
     except ModelError:
         raise

@@ -8,6 +8,7 @@ the Slicer module does at start-up) never imports torch.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Optional, Union
 
 import numpy as np
@@ -20,7 +21,7 @@ from MicrocalcAI.core.errors import InputError, ModelError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress
 from MicrocalcAI.core.records import CanonicalImage, Detection
 
-__all__ = ["detect"]
+__all__ = ["calibrated", "detect"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,21 @@ def _model_device(model: torch.nn.Module) -> Optional[torch.device]:
     return None if first is None else first.device
 
 
+def calibrated(detections: list[Detection], spec: ModelSpec) -> list[Detection]:
+    """``detections`` (raw network values, merged) with the model's calibrated score and
+    p_malignant; the identity (the same objects) when the model has no calibration.
+
+    Both maps are strictly increasing, so the order and the malignant/benign labels
+    (p >= 0.5) stay as merging left them.
+    """
+    cal = spec.calibration
+    if cal is None or cal.is_identity or not detections:
+        return detections
+    scores = cal.score(np.array([d.score for d in detections]))
+    p_mal = cal.p_malignant(np.array([d.p_malignant for d in detections]))
+    return [replace(d, score=float(s), p_malignant=float(p)) for d, s, p in zip(detections, scores, p_mal)]
+
+
 def detect(
     canonical: CanonicalImage,
     model: torch.nn.Module,
@@ -75,7 +91,11 @@ def detect(
 ) -> list[Detection]:
     """Run the detector over the breast of one canonical image; lesions highest score first.
 
-    Tiling comes from the manifest entry (``spec.tile_size``/``tile_overlap``) because the
+    Scores and p_malignant are calibrated by the model's calibration (``spec.calibration``,
+    :mod:`MicrocalcAI.core.detect.calibration`) after merging, which runs on raw scores above
+    :data:`~MicrocalcAI.core.detect.manifest.MERGE_FLOOR`; ``score_threshold`` (default the
+    model's) is on the calibrated scale and is applied last, so a lesion is reported exactly
+    when its calibrated score reaches it. Tiling comes from the manifest entry (``spec.tile_size``/``tile_overlap``) because the
     model was trained on that geometry. Boxes are canonical coordinates of the whole image.
     ``progress`` gets the fraction of tiles done and may raise
     :class:`~MicrocalcAI.core.errors.CancelledError`, which propagates after the model's
@@ -104,13 +124,14 @@ def detect(
         return []
 
     outputs = _run_tiles(model, image, origins, tile, target, batch_size, report)
-    detections = merge_tile_outputs(
+    merged = merge_tile_outputs(
         outputs,
         origins,
         tile=tile,
         image_shape=(int(image.shape[0]), int(image.shape[1])),
-        score_threshold=threshold,
+        score_threshold=0.0,  # everything merged (raw score >= MERGE_FLOOR); the threshold is calibrated
         mask=canonical.mask,
     )
+    detections = [d for d in calibrated(merged, spec) if d.score >= threshold]
     log.debug("%d lesion(s) above %.2f from %d tile(s)", len(detections), threshold, n)
     return detections
