@@ -188,3 +188,56 @@ def test_manifest_without_ood_block_loads_unchanged():
     _, specs = load_manifest()
     assert all(s.ood is None for s in specs)
     assert "ood" not in specs[0].to_json()
+
+
+def test_cli_fits_a_reference_into_an_existing_manifest(tmp_path):
+    """``microcalcai ood-reference`` on COCO files: the entry gains its ``ood`` block (and
+    nothing else changes), the side file verifies, and the Analyzer then fills ``ood``."""
+    from _simulate_helpers import realistic_small
+
+    from MicrocalcAI.cli import main
+    from MicrocalcAI.simulation.simulate import simulate_dataset
+
+    train = simulate_dataset(tmp_path / "train", realistic_small(n_images=4, seed=21, real_fraction=0.0))
+    val = simulate_dataset(tmp_path / "val", realistic_small(n_images=2, seed=22, real_fraction=0.0))
+    spec = resolve_model(None)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    entry = spec.to_json() | {"file": str(spec.weights_path.resolve())}
+    (folder / MANIFEST_NAME).write_text(json.dumps({"schema_version": 1, "default": spec.name, "models": [entry]}))
+
+    assert (
+        main(["ood-reference", str(folder), "--train", str(train), "--val", str(val), "--device", "cpu", "--quiet"])
+        == 0
+    )
+    written = json.loads((folder / MANIFEST_NAME).read_text())["models"][0]
+    assert {k: v for k, v in written.items() if k != "ood"} == entry
+    assert written["ood"]["file"] == f"{spec.weights_path.stem}.ood.npz"
+    _, specs = load_manifest(folder)
+    reference = load_reference(specs[0])
+    assert reference is not None and reference.info["n_train"] == 4 and reference.info["n_val"] == 2
+    findings = Analyzer(str(folder), "cpu").analyse(SAMPLES / "sim_R_CC.dcm")
+    assert findings.ood is not None and findings.ood.threshold == pytest.approx(reference.threshold)
+
+
+def test_descriptor_is_the_same_from_the_torch_and_onnx_backbones():
+    """The hook sits on ``model.backbone``, which the ONNX Runtime backend replaces by a
+    module returning the same feature levels: both give the same descriptor."""
+    pytest.importorskip("onnxruntime")
+    from MicrocalcAI.core.ood.features import capture_features
+    from MicrocalcAI.core.runtime import cached_detector
+
+    analyzer = Analyzer(None, "cpu")
+    prepared = analyzer.prepare(SAMPLES / "sim_R_CC.dcm")
+    spec = analyzer.spec
+    descriptors = {}
+    for backend in ("torch", "onnxruntime"):
+        model = cached_detector(spec, "cpu", backend=backend)
+        with capture_features(model, prepared.canonical.mask, spec.tile_size, spec.tile_overlap) as got:
+            from MicrocalcAI.core.detect.run import detect
+
+            detect(prepared.canonical, model, spec)
+        descriptors[backend] = got.descriptor()
+    torch_d, onnx_d = descriptors["torch"], descriptors["onnxruntime"]
+    assert torch_d is not None and onnx_d is not None
+    assert np.abs(torch_d - onnx_d).max() <= 1e-3 * np.abs(torch_d).max()
