@@ -130,14 +130,23 @@ def _measure_all(args: argparse.Namespace, analyzer: Any) -> dict[str, list[dict
 
     from MicrocalcAI.training.ood import coco_entries, measure_images, spread_subset
 
-    cache = Path(args.out) / "measurements.json"
-    sets: dict[str, list[dict[str, Any]]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    # One cache file per set, so that sets can be measured by separate processes (--only).
+    folder = Path(args.out)
+    sets: dict[str, list[dict[str, Any]]] = {}
+    for key in ("train", "val", "real", "heldout_sim"):
+        if (folder / f"{key}.json").is_file():
+            sets[key] = json.loads((folder / f"{key}.json").read_text())
+
+    def wanted(key: str) -> bool:
+        return key not in sets and (not args.only or key in args.only)
 
     def save() -> None:
-        cache.write_text(json.dumps(sets))
+        for key, rows in sets.items():
+            if not (folder / f"{key}.json").is_file():
+                (folder / f"{key}.json").write_text(json.dumps(rows))
 
     def coco_set(key: str, files: list[str], limit: Optional[int]) -> None:
-        if key in sets or not files:
+        if not wanted(key) or not files:
             return
         entries = spread_subset(coco_entries(files), limit)
         t0 = time.monotonic()
@@ -148,7 +157,7 @@ def _measure_all(args: argparse.Namespace, analyzer: Any) -> dict[str, list[dict
 
     coco_set("train", args.train, args.max_train)
     coco_set("val", args.val, None)
-    if "real" not in sets:
+    if wanted("real"):
         rows = []
         for case in mm.CASES:
             for view, path in case.items():
@@ -296,6 +305,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--components", type=int, default=16)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="measure only these sets (train val real heldout_sim), then stop"
+    )
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
 
@@ -303,6 +315,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     analyzer = Analyzer(args.model, "cpu", ood_check=False)
     sets = _measure_all(args, analyzer)
+    if args.only:
+        return 0
     result, _ = _score(sets, args, analyzer.spec.sha256)
     result["model"] = f"{analyzer.spec.name} {analyzer.spec.version}"
     if not args.no_timing:

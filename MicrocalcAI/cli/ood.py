@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, cast
 
 from MicrocalcAI.cli.common import EXIT_OK, run_with_bar
 
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     from MicrocalcAI.training.ood import fit_model_reference
 
-    spec, reference = run_with_bar(
+    result = run_with_bar(
         "ood-reference",
         args.quiet,
         lambda bar: fit_model_reference(
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             progress=bar,
         ),
     )
+    spec, reference = cast(tuple[Any, Any], result)
     info = reference.info
     print(
         f"{spec.name} {spec.version}: OOD reference {spec.ood['file'] if spec.ood else '?'} "
