@@ -241,3 +241,22 @@ def test_descriptor_is_the_same_from_the_torch_and_onnx_backbones():
     torch_d, onnx_d = descriptors["torch"], descriptors["onnxruntime"]
     assert torch_d is not None and onnx_d is not None
     assert np.abs(torch_d - onnx_d).max() <= 1e-3 * np.abs(torch_d).max()
+
+
+def test_run_batch_fills_ood_in_process_and_on_dask(fitted, tmp_path):
+    """The batch paths build their Analyzer from the model path (Dask: on each worker), so the
+    reference travels with the model and every image gets its check."""
+    from MicrocalcAI.core.batch import run_batch
+    from MicrocalcAI.core.distributed import cluster_client
+
+    _, reference, folder, _ = fitted
+    local = run_batch([SAMPLES / "sim_R_CC.dcm"], tmp_path / "local", model=str(folder), device="cpu")
+    with cluster_client(workers=1) as client:
+        remote = run_batch(
+            [SAMPLES / "sim_R_CC.dcm"], tmp_path / "dask", model=str(folder), device="cpu", client=client
+        )
+    for result in (local, remote):
+        assert len(result.images) == 1 and not result.failed
+        check = result.images[0].ood
+        assert check is not None and check.threshold == pytest.approx(reference.threshold)
+    assert remote.images[0].ood.score == pytest.approx(local.images[0].ood.score, rel=1e-3)
