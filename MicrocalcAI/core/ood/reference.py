@@ -48,6 +48,7 @@ from MicrocalcAI.core.records import OodCheck
 __all__ = [
     "FORMAT",
     "LINEAR_STATISTICS",
+    "LOWER_LIMIT_ONLY",
     "OodReference",
     "check_image",
     "feature_distance",
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 FORMAT = "microcalcai-ood-reference-1"
 #: Statistics compared on a linear scale (the others are ratios: compared on a log scale).
 LINEAR_STATISTICS = ("bits_used",)
+#: Statistics with only a lower limit: more grey levels than training is no problem, and a
+#: larger breast is more tiles of the same kind (the detector works tile by tile); fewer
+#: levels, or less breast than any training image (a magnified spot view, a small crop), is.
+LOWER_LIMIT_ONLY = ("bits_used", "breast_area_cm2")
 #: Widening of the training range: log-scale statistics by a factor (1 + tolerance) either
 #: side, bits_used by this many bits below (more bits than training is never a problem).
 DEFAULT_TOLERANCE = 0.15
@@ -113,7 +118,7 @@ def statistic_excess(reference: OodReference, statistics: dict[str, float]) -> d
         elif value <= 0:
             e = math.inf if low > 0 else 0.0
         else:
-            e = max(low / value, value / high) - 1.0 if high > 0 else 0.0
+            e = max(low / value, value / high) - 1.0
         if e > 0:
             excess[name] = float(min(e, 1e6))
     return excess
@@ -122,7 +127,7 @@ def statistic_excess(reference: OodReference, statistics: dict[str, float]) -> d
 def _describe(name: str, value: float, low: float, high: float) -> str:
     unit = _UNITS.get(name, "")
     label = STATISTICS.get(name, name).split(":")[0].split(",")[0]
-    if name in LINEAR_STATISTICS:
+    if name in LOWER_LIMIT_ONLY:
         return f"{label} {value:.3g}{unit} is below the training range (>= {low:.3g}{unit})"
     return f"{label} {value:.3g}{unit} is outside the training range {low:.3g}-{high:.3g}{unit}"
 
@@ -170,9 +175,10 @@ def _ranges(train_statistics: list[dict[str, float]], tolerance: float) -> dict[
             continue
         low, high = float(values.min()), float(values.max())
         if name in LINEAR_STATISTICS:
-            ranges[name] = (low - BITS_TOLERANCE, math.inf)
+            low = low - BITS_TOLERANCE
         else:
-            ranges[name] = (low / (1.0 + tolerance), high * (1.0 + tolerance))
+            low, high = low / (1.0 + tolerance), high * (1.0 + tolerance)
+        ranges[name] = (low, math.inf if name in LOWER_LIMIT_ONLY else high)
     return ranges
 
 
