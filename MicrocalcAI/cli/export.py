@@ -57,6 +57,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="FP",
         help="score threshold: best validation sensitivity at <= FP false positives per image (default 0.5)",
     )
+    ex.add_argument(
+        "--ood-train",
+        nargs="+",
+        metavar="COCO",
+        default=None,
+        help="training COCO file(s): also fit the out-of-distribution reference (threshold on --val)",
+    )
     ex.add_argument("--not-default", action="store_true", help="do not make this the manifest's default model")
     ex.add_argument("--device", default="auto", help="auto (default), cpu, gpu, cuda, mps")
     ex.add_argument("--quiet", action="store_true")
@@ -137,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
                 make_default=not args.not_default,
                 device=args.device,
                 calibrate=not args.no_calibration,
+                ood_train_coco=args.ood_train,
                 progress=bar,
             ),
         ),

@@ -22,9 +22,20 @@ from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.findings.lesions import ClusterRule, build_lesions
 from MicrocalcAI.core.findings.risk import image_risk
 from MicrocalcAI.core.findings.specks import SpeckConfig
+from MicrocalcAI.core.ood.reference import OodReference, check_image, load_reference
+from MicrocalcAI.core.ood.statistics import input_statistics
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.core.read import read_mammogram, user_overrides
-from MicrocalcAI.core.records import CanonicalImage, Detection, ImageFindings, Lesion, Mammogram, ModelInfo, Risk
+from MicrocalcAI.core.records import (
+    CanonicalImage,
+    Detection,
+    ImageFindings,
+    Lesion,
+    Mammogram,
+    ModelInfo,
+    OodCheck,
+    Risk,
+)
 from MicrocalcAI.core.standardise import DEFAULT_UPSAMPLING, normalised_stored, standardise
 
 __all__ = ["Analyzer", "PreparedImage", "Source", "analyse", "effective_spacing", "file_fingerprint"]
@@ -58,6 +69,8 @@ class PreparedImage:
     stored_mask: np.ndarray
     canonical: CanonicalImage
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: Input statistics for the out-of-distribution check (None when the model has no reference).
+    ood_statistics: Optional[dict[str, float]] = None
 
 
 class Analyzer:
@@ -79,6 +92,7 @@ class Analyzer:
         speck_config: Optional[SpeckConfig] = None,
         upsampling: Optional[str] = None,
         cluster_rule: Optional[ClusterRule] = None,
+        ood_check: bool = True,
     ) -> None:
         from MicrocalcAI.core.detect.network import select_device
         from MicrocalcAI.core.runtime import cached_detector, configure_cpu
@@ -89,6 +103,9 @@ class Analyzer:
             configure_cpu()
         # Verified, batch norm folded, channels-last; loaded once per process and weights file.
         self.model = cached_detector(self.spec, self.device)
+        #: The model's out-of-distribution reference (checksum-verified), None when it ships none.
+        #: ``ood_check=False`` skips it (fitting a new reference for the model).
+        self.ood_reference: Optional[OodReference] = load_reference(self.spec) if ood_check else None
         self._score_threshold = self._checked_threshold(score_threshold)
         self.batch_size = batch_size
         self.speck_config = speck_config
@@ -167,11 +184,14 @@ class Analyzer:
         laterality: Optional[str] = None,
         view: Optional[str] = None,
         progress: Optional[ProgressCallback] = None,
+        measure_ood: bool = False,
     ) -> PreparedImage:
         """Read and standardise one image: the CPU work that needs no model.
 
         Separate from :meth:`analyse_prepared` so that a batch can prepare the next image on
         another thread while the model runs on this one (:func:`MicrocalcAI.core.batch.run_batch`).
+        The input statistics of the out-of-distribution check are measured here too (also
+        CPU work on the native pixels), when the model has a reference or ``measure_ood``.
         """
         progress = progress or no_progress
         clock = _Stopwatch()
@@ -185,8 +205,12 @@ class Analyzer:
         canonical, stored01, stored_mask = self._standardise(_with_spacing(mammogram, spacing))
         warnings += [w for w in canonical.warnings if w not in warnings]  # spacing is always set here
         clock.lap("standardise")
+        statistics = None
+        if self.ood_reference is not None or measure_ood:
+            statistics = input_statistics(mammogram.pixels, stored01, stored_mask, spacing)
+            clock.lap("ood_statistics")
         return PreparedImage(
-            mammogram, spacing, spacing_source, warnings, stored01, stored_mask, canonical, clock.timings
+            mammogram, spacing, spacing_source, warnings, stored01, stored_mask, canonical, clock.timings, statistics
         )
 
     def analyse_prepared(
@@ -198,21 +222,16 @@ class Analyzer:
         progress: Optional[ProgressCallback] = None,
     ) -> tuple[ImageFindings, np.ndarray]:
         """Detect and measure lesions on an image from :meth:`prepare`: (findings, stored image)."""
-        from MicrocalcAI.core.detect.run import detect
-
         score_threshold = self._checked_threshold(self.score_threshold if threshold is None else threshold)
         progress = progress or no_progress
         clock = _Stopwatch()
-        detections = detect(
-            prepared.canonical,
-            self.model,
-            self.spec,
-            device=self.device,
-            score_threshold=score_threshold,
-            batch_size=self.batch_size,
-            progress=sub_progress(progress, 0.15, 0.9),
+        detections, descriptor = self._detect(
+            prepared, score_threshold, sub_progress(progress, 0.15, 0.9), capture=self.ood_reference is not None
         )
         clock.lap("detect")
+        ood = self._ood_check(prepared, descriptor)
+        if ood is not None:
+            clock.lap("ood_check")
 
         progress(0.9, "measuring lesions")
         lesions = self._lesions(
@@ -235,8 +254,62 @@ class Analyzer:
             warnings=prepared.warnings,
             timings=timings,
         )
+        findings.ood = ood
         progress(1.0, "done")
         return findings, prepared.stored01
+
+    def measure_ood(
+        self,
+        source: Source,
+        *,
+        spacing_mm: Optional[Union[float, tuple[float, float]]] = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> tuple[dict[str, float], Optional[np.ndarray]]:
+        """The out-of-distribution measurements of one image: (input statistics, feature
+        descriptor), from the same standardisation and detection pass an analysis runs.
+
+        What :func:`MicrocalcAI.training.ood.fit_model_reference` fits a reference from.
+        """
+        progress = progress or no_progress
+        prepared = self.prepare(source, spacing_mm=spacing_mm, progress=progress, measure_ood=True)
+        _, descriptor = self._detect(prepared, self.score_threshold, sub_progress(progress, 0.15, 1.0), capture=True)
+        return dict(prepared.ood_statistics or {}), descriptor
+
+    def _detect(
+        self, prepared: PreparedImage, score_threshold: float, progress: ProgressCallback, *, capture: bool
+    ) -> tuple[list[Detection], Optional[np.ndarray]]:
+        """The detection stage; with ``capture``, also the image's feature descriptor, taken
+        from the same pass by a hook on the backbone (no second network pass)."""
+        from MicrocalcAI.core.detect.run import detect
+
+        def run() -> list[Detection]:
+            return detect(
+                prepared.canonical,
+                self.model,
+                self.spec,
+                device=self.device,
+                score_threshold=score_threshold,
+                batch_size=self.batch_size,
+                progress=progress,
+            )
+
+        if not capture:
+            return run(), None
+        from MicrocalcAI.core.ood.features import capture_features
+
+        with capture_features(self.model, prepared.canonical.mask, self.spec.tile_size, self.spec.tile_overlap) as got:
+            detections = run()
+        return detections, got.descriptor()
+
+    def _ood_check(self, prepared: PreparedImage, descriptor: Optional[np.ndarray]) -> Optional[OodCheck]:
+        """The image's :class:`OodCheck`, or None when the model has no reference."""
+        if self.ood_reference is None:
+            return None
+        statistics = prepared.ood_statistics
+        if statistics is None:  # prepared by another analyzer: measure now
+            m = prepared.mammogram
+            statistics = input_statistics(m.pixels, prepared.stored01, prepared.stored_mask, prepared.spacing)
+        return check_image(self.ood_reference, statistics, descriptor)
 
     def _standardise(self, work: Mammogram) -> tuple[CanonicalImage, np.ndarray, np.ndarray]:
         """(canonical image, normalised stored-frame image, stored-frame breast mask)."""

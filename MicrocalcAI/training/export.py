@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,6 +63,7 @@ def export_model(
     device: str = "auto",
     extra_metrics: Optional[dict[str, Any]] = None,
     calibrate: bool = True,
+    ood_train_coco: Optional[Sequence[os.PathLike | str]] = None,
     progress: ProgressCallback = no_progress,
 ) -> ModelSpec:
     """Write fp16 weights + a manifest entry for a checkpoint; return the entry.
@@ -73,6 +75,8 @@ def export_model(
     thresholds: :func:`choose_malignancy_operating_points`; risk categories on the image
     probability of ``image_risk``). Every metric is measured on the *exported* fp16 weights
     loaded back through :func:`load_detector`, i.e. on what users run.
+    With ``ood_train_coco`` (training images) and ``val_coco`` (its threshold), the model's
+    out-of-distribution reference is fitted too (:func:`MicrocalcAI.training.ood.fit_model_reference`).
     """
     from MicrocalcAI.core.detect.weights import load_detector, save_weights
 
@@ -134,6 +138,10 @@ def export_model(
         spec.metrics = metrics
     spec.file = weights_file
     write_manifest_entry(out, spec, make_default=make_default)
+    if ood_train_coco and val_coco is not None:
+        from MicrocalcAI.training.ood import fit_model_reference
+
+        spec, _ = fit_model_reference(out, ood_train_coco, [val_coco], name=name, device=device)
     progress(1.0, f"exported {name} {version} to {out}")
     log.info("exported %s %s (%s) to %s", name, version, weights_file, out)
     return spec

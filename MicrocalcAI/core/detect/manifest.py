@@ -96,6 +96,9 @@ class ModelSpec:
     #: raw network outputs are reported. ``score_threshold``, ``operating_points`` and
     #: ``risk_categories`` are on the calibrated scale when it is set.
     calibration: Optional[Calibration] = None
+    #: Out-of-distribution reference side file: {"file": name next to the manifest, "sha256": ...}
+    #: (MicrocalcAI.core.ood.reference); None = the model ships none and images get ``ood=None``.
+    ood: Optional[dict[str, str]] = None
     #: Folder of the manifest this entry came from; weights paths resolve against it.
     folder: Optional[str] = None
 
@@ -120,6 +123,8 @@ class ModelSpec:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("folder", None)
+        if data.get("ood") is None:
+            data.pop("ood", None)
         data["classes"] = list(self.classes)
         data["anchor_sizes"] = list(self.anchor_sizes)
         if self.calibration is None:
@@ -171,6 +176,11 @@ def _spec_from_json(entry: dict[str, Any], folder: Path) -> ModelSpec:
         spec.anchor_sizes = tuple(int(a) for a in spec.anchor_sizes)
         spec.operating_points = {str(k): float(v) for k, v in dict(spec.operating_points).items()}
         spec.metrics = dict(spec.metrics)
+        if spec.ood is not None:
+            ood = dict(spec.ood)
+            if not all(isinstance(ood.get(key), str) and ood[key] for key in ("file", "sha256")):
+                raise ValueError("'ood' must be an object with non-empty strings 'file' and 'sha256'")
+            spec.ood = {"file": ood["file"], "sha256": ood["sha256"]}
         if cats:
             spec.risk_categories = cats
         if calibration is not None:
