@@ -549,7 +549,13 @@ def chest_wall_on_left(mask: np.ndarray) -> bool:
 # ----------------------------------------------------------------------------------------
 
 
-def normalise(intensity: np.ndarray, mask: np.ndarray, config: NormaliseConfig = NormaliseConfig()) -> np.ndarray:
+def normalise(
+    intensity: np.ndarray,
+    mask: np.ndarray,
+    config: NormaliseConfig = NormaliseConfig(),
+    *,
+    out: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """Map the breast's grey values to [0, 1] from its own histogram (float32, stored frame).
 
     Mapping: ``(I - p_low) / (p_high - p_low) * high_value``, clipped to [0, 1], with
@@ -558,9 +564,12 @@ def normalise(intensity: np.ndarray, mask: np.ndarray, config: NormaliseConfig =
     fixed windows nor whole-image extremes, are what make a film scan, a For-Presentation and
     a -log For-Processing image of one breast land in the same range: each is (close to) an
     increasing affine function of attenuation, and a robust affine normalisation cancels that.
-    Background outside the mask is 0.
+    Background outside the mask is 0. ``out`` (float32, the shape of ``intensity``, possibly
+    ``intensity`` itself) receives the result instead of a new array.
     """
     intensity = np.asarray(intensity)
+    if out is not None and (out.dtype != np.float32 or out.shape != intensity.shape):
+        raise InputError(f"out must be a float32 array of shape {intensity.shape}, got {out.dtype} {out.shape}")
     mask = np.asarray(mask, dtype=bool)
     if intensity.shape != mask.shape:
         raise InputError(f"image {intensity.shape} and mask {mask.shape} differ in shape")
@@ -577,7 +586,12 @@ def normalise(intensity: np.ndarray, mask: np.ndarray, config: NormaliseConfig =
         )
         hi = lo + 1.0
     gain = np.float32(config.high_value / (hi - lo))
-    out = (intensity.astype(np.float32, copy=False) - np.float32(lo)) * gain
+    if out is None:
+        out = np.subtract(intensity.astype(np.float32, copy=False), np.float32(lo))
+    else:
+        np.subtract(intensity, np.float32(lo), out=out)
+    # In place: a second full-size float32 temporary would add ~50 MB to the peak of a film.
+    np.multiply(out, gain, out=out)
     np.clip(out, 0.0, 1.0, out=out)
     out[~mask] = 0.0
     return out
@@ -602,7 +616,10 @@ def normalised_stored(m: Mammogram, *, assumed_input_spacing_mm: float = 0.05) -
     spacing, _ = _input_spacing(m, assumed_input_spacing_mm)
     intensity = monochrome2_intensity(m)
     mask = breast_mask(intensity, spacing)
-    return normalise(intensity, mask), mask
+    # The intensity image is this function's own (never the caller's pixels): normalise it in
+    # place, so a film's peak holds one full-size float32 image instead of three.
+    own = intensity.dtype == np.float32 and not np.shares_memory(intensity, m.pixels)
+    return normalise(intensity, mask, out=intensity if own else None), mask
 
 
 # ----------------------------------------------------------------------------------------
