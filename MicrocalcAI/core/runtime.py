@@ -80,8 +80,8 @@ def _keep_freed_memory(arenas: int) -> bool:
     glibc gives threads their own arenas (up to 8 per core); with the raised thresholds each
     arena keeps the large blocks its threads freed, so every ONNX Runtime / OpenMP worker and
     the batch's prefetch thread ended up holding its own copy of the feature maps and image
-    buffers: measured on ``microcalcai detect`` over the 8 CBIS films, 1.78 GB peak with
-    glibc's default arena count against 1.49 GB with two (docs/performance.md).
+    buffers: measured on ``microcalcai detect`` over the 8 CBIS films, 1738 MiB peak with
+    glibc's default arena count against 1458 MiB with two (docs/performance.md).
     """
     name = ctypes.util.find_library("c")
     if not name:
