@@ -22,6 +22,8 @@ against the reference eager path (the model exactly as loaded, before
 :mod:`MicrocalcAI.core.runtime`), interleaved in one process, and the check that both, and the
 CLI's JSON, give the same findings (boxes within 1 px, same class, scores within 0.01).
 ``--levers`` adds one row per speed lever (detect only, before/after in the same process).
+Per set it also prints what the CLI spends besides the network, in a fresh process per round:
+importing the detect path, loading the model, and per image writing the JSON and the overlay.
 
     python benchmarks/bench_speed.py                     # 3 runs, all sets, ~15 min on 2 idle cores
     python benchmarks/bench_speed.py --runs 5 --json out/speed.json --levers
@@ -258,6 +260,44 @@ def worker_stages(files: list[str], spacing: Optional[float], runs: int) -> dict
     return result
 
 
+def worker_overheads(files: list[str], spacing: Optional[float], runs: int, cli_out: str) -> dict:
+    """What ``microcalcai detect`` spends besides the network, in this fresh process: importing
+    the detect path, loading the model (export cached), and per image writing its JSON and
+    overlay PNG (the findings the CLI wrote in ``cli_out``, redrawn ``runs`` times)."""
+    start = time.perf_counter()
+    import MicrocalcAI.cli.detect  # noqa: F401 - what the CLI imports before any work
+    import MicrocalcAI.core.detect.run  # noqa: F401 - torch, torchvision
+    from MicrocalcAI.core.batch import output_names
+    from MicrocalcAI.core.pipeline import Analyzer
+
+    imported = time.perf_counter()
+    Analyzer(device="cpu")
+    loaded = time.perf_counter()
+    from MicrocalcAI.core.outputs.findings_json import load_image_json, write_image_json
+    from MicrocalcAI.core.outputs.overlay import write_overlay
+    from MicrocalcAI.core.read import read_mammogram
+    from MicrocalcAI.core.standardise import normalised_stored
+
+    json_s, overlay_s = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        for f, name in zip(files, output_names([Path(f) for f in files])):
+            findings = load_image_json(Path(cli_out) / f"{name}.json")
+            stored01, _ = normalised_stored(read_mammogram(f, spacing_mm=spacing))
+            for _ in range(runs):
+                t = time.perf_counter()
+                write_image_json(findings, scratch)
+                json_s.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                write_overlay(findings, stored01, scratch)
+                overlay_s.append(time.perf_counter() - t)
+    return {
+        "import_s": imported - start,
+        "model_load_s": loaded - imported,
+        "json_s": statistics.median(json_s),
+        "overlay_s": statistics.median(overlay_s),
+    }
+
+
 def worker_levers(files: list[str], spacing: Optional[float], runs: int, configure: bool) -> dict:
     """detect() only, one variant per lever, interleaved; canonical images made beforehand."""
     import copy
@@ -419,6 +459,13 @@ def bench_set(name: str, info: dict, runs: int, work: Path, levers: bool) -> dic
     print(f"  ratio cli/(a) {fmt(ratio_a, 'x')}   ratio cli/(b) {fmt(ratio_b, 'x')}")
     print(f"  detect process: peak {peak:.0f} MB, cores busy {cpu_busy:.2f}, system time {sys_share:.0%} of CPU")
 
+    over = [run_worker("overheads", info["files"], spacing, 1, ["--cli-out", str(out_dir)]) for _ in range(runs)]
+    overheads = {k: spread([o[k] for o in over]) for k in ("import_s", "model_load_s", "json_s", "overlay_s")}
+    print(
+        f"  cli besides the network: imports {fmt(overheads['import_s'])}, model load {fmt(overheads['model_load_s'])}"
+        f" (once per process); per image JSON {fmt(overheads['json_s'])}, overlay PNG {fmt(overheads['overlay_s'])}"
+    )
+
     stages = run_worker("stages", info["files"], spacing, runs)
     stage_names = ("read", "standardise", "detect", "findings", "total")
     table = {}
@@ -454,6 +501,7 @@ def bench_set(name: str, info: dict, runs: int, work: Path, levers: bool) -> dic
         "cores_busy": cpu_busy,
         "system_share": sys_share,
         "stages_s_per_image": table,
+        "cli_overheads_s": overheads,
         "findings_same": not mismatches,
         "mismatches": mismatches,
         "raw": {"cli": cli, "paper": [p["per_image_s"] for p in paper], "whole": [w["per_image_s"] for w in whole]},
@@ -490,7 +538,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--levers", action="store_true", help="also time each speed lever (detect only)")
     parser.add_argument("--quick", action="store_true", help="1 run, 2 images per set: a smoke test")
     # Worker mode (internal): one measurement in a fresh process, JSON on the last stdout line.
-    parser.add_argument("--worker", choices=["paper", "whole", "stages", "levers"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["paper", "whole", "stages", "levers", "overheads"], help=argparse.SUPPRESS)
+    parser.add_argument("--cli-out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--files", nargs="*", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--spacing", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--configure", action="store_true", help=argparse.SUPPRESS)
@@ -499,6 +548,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.worker:
         if args.worker == "levers":
             out = worker_levers(args.files, args.spacing, args.runs, args.configure)
+        elif args.worker == "overheads":
+            out = worker_overheads(args.files, args.spacing, args.runs, args.cli_out)
         else:
             out = {"paper": worker_paper, "whole": worker_whole, "stages": worker_stages}[args.worker](
                 args.files, args.spacing, args.runs

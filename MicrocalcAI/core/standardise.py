@@ -17,7 +17,8 @@ that, in this order:
    :class:`~MicrocalcAI.core.records.CanonicalTransform` so that every canonical coordinate maps
    back to stored pixels.
 
-Everything here is numpy / scipy / scikit-image / SimpleITK; no torch, no GUI.
+Everything here is numpy / scipy / scikit-image (SimpleITK only for the ``nearest`` and
+``bspline`` upsampling options); no torch, no GUI.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from MicrocalcAI.core.errors import InputError, NotAMammogramError, SpacingError
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform, Mammogram
+from MicrocalcAI.core.resample import SEPARABLE_INTERPOLATORS, resample_separable
 from MicrocalcAI.core.spacing import check_spacing
 
 #: Spacings standardisation will resample from (mm): wider than the reader's plausible range,
@@ -548,7 +549,13 @@ def chest_wall_on_left(mask: np.ndarray) -> bool:
 # ----------------------------------------------------------------------------------------
 
 
-def normalise(intensity: np.ndarray, mask: np.ndarray, config: NormaliseConfig = NormaliseConfig()) -> np.ndarray:
+def normalise(
+    intensity: np.ndarray,
+    mask: np.ndarray,
+    config: NormaliseConfig = NormaliseConfig(),
+    *,
+    out: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """Map the breast's grey values to [0, 1] from its own histogram (float32, stored frame).
 
     Mapping: ``(I - p_low) / (p_high - p_low) * high_value``, clipped to [0, 1], with
@@ -557,9 +564,12 @@ def normalise(intensity: np.ndarray, mask: np.ndarray, config: NormaliseConfig =
     fixed windows nor whole-image extremes, are what make a film scan, a For-Presentation and
     a -log For-Processing image of one breast land in the same range: each is (close to) an
     increasing affine function of attenuation, and a robust affine normalisation cancels that.
-    Background outside the mask is 0.
+    Background outside the mask is 0. ``out`` (float32, the shape of ``intensity``, possibly
+    ``intensity`` itself) receives the result instead of a new array.
     """
     intensity = np.asarray(intensity)
+    if out is not None and (out.dtype != np.float32 or out.shape != intensity.shape):
+        raise InputError(f"out must be a float32 array of shape {intensity.shape}, got {out.dtype} {out.shape}")
     mask = np.asarray(mask, dtype=bool)
     if intensity.shape != mask.shape:
         raise InputError(f"image {intensity.shape} and mask {mask.shape} differ in shape")
@@ -576,7 +586,12 @@ def normalise(intensity: np.ndarray, mask: np.ndarray, config: NormaliseConfig =
         )
         hi = lo + 1.0
     gain = np.float32(config.high_value / (hi - lo))
-    out = (intensity.astype(np.float32, copy=False) - np.float32(lo)) * gain
+    if out is None:
+        out = np.subtract(intensity.astype(np.float32, copy=False), np.float32(lo))
+    else:
+        np.subtract(intensity, np.float32(lo), out=out)
+    # In place: a second full-size float32 temporary would add ~50 MB to the peak of a film.
+    np.multiply(out, gain, out=out)
     np.clip(out, 0.0, 1.0, out=out)
     out[~mask] = 0.0
     return out
@@ -601,7 +616,10 @@ def normalised_stored(m: Mammogram, *, assumed_input_spacing_mm: float = 0.05) -
     spacing, _ = _input_spacing(m, assumed_input_spacing_mm)
     intensity = monochrome2_intensity(m)
     mask = breast_mask(intensity, spacing)
-    return normalise(intensity, mask), mask
+    # The intensity image is this function's own (never the caller's pixels): normalise it in
+    # place, so a film's peak holds one full-size float32 image instead of three.
+    own = intensity.dtype == np.float32 and not np.shares_memory(intensity, m.pixels)
+    return normalise(intensity, mask, out=intensity if own else None), mask
 
 
 # ----------------------------------------------------------------------------------------
@@ -689,27 +707,55 @@ def _stored_region(
 #: interpolation is a low-pass filter that lowers a speck's peak; nearest keeps the peak but
 #: makes 1.5x upsampling jagged; the windowed sinc keeps the peak and the shape.
 DEFAULT_UPSAMPLING = "lanczos"
+#: name -> SimpleITK interpolator (attribute of ``SimpleITK``). ``linear`` and ``lanczos`` run
+#: in :mod:`MicrocalcAI.core.resample` (equal to SimpleITK's result to float32 rounding, several
+#: times faster); the others through SimpleITK, imported only then.
 UPSAMPLING_INTERPOLATORS = {
-    "linear": sitk.sitkLinear,
-    "nearest": sitk.sitkNearestNeighbor,
-    "bspline": sitk.sitkBSpline,
-    "lanczos": sitk.sitkLanczosWindowedSinc,
+    "linear": "sitkLinear",
+    "nearest": "sitkNearestNeighbor",
+    "bspline": "sitkBSpline",
+    "lanczos": "sitkLanczosWindowedSinc",
 }
 
 
+def _resample_sitk(
+    region: np.ndarray,
+    origin_px: tuple[int, int],
+    transform: CanonicalTransform,
+    interpolator: str,
+) -> np.ndarray:
+    """The reference implementation: SimpleITK's ``Resample`` of ``region`` on the canonical grid."""
+    import SimpleITK as sitk
+
+    sr, sc = transform.scale
+    y0, x0 = origin_px
+    image = sitk.GetImageFromArray(region)
+    image.SetSpacing((sc, sr))
+    image.SetOrigin(((x0 + 0.5) * sc, (y0 + 0.5) * sr))
+    out_r, out_c = transform.canonical_shape
+    v0, u0 = transform.offset
+    reference = sitk.Image(int(out_c), int(out_r), sitk.sitkFloat32)
+    reference.SetSpacing((1.0, 1.0))
+    reference.SetOrigin((u0 + 0.5, v0 + 0.5))
+    kind = getattr(sitk, UPSAMPLING_INTERPOLATORS[interpolator])
+    out = sitk.Resample(image, reference, sitk.Transform(), kind, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
 def _resample_image(
-    image01: np.ndarray, transform: CanonicalTransform, upsampling: str = DEFAULT_UPSAMPLING
+    image01: np.ndarray, transform: CanonicalTransform, upsampling: str = DEFAULT_UPSAMPLING, *, reference: bool = False
 ) -> np.ndarray:
     """Sample the stored image on the canonical grid: anti-aliased when downsampling.
 
     Physical space is the flipped, scaled frame of :class:`CanonicalTransform` (x'', y'').
-    SimpleITK puts a pixel's *centre* at its origin, so stored pixel i (covering [i, i+1)) has
-    its centre at (i + 0.5) * scale and canonical pixel k at offset + k + 0.5: exactly the
+    As in SimpleITK, a pixel's *centre* is at its origin, so stored pixel i (covering [i, i+1))
+    has its centre at (i + 0.5) * scale and canonical pixel k at offset + k + 0.5: exactly the
     transform's convention. Anti-aliasing when downsampling by a factor f = 1 / scale is a
     Gaussian of sigma (f - 1) / 2 stored pixels (the rule of scikit-image's ``rescale``): it
     removes what the coarser grid cannot represent while keeping calcification-sized detail;
     then linear interpolation. Upsampling (an input coarser than the canonical spacing) is not
     smoothed and uses the ``upsampling`` interpolator (:data:`UPSAMPLING_INTERPOLATORS`).
+    ``reference`` resamples through SimpleITK whatever the interpolator (tests compare).
     """
     sr, sc = transform.scale
     sigma = (max(0.0, (1.0 / sr - 1.0) / 2.0), max(0.0, (1.0 / sc - 1.0) / 2.0))
@@ -719,18 +765,15 @@ def _resample_image(
     if sigma[0] > 0 or sigma[1] > 0:
         # scipy's separable filter is twice as fast as SimpleITK's DiscreteGaussian here.
         region = ndi.gaussian_filter(region, sigma=sigma, mode="nearest", truncate=3.0)
-    image = sitk.GetImageFromArray(region)
-    image.SetSpacing((sc, sr))
-    image.SetOrigin(((x0 + 0.5) * sc, (y0 + 0.5) * sr))
-    out_r, out_c = transform.canonical_shape
-    v0, u0 = transform.offset
-    reference = sitk.Image(int(out_c), int(out_r), sitk.sitkFloat32)
-    reference.SetSpacing((1.0, 1.0))
-    reference.SetOrigin((u0 + 0.5, v0 + 0.5))
     upsample = min(sr, sc) > 1.0 + 1e-9
-    interpolator = UPSAMPLING_INTERPOLATORS[upsampling] if upsample else sitk.sitkLinear
-    out = sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
+    interpolator = upsampling if upsample else "linear"
+    if reference or interpolator not in SEPARABLE_INTERPOLATORS:
+        return _resample_sitk(region, (y0, x0), transform, interpolator)
+    # Canonical centre offset + k + 0.5 is at continuous region index (offset + k + 0.5) / scale
+    # - (first stored pixel + 0.5), as SimpleITK computes it from the two grids' origins.
+    v0, u0 = transform.offset
+    first = (((v0 + 0.5) - (y0 + 0.5) * sr) / sr, ((u0 + 0.5) - (x0 + 0.5) * sc) / sc)
+    return resample_separable(region, transform.canonical_shape, first, (1.0 / sr, 1.0 / sc), interpolator)
 
 
 def _resample_mask(mask: np.ndarray, transform: CanonicalTransform) -> np.ndarray:

@@ -42,10 +42,10 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torchvision.ops import nms
 
 from MicrocalcAI.core.detect.manifest import MERGE_FLOOR
 from MicrocalcAI.core.detect.tiling import tile_rects
+from MicrocalcAI.core.detect.vision import nms
 from MicrocalcAI.core.records import Detection
 
 __all__ = [

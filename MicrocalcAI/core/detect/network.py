@@ -48,18 +48,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import mobilenet_v2
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops import boxes as box_ops
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from MicrocalcAI.core.detect.manifest import CLASSES
+from MicrocalcAI.core.detect.vision import (
+    AnchorGenerator,
+    BackboneWithFPN,
+    FasterRCNN,
+    FastRCNNPredictor,
+    GeneralizedRCNNTransform,
+    LastLevelMaxPool,
+    MultiScaleRoIAlign,
+    RoIHeads,
+    TwoMLPHead,
+    box_ops,
+    mobilenet_v2,
+    resnet_fpn_backbone,
+)
 from MicrocalcAI.core.errors import ModelError
 
 __all__ = [

@@ -36,8 +36,14 @@ def _font(size_px: int) -> Any:
 
 
 def _grey_overlay_base(stored01: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    grey = np.clip(np.nan_to_num(np.asarray(stored01, dtype=np.float32)), 0.0, 1.0)
-    img = Image.fromarray(np.round(grey * 255).astype(np.uint8))
+    # One float32 copy worked on in place: a film's stored image is ~50 MB, and four
+    # temporaries of that size (nan_to_num, clip, * 255, round) set the batch's memory peak.
+    grey = np.nan_to_num(np.asarray(stored01, dtype=np.float32), copy=True)
+    np.clip(grey, 0.0, 1.0, out=grey)
+    np.multiply(grey, np.float32(255), out=grey)
+    np.round(grey, out=grey)
+    img = Image.fromarray(grey.astype(np.uint8))
+    del grey
     if img.size != size:
         img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     return img.convert("RGB")
