@@ -24,7 +24,16 @@ from MicrocalcAI.core.findings.risk import image_risk
 from MicrocalcAI.core.findings.specks import SpeckConfig
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.core.read import read_mammogram, user_overrides
-from MicrocalcAI.core.records import CanonicalImage, Detection, ImageFindings, Lesion, Mammogram, ModelInfo, Risk
+from MicrocalcAI.core.records import (
+    CanonicalImage,
+    Detection,
+    ImageFindings,
+    Lesion,
+    Mammogram,
+    ModelInfo,
+    OodCheck,
+    Risk,
+)
 from MicrocalcAI.core.standardise import DEFAULT_UPSAMPLING, normalised_stored, standardise
 
 __all__ = ["Analyzer", "PreparedImage", "Source", "analyse", "effective_spacing", "file_fingerprint"]
@@ -223,13 +232,17 @@ class Analyzer:
         # Stage sum, not wall time since reading: in a batch the image was prepared ahead.
         timings = {**prepared.timings_s, **clock.timings}
         timings["total"] = sum(timings.values())
+        # The out-of-distribution check (None: the model ships no OOD reference); a flagged
+        # check makes the image risk "indeterminate" (core.findings.risk).
+        ood: Optional[OodCheck] = None
         findings = _image_findings(
             prepared.mammogram,
             name=name or _default_name(prepared.mammogram),
             spacing=prepared.spacing,
             spacing_source=prepared.spacing_source,
             lesions=lesions,
-            risk=image_risk(lesions, self.spec.risk_categories),
+            risk=image_risk(lesions, self.spec.risk_categories, ood),
+            ood=ood,
             model=self.model_info,
             score_threshold=score_threshold,
             warnings=prepared.warnings,
@@ -313,6 +326,7 @@ def _image_findings(
     score_threshold: float,
     warnings: list[str],
     timings: dict[str, float],
+    ood: Optional[OodCheck] = None,
 ) -> ImageFindings:
     """The findings record: the input's identity and metadata, plus what was found."""
     return ImageFindings(
@@ -338,6 +352,7 @@ def _image_findings(
         score_threshold=score_threshold,
         warnings=warnings,
         timings_s={k: round(v, 4) for k, v in timings.items()},
+        ood=ood,
         input_fingerprint=file_fingerprint(mammogram.source) if mammogram.source else None,
     )
 
