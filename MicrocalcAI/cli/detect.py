@@ -169,7 +169,7 @@ def _print_summary(result, out: Path) -> None:
     if unlike:
         print(
             f"\n{len(unlike)} image(s) unlike the model's training data: risk 'indeterminate' "
-            "(probability shown, but the model cannot vouch for it; reasons in each JSON's \"ood\" block):"
+            "(probability shown, but the model cannot vouch for it; reasons in the ood block of each JSON):"
         )
         for f in unlike:
             print(f"  {f.name}: OOD score {f.ood.score:.2f} >= {f.ood.threshold:.2f}  {'; '.join(f.ood.reasons)}")
