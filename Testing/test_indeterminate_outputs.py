@@ -233,3 +233,24 @@ def test_report_shows_a_warning_box_and_the_indeterminate_category(tmp_path):
     mlo_only = write_exam_reports([mlo], tmp_path / "plain", spec=spec, formats=("html",))
     plain = mlo_only.written[0].read_text(encoding="utf-8")
     assert 'class="unlike"' not in plain and "indeterminate" not in plain
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_detect_summary_lists_the_images_unlike_the_training_data(capsys, tmp_path):
+    from MicrocalcAI.cli.detect import _print_summary
+    from MicrocalcAI.core.batch import BatchResult
+
+    spec = model_spec()
+    images = [_flagged("L_CC", laterality="L"), image_findings("L_MLO", laterality="L", view="MLO")]
+    breasts = breast_findings(images, spec.risk_categories)
+    result = BatchResult(images=images, analysed=["a", "b"], breasts=breasts,
+                         exams=exam_findings(breasts, spec.risk_categories))  # fmt: skip
+    _print_summary(result, tmp_path)
+    text = capsys.readouterr().out
+    assert "1 image(s) unlike the model's training data" in text
+    assert "L_CC: OOD score 7.50 >= 5.00" in text and images[0].ood.reasons[0] in text
+    assert text.count("indeterminate") >= 4  # image, breast and exam rows, and the note
+    _print_summary(BatchResult(images=images[1:], analysed=["b"]), tmp_path)
+    assert "unlike" not in capsys.readouterr().out
