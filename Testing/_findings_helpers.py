@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory
-from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk, Speck
+from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, OodCheck, Risk, Speck
 
 
 def synthetic_mammogram_patch(
@@ -115,22 +115,42 @@ def image_findings(
     spec: Optional[ModelSpec] = None,
     shape: tuple[int, int] = (120, 90),
     spacing: tuple[float, float] = (0.1, 0.1),
+    ood: Optional[OodCheck] = None,
 ) -> ImageFindings:
-    """Findings of one image; ``p`` is its risk probability unless ``lesions`` are given."""
+    """Findings of one image; ``p`` is its risk probability unless ``lesions`` are given.
+
+    With a flagged ``ood`` the category is "indeterminate", as the engine's rule makes it.
+    """
+    from MicrocalcAI.core.findings.risk import INDETERMINATE, image_probability
+
     spec = spec or model_spec()
     lesions = lesions if lesions is not None else []
     if lesions:
-        p = max(les.p_malignant for les in lesions)
+        p = image_probability(lesions)
+    category = INDETERMINATE if ood is not None and ood.flagged else spec.category(p)
     return ImageFindings(
         source=f"/data/{name}.dcm", name=name, image_shape=shape, spacing_mm=spacing,
         spacing_source="ImagerPixelSpacing", photometric="MONOCHROME2", laterality=laterality,
         laterality_source="ImageLaterality", view=view, view_source="ViewCodeSequence",
         presentation_intent="FOR PRESENTATION", patient_id=patient, study_uid=study,
         series_uid=None if study is None else study + ".1", sop_uid=None if study is None else f"{study}.1.{name}",
-        manufacturer="ACME", lesions=lesions, risk=Risk(p, spec.category(p)), model=model_info(),
+        manufacturer="ACME", lesions=lesions, risk=Risk(p, category), model=model_info(),
         score_threshold=0.3, warnings=["spacing assumed"] if spacing[0] != spacing[1] else [],
-        timings_s={"detect": 1.25, "total": 2.5},
+        timings_s={"detect": 1.25, "total": 2.5}, ood=ood,
     )  # fmt: skip
+
+
+def ood_check(flagged: bool = True, score: float = 7.5, threshold: float = 5.0) -> OodCheck:
+    """An out-of-distribution check as the OOD stage would report it (built by hand: the
+    records are plain dataclasses, so the outputs can be tested without that stage)."""
+    reasons = ["noise level 3.1x the training range at this grey level", "finest detail blurred (sharpness 0.21)"]
+    return OodCheck(
+        score=score,
+        threshold=threshold,
+        flagged=flagged,
+        reasons=reasons if flagged else [],
+        measurements={"spacing_mm": 0.05, "noise_ratio": 3.1, "sharpness": 0.21, "feature_distance": 7.5},
+    )
 
 
 def assert_findings_equal(a: ImageFindings, b: ImageFindings) -> None:

@@ -25,7 +25,7 @@ if str(MODULE_DIR) not in sys.path:
 from _findings_helpers import model_spec  # noqa: E402
 
 from MicrocalcAI.core.detect.manifest import ModelSpec  # noqa: E402
-from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk, Speck  # noqa: E402
+from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, OodCheck, Speck  # noqa: E402
 
 
 def new_scene() -> Any:
@@ -193,15 +193,18 @@ def make_findings(
     patient_id: Optional[str] = "P1",
     study_uid: Optional[str] = "1.2.3",
     model_spec: Optional[ModelSpec] = None,
+    ood: Optional[OodCheck] = None,
 ) -> ImageFindings:
+    from MicrocalcAI.core.findings.risk import image_risk
+
     s = model_spec or spec()
-    p = max((les.p_malignant for les in lesions), default=0.0)
+    risk = image_risk(lesions, s.risk_categories, ood)
     return ImageFindings(
         source=None, name=name, image_shape=shape, spacing_mm=spacing, spacing_source="user", photometric="MONOCHROME2",
         laterality=laterality, laterality_source="user", view=view, view_source="user", presentation_intent=None,
         patient_id=patient_id, study_uid=study_uid, series_uid=None, sop_uid=None, manufacturer=None,
-        lesions=list(lesions), risk=Risk(p, s.category(p)),
-        model=ModelInfo(s.name, s.version, s.sha256, s.backbone, s.spacing_mm), score_threshold=threshold,
+        lesions=list(lesions), risk=risk,
+        model=ModelInfo(s.name, s.version, s.sha256, s.backbone, s.spacing_mm), score_threshold=threshold, ood=ood,
     )  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _findings_helpers import image_findings, lesion, model_spec
+from _findings_helpers import image_findings, lesion, model_spec, ood_check
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,7 +27,7 @@ def test_drops_lesions_below_the_threshold_renumbers_and_recomputes_risk():
         (2, "malignant", 0.6),
     ]
     assert shown.score_threshold == 0.65
-    assert (shown.risk.probability, shown.risk.category) == (0.9, "biopsy")
+    assert (shown.risk.probability, shown.risk.category) == (pytest.approx(0.8 * 0.9), "biopsy")
     none = rethreshold(f, 0.85, SPEC.risk_categories)
     assert none.lesions == [] and (none.risk.probability, none.risk.category) == (0.0, "routine")
 
@@ -41,7 +41,11 @@ def test_risk_uses_the_categories_given_not_the_stored_ones():
 def test_input_is_not_modified():
     f = _findings()
     rethreshold(f, 0.75, SPEC.risk_categories)
-    assert [les.id for les in f.lesions] == [1, 2, 3] and f.score_threshold == 0.3 and f.risk.probability == 0.9
+    assert (
+        [les.id for les in f.lesions] == [1, 2, 3]
+        and f.score_threshold == 0.3
+        and f.risk.probability == pytest.approx(0.72)
+    )
 
 
 def test_a_lower_threshold_cannot_bring_back_lesions_never_reported():
@@ -64,3 +68,14 @@ def test_rethresholding_twice_is_rethresholding_once_at_the_higher_threshold(a, 
     once = rethreshold(f, max(a, b), SPEC.risk_categories)
     assert [(les.id, les.score) for les in twice.lesions] == [(les.id, les.score) for les in once.lesions]
     assert twice.risk == once.risk and twice.score_threshold == once.score_threshold
+
+
+@pytest.mark.parametrize("threshold", [None, 0.65, 0.85])
+def test_an_image_unlike_the_training_data_stays_indeterminate_at_every_threshold(threshold):
+    lesions = [lesion(1, "malignant", 0.9), lesion(2, "benign", 0.3)]
+    f = image_findings("R_CC", lesions=lesions, spec=SPEC, ood=ood_check(flagged=True))
+    shown = rethreshold(f, threshold, SPEC.risk_categories)
+    assert shown.risk.category == "indeterminate" and shown.ood is f.ood
+    assert shown.risk.probability == pytest.approx(0.72 if threshold != 0.85 else 0.0)
+    passed = image_findings("R_CC", lesions=lesions, spec=SPEC, ood=ood_check(flagged=False))
+    assert rethreshold(passed, threshold, SPEC.risk_categories).risk.category != "indeterminate"

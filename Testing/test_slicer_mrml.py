@@ -361,13 +361,64 @@ def test_breast_and_exam_risk_combine_the_views_of_the_scene():
         DisplayOptions(threshold=0.1),
     )
     risks = scene_lib.scene_risks(scene, cc)
-    assert risks.image.risk.probability == pytest.approx(0.40)
-    assert risks.breast.risk.probability == pytest.approx(0.87)  # max of its CC and MLO
+    assert risks.image.risk.probability == pytest.approx(0.55 * 0.40)  # score * P(malignant)
+    assert risks.breast.risk.probability == pytest.approx(0.92 * 0.87)  # max of its CC and MLO
     assert risks.breast.risk.category == "high" and sorted(risks.breast.image_names) == ["rcc", "rmlo"]
-    assert risks.exam.risk.probability == pytest.approx(0.87)
+    assert risks.exam.risk.probability == pytest.approx(0.92 * 0.87)
     left_risks = scene_lib.scene_risks(scene, left)
     assert left_risks.breast.risk.probability == 0.0 and left_risks.breast.risk.category == "low"
     assert scene_lib.scene_risks(scene, add_volume(scene, np.zeros(SHAPE, dtype=np.int16))) is None
+
+
+def _unlike_training(flagged: bool = True):
+    from MicrocalcAI.core.records import OodCheck
+
+    return OodCheck(score=8.0, threshold=5.0, flagged=flagged, reasons=["noise 3x the training range"] if flagged else [],
+                    measurements={"noise_ratio": 3.0})  # fmt: skip
+
+
+def test_an_image_unlike_the_training_data_is_indeterminate_in_the_panel_and_the_table():
+    scene = new_scene()
+    cc = add_volume(scene, np.zeros(SHAPE, dtype=np.int16), name="R CC")
+    mlo = add_volume(scene, np.zeros(SHAPE, dtype=np.int16), name="R MLO")
+    mapping = PixelMapping.identity(SHAPE)
+    les = standard_lesions()
+    unsure = make_findings(les[:1], SHAPE, name="rcc", ood=_unlike_training())
+    assert unsure.risk.category == "indeterminate"
+    scene_lib.write_results(scene, cc, unsure, mapping, spec(), DisplayOptions(threshold=0.1))
+    readable = make_findings(les[2:], SHAPE, name="rmlo", view="MLO", ood=_unlike_training(False))
+    nodes = scene_lib.write_results(scene, mlo, readable, mapping, spec(), DisplayOptions(threshold=0.1))
+    assert nodes.table.GetAttribute("MicrocalcAI.OodFlagged") == "false"
+
+    risks = scene_lib.scene_risks(scene, cc)  # read back from the findings JSON in the scene
+    assert risks.image.ood == unsure.ood
+    assert (risks.image.risk.category, risks.image.risk.probability) == ("indeterminate", pytest.approx(0.92 * 0.87))
+    assert risks.breast.risk.category == "indeterminate" and risks.breast.indeterminate_images == ["rcc"]
+    assert risks.exam.risk.category == "indeterminate" and risks.exam.indeterminate_images == ["rcc"]
+    warnings = scene_lib.risk_warnings(risks)
+    assert len(warnings) == 1 and "unlike the model's training data" in warnings[0]
+    assert "noise 3x the training range" in warnings[0]
+    table = scene_lib.current_result_nodes(scene, cc).table
+    assert table.GetAttribute("MicrocalcAI.ImageRiskCategory") == "indeterminate"
+    assert table.GetAttribute("MicrocalcAI.OodFlagged") == "true"
+    assert float(table.GetAttribute("MicrocalcAI.OodScore")) == 8.0
+
+    # The readable view sees why its breast is indeterminate.
+    mlo_risks = scene_lib.scene_risks(scene, mlo)
+    assert mlo_risks.image.risk.category != "indeterminate"
+    assert any("rests on rcc" in w for w in scene_lib.risk_warnings(mlo_risks))
+    # The threshold slider re-scores the risk but cannot make the image readable.
+    scene_lib.update_display(scene, cc, DisplayOptions(threshold=0.95))
+    risks = scene_lib.scene_risks(scene, cc)
+    assert risks.image.lesions == [] and risks.image.risk.category == "indeterminate"
+    assert scene_lib.risk_colour("indeterminate") == scene_lib.RISK_COLOURS["indeterminate"]
+
+
+def test_panel_has_no_confidence_warning_without_an_ood_check():
+    scene, volume, *_ = _scene_with_results()
+    risks = scene_lib.scene_risks(scene, volume)
+    assert risks.image.ood is None and scene_lib.risk_warnings(risks) == []
+    assert scene_lib.current_result_nodes(scene, volume).table.GetAttribute("MicrocalcAI.OodFlagged") is None
 
 
 # --------------------------------------------------------------------------------- volume -> Mammogram

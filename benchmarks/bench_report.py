@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     images = [load_image_json(p) for p in sorted(args.outdir.glob("*.json"))]
     spec = resolve_model(images[0].model.name)
-    units = exam_images(images, exam_findings(breast_findings(images, spec), spec))
+    units = exam_images(images, exam_findings(breast_findings(images, spec.risk_categories), spec.risk_categories))
     print(
         f"{'exam':36s} {'views':>5s} {'lesions':>7s} {'re-read':>8s} {'pictures':>8s} {'html':>6s} {'pdf':>6s}"
         f" {'html MB':>7s} {'pdf MB':>6s}  (median of {args.repeats}, seconds)"

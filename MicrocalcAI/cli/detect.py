@@ -165,6 +165,14 @@ def _print_summary(result, out: Path) -> None:
         print(f"\n{'exam (patient)':40s} {'p(cancer)':>9s}  category")
         for e in result.exams:
             print(f"{(e.patient_id or '?')[:40]:40s} {e.risk.probability:9.3f}  {e.risk.category}")
+    unlike = [f for f in result.images if f.ood is not None and f.ood.flagged]
+    if unlike:
+        print(
+            f"\n{len(unlike)} image(s) unlike the model's training data: risk 'indeterminate' "
+            "(probability shown, but the model cannot vouch for it; reasons in the ood block of each JSON):"
+        )
+        for f in unlike:
+            print(f"  {f.name}: OOD score {f.ood.score:.2f} >= {f.ood.threshold:.2f}  {'; '.join(f.ood.reasons)}")
     if result.overlays:
         print("\noverlays:")
         for name in sorted(result.overlays):

@@ -242,19 +242,21 @@ class Analyzer:
         # Stage sum, not wall time since reading: in a batch the image was prepared ahead.
         timings = {**prepared.timings_s, **clock.timings}
         timings["total"] = sum(timings.values())
+        # ``ood`` (None: the model ships no OOD reference): a flagged check makes the image
+        # risk "indeterminate" (core.findings.risk).
         findings = _image_findings(
             prepared.mammogram,
             name=name or _default_name(prepared.mammogram),
             spacing=prepared.spacing,
             spacing_source=prepared.spacing_source,
             lesions=lesions,
-            risk=image_risk(lesions, self.spec.risk_categories),
+            risk=image_risk(lesions, self.spec.risk_categories, ood),
+            ood=ood,
             model=self.model_info,
             score_threshold=score_threshold,
             warnings=prepared.warnings,
             timings=timings,
         )
-        findings.ood = ood
         progress(1.0, "done")
         return findings, prepared.stored01
 
@@ -386,6 +388,7 @@ def _image_findings(
     score_threshold: float,
     warnings: list[str],
     timings: dict[str, float],
+    ood: Optional[OodCheck] = None,
 ) -> ImageFindings:
     """The findings record: the input's identity and metadata, plus what was found."""
     return ImageFindings(
@@ -411,6 +414,7 @@ def _image_findings(
         score_threshold=score_threshold,
         warnings=warnings,
         timings_s={k: round(v, 4) for k, v in timings.items()},
+        ood=ood,
         input_fingerprint=file_fingerprint(mammogram.source) if mammogram.source else None,
     )
 

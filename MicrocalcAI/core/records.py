@@ -277,6 +277,9 @@ class BreastFindings:
     views: list[Optional[str]]
     risk: Risk
     warnings: list[str] = field(default_factory=list)
+    #: Names of this breast's images flagged as unlike the training data ("indeterminate"),
+    #: whatever the breast's category: the user sees which images the result rests on.
+    indeterminate_images: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -287,3 +290,5 @@ class ExamFindings:
     study_uid: Optional[str]
     breasts: list[BreastFindings]
     risk: Risk
+    #: Names of the exam's images flagged as unlike the training data (see BreastFindings).
+    indeterminate_images: list[str] = field(default_factory=list)

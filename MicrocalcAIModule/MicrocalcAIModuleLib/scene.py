@@ -73,6 +73,7 @@ __all__ = [
     "result_nodes_of",
     "results_folder",
     "risk_colour",
+    "risk_warnings",
     "scene_risks",
     "set_class_visibility",
     "shown_findings",
@@ -104,8 +105,14 @@ DISPLAY_ROLES = (ROLE_LESION, ROLE_SPECKS, ROLE_TABLE)
 
 #: Class colours (RGB 0-1), the same as the engine's overlay PNG: red malignant, yellow benign.
 CLASS_COLOURS: dict[str, tuple[float, float, float]] = {"malignant": (1.0, 0.0, 0.0), "benign": (1.0, 1.0, 0.0)}
-#: Risk category colours for the panel (hex), unknown categories grey.
-RISK_COLOURS: dict[str, str] = {"low": "#2e7d32", "intermediate": "#ef6c00", "high": "#c62828"}
+#: Risk category colours for the panel (hex), unknown categories grey; "indeterminate" (an
+#: image unlike the model's training data) purple, as in the report.
+RISK_COLOURS: dict[str, str] = {
+    "low": "#2e7d32",
+    "intermediate": "#ef6c00",
+    "high": "#c62828",
+    "indeterminate": "#6a1b9a",
+}
 SEGMENTS_PER = ("lesion", "class")
 
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -640,6 +647,10 @@ def create_lesion_table(scene: Any, volume: Any, findings: Any, rois: Sequence[A
     table_node.SetAttribute("MicrocalcAI.ImageRisk", f"{findings.risk.probability:.6f}")
     table_node.SetAttribute("MicrocalcAI.ImageRiskCategory", findings.risk.category)
     table_node.SetAttribute("MicrocalcAI.ScoreThreshold", f"{findings.score_threshold:.6f}")
+    if findings.ood is not None:  # the out-of-distribution check, when the model has one
+        table_node.SetAttribute("MicrocalcAI.OodScore", f"{findings.ood.score:.6f}")
+        table_node.SetAttribute("MicrocalcAI.OodThreshold", f"{findings.ood.threshold:.6f}")
+        table_node.SetAttribute("MicrocalcAI.OodFlagged", "true" if findings.ood.flagged else "false")
     table_node.Modified()
     subject_hierarchy_item(scene, table_node, folder)
     return table_node
@@ -826,3 +837,28 @@ def scene_risks(scene: Any, volume: Any) -> Optional[SceneRisks]:
     breast = breasts[keys.index(breast_key(images[me], me))]
     exam = next((e for e in exams if any(b is breast for b in e.breasts)), exams[0])
     return SceneRisks(image=images[me], breast=breast, exam=exam, images=images, breasts=breasts, exams=exams)
+
+
+def risk_warnings(risks: SceneRisks) -> list[str]:
+    """What the risk panel must say about confidence, one sentence each (empty when all is
+    well): the image is unlike the training data, or its breast or exam rests on such an image.
+    """
+    out: list[str] = []
+    ood = risks.image.ood
+    if ood is not None and ood.flagged:
+        why = f": {'; '.join(ood.reasons)}" if ood.reasons else ""
+        out.append(
+            f"This image is unlike the model's training data (out-of-distribution score {ood.score:.2f}, "
+            f"flagged from {ood.threshold:.2f}){why}. Its risk is indeterminate; the probability is shown "
+            "but the model cannot vouch for it."
+        )
+    for level, group in (("breast", risks.breast), ("exam", risks.exam)):
+        others = [n for n in group.indeterminate_images if n != risks.image.name]
+        if group.risk.category == "indeterminate" and others:
+            out.append(f"The {level} risk is indeterminate: it rests on {', '.join(others)}, unlike the training data.")
+        elif group.indeterminate_images and group.risk.category != "indeterminate":
+            out.append(
+                f"The {level} risk ({group.risk.category}) is decided by its readable views; "
+                f"{', '.join(group.indeterminate_images)} could not be assessed."
+            )
+    return out

@@ -6,6 +6,7 @@ analysis, MRML nodes and risks are the Logic's, the rest of this Lib's and the e
 This file needs the Slicer application (Qt), so it is checked inside Slicer only.
 """
 
+import html
 import logging
 import os
 import traceback
@@ -303,9 +304,12 @@ class MicrocalcAIPanel(VTKObservationMixin):
             risks = None
         table = self.ui.lesionTableWidget
         table.setRowCount(0)
+        warning_label = self.ui.riskWarningLabel
         if risks is None:
             for label in (self.ui.imageRiskLabel, self.ui.breastRiskLabel, self.ui.examRiskLabel):
                 label.text = "-"
+            warning_label.text = ""
+            warning_label.visible = False
             return
         image = risks.image
         views = ", ".join(v or "?" for v in risks.breast.views)
@@ -316,6 +320,12 @@ class MicrocalcAIPanel(VTKObservationMixin):
             risks.breast.risk, f" &nbsp; {risks.breast.laterality or '?'} breast, views: {views}"
         )
         self.ui.examRiskLabel.text = self._riskText(risks.exam.risk, f" &nbsp; {len(risks.exam.breasts)} breast(s)")
+        warnings = scene_lib.risk_warnings(risks)
+        colour = scene_lib.risk_colour("indeterminate")
+        warning_label.text = "<br>".join(
+            f'<span style="color:{colour}"><b>&#9888;</b> {html.escape(w)}</span>' for w in warnings
+        )
+        warning_label.visible = bool(warnings)
         nodes = scene_lib.current_result_nodes(slicer.mrmlScene, volume)
         rois = nodes.rois if nodes else []
         table.setRowCount(len(image.lesions))

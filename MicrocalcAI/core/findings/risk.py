@@ -1,9 +1,17 @@
 """Cancer risk per image, per breast and per exam (study), from the lesions found.
 
-Image: the highest ``p_malignant`` among its lesions (the caller has already dropped lesions
-below the score threshold). An image with no lesion gets probability 0.0: the model found
-nothing suspicious at its operating threshold. That is "no finding", not a calibrated
-statement that cancer is impossible.
+The rules and the reasons for them are in docs/confidence.md ("Risk"); in short:
+
+Image: the highest ``score * p_malignant`` among its reported lesions (the caller has
+already dropped lesions below the score threshold). With calibrated values (the detection
+stage applies the model's calibration) ``score`` is the probability that the mark is a
+calcification lesion at all and ``p_malignant`` the probability that such a lesion is
+malignant, so the product is the probability that this mark is a malignant cluster. Taking
+the product rather than ``p_malignant`` alone means a low-confidence mark (dust, film grain)
+cannot make an image "high" by itself. An image with no lesion gets 0.0: the model found
+nothing suspicious at its operating threshold ("no finding", not "cancer is impossible").
+An image whose out-of-distribution check is flagged (:class:`~MicrocalcAI.core.records.OodCheck`)
+gets the category :data:`INDETERMINATE`; its probability is still computed and reported.
 
 Breast: the views (CC, MLO, ...) of one side of one study. The default ``combine="max"``
 takes the highest image probability, because CC and MLO are two projections of the *same*
@@ -12,6 +20,12 @@ breast and usually show the *same* lesion: treating them as independent evidence
 breast with two views. ``"noisy_or"`` is offered for studies of that choice.
 
 Exam: the highest breast probability of the study.
+
+Indeterminate parts: a breast with an indeterminate image is indeterminate unless its other
+(readable) images alone already reach the model's highest category (a confident positive is
+not hidden by an unreadable view); an exam with an indeterminate breast likewise. The
+probability is always the rule above over *all* parts; only the category changes. Breasts
+and exams list the indeterminate images they rest on, whatever their category.
 
 Categories come from the model's operating points (``ModelSpec.risk_categories``), passed in
 by the caller, never from constants here, so a recalibrated model ships its own thresholds.
@@ -28,40 +42,72 @@ from typing import Optional
 
 from MicrocalcAI.core.detect.manifest import RiskCategory, category_for
 from MicrocalcAI.core.errors import MicrocalcAIError
-from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings, Lesion, Risk
+from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings, Lesion, OodCheck, Risk
 
 __all__ = [
     "COMBINE_METHODS",
+    "INDETERMINATE",
     "LATERALITIES",
     "RiskOptionError",
     "breast_findings",
     "breast_key",
     "combine_probabilities",
     "exam_findings",
+    "image_probability",
     "image_risk",
+    "is_indeterminate",
 ]
 
 log = logging.getLogger(__name__)
 
 COMBINE_METHODS = ("max", "noisy_or")
 LATERALITIES = ("L", "R")
+#: Category of an image the model cannot vouch for (unlike its training data), and of the
+#: breasts and exams that rest on such an image without a confident positive elsewhere.
+INDETERMINATE = "indeterminate"
 
 
 class RiskOptionError(MicrocalcAIError, ValueError):
     """An unknown risk-combination option was requested."""
 
 
-def _risk(probability: float, categories: Sequence[RiskCategory]) -> Risk:
+def _checked(probability: float) -> float:
     p = float(probability)
     if not (0.0 <= p <= 1.0) or math.isnan(p):
         raise MicrocalcAIError(f"probability {probability} is outside [0, 1]")
+    return p
+
+
+def _risk(probability: float, categories: Sequence[RiskCategory]) -> Risk:
+    p = _checked(probability)
     return Risk(probability=p, category=category_for(p, categories))
 
 
-def image_risk(lesions: Sequence[Lesion], categories: Sequence[RiskCategory]) -> Risk:
-    """Risk of one image: the most suspicious lesion decides (0.0 when there is none)."""
-    p = max((float(les.p_malignant) for les in lesions), default=0.0)
+def _top_category(categories: Sequence[RiskCategory]) -> str:
+    """The model's highest category (largest ``min_probability``)."""
+    if not categories:
+        raise MicrocalcAIError("no risk categories given: a model's manifest entry defines at least one")
+    return max(categories, key=lambda c: c.min_probability).name
+
+
+def image_probability(lesions: Sequence[Lesion]) -> float:
+    """Probability of one image: the highest ``score * p_malignant`` (0.0 without lesions)."""
+    return _checked(max((float(les.score) * float(les.p_malignant) for les in lesions), default=0.0))
+
+
+def image_risk(lesions: Sequence[Lesion], categories: Sequence[RiskCategory], ood: Optional[OodCheck] = None) -> Risk:
+    """Risk of one image: the most suspicious lesion decides; a flagged ``ood`` check makes
+    the category :data:`INDETERMINATE` (the probability is kept)."""
+    p = image_probability(lesions)
+    if ood is not None and ood.flagged:
+        return Risk(probability=p, category=INDETERMINATE)
     return _risk(p, categories)
+
+
+def is_indeterminate(image: ImageFindings) -> bool:
+    """Whether an image counts as indeterminate: its OOD check is flagged, or its category
+    says so (findings read back from an SR keep the category but may lack the check)."""
+    return bool(image.ood is not None and image.ood.flagged) or image.risk.category == INDETERMINATE
 
 
 def combine_probabilities(probabilities: Sequence[float], combine: str = "max") -> float:
@@ -76,6 +122,27 @@ def combine_probabilities(probabilities: Sequence[float], combine: str = "max") 
     for p in probabilities:
         keep *= 1.0 - float(p)
     return float(1.0 - keep)
+
+
+def _combined_risk(
+    probabilities: Sequence[float],
+    indeterminate: Sequence[bool],
+    categories: Sequence[RiskCategory],
+    combine: str,
+) -> Risk:
+    """The risk of a group (breast or exam) whose parts may be indeterminate.
+
+    Probability: ``combine`` over all parts. Category: from the readable parts alone when
+    they reach the highest category, else indeterminate as soon as one part is.
+    """
+    p = _checked(combine_probabilities(probabilities, combine))
+    if not any(indeterminate):
+        return _risk(p, categories)
+    readable = [q for q, unsure in zip(probabilities, indeterminate) if not unsure]
+    top = _top_category(categories)
+    if readable and category_for(combine_probabilities(readable, combine), categories) == top:
+        return Risk(probability=p, category=top)
+    return Risk(probability=p, category=INDETERMINATE)
 
 
 def _laterality(image: ImageFindings) -> Optional[str]:
@@ -122,7 +189,7 @@ def breast_findings(
             warnings.append(
                 "no study UID: images were grouped by patient ID and side, so repeated exams of one patient are merged"
             )
-        p = combine_probabilities([m.risk.probability for m in members], combine)
+        unsure = [is_indeterminate(m) for m in members]
         breasts.append(
             BreastFindings(
                 patient_id=first.patient_id,
@@ -130,8 +197,9 @@ def breast_findings(
                 laterality=lat,
                 image_names=[m.name for m in members],
                 views=[m.view for m in members],
-                risk=_risk(p, categories),
+                risk=_combined_risk([m.risk.probability for m in members], unsure, categories, combine),
                 warnings=warnings,
+                indeterminate_images=[m.name for m, u in zip(members, unsure) if u],
             )
         )
     return breasts
@@ -141,7 +209,8 @@ def exam_findings(breasts: Sequence[BreastFindings], categories: Sequence[RiskCa
     """Group breasts into exams (patient, study) and take the highest breast risk.
 
     Breasts with neither patient nor study form an exam of their own each, for the same
-    reason as in :func:`breast_key`.
+    reason as in :func:`breast_key`. An indeterminate breast enters as an indeterminate
+    image enters a breast (module docstring).
     """
     groups: dict[tuple[Hashable, ...], list[BreastFindings]] = {}
     for index, breast in enumerate(breasts):
@@ -155,7 +224,13 @@ def exam_findings(breasts: Sequence[BreastFindings], categories: Sequence[RiskCa
             patient_id=members[0].patient_id,
             study_uid=members[0].study_uid,
             breasts=members,
-            risk=_risk(max(b.risk.probability for b in members), categories),
+            risk=_combined_risk(
+                [b.risk.probability for b in members],
+                [b.risk.category == INDETERMINATE for b in members],
+                categories,
+                "max",
+            ),
+            indeterminate_images=[name for b in members for name in b.indeterminate_images],
         )
         for members in groups.values()
     ]

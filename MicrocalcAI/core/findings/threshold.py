@@ -28,7 +28,8 @@ def rethreshold(
 
     Lesions scoring below the threshold are dropped, the rest renumbered from 1 in their
     original order and the image risk recomputed with ``categories`` (the model's risk
-    categories). A threshold below the one the findings were made at cannot bring back
+    categories) and the findings' own out-of-distribution check (a flagged image stays
+    "indeterminate" at every threshold). A threshold below the one the findings were made at cannot bring back
     lesions that were never reported, so the findings' own threshold is used instead;
     ``None`` means that threshold. The input is not modified.
     """
@@ -37,4 +38,4 @@ def rethreshold(
     t = findings.score_threshold if threshold is None else max(float(threshold), float(findings.score_threshold))
     kept = [les for les in findings.lesions if les.score >= t]
     kept = [replace(les, id=i + 1) for i, les in enumerate(kept)]
-    return replace(findings, lesions=kept, risk=image_risk(kept, categories), score_threshold=float(t))
+    return replace(findings, lesions=kept, risk=image_risk(kept, categories, findings.ood), score_threshold=float(t))

@@ -24,9 +24,10 @@ from MicrocalcAI import __version__
 from MicrocalcAI.core.atomic import atomic_write_text
 from MicrocalcAI.core.errors import OutputError, UnreadableFileError
 from MicrocalcAI.core.outputs.paths import PathLike, output_path
-from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, Risk, Speck
+from MicrocalcAI.core.records import ImageFindings, Lesion, ModelInfo, OodCheck, Risk, Speck
 
 __all__ = [
+    "READABLE_SCHEMA_VERSIONS",
     "SCHEMA_VERSION",
     "TOOL_NAME",
     "dumps_readable",
@@ -34,13 +35,18 @@ __all__ = [
     "findings_to_json",
     "load_image_json",
     "mask_to_rle",
+    "ood_from_json",
+    "ood_to_json",
     "rle_to_mask",
     "write_image_json",
 ]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.0"
+#: 1.1 added the ``"ood"`` block (out-of-distribution check) and the "indeterminate" category.
+SCHEMA_VERSION = "1.1"
+#: Versions :func:`findings_from_json` reads: 1.0 files have no ``"ood"`` (read as None).
+READABLE_SCHEMA_VERSIONS = ("1.0", SCHEMA_VERSION)
 TOOL_NAME = "MicrocalcAI"
 
 
@@ -105,6 +111,35 @@ def _lesion_to_json(lesion: Lesion) -> dict[str, Any]:
     }
 
 
+def ood_to_json(ood: Optional[OodCheck]) -> Optional[dict[str, Any]]:
+    """The ``"ood"`` block: None (JSON null) when the model ships no OOD reference."""
+    if ood is None:
+        return None
+    return {
+        "score": float(ood.score),
+        "threshold": float(ood.threshold),
+        "flagged": bool(ood.flagged),
+        "reasons": [str(r) for r in ood.reasons],
+        "measurements": {str(k): float(v) for k, v in ood.measurements.items()},
+    }
+
+
+def ood_from_json(d: Optional[dict[str, Any]]) -> Optional[OodCheck]:
+    """Inverse of :func:`ood_to_json`."""
+    if d is None:
+        return None
+    flagged = d["flagged"]
+    if not isinstance(flagged, bool):
+        raise TypeError(f"ood.flagged must be true or false, got {flagged!r}")
+    return OodCheck(
+        score=float(d["score"]),
+        threshold=float(d["threshold"]),
+        flagged=flagged,
+        reasons=[str(r) for r in d["reasons"]],
+        measurements={str(k): float(v) for k, v in d["measurements"].items()},
+    )
+
+
 def findings_to_json(f: ImageFindings, *, created: Optional[datetime] = None) -> dict[str, Any]:
     """The JSON document of one image (see ``docs/output-format.md``)."""
     created = created or datetime.now(timezone.utc)
@@ -141,6 +176,7 @@ def findings_to_json(f: ImageFindings, *, created: Optional[datetime] = None) ->
         "score_threshold": float(f.score_threshold),
         "lesions": [_lesion_to_json(les) for les in f.lesions],
         "risk": {"probability": float(f.risk.probability), "category": f.risk.category},
+        "ood": ood_to_json(f.ood),
         "warnings": [str(w) for w in f.warnings],
         "timings_s": {str(k): float(v) for k, v in f.timings_s.items()},
     }
@@ -212,10 +248,13 @@ def _lesion_from_json(d: dict[str, Any]) -> Lesion:
 
 
 def findings_from_json(doc: dict[str, Any]) -> ImageFindings:
-    """Rebuild :class:`ImageFindings` from a JSON document of the current schema version."""
-    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
+    """Rebuild :class:`ImageFindings` from a JSON document of a readable schema version
+    (:data:`READABLE_SCHEMA_VERSIONS`; a 1.0 document has no OOD check: ``ood`` is None)."""
+    if not isinstance(doc, dict) or doc.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         version = doc.get("schema_version") if isinstance(doc, dict) else None
-        raise UnreadableFileError(f"findings JSON has schema_version {version!r}, expected {SCHEMA_VERSION!r}")
+        raise UnreadableFileError(
+            f"findings JSON has schema_version {version!r}, expected one of {list(READABLE_SCHEMA_VERSIONS)}"
+        )
     try:
         inp, model, risk = doc["input"], doc["model"], doc["risk"]
         return ImageFindings(
@@ -248,6 +287,7 @@ def findings_from_json(doc: dict[str, Any]) -> ImageFindings:
             score_threshold=float(doc["score_threshold"]),
             warnings=[str(w) for w in doc["warnings"]],
             timings_s={str(k): float(v) for k, v in doc["timings_s"].items()},
+            ood=ood_from_json(doc["ood"]) if doc["schema_version"] != "1.0" else None,
         )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         raise UnreadableFileError(f"findings JSON is malformed: {type(exc).__name__}: {exc}") from exc

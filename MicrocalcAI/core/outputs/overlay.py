@@ -19,12 +19,22 @@ from MicrocalcAI.core.errors import OutputError
 from MicrocalcAI.core.outputs.paths import PathLike, output_path
 from MicrocalcAI.core.records import ImageFindings, Lesion
 
-__all__ = ["CLASS_COLOURS", "SPECK_COLOUR", "TEXT_BACKGROUND", "render_overlay", "write_overlay"]
+__all__ = [
+    "CLASS_COLOURS",
+    "OOD_COLOUR",
+    "SPECK_COLOUR",
+    "TEXT_BACKGROUND",
+    "ood_warning_lines",
+    "render_overlay",
+    "write_overlay",
+]
 
 #: Overlay colours (RGB): boxes by class, speck outlines, label text background.
 CLASS_COLOURS = {"malignant": (255, 0, 0), "benign": (255, 255, 0)}
 SPECK_COLOUR = (0, 255, 255)
 TEXT_BACKGROUND = (0, 0, 0)
+#: Colour of the "unlike the training data" warning (magenta: unlike any box or risk colour).
+OOD_COLOUR = (255, 64, 255)
 
 
 def _font(size_px: int) -> Any:
@@ -80,6 +90,18 @@ def _draw_label(
     draw.text(xy, text, fill=colour, font=font)
 
 
+def ood_warning_lines(f: ImageFindings) -> list[str]:
+    """The overlay's warning for an image flagged as unlike the training data (else none)."""
+    if f.ood is None or not f.ood.flagged:
+        return []
+    lines = [
+        f"WARNING: image unlike the training data (OOD score {f.ood.score:.2f} >= {f.ood.threshold:.2f})",
+        "risk is INDETERMINATE: the model cannot vouch for these marks",
+    ]
+    lines += [f"  - {reason}" for reason in f.ood.reasons]
+    return lines
+
+
 def render_overlay(f: ImageFindings, stored01: np.ndarray, *, max_size: int = 2048) -> Image.Image:
     """The overlay as a Pillow RGB image (see :func:`write_overlay`)."""
     image = np.asarray(stored01)
@@ -122,6 +144,7 @@ def render_overlay(f: ImageFindings, stored01: np.ndarray, *, max_size: int = 20
         legend.append((f"WARNING: pixel spacing unknown, assumed {f.spacing_mm[1]:g} mm", (255, 160, 0)))
     if f.warnings:
         legend.append((f"{len(f.warnings)} warning(s): see {f.name}.json", (255, 160, 0)))
+    legend += [(text, OOD_COLOUR) for text in ood_warning_lines(f)]
     y = 4.0
     for text, colour in legend:
         _draw_label(draw, (6.0, y), text, colour, font)

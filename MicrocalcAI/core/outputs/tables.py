@@ -1,5 +1,9 @@
 """The batch CSV tables: one row per image, per breast and per exam.
 
+The ``ood_*`` image columns are empty when the model ships no out-of-distribution reference;
+``ood_flagged`` is ``true``/``false`` otherwise. Breasts and exams list the images flagged as
+unlike the training data that they rest on (``indeterminate_images``).
+
 Headers are written even for an empty batch, so a script reading the tables never has to
 special-case "nothing analysed".
 """
@@ -23,12 +27,15 @@ IMAGE_COLUMNS = (
     "name", "source", "patient_id", "study_uid", "series_uid", "sop_uid", "laterality", "view",
     "n_lesions", "n_malignant", "n_specks", "probability", "category", "spacing_row_mm", "spacing_col_mm",
     "spacing_source", "model", "model_version", "score_threshold", "n_warnings", "warnings",
+    "ood_score", "ood_threshold", "ood_flagged", "ood_reasons",
 )  # fmt: skip
 BREAST_COLUMNS = (
     "patient_id", "study_uid", "laterality", "images", "views", "n_images", "probability", "category", "warnings",
+    "indeterminate_images",
 )  # fmt: skip
 EXAM_COLUMNS = (
     "patient_id", "study_uid", "lateralities", "images", "n_images", "probability", "category",
+    "indeterminate_images",
 )  # fmt: skip
 
 #: Separator inside one CSV cell that lists several values (image names, views, warnings).
@@ -75,6 +82,10 @@ def _image_row(f: ImageFindings) -> dict[str, Any]:
         "score_threshold": float(f.score_threshold),
         "n_warnings": len(f.warnings),
         "warnings": LIST_SEPARATOR.join(f.warnings),
+        "ood_score": None if f.ood is None else float(f.ood.score),
+        "ood_threshold": None if f.ood is None else float(f.ood.threshold),
+        "ood_flagged": None if f.ood is None else ("true" if f.ood.flagged else "false"),
+        "ood_reasons": None if f.ood is None else LIST_SEPARATOR.join(f.ood.reasons),
     }
 
 
@@ -89,6 +100,7 @@ def _breast_row(b: BreastFindings) -> dict[str, Any]:
         "probability": float(b.risk.probability),
         "category": b.risk.category,
         "warnings": LIST_SEPARATOR.join(b.warnings),
+        "indeterminate_images": LIST_SEPARATOR.join(b.indeterminate_images),
     }
 
 
@@ -102,6 +114,7 @@ def _exam_row(e: ExamFindings) -> dict[str, Any]:
         "n_images": len(names),
         "probability": float(e.risk.probability),
         "category": e.risk.category,
+        "indeterminate_images": LIST_SEPARATOR.join(e.indeterminate_images),
     }
 
 

@@ -143,6 +143,14 @@ UNIT_NONE = _ucum("1", "no units")
 RISK_CATEGORY = CodedConcept("risk-category", PRIVATE_SCHEME, "Cancer risk category")
 
 
+#: Code values of the categories whose ``risk-<name>`` would exceed the 16 characters of a
+#: DICOM code value (SH): "indeterminate" is the category of an image unlike the training
+#: data (MicrocalcAI.core.findings.risk.INDETERMINATE).
+_RISK_CATEGORY_VALUES = {"indeterminate": "risk-indeterm"}
+
+
 def risk_category_code(category: str) -> CodedConcept:
-    """The coded value of a risk category (``low``, ``intermediate``, ``high``, ...)."""
-    return CodedConcept(f"risk-{category}"[:16], PRIVATE_SCHEME, category)
+    """The coded value of a risk category (``low``, ``intermediate``, ``high``,
+    ``indeterminate``, ...); the code meaning is the category name, as read back."""
+    value = _RISK_CATEGORY_VALUES.get(category, f"risk-{category}"[:16])
+    return CodedConcept(value, PRIVATE_SCHEME, category)

@@ -5,16 +5,21 @@ TID 4019 (CAD SR) and TID 4019 as used by TID 1500 (Algorithm Identification) al
 canonical spacing), the score threshold, and the input description the run used (stored
 image shape, pixel spacing and its source, laterality and view and where they came from),
 and the run's warnings (one ``warning=`` line each), which an SR has no standard place for
-but a reader needs to rebuild the findings.
+but a reader needs to rebuild the findings. When the model ran its out-of-distribution
+check, its result follows as ``ood_score``, ``ood_threshold``, ``ood_flagged`` and one
+``ood_reason=`` line per reason (``ood_measurement=<name>:<value>`` for its measurements),
+so that an SR alone says the image was "indeterminate" and why.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from MicrocalcAI.core.records import ImageFindings
+from MicrocalcAI.core.records import ImageFindings, OodCheck
 
-__all__ = ["algorithm_parameters", "parse_algorithm_parameters"]
+__all__ = ["algorithm_parameters", "ood_from_parameters", "parse_algorithm_parameters"]
+
+_REPEATED = ("warning", "ood_reason", "ood_measurement")
 
 
 def _text(value: object) -> str:
@@ -40,6 +45,14 @@ def algorithm_parameters(f: ImageFindings) -> list[str]:
         ("risk_category", f.risk.category),
         *[("warning", w) for w in f.warnings],
     ]
+    if f.ood is not None:
+        pairs += [
+            ("ood_score", repr(float(f.ood.score))),
+            ("ood_threshold", repr(float(f.ood.threshold))),
+            ("ood_flagged", "true" if f.ood.flagged else "false"),
+            *[("ood_reason", r) for r in f.ood.reasons],
+            *[("ood_measurement", f"{k}:{float(v)!r}") for k, v in f.ood.measurements.items()],
+        ]
     return [f"{key}={value}" for key, value in pairs]
 
 
@@ -53,6 +66,37 @@ def parse_algorithm_parameters(texts: list[str]) -> tuple[dict[str, Optional[str
             continue
         if key.strip() == "warning":
             warnings.append(value)
+        elif key.strip() in _REPEATED:
+            continue  # read by ood_from_parameters
         else:
             out[key.strip()] = value if value != "" else None
     return out, warnings
+
+
+def ood_from_parameters(texts: list[str]) -> Optional[OodCheck]:
+    """The out-of-distribution check written by :func:`algorithm_parameters`, or None when
+    the SR has none (the model shipped no OOD reference, or an older MicrocalcAI wrote it)."""
+    values: dict[str, str] = {}
+    reasons: list[str] = []
+    measurements: dict[str, float] = {}
+    for text in texts:
+        key, sep, value = str(text).partition("=")
+        key = key.strip()
+        if not sep:
+            continue
+        if key == "ood_reason":
+            reasons.append(value)
+        elif key == "ood_measurement":
+            name, _, number = value.rpartition(":")
+            measurements[name] = float(number)
+        elif key in ("ood_score", "ood_threshold", "ood_flagged"):
+            values[key] = value
+    if "ood_score" not in values:
+        return None
+    return OodCheck(
+        score=float(values["ood_score"]),
+        threshold=float(values.get("ood_threshold", "nan")),
+        flagged=values.get("ood_flagged") == "true",
+        reasons=reasons,
+        measurements=measurements,
+    )

@@ -30,10 +30,11 @@ from scipy import ndimage as ndi
 
 from MicrocalcAI.core.errors import UnreadableFileError
 from MicrocalcAI.core.findings.lesions import box_to_mm
+from MicrocalcAI.core.findings.risk import image_probability
 from MicrocalcAI.core.findings.specks import box_window
 from MicrocalcAI.core.outputs.dicom import codes
 from MicrocalcAI.core.outputs.dicom.cad_sr import MAMMOGRAPHY_CAD_SR_STORAGE
-from MicrocalcAI.core.outputs.dicom.parameters import parse_algorithm_parameters
+from MicrocalcAI.core.outputs.dicom.parameters import ood_from_parameters, parse_algorithm_parameters
 from MicrocalcAI.core.outputs.dicom.scoords import polyline_box
 from MicrocalcAI.core.outputs.dicom.seg import SEG_CLASSES
 from MicrocalcAI.core.outputs.dicom.tid1500 import IMAGE_GROUP_IDENTIFIER, speck_group_identifier
@@ -351,8 +352,8 @@ def read_sr(path: PathLike, *, seg: Optional[Union[PathLike, Dataset]] = None) -
         warnings.append(NO_SPECK_SIZES_WARNING)
     if sizes_incomplete:
         warnings.append(MERGED_SPECKS_WARNING)
-    if risk_p is None:  # the CAD SR has no image risk item: our rule, the highest p_malignant
-        risk_p = max((les.p_malignant for les in lesions), default=0.0)
+    if risk_p is None:  # the CAD SR has no image risk item: the engine's image rule
+        risk_p = image_probability(lesions)
     name = raw[0]["name"] if raw else None
     version = raw[0]["version"] if raw else None
     return ImageFindings(
@@ -383,4 +384,5 @@ def read_sr(path: PathLike, *, seg: Optional[Union[PathLike, Dataset]] = None) -
         ),
         score_threshold=float(params.get("score_threshold") or "nan"),
         warnings=warnings,
+        ood=ood_from_parameters(parameter_texts),
     )

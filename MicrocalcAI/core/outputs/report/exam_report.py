@@ -1,7 +1,8 @@
 """One visual report per exam: a self-contained HTML page and a PDF rendered from it.
 
 The report is for people who would rather look than read: page 1 hangs the views with their
-marks and shows the image, breast and exam risk in colour; then a close-up of every lesion;
+marks and shows the image, breast and exam risk in colour, with a warning box above them
+when a view is unlike the model's training data (its risk is then "indeterminate"); then a close-up of every lesion;
 then warnings, the model (name, version, training data) and the research-use notice.
 
 The HTML embeds every picture as a ``data:`` URI and its style inline, so the single file
@@ -26,7 +27,7 @@ from MicrocalcAI import __version__
 from MicrocalcAI.core.atomic import atomic_write_bytes, atomic_write_text
 from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
 from MicrocalcAI.core.errors import MicrocalcAIError, ModelError
-from MicrocalcAI.core.findings.risk import breast_findings, exam_findings
+from MicrocalcAI.core.findings.risk import INDETERMINATE, breast_findings, exam_findings
 from MicrocalcAI.core.outputs.findings_json import SCHEMA_VERSION, load_image_json
 from MicrocalcAI.core.outputs.report.hanging import ExamImages, exam_images, side_name, view_label
 from MicrocalcAI.core.outputs.report.pictures import data_uri, lesion_crop, load_view, view_picture
@@ -59,7 +60,8 @@ NOT_FOR_CLINICAL_USE = (
 )
 
 #: Colours of the risk categories a model may name; other names are coloured by their rank.
-CATEGORY_COLOURS = {"low": "#2e7d32", "intermediate": "#ef6c00", "high": "#c62828"}
+#: "indeterminate" (an image unlike the training data) is purple: no rank, not a low or high.
+CATEGORY_COLOURS = {"low": "#2e7d32", "intermediate": "#ef6c00", "high": "#c62828", INDETERMINATE: "#6a1b9a"}
 RANK_COLOURS = ("#2e7d32", "#f9a825", "#ef6c00", "#c62828")
 UNKNOWN_COLOUR = "#616161"
 CLASS_CSS = {"malignant": "#c62828", "benign": "#b59a00"}
@@ -128,12 +130,23 @@ def build_context(unit: ExamImages, spec: Optional[ModelSpec], *, created: Optio
     """Everything the template shows for one exam, pictures included (as data URIs)."""
     created = created or datetime.now(timezone.utc)
     views, lesions, warnings = [], [], []
+    unlike: list[dict[str, Any]] = []  # views flagged as unlike the training data
     assumed_spacing = spec.assumed_input_spacing_mm if spec is not None else 0.05
     for f in unit.images:
         pixels = load_view(f, assumed_input_spacing_mm=assumed_spacing)
         label = view_label(f)
         image_warnings = list(dict.fromkeys(list(f.warnings) + pixels.warnings))
         warnings += [{"view": label, "text": w} for w in image_warnings]
+        if f.ood is not None and f.ood.flagged:
+            unlike.append(
+                {
+                    "view": label,
+                    "score": f"{f.ood.score:.2f}",
+                    "threshold": f"{f.ood.threshold:.2f}",
+                    "p": f"{f.risk.probability:.2f}",
+                    "reasons": list(f.ood.reasons),
+                }
+            )
         views.append(
             {
                 "label": label,
@@ -145,6 +158,7 @@ def build_context(unit: ExamImages, spec: Optional[ModelSpec], *, created: Optio
                 "spacing": f"{f.spacing_mm[1]:g}",
                 "n_warnings": len(image_warnings),
                 "mirrored": pixels.mirror,
+                "unlike_training": bool(f.ood is not None and f.ood.flagged),
             }
         )
         for lesion in f.lesions:
@@ -168,6 +182,7 @@ def build_context(unit: ExamImages, spec: Optional[ModelSpec], *, created: Optio
             "side": side_name(b.laterality),
             "views": " + ".join(v or "?" for v in b.views),
             "risk": _risk(b.risk, spec),
+            "indeterminate_images": list(b.indeterminate_images),
         }
         for b in sorted(unit.exam.breasts, key=lambda b: {"R": 0, "L": 1}.get(b.laterality or "", 2))
     ]
@@ -181,7 +196,10 @@ def build_context(unit: ExamImages, spec: Optional[ModelSpec], *, created: Optio
         "views": views,
         "lesions": lesions,
         "warnings": warnings,
-        "categories": _categories(spec),
+        "unlike_training": unlike,
+        "exam_indeterminate": exam.risk.category == INDETERMINATE,
+        "categories": _categories(spec)
+        + ([{"name": INDETERMINATE, "from": None, "colour": CATEGORY_COLOURS[INDETERMINATE]}] if unlike else []),
         "model": _model(unit.images, spec),
         "notice": NOT_FOR_CLINICAL_USE,
         "created": created.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
