@@ -135,6 +135,9 @@ def test_blurred_and_four_bit_images_are_flagged_the_original_is_not(fitted, cbi
         check = results[name].ood
         assert check is not None and check.flagged and check.score >= check.threshold, (name, check)
         assert check.reasons, name
+        # the pipeline hands its check to the risk: a flagged image is indeterminate
+        assert results[name].risk.category == "indeterminate", (name, results[name].risk)
+    assert results["original"].risk.category != "indeterminate"
     assert any("bits" in r for r in results["4-bit"].ood.reasons)
     assert any("sharpness" in r or "noise" in r for r in results["blurred"].ood.reasons)
     assert "ood_statistics" in results["original"].timings_s
