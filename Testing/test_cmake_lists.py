@@ -112,11 +112,13 @@ def test_model_files_named_by_the_manifest_are_installed():
     patterns = re.findall(r"\$\{PROJECT_SOURCE_DIR\}/Resources/Models/(\*\.[A-Za-z0-9]+)", text)
     assert "*.json" in patterns
     for entry in json.loads(manifest.read_text(encoding="utf-8"))["models"]:
-        weights = Path(entry["file"])
-        assert not weights.is_absolute() and weights.parent == Path("."), (
-            f"{weights}: bundled weights must sit next to the manifest"
-        )
-        assert any(weights.match(p) for p in patterns), f"{weights} is not matched by the Models globs {patterns}"
+        # every file an entry names: its weights and, when it ships one, its OOD reference
+        for named in [entry["file"]] + ([entry["ood"]["file"]] if entry.get("ood") else []):
+            path = Path(named)
+            assert not path.is_absolute() and path.parent == Path("."), (
+                f"{path}: bundled model files must sit next to the manifest"
+            )
+            assert any(path.match(p) for p in patterns), f"{path} is not matched by the Models globs {patterns}"
 
 
 def test_extension_metadata_is_complete():

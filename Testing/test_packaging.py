@@ -6,6 +6,7 @@ unpacked package finds its manifest, verifies the default weights' sha256 and re
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -49,6 +50,10 @@ def test_wheel_carries_the_bundled_model_and_schema(wheel):
     assert "MicrocalcAI/py.typed" in names
     assert "MicrocalcAI/_resources/Models/manifest.json" in names
     assert any(n.startswith("MicrocalcAI/_resources/Models/") and n.endswith(".safetensors") for n in names)
+    manifest = json.loads((REPO / "Resources" / "Models" / "manifest.json").read_text(encoding="utf-8"))
+    for entry in manifest["models"]:  # every file a bundled entry names: weights, OOD reference
+        for named in [entry["file"]] + ([entry["ood"]["file"]] if entry.get("ood") else []):
+            assert f"MicrocalcAI/_resources/Models/{named}" in names, f"{named} is not in the wheel"
     assert "MicrocalcAI/_resources/Schemas/findings.schema.json" in names
     data = {  # non-Python files inside the engine (the report's templates) are package data
         p.relative_to(REPO).as_posix()
