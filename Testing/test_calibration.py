@@ -123,8 +123,12 @@ def test_a_part_without_both_outcomes_stays_uncalibrated():
 
 
 def test_manifest_round_trip_and_entries_without_calibration_load_unchanged(tmp_path):
-    bundled = resolve_model(None)
-    assert bundled.calibration is None and bundled.reporting_floor == MERGE_FLOOR
+    old = resolve_model("microcalcai-sim-mobilenet_v2")  # 0.2.1's entry was written without one
+    assert old.calibration is None and old.reporting_floor == MERGE_FLOOR
+    bundled = resolve_model(None)  # the default (0.3.0) ships one, fitted on its validation set
+    assert bundled.calibration is not None and bundled.reporting_floor == pytest.approx(
+        float(bundled.calibration.score(MERGE_FLOOR))
+    )
     cal = Calibration(temperature=1.7, score_a=0.6, score_b=-0.4, fitted_on="sim_val (40 images)")
     spec = replace(tiling_spec(name="calibrated"), calibration=cal)
     plain = tiling_spec(name="plain")
@@ -198,12 +202,14 @@ def test_recalibrate_an_existing_entry_from_a_validation_coco_through_the_cli(tm
     before = bundled_manifest.read_bytes()
     coco = simulate_tiny(tmp_path / "sim", n_images=4, seed=3003)
     out = tmp_path / "models"
-    argv = ["export", "--recalibrate", str(bundled_manifest), "--val", str(coco), "--out", str(out), "--device", "cpu"]
+    plain = "microcalcai-sim-mobilenet_v2"  # the bundled entry without a calibration (0.2.1)
+    argv = ["export", "--recalibrate", str(bundled_manifest), "--name", plain, "--val", str(coco)]
+    argv += ["--out", str(out), "--device", "cpu"]
     assert main([*argv, "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "temperature" in printed and "ECE" in printed
     assert bundled_manifest.read_bytes() == before  # the source manifest is never touched with --out
-    bundled = resolve_model(None)
+    bundled = resolve_model(plain)
     default, specs = load_manifest(out)
     assert default == bundled.name and [s.name for s in specs] == [bundled.name]
     spec = specs[0]

@@ -17,7 +17,7 @@ import pytest
 from _findings_helpers import image_findings, lesion
 from _train_helpers import simulate_tiny
 
-from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory
+from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory, resolve_model
 from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.records import ImageFindings, Lesion
 from MicrocalcAI.evaluation.curves import FROC_RATES, froc_sensitivities, roc_auc, roc_curve
@@ -305,7 +305,8 @@ def test_evaluate_dataset_end_to_end_on_simulated_images(tmp_path):
     assert m["n_images"] == 4 and m["n_images_not_analysed"] == 0
     assert m["lesion_level"]["n_lesions"] == sum(len(x.labels) for x in gt) >= 4
     assert m["score_threshold"] == pytest.approx(report_spec_threshold())
-    assert m["detection"]["froc"]["min_score"] == pytest.approx(0.05)
+    # the sweep starts at the merge floor on the model's (calibrated) score scale
+    assert m["detection"]["froc"]["min_score"] == pytest.approx(resolve_model(None).reporting_floor)
     # the simulator writes one exam of 4 views: R CC, L CC, R MLO, L MLO -> two breasts of two views
     assert m["breast_level"]["n_breasts"] == 2 and m["breast_level"]["n_with_two_or_more_views"] == 2
     assert seen and seen[-1] == 1.0 and all(np.diff(seen) >= 0)

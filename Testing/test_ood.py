@@ -29,6 +29,9 @@ from MicrocalcAI.core.pipeline import Analyzer
 
 # ----------------------------------------------------------------------------- statistics
 
+#: A bundled model without an OOD reference or calibration (0.2.1), for the tests that fit their own.
+PLAIN_MODEL = "microcalcai-sim-mobilenet_v2"
+
 
 def _smooth_breast(shape=(600, 500), seed=0) -> np.ndarray:
     """Smooth tissue-like structure (no pixel-scale noise) in [0.2, 0.8]."""
@@ -88,7 +91,7 @@ def test_bits_used_counts_distinct_values_not_the_container():
 def fitted(cbis_cases, tmp_path_factory):
     """A small reference for the bundled model, fitted here: training-like = crops of the
     films' training views (the model's real backgrounds), threshold on other crops."""
-    analyzer = Analyzer(None, "cpu")
+    analyzer = Analyzer(PLAIN_MODEL, "cpu")
     assert analyzer.ood_reference is None  # 0.2.1 ships none
     train = crops(film(cbis_cases[0]["rcc"]), 3) + crops(film(cbis_cases[1]["lmlo"]), 3)
     val = crops(film(cbis_cases[0]["lmlo"]), 2) + crops(film(cbis_cases[1]["rcc"]), 2)
@@ -107,7 +110,7 @@ def fitted(cbis_cases, tmp_path_factory):
 
 
 def test_model_without_reference_gives_no_ood():
-    findings = Analyzer(None, "cpu").analyse(SAMPLES / "sim_R_CC.dcm")
+    findings = Analyzer(PLAIN_MODEL, "cpu").analyse(SAMPLES / "sim_R_CC.dcm")
     assert findings.ood is None
 
 
@@ -171,7 +174,7 @@ def test_reference_with_wrong_sha256_is_a_clear_model_error(fitted, tmp_path):
 
 def test_reference_of_other_weights_is_refused(fitted, tmp_path):
     _, reference, _, _ = fitted
-    folder = model_folder(tmp_path, resolve_model(None), replace(reference, model_sha256="f" * 64))
+    folder = model_folder(tmp_path, resolve_model(PLAIN_MODEL), replace(reference, model_sha256="f" * 64))
     _, specs = load_manifest(folder)
     with pytest.raises(ModelError, match="fitted for weights"):
         load_reference(specs[0])
@@ -189,8 +192,11 @@ def test_statistics_outside_training_range_flag_without_features(fitted):
 
 def test_manifest_without_ood_block_loads_unchanged():
     _, specs = load_manifest()
-    assert all(s.ood is None for s in specs)
-    assert "ood" not in specs[0].to_json()
+    by_name = {s.name: s for s in specs}
+    assert by_name[PLAIN_MODEL].ood is None  # 0.2.1's entry was written without one
+    assert "ood" not in by_name[PLAIN_MODEL].to_json()
+    shipped = resolve_model(None)  # the default ships its reference; the block round-trips
+    assert shipped.ood is not None and shipped.to_json()["ood"] == shipped.ood
 
 
 def test_cli_fits_a_reference_into_an_existing_manifest(tmp_path):
@@ -203,7 +209,7 @@ def test_cli_fits_a_reference_into_an_existing_manifest(tmp_path):
 
     train = simulate_dataset(tmp_path / "train", realistic_small(n_images=4, seed=21, real_fraction=0.0))
     val = simulate_dataset(tmp_path / "val", realistic_small(n_images=2, seed=22, real_fraction=0.0))
-    spec = resolve_model(None)
+    spec = resolve_model(PLAIN_MODEL)
     folder = tmp_path / "models"
     folder.mkdir()
     entry = spec.to_json() | {"file": str(spec.weights_path.resolve())}
@@ -230,7 +236,7 @@ def test_descriptor_is_the_same_from_the_torch_and_onnx_backbones():
     from MicrocalcAI.core.ood.features import capture_features
     from MicrocalcAI.core.runtime import cached_detector
 
-    analyzer = Analyzer(None, "cpu")
+    analyzer = Analyzer(PLAIN_MODEL, "cpu")
     prepared = analyzer.prepare(SAMPLES / "sim_R_CC.dcm")
     spec = analyzer.spec
     descriptors = {}
