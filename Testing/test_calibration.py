@@ -229,3 +229,34 @@ def test_recalibrate_an_existing_entry_from_a_validation_coco_through_the_cli(tm
     # without --val it is a usage error (exit 2), nothing written
     assert main(["export", "--recalibrate", str(bundled_manifest), "--out", str(tmp_path / "none"), "--quiet"]) == 2
     assert not (tmp_path / "none").exists()
+
+
+def test_recalibrating_into_another_folder_keeps_the_ood_reference_loadable(tmp_path):
+    """The default entry ships an OOD side file: written to another folder, the entry must still
+    find (and verify) it, like its weights, or every analysis with it fails."""
+    from _train_helpers import simulate_tiny
+
+    from MicrocalcAI.core.detect.manifest import verify_weights
+    from MicrocalcAI.core.ood.reference import load_reference
+    from MicrocalcAI.training.calibration_fit import recalibrate_manifest_entry
+
+    shipped = resolve_model(None)
+    assert shipped.ood is not None, "the default model is expected to ship an OOD reference"
+    coco = simulate_tiny(tmp_path / "sim", n_images=2, seed=3003)
+    out = tmp_path / "models"
+    spec, _ = recalibrate_manifest_entry(shipped.folder, coco, name=shipped.name, out_dir=out, device="cpu")
+    _, specs = load_manifest(out)
+    (written,) = specs
+    verify_weights(written)
+    assert load_reference(written) is not None  # found and checksummed from the new folder
+    assert written.ood["sha256"] == shipped.ood["sha256"]
+
+
+def test_recalibrate_refuses_options_it_would_ignore(tmp_path, capsys):
+    from MicrocalcAI.cli import main
+    from MicrocalcAI.core.detect.manifest import default_models_dir
+
+    for extra in (["--ood-train", "train.json"], ["--no-calibration"]):
+        argv = ["export", "--recalibrate", str(default_models_dir()), "--val", "val.json", *extra]
+        assert main(argv) != 0, extra
+        assert f"does not take {extra[0]}" in capsys.readouterr().err, extra

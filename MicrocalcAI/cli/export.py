@@ -113,6 +113,16 @@ def run(args: argparse.Namespace) -> int:
     from MicrocalcAI.training.export import export_model
 
     if args.recalibrate:
+        ignored = [
+            flag
+            for flag, value in (("--ood-train", args.ood_train), ("--no-calibration", args.no_calibration))
+            if value
+        ]
+        if ignored:
+            raise InputError(
+                f"microcalcai export --recalibrate does not take {', '.join(ignored)}; "
+                "fit an OOD reference with `microcalcai ood-reference`"
+            )
         return _recalibrate(args)
     missing = [
         flag

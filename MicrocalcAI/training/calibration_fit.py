@@ -41,12 +41,13 @@ from scipy.optimize import minimize
 
 from MicrocalcAI.core.boxes import hit_matrix
 from MicrocalcAI.core.detect.calibration import Calibration, logit
-from MicrocalcAI.core.detect.manifest import DEFAULT_RISK_CATEGORIES, RiskCategory, load_manifest
+from MicrocalcAI.core.detect.manifest import DEFAULT_RISK_CATEGORIES, MERGE_FLOOR, RiskCategory, load_manifest
 from MicrocalcAI.core.errors import InputError, ModelError
+from MicrocalcAI.core.ood.reference import reference_path
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.core.records import Lesion
 from MicrocalcAI.datasets.coco import MALIGNANT
-from MicrocalcAI.evaluation.curves import calibration_bins
+from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, calibration_bins
 from MicrocalcAI.evaluation.metrics import pool_lesions
 from MicrocalcAI.training.validation import (
     ImageEvaluation,
@@ -353,7 +354,9 @@ def recalibrate_manifest_entry(
         "operating_points": dict(spec.operating_points),
         "risk_categories": [{"name": c.name, "min_probability": c.min_probability} for c in spec.risk_categories],
     }
-    record["validation_at_new_threshold"] = summarise(calibrated, points.score_threshold)
+    record["validation_at_new_threshold"] = summarise(
+        calibrated, points.score_threshold, floor=min(EVAL_MIN_SCORE, float(cal.score(MERGE_FLOOR)))
+    )
     record["operating_point_rule"] = points.rule
     record["other_metrics_note"] = (
         "metrics blocks other than 'calibration' were measured before this calibration, at the score "
@@ -370,7 +373,11 @@ def recalibrate_manifest_entry(
     source = Path(manifest)
     folder = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
     if folder.resolve() != Path(spec.folder or ".").resolve():
+        # written elsewhere: every file the entry names (weights, OOD reference) by absolute path
         new = replace(new, file=str(spec.weights_path.resolve()))
+        ood_file = reference_path(spec)
+        if ood_file is not None and spec.ood is not None:
+            new = replace(new, ood={**spec.ood, "file": str(ood_file.resolve())})
     write_manifest_entry(folder, new, make_default=(default == spec.name) or default is None)
     progress(1.0, f"calibrated {spec.name} on {len(raw)} images")
     new = replace(new, folder=str(folder))

@@ -21,6 +21,7 @@ from MicrocalcAI.core.detect.network import DetectorConfig, select_device
 from MicrocalcAI.core.errors import InputError, ModelError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.datasets.coco import parse_coco
+from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE
 from MicrocalcAI.training.calibration_fit import calibrate_evaluations, choose_operating_points, fit_calibration
 from MicrocalcAI.training.checkpoints import load_checkpoint, model_from_checkpoint
 from MicrocalcAI.training.validation import collect_evaluations, evaluate_coco, summarise
@@ -85,6 +86,8 @@ def export_model(
     for coco in (val_coco, test_coco):  # a bad file must fail before anything is written
         if coco is not None:
             parse_coco(coco)
+    if ood_train_coco and val_coco is None:
+        raise InputError("fitting the OOD reference (ood_train_coco) needs val_coco: its threshold is chosen there")
     if not (
         isinstance(target_fp_per_image, (int, float)) and math.isfinite(target_fp_per_image) and target_fp_per_image > 0
     ):
@@ -126,7 +129,8 @@ def export_model(
             spec.score_threshold = points.score_threshold
             spec.operating_points = points.operating_points
             spec.risk_categories = points.risk_categories
-            metrics["validation"] = summarise(val_evals, spec.score_threshold) | {
+            floor = min(EVAL_MIN_SCORE, spec.reporting_floor)  # the merge floor on the reported scale
+            metrics["validation"] = summarise(val_evals, spec.score_threshold, floor=floor) | {
                 "dataset": str(val_coco),
                 "n_images_refused": len(val_skipped),
             }

@@ -76,9 +76,16 @@ def match_all(evals: Sequence[ImageEvaluation], threshold: float) -> list[ImageM
     return [ev.match(threshold) for ev in evals]
 
 
-def summarise(evals: Sequence[ImageEvaluation], score_threshold: float) -> dict[str, Any]:
-    """Lesion and image metrics at one lesion-score threshold (plus threshold-free FROC)."""
-    return validation_summary(match_all(evals, score_threshold), score_threshold, floor=EVAL_MIN_SCORE)
+def summarise(
+    evals: Sequence[ImageEvaluation], score_threshold: float, floor: float = EVAL_MIN_SCORE
+) -> dict[str, Any]:
+    """Lesion and image metrics at one lesion-score threshold (plus threshold-free FROC).
+
+    ``floor`` is the lowest score the evaluations hold: a calibrated model's is its
+    ``ModelSpec.reporting_floor`` (the merge floor on the calibrated scale), so the FROC here
+    matches the one ``microcalcai evaluate`` reports for the same data.
+    """
+    return validation_summary(match_all(evals, score_threshold), score_threshold, floor=floor)
 
 
 def selection_score(metrics: dict[str, Any]) -> float:
@@ -196,7 +203,7 @@ def evaluate_coco(
         coco_json, spec, model, device, progress=progress, max_images=max_images, skipped=skipped
     )
     threshold = spec.score_threshold if score_threshold is None else float(score_threshold)
-    metrics = summarise(evals, threshold)
+    metrics = summarise(evals, threshold, floor=min(EVAL_MIN_SCORE, spec.reporting_floor))
     metrics["dataset"] = str(coco_json)
     metrics["n_images_refused"] = len(skipped)
     metrics["images_refused"] = skipped
