@@ -282,6 +282,16 @@ def test_rerun_redoes_stale_or_foreign_outputs(tmp_path, analyzer):
     assert run_batch([other], out, analyzer=analyzer, spacing_mm=0.07).analysed
     stricter = Analyzer(device="cpu", score_threshold=0.9)
     assert run_batch([other], out, analyzer=stricter).analysed
+    # outputs written before the model shipped its OOD reference (ood null) are redone
+    assert analyzer.spec.ood is not None
+    assert run_batch([other], out, analyzer=analyzer).analysed  # back to the default threshold
+    written = out / "a.json"
+    doc = json.loads(written.read_text())
+    assert doc["ood"] is not None
+    doc["ood"] = None
+    written.write_text(json.dumps(doc))
+    assert run_batch([other], out, analyzer=analyzer).analysed
+    assert run_batch([other], out, analyzer=analyzer).skipped
 
 
 def test_unusable_output_folder_is_a_clear_error(tmp_path, capsys):
