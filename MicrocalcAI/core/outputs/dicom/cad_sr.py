@@ -46,7 +46,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from MicrocalcAI import __version__
 from MicrocalcAI.core.outputs.dicom import codes
-from MicrocalcAI.core.outputs.dicom.identity import is_deidentified, mark_deidentified, now
+from MicrocalcAI.core.outputs.dicom.identity import MANUFACTURER, is_deidentified, mark_deidentified, now
 from MicrocalcAI.core.outputs.dicom.parameters import algorithm_parameters
 from MicrocalcAI.core.outputs.dicom.scoords import box_centre, box_polyline
 from MicrocalcAI.core.records import ImageFindings, Lesion
@@ -55,7 +55,6 @@ __all__ = ["CAD_SR_SERIES_NUMBER", "DEVICE_OBSERVER_UID", "MAMMOGRAPHY_CAD_SR_ST
 
 MAMMOGRAPHY_CAD_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.50"
 CAD_SR_SERIES_NUMBER = 9901
-MANUFACTURER = "MicrocalcAI"
 
 #: Copied from the source: the Patient and General Study modules (and the type 3 extras).
 _PATIENT_STUDY = (

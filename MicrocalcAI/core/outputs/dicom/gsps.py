@@ -14,9 +14,7 @@ from typing import Optional
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-from MicrocalcAI import __version__
-from MicrocalcAI.core.outputs.dicom.cad_sr import MANUFACTURER
-from MicrocalcAI.core.outputs.dicom.identity import is_deidentified, mark_deidentified
+from MicrocalcAI.core.outputs.dicom.identity import derived_instance, is_deidentified, mark_deidentified
 from MicrocalcAI.core.outputs.dicom.scoords import box_polyline
 from MicrocalcAI.core.records import ImageFindings, Lesion
 
@@ -75,14 +73,7 @@ def build_gsps(
         )
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
-        series_instance_uid=series_uid or hd.UID(),
-        series_number=GSPS_SERIES_NUMBER,
-        sop_instance_uid=sop_uid or hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=f.model.name,
-        software_versions=f"MicrocalcAI {__version__}, model {f.model.version}",
-        device_serial_number="none",
+        **derived_instance(f, series_uid=series_uid, sop_uid=sop_uid, series_number=GSPS_SERIES_NUMBER),
         content_label="MICROCALCAI",
         content_description=f"MicrocalcAI lesions, image risk {f.risk.probability:.2f} ({f.risk.category})"[:64],
         graphic_annotations=annotations or None,

@@ -20,17 +20,20 @@ import copy
 import datetime
 import os
 from pathlib import Path
-from typing import Union
+from typing import Any, Optional, Union
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from MicrocalcAI import __version__
 from MicrocalcAI.core.errors import InputError
 from MicrocalcAI.core.records import ImageFindings
 
 __all__ = [
     "DEIDENTIFICATION_METHOD",
+    "MANUFACTURER",
+    "derived_instance",
     "deidentify",
     "is_deidentified",
     "mark_deidentified",
@@ -41,6 +44,9 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: General Equipment Manufacturer of every object MicrocalcAI writes.
+MANUFACTURER = "MicrocalcAI"
 
 DEIDENTIFICATION_METHOD = "PS3.15 Basic Profile, Retain UIDs Option"  # LO: at most 64 characters
 
@@ -178,3 +184,25 @@ def now() -> datetime.datetime:
 def is_deidentified(ds: Dataset) -> bool:
     """Whether ``ds`` says its identity was removed (then the objects made from it say so too)."""
     return str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+
+
+def derived_instance(
+    findings: ImageFindings, *, series_uid: Optional[str], sop_uid: Optional[str], series_number: int
+) -> dict[str, Any]:
+    """The series, instance and equipment arguments of a highdicom object derived from an image.
+
+    One place for them, so the presentation state and the segmentation name the same device
+    (MicrocalcAI and the model that made the findings) and take new UIDs the same way.
+    """
+    import highdicom as hd  # only when a DICOM object is written
+
+    return {
+        "series_instance_uid": series_uid or hd.UID(),
+        "series_number": series_number,
+        "sop_instance_uid": sop_uid or hd.UID(),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": findings.model.name,
+        "software_versions": f"MicrocalcAI {__version__}, model {findings.model.version}",
+        "device_serial_number": "none",
+    }

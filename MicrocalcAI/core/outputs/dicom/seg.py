@@ -16,10 +16,8 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from MicrocalcAI import __version__
 from MicrocalcAI.core.outputs.dicom import codes
-from MicrocalcAI.core.outputs.dicom.cad_sr import MANUFACTURER
-from MicrocalcAI.core.outputs.dicom.identity import is_deidentified, mark_deidentified
+from MicrocalcAI.core.outputs.dicom.identity import derived_instance, is_deidentified, mark_deidentified
 from MicrocalcAI.core.records import ImageFindings
 
 __all__ = ["SEG_CLASSES", "SEG_SERIES_NUMBER", "build_seg", "class_masks"]
@@ -80,14 +78,7 @@ def build_seg(
         pixel_array=stack,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=series_uid or hd.UID(),
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=sop_uid or hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=f.model.name,
-        software_versions=f"MicrocalcAI {__version__}, model {f.model.version}",
-        device_serial_number="none",
+        **derived_instance(f, series_uid=series_uid, sop_uid=sop_uid, series_number=SEG_SERIES_NUMBER),
         content_label="SPECKS",
         content_description="MicrocalcAI calcification specks (research use only)",
         omit_empty_frames=False,

@@ -29,8 +29,8 @@ from pydicom.dataset import Dataset
 
 from MicrocalcAI import __version__
 from MicrocalcAI.core.outputs.dicom import codes
-from MicrocalcAI.core.outputs.dicom.cad_sr import DEVICE_OBSERVER_UID, MANUFACTURER
-from MicrocalcAI.core.outputs.dicom.identity import is_deidentified, mark_deidentified
+from MicrocalcAI.core.outputs.dicom.cad_sr import DEVICE_OBSERVER_UID
+from MicrocalcAI.core.outputs.dicom.identity import MANUFACTURER, is_deidentified, mark_deidentified
 from MicrocalcAI.core.outputs.dicom.parameters import algorithm_parameters
 from MicrocalcAI.core.outputs.dicom.scoords import box_polyline
 from MicrocalcAI.core.records import ImageFindings, Lesion
