@@ -13,6 +13,10 @@ from MicrocalcAI.core.detect.network import DetectorConfig, build_detector
 from MicrocalcAI.core.detect.weights import save_weights
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform
 
+#: The bundled model 0.2.1: no calibration, no OOD reference, trained on the basic and realistic
+#: simulators' sharp clusters. For tests that need a plain entry or those images' clusters found.
+PLAIN_MODEL = "microcalcai-sim-mobilenet_v2"
+
 SMALL_TILE = 256
 SMALL_OVERLAP = 64
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from _detect_helpers import breast_like, canonical_image, small_detector, tiling_spec
+from _detect_helpers import PLAIN_MODEL, breast_like, canonical_image, small_detector, tiling_spec
 
 from MicrocalcAI.core.detect.calibration import Calibration, logit, sigmoid
 from MicrocalcAI.core.detect.manifest import MERGE_FLOOR, load_manifest, resolve_model
@@ -123,7 +123,7 @@ def test_a_part_without_both_outcomes_stays_uncalibrated():
 
 
 def test_manifest_round_trip_and_entries_without_calibration_load_unchanged(tmp_path):
-    old = resolve_model("microcalcai-sim-mobilenet_v2")  # 0.2.1's entry was written without one
+    old = resolve_model(PLAIN_MODEL)  # 0.2.1's entry was written without one
     assert old.calibration is None and old.reporting_floor == MERGE_FLOOR
     bundled = resolve_model(None)  # the default (0.3.0) ships one, fitted on its validation set
     assert bundled.calibration is not None and bundled.reporting_floor == pytest.approx(
@@ -202,7 +202,7 @@ def test_recalibrate_an_existing_entry_from_a_validation_coco_through_the_cli(tm
     before = bundled_manifest.read_bytes()
     coco = simulate_tiny(tmp_path / "sim", n_images=4, seed=3003)
     out = tmp_path / "models"
-    plain = "microcalcai-sim-mobilenet_v2"  # the bundled entry without a calibration (0.2.1)
+    plain = PLAIN_MODEL  # the bundled entry without a calibration (0.2.1)
     argv = ["export", "--recalibrate", str(bundled_manifest), "--name", plain, "--val", str(coco)]
     argv += ["--out", str(out), "--device", "cpu"]
     assert main([*argv, "--quiet"]) == 0

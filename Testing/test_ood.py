@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from _detect_helpers import PLAIN_MODEL
 from _ood_helpers import CBIS_SPACING_MM, crops, film, model_folder
 from conftest import SAMPLES
 from scipy.ndimage import gaussian_filter
@@ -28,9 +29,6 @@ from MicrocalcAI.core.ood.statistics import bits_used, breast_windows, input_sta
 from MicrocalcAI.core.pipeline import Analyzer
 
 # ----------------------------------------------------------------------------- statistics
-
-#: A bundled model without an OOD reference or calibration (0.2.1), for the tests that fit their own.
-PLAIN_MODEL = "microcalcai-sim-mobilenet_v2"
 
 
 def _smooth_breast(shape=(600, 500), seed=0) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from _detect_helpers import PLAIN_MODEL
 
 from MicrocalcAI.cli import main as cli_main
 from MicrocalcAI.core.batch import output_names, run_batch
@@ -39,7 +40,7 @@ def geometry_analyzer() -> Analyzer:
     """The coordinate tests need a model that reliably finds the basic simulator's sharp,
     conspicuous clusters: 0.2.1 was trained on them; the film-trained default (0.3.0) misses
     or over-boxes some of them, which says nothing about the geometry under test."""
-    return Analyzer("microcalcai-sim-mobilenet_v2", device="cpu")
+    return Analyzer(PLAIN_MODEL, device="cpu")
 
 
 def _simulated_dicom(
