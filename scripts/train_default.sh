@@ -86,11 +86,15 @@ work, name, version = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 models = Path("Resources/Models")
 
 training_data = sys.argv[4]
+# Stage 3 (0.3.0) also ships an OOD reference fitted on its training images (threshold on
+# validation); 0.2.1 was released without one. Calibration is fitted on validation either way.
+ood_train = sorted(work.glob("sim_train_*/annotations.json")) if work.name == "film" else None
 spec = export_model(
     work / "train" / "best.pt", models, name, version,
     val_coco=work / "sim_val" / "annotations.json",
     test_coco=work / "sim_test" / "annotations.json",
     training_data=training_data, target_fp_per_image=0.5, device="cpu",
+    ood_train_coco=ood_train,
 )
 model = load_detector(spec, "cpu")
 
