@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from _train_helpers import box_pixels_are_lesion, simulate_tiny, synthetic_sample
 
+from MicrocalcAI.core.equalise import NoiseEqualisation
 from MicrocalcAI.core.errors import DatasetError
 from MicrocalcAI.training.data import (
     CocoMammogramDataset,
@@ -83,6 +84,14 @@ def test_dataset_matches_inference_path_and_caches(tiny_coco, tmp_path):
     assert len(list(cache.glob("*.npz"))) == len(ds) + 1  # a changed file is standardised again
     CocoMammogramDataset(tiny_coco, spacing_mm=0.2, assumed_input_spacing_mm=0.05, cache_dir=cache)[1]
     assert len(list(cache.glob("*.npz"))) == len(ds) + 2  # so is another spacing
+    ne = NoiseEqualisation()
+    equalised = CocoMammogramDataset(
+        tiny_coco, spacing_mm=0.1, assumed_input_spacing_mm=0.05, cache_dir=cache, noise_equalisation=ne
+    )[1]
+    assert len(list(cache.glob("*.npz"))) == len(ds) + 3  # and a model setting that changes the input
+    direct = standardise_file(ds.entries[1].path, spacing_mm=0.1, assumed_input_spacing_mm=0.05, noise_equalisation=ne)
+    np.testing.assert_allclose(equalised.image.astype(np.float32), direct.image, atol=1e-3)
+    assert not np.allclose(direct.image, ds[1].image.astype(np.float32), atol=1e-3)
 
 
 # ---------------------------------------------------------------------------- patch sampler

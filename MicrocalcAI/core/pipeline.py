@@ -323,6 +323,7 @@ class Analyzer:
             assumed_input_spacing_mm=assumed,
             stored=(stored01, stored_mask),
             upsampling=self.upsampling or DEFAULT_UPSAMPLING,
+            noise_equalisation=self.spec.noise_equalisation,
         )
         return canonical, stored01, stored_mask
 

@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from MicrocalcAI.core.equalise import NoiseEqualisation, equalise_noise, noise_curve
 from MicrocalcAI.core.errors import InputError, NotAMammogramError, SpacingError
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform, Mammogram
 from MicrocalcAI.core.resample import SEPARABLE_INTERPOLATORS, resample_separable
@@ -804,6 +805,7 @@ def standardise(
     margin_mm: float = 2.0,
     stored: Optional[tuple[np.ndarray, np.ndarray]] = None,
     upsampling: str = DEFAULT_UPSAMPLING,
+    noise_equalisation: Optional[NoiseEqualisation] = None,
 ) -> CanonicalImage:
     """The mammogram in the detector's frame, with the exact way back to stored pixels.
 
@@ -812,8 +814,11 @@ def standardise(
     mask), resampling to isotropic ``spacing_mm`` (Gaussian anti-aliasing and linear
     interpolation when downsampling; ``upsampling`` - by default a Lanczos-windowed sinc -
     when the input is coarser; the mask by nearest neighbour), and a crop to the breast plus
-    ``margin_mm``. Outside the canonical mask the image is 0. Training standardises through
-    this same function, so a model sees coarse inputs exactly as it was trained on them.
+    ``margin_mm``. Outside the canonical mask the image is 0. With ``noise_equalisation`` (a
+    model setting from its manifest entry), the canonical image is then noise-equalised with
+    the noise measured on the native pixels (:mod:`MicrocalcAI.core.equalise`). Training
+    standardises through this same function, so a model sees coarse inputs exactly as it was
+    trained on them.
     """
     spacing, warnings = _input_spacing(m, assumed_input_spacing_mm)
     if not (isinstance(spacing_mm, (int, float)) and math.isfinite(spacing_mm) and spacing_mm > 0):
@@ -835,6 +840,9 @@ def standardise(
     mask_c = _resample_mask(np.asarray(mask, dtype=bool), transform)
     np.clip(image, 0.0, 1.0, out=image)
     image[~mask_c] = 0.0
+    if noise_equalisation is not None:
+        curve = noise_curve(image01, mask, noise_equalisation)
+        equalise_noise(image, mask_c, float(spacing_mm), curve, noise_equalisation)
     for w in warnings:
         log.warning("%s: %s", m.source or "image", w)
     log.debug(

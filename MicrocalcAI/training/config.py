@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from MicrocalcAI.core.detect.network import BACKBONES
+from MicrocalcAI.core.equalise import NoiseEqualisation
 from MicrocalcAI.core.errors import DatasetError, InputError
 from MicrocalcAI.training.data import PatchConfig
 
@@ -79,6 +80,10 @@ class TrainConfig:
     num_threads: int = 2  # torch CPU threads (process-wide setting)
     seed: int = 0
     mixed_precision: bool = True  # only effective on CUDA
+    #: Noise equalisation of the detector's input (MicrocalcAI.core.equalise): an object of its
+    #: settings, or true for the defaults; recorded in the exported manifest entry, because
+    #: the model then needs it at inference. None (the default) = off.
+    noise_equalisation: Optional[NoiseEqualisation] = None
 
     @property
     def train_sources(self) -> list[str]:
@@ -89,6 +94,11 @@ class TrainConfig:
         if isinstance(self.patch, dict):
             self.patch = _dataclass_from_dict(PatchConfig, self.patch, "patch")
         self.anchor_sizes = tuple(int(a) for a in self.anchor_sizes)
+        if self.noise_equalisation is not None and not isinstance(self.noise_equalisation, NoiseEqualisation):
+            try:
+                self.noise_equalisation = NoiseEqualisation.from_json(self.noise_equalisation)
+            except InputError as exc:
+                raise TrainConfigError(f"invalid training config: {exc}") from exc
         problems = []
         sources = self.train_sources
         if not sources or not all(isinstance(v, str) and v for v in sources):
@@ -165,6 +175,8 @@ class TrainConfig:
         data["anchor_sizes"] = list(self.anchor_sizes)
         data["patch"]["gamma_range"] = list(self.patch.gamma_range)
         data["patch"]["contrast_range"] = list(self.patch.contrast_range)
+        if self.noise_equalisation is not None:
+            data["noise_equalisation"] = self.noise_equalisation.to_json()
         return data
 
 
@@ -195,4 +207,6 @@ def model_config(config: TrainConfig) -> dict[str, Any]:
         "spacing_mm": config.spacing_mm,
         "assumed_input_spacing_mm": config.assumed_input_spacing_mm,
         "patch_size": config.patch.patch_size,
+        # Only when on: checkpoints written before the setting existed still resume.
+        **({} if config.noise_equalisation is None else {"noise_equalisation": config.noise_equalisation.to_json()}),
     }

@@ -35,6 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from MicrocalcAI.core.atomic import atomic_open
+from MicrocalcAI.core.equalise import NoiseEqualisation
 from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform
@@ -87,17 +88,22 @@ def pipeline_fingerprint() -> str:
     files means an upgraded standardiser re-standardises instead of silently training the
     model on a frame that inference no longer produces.
     """
+    from MicrocalcAI.core import equalise, noise, resample, standardise
     from MicrocalcAI.core import read as reader
-    from MicrocalcAI.core import standardise
 
     digest = hashlib.sha1()
-    for module in (reader, standardise):
+    for module in (reader, standardise, resample, equalise, noise):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
 
 def _cache_key(
-    path: Path, spacing_mm: float, assumed_input_spacing_mm: float, coco_spacing: Optional[float], fingerprint: str
+    path: Path,
+    spacing_mm: float,
+    assumed_input_spacing_mm: float,
+    coco_spacing: Optional[float],
+    fingerprint: str,
+    noise_equalisation: Optional[NoiseEqualisation] = None,
 ) -> str:
     stat = path.stat()
     ident = json.dumps(
@@ -110,6 +116,7 @@ def _cache_key(
             spacing_mm,
             assumed_input_spacing_mm,
             coco_spacing,
+            *([] if noise_equalisation is None else [noise_equalisation.to_json()]),
         ]
     )
     return hashlib.sha1(ident.encode("utf-8")).hexdigest()
@@ -140,8 +147,10 @@ def standardise_file(
     spacing_mm: float,
     assumed_input_spacing_mm: float,
     input_spacing_mm: Optional[float] = None,
+    noise_equalisation: Optional[NoiseEqualisation] = None,
 ) -> CanonicalImage:
-    """Read and standardise one file exactly as inference does.
+    """Read and standardise one file exactly as inference does (``noise_equalisation``: the
+    model's setting, :attr:`~MicrocalcAI.core.detect.manifest.ModelSpec.noise_equalisation`).
 
     ``input_spacing_mm`` plays the role of the user's ``--spacing``: it is used only when the
     file carries no spacing of its own, so a dataset's annotation never overrides the header.
@@ -153,7 +162,12 @@ def standardise_file(
     if mammogram.spacing_mm is None and input_spacing_mm is not None:
         mammogram.spacing_mm = (float(input_spacing_mm), float(input_spacing_mm))
         mammogram.spacing_source = "user"
-    return standardise(mammogram, spacing_mm=spacing_mm, assumed_input_spacing_mm=assumed_input_spacing_mm)
+    return standardise(
+        mammogram,
+        spacing_mm=spacing_mm,
+        assumed_input_spacing_mm=assumed_input_spacing_mm,
+        noise_equalisation=noise_equalisation,
+    )
 
 
 class CocoMammogramDataset:
@@ -171,6 +185,7 @@ class CocoMammogramDataset:
         assumed_input_spacing_mm: float,
         cache_dir: Optional[os.PathLike | str] = None,
         skip_unusable: bool = False,
+        noise_equalisation: Optional[NoiseEqualisation] = None,
     ) -> None:
         if spacing_mm <= 0 or assumed_input_spacing_mm <= 0:
             raise DatasetError(f"spacings must be positive, got {spacing_mm} and {assumed_input_spacing_mm}")
@@ -183,6 +198,7 @@ class CocoMammogramDataset:
         #: ``skipped``) instead of failing: inference would refuse them too, so they cannot
         #: teach the model anything, but a large dataset should not die on one odd file.
         self.skip_unusable = bool(skip_unusable)
+        self.noise_equalisation = noise_equalisation
         self.skipped: list[tuple[Path, str]] = []
         self._samples: dict[int, CanonicalSample] = {}
         self._fingerprint: Optional[str] = None
@@ -256,7 +272,12 @@ class CocoMammogramDataset:
             if self._fingerprint is None:
                 self._fingerprint = pipeline_fingerprint()
             key = _cache_key(
-                entry.path, self.spacing_mm, self.assumed_input_spacing_mm, entry.spacing_mm, self._fingerprint
+                entry.path,
+                self.spacing_mm,
+                self.assumed_input_spacing_mm,
+                entry.spacing_mm,
+                self._fingerprint,
+                self.noise_equalisation,
             )
             cache_file = self.cache_dir / f"{key}.npz"
             if cache_file.is_file():
@@ -276,6 +297,7 @@ class CocoMammogramDataset:
                 spacing_mm=self.spacing_mm,
                 assumed_input_spacing_mm=self.assumed_input_spacing_mm,
                 input_spacing_mm=entry.spacing_mm,
+                noise_equalisation=self.noise_equalisation,
             )
         except MicrocalcAIError as exc:
             raise DatasetError(

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from MicrocalcAI.core.atomic import atomic_write_text, staged_path
 from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, ModelSpec, sha256_file
 from MicrocalcAI.core.detect.network import DetectorConfig, select_device
+from MicrocalcAI.core.equalise import NoiseEqualisation
 from MicrocalcAI.core.errors import InputError, ModelError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.datasets.coco import parse_coco
@@ -110,6 +111,9 @@ def export_model(
             tile_size=int(mc["tile_size"]),
             tile_overlap=int(mc["tile_overlap"]),
             anchor_sizes=tuple(int(a) for a in mc["anchor_sizes"]),
+            noise_equalisation=(
+                NoiseEqualisation.from_json(mc["noise_equalisation"]) if mc.get("noise_equalisation") else None
+            ),
             training_data=training_data,
             folder=str(out),
         )

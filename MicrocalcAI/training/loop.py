@@ -137,6 +137,7 @@ def _prepared_dataset(
         assumed_input_spacing_mm=config.assumed_input_spacing_mm,
         cache_dir=cache_dir,
         skip_unusable=config.skip_unusable_images,
+        noise_equalisation=config.noise_equalisation,
     )
     dataset.prepare(lambda f, m: progress(0.0, m))
     return dataset

@@ -116,6 +116,7 @@ def spec_for_training(config: TrainConfig) -> ModelSpec:
         tile_overlap=config.tile_overlap,
         anchor_sizes=tuple(config.anchor_sizes),
         score_threshold=EVAL_MIN_SCORE,
+        noise_equalisation=config.noise_equalisation,
     )
 
 
@@ -174,6 +175,7 @@ def collect_evaluations(
                 spacing_mm=spec.spacing_mm,
                 assumed_input_spacing_mm=spec.assumed_input_spacing_mm,
                 input_spacing_mm=entry.spacing_mm,
+                noise_equalisation=spec.noise_equalisation,
             )
         except MicrocalcAIError as exc:
             if skipped is None:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from MicrocalcAI.core.detect.calibration import Calibration
-from MicrocalcAI.core.errors import ChecksumError, ModelError
+from MicrocalcAI.core.equalise import NoiseEqualisation
+from MicrocalcAI.core.errors import ChecksumError, InputError, ModelError
 
 __all__ = [
     "CLASSES",
@@ -99,6 +100,9 @@ class ModelSpec:
     #: Out-of-distribution reference side file: {"file": name next to the manifest, "sha256": ...}
     #: (MicrocalcAI.core.ood.reference); None = the model ships none and images get ``ood=None``.
     ood: Optional[dict[str, str]] = None
+    #: Noise equalisation before detection (MicrocalcAI.core.equalise): the model was trained
+    #: with it and needs it; None = the model sees the normalised image as it is.
+    noise_equalisation: Optional[NoiseEqualisation] = None
     #: Folder of the manifest this entry came from; weights paths resolve against it.
     folder: Optional[str] = None
 
@@ -131,6 +135,10 @@ class ModelSpec:
             data.pop("calibration")  # an entry without one stays as it was written
         else:
             data["calibration"] = self.calibration.to_json()
+        if self.noise_equalisation is None:
+            data.pop("noise_equalisation")
+        else:
+            data["noise_equalisation"] = self.noise_equalisation.to_json()
         return data
 
 
@@ -160,6 +168,7 @@ def _spec_from_json(entry: dict[str, Any], folder: Path) -> ModelSpec:
         data = dict(entry)
         cats = [RiskCategory(str(c["name"]), float(c["min_probability"])) for c in data.pop("risk_categories", [])]
         calibration = data.pop("calibration", None)
+        equalisation = data.pop("noise_equalisation", None)
         unknown = set(data) - set(ModelSpec.__dataclass_fields__)
         if unknown:
             raise ModelError(f"model entry {name!r} in {where}: unknown fields {sorted(unknown)}")
@@ -185,10 +194,12 @@ def _spec_from_json(entry: dict[str, Any], folder: Path) -> ModelSpec:
             spec.risk_categories = cats
         if calibration is not None:
             spec.calibration = Calibration.from_json(calibration)
+        if equalisation is not None:
+            spec.noise_equalisation = NoiseEqualisation.from_json(equalisation)
         spec.folder = str(folder)
     except ModelError:
         raise
-    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+    except (TypeError, KeyError, ValueError, AttributeError, InputError) as exc:
         raise ModelError(f"malformed model entry {name!r} in {where}: {exc}") from exc
     if spec.classes != CLASSES:
         raise ModelError(f"model {spec.name!r}: classes must be {list(CLASSES)}, got {list(spec.classes)}")

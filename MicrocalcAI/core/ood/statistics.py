@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from MicrocalcAI.core.noise import WINDOW, breast_windows, laplacian_residual, mean_abs_deviation, window_noise
+
 __all__ = ["STATISTICS", "WINDOW", "bits_used", "breast_windows", "input_statistics", "noise_and_sharpness"]
 
 #: The statistics :func:`input_statistics` returns, in order, with what they mean.
@@ -26,49 +28,6 @@ STATISTICS = {
     "bits_used": "log2 of the number of distinct stored values inside the breast",
     "breast_area_cm2": "breast area, cm^2",
 }
-
-#: Side of the square windows the noise and sharpness are measured in, stored pixels.
-WINDOW = 64
-#: At most this many windows (evenly spread over the breast) are measured: enough for a
-#: stable median, a few milliseconds of work whatever the image size.
-MAX_WINDOWS = 48
-#: Normal-distribution consistency constant of the mean absolute deviation: sqrt(pi / 2).
-_MAD_TO_SIGMA = float(np.sqrt(np.pi / 2))
-
-
-def breast_windows(mask: np.ndarray, size: int = WINDOW, max_count: int = MAX_WINDOWS) -> list[tuple[int, int]]:
-    """Top-left corners of ``size`` x ``size`` windows lying wholly inside the breast, evenly
-    spread (a deterministic subset of the grid), so that skin line and air never enter."""
-    rows, cols = mask.shape
-    if rows < size or cols < size:
-        return []
-    # Summed-area table: a window is inside when all size*size pixels are breast.
-    table = np.zeros((rows + 1, cols + 1), dtype=np.int64)
-    table[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
-    r0 = np.arange(0, rows - size + 1, size)
-    c0 = np.arange(0, cols - size + 1, size)
-    rr, cc = np.meshgrid(r0, c0, indexing="ij")
-    inside = table[rr + size, cc + size] - table[rr, cc + size] - table[rr + size, cc] + table[rr, cc] == size * size
-    corners = list(zip(rr[inside].tolist(), cc[inside].tolist()))
-    if len(corners) > max_count:
-        pick = np.linspace(0, len(corners) - 1, max_count).round().astype(int)
-        corners = [corners[i] for i in pick]
-    return corners
-
-
-def _laplacian_residual(window: np.ndarray) -> np.ndarray:
-    """Pixel minus the mean of its 4 neighbours (interior pixels): flat for smooth tissue,
-    the noise (times sqrt(1.25) for white noise) plus the finest detail otherwise."""
-    w = window.astype(np.float64, copy=False)
-    return w[1:-1, 1:-1] - 0.25 * (w[:-2, 1:-1] + w[2:, 1:-1] + w[1:-1, :-2] + w[1:-1, 2:])
-
-
-def _mad(values: np.ndarray) -> float:
-    """Mean absolute deviation from the median. Not the *median* absolute deviation: on
-    integer images with little noise most 4-neighbour residuals are exactly 0, and the median
-    of their absolute values would call a grainy film noise-free. Windows, not pixels, are
-    where robustness comes from (the median over windows)."""
-    return float(np.mean(np.abs(values - np.median(values))))
 
 
 def noise_and_sharpness(image: np.ndarray, corners: list[tuple[int, int]], size: int = WINDOW) -> dict[str, float]:
@@ -88,13 +47,11 @@ def noise_and_sharpness(image: np.ndarray, corners: list[tuple[int, int]], size:
     half = size // 2
     for r, c in corners:
         w = np.asarray(image[r : r + size, c : c + size], dtype=np.float64)
-        residual = _laplacian_residual(w)
-        mad = _mad(residual)
-        noise.append(_MAD_TO_SIGMA * mad / np.sqrt(1.25))
+        noise.append(window_noise(w))
         grey.append(float(np.median(w)))
         binned = w[: 2 * half, : 2 * half].reshape(half, 2, half, 2).mean(axis=(1, 3))
-        fine.append(mad)
-        coarse.append(_mad(_laplacian_residual(binned)))
+        fine.append(mean_abs_deviation(laplacian_residual(w)))
+        coarse.append(mean_abs_deviation(laplacian_residual(binned)))
     noise_arr = np.asarray(noise)
     order = np.argsort(grey)
     dark, bright = noise_arr[order[: len(order) // 2]], noise_arr[order[len(order) // 2 :]]
