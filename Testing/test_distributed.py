@@ -267,6 +267,18 @@ def test_every_worker_checks_the_weights_sha256(client):
     ]
 
 
+def test_every_worker_checks_the_model_settings(client):
+    """The client's weights with another calibration or OOD reference in the worker's manifest
+    would report other numbers: refused like other weights."""
+    from MicrocalcAI.core.detect.manifest import resolve_model
+    from MicrocalcAI.core.distributed import WorkerModel, _ensure_plugin
+    from MicrocalcAI.core.errors import ChecksumError
+
+    spec = resolve_model(None)
+    with pytest.raises(ChecksumError, match="settings"):
+        _ensure_plugin(client, WorkerModel(None, "cpu", 0.3, spec.sha256, settings_sha256="0" * 64))
+
+
 def test_workers_build_the_analyzer_with_the_callers_input_and_lesion_settings():
     """A shared Analyzer's upsampling and cluster rule travel to the workers with the threshold."""
     from MicrocalcAI.core.distributed import _worker_model

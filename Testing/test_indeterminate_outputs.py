@@ -55,7 +55,7 @@ def test_json_carries_the_ood_block_and_reads_it_back(tmp_path):
     assert f.risk.category == INDETERMINATE
     path = write_image_json(f, tmp_path)
     doc = json.loads(path.read_text())
-    assert doc["schema_version"] == SCHEMA_VERSION == "1.1"
+    assert doc["schema_version"] == SCHEMA_VERSION == "1.2"
     assert doc["ood"] == {
         "score": 7.5,
         "threshold": 5.0,

@@ -20,6 +20,7 @@ from _detect_helpers import PLAIN_MODEL
 
 from MicrocalcAI.cli import main as cli_main
 from MicrocalcAI.core.batch import output_names, run_batch
+from MicrocalcAI.core.detect.calibration import Calibration
 from MicrocalcAI.core.errors import CancelledError, NotAMammogramError
 from MicrocalcAI.core.pipeline import Analyzer
 from MicrocalcAI.core.read import read_mammogram
@@ -290,6 +291,21 @@ def test_rerun_redoes_stale_or_foreign_outputs(tmp_path, analyzer):
     doc = json.loads(written.read_text())
     assert doc["ood"] is not None
     doc["ood"] = None
+    written.write_text(json.dumps(doc))
+    assert run_batch([other], out, analyzer=analyzer).analysed
+    assert run_batch([other], out, analyzer=analyzer).skipped
+    # the same weights re-calibrated are another model: their scores differ
+    recalibrated = Analyzer(device="cpu")
+    recalibrated.spec = replace(recalibrated.spec, calibration=Calibration(temperature=2.0, fitted_on="test"))
+    assert recalibrated.spec.sha256 == analyzer.spec.sha256
+    assert recalibrated.spec.settings_sha256 != analyzer.spec.settings_sha256
+    assert run_batch([other], out, analyzer=recalibrated).analysed
+    assert json.loads(written.read_text())["model"]["settings_sha256"] == recalibrated.spec.settings_sha256
+    # files from before schema 1.2 cannot say which settings made them: redone once
+    assert run_batch([other], out, analyzer=analyzer).analysed
+    doc = json.loads(written.read_text())
+    doc["schema_version"] = "1.1"
+    del doc["model"]["settings_sha256"]
     written.write_text(json.dumps(doc))
     assert run_batch([other], out, analyzer=analyzer).analysed
     assert run_batch([other], out, analyzer=analyzer).skipped

@@ -102,16 +102,19 @@ def _still_valid(
 ) -> bool:
     """Whether complete earlier outputs describe this file, analysed as this run would.
 
-    Same file (path and size/mtime), same weights (sha256), same threshold, same spacing
-    option, and an OOD check exactly when the model ships a reference (outputs written before
-    the model gained one lack it); anything else is redone rather than silently reporting
-    stale or foreign results.
+    Same file (path and size/mtime), same model settings (weights, calibration, OOD
+    reference, input settings: ``settings_sha256``; files from before schema 1.2 lack it and
+    are redone), same threshold, same spacing option, and an OOD check exactly when the model
+    ships a reference; anything else is redone rather than silently reporting stale or foreign
+    results.
     """
     if earlier.source is None or Path(earlier.source).resolve() != path.resolve():
         return False
     if earlier.input_fingerprint is None or earlier.input_fingerprint != file_fingerprint(path):
         return False
     if earlier.model.sha256 != spec.sha256 or abs(earlier.score_threshold - threshold) > 1e-9:
+        return False
+    if earlier.model.settings_sha256 != spec.settings_sha256:
         return False
     if (earlier.ood is None) != (spec.ood is None):
         return False

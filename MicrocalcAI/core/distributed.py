@@ -71,6 +71,9 @@ class WorkerModel:
     speck_config: Optional[SpeckConfig] = None
     upsampling: Optional[str] = None  # Analyzer.upsampling
     cluster_rule: Optional[ClusterRule] = None  # Analyzer.cluster_rule
+    #: ModelSpec.settings_sha256 the worker's manifest entry must have (calibration, OOD
+    #: reference, thresholds): the same weights re-calibrated would report other numbers.
+    settings_sha256: Optional[str] = None
 
     @property
     def plugin_name(self) -> str:
@@ -103,6 +106,13 @@ class AnalyzerPlugin(WorkerPlugin):
             raise ChecksumError(
                 f"worker {worker.address} resolved model {c.model or 'default'} to weights with sha256 "
                 f"{analyzer.spec.sha256}, not the client's {c.sha256}: install the same model on every worker"
+            )
+        if c.settings_sha256 is not None and analyzer.spec.settings_sha256 != c.settings_sha256:
+            raise ChecksumError(
+                f"worker {worker.address} has model {analyzer.spec.name} {analyzer.spec.version} with the client's "
+                "weights but other calibration, OOD reference or settings in its manifest (settings_sha256 "
+                f"{analyzer.spec.settings_sha256[:12]}..., client {c.settings_sha256[:12]}...): install the same "
+                "manifest on every worker"
             )
         self.analyzer = analyzer
 
@@ -138,7 +148,7 @@ def _worker_model(
     analyzer: Optional[Analyzer],
 ) -> WorkerModel:
     if analyzer is None:
-        return WorkerModel(model, device, score_threshold, spec.sha256)
+        return WorkerModel(model, device, score_threshold, spec.sha256, settings_sha256=spec.settings_sha256)
     return WorkerModel(
         str(analyzer.spec.weights_path),
         str(analyzer.device),
@@ -148,6 +158,7 @@ def _worker_model(
         analyzer.speck_config,
         analyzer.upsampling,
         analyzer.cluster_rule,
+        analyzer.spec.settings_sha256,
     )
 
 

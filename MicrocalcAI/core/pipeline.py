@@ -128,7 +128,8 @@ class Analyzer:
 
     @property
     def model_info(self) -> ModelInfo:
-        return ModelInfo(self.spec.name, self.spec.version, self.spec.sha256, self.spec.backbone, self.spec.spacing_mm)
+        s = self.spec
+        return ModelInfo(s.name, s.version, s.sha256, s.backbone, s.spacing_mm, s.settings_sha256)
 
     def analyse(
         self,

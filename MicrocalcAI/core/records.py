@@ -212,6 +212,10 @@ class ModelInfo:
     sha256: str
     backbone: str
     spacing_mm: float
+    #: :attr:`~MicrocalcAI.core.detect.manifest.ModelSpec.settings_sha256` of the manifest
+    #: entry (weights plus calibration, OOD reference, thresholds, input settings); None in
+    #: findings written before schema 1.2.
+    settings_sha256: Optional[str] = None
 
 
 @dataclass

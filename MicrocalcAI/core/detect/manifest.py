@@ -120,6 +120,21 @@ class ModelSpec:
             return MERGE_FLOOR
         return float(self.calibration.score(MERGE_FLOOR))
 
+    @property
+    def settings_sha256(self) -> str:
+        """Checksum of everything in this entry that decides what the model reports: the
+        weights, the input frame and tiling, the noise equalisation, the calibration, the OOD
+        reference and the thresholds and categories. Recorded in every findings file, so that
+        a re-calibrated or re-thresholded entry of the same weights is not taken for the
+        model that wrote earlier outputs (resume, Dask workers). Name, version, the card text
+        and the metrics are left out: they describe the model, they do not change it."""
+        data = self.to_json()
+        for key in ("name", "version", "file", "intended_use", "training_data", "metrics"):
+            data.pop(key, None)
+        if "ood" in data:  # the reference's content, not where this install keeps it
+            data["ood"] = data["ood"]["sha256"]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+
     def category(self, probability: float) -> str:
         """The risk category of a probability, from this model's operating points."""
         return category_for(probability, self.risk_categories)

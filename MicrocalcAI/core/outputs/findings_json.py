@@ -44,9 +44,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: 1.1 added the ``"ood"`` block (out-of-distribution check) and the "indeterminate" category.
-SCHEMA_VERSION = "1.1"
+#: 1.2 added ``model.settings_sha256`` (the manifest entry's settings, not only the weights).
+SCHEMA_VERSION = "1.2"
 #: Versions :func:`findings_from_json` reads: 1.0 files have no ``"ood"`` (read as None).
-READABLE_SCHEMA_VERSIONS = ("1.0", SCHEMA_VERSION)
+READABLE_SCHEMA_VERSIONS = ("1.0", "1.1", SCHEMA_VERSION)
 TOOL_NAME = "MicrocalcAI"
 
 
@@ -172,6 +173,7 @@ def findings_to_json(f: ImageFindings, *, created: Optional[datetime] = None) ->
             "sha256": f.model.sha256,
             "backbone": f.model.backbone,
             "spacing_mm": float(f.model.spacing_mm),
+            "settings_sha256": f.model.settings_sha256,
         },
         "score_threshold": float(f.score_threshold),
         "lesions": [_lesion_to_json(les) for les in f.lesions],
@@ -283,6 +285,7 @@ def findings_from_json(doc: dict[str, Any]) -> ImageFindings:
                 sha256=str(model["sha256"]),
                 backbone=str(model["backbone"]),
                 spacing_mm=float(model["spacing_mm"]),
+                settings_sha256=_opt_str(model.get("settings_sha256")),
             ),
             score_threshold=float(doc["score_threshold"]),
             warnings=[str(w) for w in doc["warnings"]],
