@@ -108,7 +108,15 @@ def test_standardise_leaves_the_callers_stored_image_alone() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"target_noise": 0}, {"min_gain": 3, "max_gain": 2}, {"grey_groups": 0}, {"surprise": 1}, "yes"]
+    "bad",
+    [
+        {"target_noise": 0},
+        {"min_gain": 3, "max_gain": 2},
+        {"grey_groups": 0},
+        {"surprise": 1},
+        "yes",
+        {"max_gain": "x"},
+    ],
 )
 def test_bad_settings_are_clear_errors(bad) -> None:
     with pytest.raises(InputError, match="noise_equalisation|noise equalisation"):

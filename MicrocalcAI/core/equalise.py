@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 #: Lowest noise level a curve may hold (normalised grey units, 1/16 of an 8-bit step over the
 #: breast's range): below it an image is as good as noise-free and the gain is at its maximum.
 NOISE_FLOOR = 2.5e-4
+#: Settings that are counts (the others are real numbers).
+_COUNTS = ("grey_groups", "max_windows")
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,11 @@ class NoiseEqualisation:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise InputError(f"noise_equalisation: unknown settings {sorted(unknown)}")
-        kinds = {"grey_groups": int, "max_windows": int}
-        return cls(**{k: kinds.get(k, float)(v) for k, v in data.items()})
+        try:
+            values: dict[str, Any] = {k: int(v) if k in _COUNTS else float(v) for k, v in data.items()}
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"noise_equalisation: settings must be numbers, got {data!r}") from exc
+        return cls(**values)
 
 
 @dataclass(frozen=True)
