@@ -93,7 +93,7 @@ def pipeline_fingerprint() -> str:
 
     digest = hashlib.sha1()
     for module in (reader, standardise, resample, equalise, noise):
-        digest.update(Path(module.__file__).read_bytes())
+        digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -122,7 +122,7 @@ def _cache_key(
     return hashlib.sha1(ident.encode("utf-8")).hexdigest()
 
 
-def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+def _save_npz_atomic(path: Path, **arrays: Any) -> None:
     with atomic_open(path) as fh:
         np.savez(fh, **arrays)
 
@@ -308,7 +308,7 @@ class CocoMammogramDataset:
                 cache_file,
                 image=canonical.image.astype(np.float16),
                 mask=canonical.mask.astype(bool),
-                spacing_mm=np.float64(canonical.spacing_mm),
+                spacing_mm=np.asarray(canonical.spacing_mm, dtype=np.float64),
                 transform=_transform_to_array(canonical.transform),
             )
         return canonical

@@ -186,10 +186,10 @@ def save_checkpoint_distributed(state: TrainingState, config: TrainConfig, path:
         rank_torch_rng=[r for _, r, _ in everyone],
         rank_weights_sha256=digests,
     )
-    buffer = io.BytesIO()
-    torch.save(ckpt, buffer)
+    serialised = io.BytesIO()
+    torch.save(ckpt, serialised)
     with atomic_open(path) as fh:
-        fh.write(buffer.getvalue())
+        fh.write(serialised.getvalue())
 
 
 def restore_rank_states(ckpt: dict[str, Any], state: TrainingState, ctx: DistributedContext, path: Path) -> None:

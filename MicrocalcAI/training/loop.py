@@ -110,7 +110,8 @@ def _lr_factor(config: TrainConfig, iteration: int) -> float:
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     # No weight decay on biases and normalisation parameters: decaying them only hurts.
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -123,9 +124,10 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
 
 def _apply_training_sampling(model: torch.nn.Module, config: TrainConfig) -> None:
     """Set the RPN/ROI sampling sizes used while training (inference values stay the model's)."""
-    model.roi_heads.fg_bg_sampler.batch_size_per_image = int(config.roi_batch_size_per_image)
-    model.rpn._pre_nms_top_n["training"] = int(config.rpn_pre_nms_top_n_train)
-    model.rpn._post_nms_top_n["training"] = int(config.rpn_post_nms_top_n_train)
+    detector: Any = model  # torchvision's FasterRCNN: its heads are untyped submodules
+    detector.roi_heads.fg_bg_sampler.batch_size_per_image = int(config.roi_batch_size_per_image)
+    detector.rpn._pre_nms_top_n["training"] = int(config.rpn_pre_nms_top_n_train)
+    detector.rpn._post_nms_top_n["training"] = int(config.rpn_post_nms_top_n_train)
 
 
 def _prepared_dataset(
