@@ -280,6 +280,7 @@ def test_findings_survive_the_round_trip_through_each_sr(run, analysed, kind):
         assert back.image_shape == f.image_shape and back.spacing_mm == pytest.approx(f.spacing_mm)
         assert (back.laterality, back.view) == (f.laterality, f.view)
         assert back.model.sha256 == f.model.sha256 and back.score_threshold == pytest.approx(f.score_threshold)
+        assert back.model.settings_sha256 == f.model.settings_sha256 is not None
         assert back.risk.probability == pytest.approx(f.risk.probability, abs=1e-9)
         assert back.risk.category == f.risk.category
         assert [w for w in back.warnings if w != MERGED_SPECKS_WARNING] == f.warnings

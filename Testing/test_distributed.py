@@ -290,3 +290,30 @@ def test_workers_build_the_analyzer_with_the_callers_input_and_lesion_settings()
     assert (config.upsampling, config.cluster_rule, config.score_threshold) == ("linear", rule, 0.2)
     default = _worker_model(analyzer.spec, None, "cpu", 0.2, Analyzer(device="cpu"))
     assert default.plugin_name != config.plugin_name  # other settings, another worker plugin
+
+
+def test_workers_are_sent_where_to_find_the_clients_exact_entry(tmp_path):
+    """An entry re-calibrated into another folder points at the original weights, whose own
+    manifest holds the original calibration: the worker must get the new manifest, not the
+    weights (which would resolve to the old entry and be refused)."""
+    from dataclasses import replace
+
+    from MicrocalcAI.core.detect.calibration import Calibration
+    from MicrocalcAI.core.detect.manifest import resolve_model
+    from MicrocalcAI.core.distributed import model_source
+
+    bundled = resolve_model(None)
+    assert model_source(bundled) == bundled.folder  # the bundled manifest's default entry
+    plain = resolve_model("microcalcai-sim-mobilenet_v2")  # in the bundled manifest, not its default
+    assert model_source(plain) == str(plain.weights_path)
+    moved = replace(
+        bundled,
+        calibration=Calibration(temperature=2.0, fitted_on="test"),
+        file=str(bundled.weights_path),
+        ood=dict(bundled.ood, file=str(Path(bundled.folder) / bundled.ood["file"])),
+    )
+    (tmp_path / "manifest.json").write_text(json.dumps({"default": moved.name, "models": [moved.to_json()]}))
+    recalibrated = resolve_model(str(tmp_path))
+    assert resolve_model(str(recalibrated.weights_path)).settings_sha256 != recalibrated.settings_sha256
+    assert model_source(recalibrated) == str(tmp_path)
+    assert resolve_model(model_source(recalibrated)).settings_sha256 == recalibrated.settings_sha256

@@ -301,7 +301,13 @@ def test_rerun_redoes_stale_or_foreign_outputs(tmp_path, analyzer):
     assert recalibrated.spec.settings_sha256 != analyzer.spec.settings_sha256
     assert run_batch([other], out, analyzer=recalibrated).analysed
     assert json.loads(written.read_text())["model"]["settings_sha256"] == recalibrated.spec.settings_sha256
-    # files from before schema 1.2 cannot say which settings made them: redone once
+    # files that cannot say which settings made them are redone once: a 1.2 file without
+    # them (a result read back from a DICOM SR, say) by the settings rule, a 1.1 file because
+    # it is not in the current schema
+    assert run_batch([other], out, analyzer=analyzer).analysed
+    doc = json.loads(written.read_text())
+    doc["model"]["settings_sha256"] = None
+    written.write_text(json.dumps(doc))
     assert run_batch([other], out, analyzer=analyzer).analysed
     doc = json.loads(written.read_text())
     doc["schema_version"] = "1.1"

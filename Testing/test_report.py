@@ -407,3 +407,20 @@ def test_only_html_when_asked_and_same_exams_as_in_memory(run, tmp_path):
 def test_report_command_on_a_folder_without_findings_says_so(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path), "--quiet"]) == 2
     assert "no findings JSON" in capsys.readouterr().err
+
+
+def test_report_says_when_the_findings_were_made_with_other_model_settings(run):
+    """The same weights re-calibrated are another entry: its risk categories would be misapplied."""
+    from dataclasses import replace
+
+    from MicrocalcAI.core.detect.manifest import resolve_model
+    from MicrocalcAI.core.outputs.report.exam_report import build_context
+
+    spec = resolve_model(None)
+    images = [load_image_json(p) for p in sorted(run["out"].glob("SIM_00000_*.json"))]
+    assert {f.model.settings_sha256 for f in images} == {spec.settings_sha256}
+    (unit,) = exam_images(images, exam_findings(breast_findings(images, spec.risk_categories), spec.risk_categories))
+    assert not [w for w in build_context(unit, spec)["warnings"] if w["view"] == "model"]
+    rethresholded = replace(spec, score_threshold=0.9)
+    (warning,) = [w for w in build_context(unit, rethresholded)["warnings"] if w["view"] == "model"]
+    assert "other model settings" in warning["text"] and spec.settings_sha256[:12] in warning["text"]

@@ -28,7 +28,9 @@ the rate is an upper bound). The numbers are developer proxies, not accuracy.
 With 4 held-out films and 6 clusters each, one cluster is 0.04 of sensitivity: two models can
 only be told apart by more clusters. ``--repeats N`` delivers every film N times with other
 cluster seeds (the same films, so false marks per image hardly change; the clusters are new)
-and the table gives the Wilson 95% interval of the sensitivity at the threshold.
+and the table gives the Wilson 95% interval of the sensitivity at the threshold. The interval
+treats clusters as independent; with repeats they share the same 4 films, so it understates
+the spread between films (and "images" counts deliveries, not films).
 
 Writes ``real_film.json`` and ``real_film.md`` (one table row per condition) under ``--out``.
 """

@@ -177,8 +177,8 @@ def run_batch(
     planning and a collecting step is the next clean-up here.
 
     A bad file is logged in one line, recorded in ``failed`` and skipped; the batch goes on.
-    Images whose outputs are complete and still valid (same file, weights, threshold and
-    spacing option: :func:`_still_valid`) are skipped unless ``force``; their JSON is loaded
+    Images whose outputs are complete and still valid (same file, weights and model settings,
+    threshold and spacing option: :func:`_still_valid`) are skipped unless ``force``; their JSON is loaded
     back so the breast and exam tables still cover the whole batch. ``report`` also writes
     one HTML and PDF exam report per exam into ``out_dir/reports``
     (:mod:`MicrocalcAI.core.outputs.report`); an exam whose report fails is listed in

@@ -34,7 +34,7 @@ import dask
 from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin, as_completed, get_worker
 
 from MicrocalcAI.core.batch import ImageOutcome, _still_valid, analyse_to_files
-from MicrocalcAI.core.detect.manifest import ModelSpec
+from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
 from MicrocalcAI.core.errors import ChecksumError, DiskFullError, MicrocalcAIError, ModelError
 from MicrocalcAI.core.findings.lesions import ClusterRule
 from MicrocalcAI.core.findings.specks import SpeckConfig
@@ -109,10 +109,10 @@ class AnalyzerPlugin(WorkerPlugin):
             )
         if c.settings_sha256 is not None and analyzer.spec.settings_sha256 != c.settings_sha256:
             raise ChecksumError(
-                f"worker {worker.address} has model {analyzer.spec.name} {analyzer.spec.version} with the client's "
-                "weights but other calibration, OOD reference or settings in its manifest (settings_sha256 "
+                f"worker {worker.address} resolved {c.model} to model {analyzer.spec.name} {analyzer.spec.version} "
+                "with the client's weights but other calibration, OOD reference or settings (settings_sha256 "
                 f"{analyzer.spec.settings_sha256[:12]}..., client {c.settings_sha256[:12]}...): install the same "
-                "manifest on every worker"
+                "manifest on every worker, or make the client's entry the default of its manifest"
             )
         self.analyzer = analyzer
 
@@ -150,7 +150,7 @@ def _worker_model(
     if analyzer is None:
         return WorkerModel(model, device, score_threshold, spec.sha256, settings_sha256=spec.settings_sha256)
     return WorkerModel(
-        str(analyzer.spec.weights_path),
+        model_source(analyzer.spec),
         str(analyzer.device),
         score_threshold,  # this batch's threshold, which may differ from the analyzer's default
         analyzer.spec.sha256,
@@ -160,6 +160,23 @@ def _worker_model(
         analyzer.cluster_rule,
         analyzer.spec.settings_sha256,
     )
+
+
+def model_source(spec: ModelSpec) -> str:
+    """What a worker passes to ``Analyzer(model=...)`` to load exactly ``spec``.
+
+    The entry's manifest folder when the entry is that manifest's default (an entry written by
+    ``export --recalibrate --out`` points at weights in another folder, whose own manifest
+    holds the original calibration); otherwise the weights file, which finds the first entry
+    listing it, and the worker's settings check refuses it if that is another entry.
+    """
+    if spec.folder:
+        try:
+            if resolve_model(spec.folder).settings_sha256 == spec.settings_sha256:
+                return str(spec.folder)
+        except MicrocalcAIError:
+            pass
+    return str(spec.weights_path)
 
 
 def _ensure_plugin(client: Client, config: WorkerModel) -> str:

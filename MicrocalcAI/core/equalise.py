@@ -13,8 +13,8 @@ What this module does, and why this way:
 
 - The noise is measured at the input's **native pixel scale** (the normalised stored image,
   before resampling), where film grain and detector noise are pixel-scale and the 4-neighbour
-  residual of :mod:`MicrocalcAI.core.noise` separates them from tissue; the same windows and
-  rule the out-of-distribution statistics use. Per window: its median grey and its noise; the
+  residual of :mod:`MicrocalcAI.core.noise` separates them from tissue; the rule the
+  out-of-distribution statistics use, on up to 96 windows (the OOD check takes 48). Per window: its median grey and its noise; the
   windows are grouped by grey level and the median noise of each group gives a noise-versus-
   grey curve (linear between group medians, constant beyond).
 - The image keeps its tissue: only the detail around a local background is rescaled,
@@ -22,9 +22,17 @@ What this module does, and why this way:
   ``background_sigma_mm``, larger than any single calcification, 0.1-1 mm, so a speck is detail
   and tissue is background) and ``gain = target_noise / noise(B)``. The network keeps the
   tissue context it was trained with; a speck's height above its background becomes its
-  contrast-to-noise ratio times ``target_noise``. This is applied on the canonical grid, after
-  resampling: both steps are linear in the detail and the gain varies smoothly, so the order
-  changes nothing but the cost (the canonical image is 4x smaller than a 0.05 mm film).
+  contrast-to-noise ratio *at the native pixel scale* times ``target_noise``. This is applied
+  on the canonical grid, after resampling: both steps are linear in the detail and the gain
+  varies smoothly, so the order changes nothing but the cost (the canonical image is 4x
+  smaller than a 0.05 mm film).
+- What is equalised is the noise of the **native** pixels. Resampling to the canonical grid
+  then changes the per-pixel noise by a factor that depends on the input spacing (averaging
+  0.05 mm pixels in pairs lowers it; upsampling a 0.2 mm image spreads it over neighbouring
+  pixels), the same way in training and at inference: on a synthetic breast with white noise
+  the canonical noise after equalisation to 0.004 measures 0.0015 from 0.05 mm, 0.0040 from
+  0.1 mm and 0.0013 from 0.2 mm inputs (4-neighbour residual, which also under-reads
+  correlated noise). A variant measured on the canonical grid was not tried.
 - The gain is clipped to [``min_gain``, ``max_gain``]: a perfectly smooth synthetic image has
   almost no noise, and an unbounded gain would turn its rounding steps into texture.
 
@@ -91,7 +99,8 @@ class NoiseEqualisation:
 
     @classmethod
     def from_json(cls, data: Any) -> NoiseEqualisation:
-        """From a manifest entry or training config; unknown keys are an error, not ignored."""
+        """From a manifest entry or training config (``true`` = the defaults; callers read
+        ``false``/null as off); unknown keys and non-numbers are errors, not ignored."""
         if data is True:
             return cls()
         if not isinstance(data, dict):
@@ -99,10 +108,13 @@ class NoiseEqualisation:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise InputError(f"noise_equalisation: unknown settings {sorted(unknown)}")
-        try:
-            values: dict[str, Any] = {k: int(v) if k in _COUNTS else float(v) for k, v in data.items()}
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"noise_equalisation: settings must be numbers, got {data!r}") from exc
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"noise_equalisation: {key} must be a finite number, got {value!r}")
+            if key in _COUNTS and value != int(value):
+                raise InputError(f"noise_equalisation: {key} must be a whole number, got {value!r}")
+            values[key] = int(value) if key in _COUNTS else float(value)
         return cls(**values)
 
 
@@ -149,7 +161,7 @@ def equalise_noise(
     from scipy import ndimage
 
     if curve is None:
-        log.warning("noise equalisation skipped: the breast holds no %d-pixel window to measure noise in", WINDOW)
+        log.debug("noise equalisation skipped: the breast holds no %d-pixel window to measure noise in", WINDOW)
         return image
     if image.dtype != np.float32:
         raise InputError(f"noise equalisation works on float32 images, got {image.dtype}")

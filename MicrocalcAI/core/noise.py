@@ -38,14 +38,13 @@ def breast_windows(mask: np.ndarray, size: int = WINDOW, max_count: int = MAX_WI
     rows, cols = mask.shape
     if rows < size or cols < size:
         return []
-    # Summed-area table: a window is inside when all size*size pixels are breast.
-    table = np.zeros((rows + 1, cols + 1), dtype=np.int64)
-    table[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
-    r0 = np.arange(0, rows - size + 1, size)
-    c0 = np.arange(0, cols - size + 1, size)
-    rr, cc = np.meshgrid(r0, c0, indexing="ij")
-    inside = table[rr + size, cc + size] - table[rr, cc + size] - table[rr + size, cc] + table[rr, cc] == size * size
-    corners = list(zip(rr[inside].tolist(), cc[inside].tolist()))
+    # The windows tile a fixed grid, so "all pixels are breast" is one reduction over a view of
+    # the mask (no summed-area table: that would be an int64 copy of a film, ~100 MB).
+    n_r, n_c = rows // size, cols // size
+    blocks = np.asarray(mask[: n_r * size, : n_c * size], dtype=bool).reshape(n_r, size, n_c, size)
+    inside = blocks.all(axis=(1, 3))
+    rr, cc = np.nonzero(inside)
+    corners = list(zip((rr * size).tolist(), (cc * size).tolist()))
     if len(corners) > max_count:
         pick = np.linspace(0, len(corners) - 1, max_count).round().astype(int)
         corners = [corners[i] for i in pick]

@@ -842,6 +842,11 @@ def standardise(
     image[~mask_c] = 0.0
     if noise_equalisation is not None:
         curve = noise_curve(image01, mask, noise_equalisation)
+        if curve is None:
+            warnings = warnings + [
+                "noise equalisation skipped: the breast holds no window large enough to measure noise in; "
+                "the model was trained on equalised images"
+            ]
         equalise_noise(image, mask_c, float(spacing_mm), curve, noise_equalisation)
     for w in warnings:
         log.warning("%s: %s", m.source or "image", w)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from MicrocalcAI.core.atomic import atomic_write_bytes, atomic_write_text
-from MicrocalcAI.core.detect.manifest import ModelSpec
+from MicrocalcAI.core.detect.manifest import ModelSpec, settings_mismatch
 from MicrocalcAI.core.errors import CancelledError, DatasetError, MicrocalcAIError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress
 from MicrocalcAI.core.records import ImageFindings
@@ -185,6 +185,9 @@ def _resolve_spec(model: Optional[str], findings: Sequence[Optional[ImageFinding
             spec = resolve_model(None)
     else:
         spec = resolve_model(model)
+    other = settings_mismatch((f.model.settings_sha256 for f in findings if f is not None), spec)
+    if other:
+        log.warning("%s", other)
     shas = {f.model.sha256 for f in findings if f is not None}
     if shas and shas != {spec.sha256}:
         log.warning(

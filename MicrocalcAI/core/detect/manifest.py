@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -157,6 +157,26 @@ class ModelSpec:
         return data
 
 
+def settings_mismatch(made_with: Iterable[Optional[str]], spec: Optional[ModelSpec]) -> Optional[str]:
+    """Why ``spec``'s operating points may not be those the findings were made with, or None.
+
+    ``made_with`` are the findings' ``model.settings_sha256`` (None in files older than schema
+    1.2, which are not judged). The same weights re-calibrated or re-thresholded are another
+    entry, whose scores, thresholds and risk categories differ.
+    """
+    if spec is None:
+        return None
+    made = {m for m in made_with if m}
+    if not made or made == {spec.settings_sha256}:
+        return None
+    return (
+        "the findings were made with other model settings (calibration, thresholds or risk categories; "
+        f"settings {', '.join(sorted(m[:12] for m in made))}) than the entry {spec.name} {spec.version} "
+        f"({spec.settings_sha256[:12]}) whose operating points are used here: pass --model with the manifest "
+        "that made them"
+    )
+
+
 def default_models_dir() -> Path:
     """Where the bundled manifest lives.
 
@@ -209,7 +229,7 @@ def _spec_from_json(entry: dict[str, Any], folder: Path) -> ModelSpec:
             spec.risk_categories = cats
         if calibration is not None:
             spec.calibration = Calibration.from_json(calibration)
-        if equalisation is not None:
+        if equalisation not in (None, False):
             spec.noise_equalisation = NoiseEqualisation.from_json(equalisation)
         spec.folder = str(folder)
     except ModelError:

@@ -2,7 +2,7 @@
 
 TID 4019 (CAD SR) and TID 4019 as used by TID 1500 (Algorithm Identification) allow free-text
 "Algorithm Parameters". We write ``key=value`` lines: the exact model (sha256, backbone,
-canonical spacing), the score threshold, and the input description the run used (stored
+canonical spacing, and the checksum of the manifest entry's settings), the score threshold, and the input description the run used (stored
 image shape, pixel spacing and its source, laterality and view and where they came from),
 and the run's warnings (one ``warning=`` line each), which an SR has no standard place for
 but a reader needs to rebuild the findings. When the model ran its out-of-distribution
@@ -30,6 +30,7 @@ def algorithm_parameters(f: ImageFindings) -> list[str]:
     """``key=value`` texts describing how the findings were made (see module docstring)."""
     pairs = [
         ("model_sha256", f.model.sha256),
+        ("model_settings_sha256", _text(f.model.settings_sha256)),
         ("model_backbone", f.model.backbone),
         ("model_spacing_mm", repr(float(f.model.spacing_mm))),
         ("score_threshold", repr(float(f.score_threshold))),

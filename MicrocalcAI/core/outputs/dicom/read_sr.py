@@ -381,6 +381,7 @@ def read_sr(path: PathLike, *, seg: Optional[Union[PathLike, Dataset]] = None) -
             sha256=params.get("model_sha256") or "",
             backbone=params.get("model_backbone") or "",
             spacing_mm=float(params.get("model_spacing_mm") or "nan"),
+            settings_sha256=params.get("model_settings_sha256"),  # None in SRs older than schema 1.2
         ),
         score_threshold=float(params.get("score_threshold") or "nan"),
         warnings=warnings,

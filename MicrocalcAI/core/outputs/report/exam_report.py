@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 
 from MicrocalcAI import __version__
 from MicrocalcAI.core.atomic import atomic_write_bytes, atomic_write_text
-from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model
+from MicrocalcAI.core.detect.manifest import ModelSpec, resolve_model, settings_mismatch
 from MicrocalcAI.core.errors import MicrocalcAIError, ModelError
 from MicrocalcAI.core.findings.risk import INDETERMINATE, breast_findings, exam_findings
 from MicrocalcAI.core.outputs.findings_json import SCHEMA_VERSION, load_image_json
@@ -177,6 +177,9 @@ def build_context(unit: ExamImages, spec: Optional[ModelSpec], *, created: Optio
             )
     for breast in unit.exam.breasts:
         warnings += [{"view": f"{side_name(breast.laterality)} breast", "text": w} for w in breast.warnings]
+    other = settings_mismatch((f.model.settings_sha256 for f in unit.images), spec)
+    if other:
+        warnings.append({"view": "model", "text": other})
     breasts = [
         {
             "side": side_name(b.laterality),
