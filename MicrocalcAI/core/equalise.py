@@ -36,6 +36,10 @@ What this module does, and why this way:
 - The gain is clipped to [``min_gain``, ``max_gain``]: a perfectly smooth synthetic image has
   almost no noise, and an unbounded gain would turn its rounding steps into texture.
 
+This module is imported by the manifest, which must import with the standard library alone
+(Slicer start-up, the wheel check), so numpy, scipy and :mod:`MicrocalcAI.core.noise` are
+imported inside the functions that compute.
+
 It is a model setting, not a user option: a model trained with it needs it at inference and
 one trained without it must not get it. The manifest entry records it
 (:attr:`MicrocalcAI.core.detect.manifest.ModelSpec.noise_equalisation`) and
@@ -48,12 +52,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Optional
 
 from MicrocalcAI.core.errors import InputError
-from MicrocalcAI.core.noise import WINDOW, breast_windows, window_noise
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["NoiseCurve", "NoiseEqualisation", "equalise_noise", "noise_curve"]
 
@@ -126,12 +130,18 @@ class NoiseCurve:
     noise: np.ndarray  # noise at each knot, >= NOISE_FLOOR
 
     def __call__(self, grey: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         return np.interp(grey, self.grey, self.noise).astype(np.float32)
 
 
 def noise_curve(stored01: np.ndarray, mask: np.ndarray, config: NoiseEqualisation) -> Optional[NoiseCurve]:
     """The noise-versus-grey curve of a normalised stored image (native pixels), or None when
     the breast holds no whole measuring window (then nothing can be equalised)."""
+    import numpy as np
+
+    from MicrocalcAI.core.noise import WINDOW, breast_windows, window_noise
+
     corners = breast_windows(np.asarray(mask, dtype=bool), WINDOW, int(config.max_windows))
     if not corners:
         return None
@@ -158,10 +168,11 @@ def equalise_noise(
     ``curve`` is the image's own :func:`noise_curve` from its native pixels; None leaves the
     image as it is (logged). The result is clipped to [0, 1] and 0 off the mask.
     """
+    import numpy as np
     from scipy import ndimage
 
     if curve is None:
-        log.debug("noise equalisation skipped: the breast holds no %d-pixel window to measure noise in", WINDOW)
+        log.debug("noise equalisation skipped: the breast holds no window to measure noise in")
         return image
     if image.dtype != np.float32:
         raise InputError(f"noise equalisation works on float32 images, got {image.dtype}")
