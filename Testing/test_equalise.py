@@ -172,3 +172,37 @@ def test_training_config_records_the_setting_only_when_on(tmp_path) -> None:
     assert TrainConfig.from_dict(on.to_dict()).noise_equalisation == on.noise_equalisation
     with pytest.raises(TrainConfigError, match="noise"):
         TrainConfig.from_dict(dict(base, noise_equalisation={"max_gain": 0}))
+
+
+def test_weights_record_the_setting_and_a_manifest_that_disagrees_is_refused(tmp_path) -> None:
+    """A hand-written entry that drops (or adds) the setting would feed the network input it
+    was never trained on: the weights file says what it was trained with."""
+    from dataclasses import replace
+
+    from _detect_helpers import SMALL_OVERLAP, SMALL_TILE, small_detector, small_detector_config, small_spec
+
+    from MicrocalcAI.core.detect.weights import load_detector, save_weights
+
+    model, ne = small_detector("mobilenet_v2"), NoiseEqualisation()
+    path = tmp_path / "equalised.safetensors"
+    digest = save_weights(model, path, replace(small_detector_config(), noise_equalisation=ne.to_json()))
+    spec = ModelSpec(
+        name="m",
+        version="0",
+        file=path.name,
+        sha256=digest,
+        backbone="mobilenet_v2",
+        tile_size=SMALL_TILE,
+        tile_overlap=SMALL_OVERLAP,
+        folder=str(tmp_path),
+        noise_equalisation=ne,
+    )
+    assert load_detector(spec) is not None
+    with pytest.raises(ModelError, match="trained with noise equalisation"):
+        load_detector(replace(spec, noise_equalisation=None))
+    with pytest.raises(ModelError, match="trained with noise equalisation"):
+        load_detector(replace(spec, noise_equalisation=NoiseEqualisation(target_noise=0.01)))
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    with pytest.raises(ModelError, match="without noise equalisation"):
+        load_detector(small_spec(plain_dir, model, noise_equalisation=ne))

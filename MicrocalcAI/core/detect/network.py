@@ -286,14 +286,21 @@ class DetectorConfig:
     anchor_sizes: tuple[int, ...]
     tile_size: int
     input_size: int
+    #: The noise-equalisation settings the weights were trained with (JSON of
+    #: :class:`~MicrocalcAI.core.equalise.NoiseEqualisation`), None = trained without: a
+    #: manifest entry that disagrees would feed the network input it never saw.
+    noise_equalisation: Optional[dict[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "backbone": self.backbone,
             "anchor_sizes": list(self.anchor_sizes),
             "tile_size": int(self.tile_size),
             "input_size": int(self.input_size),
         }
+        if self.noise_equalisation is not None:  # absent = without: older files read the same
+            data["noise_equalisation"] = dict(self.noise_equalisation)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DetectorConfig:
@@ -305,6 +312,7 @@ class DetectorConfig:
             anchor_sizes=tuple(int(a) for a in data["anchor_sizes"]),
             tile_size=tile,
             input_size=int(data.get("input_size", tile)),
+            noise_equalisation=dict(data["noise_equalisation"]) if data.get("noise_equalisation") else None,
         )
 
 

@@ -123,6 +123,14 @@ def _check_config(spec: ModelSpec, metadata: dict[str, str], path: Path) -> None
         raise ModelError(
             f"weights {path} hold a {saved} detector but model {spec.name!r} says backbone {spec.backbone!r}"
         )
+    trained = config.get("noise_equalisation") or None
+    wanted = spec.noise_equalisation.to_json() if spec.noise_equalisation is not None else None
+    if trained != wanted:
+        raise ModelError(
+            f"weights {path} were trained {'with noise equalisation ' + json.dumps(trained) if trained else 'without noise equalisation'} "
+            f"but model {spec.name!r} says {'noise_equalisation ' + json.dumps(wanted) if wanted else 'none'}: "
+            "the network would see input it was not trained on; fix the manifest entry"
+        )
     anchors = config.get("anchor_sizes")
     if anchors is not None and [int(a) for a in anchors] != [int(a) for a in spec.anchor_sizes]:
         log.warning(
