@@ -102,9 +102,17 @@ class NoiseEqualisation:
         return asdict(self)
 
     @classmethod
+    def from_setting(cls, value: Any) -> Optional[NoiseEqualisation]:
+        """The setting as training configs, checkpoints and manifests write it: absent, null or
+        ``false`` = off (None); ``true`` = the defaults; an object = those settings."""
+        if value is None or value is False:
+            return None
+        return value if isinstance(value, cls) else cls.from_json(value)
+
+    @classmethod
     def from_json(cls, data: Any) -> NoiseEqualisation:
-        """From a manifest entry or training config (``true`` = the defaults; callers read
-        ``false``/null as off); unknown keys and non-numbers are errors, not ignored."""
+        """From a manifest entry or training config (``true`` = the defaults; for off see
+        :meth:`from_setting`); unknown keys and non-numbers are errors, not ignored."""
         if data is True:
             return cls()
         if not isinstance(data, dict):

@@ -94,13 +94,10 @@ class TrainConfig:
         if isinstance(self.patch, dict):
             self.patch = _dataclass_from_dict(PatchConfig, self.patch, "patch")
         self.anchor_sizes = tuple(int(a) for a in self.anchor_sizes)
-        if self.noise_equalisation is False:
-            self.noise_equalisation = None
-        if self.noise_equalisation is not None and not isinstance(self.noise_equalisation, NoiseEqualisation):
-            try:
-                self.noise_equalisation = NoiseEqualisation.from_json(self.noise_equalisation)
-            except InputError as exc:
-                raise TrainConfigError(f"invalid training config: {exc}") from exc
+        try:
+            self.noise_equalisation = NoiseEqualisation.from_setting(self.noise_equalisation)
+        except InputError as exc:
+            raise TrainConfigError(f"invalid training config: {exc}") from exc
         problems = []
         sources = self.train_sources
         if not sources or not all(isinstance(v, str) and v for v in sources):

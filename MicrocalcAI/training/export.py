@@ -111,9 +111,7 @@ def export_model(
             tile_size=int(mc["tile_size"]),
             tile_overlap=int(mc["tile_overlap"]),
             anchor_sizes=tuple(int(a) for a in mc["anchor_sizes"]),
-            noise_equalisation=(
-                NoiseEqualisation.from_json(mc["noise_equalisation"]) if mc.get("noise_equalisation") else None
-            ),
+            noise_equalisation=NoiseEqualisation.from_setting(mc.get("noise_equalisation")),
             training_data=training_data,
             folder=str(out),
         )

@@ -229,8 +229,7 @@ def _spec_from_json(entry: dict[str, Any], folder: Path) -> ModelSpec:
             spec.risk_categories = cats
         if calibration is not None:
             spec.calibration = Calibration.from_json(calibration)
-        if equalisation not in (None, False):
-            spec.noise_equalisation = NoiseEqualisation.from_json(equalisation)
+        spec.noise_equalisation = NoiseEqualisation.from_setting(equalisation)
         spec.folder = str(folder)
     except ModelError:
         raise
