@@ -22,6 +22,7 @@ from MicrocalcAI.training.validation import (
     ImageEvaluation,
     choose_malignancy_operating_points,
     choose_score_threshold,
+    lowest_threshold_within,
     summarise,
 )
 
@@ -86,6 +87,31 @@ def test_training_checkpoints_resumes_identically_and_exports(tiny_coco, tmp_pat
     for key, value in loaded.state_dict().items():
         if value.is_floating_point():
             torch.testing.assert_close(value, best[key].float(), rtol=2e-3, atol=1e-4)
+    # Real-film false-mark cap: the same images with their annotations stripped are negatives
+    # (every mark false); the threshold becomes max(validation's, the negatives' floor).
+    negatives = tmp_path / "negatives.json"
+    coco = json.loads(tiny_coco.read_text())
+    for image in coco["images"]:
+        image["file_name"] = str((tiny_coco.parent / image["file_name"]).resolve())
+    negatives.write_text(json.dumps(coco | {"annotations": []}))
+    capped = export_model(
+        ref.best_checkpoint,
+        tmp_path / "capped",
+        "tiny",
+        "0.1",
+        val_coco=tiny_coco,
+        negatives_coco=[negatives],
+        max_negative_fp_per_image=0.5,
+        device="cpu",
+    )
+    record = capped.metrics["negatives"]
+    assert record["n_images"] == len(coco["images"]) and record["datasets"] == [str(negatives)]
+    assert record["validation_threshold"] == spec.score_threshold  # same weights, same validation
+    assert capped.score_threshold == max(spec.score_threshold, capped.score_threshold)
+    assert record["fp_per_image"] <= 0.5 and record["score_threshold"] == capped.score_threshold
+    if record["fp_per_image_at_validation_threshold"] > 0.5:
+        assert capped.score_threshold > spec.score_threshold
+    assert "negative images" in capped.metrics["operating_point_rule"]
     # A second export under the same name replaces the entry instead of duplicating it.
     export_model(ref.best_checkpoint, models, "tiny", "0.2", device="cpu")
     _, specs = load_manifest(models)
@@ -251,6 +277,43 @@ def test_summary_counts_hits_false_positives_and_auc():
     assert roc_auc(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0])) == 1.0
     assert roc_auc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
     assert np.isnan(roc_auc(np.array([0.3]), np.array([1])))
+
+
+def test_negatives_raise_the_threshold_to_their_false_mark_cap_and_never_lower_it():
+    from MicrocalcAI.training.calibration_fit import choose_operating_points, negatives_record
+
+    boxes = np.array([[10.0 * i, 0, 10.0 * i + 5, 5] for i in range(4)])
+    # Validation: 4 lesions at 0.3-0.9, no false marks: validation alone takes a low threshold.
+    val = [
+        ImageEvaluation(
+            "v",
+            boxes,
+            np.array([1, 1, 2, 2]),
+            boxes.copy(),
+            np.array([0.3, 0.5, 0.7, 0.9]),
+            np.array([0.1, 0.2, 0.8, 0.9]),
+        )
+    ]
+    # Two lesion-free images with marks at 0.2, 0.4, 0.6 and 0.8: 2 marks per image at 0.4.
+    marks = np.array([[0, 0, 5, 5], [20, 20, 25, 25]], float)
+    negatives = [
+        ImageEvaluation("n1", np.zeros((0, 4)), np.zeros(0, int), marks, np.array([0.2, 0.6]), np.array([0.5, 0.5])),
+        ImageEvaluation("n2", np.zeros((0, 4)), np.zeros(0, int), marks, np.array([0.4, 0.8]), np.array([0.5, 0.5])),
+    ]
+    # <= 1 mark per image: 2 marks in all, i.e. above 0.4 (0.6 and 0.8 remain).
+    assert lowest_threshold_within(negatives, 1.0) == 0.41
+    assert lowest_threshold_within(negatives, 0.5) == 0.61
+    assert lowest_threshold_within(negatives, 2.0) == 0.05
+    plain = choose_operating_points(val, 0.5)
+    capped = choose_operating_points(val, 0.5, negatives, 1.0)
+    assert plain.score_threshold == 0.3 and capped.score_threshold == 0.41  # 0.3: all 4 lesions, highest
+    assert capped.validation_threshold == plain.score_threshold
+    # A cap the negatives already meet leaves validation's threshold alone.
+    assert choose_operating_points(val, 0.5, negatives, 3.0).score_threshold == plain.score_threshold
+    record = negatives_record(negatives, ["n.json"], capped, 1.0)
+    assert record["fp_per_image_at_validation_threshold"] == 1.5 and record["fp_per_image"] == 1.0  # 0.4, 0.6, 0.8
+    with pytest.raises(MicrocalcAIError, match="max_negative_fp_per_image"):
+        choose_operating_points(val, 0.5, negatives, 0.0)
 
 
 def test_malignancy_operating_points_sit_inside_the_separating_range():

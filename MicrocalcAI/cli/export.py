@@ -58,6 +58,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="score threshold: best validation sensitivity at <= FP false positives per image (default 0.5)",
     )
     ex.add_argument(
+        "--negatives",
+        nargs="+",
+        metavar="COCO",
+        default=(),
+        help="COCO file(s) of images whose every mark counts as false (e.g. real films from "
+        "MicrocalcAI.simulation.delivery.write_film_deliveries): the threshold is raised where needed "
+        "so they make at most --max-negative-fp false marks per image",
+    )
+    ex.add_argument(
+        "--max-negative-fp",
+        type=float,
+        default=1.0,
+        metavar="FP",
+        help="false marks per image allowed on --negatives (default 1.0)",
+    )
+    ex.add_argument(
         "--ood-train",
         nargs="+",
         metavar="COCO",
@@ -87,6 +103,8 @@ def _recalibrate(args: argparse.Namespace) -> int:
                 name=args.name,
                 out_dir=args.out,
                 target_fp_per_image=args.target_fp,
+                negatives_coco=args.negatives,
+                max_negative_fp_per_image=args.max_negative_fp,
                 device=args.device,
                 progress=bar,
             ),
@@ -104,9 +122,19 @@ def _recalibrate(args: argparse.Namespace) -> int:
             f"Brier {block['before']['brier']:.3f} -> {block['after']['brier']:.3f} (on the fitting data)"
         )
     print(f"score threshold {spec.score_threshold}; operating points {spec.operating_points}")
+    _print_negatives(record.get("negatives"))
     print("risk categories " + ", ".join(f"{c.name} >= {c.min_probability:g}" for c in spec.risk_categories))
     print(f"written to {Path(spec.folder or '.') / 'manifest.json'}")
     return EXIT_OK
+
+
+def _print_negatives(record: dict[str, Any] | None) -> None:
+    if record:
+        print(
+            f"negatives ({record['n_images']} images): {record['fp_per_image_at_validation_threshold']:.2f} false marks "
+            f"per image at the validation threshold {record['validation_threshold']:.2f}, "
+            f"{record['fp_per_image']:.2f} at {record['score_threshold']:.2f} (cap {record['max_fp_per_image']:g})"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
                 test_coco=args.test,
                 training_data=args.training_data,
                 target_fp_per_image=args.target_fp,
+                negatives_coco=args.negatives,
+                max_negative_fp_per_image=args.max_negative_fp,
                 make_default=not args.not_default,
                 device=args.device,
                 calibrate=not args.no_calibration,
@@ -163,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {Path(args.out) / spec.file} (sha256 {spec.sha256[:12]}...) and its entry in {Path(args.out) / 'manifest.json'}"
     )
     print(f"score threshold {spec.score_threshold}; operating points {spec.operating_points}")
+    _print_negatives(spec.metrics.get("negatives"))
     for split in ("validation", "test"):
         m = spec.metrics.get(split)
         if m and m.get("lesion_sensitivity") is not None:

@@ -57,6 +57,7 @@ import numpy as np
 from scipy import ndimage
 
 from MicrocalcAI.simulation.config import MU_GLAND, SimulationConfig
+from MicrocalcAI.simulation.delivery import block_mean
 from MicrocalcAI.simulation.geometry import Speck
 from MicrocalcAI.simulation.rendering import render_speck, speck_mask_from_coverage
 
@@ -160,13 +161,6 @@ def draw_film_chain(
     )
 
 
-def _block_mean(a: np.ndarray, k: int) -> np.ndarray:
-    if k == 1:
-        return a
-    h, w = a.shape[0] // k, a.shape[1] // k
-    return a[: h * k, : w * k].reshape(h, k, w, k).mean(axis=(1, 3))
-
-
 def render_specks_film(
     specks: list[Speck],
     scales: list[float],
@@ -212,7 +206,7 @@ def render_specks_film(
         t_al[fr0 - ar0 : fr0 - ar0 + thick.shape[0], fc0 - ac0 : fc0 - ac0 + thick.shape[1]] = thick
         c_al[fr0 - ar0 : fr0 - ar0 + cover.shape[0], fc0 - ac0 : fc0 - ac0 + cover.shape[1]] = cover
         out_r0, out_c0 = ar0 // k, ac0 // k
-        masks.append((speck_mask_from_coverage(_block_mean(c_al, k)), (out_r0, out_c0)))
+        masks.append((speck_mask_from_coverage(block_mean(c_al, k)), (out_r0, out_c0)))
         # Paste into the canvas, clipped to it.
         cr0, cc0 = ar0 - r0 * k, ac0 - c0 * k
         sr0, sc0 = max(0, -cr0), max(0, -cc0)
@@ -222,7 +216,7 @@ def render_specks_film(
     sigma_fine = chain.sigma_speck_mm / fine
     if sigma_fine > 0.05:
         canvas = ndimage.gaussian_filter(canvas, sigma_fine, mode="constant")
-    return _block_mean(canvas, k), (r0, c0), masks
+    return block_mean(canvas, k), (r0, c0), masks
 
 
 def apply_lut(atten: np.ndarray, full_scale: float, gamma: float) -> np.ndarray:

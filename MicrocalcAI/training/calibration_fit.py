@@ -55,6 +55,7 @@ from MicrocalcAI.training.validation import (
     choose_malignancy_operating_points,
     choose_score_threshold,
     collect_evaluations,
+    lowest_threshold_within,
     match_all,
     summarise,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "calibrate_evaluations",
     "calibration_data",
     "choose_operating_points",
+    "negatives_record",
     "choose_risk_categories",
     "fit_calibration",
     "fit_platt",
@@ -282,28 +284,72 @@ class OperatingPoints:
     operating_points: dict[str, float]
     risk_categories: list[RiskCategory]
     rule: str
+    validation_threshold: float  # the threshold validation alone chose (before any negatives' floor)
 
 
-def choose_operating_points(evals: Sequence[ImageEvaluation], target_fp_per_image: float) -> OperatingPoints:
+def choose_operating_points(
+    evals: Sequence[ImageEvaluation],
+    target_fp_per_image: float,
+    negatives: Sequence[ImageEvaluation] = (),
+    max_negative_fp_per_image: float = 1.0,
+) -> OperatingPoints:
     """Score threshold, p_malignant operating points and risk categories from (calibrated)
-    validation evaluations."""
-    if not (
-        isinstance(target_fp_per_image, (int, float)) and math.isfinite(target_fp_per_image) and target_fp_per_image > 0
+    validation evaluations.
+
+    With ``negatives`` (calibrated evaluations of images whose every mark counts as false, e.g.
+    real films delivered as an archive holds them), the threshold is raised, where needed, to
+    the lowest one at which they make at most ``max_negative_fp_per_image``; the p_malignant
+    points and risk categories are then chosen at that threshold.
+    """
+    for value, what in (
+        (target_fp_per_image, "target_fp_per_image"),
+        (max_negative_fp_per_image, "max_negative_fp_per_image"),
     ):
-        raise InputError(f"target_fp_per_image must be a positive number, got {target_fp_per_image!r}")
-    threshold = choose_score_threshold(evals, target_fp_per_image)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise InputError(f"{what} must be a positive number, got {value!r}")
+    threshold = validation_threshold = choose_score_threshold(evals, target_fp_per_image)
+    rule = f"score_threshold: highest sensitivity at <= {target_fp_per_image:g} FP/image on validation"
+    if negatives:
+        floor = lowest_threshold_within(negatives, max_negative_fp_per_image)
+        rule += (
+            f", raised where needed to the lowest threshold with <= {max_negative_fp_per_image:g} false marks per image "
+            f"on the {len(negatives)} negative images (validation alone: {threshold:.2f}, negatives' floor: {floor:.2f})"
+        )
+        threshold = max(threshold, floor)
     return OperatingPoints(
         score_threshold=threshold,
         operating_points=choose_malignancy_operating_points(evals, threshold),
         risk_categories=choose_risk_categories(evals, threshold),
         rule=(
-            f"score_threshold: highest sensitivity at <= {target_fp_per_image:g} FP/image on validation; "
+            f"{rule}; "
             "p_malignant on found validation lesions: high_sensitivity = lowest threshold of best specificity with "
             ">= 95% malignant sensitivity, balanced = middle of the thresholds maximising Youden J; risk categories: "
             "the same two rules on the image probability of core.findings.risk.image_risk over validation images "
             "(intermediate = high-sensitivity cut, high = balanced cut)"
         ),
+        validation_threshold=validation_threshold,
     )
+
+
+def negatives_record(
+    negatives: Sequence[ImageEvaluation], datasets: Sequence[str], points: OperatingPoints, max_fp_per_image: float
+) -> dict[str, Any]:
+    """What the manifest keeps of the false-mark cap: the negatives' false marks per image at
+    the validation-only threshold and at the chosen one."""
+    pooled = pool_lesions(match_all(negatives, EVAL_MIN_SCORE))
+    n = max(pooled.n_images, 1)
+    return {
+        "datasets": list(datasets),
+        "n_images": pooled.n_images,
+        "max_fp_per_image": max_fp_per_image,
+        "validation_threshold": points.validation_threshold,
+        "fp_per_image_at_validation_threshold": round(
+            float((pooled.fp_scores >= points.validation_threshold).sum()) / n, 4
+        ),
+        "score_threshold": points.score_threshold,
+        "fp_per_image": round(float((pooled.fp_scores >= points.score_threshold).sum()) / n, 4),
+        "note": "every mark on these images counts as false (they carry no calcification labels)",
+    }
 
 
 def recalibrate_manifest_entry(
@@ -313,6 +359,8 @@ def recalibrate_manifest_entry(
     name: Optional[str] = None,
     out_dir: Optional[os.PathLike | str] = None,
     target_fp_per_image: float = 0.5,
+    negatives_coco: Sequence[os.PathLike | str] = (),
+    max_negative_fp_per_image: float = 1.0,
     device: str = "auto",
     progress: ProgressCallback = no_progress,
 ) -> tuple[Any, dict[str, Any]]:
@@ -325,7 +373,9 @@ def recalibrate_manifest_entry(
     written back (into ``out_dir``'s manifest.json if given, the weights path then made
     absolute; else into ``manifest`` itself) with ``metrics["calibration"]`` (the fit's record and the validation
     summary at the new threshold); other metrics blocks are kept and marked as measured
-    before calibration. Returns (the new entry, the record).
+    before calibration. ``negatives_coco`` caps the false marks as in export
+    (:func:`choose_operating_points`); the record then has a ``negatives`` block. Returns (the
+    new entry, the record).
     """
     from MicrocalcAI.core.detect.network import select_device
     from MicrocalcAI.core.detect.weights import load_detector
@@ -341,12 +391,23 @@ def recalibrate_manifest_entry(
     dev = select_device(device)
     model = load_detector(raw_spec, dev)
     skipped: list[str] = []
+    val_end = 0.7 if negatives_coco else 0.95
     raw = collect_evaluations(
-        val_coco, raw_spec, model, dev, progress=sub_progress(progress, 0.0, 0.95), skipped=skipped
+        val_coco, raw_spec, model, dev, progress=sub_progress(progress, 0.0, val_end), skipped=skipped
     )
+    raw_negatives = [
+        ev
+        for coco in negatives_coco
+        for ev in collect_evaluations(coco, raw_spec, model, dev, progress=sub_progress(progress, val_end, 0.95))
+    ]
     cal, record = fit_calibration(raw, fitted_on=str(val_coco))
     calibrated = calibrate_evaluations(raw, cal)
-    points = choose_operating_points(calibrated, target_fp_per_image)
+    negatives = calibrate_evaluations(raw_negatives, cal)
+    points = choose_operating_points(calibrated, target_fp_per_image, negatives, max_negative_fp_per_image)
+    if negatives:
+        record["negatives"] = negatives_record(
+            negatives, [str(c) for c in negatives_coco], points, max_negative_fp_per_image
+        )
     record["n_images_refused"] = len(skipped)
     record["previous"] = {
         "calibration": spec.calibration.to_json() if spec.calibration else None,

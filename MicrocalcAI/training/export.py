@@ -23,7 +23,12 @@ from MicrocalcAI.core.errors import InputError, ModelError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.datasets.coco import parse_coco
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE
-from MicrocalcAI.training.calibration_fit import calibrate_evaluations, choose_operating_points, fit_calibration
+from MicrocalcAI.training.calibration_fit import (
+    calibrate_evaluations,
+    choose_operating_points,
+    fit_calibration,
+    negatives_record,
+)
 from MicrocalcAI.training.checkpoints import load_checkpoint, model_from_checkpoint
 from MicrocalcAI.training.validation import collect_evaluations, evaluate_coco, summarise
 
@@ -66,6 +71,8 @@ def export_model(
     extra_metrics: Optional[dict[str, Any]] = None,
     calibrate: bool = True,
     ood_train_coco: Optional[Sequence[os.PathLike | str]] = None,
+    negatives_coco: Sequence[os.PathLike | str] = (),
+    max_negative_fp_per_image: float = 1.0,
     progress: ProgressCallback = no_progress,
 ) -> ModelSpec:
     """Write fp16 weights + a manifest entry for a checkpoint; return the entry.
@@ -79,6 +86,11 @@ def export_model(
     loaded back through :func:`load_detector`, i.e. on what users run.
     With ``ood_train_coco`` (training images) and ``val_coco`` (its threshold), the model's
     out-of-distribution reference is fitted too (:func:`MicrocalcAI.training.ood.fit_model_reference`).
+    With ``negatives_coco`` (COCO files of images whose every mark counts as false, e.g. real
+    films from :func:`MicrocalcAI.simulation.delivery.write_film_deliveries`) and ``val_coco``,
+    the threshold is raised where needed so that they make at most ``max_negative_fp_per_image``
+    (:func:`choose_operating_points`); ``metrics["negatives"]`` records their false marks per
+    image at the validation-only and the chosen threshold.
     """
     from MicrocalcAI.core.detect.weights import load_detector, save_weights
 
@@ -87,8 +99,14 @@ def export_model(
     for coco in (val_coco, test_coco):  # a bad file must fail before anything is written
         if coco is not None:
             parse_coco(coco)
+    for coco in negatives_coco:
+        parse_coco(coco)
     if ood_train_coco and val_coco is None:
         raise InputError("fitting the OOD reference (ood_train_coco) needs val_coco: its threshold is chosen there")
+    if negatives_coco and val_coco is None:
+        raise InputError(
+            "the false-mark cap on negatives (negatives_coco) needs val_coco: the threshold is chosen there"
+        )
     if not (
         isinstance(target_fp_per_image, (int, float)) and math.isfinite(target_fp_per_image) and target_fp_per_image > 0
     ):
@@ -121,13 +139,34 @@ def export_model(
         metrics: dict[str, Any] = {"checkpoint_iteration": int(load_checkpoint(checkpoint_path)["iteration"])}
         if val_coco is not None:
             val_skipped: list[str] = []
+            val_end = 0.35 if negatives_coco else 0.5
             val_evals = collect_evaluations(
-                val_coco, spec, shipped, dev, progress=sub_progress(progress, 0.0, 0.5), skipped=val_skipped
+                val_coco, spec, shipped, dev, progress=sub_progress(progress, 0.0, val_end), skipped=val_skipped
             )
+            negative_evals = [
+                ev
+                for i, coco in enumerate(negatives_coco)
+                for ev in collect_evaluations(
+                    coco,
+                    spec,
+                    shipped,
+                    dev,
+                    progress=sub_progress(
+                        progress,
+                        val_end + 0.15 * i / len(negatives_coco),
+                        val_end + 0.15 * (i + 1) / len(negatives_coco),
+                    ),
+                )
+            ]
             if calibrate:
                 spec.calibration, metrics["calibration"] = fit_calibration(val_evals, fitted_on=str(val_coco))
                 val_evals = calibrate_evaluations(val_evals, spec.calibration)
-            points = choose_operating_points(val_evals, target_fp_per_image)
+                negative_evals = calibrate_evaluations(negative_evals, spec.calibration)
+            points = choose_operating_points(val_evals, target_fp_per_image, negative_evals, max_negative_fp_per_image)
+            if negative_evals:
+                metrics["negatives"] = negatives_record(
+                    negative_evals, [str(c) for c in negatives_coco], points, max_negative_fp_per_image
+                )
             spec.score_threshold = points.score_threshold
             spec.operating_points = points.operating_points
             spec.risk_categories = points.risk_categories

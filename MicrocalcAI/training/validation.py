@@ -231,6 +231,31 @@ def choose_score_threshold(evals: Sequence[ImageEvaluation], target_fp_per_image
     return best_t
 
 
+def lowest_threshold_within(evals: Sequence[ImageEvaluation], max_fp_per_image: float) -> float:
+    """The lowest lesion-score threshold (same 0.01 grid as :func:`choose_score_threshold`) at
+    which the detections that find nothing on ``evals`` stay at most ``max_fp_per_image``.
+
+    Why: a threshold chosen on simulated validation alone let models make 1.1-1.6 false marks
+    per image on real film (docs/real-film.md, section 5); export raises its threshold to this
+    floor on real films delivered the way archives hold them (``export_model(negatives_coco=)``).
+    When even the top of the grid makes more, the top is returned and a warning logged.
+    """
+    pooled = pool_lesions(match_all(evals, EVAL_MIN_SCORE))
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    if not pooled.n_images:
+        return float(grid[0])
+    for t in grid:
+        if (pooled.fp_scores >= t).sum() / pooled.n_images <= max_fp_per_image:
+            return float(t)
+    log.warning(
+        "even at threshold %.2f the images make %.2f false marks per image (> %g)",
+        grid[-1],
+        (pooled.fp_scores >= grid[-1]).sum() / pooled.n_images,
+        max_fp_per_image,
+    )
+    return float(grid[-1])
+
+
 def choose_malignancy_operating_points(
     evals: Sequence[ImageEvaluation], score_threshold: float, target_malignant_sensitivity: float = 0.95
 ) -> dict[str, float]:
