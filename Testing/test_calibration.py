@@ -226,6 +226,22 @@ def test_recalibrate_an_existing_entry_from_a_validation_coco_through_the_cli(tm
     # the fitted parameters are the ones recorded, and the old metrics are kept
     assert record["parameters"] == spec.calibration.to_json()
     assert spec.metrics["validation"] == bundled.metrics["validation"]
+    # --negatives: the same images without their labels (every mark false), capped at 0.25 per image
+    data = json.loads(coco.read_text())
+    for image in data["images"]:
+        image["file_name"] = str((coco.parent / image["file_name"]).resolve())
+    negatives = tmp_path / "negatives.json"
+    negatives.write_text(json.dumps(data | {"annotations": []}))
+    capped_out = tmp_path / "capped"
+    argv = ["export", "--recalibrate", str(bundled_manifest), "--name", plain, "--val", str(coco), "--device", "cpu"]
+    argv += ["--out", str(capped_out), "--negatives", str(negatives), "--max-negative-fp", "0.25", "--quiet"]
+    assert main(argv) == 0
+    assert "negatives (4 images)" in capsys.readouterr().out
+    capped = load_manifest(capped_out)[1][0]
+    block = capped.metrics["calibration"]["negatives"]
+    assert block["n_images"] == 4 and block["fp_per_image"] <= 0.25
+    assert block["validation_threshold"] == spec.score_threshold  # same fit, same validation
+    assert capped.score_threshold == block["score_threshold"] >= spec.score_threshold
     # without --val it is a usage error (exit 2), nothing written
     assert main(["export", "--recalibrate", str(bundled_manifest), "--out", str(tmp_path / "none"), "--quiet"]) == 2
     assert not (tmp_path / "none").exists()

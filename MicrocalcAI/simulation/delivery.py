@@ -131,7 +131,7 @@ def write_film_deliveries(
         for view, path in case.items()
         if split == "all" or (view in HELD_OUT_VIEWS) == (split == "held_out")
     ]
-    images = []
+    images: list[dict[str, object]] = []
     total = len(films) * len(deliveries)
     for f, (index, view, path) in enumerate(films):
         pixels = np.asarray(pydicom.dcmread(str(path)).pixel_array)
