@@ -39,8 +39,8 @@ def analyzer() -> Analyzer:
 @pytest.fixture(scope="module")
 def geometry_analyzer() -> Analyzer:
     """The coordinate tests need a model that reliably finds the basic simulator's sharp,
-    conspicuous clusters: 0.2.1 was trained on them; the film-trained default (0.3.0) misses
-    or over-boxes some of them, which says nothing about the geometry under test."""
+    conspicuous clusters: 0.2.1 was trained on them; the film-trained defaults (0.3.0, 0.4.0) miss
+    or over-box some of them, which says nothing about the geometry under test."""
     return Analyzer(PLAIN_MODEL, device="cpu")
 
 

@@ -1,6 +1,6 @@
 """The separable resampling (MicrocalcAI.core.resample) gives SimpleITK's canonical image.
 
-Model 0.3.0 is trained through ``standardise``: replacing SimpleITK's ``Resample`` by the
+The film models (0.3.0, 0.4.0) are trained through ``standardise``: replacing SimpleITK's ``Resample`` by the
 separable form must not change a canonical pixel beyond float32 rounding. SimpleITK is the
 reference here (``_resample_image(..., reference=True)``), on synthetic images at awkward
 scales and on the real CBIS-DDSM films, fine (downsampled, linear) and degraded to 0.2 mm

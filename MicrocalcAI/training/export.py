@@ -107,10 +107,12 @@ def export_model(
         raise InputError(
             "the false-mark cap on negatives (negatives_coco) needs val_coco: the threshold is chosen there"
         )
-    if not (
-        isinstance(target_fp_per_image, (int, float)) and math.isfinite(target_fp_per_image) and target_fp_per_image > 0
+    for value, what in (
+        (target_fp_per_image, "target_fp_per_image"),
+        (max_negative_fp_per_image, "max_negative_fp_per_image"),
     ):
-        raise InputError(f"target_fp_per_image must be a positive number, got {target_fp_per_image!r}")
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise InputError(f"{what} must be a positive number, got {value!r}")
     out = Path(out_dir)
     weights_file = f"{name}-{version}.safetensors"
     # Measured under a hidden name and renamed only once everything is measured, so a failed
