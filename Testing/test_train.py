@@ -107,9 +107,10 @@ def test_training_checkpoints_resumes_identically_and_exports(tiny_coco, tmp_pat
     record = capped.metrics["negatives"]
     assert record["n_images"] == len(coco["images"]) and record["datasets"] == [str(negatives)]
     assert record["validation_threshold"] == spec.score_threshold  # same weights, same validation
-    assert capped.score_threshold == max(spec.score_threshold, capped.score_threshold)
-    assert record["fp_per_image"] <= 0.5 and record["score_threshold"] == capped.score_threshold
-    if record["fp_per_image_at_validation_threshold"] > 0.5:
+    assert capped.score_threshold >= spec.score_threshold  # the cap never lowers validation's threshold
+    assert record["score_threshold"] == capped.score_threshold and record["n_images_refused"] == 0
+    assert record["cap_met"] == (record["fp_per_image"] <= 0.5)
+    if record["fp_per_image_at_validation_threshold"] > 0.5 and record["cap_met"]:
         assert capped.score_threshold > spec.score_threshold
     assert "negative images" in capped.metrics["operating_point_rule"]
     # A second export under the same name replaces the entry instead of duplicating it.

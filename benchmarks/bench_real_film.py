@@ -65,7 +65,7 @@ from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities  # 
 from MicrocalcAI.simulation.backgrounds import HELD_OUT_VIEWS  # noqa: E402
 from MicrocalcAI.simulation.calcifications import cluster_birads  # noqa: E402
 from MicrocalcAI.simulation.config import CBIS_SPACING_MM  # noqa: E402
-from MicrocalcAI.simulation.delivery import digitise, quantise  # noqa: E402
+from MicrocalcAI.simulation.delivery import ARCHIVE_DELIVERIES, digitise, quantise  # noqa: E402
 from MicrocalcAI.simulation.rendering import render_speck  # noqa: E402
 
 # HELD_OUT_VIEWS (simulation/backgrounds.py) is the one place that names the views of each
@@ -388,9 +388,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model name or manifest/weights path (default: bundled)")
     parser.add_argument("--out", type=Path, default=Path("out/bench_real_film"))
-    parser.add_argument("--spacings", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
+    parser.add_argument("--spacings", type=float, nargs="+", default=[d.spacing_mm for d in ARCHIVE_DELIVERIES])
     parser.add_argument("--blurs", type=float, nargs="+", default=[0.0, 0.07, 0.14], help="added blur sigmas (mm)")
-    parser.add_argument("--film-blur", type=float, default=0.05, help="film blur sigma (mm) of degraded scans")
+    parser.add_argument(
+        "--film-blur",
+        type=float,
+        default=ARCHIVE_DELIVERIES[-1].film_blur_mm,
+        help="film blur sigma (mm) of degraded scans",
+    )
     parser.add_argument("--upsampling", nargs="+", default=[None], help="standardise upsampling(s) to compare")
     parser.add_argument("--clusters", type=int, default=6, help="clusters inserted per film")
     parser.add_argument("--repeats", type=int, default=1, help="deliveries of every film with other cluster seeds")

@@ -14,8 +14,9 @@
 #      (MicrocalcAI.simulation.delivery). Model 0.3.0 was the same recipe on 400 images
 #      (configs/film_train.json) without the cap.
 #
-#   scripts/train_default.sh                 # about 4 h on a 2-core CPU, minutes on a GPU
-#   scripts/train_default.sh --stage3        # stage 3 only, from the shipped 0.2.1 weights
+#   scripts/train_default.sh                 # roughly 5-6 h on a 2-core CPU (not timed end to end)
+#   scripts/train_default.sh --stage3        # stage 3 only, from the shipped 0.2.1 weights (its
+#                                            # report then lacks the stage-1/2 test sets)
 #   scripts/train_default.sh --export-only   # re-export and re-evaluate the trained stage-3
 #                                            # checkpoint (e.g. after a change to detection)
 #
@@ -205,7 +206,7 @@ IFS=, read -r -a FILM_TRAIN_BG <<< "$FILM_TRAIN_BG"
 IFS=, read -r -a FILM_TEST_BG <<< "$FILM_TEST_BG"
 
 if [ "$EXPORT_ONLY" = 1 ]; then
-    for need in "$FILM_CHECKPOINT" work_dirs/film/sim_val/annotations.json; do
+    for need in "$FILM_CHECKPOINT" work_dirs/film/sim_val/annotations.json work_dirs/film/sim_train_{a,b,c,d,e,f}/annotations.json; do
         [ -f "$need" ] || { echo "--export-only needs $need from a full run" >&2; exit 1; }
     done
 else

@@ -122,7 +122,7 @@ def _recalibrate(args: argparse.Namespace) -> int:
             f"Brier {block['before']['brier']:.3f} -> {block['after']['brier']:.3f} (on the fitting data)"
         )
     print(f"score threshold {spec.score_threshold}; operating points {spec.operating_points}")
-    _print_negatives(record.get("negatives"))
+    _print_negatives(spec.metrics.get("negatives"))
     print("risk categories " + ", ".join(f"{c.name} >= {c.min_probability:g}" for c in spec.risk_categories))
     print(f"written to {Path(spec.folder or '.') / 'manifest.json'}")
     return EXIT_OK
@@ -135,6 +135,10 @@ def _print_negatives(record: dict[str, Any] | None) -> None:
             f"per image at the validation threshold {record['validation_threshold']:.2f}, "
             f"{record['fp_per_image']:.2f} at {record['score_threshold']:.2f} (cap {record['max_fp_per_image']:g})"
         )
+        if record.get("n_images_refused"):
+            print(f"warning: {record['n_images_refused']} negatives image(s) could not be analysed (see the log)")
+        if not record.get("cap_met", True):
+            print("warning: the cap is not met even at the highest threshold (0.95)")
 
 
 def run(args: argparse.Namespace) -> int:

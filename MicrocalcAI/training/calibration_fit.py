@@ -46,7 +46,7 @@ from MicrocalcAI.core.errors import InputError, ModelError
 from MicrocalcAI.core.ood.reference import reference_path
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.core.records import Lesion
-from MicrocalcAI.datasets.coco import MALIGNANT
+from MicrocalcAI.datasets.coco import MALIGNANT, parse_coco
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, calibration_bins
 from MicrocalcAI.evaluation.metrics import pool_lesions
 from MicrocalcAI.training.validation import (
@@ -66,13 +66,16 @@ __all__ = [
     "OperatingPoints",
     "calibrate_evaluations",
     "calibration_data",
+    "check_fp_rate",
+    "check_negatives",
     "choose_operating_points",
-    "negatives_record",
     "choose_risk_categories",
+    "collect_negatives",
     "fit_calibration",
     "fit_platt",
     "fit_temperature",
     "image_probabilities",
+    "negatives_record",
     "recalibrate_manifest_entry",
 ]
 
@@ -287,6 +290,41 @@ class OperatingPoints:
     validation_threshold: float  # the threshold validation alone chose (before any negatives' floor)
 
 
+def check_fp_rate(value: object, what: str) -> None:
+    """A false-positive rate given by a user must be a positive finite number."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise InputError(f"{what} must be a positive number, got {value!r}")
+
+
+def check_negatives(negatives_coco: Optional[Sequence[os.PathLike | str]], max_fp_per_image: float) -> list[str]:
+    """Validate the false-mark cap's inputs before any image is analysed; return the COCO paths.
+
+    A negatives file without images would silently switch the cap off, so it is an error."""
+    check_fp_rate(max_fp_per_image, "max_negative_fp_per_image")
+    paths = [str(c) for c in (negatives_coco or ())]
+    for coco in paths:
+        if not parse_coco(coco):
+            raise InputError(f"negatives file {coco} lists no images: the false-mark cap would not apply")
+    return paths
+
+
+def collect_negatives(
+    negatives_coco: Sequence[str],
+    spec: Any,
+    model: Any,
+    device: Any,
+    progress: ProgressCallback,
+    skipped: list[str],
+) -> list[ImageEvaluation]:
+    """Detections on every negatives image (raw, as ``spec`` gives them), progress split per file;
+    images the pipeline refuses are appended to ``skipped`` (reported, not counted)."""
+    evals: list[ImageEvaluation] = []
+    for i, coco in enumerate(negatives_coco):
+        part = sub_progress(progress, i / len(negatives_coco), (i + 1) / len(negatives_coco))
+        evals += collect_evaluations(coco, spec, model, device, progress=part, skipped=skipped)
+    return evals
+
+
 def choose_operating_points(
     evals: Sequence[ImageEvaluation],
     target_fp_per_image: float,
@@ -301,12 +339,8 @@ def choose_operating_points(
     the lowest one at which they make at most ``max_negative_fp_per_image``; the p_malignant
     points and risk categories are then chosen at that threshold.
     """
-    for value, what in (
-        (target_fp_per_image, "target_fp_per_image"),
-        (max_negative_fp_per_image, "max_negative_fp_per_image"),
-    ):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise InputError(f"{what} must be a positive number, got {value!r}")
+    check_fp_rate(target_fp_per_image, "target_fp_per_image")
+    check_fp_rate(max_negative_fp_per_image, "max_negative_fp_per_image")
     threshold = validation_threshold = choose_score_threshold(evals, target_fp_per_image)
     rule = f"score_threshold: highest sensitivity at <= {target_fp_per_image:g} FP/image on validation"
     if negatives:
@@ -332,22 +366,30 @@ def choose_operating_points(
 
 
 def negatives_record(
-    negatives: Sequence[ImageEvaluation], datasets: Sequence[str], points: OperatingPoints, max_fp_per_image: float
+    negatives: Sequence[ImageEvaluation],
+    datasets: Sequence[str],
+    points: OperatingPoints,
+    max_fp_per_image: float,
+    refused: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """What the manifest keeps of the false-mark cap: the negatives' false marks per image at
-    the validation-only threshold and at the chosen one."""
+    """What the manifest keeps of the false-mark cap (``metrics["negatives"]``): the negatives'
+    false marks per image at the validation-only and the chosen threshold, and whether the cap
+    was met at all (it cannot be when even the top of the grid makes more)."""
     pooled = pool_lesions(match_all(negatives, EVAL_MIN_SCORE))
     n = max(pooled.n_images, 1)
+    fp_per_image = float((pooled.fp_scores >= points.score_threshold).sum()) / n
     return {
         "datasets": list(datasets),
         "n_images": pooled.n_images,
+        "n_images_refused": len(refused),
         "max_fp_per_image": max_fp_per_image,
         "validation_threshold": points.validation_threshold,
         "fp_per_image_at_validation_threshold": round(
             float((pooled.fp_scores >= points.validation_threshold).sum()) / n, 4
         ),
         "score_threshold": points.score_threshold,
-        "fp_per_image": round(float((pooled.fp_scores >= points.score_threshold).sum()) / n, 4),
+        "fp_per_image": round(fp_per_image, 4),
+        "cap_met": fp_per_image <= max_fp_per_image,
         "note": "every mark on these images counts as false (they carry no calcification labels)",
     }
 
@@ -359,7 +401,7 @@ def recalibrate_manifest_entry(
     name: Optional[str] = None,
     out_dir: Optional[os.PathLike | str] = None,
     target_fp_per_image: float = 0.5,
-    negatives_coco: Sequence[os.PathLike | str] = (),
+    negatives_coco: Optional[Sequence[os.PathLike | str]] = None,
     max_negative_fp_per_image: float = 1.0,
     device: str = "auto",
     progress: ProgressCallback = no_progress,
@@ -374,13 +416,15 @@ def recalibrate_manifest_entry(
     absolute; else into ``manifest`` itself) with ``metrics["calibration"]`` (the fit's record and the validation
     summary at the new threshold); other metrics blocks are kept and marked as measured
     before calibration. ``negatives_coco`` caps the false marks as in export
-    (:func:`choose_operating_points`); the record then has a ``negatives`` block. Returns (the
-    new entry, the record).
+    (:func:`choose_operating_points`) and replaces ``metrics["negatives"]``; without it an old
+    ``negatives`` block (of the old threshold) is dropped. Returns (the new entry, the record).
     """
     from MicrocalcAI.core.detect.network import select_device
     from MicrocalcAI.core.detect.weights import load_detector
     from MicrocalcAI.training.export import write_manifest_entry
 
+    check_fp_rate(target_fp_per_image, "target_fp_per_image")
+    negative_files = check_negatives(negatives_coco, max_negative_fp_per_image)
     default, specs = load_manifest(manifest)
     wanted = name or default
     matches = [s for s in specs if s.name == wanted] if wanted else specs[:1]
@@ -391,23 +435,21 @@ def recalibrate_manifest_entry(
     dev = select_device(device)
     model = load_detector(raw_spec, dev)
     skipped: list[str] = []
-    val_end = 0.7 if negatives_coco else 0.95
+    val_end = 0.7 if negative_files else 0.95
     raw = collect_evaluations(
         val_coco, raw_spec, model, dev, progress=sub_progress(progress, 0.0, val_end), skipped=skipped
     )
-    raw_negatives = [
-        ev
-        for coco in negatives_coco
-        for ev in collect_evaluations(coco, raw_spec, model, dev, progress=sub_progress(progress, val_end, 0.95))
-    ]
+    refused: list[str] = []
+    raw_negatives = collect_negatives(
+        negative_files, raw_spec, model, dev, sub_progress(progress, val_end, 0.95), refused
+    )
     cal, record = fit_calibration(raw, fitted_on=str(val_coco))
     calibrated = calibrate_evaluations(raw, cal)
     negatives = calibrate_evaluations(raw_negatives, cal)
     points = choose_operating_points(calibrated, target_fp_per_image, negatives, max_negative_fp_per_image)
-    if negatives:
-        record["negatives"] = negatives_record(
-            negatives, [str(c) for c in negatives_coco], points, max_negative_fp_per_image
-        )
+    metrics = {k: v for k, v in spec.metrics.items() if k != "negatives"}  # an old cap's record is stale
+    if negative_files:
+        metrics["negatives"] = negatives_record(negatives, negative_files, points, max_negative_fp_per_image, refused)
     record["n_images_refused"] = len(skipped)
     record["previous"] = {
         "calibration": spec.calibration.to_json() if spec.calibration else None,
@@ -429,7 +471,7 @@ def recalibrate_manifest_entry(
         score_threshold=points.score_threshold,
         operating_points=points.operating_points,
         risk_categories=points.risk_categories,
-        metrics=dict(spec.metrics) | {"calibration": record},
+        metrics=metrics | {"calibration": record},
     )
     source = Path(manifest)
     folder = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)

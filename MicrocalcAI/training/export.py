@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,10 @@ from MicrocalcAI.datasets.coco import parse_coco
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE
 from MicrocalcAI.training.calibration_fit import (
     calibrate_evaluations,
+    check_fp_rate,
+    check_negatives,
     choose_operating_points,
+    collect_negatives,
     fit_calibration,
     negatives_record,
 )
@@ -71,7 +73,7 @@ def export_model(
     extra_metrics: Optional[dict[str, Any]] = None,
     calibrate: bool = True,
     ood_train_coco: Optional[Sequence[os.PathLike | str]] = None,
-    negatives_coco: Sequence[os.PathLike | str] = (),
+    negatives_coco: Optional[Sequence[os.PathLike | str]] = None,
     max_negative_fp_per_image: float = 1.0,
     progress: ProgressCallback = no_progress,
 ) -> ModelSpec:
@@ -99,20 +101,14 @@ def export_model(
     for coco in (val_coco, test_coco):  # a bad file must fail before anything is written
         if coco is not None:
             parse_coco(coco)
-    for coco in negatives_coco:
-        parse_coco(coco)
+    negative_files = check_negatives(negatives_coco, max_negative_fp_per_image)
     if ood_train_coco and val_coco is None:
         raise InputError("fitting the OOD reference (ood_train_coco) needs val_coco: its threshold is chosen there")
-    if negatives_coco and val_coco is None:
+    if negative_files and val_coco is None:
         raise InputError(
             "the false-mark cap on negatives (negatives_coco) needs val_coco: the threshold is chosen there"
         )
-    for value, what in (
-        (target_fp_per_image, "target_fp_per_image"),
-        (max_negative_fp_per_image, "max_negative_fp_per_image"),
-    ):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise InputError(f"{what} must be a positive number, got {value!r}")
+    check_fp_rate(target_fp_per_image, "target_fp_per_image")
     out = Path(out_dir)
     weights_file = f"{name}-{version}.safetensors"
     # Measured under a hidden name and renamed only once everything is measured, so a failed
@@ -141,33 +137,22 @@ def export_model(
         metrics: dict[str, Any] = {"checkpoint_iteration": int(load_checkpoint(checkpoint_path)["iteration"])}
         if val_coco is not None:
             val_skipped: list[str] = []
-            val_end = 0.35 if negatives_coco else 0.5
+            val_end = 0.35 if negative_files else 0.5
             val_evals = collect_evaluations(
                 val_coco, spec, shipped, dev, progress=sub_progress(progress, 0.0, val_end), skipped=val_skipped
             )
-            negative_evals = [
-                ev
-                for i, coco in enumerate(negatives_coco)
-                for ev in collect_evaluations(
-                    coco,
-                    spec,
-                    shipped,
-                    dev,
-                    progress=sub_progress(
-                        progress,
-                        val_end + 0.15 * i / len(negatives_coco),
-                        val_end + 0.15 * (i + 1) / len(negatives_coco),
-                    ),
-                )
-            ]
+            refused: list[str] = []
+            negative_evals = collect_negatives(
+                negative_files, spec, shipped, dev, sub_progress(progress, val_end, 0.5), refused
+            )
             if calibrate:
                 spec.calibration, metrics["calibration"] = fit_calibration(val_evals, fitted_on=str(val_coco))
                 val_evals = calibrate_evaluations(val_evals, spec.calibration)
                 negative_evals = calibrate_evaluations(negative_evals, spec.calibration)
             points = choose_operating_points(val_evals, target_fp_per_image, negative_evals, max_negative_fp_per_image)
-            if negative_evals:
+            if negative_files:
                 metrics["negatives"] = negatives_record(
-                    negative_evals, [str(c) for c in negatives_coco], points, max_negative_fp_per_image
+                    negative_evals, negative_files, points, max_negative_fp_per_image, refused
                 )
             spec.score_threshold = points.score_threshold
             spec.operating_points = points.operating_points

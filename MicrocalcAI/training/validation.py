@@ -34,6 +34,7 @@ from MicrocalcAI.training.config import TrainConfig
 from MicrocalcAI.training.data import CocoMammogramDataset, canonical_boxes, standardise_file
 
 __all__ = [
+    "THRESHOLD_GRID",
     "ImageEvaluation",
     "choose_cutpoints",
     "choose_malignancy_operating_points",
@@ -41,6 +42,7 @@ __all__ = [
     "collect_evaluations",
     "evaluate_canonical",
     "evaluate_coco",
+    "lowest_threshold_within",
     "match_all",
     "selection_score",
     "set_batchnorm_eval",
@@ -212,6 +214,10 @@ def evaluate_coco(
     return metrics
 
 
+#: Lesion-score thresholds export may choose: round numbers in the manifest, 0.05-0.95.
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
+
+
 def choose_score_threshold(evals: Sequence[ImageEvaluation], target_fp_per_image: float = 1.0) -> float:
     """The lesion-score threshold with the best sensitivity at <= ``target_fp_per_image``.
 
@@ -219,7 +225,7 @@ def choose_score_threshold(evals: Sequence[ImageEvaluation], target_fp_per_image
     positives). The grid is 0.05..0.95 in steps of 0.01 so manifests hold round numbers.
     """
     pooled = pool_lesions(match_all(evals, EVAL_MIN_SCORE))
-    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    grid = THRESHOLD_GRID
     best_t, best_sens = float(grid[-1]), -1.0
     for t in grid:
         n_fp = (pooled.fp_scores >= t).sum()
@@ -241,7 +247,7 @@ def lowest_threshold_within(evals: Sequence[ImageEvaluation], max_fp_per_image: 
     When even the top of the grid makes more, the top is returned and a warning logged.
     """
     pooled = pool_lesions(match_all(evals, EVAL_MIN_SCORE))
-    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    grid = THRESHOLD_GRID
     if not pooled.n_images:
         return float(grid[0])
     for t in grid:
