@@ -94,6 +94,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.n_images} image(s); annotations: {coco}")
     if args.contact_sheet:
         sheet = Path(args.out) / "contact_sheet.png"
-        write_contact_sheet(coco, sheet)
+        write_contact_sheet(Path(str(coco)), sheet)
         print(f"contact sheet: {sheet}")
     return EXIT_OK

@@ -77,7 +77,7 @@ def convert_coco(
         raise DatasetError(f"COCO file {src}: 'annotations' must be a list")
     base = Path(image_root) if image_root else src.parent
 
-    mapping = {"benign": "benign", "malignant": "malignant"}
+    mapping: dict[str, Optional[str]] = {"benign": "benign", "malignant": "malignant"}
     for name, target in (category_map or {}).items():
         t = None if target is None else str(target).strip().lower()
         if t is not None and t not in _IGNORE and t not in LABEL_IDS:
@@ -129,9 +129,13 @@ def convert_coco(
         except ValueError as exc:
             builder.skip(where, f"{path.name}: {exc}")
             continue
-        given = (entry.get("width"), entry.get("height"))
-        if all(isinstance(v, (int, float)) for v in given) and (int(given[0]), int(given[1])) != (width, height):
-            builder.skip(where, f"COCO says {given[0]}x{given[1]} but {path.name} is {width}x{height}")
+        given_w, given_h = entry.get("width"), entry.get("height")
+        if (
+            isinstance(given_w, (int, float))
+            and isinstance(given_h, (int, float))
+            and (int(given_w), int(given_h)) != (width, height)
+        ):
+            builder.skip(where, f"COCO says {given_w}x{given_h} but {path.name} is {width}x{height}")
             continue
         meta: dict[str, Any] = {}
         spacing = entry.get("spacing_mm")

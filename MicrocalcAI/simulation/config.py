@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -180,7 +180,7 @@ class SimulationConfig:
 
         ``SimulationConfig.realistic(n_images=20, seed=3)``; any field can be overridden.
         """
-        base = dict(
+        base: dict[str, Any] = dict(
             morphology_set="birads",
             hard_negatives_per_image=(1, 4),
             curvilinear=True,
@@ -199,7 +199,7 @@ class SimulationConfig:
         Contrast and blur are drawn per image and per lesion independently of the class, so
         both benign and malignant clusters appear sharp and blurred, faint and bright.
         """
-        base = dict(
+        base: dict[str, Any] = dict(
             morphology_set="birads",
             curvilinear=True,
             spacing_mm=(0.05, 0.2),

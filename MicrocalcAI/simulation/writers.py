@@ -68,11 +68,11 @@ def build_dicom(
     """A Digital Mammography For-Presentation dataset (RLE Lossless) for one simulated image."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+    from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless
 
     fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = MG_FOR_PRESENTATION_SOP_CLASS
-    fm.MediaStorageSOPInstanceUID = sop_uid
+    fm.MediaStorageSOPClassUID = UID(MG_FOR_PRESENTATION_SOP_CLASS)
+    fm.MediaStorageSOPInstanceUID = UID(sop_uid)
     fm.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = fm
@@ -263,7 +263,7 @@ def write_contact_sheet(
         a8 = (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
         scale = tile_px / max(a.shape)
         thumb = Image.fromarray(a8).resize(
-            (max(1, int(a.shape[1] * scale)), max(1, int(a.shape[0] * scale))), Image.BILINEAR
+            (max(1, int(a.shape[1] * scale)), max(1, int(a.shape[0] * scale))), Image.Resampling.BILINEAR
         )
         ox, oy = (k % ncols) * tile_px, (k // ncols) * tile_px
         sheet.paste(thumb.convert("RGB"), (ox, oy))
