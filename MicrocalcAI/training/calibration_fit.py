@@ -37,11 +37,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 from scipy.optimize import minimize
 
 from MicrocalcAI.core.boxes import hit_matrix
 from MicrocalcAI.core.detect.calibration import Calibration, logit
-from MicrocalcAI.core.detect.manifest import DEFAULT_RISK_CATEGORIES, MERGE_FLOOR, RiskCategory, load_manifest
+from MicrocalcAI.core.detect.manifest import (
+    DEFAULT_RISK_CATEGORIES,
+    MERGE_FLOOR,
+    ModelSpec,
+    RiskCategory,
+    load_manifest,
+)
 from MicrocalcAI.core.errors import InputError, ModelError
 from MicrocalcAI.core.ood.reference import reference_path
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
@@ -310,9 +317,9 @@ def check_negatives(negatives_coco: Optional[Sequence[os.PathLike | str]], max_f
 
 def collect_negatives(
     negatives_coco: Sequence[str],
-    spec: Any,
-    model: Any,
-    device: Any,
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    device: torch.device | str,
     progress: ProgressCallback,
     skipped: list[str],
 ) -> list[ImageEvaluation]:

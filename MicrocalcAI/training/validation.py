@@ -225,9 +225,8 @@ def choose_score_threshold(evals: Sequence[ImageEvaluation], target_fp_per_image
     positives). The grid is 0.05..0.95 in steps of 0.01 so manifests hold round numbers.
     """
     pooled = pool_lesions(match_all(evals, EVAL_MIN_SCORE))
-    grid = THRESHOLD_GRID
-    best_t, best_sens = float(grid[-1]), -1.0
-    for t in grid:
+    best_t, best_sens = float(THRESHOLD_GRID[-1]), -1.0
+    for t in THRESHOLD_GRID:
         n_fp = (pooled.fp_scores >= t).sum()
         if pooled.n_images and n_fp / pooled.n_images > target_fp_per_image:
             continue
@@ -247,19 +246,19 @@ def lowest_threshold_within(evals: Sequence[ImageEvaluation], max_fp_per_image: 
     When even the top of the grid makes more, the top is returned and a warning logged.
     """
     pooled = pool_lesions(match_all(evals, EVAL_MIN_SCORE))
-    grid = THRESHOLD_GRID
     if not pooled.n_images:
-        return float(grid[0])
-    for t in grid:
+        return float(THRESHOLD_GRID[0])
+    for t in THRESHOLD_GRID:
         if (pooled.fp_scores >= t).sum() / pooled.n_images <= max_fp_per_image:
             return float(t)
+    top = float(THRESHOLD_GRID[-1])
     log.warning(
         "even at threshold %.2f the images make %.2f false marks per image (> %g)",
-        grid[-1],
-        (pooled.fp_scores >= grid[-1]).sum() / pooled.n_images,
+        top,
+        (pooled.fp_scores >= top).sum() / pooled.n_images,
         max_fp_per_image,
     )
-    return float(grid[-1])
+    return top
 
 
 def choose_malignancy_operating_points(
