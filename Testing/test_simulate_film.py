@@ -157,3 +157,28 @@ def test_cli_film_flag(tmp_path):
     assert info["imaging_chain"] == "film"
     bad = subprocess.run(cmd + ["--realistic"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "--film" in bad.stderr
+
+
+def test_cli_contrast_spread_scales_every_clusters_calcium(tmp_path):
+    """--contrast-spread LO HI sets the per-cluster attenuation factor (film chain only): with
+    the same seed, a fixed factor of 0.4 gives each cluster 0.4x the attenuation of factor 1."""
+    base = [sys.executable, "-m", "MicrocalcAI", "simulate", "-n", "2", "--seed", "9", "--film", "--quiet"]
+    base += ["--real-fraction", "0"]
+    mus = {}
+    for factor in ("1.0", "0.4"):
+        out = tmp_path / factor
+        subprocess.run(base + ["--out", str(out), "--contrast-spread", factor, factor], check=True, cwd=ROOT)
+        coco = json.loads((out / "annotations.json").read_text())
+        assert coco["info"]["simulation_config"]["lesion_contrast_spread"] == [float(factor)] * 2
+        mus[factor] = np.array([a["mu_calc_per_mm"] for a in coco["annotations"]])
+    assert mus["1.0"].size > 0 and mus["1.0"].shape == mus["0.4"].shape
+    np.testing.assert_allclose(mus["0.4"] / mus["1.0"], 0.4, rtol=1e-3)
+    for bad, message in (
+        (["--contrast-spread", "0.5", "0.8"], "give --film too"),  # without --film
+        (["--film", "--contrast-spread", "0", "0.8"], "must start above 0"),
+        (["--film", "--contrast-spread", "0.9", "0.5"], "min <= max"),
+    ):
+        cmd = [sys.executable, "-m", "MicrocalcAI", "simulate", "-n", "1", "--out", str(tmp_path / "bad"), *bad]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr
+        assert not (tmp_path / "bad" / "annotations.json").exists()

