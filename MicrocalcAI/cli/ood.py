@@ -24,7 +24,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--val", nargs="+", required=True, metavar="COCO", help="COCO file(s) it was not trained on: the threshold"
     )
     ood.add_argument(
-        "--max-train", type=int, default=200, metavar="N", help="training images used, evenly spread (default 200)"
+        "--max-train",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training images used, evenly spread (default: 400, DEFAULT_REFERENCE_TRAIN_IMAGES of training/ood.py)",
     )
     ood.add_argument("--components", type=int, default=16, metavar="K", help="PCA dimensions (default 16)")
     ood.add_argument("--device", default="auto", help="auto (default), cpu, gpu, cuda, mps")
@@ -34,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from MicrocalcAI.training.ood import fit_model_reference
+    from MicrocalcAI.training.ood import DEFAULT_REFERENCE_TRAIN_IMAGES, fit_model_reference
+
+    max_train = DEFAULT_REFERENCE_TRAIN_IMAGES if args.max_train is None else args.max_train
 
     result = run_with_bar(
         "ood-reference",
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             args.train,
             args.val,
             name=args.model,
-            max_train=args.max_train,
+            max_train=max_train,
             n_components=args.components,
             device=args.device,
             progress=bar,

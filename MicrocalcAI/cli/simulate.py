@@ -66,8 +66,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs=2,
         default=None,
         metavar=("LO", "HI"),
-        help="with --film: each cluster's calcium attenuation is the chain's times a factor drawn "
-        "uniformly from [LO, HI] (default 0.8 1.2); e.g. 0.35 0.8 for a set of fainter clusters",
+        help="with --film: the calcium attenuation of each cluster, and of each calcification-like "
+        "look-alike (dust, emulsion spots...), is the chain's times a factor drawn uniformly from "
+        "[LO, HI] (default 0.8 1.2); e.g. 0.35 0.8 for a set of fainter clusters",
     )
     sim.add_argument("--quiet", action="store_true")
     sim.add_argument("--verbose", action="store_true")

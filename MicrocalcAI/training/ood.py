@@ -29,7 +29,7 @@ from MicrocalcAI.core.progress import ProgressCallback, no_progress
 from MicrocalcAI.core.read import read_mammogram
 from MicrocalcAI.datasets.coco import CocoImage, parse_coco
 
-__all__ = ["coco_entries", "fit_model_reference", "measure_images", "spread_subset"]
+__all__ = ["DEFAULT_REFERENCE_TRAIN_IMAGES", "coco_entries", "fit_model_reference", "measure_images", "spread_subset"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,13 @@ def coco_entries(coco_files: Sequence[os.PathLike | str]) -> list[CocoImage]:
     for coco in coco_files:
         entries.extend(parse_coco(coco))
     return entries
+
+
+#: Training images an OOD reference is fitted on by default (evenly spread over the training
+#: set). The input statistics' accepted ranges come from these images: 200 of model 0.5.0's
+#: 1,800 varied images left a real film as stored outside one range (docs/confidence.md), so
+#: the default is 400.
+DEFAULT_REFERENCE_TRAIN_IMAGES = 400
 
 
 def spread_subset(items: list[Any], limit: Optional[int]) -> list[Any]:
@@ -108,7 +115,7 @@ def fit_model_reference(
     val_coco: Sequence[os.PathLike | str],
     *,
     name: Optional[str] = None,
-    max_train: Optional[int] = 200,
+    max_train: Optional[int] = DEFAULT_REFERENCE_TRAIN_IMAGES,
     max_val: Optional[int] = None,
     n_components: int = 16,
     device: Optional[str] = "auto",
