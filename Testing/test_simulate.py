@@ -25,10 +25,12 @@ from MicrocalcAI.datasets.coco import COCO_CATEGORIES, LABEL_IDS  # noqa: E402
 from MicrocalcAI.simulation.anatomy import procedural_breast  # noqa: E402
 from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary  # noqa: E402
 from MicrocalcAI.simulation.calcifications import (  # noqa: E402
+    BIOPSIED_CLUSTER_MORPHOLOGIES,
     MORPHOLOGIES,
     build_morphology_cluster,
     cluster_benign,
     cluster_malignant,
+    morphology_selection,
 )
 from MicrocalcAI.simulation.config import SimulationConfig, SimulationError  # noqa: E402
 from MicrocalcAI.simulation.hard_negatives import HARD_NEGATIVE_TYPES  # noqa: E402
@@ -193,6 +195,18 @@ def test_lesion_free_images_and_config_validation():
     SimulationConfig.realistic().validate()
     with pytest.raises(SimulationError):
         simulate_dataset("/nonexistent/never", SimulationConfig(n_images=0))
+
+
+def test_morphology_selection_spells_all_one_way_and_refuses_unknown_names():
+    # "all" (or nothing) means every morphology, spelled () as the simulator's config has it.
+    assert morphology_selection(["all"]) == () and morphology_selection([]) == ()
+    assert SimulationConfig(birads_morphologies=morphology_selection(["all"])).birads_morphologies == ()
+    assert morphology_selection(list(BIOPSIED_CLUSTER_MORPHOLOGIES)) == BIOPSIED_CLUSTER_MORPHOLOGIES
+    assert morphology_selection(["rim", "punctate"]) == ("rim", "punctate")
+    with pytest.raises(ValueError, match="popcorn_xl"):
+        morphology_selection(["punctate", "popcorn_xl"])
+    with pytest.raises(ValueError, match="unknown"):
+        morphology_selection(["all", "rim"])  # "all" is a word of its own, not a morphology
 
 
 def test_rle_round_trip():

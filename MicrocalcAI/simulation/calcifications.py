@@ -52,6 +52,7 @@ __all__ = [
     "MorphologySpec",
     "MORPHOLOGIES",
     "BIOPSIED_CLUSTER_MORPHOLOGIES",
+    "morphology_selection",
     "DISTRIBUTION_EXTENT_MM",
     "speck_irregular",
     "speck_fine_pleomorphic",
@@ -461,6 +462,20 @@ BIOPSIED_CLUSTER_MORPHOLOGIES: tuple[str, ...] = (
     "fine_pleomorphic",
     "fine_linear_branching",
 )
+
+
+def morphology_selection(names: Sequence[str]) -> tuple[str, ...]:
+    """The ``birads_morphologies`` a command-line list stands for: ``["all"]`` (or nothing) is
+    every morphology, spelled ``()`` as the simulator's config has it; anything else must be
+    known. One spelling for every tool that takes such a list, so that "all" means the same."""
+    chosen = tuple(names)
+    if chosen in ((), ("all",)):
+        return ()
+    unknown = sorted(set(chosen) - set(MORPHOLOGIES))
+    if unknown:
+        raise ValueError(f"unknown morphologies {unknown}; known: {sorted(MORPHOLOGIES)} or 'all'")
+    return chosen
+
 
 #: Spatial extent (mm) of a lesion for each BI-RADS distribution. Grouped: 5th ed. "within 2 cm"
 #: (>= 5 within 1 cm at the lower limit); regional: > 2 cm; diffuse: throughout the breast, here
