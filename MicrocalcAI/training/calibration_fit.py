@@ -70,6 +70,7 @@ from MicrocalcAI.training.validation import (
 __all__ = [
     "BOUNDS",
     "CalibrationData",
+    "FittedOperatingPoints",
     "OperatingPoints",
     "calibrate_evaluations",
     "calibration_data",
@@ -79,6 +80,7 @@ __all__ = [
     "choose_risk_categories",
     "collect_negatives",
     "fit_calibration",
+    "fit_operating_points",
     "fit_platt",
     "fit_temperature",
     "image_probabilities",
@@ -401,6 +403,67 @@ def negatives_record(
     }
 
 
+@dataclass
+class FittedOperatingPoints:
+    """One fit on validation (and negatives): what export and recalibration write into an entry."""
+
+    points: OperatingPoints
+    calibration: Optional[Calibration]  # None when not asked to calibrate
+    calibration_record: Optional[dict[str, Any]]
+    evaluations: list[ImageEvaluation]  # validation, on the reported (calibrated) scale
+    negatives: Optional[dict[str, Any]]  # metrics["negatives"], when negatives were given
+    n_validation_refused: int
+
+
+def fit_operating_points(
+    val_coco: os.PathLike | str,
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    device: torch.device | str,
+    *,
+    negative_files: Sequence[str] = (),
+    calibrate: bool = True,
+    target_fp_per_image: float = 0.5,
+    max_negative_fp_per_image: float = 1.0,
+    progress: ProgressCallback = no_progress,
+) -> FittedOperatingPoints:
+    """Run ``spec`` (uncalibrated) over validation and negatives, fit the calibration, and
+    choose threshold, p_malignant points and risk categories on the calibrated values.
+
+    The one sequence behind ``export`` and ``export --recalibrate``: both must choose a model's
+    settings the same way, or a recalibrated entry would differ from a fresh export of the
+    same weights.
+    """
+    if spec.calibration is not None:
+        raise ModelError("fit_operating_points needs the entry without its calibration (raw scores)")
+    skipped: list[str] = []
+    refused: list[str] = []
+    val_end = 0.7 if negative_files else 1.0
+    evals = collect_evaluations(
+        val_coco, spec, model, device, progress=sub_progress(progress, 0.0, val_end), skipped=skipped
+    )
+    negatives = collect_negatives(
+        list(negative_files), spec, model, device, sub_progress(progress, val_end, 1.0), refused
+    )
+    cal: Optional[Calibration] = None
+    record: Optional[dict[str, Any]] = None
+    if calibrate:
+        cal, record = fit_calibration(evals, fitted_on=str(val_coco))
+        evals = calibrate_evaluations(evals, cal)
+        negatives = calibrate_evaluations(negatives, cal)
+    points = choose_operating_points(evals, target_fp_per_image, negatives, max_negative_fp_per_image)
+    return FittedOperatingPoints(
+        points=points,
+        calibration=cal,
+        calibration_record=record,
+        evaluations=evals,
+        negatives=negatives_record(negatives, negative_files, points, max_negative_fp_per_image, refused)
+        if negative_files
+        else None,
+        n_validation_refused=len(skipped),
+    )
+
+
 def recalibrate_manifest_entry(
     manifest: os.PathLike | str,
     val_coco: os.PathLike | str,
@@ -438,26 +501,24 @@ def recalibrate_manifest_entry(
     if not matches:
         raise ModelError(f"no model named {wanted!r} in {manifest}; known: {[s.name for s in specs]}")
     spec = matches[0]
-    raw_spec = replace(spec, calibration=None)
     dev = select_device(device)
-    model = load_detector(raw_spec, dev)
-    skipped: list[str] = []
-    val_end = 0.7 if negative_files else 0.95
-    raw = collect_evaluations(
-        val_coco, raw_spec, model, dev, progress=sub_progress(progress, 0.0, val_end), skipped=skipped
+    raw_spec = replace(spec, calibration=None)
+    fitted = fit_operating_points(
+        val_coco,
+        raw_spec,
+        load_detector(raw_spec, dev),
+        dev,
+        negative_files=negative_files,
+        target_fp_per_image=target_fp_per_image,
+        max_negative_fp_per_image=max_negative_fp_per_image,
+        progress=sub_progress(progress, 0.0, 0.95),
     )
-    refused: list[str] = []
-    raw_negatives = collect_negatives(
-        negative_files, raw_spec, model, dev, sub_progress(progress, val_end, 0.95), refused
-    )
-    cal, record = fit_calibration(raw, fitted_on=str(val_coco))
-    calibrated = calibrate_evaluations(raw, cal)
-    negatives = calibrate_evaluations(raw_negatives, cal)
-    points = choose_operating_points(calibrated, target_fp_per_image, negatives, max_negative_fp_per_image)
+    cal, record, points = fitted.calibration, fitted.calibration_record, fitted.points
+    assert cal is not None and record is not None  # calibrate=True
     metrics = {k: v for k, v in spec.metrics.items() if k != "negatives"}  # an old cap's record is stale
-    if negative_files:
-        metrics["negatives"] = negatives_record(negatives, negative_files, points, max_negative_fp_per_image, refused)
-    record["n_images_refused"] = len(skipped)
+    if fitted.negatives is not None:
+        metrics["negatives"] = fitted.negatives
+    record["n_images_refused"] = fitted.n_validation_refused
     record["previous"] = {
         "calibration": spec.calibration.to_json() if spec.calibration else None,
         "score_threshold": spec.score_threshold,
@@ -465,7 +526,7 @@ def recalibrate_manifest_entry(
         "risk_categories": [{"name": c.name, "min_probability": c.min_probability} for c in spec.risk_categories],
     }
     record["validation_at_new_threshold"] = summarise(
-        calibrated, points.score_threshold, floor=min(EVAL_MIN_SCORE, float(cal.score(MERGE_FLOOR)))
+        fitted.evaluations, points.score_threshold, floor=min(EVAL_MIN_SCORE, float(cal.score(MERGE_FLOOR)))
     )
     record["operating_point_rule"] = points.rule
     record["other_metrics_note"] = (
@@ -489,6 +550,6 @@ def recalibrate_manifest_entry(
         if ood_file is not None and spec.ood is not None:
             new = replace(new, ood={**spec.ood, "file": str(ood_file.resolve())})
     write_manifest_entry(folder, new, make_default=(default == spec.name) or default is None)
-    progress(1.0, f"calibrated {spec.name} on {len(raw)} images")
+    progress(1.0, f"calibrated {spec.name} on {len(fitted.evaluations)} images")
     new = replace(new, folder=str(folder))
     return new, record

@@ -22,17 +22,9 @@ from MicrocalcAI.core.errors import InputError, ModelError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.datasets.coco import parse_coco
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE
-from MicrocalcAI.training.calibration_fit import (
-    calibrate_evaluations,
-    check_fp_rate,
-    check_negatives,
-    choose_operating_points,
-    collect_negatives,
-    fit_calibration,
-    negatives_record,
-)
+from MicrocalcAI.training.calibration_fit import check_fp_rate, check_negatives, fit_operating_points
 from MicrocalcAI.training.checkpoints import load_checkpoint, model_from_checkpoint
-from MicrocalcAI.training.validation import collect_evaluations, evaluate_coco, summarise
+from MicrocalcAI.training.validation import evaluate_coco, summarise
 
 __all__ = ["export_model", "write_manifest_entry"]
 
@@ -136,31 +128,29 @@ def export_model(
         shipped = load_detector(spec, dev)
         metrics: dict[str, Any] = {"checkpoint_iteration": int(load_checkpoint(checkpoint_path)["iteration"])}
         if val_coco is not None:
-            val_skipped: list[str] = []
-            val_end = 0.35 if negative_files else 0.5
-            val_evals = collect_evaluations(
-                val_coco, spec, shipped, dev, progress=sub_progress(progress, 0.0, val_end), skipped=val_skipped
+            fitted = fit_operating_points(
+                val_coco,
+                spec,
+                shipped,
+                dev,
+                negative_files=negative_files,
+                calibrate=calibrate,
+                target_fp_per_image=target_fp_per_image,
+                max_negative_fp_per_image=max_negative_fp_per_image,
+                progress=sub_progress(progress, 0.0, 0.5),
             )
-            refused: list[str] = []
-            negative_evals = collect_negatives(
-                negative_files, spec, shipped, dev, sub_progress(progress, val_end, 0.5), refused
-            )
-            if calibrate:
-                spec.calibration, metrics["calibration"] = fit_calibration(val_evals, fitted_on=str(val_coco))
-                val_evals = calibrate_evaluations(val_evals, spec.calibration)
-                negative_evals = calibrate_evaluations(negative_evals, spec.calibration)
-            points = choose_operating_points(val_evals, target_fp_per_image, negative_evals, max_negative_fp_per_image)
-            if negative_files:
-                metrics["negatives"] = negatives_record(
-                    negative_evals, negative_files, points, max_negative_fp_per_image, refused
-                )
+            points = fitted.points
+            if fitted.calibration is not None:
+                spec.calibration, metrics["calibration"] = fitted.calibration, fitted.calibration_record
+            if fitted.negatives is not None:
+                metrics["negatives"] = fitted.negatives
             spec.score_threshold = points.score_threshold
             spec.operating_points = points.operating_points
             spec.risk_categories = points.risk_categories
             floor = min(EVAL_MIN_SCORE, spec.reporting_floor)  # the merge floor on the reported scale
-            metrics["validation"] = summarise(val_evals, spec.score_threshold, floor=floor) | {
+            metrics["validation"] = summarise(fitted.evaluations, spec.score_threshold, floor=floor) | {
                 "dataset": str(val_coco),
-                "n_images_refused": len(val_skipped),
+                "n_images_refused": fitted.n_validation_refused,
             }
             metrics["operating_point_rule"] = points.rule
         if test_coco is not None:
