@@ -141,6 +141,36 @@ def test_augmented_boxes_cover_exactly_the_lesion_pixels(flags):
     assert moved >= 10
 
 
+def test_scale_jitter_resamples_patch_and_boxes_alike():
+    # One 60 x 40 lesion; with +-40% scale jitter its box must scale with the pixels, so the
+    # bright region (the resampled lesion, edges at half height) fills the box to a pixel.
+    sample = synthetic_sample(boxes=((100, 150, 160, 190),), labels=(2,))
+    sampler = PatchSampler([sample], _exact_config(scale_range=(1 / 1.4, 1.4)), seed=5)
+    widths = []
+    for _ in range(40):
+        patch = sampler.sample()
+        assert patch.image.shape == (128, 128) and patch.image.dtype == np.float32
+        if len(patch.boxes) != 1:
+            continue
+        x0, y0, x1, y1 = patch.boxes[0]
+        if not ((x0 > 1) and (y0 > 1) and (x1 < 127) and (y1 < 127)):
+            continue  # cut by the patch border (a small window): clipped, not scaled
+        assert (x1 - x0) / (y1 - y0) == pytest.approx(1.5, rel=1e-5)  # one factor for both axes
+        rows, cols = np.nonzero(patch.image > 0.5)
+        assert cols.min() == pytest.approx(x0, abs=1.0) and cols.max() + 1 == pytest.approx(x1, abs=1.0)
+        assert rows.min() == pytest.approx(y0, abs=1.0) and rows.max() + 1 == pytest.approx(y1, abs=1.0)
+        widths.append(float(x1 - x0))
+    assert len(widths) >= 15
+    assert 60 / 1.4 - 1 <= min(widths) < 55 and 65 < max(widths) <= 60 * 1.4 + 1  # both ways, within the range
+
+
+def test_scale_range_is_validated_and_off_by_default():
+    assert PatchConfig().scale_range == (1.0, 1.0)
+    for bad in ((1.4, 0.7), (0.1, 1.0), (1.0, 5.0)):
+        with pytest.raises(DatasetError, match="scale_range"):
+            PatchConfig(scale_range=bad)
+
+
 def test_lesion_patches_contain_the_whole_lesion_at_varying_positions():
     sample = synthetic_sample(boxes=((100, 150, 160, 190),), labels=(2,))
     sampler = PatchSampler([sample], _exact_config(), seed=0)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from MicrocalcAI.core.records import CanonicalTransform
-from MicrocalcAI.core.resample import axis_weights, resample_separable
+from MicrocalcAI.core.resample import axis_weights, resample_separable, rescale_square
 from MicrocalcAI.core.standardise import _resample_image, normalised_stored, plan_transform, standardise
 
 pytest.importorskip("SimpleITK")
@@ -101,3 +101,28 @@ def test_real_films_give_simpleitks_canonical_image(case: int, key: str) -> None
     ours, reference = _canonical_pair(coarse, 0.2)
     assert ours.shape[0] > 2 * rows // 4 * 0.5  # upsampled: twice the stored rows of the breast
     assert float(np.abs(ours - reference).max()) <= TOLERANCE
+
+
+@pytest.mark.parametrize("size", [64, 90, 128, 180])
+def test_rescale_square_keeps_level_and_centre_and_antialiases_when_shrinking(size: int) -> None:
+    n = 128
+    flat = np.full((n, n), 0.3, dtype=np.float32)
+    out = rescale_square(flat, size, "lanczos")
+    assert out.shape == (size, size) and out.dtype == np.float32
+    np.testing.assert_allclose(out, 0.3, atol=1e-3)  # edges repeat: no dark border (ITK's sinc is unnormalised)
+    # A disc off centre keeps its relative position (pixel centres map as in SimpleITK).
+    yy, xx = np.mgrid[:n, :n] + 0.5
+    disc = (((yy - 40.0) ** 2 + (xx - 80.0) ** 2) < 10.0**2).astype(np.float32)
+    scaled = rescale_square(disc, size, "lanczos")
+    ry, rx = np.mgrid[:size, :size] + 0.5
+    w = np.clip(scaled, 0, None)
+    assert float((w * ry).sum() / w.sum()) == pytest.approx(40.0 * size / n, abs=0.15)
+    assert float((w * rx).sum() / w.sum()) == pytest.approx(80.0 * size / n, abs=0.15)
+    if size == n // 2:
+        # Shrinking is anti-aliased (sigma 0.5 pixel at 2x): a pixel-scale checkerboard averages
+        # out instead of aliasing into a pattern of full contrast.
+        checker = (np.indices((n, n)).sum(axis=0) % 2).astype(np.float32)
+        assert float(np.ptp(rescale_square(checker, size, "lanczos")[4:-4, 4:-4])) < 0.25
+    with pytest.raises(ValueError, match="square"):
+        rescale_square(np.zeros((10, 12), np.float32), 8, "linear")
+    np.testing.assert_array_equal(rescale_square(disc, n, "lanczos"), disc)

@@ -35,7 +35,7 @@ from skimage.filters import threshold_otsu
 from MicrocalcAI.core.equalise import NoiseEqualisation, equalise_noise, noise_curve
 from MicrocalcAI.core.errors import InputError, NotAMammogramError, SpacingError
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform, Mammogram
-from MicrocalcAI.core.resample import SEPARABLE_INTERPOLATORS, resample_separable
+from MicrocalcAI.core.resample import SEPARABLE_INTERPOLATORS, antialias_sigma, resample_separable
 from MicrocalcAI.core.spacing import check_spacing
 
 #: Spacings standardisation will resample from (mm): wider than the reader's plausible range,
@@ -759,7 +759,7 @@ def _resample_image(
     ``reference`` resamples through SimpleITK whatever the interpolator (tests compare).
     """
     sr, sc = transform.scale
-    sigma = (max(0.0, (1.0 / sr - 1.0) / 2.0), max(0.0, (1.0 / sc - 1.0) / 2.0))
+    sigma = (antialias_sigma(sr), antialias_sigma(sc))
     pad = (int(math.ceil(3 * sigma[0])) + 2, int(math.ceil(3 * sigma[1])) + 2)
     region, y0, x0 = _stored_region(image01, transform, pad)
     region = np.ascontiguousarray(region, dtype=np.float32)

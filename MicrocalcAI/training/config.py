@@ -172,6 +172,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["anchor_sizes"] = list(self.anchor_sizes)
+        data["patch"]["scale_range"] = list(self.patch.scale_range)
         data["patch"]["gamma_range"] = list(self.patch.gamma_range)
         data["patch"]["contrast_range"] = list(self.patch.contrast_range)
         if self.noise_equalisation is not None:

@@ -39,6 +39,8 @@ from MicrocalcAI.core.equalise import NoiseEqualisation
 from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform
+from MicrocalcAI.core.resample import rescale_square
+from MicrocalcAI.core.standardise import DEFAULT_UPSAMPLING
 from MicrocalcAI.datasets.coco import CocoImage, parse_coco
 
 log = logging.getLogger(__name__)
@@ -342,6 +344,12 @@ class PatchConfig:
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
+    #: Scale jitter (issue 10): each patch is a window of ``patch_size / s`` canonical pixels
+    #: resampled to ``patch_size``, ``s`` log-uniform in this range, the way standardisation
+    #: resamples (Lanczos enlarging, anti-aliased linear shrinking), so the detector also sees
+    #: calcifications as an input whose stated spacing is off by that factor would show them.
+    #: (1, 1) = off, and then no random number is drawn for it (older configs draw as before).
+    scale_range: tuple[float, float] = (1.0, 1.0)
     #: Intensity jitter: ``image ** gamma`` then contrast about the patch mean. (1, 1) = off.
     gamma_range: tuple[float, float] = (0.8, 1.25)
     contrast_range: tuple[float, float] = (0.9, 1.1)
@@ -357,6 +365,10 @@ class PatchConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise DatasetError(f"{name} must be in [0, 1], got {value}")
+        self.scale_range = tuple(float(v) for v in self.scale_range)  # type: ignore[assignment]
+        lo, hi = self.scale_range
+        if not (len(self.scale_range) == 2 and 0.25 <= lo <= hi <= 4.0):
+            raise DatasetError(f"scale_range must be (low, high) with 0.25 <= low <= high <= 4, got {self.scale_range}")
         self.gamma_range = tuple(float(v) for v in self.gamma_range)  # type: ignore[assignment]
         self.contrast_range = tuple(float(v) for v in self.contrast_range)  # type: ignore[assignment]
 
@@ -456,14 +468,28 @@ class PatchSampler:
         else:
             si, r0, c0 = self._background_origin()
         sample = self.samples[si]
-        image = crop_padded(sample.image, r0, c0, cfg.patch_size)
-        boxes = sample.boxes.astype(np.float64) - np.array([c0, r0, c0, r0], dtype=np.float64)
+        scale = self._scale()
+        # The window keeps the chosen patch's centre; its side is patch_size / scale.
+        window = max(8, int(round(cfg.patch_size / scale)))
+        wr0 = r0 + (cfg.patch_size - window) // 2
+        wc0 = c0 + (cfg.patch_size - window) // 2
+        image = crop_padded(sample.image, wr0, wc0, window)
+        boxes = sample.boxes.astype(np.float64) - np.array([wc0, wr0, wc0, wr0], dtype=np.float64)
+        if window != cfg.patch_size:
+            image = rescale_square(image, cfg.patch_size, DEFAULT_UPSAMPLING)
+            boxes = boxes * (cfg.patch_size / window)
         labels = sample.labels.copy()
         # Boxes are clipped before the geometric augmentation: flips and quarter turns of a
         # square patch map [0, P] onto itself, so clipping commutes with them.
         boxes, labels = clip_boxes_to_patch(boxes, labels, cfg.patch_size, cfg.min_box_side, cfg.min_visible_fraction)
         image, boxes = self._augment(image, boxes.astype(np.float64))
         return Patch(image=image, boxes=boxes.astype(np.float32), labels=labels, source=(si, r0, c0))
+
+    def _scale(self) -> float:
+        lo, hi = self.config.scale_range
+        if lo == hi:
+            return lo
+        return float(np.exp(self.rng.uniform(np.log(lo), np.log(hi))))
 
     def _lesion_origin(self) -> tuple[int, int, int]:
         cfg = self.config
