@@ -143,30 +143,31 @@ def test_augmented_boxes_cover_exactly_the_lesion_pixels(flags):
 
 def test_scale_jitter_resamples_patch_and_boxes_alike():
     # One 60 x 40 lesion; with +-40% scale jitter its box must scale with the pixels, so the
-    # bright region (the resampled lesion, edges at half height) fills the box to a pixel.
+    # bright region (the resampled lesion, edges at half height) fills the box; and the window
+    # (128 / 1.4 = 91 pixels at the smallest) is placed so that the lesion, which fits, is whole.
     sample = synthetic_sample(boxes=((100, 150, 160, 190),), labels=(2,))
     sampler = PatchSampler([sample], _exact_config(scale_range=(1 / 1.4, 1.4)), seed=5)
     widths = []
     for _ in range(40):
         patch = sampler.sample()
         assert patch.image.shape == (128, 128) and patch.image.dtype == np.float32
-        if len(patch.boxes) != 1:
-            continue
-        x0, y0, x1, y1 = patch.boxes[0]
-        if not ((x0 > 1) and (y0 > 1) and (x1 < 127) and (y1 < 127)):
-            continue  # cut by the patch border (a small window): clipped, not scaled
-        assert (x1 - x0) / (y1 - y0) == pytest.approx(1.5, rel=1e-5)  # one factor for both axes
+        assert len(patch.boxes) == 1
+        x0, y0, x1, y1 = (float(v) for v in patch.boxes[0])
+        assert 0 <= x0 and 0 <= y0 and x1 <= 128 and y1 <= 128
+        scale = (x1 - x0) / 60.0
+        assert (y1 - y0) == pytest.approx(40.0 * scale, rel=1e-5)  # never clipped, so never distorted
         rows, cols = np.nonzero(patch.image > 0.5)
-        assert cols.min() == pytest.approx(x0, abs=1.0) and cols.max() + 1 == pytest.approx(x1, abs=1.0)
-        assert rows.min() == pytest.approx(y0, abs=1.0) and rows.max() + 1 == pytest.approx(y1, abs=1.0)
-        widths.append(float(x1 - x0))
-    assert len(widths) >= 15
-    assert 60 / 1.4 - 1 <= min(widths) < 55 and 65 < max(widths) <= 60 * 1.4 + 1  # both ways, within the range
+        # Half-height edges: the resampled step crosses 0.5 within a quarter pixel of the box edge.
+        for found, edge in ((cols.min(), x0), (cols.max() + 1, x1), (rows.min(), y0), (rows.max() + 1, y1)):
+            assert abs(found - edge) <= 0.75
+        widths.append(x1 - x0)
+    # Both ways, within the range (the window is a whole number of pixels: 179 to 91).
+    assert 60 * 128 / 179 - 0.01 <= min(widths) < 55 and 65 < max(widths) <= 60 * 128 / 91 + 0.01
 
 
 def test_scale_range_is_validated_and_off_by_default():
     assert PatchConfig().scale_range == (1.0, 1.0)
-    for bad in ((1.4, 0.7), (0.1, 1.0), (1.0, 5.0)):
+    for bad in ((1.4, 0.7), (0.1, 1.0), (1.0, 5.0), (0.8, 1.0, 1.2)):
         with pytest.raises(DatasetError, match="scale_range"):
             PatchConfig(scale_range=bad)
 

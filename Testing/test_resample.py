@@ -126,3 +126,21 @@ def test_rescale_square_keeps_level_and_centre_and_antialiases_when_shrinking(si
     with pytest.raises(ValueError, match="square"):
         rescale_square(np.zeros((10, 12), np.float32), 8, "linear")
     np.testing.assert_array_equal(rescale_square(disc, n, "lanczos"), disc)
+
+
+@pytest.mark.parametrize("size", [64, 90, 180, 229])
+def test_rescale_square_is_standardisations_resampling(size: int) -> None:
+    # Training's scale jitter must resample as standardisation does, or it would teach the
+    # detector an interpolation it never meets at inference.
+    rng = np.random.default_rng(size)
+    window = rng.random((128, 128)).astype(np.float32)
+    transform = CanonicalTransform(
+        stored_shape=(128, 128),
+        flipped=False,
+        scale=(size / 128, size / 128),
+        offset=(0.0, 0.0),
+        canonical_shape=(size, size),
+    )
+    np.testing.assert_allclose(
+        rescale_square(window, size, "lanczos"), _resample_image(window, transform, "lanczos"), atol=1e-6
+    )

@@ -10,8 +10,8 @@ or its score (``max``). ``off`` runs the benchmark unchanged.
 
     python benchmarks/ablation_flip_tta.py mean benchmarks/bench_real_film.py --no-simulated --repeats 4 --out out/tta_mean
 
-It replaces the detector's private per-tile loop (``core.detect.run._run_tiles``) for the run,
-so it follows that function's signature; the OOD feature capture sees two passes per tile and
+It replaces the detector's private per-tile loop (``core.detect.run._run_tiles``, as of commit
+58d0f71) for the run, so it follows that function's signature; the OOD feature capture sees two passes per tile and
 logs that it has no descriptor (the benchmark does not use it).
 """
 

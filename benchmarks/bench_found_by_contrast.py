@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
 from MicrocalcAI.core.standardise import breast_mask, monochrome2_intensity  # noqa: E402
+from MicrocalcAI.datasets.coco import parse_coco  # noqa: E402
+from MicrocalcAI.evaluation.matching import truth_from_entry  # noqa: E402
 from MicrocalcAI.simulation.writers import coco_rle_to_mask  # noqa: E402
 
 #: Bin edges of the tables (peak contrast over the grey range; visible specks per lesion).
@@ -43,7 +45,9 @@ CONTRAST_BINS = (0.0, 0.05, 0.08, 0.11, 0.15, 0.25, float("inf"))
 SPECK_BINS = (0, 1, 3, 5, 10, 10**6)
 
 
-def lesion_visibility(intensity: np.ndarray, speck_mask: np.ndarray, spacing_mm: float, grey_range: float) -> dict:
+def lesion_visibility(
+    intensity: np.ndarray, speck_mask: np.ndarray, spacing_mm: float, grey_range: float
+) -> dict[str, Any]:
     """Peak contrast and visible-speck counts of one lesion, from a window 3 mm around it."""
     rows, cols = np.nonzero(speck_mask)
     if rows.size == 0:
@@ -74,6 +78,8 @@ def measure(coco_path: Path, metrics_path: Path) -> list[dict[str, Any]]:
     coco = json.loads(coco_path.read_text())
     metrics = json.loads(metrics_path.read_text())
     found = {(les["image"], tuple(round(v) for v in les["box_px"])): bool(les["found"]) for les in metrics["lesions"]}
+    # Image names as evaluation gives them (the one rule: matching.truth_from_entry).
+    names = {str(entry.image_id): truth_from_entry(entry).name for entry in parse_coco(coco_path)}
     by_image: dict[Any, list[dict]] = {}
     for ann in coco["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
@@ -87,7 +93,7 @@ def measure(coco_path: Path, metrics_path: Path) -> list[dict[str, Any]]:
         intensity = monochrome2_intensity(mammogram).astype(np.float64)
         breast = breast_mask(intensity, (spacing, spacing))
         lo, hi = np.percentile(intensity[breast], [0.5, 99.5])
-        name = Path(image["file_name"]).stem
+        name = names[str(image["id"])]
         for ann in anns:
             x, y, w, h = ann["bbox"]
             row = lesion_visibility(intensity, coco_rle_to_mask(ann["segmentation"]), spacing, max(hi - lo, 1e-9))

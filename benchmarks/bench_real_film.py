@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -217,14 +217,17 @@ def render_cluster(
         canvas[rr : rr + h, cc : cc + w] += thick
     canvas = ndi.gaussian_filter(canvas, blur_sigma_mm / fine, mode="constant")
     profile = canvas.reshape(r1 - r0, k, c1 - c0, k).mean(axis=(1, 3))
-    peak = _reference_peak(canvas, fine, population.contrast_spacing_mm) or float(profile.max())
+    reference = _reference_peak(canvas, fine, population.contrast_spacing_mm)
+    peak = float(profile.max()) if reference is None else reference
     profile = profile / peak if peak > 0 else profile
     box = (x0 / spacing_mm, y0 / spacing_mm, x1 / spacing_mm, y1 / spacing_mm)
     return profile, (r0, c0), box, category, geometry.morphology
 
 
 def _reference_peak(canvas: np.ndarray, fine_mm: float, spacing_mm: Optional[float]) -> Optional[float]:
-    """Peak of the fine-grid ``canvas`` area-averaged to ``spacing_mm`` (None: not asked)."""
+    """Peak of the fine-grid ``canvas`` area-averaged to ``spacing_mm`` (None: not asked), in
+    blocks of a whole number of fine pixels: exactly ``spacing_mm`` when it is a multiple of the
+    fine spacing (0.025 mm for the deliveries of this benchmark), else the nearest multiple."""
     if spacing_mm is None:
         return None
     k = max(1, int(round(spacing_mm / fine_mm)))
@@ -481,18 +484,17 @@ def build_conditions(args: argparse.Namespace) -> list[Condition]:
     conditions = []
     for contrast in args.peak_contrasts:
         for upsampling in args.upsampling:
+            truthful = []
             for spacing in args.spacings:
                 native = abs(spacing - CBIS_SPACING_MM) < 1e-9
                 film_blur = 0.0 if native else args.film_blur
-                conditions.append(Condition(spacing, film_blur, 0.0, 16 if native else 8, upsampling, contrast))
+                truthful.append(Condition(spacing, film_blur, 0.0, 16 if native else 8, upsampling, contrast))
+            conditions += truthful
             for blur in args.blurs:
                 if blur > 0:
                     conditions.append(Condition(max(args.spacings), args.film_blur, blur, 8, upsampling, contrast))
-            for factor in args.spacing_errors:
-                if factor != 1.0:
-                    conditions.append(
-                        Condition(max(args.spacings), args.film_blur, 0.0, 8, upsampling, contrast, factor)
-                    )
+            coarsest = max(truthful, key=lambda c: c.spacing_mm)
+            conditions += [replace(coarsest, stated_spacing_factor=f) for f in args.spacing_errors if f != 1.0]
     return conditions
 
 
@@ -569,9 +571,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         morphologies = morphology_selection(args.morphologies)
     except ValueError as exc:
         parser.error(str(exc))
-    contrast_spacing = None if args.contrast_spacing == "delivered" else float(args.contrast_spacing)
+    try:
+        contrast_spacing = None if args.contrast_spacing == "delivered" else float(args.contrast_spacing)
+    except ValueError:
+        contrast_spacing = -1.0
     if contrast_spacing is not None and not 0.0 < contrast_spacing <= 1.0:
-        parser.error("--contrast-spacing must be a spacing in (0, 1] mm or 'delivered'")
+        parser.error(f"--contrast-spacing must be a spacing in (0, 1] mm or 'delivered', got {args.contrast_spacing!r}")
     population = ClusterPopulation(morphologies, contrast_spacing)
 
     import torch

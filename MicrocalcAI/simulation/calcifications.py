@@ -468,6 +468,8 @@ def morphology_selection(names: Sequence[str]) -> tuple[str, ...]:
     """The ``birads_morphologies`` a command-line list stands for: ``["all"]`` (or nothing) is
     every morphology, spelled ``()`` as the simulator's config has it; anything else must be
     known. One spelling for every tool that takes such a list, so that "all" means the same."""
+    if isinstance(names, str):
+        raise ValueError(f"morphologies must be a list of names, got the string {names!r}")
     chosen = tuple(names)
     if chosen in ((), ("all",)):
         return ()

@@ -427,8 +427,9 @@ def fit_operating_points(
     max_negative_fp_per_image: float = 1.0,
     progress: ProgressCallback = no_progress,
 ) -> FittedOperatingPoints:
-    """Run ``spec`` (uncalibrated) over validation and negatives, fit the calibration, and
-    choose threshold, p_malignant points and risk categories on the calibrated values.
+    """Run ``spec`` (uncalibrated) over validation and negatives, fit the calibration (unless
+    ``calibrate`` is False), and choose threshold, p_malignant points and risk categories on
+    the reported values. ``negative_files`` must have passed :func:`check_negatives`.
 
     The one sequence behind ``export`` and ``export --recalibrate``: both must choose a model's
     settings the same way, or a recalibrated entry would differ from a fresh export of the
@@ -514,7 +515,8 @@ def recalibrate_manifest_entry(
         progress=sub_progress(progress, 0.0, 0.95),
     )
     cal, record, points = fitted.calibration, fitted.calibration_record, fitted.points
-    assert cal is not None and record is not None  # calibrate=True
+    if cal is None or record is None:  # cannot happen with calibrate=True; keeps the types honest
+        raise ModelError("calibration was not fitted")
     metrics = {k: v for k, v in spec.metrics.items() if k != "negatives"}  # an old cap's record is stale
     if fitted.negatives is not None:
         metrics["negatives"] = fitted.negatives

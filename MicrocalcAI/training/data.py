@@ -366,8 +366,8 @@ class PatchConfig:
             if not 0.0 <= value <= 1.0:
                 raise DatasetError(f"{name} must be in [0, 1], got {value}")
         self.scale_range = tuple(float(v) for v in self.scale_range)  # type: ignore[assignment]
-        lo, hi = self.scale_range
-        if not (len(self.scale_range) == 2 and 0.25 <= lo <= hi <= 4.0):
+        lo, hi = self.scale_range if len(self.scale_range) == 2 else (1.0, 0.0)
+        if not 0.25 <= lo <= hi <= 4.0:
             raise DatasetError(f"scale_range must be (low, high) with 0.25 <= low <= high <= 4, got {self.scale_range}")
         self.gamma_range = tuple(float(v) for v in self.gamma_range)  # type: ignore[assignment]
         self.contrast_range = tuple(float(v) for v in self.contrast_range)  # type: ignore[assignment]
@@ -380,7 +380,7 @@ class Patch:
     image: np.ndarray  # float32 (P, P)
     boxes: np.ndarray  # (N, 4) float32 [x0, y0, x1, y1]
     labels: np.ndarray  # (N,) int64
-    source: tuple[int, int, int]  # (sample index, row, col) of the patch origin before augmentation
+    source: tuple[int, int, int]  # (sample index, row, col): origin of the window read (patch_size / scale)
 
 
 def flip_boxes_horizontal(boxes: np.ndarray, width: float) -> np.ndarray:
@@ -463,18 +463,16 @@ class PatchSampler:
     def sample(self) -> Patch:
         cfg = self.config
         has_lesions = any(self._lesions.values())
+        # The window read from the canonical image: patch_size / scale pixels, placed like a
+        # patch of that size (a lesion that fits lies wholly inside), resampled to patch_size.
+        window = max(8, int(round(cfg.patch_size / self._scale())))
         if has_lesions and self.rng.random() >= cfg.background_fraction:
-            si, r0, c0 = self._lesion_origin()
+            si, r0, c0 = self._lesion_origin(window)
         else:
-            si, r0, c0 = self._background_origin()
+            si, r0, c0 = self._background_origin(window)
         sample = self.samples[si]
-        scale = self._scale()
-        # The window keeps the chosen patch's centre; its side is patch_size / scale.
-        window = max(8, int(round(cfg.patch_size / scale)))
-        wr0 = r0 + (cfg.patch_size - window) // 2
-        wc0 = c0 + (cfg.patch_size - window) // 2
-        image = crop_padded(sample.image, wr0, wc0, window)
-        boxes = sample.boxes.astype(np.float64) - np.array([wc0, wr0, wc0, wr0], dtype=np.float64)
+        image = crop_padded(sample.image, r0, c0, window)
+        boxes = sample.boxes.astype(np.float64) - np.array([c0, r0, c0, r0], dtype=np.float64)
         if window != cfg.patch_size:
             image = rescale_square(image, cfg.patch_size, DEFAULT_UPSAMPLING)
             boxes = boxes * (cfg.patch_size / window)
@@ -491,7 +489,7 @@ class PatchSampler:
             return lo
         return float(np.exp(self.rng.uniform(np.log(lo), np.log(hi))))
 
-    def _lesion_origin(self) -> tuple[int, int, int]:
+    def _lesion_origin(self, size: int) -> tuple[int, int, int]:
         cfg = self.config
         benign, malignant = self._lesions.get(1, []), self._lesions.get(2, [])
         if benign and malignant:
@@ -502,13 +500,14 @@ class PatchSampler:
         sample = self.samples[si]
         x0, y0, x1, y1 = (float(v) for v in sample.boxes[li])
         rows, cols = sample.image.shape
-        c0 = self._jittered_origin(x0, x1, cols)
-        r0 = self._jittered_origin(y0, y1, rows)
+        c0 = self._jittered_origin(x0, x1, cols, size)
+        r0 = self._jittered_origin(y0, y1, rows, size)
         return si, r0, c0
 
-    def _jittered_origin(self, lo: float, hi: float, extent: int) -> int:
-        """Patch origin along one axis: lesion fully inside when it fits, else patch inside lesion."""
-        p = self.config.patch_size
+    def _jittered_origin(self, lo: float, hi: float, extent: int, size: int) -> int:
+        """Origin of a ``size`` window along one axis: lesion fully inside when it fits, else
+        window inside lesion."""
+        p = size
         a, b = math.ceil(hi) - p, math.floor(lo)
         if a > b:  # lesion longer than the patch: keep the patch within the lesion
             a, b = b, a
@@ -516,8 +515,8 @@ class PatchSampler:
         # Stay inside the image when the image is large enough (padding only for tiny images).
         return int(min(max(origin, 0), max(extent - p, 0)))
 
-    def _background_origin(self) -> tuple[int, int, int]:
-        p = self.config.patch_size
+    def _background_origin(self, size: int) -> tuple[int, int, int]:
+        p = size
         if (
             self._hard_negatives
             and self.config.hard_negative_fraction > 0
@@ -527,7 +526,7 @@ class PatchSampler:
             sample = self.samples[si]
             x0, y0, x1, y1 = (float(v) for v in sample.hard_negatives[hi])
             rows, cols = sample.image.shape
-            return si, self._jittered_origin(y0, y1, rows), self._jittered_origin(x0, x1, cols)
+            return si, self._jittered_origin(y0, y1, rows, size), self._jittered_origin(x0, x1, cols, size)
         si = int(self.rng.integers(len(self.samples)))
         points = self._breast_points_of(si)
         rows, cols = self.samples[si].image.shape
