@@ -18,17 +18,9 @@ the interpolator for the options this module does not cover (``nearest``, ``bspl
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 from scipy import sparse
 
-__all__ = [
-    "LANCZOS_RADIUS",
-    "SEPARABLE_INTERPOLATORS",
-    "antialias_sigma",
-    "axis_weights",
-    "rescale_square",
-    "resample_separable",
-]
+__all__ = ["LANCZOS_RADIUS", "SEPARABLE_INTERPOLATORS", "axis_weights", "resample_separable"]
 
 #: SimpleITK's ``sitkLanczosWindowedSinc`` is a WindowedSincInterpolateImageFunction of radius 5
 #: (measured: its kernel is sinc(x) * sinc(x / 5), non-zero out to 5 pixels).
@@ -94,31 +86,3 @@ def resample_separable(
     along_rows = rows @ np.asarray(image, dtype=np.float64)  # (out_r, in_c)
     out = (cols @ along_rows.T).T  # (out_r, out_c)
     return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def antialias_sigma(scale: float) -> float:
-    """Gaussian sigma (input pixels) to apply before sampling at ``scale`` output pixels per
-    input pixel: ``(1 / scale - 1) / 2`` when shrinking (the rule of scikit-image's
-    ``rescale``), 0 when enlarging. It removes what the coarser grid cannot represent while
-    keeping calcification-sized detail; standardisation and training's scale jitter share it."""
-    return max(0.0, (1.0 / scale - 1.0) / 2.0)
-
-
-def rescale_square(window: np.ndarray, size: int, upsampling: str) -> np.ndarray:
-    """A square ``window`` resampled to ``size`` x ``size`` pixels over the same extent, the way
-    standardisation resamples: ``upsampling`` when enlarging, Gaussian anti-aliasing then
-    linear interpolation when shrinking. Pixel centres map as in SimpleITK (output pixel k's
-    centre is at input coordinate ``(k + 0.5) * step - 0.5``, ``step = window / size``)."""
-    n = int(window.shape[0])
-    if window.ndim != 2 or window.shape[1] != n:
-        raise ValueError(f"rescale_square needs a square 2-D window, got shape {window.shape}")
-    if n == size:
-        return np.ascontiguousarray(window, dtype=np.float32)
-    step = n / size
-    sigma = antialias_sigma(1.0 / step)
-    source = np.asarray(window, dtype=np.float32)
-    if sigma > 0:
-        source = ndi.gaussian_filter(source, sigma=sigma, mode="nearest", truncate=3.0)
-    interpolator = upsampling if step < 1.0 else "linear"
-    first = 0.5 * step - 0.5
-    return resample_separable(source, (size, size), (first, first), (step, step), interpolator)

@@ -35,7 +35,7 @@ from skimage.filters import threshold_otsu
 from MicrocalcAI.core.equalise import NoiseEqualisation, equalise_noise, noise_curve
 from MicrocalcAI.core.errors import InputError, NotAMammogramError, SpacingError
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform, Mammogram
-from MicrocalcAI.core.resample import SEPARABLE_INTERPOLATORS, antialias_sigma, resample_separable
+from MicrocalcAI.core.resample import SEPARABLE_INTERPOLATORS, resample_separable
 from MicrocalcAI.core.spacing import check_spacing
 
 #: Spacings standardisation will resample from (mm): wider than the reader's plausible range,
@@ -54,6 +54,7 @@ __all__ = [
     "normalise",
     "normalised_stored",
     "plan_transform",
+    "rescale_square",
     "standardise",
     "UPSAMPLING_INTERPOLATORS",
 ]
@@ -759,7 +760,7 @@ def _resample_image(
     ``reference`` resamples through SimpleITK whatever the interpolator (tests compare).
     """
     sr, sc = transform.scale
-    sigma = (antialias_sigma(sr), antialias_sigma(sc))
+    sigma = (max(0.0, (1.0 / sr - 1.0) / 2.0), max(0.0, (1.0 / sc - 1.0) / 2.0))
     pad = (int(math.ceil(3 * sigma[0])) + 2, int(math.ceil(3 * sigma[1])) + 2)
     region, y0, x0 = _stored_region(image01, transform, pad)
     region = np.ascontiguousarray(region, dtype=np.float32)
@@ -775,6 +776,23 @@ def _resample_image(
     v0, u0 = transform.offset
     first = (((v0 + 0.5) - (y0 + 0.5) * sr) / sr, ((u0 + 0.5) - (x0 + 0.5) * sc) / sc)
     return resample_separable(region, transform.canonical_shape, first, (1.0 / sr, 1.0 / sc), interpolator)
+
+
+def rescale_square(window: np.ndarray, size: int, upsampling: str = DEFAULT_UPSAMPLING) -> np.ndarray:
+    """A square ``window`` resampled to ``size`` x ``size`` pixels over the same extent by
+    :func:`_resample_image` itself (anti-aliased linear when shrinking, ``upsampling`` when
+    enlarging): training's scale jitter must resample exactly as standardisation does, or it
+    would teach the detector an interpolation it never meets at inference."""
+    n = int(window.shape[0])
+    if window.ndim != 2 or window.shape[1] != n:
+        raise ValueError(f"rescale_square needs a square 2-D window, got shape {window.shape}")
+    if n == size:
+        return np.ascontiguousarray(window, dtype=np.float32)
+    scale = size / n
+    transform = CanonicalTransform(
+        stored_shape=(n, n), flipped=False, scale=(scale, scale), offset=(0.0, 0.0), canonical_shape=(size, size)
+    )
+    return _resample_image(window, transform, upsampling)
 
 
 def _resample_mask(mask: np.ndarray, transform: CanonicalTransform) -> np.ndarray:

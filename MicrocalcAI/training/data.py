@@ -39,8 +39,7 @@ from MicrocalcAI.core.equalise import NoiseEqualisation
 from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform
-from MicrocalcAI.core.resample import rescale_square
-from MicrocalcAI.core.standardise import DEFAULT_UPSAMPLING
+from MicrocalcAI.core.standardise import rescale_square
 from MicrocalcAI.datasets.coco import CocoImage, parse_coco
 
 log = logging.getLogger(__name__)
@@ -366,8 +365,7 @@ class PatchConfig:
             if not 0.0 <= value <= 1.0:
                 raise DatasetError(f"{name} must be in [0, 1], got {value}")
         self.scale_range = tuple(float(v) for v in self.scale_range)  # type: ignore[assignment]
-        lo, hi = self.scale_range if len(self.scale_range) == 2 else (1.0, 0.0)
-        if not 0.25 <= lo <= hi <= 4.0:
+        if len(self.scale_range) != 2 or not 0.25 <= self.scale_range[0] <= self.scale_range[1] <= 4.0:
             raise DatasetError(f"scale_range must be (low, high) with 0.25 <= low <= high <= 4, got {self.scale_range}")
         self.gamma_range = tuple(float(v) for v in self.gamma_range)  # type: ignore[assignment]
         self.contrast_range = tuple(float(v) for v in self.contrast_range)  # type: ignore[assignment]
@@ -474,7 +472,7 @@ class PatchSampler:
         image = crop_padded(sample.image, r0, c0, window)
         boxes = sample.boxes.astype(np.float64) - np.array([c0, r0, c0, r0], dtype=np.float64)
         if window != cfg.patch_size:
-            image = rescale_square(image, cfg.patch_size, DEFAULT_UPSAMPLING)
+            image = rescale_square(image, cfg.patch_size)
             boxes = boxes * (cfg.patch_size / window)
         labels = sample.labels.copy()
         # Boxes are clipped before the geometric augmentation: flips and quarter turns of a
@@ -507,16 +505,14 @@ class PatchSampler:
     def _jittered_origin(self, lo: float, hi: float, extent: int, size: int) -> int:
         """Origin of a ``size`` window along one axis: lesion fully inside when it fits, else
         window inside lesion."""
-        p = size
-        a, b = math.ceil(hi) - p, math.floor(lo)
-        if a > b:  # lesion longer than the patch: keep the patch within the lesion
+        a, b = math.ceil(hi) - size, math.floor(lo)
+        if a > b:  # lesion longer than the window: keep the window within the lesion
             a, b = b, a
         origin = int(self.rng.integers(a, b + 1))
         # Stay inside the image when the image is large enough (padding only for tiny images).
-        return int(min(max(origin, 0), max(extent - p, 0)))
+        return int(min(max(origin, 0), max(extent - size, 0)))
 
     def _background_origin(self, size: int) -> tuple[int, int, int]:
-        p = size
         if (
             self._hard_negatives
             and self.config.hard_negative_fraction > 0
@@ -534,8 +530,8 @@ class PatchSampler:
             r, c = points[int(self.rng.integers(len(points)))]
         else:
             r, c = int(self.rng.integers(rows)), int(self.rng.integers(cols))
-        r0 = int(min(max(r - p // 2, 0), max(rows - p, 0)))
-        c0 = int(min(max(c - p // 2, 0), max(cols - p, 0)))
+        r0 = int(min(max(r - size // 2, 0), max(rows - size, 0)))
+        c0 = int(min(max(c - size // 2, 0), max(cols - size, 0)))
         return si, r0, c0
 
     def _breast_points_of(self, si: int) -> np.ndarray:
