@@ -12,6 +12,7 @@ from _standardise_helpers import LABEL_BOXES, REAL_KEYS, disc_image, real_mammog
 from MicrocalcAI.core.errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError
 from MicrocalcAI.core.records import CanonicalImage, Mammogram
 from MicrocalcAI.core.standardise import (
+    breast_grey_range,
     breast_mask,
     chest_wall_on_left,
     mask_warnings,
@@ -186,6 +187,18 @@ def test_normalise_maps_breast_percentiles_and_zeroes_background() -> None:
     assert not image[~mask].any()
     # An affine change of the grey scale (another vendor's window) changes nothing.
     np.testing.assert_allclose(normalise(intensity * 3.0 + 1000.0, mask), image, atol=2e-4)
+
+
+def test_breast_grey_range_is_the_range_normalise_maps_to_0_and_0_9() -> None:
+    # The benchmarks quote contrast "over the breast's grey range" through this function; it
+    # must be exactly the pair normalise maps to 0 and 0.9, or their figures drift from the
+    # units the detector sees.
+    intensity, mask = monochrome2_intensity(real_mammogram(0, "lmlo")), _stored(0, "lmlo")[1]
+    lo, hi = breast_grey_range(intensity, mask)
+    expected = np.clip((intensity.astype(np.float64) - lo) / (hi - lo) * 0.9, 0.0, 1.0)
+    np.testing.assert_allclose(normalise(intensity, mask)[mask], expected[mask], atol=1e-5)
+    with pytest.raises(InputError, match="empty"):
+        breast_grey_range(intensity, np.zeros_like(mask))
 
 
 def test_modality_lut_table_and_rescale_are_applied() -> None:

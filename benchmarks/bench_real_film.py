@@ -65,7 +65,7 @@ from MicrocalcAI.core.boxes import hit_matrix  # noqa: E402
 from MicrocalcAI.core.findings.lesions import DEFAULT_CLUSTER_RULE, ClusterRule, densest_speck_count  # noqa: E402
 from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
-from MicrocalcAI.core.standardise import breast_mask, monochrome2_intensity  # noqa: E402
+from MicrocalcAI.core.standardise import breast_grey_range, breast_mask, monochrome2_intensity  # noqa: E402
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities  # noqa: E402
 from MicrocalcAI.simulation.backgrounds import (  # noqa: E402
     HELD_OUT_VIEWS,
@@ -254,12 +254,11 @@ def insert_clusters(
 
     Clusters sit at least 8 mm inside the breast mask and do not overlap; each cluster's peak,
     area-averaged to the population's contrast spacing, is ``peak_contrast`` times the breast's
-    p0.5-p99.5 grey range (the range standardise's normalisation maps to [0, 0.9]).
+    p0.5-p99.5 grey range (``standardise.breast_grey_range``: what normalisation maps to [0, 0.9]).
     """
     mask = breast_mask(image, (spacing_mm, spacing_mm))
     inner = ndi.binary_erosion(mask, iterations=max(1, int(8.0 / spacing_mm)))
-    sample = image[::4, ::4][mask[::4, ::4]]
-    lo, hi = np.percentile(sample, [0.5, 99.5])
+    lo, hi = breast_grey_range(image, mask)
     amplitude = peak_contrast * float(hi - lo)
     out = image.astype(np.float32, copy=True)
     boxes: list[np.ndarray] = []

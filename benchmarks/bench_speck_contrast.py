@@ -8,7 +8,8 @@ written pixels (after quantisation, LUT, MONOCHROME1 inversion undone), using th
 speck masks only to find the specks:
 
 * peak contrast: max over the lesion's speck pixels of (image - 2 mm median background),
-  divided by the breast's grey range (99th minus 1st percentile of breast pixels);
+  divided by the breast's p0.5-p99.5 grey range (``standardise.breast_grey_range``, the
+  range ``bench_real_film.py`` scales its clusters to and normalisation maps to [0, 0.9]);
 * high-frequency noise at 0.1 mm (film grain): robust sigma of the 3x3 median-filter residual
   over the breast's grey range, on the 8 CBIS films and on lesion-free simulated images;
 * FWHM (measured again with every image at 0.05 mm, where pixels do not dominate the
@@ -33,6 +34,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from MicrocalcAI.core.standardise import breast_grey_range  # noqa: E402
 from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary  # noqa: E402
 from MicrocalcAI.simulation.calcifications import BIOPSIED_CLUSTER_MORPHOLOGIES, morphology_selection  # noqa: E402
 from MicrocalcAI.simulation.config import SimulationConfig  # noqa: E402
@@ -72,10 +74,9 @@ def measure_image(pixels: np.ndarray, meta, lesions) -> list[dict]:
     img = pixels.astype(np.float64) / maxval
     if meta.photometric == "MONOCHROME1":
         img = 1.0 - img
-    breast = img[meta.breast_mask]
-    if breast.size < 100:
+    if np.count_nonzero(meta.breast_mask) < 100:
         return []
-    lo, hi = np.percentile(breast, [1, 99])
+    lo, hi = breast_grey_range(img, meta.breast_mask)
     grey_range = max(hi - lo, 1e-6)
     out = []
     for les in lesions:
@@ -138,9 +139,9 @@ def summarise(rows: list[dict]) -> dict:
 
 def high_frequency_noise(img: np.ndarray, mask: np.ndarray) -> float:
     """Robust sigma of the 3x3 median-filter residual over the breast, as a fraction of the
-    breast's 1st-99th percentile range (0 when 8-bit steps exceed the noise)."""
+    breast's grey range (0 when 8-bit steps exceed the noise)."""
     res = (img - ndimage.median_filter(img, 3))[mask]
-    lo, hi = np.percentile(img[mask], [1, 99])
+    lo, hi = breast_grey_range(img, mask)
     return float(1.4826 * np.median(np.abs(res - np.median(res))) / max(hi - lo, 1e-6))
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "MaskConfig",
     "NormaliseConfig",
     "monochrome2_intensity",
+    "breast_grey_range",
     "breast_mask",
     "chest_wall_on_left",
     "normalise",
@@ -551,6 +552,29 @@ def chest_wall_on_left(mask: np.ndarray) -> bool:
 # ----------------------------------------------------------------------------------------
 
 
+def breast_grey_range(
+    intensity: np.ndarray, mask: np.ndarray, config: NormaliseConfig = NormaliseConfig()
+) -> tuple[float, float]:
+    """The breast's ``(p_low, p_high)`` grey values, sampled as :func:`normalise` samples them.
+
+    Public because "contrast as a fraction of the breast's grey range" is a measure the
+    benchmarks and the simulator's calibration quote: taking it from here means such a figure is
+    in the units the detector sees after normalisation (the range maps to [0, ``high_value``]).
+    """
+    intensity = np.asarray(intensity)
+    mask = np.asarray(mask, dtype=bool)
+    if intensity.shape != mask.shape:
+        raise InputError(f"image {intensity.shape} and mask {mask.shape} differ in shape")
+    step = max(1, int(config.sample_stride))
+    sample = intensity[::step, ::step][mask[::step, ::step]]
+    if sample.size < 16:
+        sample = intensity[mask]
+    if sample.size == 0:
+        raise InputError("cannot normalise: the breast mask is empty")
+    lo, hi = np.percentile(sample.astype(np.float64), [config.low_percentile, config.high_percentile])
+    return float(lo), float(hi)
+
+
 def normalise(
     intensity: np.ndarray,
     mask: np.ndarray,
@@ -573,15 +597,7 @@ def normalise(
     if out is not None and (out.dtype != np.float32 or out.shape != intensity.shape):
         raise InputError(f"out must be a float32 array of shape {intensity.shape}, got {out.dtype} {out.shape}")
     mask = np.asarray(mask, dtype=bool)
-    if intensity.shape != mask.shape:
-        raise InputError(f"image {intensity.shape} and mask {mask.shape} differ in shape")
-    step = max(1, int(config.sample_stride))
-    sample = intensity[::step, ::step][mask[::step, ::step]]
-    if sample.size < 16:
-        sample = intensity[mask]
-    if sample.size == 0:
-        raise InputError("cannot normalise: the breast mask is empty")
-    lo, hi = np.percentile(sample.astype(np.float64), [config.low_percentile, config.high_percentile])
+    lo, hi = breast_grey_range(intensity, mask, config)
     if not hi > lo:
         log.warning(
             "breast has a flat histogram (p%.1f = p%.1f = %g)", config.low_percentile, config.high_percentile, lo
