@@ -17,6 +17,7 @@ __all__ = [
     "EXIT_ERROR",
     "ProgressBar",
     "fraction_arg",
+    "positive_count_arg",
     "run_with_bar",
     "setup_logging",
     "spacing_arg",
@@ -99,6 +100,22 @@ def fraction_arg(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
     return value
+
+
+def positive_count_arg(what: str) -> Callable[[str], int]:
+    """An argparse ``type`` for a count of ``what`` (``--workers``, ``--nproc``): a whole number
+    >= 1, named in the error so the user sees which option and unit was wrong."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected a number of {what} (at least 1), got {text!r}")
+        return value
+
+    return parse
 
 
 def run_with_bar(description: str, quiet: bool, job: Callable[[ProgressCallback], object]) -> object:

@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from MicrocalcAI.cli.common import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, fraction_arg, run_with_bar, spacing_arg
+from MicrocalcAI.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    fraction_arg,
+    positive_count_arg,
+    run_with_bar,
+    spacing_arg,
+)
 from MicrocalcAI.cli.report import print_report_failures
 
 __all__ = ["register", "run"]
@@ -57,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     where = det.add_mutually_exclusive_group()
     where.add_argument(
         "--workers",
-        type=_workers_arg,
+        type=positive_count_arg("worker processes"),
         default=None,
         metavar="N",
         help="run on a Dask LocalCluster of N worker processes on this machine (127.0.0.1 only; needs dask)",
@@ -71,16 +79,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     det.add_argument("--quiet", action="store_true", help="no progress bar, only warnings and errors")
     det.add_argument("--verbose", action="store_true", help="debug logging")
     det.set_defaults(func=run)
-
-
-def _workers_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of worker processes, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 worker, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

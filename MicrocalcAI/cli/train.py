@@ -12,19 +12,9 @@ import os
 import subprocess
 import sys
 
-from MicrocalcAI.cli.common import EXIT_ERROR, EXIT_OK, run_with_bar
+from MicrocalcAI.cli.common import EXIT_ERROR, EXIT_OK, positive_count_arg, run_with_bar
 
 __all__ = ["register", "run"]
-
-
-def _nproc_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of processes, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 process, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
     tr.add_argument(
         "--nproc",
-        type=_nproc_arg,
+        type=positive_count_arg("processes"),
         default=1,
         metavar="K",
         help="train with K processes on this machine (DDP via torchrun: gloo on CPU, one GPU each with CUDA)",
