@@ -35,7 +35,7 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
-from MicrocalcAI.core.standardise import breast_grey_range, breast_mask, monochrome2_intensity  # noqa: E402
+from MicrocalcAI.core.standardise import NormaliseConfig, breast_grey_range, breast_mask, monochrome2_intensity  # noqa: E402
 from MicrocalcAI.datasets.coco import parse_coco  # noqa: E402
 from MicrocalcAI.evaluation.matching import truth_from_entry  # noqa: E402
 from MicrocalcAI.simulation.writers import coco_rle_to_mask  # noqa: E402
@@ -92,7 +92,7 @@ def measure(coco_path: Path, metrics_path: Path) -> list[dict[str, Any]]:
         mammogram = read_mammogram(str(coco_path.parent / image["file_name"]), spacing_mm=spacing)
         intensity = monochrome2_intensity(mammogram).astype(np.float64)
         breast = breast_mask(intensity, (spacing, spacing))
-        lo, hi = breast_grey_range(intensity, breast)
+        lo, hi = breast_grey_range(intensity, breast, NormaliseConfig(sample_stride=1))  # every pixel
         name = names[str(image["id"])]
         for ann in anns:
             x, y, w, h = ann["bbox"]
