@@ -317,12 +317,3 @@ def test_workers_are_sent_where_to_find_the_clients_exact_entry(tmp_path):
     assert resolve_model(str(recalibrated.weights_path)).settings_sha256 != recalibrated.settings_sha256
     assert model_source(recalibrated) == str(tmp_path)
     assert resolve_model(model_source(recalibrated)).settings_sha256 == recalibrated.settings_sha256
-
-
-@pytest.mark.parametrize("bad", ["0", "-2", "two", "1.5"])
-def test_workers_must_be_a_whole_number_of_at_least_one(bad, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli_main(["detect", str(tmp_path), "--out", str(tmp_path / "out"), "--workers", bad])
-    assert exc.value.code == 2
-    assert f"expected a number of worker processes (at least 1), got '{bad}'" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ from _standardise_helpers import LABEL_BOXES, REAL_KEYS, disc_image, real_mammog
 from MicrocalcAI.core.errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError
 from MicrocalcAI.core.records import CanonicalImage, Mammogram
 from MicrocalcAI.core.standardise import (
+    NormaliseConfig,
     breast_grey_range,
     breast_mask,
     chest_wall_on_left,
@@ -197,8 +198,18 @@ def test_breast_grey_range_is_the_range_normalise_maps_to_0_and_0_9() -> None:
     lo, hi = breast_grey_range(intensity, mask)
     expected = np.clip((intensity.astype(np.float64) - lo) / (hi - lo) * 0.9, 0.0, 1.0)
     np.testing.assert_allclose(normalise(intensity, mask)[mask], expected[mask], atol=1e-5)
+    # The sampling: every k-th row and column inside the mask (normalise's k = 2), and the
+    # whole mask when that leaves fewer than 16 pixels.
+    for k in (1, 2, 4):
+        sampled = np.percentile(intensity[::k, ::k][mask[::k, ::k]].astype(np.float64), [0.5, 99.5])
+        assert breast_grey_range(intensity, mask, NormaliseConfig(sample_stride=k)) == tuple(sampled)
+    tiny = np.zeros_like(mask)
+    tiny[100:103, 200:203] = True  # 9 pixels, 1-4 of them on the stride-2 grid
+    assert breast_grey_range(intensity, tiny) == tuple(np.percentile(intensity[tiny].astype(np.float64), [0.5, 99.5]))
     with pytest.raises(InputError, match="empty"):
         breast_grey_range(intensity, np.zeros_like(mask))
+    with pytest.raises(InputError, match="differ in shape"):
+        breast_grey_range(intensity, mask[:-1])
 
 
 def test_modality_lut_table_and_rescale_are_applied() -> None:

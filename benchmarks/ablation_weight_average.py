@@ -4,8 +4,10 @@ it was measured and not kept.
 
 Every floating-point tensor of the model (weights and BatchNorm running statistics) is the mean
 over the checkpoints; integer tensors (BatchNorm's batch counters) are the first checkpoint's.
-The first checkpoint's configuration and bookkeeping are kept, so ``microcalcai export`` takes
-the result like any ``best.pt``. Averaging only makes sense for fine-tunes of one parent (they
+The first checkpoint's ``format``, ``model_config``, ``config`` and ``iteration`` are kept, so
+``microcalcai export`` takes the result like any ``best.pt`` (its manifest then names the first
+checkpoint's iteration); ``soup_of`` lists the averaged files and the validation bookkeeping is
+emptied (it described one run, not the average). Averaging only makes sense for fine-tunes of one parent (they
 stay in one basin of the loss); the script refuses checkpoints of different model settings.
 
     python benchmarks/ablation_weight_average.py out/soup2.pt \\
@@ -45,11 +47,10 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
             model[key] = (total / len(checkpoints)).to(tensor.dtype)
         else:
             model[key] = tensor.clone()
-    # Only what export reads: the training state (optimizer, sampler) belongs to one run.
-    keep = ("format", "iteration", "model_config", "config", "best_score", "best_iteration", "best_metrics")
-    out = {k: first[k] for k in keep}
-    out["model"] = model
-    out["bad_validations"] = 0
+    # The training state (optimizer, sampler) belonged to one run and is left out.
+    out = {k: first[k] for k in ("format", "iteration", "model_config", "config")}
+    out.update(model=model, soup_of=[str(p) for p in paths])
+    out.update(best_score=float("nan"), best_iteration=-1, best_metrics="{}", bad_validations=0)
     return out
 
 

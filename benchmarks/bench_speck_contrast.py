@@ -9,7 +9,8 @@ speck masks only to find the specks:
 
 * peak contrast: max over the lesion's speck pixels of (image - 2 mm median background),
   divided by the breast's p0.5-p99.5 grey range (``standardise.breast_grey_range``, the
-  range ``bench_real_film.py`` scales its clusters to and normalisation maps to [0, 0.9]);
+  range ``bench_real_film.py`` scales its clusters to; taken over the simulator's own breast
+  mask, which is close to but not the mask normalisation finds);
 * high-frequency noise at 0.1 mm (film grain): robust sigma of the 3x3 median-filter residual
   over the breast's grey range, on the 8 CBIS films and on lesion-free simulated images;
 * FWHM (measured again with every image at 0.05 mm, where pixels do not dominate the

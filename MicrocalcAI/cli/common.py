@@ -112,7 +112,7 @@ def positive_count_arg(what: str) -> Callable[[str], int]:
         except ValueError:
             value = 0
         if value < 1:
-            raise argparse.ArgumentTypeError(f"expected a number of {what} (at least 1), got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a whole number of {what} (at least 1), got {text!r}")
         return value
 
     return parse
