@@ -182,3 +182,26 @@ def test_cli_contrast_spread_scales_every_clusters_calcium(tmp_path):
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr
         assert not (tmp_path / "bad" / "annotations.json").exists()
+
+
+def test_cli_morphologies_restrict_the_drawn_clusters(tmp_path):
+    """--morphologies NAME... draws clusters only of those BI-RADS morphologies (film and
+    realistic presets); a benign cluster falls back to the allowed morphology when no benign
+    one is allowed. Unknown names and the basic preset are refused before anything is written."""
+    allowed = ["amorphous", "fine_pleomorphic"]  # both suspicious: benign clusters must follow them
+    out = tmp_path / "film"
+    cmd = [sys.executable, "-m", "MicrocalcAI", "simulate", "-n", "6", "--seed", "4", "--film", "--quiet"]
+    cmd += ["--real-fraction", "0", "--out", str(out), "--morphologies", *allowed]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    coco = json.loads((out / "annotations.json").read_text())
+    assert coco["info"]["simulation_config"]["birads_morphologies"] == allowed
+    drawn = {a["morphology"] for a in coco["annotations"]}
+    assert drawn and drawn <= set(allowed)
+    for bad, message in (
+        (["--film", "--morphologies", "popcorn_like"], "unknown morphologies"),
+        (["--morphologies", "amorphous"], "give --realistic or --film"),
+    ):
+        cmd = [sys.executable, "-m", "MicrocalcAI", "simulate", "-n", "1", "--out", str(tmp_path / "bad"), *bad]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert not (tmp_path / "bad" / "annotations.json").exists()

@@ -70,6 +70,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "look-alike (dust, emulsion spots...), is the chain's times a factor drawn uniformly from "
         "[LO, HI] (default 0.8 1.2); e.g. 0.35 0.8 for a set of fainter clusters",
     )
+    sim.add_argument(
+        "--morphologies",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="with --realistic or --film: draw clusters only of these BI-RADS morphologies ('all': every one, "
+        "the default); e.g. punctate amorphous coarse_heterogeneous fine_pleomorphic fine_linear_branching, "
+        "the morphologies of biopsied clusters. A benign cluster is drawn among the benign ones left, a "
+        "malignant one among the malignant ones; where none of its class is left, its class follows the "
+        "morphology drawn",
+    )
     sim.add_argument("--quiet", action="store_true")
     sim.add_argument("--verbose", action="store_true")
     sim.set_defaults(func=run)
@@ -77,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary, find_background_files
+    from MicrocalcAI.simulation.calcifications import morphology_selection
     from MicrocalcAI.simulation.config import CBIS_SPACING_MM, SimulationConfig
     from MicrocalcAI.simulation.simulate import simulate_dataset
     from MicrocalcAI.simulation.writers import write_contact_sheet
@@ -88,6 +100,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.film:
             raise InputError("--contrast-spread applies to the film chain: give --film too")
         extra["lesion_contrast_spread"] = tuple(args.contrast_spread)
+    if args.morphologies is not None:
+        if not (args.film or args.realistic):
+            raise InputError("--morphologies chooses among the BI-RADS morphologies: give --realistic or --film too")
+        try:
+            extra["birads_morphologies"] = morphology_selection(args.morphologies)
+        except ValueError as exc:
+            raise InputError(f"--morphologies: {exc}") from exc
     if args.film:
         config = SimulationConfig.film(n_images=args.n_images, seed=args.seed, **extra)
     elif args.realistic:
