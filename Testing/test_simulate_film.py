@@ -185,9 +185,9 @@ def test_cli_contrast_spread_scales_every_clusters_calcium(tmp_path):
 
 
 def test_cli_morphologies_restrict_the_drawn_clusters(tmp_path):
-    """--morphologies NAME... draws clusters only of those BI-RADS morphologies (film and
-    realistic presets); a benign cluster falls back to the allowed morphology when no benign
-    one is allowed. Unknown names and the basic preset are refused before anything is written."""
+    """--morphologies NAME... draws clusters only of those BI-RADS morphologies (film preset
+    here; realistic shares the option); a benign cluster takes the allowed (malignant)
+    morphologies' class when no benign one is allowed. Unknown names and the basic preset are refused before anything is written."""
     allowed = ["amorphous", "fine_pleomorphic"]  # both suspicious: benign clusters must follow them
     out = tmp_path / "film"
     cmd = [sys.executable, "-m", "MicrocalcAI", "simulate", "-n", "6", "--seed", "4", "--film", "--quiet"]
@@ -197,6 +197,8 @@ def test_cli_morphologies_restrict_the_drawn_clusters(tmp_path):
     assert coco["info"]["simulation_config"]["birads_morphologies"] == allowed
     drawn = {a["morphology"] for a in coco["annotations"]}
     assert drawn and drawn <= set(allowed)
+    malignant = next(c["id"] for c in coco["categories"] if c["name"] == "malignant")
+    assert {a["category_id"] for a in coco["annotations"]} == {malignant}  # no benign morphology was allowed
     for bad, message in (
         (["--film", "--morphologies", "popcorn_like"], "unknown morphologies"),
         (["--morphologies", "amorphous"], "give --realistic or --film"),

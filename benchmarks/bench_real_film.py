@@ -21,7 +21,10 @@ and, as a function of input spacing (0.05-0.2 mm) and of blur added to the whole
 of them; plus the sensitivity at 0.5 FP/image on a small simulated test set, through
 ``microcalcai evaluate``. Marks on the held-out films that match no inserted cluster count as
 false marks: the films carry no calcification labels (they may hold real calcifications, so
-the rate is an upper bound). The numbers are developer proxies, not accuracy.
+the rate is an upper bound). Each row also gives the share of clusters marked at all (any
+mark at the evaluation floor, under the row's cluster rule and edge margin): the most any
+threshold finds, so a cluster missed because it ranks low can be told from one never marked.
+The numbers are developer proxies, not accuracy.
 
     python benchmarks/bench_real_film.py                          # default model, ~10 min on 2 cores
     python benchmarks/bench_real_film.py --model path/to/manifest.json --out /tmp/bench
@@ -168,8 +171,9 @@ class ConditionResult:
     sensitivity_at_fp: dict[str, Optional[float]] = field(default_factory=dict)
     #: Per BI-RADS morphology of the inserted clusters: [found at the threshold, clusters].
     found_by_morphology: dict[str, list[int]] = field(default_factory=dict)
-    #: Found by any mark the detector makes (score >= the evaluation floor): the most any
-    #: threshold can find. Clusters below it were never proposed, so re-ranking cannot reach them.
+    #: Found by any mark kept at the evaluation floor (score >= EVAL_MIN_SCORE, after the
+    #: cluster rule and edge margin): the most any threshold can find. A cluster not marked
+    #: there is out of reach of any threshold or re-ranking of these marks.
     sensitivity_any_mark: float = float("nan")
     #: Per morphology: [found by any mark, clusters].
     any_mark_by_morphology: dict[str, list[int]] = field(default_factory=dict)
@@ -402,10 +406,11 @@ def summarise(
     lesion_arr, fp_arr = np.array(lesion_scores), np.array(fp_scores)
     at_fp = froc_sensitivities(lesion_arr, fp_arr, n, rates=(0.5, 1.0, 2.0))
     found = int((lesion_arr >= threshold).sum())
+    marked = lesion_arr >= EVAL_MIN_SCORE  # found by any mark at the floor (-inf: no mark)
     by_morphology: dict[str, list[int]] = {}
     any_by_morphology: dict[str, list[int]] = {}
-    for morphology, score in zip(morphologies, lesion_scores):
-        for tallies, found_it in ((by_morphology, score >= threshold), (any_by_morphology, score > -math.inf)):
+    for morphology, score, marked_it in zip(morphologies, lesion_scores, marked):
+        for tallies, found_it in ((by_morphology, score >= threshold), (any_by_morphology, marked_it)):
             tally = tallies.setdefault(morphology, [0, 0])
             tally[0] += int(found_it)
             tally[1] += 1
@@ -422,7 +427,7 @@ def summarise(
         sensitivity_ci95=(float(ci.low), float(ci.high)) if ci is not None else (float("nan"), float("nan")),
         sensitivity_at_fp={f"{k:g}": v for k, v in at_fp.items()},
         found_by_morphology=dict(sorted(by_morphology.items())),
-        sensitivity_any_mark=float((lesion_arr > -math.inf).mean()) if lesion_arr.size else float("nan"),
+        sensitivity_any_mark=float(marked.mean()) if lesion_arr.size else float("nan"),
         any_mark_by_morphology=dict(sorted(any_by_morphology.items())),
         marks_per_image=float(((fp_arr >= threshold).sum() + (lesion_arr >= threshold).sum()) / n),
         seconds_per_image=float(statistics.median([m.seconds for m in marks])),

@@ -75,11 +75,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="+",
         default=None,
         metavar="NAME",
-        help="with --realistic or --film: draw clusters only of these BI-RADS morphologies ('all': every one, "
-        "the default); e.g. punctate amorphous coarse_heterogeneous fine_pleomorphic fine_linear_branching, "
-        "the morphologies of biopsied clusters. A benign cluster is drawn among the benign ones left, a "
-        "malignant one among the malignant ones; where none of its class is left, its class follows the "
-        "morphology drawn",
+        help="with --realistic or --film: draw clusters only of these BI-RADS morphologies ('all', on its own: "
+        "every one, the default); e.g. punctate amorphous coarse_heterogeneous fine_pleomorphic "
+        "fine_linear_branching, the morphologies of biopsied clusters (every benign cluster is then punctate). "
+        "A benign cluster is drawn among the benign ones left, a malignant one among the malignant ones; "
+        "where none of its class is left, its class follows the morphology drawn",
     )
     sim.add_argument("--quiet", action="store_true")
     sim.add_argument("--verbose", action="store_true")
