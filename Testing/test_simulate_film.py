@@ -187,7 +187,8 @@ def test_cli_contrast_spread_scales_every_clusters_calcium(tmp_path):
 def test_cli_morphologies_restrict_the_drawn_clusters(tmp_path):
     """--morphologies NAME... draws clusters only of those BI-RADS morphologies (film preset
     here; realistic shares the option); a benign cluster takes the allowed (malignant)
-    morphologies' class when no benign one is allowed. Unknown names and the basic preset are refused before anything is written."""
+    morphologies' class when no benign one is allowed. Unknown names and the basic preset are
+    refused before anything is written."""
     allowed = ["amorphous", "fine_pleomorphic"]  # both suspicious: benign clusters must follow them
     out = tmp_path / "film"
     cmd = [sys.executable, "-m", "MicrocalcAI", "simulate", "-n", "6", "--seed", "4", "--film", "--quiet"]

@@ -405,12 +405,13 @@ def summarise(
     n = len(marks)
     lesion_arr, fp_arr = np.array(lesion_scores), np.array(fp_scores)
     at_fp = froc_sensitivities(lesion_arr, fp_arr, n, rates=(0.5, 1.0, 2.0))
-    found = int((lesion_arr >= threshold).sum())
+    at_threshold = lesion_arr >= threshold
+    found = int(at_threshold.sum())
     marked = lesion_arr >= EVAL_MIN_SCORE  # found by any mark at the floor (-inf: no mark)
     by_morphology: dict[str, list[int]] = {}
     any_by_morphology: dict[str, list[int]] = {}
-    for morphology, score, marked_it in zip(morphologies, lesion_scores, marked):
-        for tallies, found_it in ((by_morphology, score >= threshold), (any_by_morphology, marked_it)):
+    for morphology, found_here, marked_here in zip(morphologies, at_threshold, marked):
+        for tallies, found_it in ((by_morphology, found_here), (any_by_morphology, marked_here)):
             tally = tallies.setdefault(morphology, [0, 0])
             tally[0] += int(found_it)
             tally[1] += 1
@@ -423,13 +424,13 @@ def summarise(
         n_clusters=len(lesion_scores),
         threshold=threshold,
         false_marks_per_image=float((fp_arr >= threshold).sum() / n),
-        sensitivity=float((lesion_arr >= threshold).mean()) if lesion_arr.size else float("nan"),
+        sensitivity=float(at_threshold.mean()) if lesion_arr.size else float("nan"),
         sensitivity_ci95=(float(ci.low), float(ci.high)) if ci is not None else (float("nan"), float("nan")),
         sensitivity_at_fp={f"{k:g}": v for k, v in at_fp.items()},
         found_by_morphology=dict(sorted(by_morphology.items())),
         sensitivity_any_mark=float(marked.mean()) if lesion_arr.size else float("nan"),
         any_mark_by_morphology=dict(sorted(any_by_morphology.items())),
-        marks_per_image=float(((fp_arr >= threshold).sum() + (lesion_arr >= threshold).sum()) / n),
+        marks_per_image=float(((fp_arr >= threshold).sum() + found) / n),
         seconds_per_image=float(statistics.median([m.seconds for m in marks])),
     )
 
