@@ -184,6 +184,53 @@ def test_cli_contrast_spread_scales_every_clusters_calcium(tmp_path):
         assert not (tmp_path / "bad" / "annotations.json").exists()
 
 
+def test_cli_lookalike_contrast_spread_changes_only_the_lookalikes(tmp_path):
+    """--lookalike-contrast-spread gives the calcification-like look-alikes their own factor:
+    with the same seed and faint clusters (0.4x), look-alikes at 1.0x leave every cluster, every
+    look-alike position and every pixel away from the look-alikes as they were, and brighten
+    the pixels at the look-alikes."""
+    import pydicom
+
+    base = [sys.executable, "-m", "MicrocalcAI", "simulate", "-n", "3", "--seed", "11", "--film", "--quiet"]
+    base += ["--real-fraction", "0", "--contrast-spread", "0.4", "0.4"]
+    runs = {"shared": [], "own": ["--lookalike-contrast-spread", "1.0", "1.0"]}
+    cocos = {}
+    for name, extra in runs.items():
+        subprocess.run(base + ["--out", str(tmp_path / name), *extra], check=True, cwd=ROOT)
+        cocos[name] = json.loads((tmp_path / name / "annotations.json").read_text())
+    assert cocos["own"]["info"]["simulation_config"]["lookalike_contrast_spread"] == [1.0, 1.0]
+    assert "lookalike_contrast_spread" not in cocos["shared"]["info"]["simulation_config"]
+    strip = ("segmentation",)
+    assert [{k: v for k, v in a.items() if k not in strip} for a in cocos["own"]["annotations"]] == [
+        {k: v for k, v in a.items() if k not in strip} for a in cocos["shared"]["annotations"]
+    ]
+    brighter = 0
+    for im_own, im_shared in zip(cocos["own"]["images"], cocos["shared"]["images"]):
+        assert im_own["hard_negatives"] == im_shared["hard_negatives"]
+        pixels = {
+            name: pydicom.dcmread(tmp_path / name / im["file_name"]).pixel_array.astype(np.int64)
+            for name, im in (("own", im_own), ("shared", im_shared))
+        }
+        assert im_own["photometric"] == "MONOCHROME2"  # brighter = more attenuation
+        diff = pixels["own"] - pixels["shared"]
+        near = np.zeros(diff.shape, bool)
+        margin = int(round(1.0 / im_own["spacing_mm"]))  # 1 mm: the chain's blur tails
+        for hn in im_own["hard_negatives"]:
+            x, y, w, h = hn["bbox"]
+            near[max(0, y - margin) : y + h + margin, max(0, x - margin) : x + w + margin] = True
+        assert np.abs(diff[~near]).sum() <= 0.01 * max(1, np.abs(diff).sum())
+        brighter += int(diff[near].sum())
+    assert brighter > 0
+    cmd = [sys.executable, "-m", "MicrocalcAI", "simulate", "-n", "1", "--out", str(tmp_path / "bad")]
+    for bad, message in (
+        (["--lookalike-contrast-spread", "1", "1"], "give --film too"),
+        (["--film", "--lookalike-contrast-spread", "0", "1"], "must be 0 < min <= max"),
+    ):
+        result = subprocess.run(cmd + bad, cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr
+        assert not (tmp_path / "bad" / "annotations.json").exists()
+
+
 def test_cli_morphologies_restrict_the_drawn_clusters(tmp_path):
     """--morphologies NAME... draws clusters only of those BI-RADS morphologies (film preset
     here; realistic shares the option); a benign cluster takes the allowed (malignant)

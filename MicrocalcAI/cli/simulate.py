@@ -71,6 +71,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "[LO, HI] (default 0.8 1.2); e.g. 0.35 0.8 for a set of fainter clusters",
     )
     sim.add_argument(
+        "--lookalike-contrast-spread",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="with --film: draw the look-alikes' factor from [LO, HI] instead of --contrast-spread's range; "
+        "e.g. --contrast-spread 0.3 0.8 --lookalike-contrast-spread 0.8 1.2 for faint clusters among "
+        "look-alikes at full contrast",
+    )
+    sim.add_argument(
         "--morphologies",
         nargs="+",
         default=None,
@@ -100,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.film:
             raise InputError("--contrast-spread applies to the film chain: give --film too")
         extra["lesion_contrast_spread"] = tuple(args.contrast_spread)
+    if args.lookalike_contrast_spread is not None:
+        if not args.film:
+            raise InputError("--lookalike-contrast-spread applies to the film chain: give --film too")
+        extra["lookalike_contrast_spread"] = tuple(args.lookalike_contrast_spread)
     if args.morphologies is not None:
         if not (args.film or args.realistic):
             raise InputError("--morphologies chooses among the BI-RADS morphologies: give --realistic or --film too")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -172,6 +172,10 @@ class SimulationConfig:
     lut_gamma: tuple[float, float] = (0.75, 1.33)
     #: Per-lesion spread of the effective calcium attenuation (relative, uniform).
     lesion_contrast_spread: tuple[float, float] = (0.8, 1.2)
+    #: The same factor for the film chain's calcification-like look-alikes (dust, emulsion
+    #: spots, isolated specks); None = ``lesion_contrast_spread``. A set of faint clusters can
+    #: keep its look-alikes at full contrast, so that faintness alone never means "not a lesion".
+    lookalike_contrast_spread: Optional[tuple[float, float]] = None
 
     @classmethod
     def realistic(cls, **overrides) -> SimulationConfig:
@@ -266,6 +270,12 @@ class SimulationConfig:
             a, b = getattr(self, name)
             if not (0.0 <= a <= b):
                 raise SimulationError(f"{name} {getattr(self, name)} must be 0 <= min <= max")
+        if self.lookalike_contrast_spread is not None:
+            a, b = self.lookalike_contrast_spread
+            if not (0.0 < a <= b):
+                raise SimulationError(
+                    f"lookalike_contrast_spread {self.lookalike_contrast_spread} must be 0 < min <= max"
+                )
         if self.lesion_contrast_spread[0] <= 0.0:
             raise SimulationError(
                 f"lesion_contrast_spread {self.lesion_contrast_spread} must start above 0: a cluster "

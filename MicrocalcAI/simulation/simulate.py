@@ -400,6 +400,7 @@ _EXTENSION_FIELDS = (
     "film_grain_sigma",
     "lut_gamma",
     "lesion_contrast_spread",
+    "lookalike_contrast_spread",
 )
 
 
