@@ -40,6 +40,9 @@ from MicrocalcAI.datasets.coco import parse_coco  # noqa: E402
 from MicrocalcAI.evaluation.matching import truth_from_entry  # noqa: E402
 from MicrocalcAI.simulation.writers import coco_rle_to_mask  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_speck_contrast import above_local_background  # noqa: E402  (one definition of peak contrast)
+
 #: Bin edges of the tables (peak contrast over the grey range; visible specks per lesion).
 CONTRAST_BINS = (0.0, 0.05, 0.08, 0.11, 0.15, 0.25, float("inf"))
 SPECK_BINS = (0, 1, 3, 5, 10, 10**6)
@@ -57,8 +60,7 @@ def lesion_visibility(
     r1, c1 = int(rows.max()) + pad + 1, int(cols.max()) + pad + 1
     window = intensity[r0:r1, c0:c1]
     mask = speck_mask[r0:r1, c0:c1]
-    size = max(3, int(round(2.0 / spacing_mm)) | 1)
-    above = window - ndi.median_filter(window, size=size, mode="nearest")
+    above = above_local_background(window, spacing_mm)
     residual = (window - ndi.median_filter(window, size=3))[~ndi.binary_dilation(mask, iterations=2)]
     noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) + 1e-9
     labels, n = ndi.label(mask)

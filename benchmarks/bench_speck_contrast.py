@@ -69,6 +69,15 @@ def _half_max_width(profile: np.ndarray, centre: int, spacing_mm: float) -> floa
     return float((rx - lx) * spacing_mm)
 
 
+def above_local_background(window: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """The window minus its 2 mm median background: what specks add over the tissue around
+    them. The one definition of a speck's peak contrast (before division by the grey range)
+    for this script and ``bench_found_by_contrast.py``; the window should reach about 3 mm
+    beyond the lesion so that the median sees tissue, not specks."""
+    size = max(3, int(round(2.0 / spacing_mm)) | 1)
+    return window - ndimage.median_filter(window, size=size, mode="nearest")
+
+
 def measure_image(pixels: np.ndarray, meta, lesions) -> list[dict]:
     """Peak contrast and FWHM of each lesion of one simulated image."""
     maxval = float((1 << meta.bits_stored) - 1)
@@ -86,8 +95,7 @@ def measure_image(pixels: np.ndarray, meta, lesions) -> list[dict]:
         pad = int(round(3.0 / meta.spacing_mm))
         R0, C0 = max(r0 - pad, 0), max(c0 - pad, 0)
         win = img[R0 : r0 + h + pad, C0 : c0 + w + pad]
-        size = max(3, int(round(2.0 / meta.spacing_mm)) | 1)
-        sub = win - ndimage.median_filter(win, size=size, mode="nearest")
+        sub = above_local_background(win, meta.spacing_mm)
         m = np.zeros(win.shape, bool)
         m[r0 - R0 : r0 - R0 + h, c0 - C0 : c0 - C0 + w] = les.speck_mask
         if not m.any():
