@@ -185,10 +185,11 @@ def test_cli_contrast_spread_scales_every_clusters_calcium(tmp_path):
 
 
 def test_cli_lookalike_contrast_spread_changes_only_the_lookalikes(tmp_path):
-    """--lookalike-contrast-spread gives the calcification-like look-alikes their own factor:
-    with the same seed and faint clusters (0.4x), look-alikes at 1.0x leave every cluster, every
-    look-alike position and every pixel away from the look-alikes as they were, and brighten
-    the pixels at the look-alikes."""
+    """--lookalike-contrast-spread gives the calcium-scaled look-alikes their own factor: with
+    the same seed and faint clusters (0.4x), look-alikes at 1.0x leave every cluster and every
+    look-alike position as they were and brighten the pixels at the look-alikes. Away from
+    them a pixel may move by one grey level at most, and rarely: the grain is scaled by the
+    image's median, which the brighter look-alikes nudge."""
     import pydicom
 
     base = [sys.executable, "-m", "MicrocalcAI", "simulate", "-n", "3", "--seed", "11", "--film", "--quiet"]
@@ -200,10 +201,7 @@ def test_cli_lookalike_contrast_spread_changes_only_the_lookalikes(tmp_path):
         cocos[name] = json.loads((tmp_path / name / "annotations.json").read_text())
     assert cocos["own"]["info"]["simulation_config"]["lookalike_contrast_spread"] == [1.0, 1.0]
     assert "lookalike_contrast_spread" not in cocos["shared"]["info"]["simulation_config"]
-    strip = ("segmentation",)
-    assert [{k: v for k, v in a.items() if k not in strip} for a in cocos["own"]["annotations"]] == [
-        {k: v for k, v in a.items() if k not in strip} for a in cocos["shared"]["annotations"]
-    ]
+    assert cocos["own"]["annotations"] == cocos["shared"]["annotations"]
     brighter = 0
     for im_own, im_shared in zip(cocos["own"]["images"], cocos["shared"]["images"]):
         assert im_own["hard_negatives"] == im_shared["hard_negatives"]
@@ -211,14 +209,15 @@ def test_cli_lookalike_contrast_spread_changes_only_the_lookalikes(tmp_path):
             name: pydicom.dcmread(tmp_path / name / im["file_name"]).pixel_array.astype(np.int64)
             for name, im in (("own", im_own), ("shared", im_shared))
         }
-        assert im_own["photometric"] == "MONOCHROME2"  # brighter = more attenuation
-        diff = pixels["own"] - pixels["shared"]
+        sign = 1 if im_own["photometric"] == "MONOCHROME2" else -1  # brighter = more attenuation
+        diff = sign * (pixels["own"] - pixels["shared"])
         near = np.zeros(diff.shape, bool)
         margin = int(round(1.0 / im_own["spacing_mm"]))  # 1 mm: the chain's blur tails
         for hn in im_own["hard_negatives"]:
             x, y, w, h = hn["bbox"]
             near[max(0, y - margin) : y + h + margin, max(0, x - margin) : x + w + margin] = True
-        assert np.abs(diff[~near]).sum() <= 0.01 * max(1, np.abs(diff).sum())
+        away = diff[~near]
+        assert np.abs(away).max(initial=0) <= 1 and np.count_nonzero(away) < 0.01 * away.size
         brighter += int(diff[near].sum())
     assert brighter > 0
     cmd = [sys.executable, "-m", "MicrocalcAI", "simulate", "-n", "1", "--out", str(tmp_path / "bad")]

@@ -172,9 +172,10 @@ class SimulationConfig:
     lut_gamma: tuple[float, float] = (0.75, 1.33)
     #: Per-lesion spread of the effective calcium attenuation (relative, uniform).
     lesion_contrast_spread: tuple[float, float] = (0.8, 1.2)
-    #: The same factor for the film chain's calcification-like look-alikes (dust, emulsion
-    #: spots, isolated specks); None = ``lesion_contrast_spread``. A set of faint clusters can
-    #: keep its look-alikes at full contrast, so that faintness alone never means "not a lesion".
+    #: The same factor for the film chain's calcium-scaled look-alikes (dust, emulsion spots,
+    #: pixel outliers, skin pores, processing spots; not ``isolated_speck``, which keeps
+    #: ``mu_calc_benign``); None = ``lesion_contrast_spread``. A set of faint clusters can keep
+    #: its look-alikes at full contrast, so that faintness alone never means "not a lesion".
     lookalike_contrast_spread: Optional[tuple[float, float]] = None
 
     @classmethod
@@ -274,7 +275,8 @@ class SimulationConfig:
             a, b = self.lookalike_contrast_spread
             if not (0.0 < a <= b):
                 raise SimulationError(
-                    f"lookalike_contrast_spread {self.lookalike_contrast_spread} must be 0 < min <= max"
+                    f"lookalike_contrast_spread {self.lookalike_contrast_spread} must be 0 < min <= max: a "
+                    "look-alike with no contrast would be recorded as a hard negative but be invisible"
                 )
         if self.lesion_contrast_spread[0] <= 0.0:
             raise SimulationError(

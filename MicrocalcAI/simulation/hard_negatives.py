@@ -50,7 +50,9 @@ class HardNegativeSite:
         """Attenuation per mm of a calcification-like look-alike: the film chain's, else the
         detector chain's benign range."""
         if self.calc_mu_per_mm is not None:
-            spread = self.config.lookalike_contrast_spread or self.config.lesion_contrast_spread
+            spread = self.config.lookalike_contrast_spread
+            if spread is None:  # look-alikes share the clusters' spread
+                spread = self.config.lesion_contrast_spread
             return self.calc_mu_per_mm * rng.uniform(*spread)
         return rng.uniform(*self.config.mu_calc_benign)
 
