@@ -25,7 +25,7 @@ where it used 0.03-0.06 mm (issue 10's diagnosis). This chain draws both from ph
   (mammography film; ACR QC: base + fog <= 0.2, Dmax ~4) the relative gradient is
   ``4 (D - Dmin)(Dmax - D) / (Dmax - Dmin)^2`` (:func:`film_gradient`). Fatty breast tissue is
   exposed to OD 1.6-2.4 (ACR phantom background OD >= 1.4, typical 1.6-2.0), the densest tissue
-  to OD 0.45-1.0 (judgement), so a calcification in dense tissue keeps 0.3-0.8 of its contrast.
+  to OD 0.45-1.0 (judgement), so a calcification in dense tissue keeps about 0.25-0.7 of its contrast.
   Together with energy and scatter, the effective attenuation ranges about 0.3-3/mm, from about
   0.2x to 1.3x the detector chain's 1.2-2.6/mm, and is independent of the lesion's class.
 * **Blur and sampling.** Specks are rendered at a fine spacing (the output spacing divided by a
