@@ -9,7 +9,9 @@ docs/scale.md).
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -30,6 +32,7 @@ from MicrocalcAI.core.batch import run_batch  # noqa: E402
 from MicrocalcAI.core.distributed import cluster_client  # noqa: E402
 from MicrocalcAI.core.outputs.complete import outputs_complete  # noqa: E402
 from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
+from MicrocalcAI.core.runtime import configure_cpu  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "Resources" / "Samples" / "sim_R_CC.dcm"
@@ -57,14 +60,24 @@ def inputs(tmp_path_factory, cbis_cases) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(inputs, tmp_path_factory) -> Path:
-    """The in-process run, with torch on one thread like each Dask worker."""
+    """The in-process run, with torch on one thread like each Dask worker.
+
+    Through ``MICROCALCAI_THREADS``, not ``torch.set_num_threads``: the analyzer sizes torch's
+    pool itself (:func:`configure_cpu`) when it loads the model, which would undo a bare
+    ``set_num_threads(1)`` whenever this process had not configured torch before.
+    """
     out = tmp_path_factory.mktemp("local")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    previous = os.environ.get("MICROCALCAI_THREADS")
+    os.environ["MICROCALCAI_THREADS"] = "1"
     try:
         result = run_batch([inputs], out, analyzer=Analyzer(device="cpu"))
+        assert torch.get_num_threads() == 1
     finally:
-        torch.set_num_threads(threads)
+        if previous is None:
+            del os.environ["MICROCALCAI_THREADS"]
+        else:
+            os.environ["MICROCALCAI_THREADS"] = previous
+        configure_cpu()
     assert [Path(p).name for p, _ in result.failed] == ["corrupt.dcm"]
     return out
 
@@ -82,14 +95,41 @@ def _without_timing(doc: dict) -> dict:
     return doc
 
 
+def _same(a: object, b: object, rel: float = 1e-6) -> bool:
+    """Equal, floats to 1e-6 relative: a process of its own may sum in another order even on one
+    thread (seen on this CI machine in the 7th significant digit of p_malignant)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=rel)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k], rel) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y, rel) for x, y in zip(a, b))
+    return a == b
+
+
+def _cell(text: str) -> object:
+    """A CSV cell as a float where it reads as one (to compare numbers with :func:`_same`)."""
+    try:
+        return float(text) if any(ch.isdigit() for ch in text) else text
+    except ValueError:
+        return text
+
+
 def assert_same_outputs(expected: Path, actual: Path) -> None:
-    """Every file of the in-process run, identical (JSON apart from its timestamp and timings)."""
+    """Every file of the in-process run, the same (JSON apart from its timestamp and timings, and
+    its floats to 1e-6 relative; CSV's, printed to 6 significant digits, to 1e-5)."""
     names = sorted(p.name for p in expected.iterdir())
     assert sorted(p.name for p in actual.iterdir()) == names
     for name in names:
         a, b = expected / name, actual / name
         if name.endswith(".json"):
-            assert _without_timing(json.loads(a.read_text())) == _without_timing(json.loads(b.read_text())), name
+            want, got = _without_timing(json.loads(a.read_text())), _without_timing(json.loads(b.read_text()))
+            assert _same(want, got), (name, want, got)
+        elif name.endswith(".csv"):
+            want_rows, got_rows = (
+                [[_cell(c) for c in r] for r in csv.reader(f.read_text().splitlines())] for f in (a, b)
+            )
+            assert _same(want_rows, got_rows, 1e-5), name
         else:
             assert a.read_bytes() == b.read_bytes(), name
 
