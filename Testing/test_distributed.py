@@ -67,17 +67,13 @@ def reference(inputs, tmp_path_factory) -> Path:
     ``set_num_threads(1)`` whenever this process had not configured torch before.
     """
     out = tmp_path_factory.mktemp("local")
-    previous = os.environ.get("MICROCALCAI_THREADS")
-    os.environ["MICROCALCAI_THREADS"] = "1"
     try:
-        result = run_batch([inputs], out, analyzer=Analyzer(device="cpu"))
-        assert torch.get_num_threads() == 1
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MICROCALCAI_THREADS", "1")
+            result = run_batch([inputs], out, analyzer=Analyzer(device="cpu"))
+            assert torch.get_num_threads() == 1
     finally:
-        if previous is None:
-            del os.environ["MICROCALCAI_THREADS"]
-        else:
-            os.environ["MICROCALCAI_THREADS"] = previous
-        configure_cpu()
+        configure_cpu()  # the environment is restored: back to this machine's thread count
     assert [Path(p).name for p, _ in result.failed] == ["corrupt.dcm"]
     return out
 
