@@ -140,6 +140,17 @@ def test_box_mostly_inside_a_stronger_box_is_dropped():
     ]
 
 
+def test_a_cluster_inside_a_stronger_box_that_does_not_find_it_is_kept():
+    # A confident large box around tissue or a group (centre at 200, 200) and a weaker small
+    # cluster box wholly inside it but far from its centre (IoU 0.02): the large box would not
+    # be counted as finding that cluster, so the cluster must stay a lesion of its own. A small
+    # box around the large box's centre is a sub-cluster of the same finding and goes.
+    boxes = np.array([[100.0, 100, 300, 300], [110.0, 110, 140, 140], [185.0, 185, 215, 215]])
+    kept, scores, _ = merge_detections(boxes, np.array([0.9, 0.3, 0.5]), np.array([0.5, 0.5, 0.5]))
+    assert kept.tolist() == [0, 1]
+    assert scores.tolist() == [0.9, 0.3]
+
+
 def test_equal_scores_keep_the_more_malignant_box():
     boxes = np.array([[0.0, 0, 10, 10], [0.0, 0, 10, 11]])
     kept, _, _ = merge_detections(boxes, np.array([0.5, 0.5]), np.array([0.3, 0.8]))

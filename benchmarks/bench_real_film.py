@@ -336,6 +336,12 @@ class ImageMarks:
     morphologies: list[str] = field(default_factory=list)  # (G,) of the inserted clusters
 
 
+def delivery_seed(film_index: int, condition: Condition, repeat: int) -> int:
+    """Seed of the clusters inserted into one delivery: fixed per film, spacing and repeat, so
+    every model (and every diagnostic of the same run) sees the same clusters."""
+    return HELD_OUT_SEED + 1000 * film_index + int(round(condition.spacing_mm * 1000)) + 100_000 * repeat
+
+
 def run_condition(
     analyzer: Analyzer,
     films: Sequence[Film],
@@ -350,8 +356,7 @@ def run_condition(
     analyzer.upsampling = condition.upsampling
     analyzer.cluster_rule = ClusterRule(min_specks=0)
     for index, film in enumerate(films):
-        seed = HELD_OUT_SEED + 1000 * index + int(round(condition.spacing_mm * 1000)) + 100_000 * repeat
-        image, truth, details = deliver(film, condition, seed, clusters, population)
+        image, truth, details = deliver(film, condition, delivery_seed(index, condition, repeat), clusters, population)
         mammogram = read_mammogram(
             image, spacing_mm=condition.stated_spacing_mm, laterality=film.laterality, view=film.view
         )
