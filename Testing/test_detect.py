@@ -149,6 +149,12 @@ def test_a_cluster_inside_a_stronger_box_that_does_not_find_it_is_kept():
     kept, scores, _ = merge_detections(boxes, np.array([0.9, 0.3, 0.5]), np.array([0.5, 0.5, 0.5]))
     assert kept.tolist() == [0, 1]
     assert scores.tolist() == [0.9, 0.3]
+    # Found through IoU alone: the stronger box (4x the area, centre (40, 15)) is centred
+    # outside the small box [0, 0, 20, 30], whose IoU with it is 0.25 (under NMS's 0.3, at
+    # least the hit rule's 0.2): the same lesion, dropped.
+    boxes = np.array([[0.0, 0, 80, 30], [0.0, 0, 20, 30]])
+    kept, _, _ = merge_detections(boxes, np.array([0.9, 0.3]), np.array([0.5, 0.5]))
+    assert kept.tolist() == [0]
 
 
 def test_equal_scores_keep_the_more_malignant_box():

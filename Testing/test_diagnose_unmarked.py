@@ -17,7 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 @pytest.fixture(scope="module")
 def diagnose() -> Iterator[Any]:
-    sys.path.insert(0, str(BENCHMARKS))
+    saved_path = list(sys.path)  # the script puts the repository and benchmarks/ on it
     spec = importlib.util.spec_from_file_location(
         "diagnose_unmarked_clusters", BENCHMARKS / "diagnose_unmarked_clusters.py"
     )
@@ -29,7 +29,7 @@ def diagnose() -> Iterator[Any]:
     finally:
         sys.modules.pop("diagnose_unmarked_clusters", None)
         sys.modules.pop("bench_real_film", None)
-        sys.path.remove(str(BENCHMARKS))
+        sys.path[:] = saved_path
 
 
 def _record(**values: Any) -> dict[str, Any]:
@@ -40,6 +40,10 @@ def test_each_unmarked_cluster_gets_the_first_stage_that_lost_it(diagnose: Any) 
     floor = 0.09
     assert diagnose.stage_lost(_record(marked=0.3), floor) is None
     assert diagnose.stage_lost(_record(proposed=0, roi=None, tile=None), floor) == "not proposed"
+    # Proposed, but every regressed box moved off it; or not proposed, but a regressed box
+    # landed on it: then its score decides.
+    assert diagnose.stage_lost(_record(roi=None, tile=None), floor) == "regressed off"
+    assert diagnose.stage_lost(_record(proposed=0, roi=0.13, tile=None), floor) == "lost in tile NMS"
     assert diagnose.stage_lost(_record(roi=0.005, tile=None), floor) == "head < 0.01"
     assert diagnose.stage_lost(_record(roi=0.05, tile=0.05), floor) == "head below floor"
     assert diagnose.stage_lost(_record(roi=0.6, tile=None), floor) == "lost in tile NMS"
@@ -79,4 +83,5 @@ def test_the_diagnostic_sees_what_the_benchmark_marks(diagnose: Any) -> None:
     assert any(marked_here)
     for rec in records:  # a marked cluster was proposed and scored by the head first
         if rec["marked"] is not None:
-            assert rec["proposed"] > 0 and rec["roi"] is not None and rec["roi"] >= rec["tile"] - 1e-6
+            assert rec["roi"] is not None and rec["tile"] is not None
+            assert rec["roi"] >= rec["tile"] - 1e-6  # tile outputs are a subset of the head's boxes

@@ -98,6 +98,11 @@ REAL_CONTRAST_SPACING_MM = 0.2
 RENDER_SPACING_MM = 0.025
 #: The cluster rule's window: "at least N specks within 1 cm^2".
 RULE_AREA_MM2 = 100.0
+#: The default rows: the archive deliveries' spacings (mm), then these added blurs (sigma, mm)
+#: at the coarsest one, with the deliveries' film blur.
+DEFAULT_SPACINGS_MM = tuple(d.spacing_mm for d in ARCHIVE_DELIVERIES)
+DEFAULT_BLURS_MM = (0.0, 0.07, 0.14)
+DEFAULT_FILM_BLUR_MM = ARCHIVE_DELIVERIES[-1].film_blur_mm
 #: First seed of the inserted clusters (fixed, so every run and model sees the same clusters).
 HELD_OUT_SEED = 7_000_001
 
@@ -531,12 +536,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model name or manifest/weights path (default: bundled)")
     parser.add_argument("--out", type=Path, default=Path("out/bench_real_film"))
-    parser.add_argument("--spacings", type=float, nargs="+", default=[d.spacing_mm for d in ARCHIVE_DELIVERIES])
-    parser.add_argument("--blurs", type=float, nargs="+", default=[0.0, 0.07, 0.14], help="added blur sigmas (mm)")
+    parser.add_argument("--spacings", type=float, nargs="+", default=list(DEFAULT_SPACINGS_MM))
+    parser.add_argument("--blurs", type=float, nargs="+", default=list(DEFAULT_BLURS_MM), help="added blur sigmas (mm)")
     parser.add_argument(
         "--film-blur",
         type=float,
-        default=ARCHIVE_DELIVERIES[-1].film_blur_mm,
+        default=DEFAULT_FILM_BLUR_MM,
         help="film blur sigma (mm) of degraded scans",
     )
     parser.add_argument("--upsampling", nargs="+", default=[None], help="standardise upsampling(s) to compare")

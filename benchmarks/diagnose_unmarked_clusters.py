@@ -13,12 +13,14 @@ network did at each cluster before the stages that can drop it:
 * ``tile``: the best score among the tile's final outputs hitting it (after the head's NMS);
 * ``marked``: the best calibrated score of a merged lesion hitting it (the benchmark's number).
 
-Each unmarked cluster gets the first stage that lost it: ``not proposed``; ``head < 0.01``;
-``head below floor`` (scored, but below the raw score whose calibrated value is the
-evaluation floor); ``lost in tile NMS`` (scored above it, but suppressed in its tile by an
-overlapping box that misses the cluster); ``lost in merging`` (a tile output above the floor
-that merging across tiles dropped or moved off the cluster). "Hits" is the evaluation's rule
-(:func:`MicrocalcAI.core.boxes.hit_matrix`) in canonical (model-grid) coordinates.
+Each unmarked cluster gets the first stage that lost it: ``not proposed`` (no proposal hits
+it, nor does any proposal's regressed box); ``regressed off`` (a proposal hits it, but the
+head's box regression moved every such box off it); ``head < 0.01``; ``head below floor``
+(scored, but below the raw score whose calibrated value is the evaluation floor); ``lost in
+tile NMS`` (scored above it, but not among the tile's outputs: the head's NMS, its small-box
+removal or its 100-box cap); ``lost in merging`` (a tile output above the floor that merging
+across tiles dropped). "Hits" is the evaluation's rule (:func:`MicrocalcAI.core.boxes.hit_matrix`)
+in canonical (model-grid) coordinates.
 
     python benchmarks/diagnose_unmarked_clusters.py --repeats 4 --out out/diagnose_unmarked   # ~15 min, 2 cores
 
@@ -51,10 +53,9 @@ from MicrocalcAI.core.findings.lesions import ClusterRule  # noqa: E402
 from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE  # noqa: E402
-from MicrocalcAI.simulation.delivery import ARCHIVE_DELIVERIES  # noqa: E402
 
 #: The stages, in pipeline order, at which an unmarked cluster can be lost.
-STAGES = ("not proposed", "head < 0.01", "head below floor", "lost in tile NMS", "lost in merging")
+STAGES = ("not proposed", "regressed off", "head < 0.01", "head below floor", "lost in tile NMS", "lost in merging")
 
 
 class RawOutputs:
@@ -90,28 +91,25 @@ class RawOutputs:
         for handle in self._handles:
             handle.remove()
 
-    def per_tile(self, origins: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """All tiles in image coordinates: (proposal boxes, their regressed boxes, head scores,
-        final tile output boxes with scores as (K, 5))."""
+    def per_tile(
+        self, origins: Sequence[tuple[int, int]], tile: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """All tiles in image coordinates: (proposal boxes, their lesion boxes as the head
+        regresses and clips them, head scores, final tile output boxes with scores as (K, 5))."""
         if len(self.proposals) != len(origins) or len(self.tile_outputs) != len(origins):
             raise RuntimeError(f"hooks saw {len(self.proposals)} tiles, the image has {len(origins)}")
-        logits = torch.cat(self.logits)
-        regression = torch.cat(self.regression)
-        heads = self.model.roi_heads
-        decoded = heads.box_coder.decode(regression, self.proposals)  # (N, classes, 4)
-        probs = torch.softmax(logits, -1)
-        labels = torch.where(probs[:, 2] >= probs[:, 1], 2, 1)
-        regressed = decoded[torch.arange(decoded.shape[0]), labels].numpy().astype(np.float64)
-        scores = (1.0 - probs[:, 0]).numpy().astype(np.float64)
-        offsets = np.concatenate(
-            [np.tile([c, r, c, r], (len(p), 1)) for p, (r, c) in zip(self.proposals, origins)]
-        ).astype(np.float64)
-        proposals = torch.cat(self.proposals).numpy().astype(np.float64) + offsets
+        per_image = self.model.roi_heads.lesion_per_proposal(
+            torch.cat(self.logits), torch.cat(self.regression), self.proposals, [(tile, tile)] * len(origins)
+        )
+        shift = [np.array([c, r, c, r], dtype=np.float64) for r, c in origins]
+        proposals = np.concatenate([p.numpy().astype(np.float64) + d for p, d in zip(self.proposals, shift)])
+        regressed = np.concatenate([b.numpy().astype(np.float64) + d for (b, *_), d in zip(per_image, shift)])
+        scores = np.concatenate([s.numpy().astype(np.float64) for _, s, *_ in per_image])
         outputs = [
-            np.column_stack([out["boxes"].reshape(-1, 4) + np.array([c, r, c, r]), out["scores"].reshape(-1)])
-            for out, (r, c) in zip(self.tile_outputs, origins)
+            np.column_stack([out["boxes"].reshape(-1, 4) + d, out["scores"].reshape(-1)])
+            for out, d in zip(self.tile_outputs, shift)
         ]
-        return proposals, regressed + offsets, scores, np.concatenate(outputs).reshape(-1, 5)
+        return proposals.reshape(-1, 4), regressed.reshape(-1, 4), scores, np.concatenate(outputs).reshape(-1, 5)
 
 
 def raw_floor(analyzer: Analyzer) -> float:
@@ -121,9 +119,7 @@ def raw_floor(analyzer: Analyzer) -> float:
     cal = analyzer.spec.calibration
     if cal is None or cal.is_identity:
         return max(EVAL_MIN_SCORE, MERGE_FLOOR)
-    grid = np.linspace(0.0005, 0.9995, 19_991)
-    above = grid[cal.score(grid) >= EVAL_MIN_SCORE]
-    return max(float(above.min()) if above.size else 1.0, MERGE_FLOOR)
+    return max(float(cal.raw_score(EVAL_MIN_SCORE)), MERGE_FLOOR)
 
 
 def best(scores: np.ndarray, hits: np.ndarray) -> Optional[float]:
@@ -146,23 +142,23 @@ def stage_lost(record: dict[str, Any], floor: float) -> Optional[str]:
     """The first stage that lost an unmarked cluster (None: marked)."""
     if record["marked"] is not None and record["marked"] >= EVAL_MIN_SCORE:
         return None
-    if not record["proposed"]:
-        return STAGES[0]
-    roi = record["roi"] or 0.0
+    roi = record["roi"]
+    if roi is None:  # no lesion box of the head hits it
+        return STAGES[0] if not record["proposed"] else STAGES[1]
     if roi < 0.01:
-        return STAGES[1]
-    if roi < floor:
         return STAGES[2]
-    if record["tile"] is None or record["tile"] < floor:
+    if roi < floor:
         return STAGES[3]
-    return STAGES[4]
+    if record["tile"] is None or record["tile"] < floor:
+        return STAGES[4]
+    return STAGES[5]
 
 
 def diagnose_image(
     analyzer: Analyzer, raw: RawOutputs, film: bench.Film, condition: bench.Condition, seed: int, clusters: int
 ) -> list[dict[str, Any]]:
     """One delivery: a record per inserted cluster."""
-    image, truth, details = bench.deliver(film, condition, seed, clusters)
+    image, truth, details = bench.deliver(film, condition, seed, clusters, bench.ClusterPopulation())
     mammogram = read_mammogram(
         image, spacing_mm=condition.stated_spacing_mm, laterality=film.laterality, view=film.view
     )
@@ -171,7 +167,7 @@ def diagnose_image(
     origins = tile_origins(canonical.image.shape, canonical.mask, analyzer.spec.tile_size, analyzer.spec.tile_overlap)
     raw.clear()
     findings, _ = analyzer.analyse_prepared(prepared, name=film.name)
-    proposals, regressed, head_scores, tile_out = raw.per_tile(origins)
+    proposals, regressed, head_scores, tile_out = raw.per_tile(origins, analyzer.spec.tile_size)
     truth_c = canonical.transform.to_canonical_boxes(truth) if truth.size else truth.reshape(0, 4)
     lesion_boxes = np.array([lesion.box_px for lesion in findings.lesions]).reshape(-1, 4)
     lesion_scores = np.array([lesion.score for lesion in findings.lesions])
@@ -258,8 +254,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="deliveries of every film with other cluster seeds")
     parser.add_argument("--clusters", type=int, default=6, help="clusters inserted per film")
     parser.add_argument("--max-films", type=int, default=None, help="only the first N held-out films (smoke runs)")
-    parser.add_argument("--spacings", type=float, nargs="+", default=[d.spacing_mm for d in ARCHIVE_DELIVERIES])
-    parser.add_argument("--blurs", type=float, nargs="+", default=[0.0, 0.07, 0.14], help="added blur sigmas (mm)")
+    parser.add_argument("--spacings", type=float, nargs="+", default=list(bench.DEFAULT_SPACINGS_MM))
+    parser.add_argument(
+        "--blurs", type=float, nargs="+", default=list(bench.DEFAULT_BLURS_MM), help="added blur sigmas (mm)"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.clusters < 1:
         parser.error("--repeats and --clusters must be at least 1")
@@ -272,7 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argparse.Namespace(
             spacings=args.spacings,
             blurs=args.blurs,
-            film_blur=ARCHIVE_DELIVERIES[-1].film_blur_mm,
+            film_blur=bench.DEFAULT_FILM_BLUR_MM,
             upsampling=[upsampling],
             peak_contrasts=[bench.REAL_PEAK_CONTRAST],
             spacing_errors=[],

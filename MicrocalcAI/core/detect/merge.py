@@ -16,13 +16,14 @@ Each tile's detections are shifted back into whole-image canonical coordinates
    lesions) does not match it, so it neither replaces the fragment nor gains its score;
 2. class-agnostic NMS (a benign and a malignant box on one spot are one lesion);
 3. a box lying mostly inside a higher-scoring box that also *finds* it (the evaluation's hit
-   rule, :func:`MicrocalcAI.core.boxes.hit_matrix`: IoU >= 0.2 or its centre inside) is
-   dropped: a sub-cluster of a lesion already reported, whose IoU with the whole is too small
-   for NMS. A larger box centred elsewhere (around tissue, or a group of lesions) does not
-   find it, so the smaller box stays a lesion of its own: dropping it, as before 2026-12-03,
-   left 46 of the 70 calibrated clusters that model 0.5.0 never marked on the real-film
-   benchmark under such a box (docs/real-film.md, section 14). A box that encloses two or
-   more higher-scoring boxes is dropped (it groups separate lesions).
+   rule, :func:`MicrocalcAI.core.boxes.hit_matrix`: IoU >= 0.2, or the higher-scoring box's
+   centre inside the smaller box) is dropped: a sub-cluster of a lesion already reported,
+   whose IoU with the whole is too small for NMS. A larger box centred elsewhere (around
+   tissue, or a group of lesions) does not find it, so the smaller box stays a lesion of its
+   own: evaluation would not count the larger box as finding it either, and dropping such
+   boxes hid most of the real-film benchmark's never-marked clusters (docs/real-film.md,
+   section 14). A box that encloses two or more higher-scoring boxes is dropped (it groups
+   separate lesions).
 
 Merging always runs on every box scoring at least :data:`MERGE_FLOOR` (0.05), whatever the
 caller's score threshold, which is applied to the merged list; nothing scoring below the

@@ -113,22 +113,23 @@ class LesionRoIHeads(RoIHeads):
     spot are the same lesion. Training (sampling, losses) is inherited unchanged.
     """
 
-    def postprocess_detections(
+    def lesion_per_proposal(
         self,
         class_logits: Tensor,
         box_regression: Tensor,
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        """Per image: (boxes (N, 4), lesion scores (N,), labels 1/2 (N,), p_malignant (N,))."""
+    ) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Per image, every proposal's lesion box (clipped), score, label and p_malignant, before
+        the score floor, NMS and the box cap: what :meth:`postprocess_detections` filters, and
+        what a diagnostic needs to see what the head made of every proposal."""
         boxes_per_image = [p.shape[0] for p in proposals]
         pred_boxes = self.box_coder.decode(box_regression, proposals)  # (sum N, classes, 4)
         probs = F.softmax(class_logits, -1)
         # Softmax over the two foreground logits is exactly P(mal) / (P(ben) + P(mal)),
         # computed stably even when both foreground probabilities underflow.
         p_malignant_all = F.softmax(class_logits[:, 1:], -1)[:, 1]
-
-        out_boxes, out_scores, out_labels, out_pmal = [], [], [], []
+        out = []
         for boxes, prob, p_mal, shape in zip(
             pred_boxes.split(boxes_per_image, 0),
             probs.split(boxes_per_image, 0),
@@ -137,9 +138,21 @@ class LesionRoIHeads(RoIHeads):
         ):
             labels = torch.where(prob[:, 2] >= prob[:, 1], 2, 1)
             boxes = boxes[torch.arange(boxes.shape[0], device=boxes.device), labels]
-            boxes = box_ops.clip_boxes_to_image(boxes, shape)
-            scores = 1.0 - prob[:, 0]
+            out.append((box_ops.clip_boxes_to_image(boxes, shape), 1.0 - prob[:, 0], labels, p_mal))
+        return out
 
+    def postprocess_detections(
+        self,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """Per image: (boxes (N, 4), lesion scores (N,), labels 1/2 (N,), p_malignant (N,))."""
+        out_boxes, out_scores, out_labels, out_pmal = [], [], [], []
+        for boxes, scores, labels, p_mal in self.lesion_per_proposal(
+            class_logits, box_regression, proposals, image_shapes
+        ):
             keep = torch.where(scores > self.score_thresh)[0]
             keep = keep[box_ops.remove_small_boxes(boxes[keep], min_size=1e-2)]
             boxes, scores, labels, p_mal = boxes[keep], scores[keep], labels[keep], p_mal[keep]
