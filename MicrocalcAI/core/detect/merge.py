@@ -21,8 +21,8 @@ Each tile's detections are shifted back into whole-image canonical coordinates
    whose IoU with the whole is too small for NMS. A larger box centred elsewhere (around
    tissue, or a group of lesions) does not find it, so the smaller box stays a lesion of its
    own: evaluation would not count the larger box as finding it either, and dropping such
-   boxes hid most of the real-film benchmark's never-marked clusters (docs/real-film.md,
-   section 14). A box that encloses two or more higher-scoring boxes is dropped (it groups
+   boxes was the largest cause of the real-film benchmark's never-marked clusters
+   (docs/real-film.md, section 14). A box that encloses two or more higher-scoring boxes is dropped (it groups
    separate lesions).
 
 Merging always runs on every box scoring at least :data:`MERGE_FLOOR` (0.05), whatever the
