@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MicrocalcAI.core.boxes import MATCH_IOU, box_iou, finds, hit_matrix
+from MicrocalcAI.core.boxes import MATCH_IOU, box_intersection, box_iou, finds, hit_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,3 +75,10 @@ def test_sample_checker_uses_the_rule(tmp_path):
         )
         results.append((run.returncode, "MISSED" in run.stdout))
     assert results == [(0, False), (1, True)]
+
+
+def test_box_intersection_is_the_overlapping_area_of_every_pair():
+    a = np.array([[0.0, 0, 10, 10], [20.0, 20, 30, 30]])
+    b = np.array([[5.0, 5, 15, 15], [0.0, 0, 10, 10], [100.0, 100, 110, 110]])
+    assert box_intersection(a, b).tolist() == [[25.0, 100.0, 0.0], [0.0, 0.0, 0.0]]
+    assert box_intersection(a, np.zeros((0, 4))).shape == (2, 0)

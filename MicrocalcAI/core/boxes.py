@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["MATCH_IOU", "MATCH_RULE", "box_iou", "finds", "hit_matrix"]
+__all__ = ["MATCH_IOU", "MATCH_RULE", "box_intersection", "box_iou", "finds", "hit_matrix"]
 
 #: IoU at or above which a detection finds a lesion (the other half of the rule: centre inside).
 MATCH_IOU = 0.2
@@ -30,6 +30,18 @@ MATCH_RULE = f"IoU >= {MATCH_IOU} or detection centre inside the lesion box"
 
 def _as_boxes(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def box_intersection(
+    a: np.ndarray | Sequence[Sequence[float]], b: np.ndarray | Sequence[Sequence[float]]
+) -> np.ndarray:
+    """(len(a), len(b)) intersection areas of ``[x0, y0, x1, y1]`` boxes: how much of one box
+    another covers (merging's containment, a diagnostic's coverage), which IoU cannot say."""
+    a_arr, b_arr = _as_boxes(a), _as_boxes(b)
+    lt = np.maximum(a_arr[:, None, :2], b_arr[None, :, :2])
+    rb = np.minimum(a_arr[:, None, 2:], b_arr[None, :, 2:])
+    wh = np.clip(rb - lt, 0.0, None)
+    return wh[..., 0] * wh[..., 1]
 
 
 def box_iou(a: np.ndarray | Sequence[Sequence[float]], b: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:

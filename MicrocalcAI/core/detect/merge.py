@@ -22,8 +22,8 @@ Each tile's detections are shifted back into whole-image canonical coordinates
    tissue, or a group of lesions) does not find it, so the smaller box stays a lesion of its
    own: evaluation would not count the larger box as finding it either, and dropping such
    boxes was the largest cause of the real-film benchmark's never-marked clusters
-   (docs/real-film.md, section 14). A box that encloses two or more higher-scoring boxes is dropped (it groups
-   separate lesions).
+   (docs/real-film.md, section 14). A box that encloses two or more higher-scoring boxes is
+   dropped (it groups separate lesions).
 
 Merging always runs on every box scoring at least :data:`MERGE_FLOOR` (0.05), whatever the
 caller's score threshold, which is applied to the merged list; nothing scoring below the
@@ -49,7 +49,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from MicrocalcAI.core.boxes import hit_matrix
+from MicrocalcAI.core.boxes import box_intersection, hit_matrix
 from MicrocalcAI.core.detect.manifest import MERGE_FLOOR
 from MicrocalcAI.core.detect.tiling import tile_rects
 from MicrocalcAI.core.detect.vision import nms
@@ -71,14 +71,6 @@ DEFAULT_EDGE_MARGIN = 8.0
 #: IoU a fragment must have with a whole box from another tile, clipped to the fragment's
 #: tile, for the two to count as one lesion.
 DEFAULT_FRAGMENT_OVERLAP = 0.5
-
-
-def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) intersection areas of two box arrays."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    return wh[..., 0] * wh[..., 1]
 
 
 def _area(boxes: np.ndarray) -> np.ndarray:
@@ -217,11 +209,11 @@ def _suppress(
     areas = np.maximum(_area(boxes), 1e-9)
     for idx in kept:  # already highest first
         if final:
-            overlap = _intersection(boxes[idx : idx + 1], boxes[final])[0]
+            overlap = box_intersection(boxes[idx : idx + 1], boxes[final])[0]
             # Inside a stronger box that finds it: the same lesion. Inside one that does not
             # (centred elsewhere, IoU < 0.2): a lesion of its own, which that box would hide.
-            finds_it = hit_matrix(boxes[final], boxes[idx : idx + 1])[:, 0]
-            inside_stronger = ((overlap / areas[idx] >= containment) & finds_it).any()
+            around = np.asarray(final)[overlap / areas[idx] >= containment]
+            inside_stronger = bool(around.size) and bool(hit_matrix(boxes[around], boxes[idx : idx + 1]).any())
             encloses_several = int((overlap / areas[final] >= containment).sum()) >= 2
             if inside_stronger or encloses_several:
                 continue
