@@ -589,6 +589,23 @@ def build_conditions(args: argparse.Namespace) -> list[Condition]:
     return conditions
 
 
+def default_conditions(
+    upsampling: str, spacings: Sequence[float] = DEFAULT_SPACINGS_MM, blurs: Sequence[float] = DEFAULT_BLURS_MM
+) -> list[Condition]:
+    """The benchmark's rows (spacings, then the added blurs at the coarsest) at the default film
+    blur and calibrated contrast: for diagnostics that must see exactly the benchmark's deliveries."""
+    return build_conditions(
+        argparse.Namespace(
+            spacings=list(spacings),
+            blurs=list(blurs),
+            film_blur=DEFAULT_FILM_BLUR_MM,
+            upsampling=[upsampling],
+            peak_contrasts=[REAL_PEAK_CONTRAST],
+            spacing_errors=[],
+        )
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model name or manifest/weights path (default: bundled)")

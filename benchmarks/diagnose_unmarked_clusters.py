@@ -260,16 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     analyzer = Analyzer(args.model, device="cpu", score_threshold=EVAL_MIN_SCORE)
     analyzer.cluster_rule = ClusterRule(min_specks=0)  # the benchmark's any-mark: rule off
     upsampling = analyzer.upsampling or bench._default_upsampling()
-    conditions = bench.build_conditions(
-        argparse.Namespace(
-            spacings=args.spacings,
-            blurs=args.blurs,
-            film_blur=bench.DEFAULT_FILM_BLUR_MM,
-            upsampling=[upsampling],
-            peak_contrasts=[bench.REAL_PEAK_CONTRAST],
-            spacing_errors=[],
-        )
-    )
+    conditions = bench.default_conditions(upsampling, args.spacings, args.blurs)
     floor = raw_floor(analyzer)
     films = bench.load_held_out_films()[: args.max_films]
     raw = RawOutputs(analyzer.model)

@@ -1,0 +1,344 @@
+"""Does the box head's feature vector know more about benign vs malignant than p_malignant says?
+
+On the real-film benchmark's calibrated clusters (``bench_real_film.py``: faint, blurred,
+half benign punctate, half malignant of biopsied morphologies) the detector's p_malignant
+separates benign from malignant found clusters with an AUC of about 0.73, where it reaches
+0.97 on the simulated film test sets. If the 1024-value representation the box head computes
+for each proposal still held the difference, a malignancy classifier re-fitted on those frozen
+features (a new last layer, no retraining of the detector, detection unchanged) would close
+part of the gap. This probe measures that ceiling before anyone builds it:
+
+* it runs the benchmark's deliveries (same films, rows, seeds and clusters) through the real
+  pipeline with forward hooks (as ``diagnose_unmarked_clusters.py``) and keeps, per inserted
+  cluster, the box-head features and class logits of the highest-scoring proposal whose lesion
+  box finds it (the evaluation's hit rule, in model-grid coordinates) with a score at least the
+  evaluation floor: the proposal a reported lesion's p_malignant comes from;
+* it compares the head's own p_malignant (softmax of the two foreground logits) with a
+  standardised logistic regression on the features, cross-validated by film (fit on the other
+  held-out films' clusters, scored on this film's): an *in-domain* re-fit, an optimistic ceiling
+  for any re-fit trained elsewhere;
+* ``--train-coco`` also fits the regression on a labelled COCO set (e.g. simulated film
+  images) and scores the benchmark's clusters with it: what a re-fit trained on simulated
+  data would do.
+
+    python benchmarks/probe_malignancy_features.py --repeats 4 --out out/probe_malignancy   # ~10 min on 2 cores
+    python benchmarks/probe_malignancy_features.py --train-coco work_dirs/film/sim_val/annotations.json
+
+Writes ``probe.json`` and ``probe.md`` (AUC and accuracy per row and overall) under ``--out``.
+The numbers are developer proxies on simulated clusters in real films, not accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_real_film as bench  # noqa: E402  (the benchmark's deliveries, one definition)
+from diagnose_unmarked_clusters import RawOutputs, raw_floor  # noqa: E402  (the same hooks)
+
+from MicrocalcAI.core.boxes import hit_matrix  # noqa: E402
+from MicrocalcAI.core.detect.tiling import tile_origins  # noqa: E402
+from MicrocalcAI.core.findings.lesions import ClusterRule  # noqa: E402
+from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
+from MicrocalcAI.core.read import read_mammogram  # noqa: E402
+from MicrocalcAI.datasets.coco import MALIGNANT, parse_coco  # noqa: E402
+from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, roc_auc  # noqa: E402
+
+#: Inverse regularisation strengths tried for the regression; every one is reported (no
+#: selection on the data it is scored on).
+DEFAULT_C = (0.001, 0.01, 0.1)
+
+
+class FeatureHooks(RawOutputs):
+    """:class:`RawOutputs` plus the box head's per-proposal representation."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__(model)
+        self.features: list[torch.Tensor] = []
+        self._handles.append(model.roi_heads.box_head.register_forward_hook(self._on_box_head))
+
+    def _on_box_head(self, _module: Any, _inputs: Any, output: Any) -> None:
+        self.features.append(output.detach().cpu())
+
+    def clear(self) -> None:
+        super().clear()
+        self.features = []
+
+
+@dataclass
+class ClusterSamples:
+    """One row per found cluster: its best proposal's features and foreground logits."""
+
+    features: list[np.ndarray] = field(default_factory=list)
+    malignant_logit: list[float] = field(default_factory=list)  # logit(p_malignant) of the head
+    malignant: list[bool] = field(default_factory=list)
+    group: list[int] = field(default_factory=list)  # film index (cross-validation folds)
+    row: list[int] = field(default_factory=list)  # condition index
+    morphology: list[str] = field(default_factory=list)
+    blur_mm: list[float] = field(default_factory=list)  # the cluster's own blur sigma (nan: unknown)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "X": np.stack(self.features).astype(np.float64) if self.features else np.zeros((0, 0)),
+            "logit": np.array(self.malignant_logit),
+            "y": np.array(self.malignant, dtype=bool),
+            "group": np.array(self.group, dtype=np.int64),
+            "row": np.array(self.row, dtype=np.int64),
+            "morphology": np.array(self.morphology, dtype=object),
+            "blur_mm": np.array(self.blur_mm, dtype=np.float64),
+        }
+
+
+def best_proposals(
+    analyzer: Analyzer, hooks: FeatureHooks, mammogram: Any, truth: np.ndarray, floor: float, name: str
+) -> list[Optional[tuple[np.ndarray, float]]]:
+    """Per truth box (stored pixels): (features, logit of p_malignant) of the highest-scoring
+    proposal whose lesion box finds it with a score >= ``floor``; None when none does."""
+    prepared = analyzer.prepare(mammogram)
+    canonical = prepared.canonical
+    origins = tile_origins(canonical.image.shape, canonical.mask, analyzer.spec.tile_size, analyzer.spec.tile_overlap)
+    hooks.clear()
+    analyzer.analyse_prepared(prepared, name=name)
+    _, regressed, scores, _ = hooks.per_tile(origins, analyzer.spec.tile_size)
+    features = torch.cat(hooks.features).numpy()
+    logits = torch.cat(hooks.logits).numpy()
+    if not len(features) == len(logits) == len(scores):
+        raise RuntimeError(f"hooks saw {len(features)} feature rows, {len(logits)} logits, {len(scores)} scores")
+    truth_c = canonical.transform.to_canonical_boxes(truth) if truth.size else truth.reshape(0, 4)
+    hits = hit_matrix(regressed, truth_c) & (scores >= floor)[:, None]
+    out: list[Optional[tuple[np.ndarray, float]]] = []
+    for g in range(truth_c.shape[0]):
+        finders = np.flatnonzero(hits[:, g])
+        if not finders.size:
+            out.append(None)
+            continue
+        top = int(finders[np.argmax(scores[finders])])
+        out.append((features[top], float(logits[top, 2] - logits[top, 1])))
+    return out
+
+
+def collect_benchmark(
+    analyzer: Analyzer, hooks: FeatureHooks, conditions: Sequence[bench.Condition], repeats: int, floor: float
+) -> ClusterSamples:
+    """The benchmark's deliveries under ``conditions``, ``repeats`` cluster seeds per film."""
+    films = bench.load_held_out_films()
+    samples = ClusterSamples()
+    started = time.perf_counter()
+    for row, condition in enumerate(conditions):
+        analyzer.upsampling = condition.upsampling
+        for repeat in range(repeats):
+            for index, film in enumerate(films):
+                seed = bench.delivery_seed(index, condition, repeat)
+                image, truth, details = bench.deliver(film, condition, seed, 6, bench.ClusterPopulation())
+                mammogram = read_mammogram(
+                    image, spacing_mm=condition.stated_spacing_mm, laterality=film.laterality, view=film.view
+                )
+                for detail, found in zip(details, best_proposals(analyzer, hooks, mammogram, truth, floor, film.name)):
+                    if found is None:
+                        continue
+                    samples.features.append(found[0])
+                    samples.malignant_logit.append(found[1])
+                    samples.malignant.append(detail["category"] == "malignant")
+                    samples.group.append(index)
+                    samples.row.append(row)
+                    samples.morphology.append(str(detail["morphology"]))
+                    samples.blur_mm.append(float(detail["blur_sigma_mm"]))
+        print(
+            f"{condition.label}: {len(samples.malignant)} found clusters ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+    return samples
+
+
+def collect_coco(analyzer: Analyzer, hooks: FeatureHooks, coco: Path, floor: float) -> ClusterSamples:
+    """Every lesion of a labelled COCO set that a proposal finds."""
+    samples = ClusterSamples()
+    for index, entry in enumerate(parse_coco(coco)):
+        mammogram = read_mammogram(str(entry.path), spacing_mm=entry.spacing_mm)
+        found_all = best_proposals(analyzer, hooks, mammogram, entry.boxes_stored, floor, entry.path.stem)
+        for label, found in zip(entry.labels, found_all):
+            if found is not None:
+                samples.features.append(found[0])
+                samples.malignant_logit.append(found[1])
+                samples.malignant.append(bool(label == MALIGNANT))
+                samples.group.append(index)
+                samples.row.append(-1)
+                samples.morphology.append("")
+                samples.blur_mm.append(float("nan"))
+    return samples
+
+
+def _regression(c: float) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+
+
+def cross_validated_logits(X: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float) -> np.ndarray:
+    """Leave-one-group-out decision values of the regression (each group scored by a fit on the
+    others); nan for a group whose training folds hold only one class."""
+    out = np.full(len(y), np.nan)
+    for g in np.unique(groups):
+        train, test = groups != g, groups == g
+        if len(np.unique(y[train])) < 2:
+            continue
+        out[test] = _regression(c).fit(X[train], y[train]).decision_function(X[test])
+    return out
+
+
+def _accuracy(logit: np.ndarray, y: np.ndarray) -> float:
+    ok = ~np.isnan(logit)
+    return float(((logit[ok] > 0) == y[ok]).mean()) if ok.any() else float("nan")
+
+
+def _auc(logit: np.ndarray, y: np.ndarray) -> float:
+    ok = ~np.isnan(logit)
+    return roc_auc(logit[ok], y[ok])
+
+
+def compare(data: dict[str, np.ndarray], refits: dict[str, np.ndarray]) -> dict[str, Any]:
+    """AUC and accuracy (class = logit > 0) of the head and of each re-fit, overall and per row."""
+    y, rows = data["y"], data["row"]
+    scorers = {"head": data["logit"], **refits}
+    result: dict[str, Any] = {"n": int(len(y)), "malignant": int(y.sum())}
+    for name, logit in scorers.items():
+        result[name] = {"auc": _auc(logit, y), "accuracy": _accuracy(logit, y)}
+        result[name]["per_row"] = {
+            int(r): {"auc": _auc(logit[rows == r], y[rows == r]), "n": int((rows == r).sum())} for r in np.unique(rows)
+        }
+    return result
+
+
+#: Bands of the inserted clusters' own blur (Gaussian sigma, mm; the benchmark draws 0.07-0.15).
+BLUR_BANDS_MM = ((0.07, 0.095), (0.095, 0.12), (0.12, 0.15))
+
+
+def head_by_morphology_and_blur(data: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Does the head's p_malignant follow morphology or sharpness (issue 10, item 5)?
+
+    Per malignant morphology, the AUC of the head's logit against every benign cluster; per
+    band of the cluster's own blur, the share of benign and of malignant clusters the head
+    calls malignant (logit > 0). A head that follows morphology calls about as many benign
+    clusters malignant in every band.
+    """
+    y, logit, morph, blur = data["y"], data["logit"], data["morphology"], data["blur_mm"]
+    benign = ~y
+    by_morphology = {
+        str(m): {
+            "auc_vs_benign": roc_auc(logit[(morph == m) | benign], y[(morph == m) | benign]),
+            "n": int(((morph == m) & y).sum()),
+        }
+        for m in sorted(set(morph[y].tolist()))
+    }
+    by_blur = {}
+    for lo, hi in BLUR_BANDS_MM:
+        band = (blur >= lo) & (blur < hi) if hi < BLUR_BANDS_MM[-1][1] else (blur >= lo) & (blur <= hi)
+        by_blur[f"{lo:g}-{hi:g}"] = {
+            name: {
+                "called_malignant": float((logit[band & cls] > 0).mean()) if (band & cls).any() else float("nan"),
+                "n": int((band & cls).sum()),
+            }
+            for name, cls in (("benign", benign), ("malignant", y))
+        }
+    return {"by_morphology": by_morphology, "by_blur_mm": by_blur}
+
+
+def markdown(result: dict[str, Any], labels: Sequence[str], model: str) -> str:
+    scorers = [k for k in result if isinstance(result[k], dict) and "auc" in result[k]]
+    lines = [
+        f"Model: {model}. {result['n']} found clusters ({result['malignant']} malignant).",
+        "",
+        "| p_malignant from | AUC | accuracy | " + " | ".join(f"AUC row {i + 1}" for i in range(len(labels))) + " |",
+        "|---" * (3 + len(labels)) + "|",
+    ]
+    for name in scorers:
+        block = result[name]
+        cells = [bench._fmt(block["per_row"].get(i, {}).get("auc")) for i in range(len(labels))]
+        lines.append(
+            f"| {name} | {bench._fmt(block['auc'])} | {bench._fmt(block['accuracy'])} | " + " | ".join(cells) + " |"
+        )
+    lines += ["", "Rows: " + "; ".join(f"{i + 1} {label}" for i, label in enumerate(labels))]
+    head = result.get("head_detail")
+    if head:
+        lines += ["", "The head's p_malignant, each malignant morphology against every benign cluster:", ""]
+        lines += ["| morphology | clusters | AUC vs benign |", "|---|---|---|"]
+        for m, block in head["by_morphology"].items():
+            lines.append(f"| {m.replace('_', ' ')} | {block['n']} | {bench._fmt(block['auc_vs_benign'])} |")
+        lines += ["", "Called malignant by the head, by the cluster's own blur (sigma, mm):", ""]
+        lines += ["| blur | benign called malignant | malignant called malignant |", "|---|---|---|"]
+        for band, block in head["by_blur_mm"].items():
+            cells = [f"{bench._fmt(block[k]['called_malignant'])} ({block[k]['n']})" for k in ("benign", "malignant")]
+            lines.append(f"| {band} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model name or manifest/weights path (default: bundled)")
+    parser.add_argument("--out", type=Path, default=Path("out/probe_malignancy"))
+    parser.add_argument("--repeats", type=int, default=4, help="cluster seeds per film, as the benchmark's --repeats")
+    parser.add_argument("--train-coco", type=Path, default=None, help="also fit the regression on this labelled set")
+    parser.add_argument("--c", type=float, nargs="+", default=list(DEFAULT_C), help="regularisation strengths")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.train_coco is not None and not args.train_coco.is_file():
+        parser.error(f"--train-coco: no such file {args.train_coco}")
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    analyzer = Analyzer(args.model, device="cpu", score_threshold=EVAL_MIN_SCORE)
+    analyzer.cluster_rule = ClusterRule(min_specks=0)
+    floor = raw_floor(analyzer)
+    default_upsampling = analyzer.upsampling
+    conditions = bench.default_conditions(default_upsampling or bench._default_upsampling())
+    hooks = FeatureHooks(analyzer.model)
+    started = time.perf_counter()
+    try:
+        data = collect_benchmark(analyzer, hooks, conditions, args.repeats, floor).arrays()
+        analyzer.upsampling = default_upsampling  # the rows set their own; a COCO set reads as `detect` would
+        train = collect_coco(analyzer, hooks, args.train_coco, floor).arrays() if args.train_coco else None
+    finally:
+        hooks.remove()
+    refits = {
+        f"re-fit on the other films, C={c:g}": cross_validated_logits(data["X"], data["y"], data["group"], c)
+        for c in args.c
+    }
+    if train is not None and len(np.unique(train["y"])) == 2:
+        for c in args.c:
+            refits[f"re-fit on {args.train_coco.parent.name}, C={c:g}"] = (
+                _regression(c).fit(train["X"], train["y"]).decision_function(data["X"])
+            )
+    result = compare(data, refits)
+    result["head_detail"] = head_by_morphology_and_blur(data)
+    labels = [c.label for c in conditions]
+    model = f"{analyzer.spec.name} {analyzer.spec.version}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"model": model, "repeats": args.repeats, "seconds": round(time.perf_counter() - started, 1), **result}
+    (args.out / "probe.json").write_text(json.dumps(report, indent=2, default=float))
+    table = markdown(result, labels, model)
+    (args.out / "probe.md").write_text(table)
+    np.savez_compressed(
+        args.out / "samples.npz",
+        **{k: v for k, v in data.items() if k != "morphology"},
+        morphology=data["morphology"].astype(str),
+    )
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
