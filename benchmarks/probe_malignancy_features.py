@@ -328,6 +328,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = f"{analyzer.spec.name} {analyzer.spec.version}"
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"model": model, "repeats": args.repeats, "seconds": round(time.perf_counter() - started, 1), **result}
+    if train is not None:
+        report["train"] = {"coco": str(args.train_coco), "n": int(len(train["y"])), "malignant": int(train["y"].sum())}
     (args.out / "probe.json").write_text(json.dumps(report, indent=2, default=float))
     table = markdown(result, labels, model)
     (args.out / "probe.md").write_text(table)
