@@ -109,3 +109,37 @@ def test_cluster_rule_changes_which_mark_matches(bench: Any) -> None:
     image.specks_in_cm2 = np.array([1, 4])
     assert bench.summarise(condition, [image], min_specks=0, threshold=0.5).lesion_accuracy == 0.0
     assert bench.summarise(condition, [image], min_specks=3, threshold=0.5).lesion_accuracy == 1.0
+
+
+def test_marks_of_mismatched_shapes_are_refused(bench: Any) -> None:
+    with pytest.raises(ValueError, match="labels has 1"):
+        _image(bench, [0.9, 0.4], [[1], [0]], ["amorphous"], ["malignant"], ["malignant"], [0.8, 0.2])
+    with pytest.raises(ValueError, match=r"hits is \(1, 2\)"):  # transposed
+        bench.ImageMarks(
+            scores=np.array([0.9, 0.4]),
+            specks_in_cm2=np.array([5, 5]),
+            hits=np.array([[True, False]]),
+            edge_mm=np.array([10.0, 10.0]),
+            seconds=1.0,
+            morphologies=["amorphous"],
+            categories=["malignant"],
+            labels=["malignant", "benign"],
+            p_malignant=np.array([0.8, 0.2]),
+        )
+    with pytest.raises(ValueError, match="categories"):
+        _image(bench, [0.9], [[1]], ["amorphous"], ["cancer"], ["malignant"], [0.8])
+
+
+def test_edge_margin_and_an_image_without_clusters(bench: Any) -> None:
+    """A mark dropped by the edge margin neither finds its cluster nor gives it a class; an image
+    with no inserted cluster contributes only its false marks."""
+    condition = bench.Condition(spacing_mm=0.2, film_blur_mm=0.05, added_blur_mm=0.0, bits=8, upsampling="lanczos")
+    near_edge = _image(bench, [0.9, 0.6], [[1], [1]], ["punctate"], ["benign"], ["malignant", "benign"], [0.9, 0.1])
+    near_edge.edge_mm = np.array([1.0, 10.0])  # the 0.9 mark is 1 mm from the edge
+    empty = _image(bench, [0.7], np.zeros((1, 0)), [], [], ["benign"], [0.2])
+    result = bench.summarise(condition, [near_edge, empty], min_specks=0, threshold=0.5, edge_margin_mm=3.0)
+    assert result.n_clusters == 1 and result.false_marks_per_image == pytest.approx(1 / 2)
+    assert result.lesion_accuracy == 1.0  # matched by the kept 0.6 mark, called benign
+    unfiltered = bench.summarise(condition, [near_edge, empty], min_specks=0, threshold=0.5)
+    assert unfiltered.lesion_accuracy == 0.0  # the 0.9 mark, called malignant
+    assert unfiltered.called_malignant_by_morphology == {"punctate": [1, 1]}

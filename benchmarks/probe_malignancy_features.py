@@ -3,16 +3,16 @@
 On the real-film benchmark's calibrated clusters (``bench_real_film.py``: faint, blurred,
 half benign punctate, half malignant of biopsied morphologies) the detector's p_malignant
 separates benign from malignant found clusters with an AUC of about 0.73, where it reaches
-0.97 on the simulated film test sets. If the 1024-value representation the box head computes
+0.99 / 0.97 on the two simulated film test sets. If the 1024-value representation the box head computes
 for each proposal still held the difference, a malignancy classifier re-fitted on those frozen
 features (a new last layer, no retraining of the detector, detection unchanged) would close
 part of the gap. This probe measures that ceiling before anyone builds it:
 
 * it runs the benchmark's deliveries (same films, rows, seeds and clusters) through the real
   pipeline with forward hooks (as ``diagnose_unmarked_clusters.py``) and keeps, per inserted
-  cluster, the box-head features and class logits of the highest-scoring proposal whose lesion
+  cluster, the box-head features and p_malignant of the highest-scoring proposal whose lesion
   box finds it (the evaluation's hit rule, in model-grid coordinates) with a score at least the
-  evaluation floor: the proposal a reported lesion's p_malignant comes from;
+  evaluation floor: usually the proposal a reported lesion's p_malignant comes from;
 * it compares the head's own p_malignant (softmax of the two foreground logits) with a
   standardised logistic regression on the features, cross-validated by film (fit on the other
   held-out films' clusters, scored on this film's): an *in-domain* re-fit, an optimistic ceiling
@@ -21,8 +21,8 @@ part of the gap. This probe measures that ceiling before anyone builds it:
   images) and scores the benchmark's clusters with it: what a re-fit trained on simulated
   data would do.
 
-    python benchmarks/probe_malignancy_features.py --repeats 4 --out out/probe_malignancy   # ~10 min on 2 cores
-    python benchmarks/probe_malignancy_features.py --train-coco work_dirs/film/sim_val/annotations.json
+    python benchmarks/probe_malignancy_features.py --repeats 4 --out out/probe_malignancy   # ~13 min on 2 busy cores
+    python benchmarks/probe_malignancy_features.py --train-coco work_dirs/film/sim_val/annotations.json   # + ~3 s/image
 
 Writes ``probe.json`` and ``probe.md`` (AUC and accuracy per row and overall) under ``--out``.
 The numbers are developer proxies on simulated clusters in real films, not accuracy.
@@ -79,10 +79,10 @@ class FeatureHooks(RawOutputs):
 
 @dataclass
 class ClusterSamples:
-    """One row per found cluster: its best proposal's features and foreground logits."""
+    """One row per found cluster: its best proposal's features and the head's p_malignant."""
 
     features: list[np.ndarray] = field(default_factory=list)
-    malignant_logit: list[float] = field(default_factory=list)  # logit(p_malignant) of the head
+    p_malignant: list[float] = field(default_factory=list)  # the head's
     malignant: list[bool] = field(default_factory=list)
     group: list[int] = field(default_factory=list)  # film index (cross-validation folds)
     row: list[int] = field(default_factory=list)  # condition index
@@ -92,7 +92,7 @@ class ClusterSamples:
     def arrays(self) -> dict[str, np.ndarray]:
         return {
             "X": np.stack(self.features).astype(np.float64) if self.features else np.zeros((0, 0)),
-            "logit": np.array(self.malignant_logit),
+            "logit": logit(np.array(self.p_malignant)),
             "y": np.array(self.malignant, dtype=bool),
             "group": np.array(self.group, dtype=np.int64),
             "row": np.array(self.row, dtype=np.int64),
@@ -101,32 +101,44 @@ class ClusterSamples:
         }
 
 
+def best_finders(regressed: np.ndarray, scores: np.ndarray, truth: np.ndarray, floor: float) -> list[Optional[int]]:
+    """Per truth box (same frame as ``regressed``): the index of the highest-scoring proposal
+    whose lesion box finds it (the evaluation's hit rule) with a score >= ``floor``; None when
+    none does. Usually the proposal a reported lesion's p_malignant comes from (merging may
+    hand a whole lesion a fragment's)."""
+    hits = hit_matrix(regressed, truth) & (scores >= floor)[:, None]
+    out: list[Optional[int]] = []
+    for g in range(hits.shape[1]):
+        finders = np.flatnonzero(hits[:, g])
+        out.append(int(finders[np.argmax(scores[finders])]) if finders.size else None)
+    return out
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), finite for p in [0, 1]: a class decision value on the re-fits' scale."""
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(q / (1 - q))
+
+
 def best_proposals(
     analyzer: Analyzer, hooks: FeatureHooks, mammogram: Any, truth: np.ndarray, floor: float, name: str
 ) -> list[Optional[tuple[np.ndarray, float]]]:
-    """Per truth box (stored pixels): (features, logit of p_malignant) of the highest-scoring
-    proposal whose lesion box finds it with a score >= ``floor``; None when none does."""
+    """Per truth box (stored pixels): (features, head's p_malignant) of :func:`best_finders`'
+    proposal; None when no proposal finds it at the floor."""
     prepared = analyzer.prepare(mammogram)
     canonical = prepared.canonical
     origins = tile_origins(canonical.image.shape, canonical.mask, analyzer.spec.tile_size, analyzer.spec.tile_overlap)
     hooks.clear()
     analyzer.analyse_prepared(prepared, name=name)
-    _, regressed, scores, _ = hooks.per_tile(origins, analyzer.spec.tile_size)
+    view = hooks.per_tile(origins, analyzer.spec.tile_size)
     features = torch.cat(hooks.features).numpy()
-    logits = torch.cat(hooks.logits).numpy()
-    if not len(features) == len(logits) == len(scores):
-        raise RuntimeError(f"hooks saw {len(features)} feature rows, {len(logits)} logits, {len(scores)} scores")
+    if len(features) != len(view.scores):
+        raise RuntimeError(f"hooks saw {len(features)} feature rows and {len(view.scores)} proposals")
     truth_c = canonical.transform.to_canonical_boxes(truth) if truth.size else truth.reshape(0, 4)
-    hits = hit_matrix(regressed, truth_c) & (scores >= floor)[:, None]
-    out: list[Optional[tuple[np.ndarray, float]]] = []
-    for g in range(truth_c.shape[0]):
-        finders = np.flatnonzero(hits[:, g])
-        if not finders.size:
-            out.append(None)
-            continue
-        top = int(finders[np.argmax(scores[finders])])
-        out.append((features[top], float(logits[top, 2] - logits[top, 1])))
-    return out
+    return [
+        None if i is None else (features[i], float(view.p_malignant[i]))
+        for i in best_finders(view.regressed, view.scores, truth_c, floor)
+    ]
 
 
 def collect_benchmark(
@@ -141,7 +153,9 @@ def collect_benchmark(
         for repeat in range(repeats):
             for index, film in enumerate(films):
                 seed = bench.delivery_seed(index, condition, repeat)
-                image, truth, details = bench.deliver(film, condition, seed, 6, bench.ClusterPopulation())
+                image, truth, details = bench.deliver(
+                    film, condition, seed, bench.DEFAULT_CLUSTERS_PER_FILM, bench.ClusterPopulation()
+                )
                 mammogram = read_mammogram(
                     image, spacing_mm=condition.stated_spacing_mm, laterality=film.laterality, view=film.view
                 )
@@ -149,7 +163,7 @@ def collect_benchmark(
                     if found is None:
                         continue
                     samples.features.append(found[0])
-                    samples.malignant_logit.append(found[1])
+                    samples.p_malignant.append(found[1])
                     samples.malignant.append(detail["category"] == "malignant")
                     samples.group.append(index)
                     samples.row.append(row)
@@ -171,7 +185,7 @@ def collect_coco(analyzer: Analyzer, hooks: FeatureHooks, coco: Path, floor: flo
         for label, found in zip(entry.labels, found_all):
             if found is not None:
                 samples.features.append(found[0])
-                samples.malignant_logit.append(found[1])
+                samples.p_malignant.append(found[1])
                 samples.malignant.append(bool(label == MALIGNANT))
                 samples.group.append(index)
                 samples.row.append(-1)
@@ -200,25 +214,26 @@ def cross_validated_logits(X: np.ndarray, y: np.ndarray, groups: np.ndarray, c: 
     return out
 
 
-def _accuracy(logit: np.ndarray, y: np.ndarray) -> float:
-    ok = ~np.isnan(logit)
-    return float(((logit[ok] > 0) == y[ok]).mean()) if ok.any() else float("nan")
+def _accuracy(value: np.ndarray, y: np.ndarray) -> float:
+    ok = ~np.isnan(value)
+    return float(((value[ok] >= 0) == y[ok]).mean()) if ok.any() else float("nan")
 
 
-def _auc(logit: np.ndarray, y: np.ndarray) -> float:
-    ok = ~np.isnan(logit)
-    return roc_auc(logit[ok], y[ok])
+def _auc(value: np.ndarray, y: np.ndarray) -> float:
+    ok = ~np.isnan(value)
+    return roc_auc(value[ok], y[ok])
 
 
 def compare(data: dict[str, np.ndarray], refits: dict[str, np.ndarray]) -> dict[str, Any]:
-    """AUC and accuracy (class = logit > 0) of the head and of each re-fit, overall and per row."""
+    """AUC and accuracy (malignant when the decision value >= 0, i.e. p >= 0.5, the label rule)
+    of the head and of each re-fit, overall and per row."""
     y, rows = data["y"], data["row"]
     scorers = {"head": data["logit"], **refits}
     result: dict[str, Any] = {"n": int(len(y)), "malignant": int(y.sum())}
-    for name, logit in scorers.items():
-        result[name] = {"auc": _auc(logit, y), "accuracy": _accuracy(logit, y)}
+    for name, value in scorers.items():
+        result[name] = {"auc": _auc(value, y), "accuracy": _accuracy(value, y)}
         result[name]["per_row"] = {
-            int(r): {"auc": _auc(logit[rows == r], y[rows == r]), "n": int((rows == r).sum())} for r in np.unique(rows)
+            int(r): {"auc": _auc(value[rows == r], y[rows == r]), "n": int((rows == r).sum())} for r in np.unique(rows)
         }
     return result
 
@@ -232,14 +247,14 @@ def head_by_morphology_and_blur(data: dict[str, np.ndarray]) -> dict[str, Any]:
 
     Per malignant morphology, the AUC of the head's logit against every benign cluster; per
     band of the cluster's own blur, the share of benign and of malignant clusters the head
-    calls malignant (logit > 0). A head that follows morphology calls about as many benign
+    calls malignant (p >= 0.5). A head that follows morphology calls about as many benign
     clusters malignant in every band.
     """
-    y, logit, morph, blur = data["y"], data["logit"], data["morphology"], data["blur_mm"]
+    y, value, morph, blur = data["y"], data["logit"], data["morphology"], data["blur_mm"]
     benign = ~y
     by_morphology = {
         str(m): {
-            "auc_vs_benign": roc_auc(logit[(morph == m) | benign], y[(morph == m) | benign]),
+            "auc_vs_benign": roc_auc(value[(morph == m) | benign], y[(morph == m) | benign]),
             "n": int(((morph == m) & y).sum()),
         }
         for m in sorted(set(morph[y].tolist()))
@@ -249,7 +264,7 @@ def head_by_morphology_and_blur(data: dict[str, np.ndarray]) -> dict[str, Any]:
         band = (blur >= lo) & (blur < hi) if hi < BLUR_BANDS_MM[-1][1] else (blur >= lo) & (blur <= hi)
         by_blur[f"{lo:g}-{hi:g}"] = {
             name: {
-                "called_malignant": float((logit[band & cls] > 0).mean()) if (band & cls).any() else float("nan"),
+                "called_malignant": float((value[band & cls] >= 0).mean()) if (band & cls).any() else float("nan"),
                 "n": int((band & cls).sum()),
             }
             for name, cls in (("benign", benign), ("malignant", y))
@@ -317,7 +332,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"re-fit on the other films, C={c:g}": cross_validated_logits(data["X"], data["y"], data["group"], c)
         for c in args.c
     }
-    if train is not None and len(np.unique(train["y"])) == 2:
+    if train is not None and len(np.unique(train["y"])) < 2:
+        print(f"--train-coco: the lesions found in {args.train_coco} are all of one class; no re-fit on it", flush=True)
+    elif train is not None:
         for c in args.c:
             refits[f"re-fit on {args.train_coco.parent.name}, C={c:g}"] = (
                 _regression(c).fit(train["X"], train["y"]).decision_function(data["X"])

@@ -160,7 +160,11 @@ def match_hits(
     p_mal = np.asarray(det_p_malignant, dtype=np.float64).reshape(-1)
     labels = np.array(list(det_labels), dtype=object)
     gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
-    hits = np.asarray(hits, dtype=bool).reshape(len(scores), len(gt_labels))
+    hits = np.asarray(hits, dtype=bool)
+    if hits.shape != (len(scores), len(gt_labels)):
+        if hits.size:
+            raise ValueError(f"hits must be (detections, lesions) = {(len(scores), len(gt_labels))}, got {hits.shape}")
+        hits = hits.reshape(len(scores), len(gt_labels))
     reported = scores >= threshold
     g_count = len(gt_labels)
     matched = np.zeros(g_count, dtype=bool)
