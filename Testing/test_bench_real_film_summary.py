@@ -4,28 +4,17 @@ counts, on marks built by hand so every number is known."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_real_film.py"
-
 
 @pytest.fixture(scope="module")
-def bench() -> Iterator[Any]:
-    spec = importlib.util.spec_from_file_location("bench_real_film", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_real_film"] = module  # dataclasses resolve their module by name
-    try:
-        spec.loader.exec_module(module)
+def bench(benchmark_script: Any) -> Iterator[Any]:
+    with benchmark_script("bench_real_film") as module:
         yield module
-    finally:
-        sys.modules.pop("bench_real_film", None)
 
 
 def _image(

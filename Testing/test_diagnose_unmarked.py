@@ -3,33 +3,17 @@ the real-film benchmark on the same delivery (real films, the bundled model, rea
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def diagnose() -> Iterator[Any]:
-    saved_path = list(sys.path)  # the script puts the repository and benchmarks/ on it
-    spec = importlib.util.spec_from_file_location(
-        "diagnose_unmarked_clusters", BENCHMARKS / "diagnose_unmarked_clusters.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["diagnose_unmarked_clusters"] = module
-    try:
-        spec.loader.exec_module(module)
+def diagnose(benchmark_script: Any) -> Iterator[Any]:
+    with benchmark_script("diagnose_unmarked_clusters") as module:
         yield module
-    finally:
-        sys.modules.pop("diagnose_unmarked_clusters", None)
-        sys.modules.pop("bench_real_film", None)
-        sys.path[:] = saved_path
 
 
 def _record(**values: Any) -> dict[str, Any]:
@@ -62,7 +46,7 @@ def test_covering_counts_the_share_of_the_truth_box_inside(diagnose: Any) -> Non
 
 @pytest.mark.slow
 def test_the_diagnostic_sees_what_the_benchmark_marks(diagnose: Any) -> None:
-    bench = sys.modules["bench_real_film"]
+    bench = diagnose.bench
     films = bench.load_held_out_films()[:1]
     from MicrocalcAI.core.pipeline import Analyzer
     from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE

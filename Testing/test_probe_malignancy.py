@@ -3,33 +3,17 @@ comparison with the head's own p_malignant, on features built so the answer is k
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def probe() -> Iterator[Any]:
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(
-        "probe_malignancy_features", BENCHMARKS / "probe_malignancy_features.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["probe_malignancy_features"] = module  # dataclasses resolve their module by name
-    try:
-        spec.loader.exec_module(module)
+def probe(benchmark_script: Any) -> Iterator[Any]:
+    with benchmark_script("probe_malignancy_features") as module:
         yield module
-    finally:
-        for name in ("probe_malignancy_features", "bench_real_film", "diagnose_unmarked_clusters"):
-            sys.modules.pop(name, None)
-        sys.path.remove(str(BENCHMARKS))
 
 
 def _data(rng: np.random.Generator, n: int = 240) -> dict[str, np.ndarray]:

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,14 +14,11 @@ import torch
 from MicrocalcAI.core.errors import ModelError
 from MicrocalcAI.training.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation_weight_average.py"
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("ablation_weight_average", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def script(benchmark_script: Any) -> Iterator[Any]:
+    with benchmark_script("ablation_weight_average") as module:
+        yield module
 
 
 def _checkpoint(path: Path, weight: float, counter: int, settings: dict | None = None) -> Path:
@@ -45,10 +43,10 @@ def _checkpoint(path: Path, weight: float, counter: int, settings: dict | None =
     return path
 
 
-def test_average_is_the_mean_of_float_tensors_and_keeps_counters(tmp_path):
+def test_average_is_the_mean_of_float_tensors_and_keeps_counters(script: Any, tmp_path: Path) -> None:
     paths = [_checkpoint(tmp_path / f"{i}.pt", w, c) for i, (w, c) in enumerate([(1.0, 500), (2.0, 750), (6.0, 1500)])]
     out = tmp_path / "soup.pt"
-    assert _script().main([str(out), *map(str, paths)]) == 0
+    assert script.main([str(out), *map(str, paths)]) == 0
     soup = load_checkpoint(out)  # weights_only: loadable like any checkpoint
     torch.testing.assert_close(soup["model"]["conv.weight"], torch.full((2, 2), 3.0))
     torch.testing.assert_close(soup["model"]["bn.running_var"], torch.full((2,), 6.0))
@@ -57,11 +55,11 @@ def test_average_is_the_mean_of_float_tensors_and_keeps_counters(tmp_path):
     assert json.loads(soup["best_metrics"]) == {}  # one run's validation does not describe the mean
 
 
-def test_checkpoints_of_other_model_settings_are_refused(tmp_path, capsys):
+def test_checkpoints_of_other_model_settings_are_refused(script: Any, tmp_path: Path, capsys: Any) -> None:
     a = _checkpoint(tmp_path / "a.pt", 1.0, 1)
     b = _checkpoint(tmp_path / "b.pt", 1.0, 1, {"backbone": "resnet18"})
     with pytest.raises(ModelError, match="other model settings"):
-        _script().average_checkpoints([a, b])
-    assert _script().main([str(tmp_path / "soup.pt"), str(a), str(b)]) == 2
+        script.average_checkpoints([a, b])
+    assert script.main([str(tmp_path / "soup.pt"), str(a), str(b)]) == 2
     assert "other model settings" in capsys.readouterr().err
     assert not (tmp_path / "soup.pt").exists()
