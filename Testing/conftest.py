@@ -49,7 +49,7 @@ def _benchmark_script(name: str) -> Iterator[ModuleType]:
     ``sys.modules`` because dataclasses resolve their module by name.
     """
     folder = REPO / "benchmarks"
-    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    saved_path, saved_modules = list(sys.path), dict(sys.modules)
     spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     assert spec is not None and spec.loader is not None, name
     module = importlib.util.module_from_spec(spec)
@@ -58,9 +58,12 @@ def _benchmark_script(name: str) -> Iterator[ModuleType]:
         spec.loader.exec_module(module)
         yield module
     finally:
-        for added in set(sys.modules) - saved_modules:
-            if Path(getattr(sys.modules[added], "__file__", None) or "/").parent == folder:
-                del sys.modules[added]
+        for loaded in list(sys.modules):
+            if Path(getattr(sys.modules[loaded], "__file__", None) or "/").parent == folder:
+                if loaded in saved_modules:
+                    sys.modules[loaded] = saved_modules[loaded]  # one it replaced
+                else:
+                    del sys.modules[loaded]
         sys.path[:] = saved_path
 
 

@@ -132,3 +132,9 @@ def test_edge_margin_and_an_image_without_clusters(bench: Any) -> None:
     unfiltered = bench.summarise(condition, [near_edge, empty], min_specks=0, threshold=0.5)
     assert unfiltered.lesion_accuracy == 0.0  # the 0.9 mark, called malignant
     assert unfiltered.called_malignant_by_morphology == {"punctate": [1, 1]}
+
+
+def test_no_images_is_refused(bench: Any) -> None:
+    condition = bench.Condition(spacing_mm=0.2, film_blur_mm=0.05, added_blur_mm=0.0, bits=8, upsampling="lanczos")
+    with pytest.raises(ValueError, match="no delivered image"):
+        bench.summarise(condition, [], min_specks=0, threshold=0.5)

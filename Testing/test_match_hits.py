@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from MicrocalcAI.datasets.coco import BENIGN, MALIGNANT
-from MicrocalcAI.evaluation.matching import match_detections, match_hits
+from MicrocalcAI.evaluation.matching import best_finders, match_detections, match_hits
 
 
 def test_match_is_the_highest_scoring_reported_finder() -> None:
@@ -46,3 +46,18 @@ def test_a_transposed_hit_matrix_is_refused_and_empty_ones_reshape() -> None:
         )
     no_lesions = match_hits(np.zeros((0,), bool), np.zeros(0, np.int64), [0.9, 0.8], [0.5, 0.5], ["benign"] * 2, 0.5)
     assert no_lesions.n_fp == 2 and no_lesions.matched.size == 0
+
+
+def test_best_finders_respects_eligibility_and_ties() -> None:
+    hits = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=bool)
+    scores = np.array([0.7, 0.7, 0.9])
+    assert list(best_finders(hits, scores)) == [0, 2, -1]  # tie: the first; lesion 2 unfound
+    assert list(best_finders(hits, scores, np.array([False, True, False]))) == [1, 1, -1]
+    assert list(best_finders(np.zeros((0, 2), bool), np.zeros(0))) == [-1, -1]
+
+
+def test_inconsistent_lengths_are_refused() -> None:
+    with pytest.raises(ValueError, match="2 detection scores, 1 p_malignant and 1 labels"):
+        match_hits(np.zeros((2, 1), bool), np.array([BENIGN]), [0.9, 0.8], [0.5], ["benign"], 0.5)
+    with pytest.raises(ValueError, match=r"\(detections, lesions\) = \(2, 0\), got \(0, 3\)"):
+        match_hits(np.zeros((0, 3), bool), np.zeros(0, np.int64), [0.9, 0.8], [0.5, 0.5], ["benign"] * 2, 0.5)

@@ -90,8 +90,8 @@ def test_best_finder_is_the_highest_scoring_proposal_that_finds_the_cluster_at_t
         ]
     )
     scores = np.array([0.5, 0.8, 0.05, 0.05, 0.99])
-    assert probe.best_finders(regressed, scores, truth, floor=0.09) == [1, None, None]
-    assert probe.best_finders(regressed, scores, truth, floor=0.01) == [1, 3, None]
+    assert probe.best_finders_at_floor(regressed, scores, truth, floor=0.09) == [1, None, None]
+    assert probe.best_finders_at_floor(regressed, scores, truth, floor=0.01) == [1, 3, None]
 
 
 def test_logit_is_the_label_rule_on_the_decision_scale(probe: Any) -> None:

@@ -24,8 +24,8 @@ false marks: the films carry no calcification labels (they may hold real calcifi
 the rate is an upper bound). Each row also gives the share of clusters marked at all (any
 mark at the evaluation floor, under the row's cluster rule and edge margin): the most any
 threshold finds, so a cluster missed because it ranks low can be told from one never marked.
-And it gives issue 10's classification figure on the same clusters (each benign or malignant
-with probability 1/2; with the default morphologies every benign one is punctate): the
+And it gives issue 10's classification figure on the same clusters (with the default
+morphologies each is benign, and then punctate, or malignant with probability 1/2): the
 *lesion accuracy*, clusters found at the threshold and given their true class by the
 detector's label (p_malignant >= 0.5; a missed cluster counts wrong), the class right among those found, the
 benign-vs-malignant AUC of p_malignant among those found, and per morphology how many of the
@@ -367,6 +367,11 @@ class ImageMarks:
     p_malignant: np.ndarray  # (M,)
 
     def __post_init__(self) -> None:
+        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        self.specks_in_cm2 = np.asarray(self.specks_in_cm2).reshape(-1)
+        self.edge_mm = np.asarray(self.edge_mm, dtype=np.float64).reshape(-1)
+        self.p_malignant = np.asarray(self.p_malignant, dtype=np.float64).reshape(-1)
+        self.hits = np.asarray(self.hits, dtype=bool)
         marks, clusters = len(self.scores), len(self.morphologies)
         per_mark = {"specks_in_cm2": len(self.specks_in_cm2), "edge_mm": len(self.edge_mm), "labels": len(self.labels)}
         per_mark["p_malignant"] = len(self.p_malignant)
@@ -454,6 +459,8 @@ def summarise(
     and edge margin removed some, so a cluster's class is that of its highest-scoring *kept*
     mark at the threshold.
     """
+    if not marks:
+        raise ValueError(f"{condition.label}: no delivered image to summarise")
     matches, morphologies = [], []
     for image in marks:
         morphologies.extend(image.morphologies)
@@ -492,7 +499,7 @@ def summarise(
         n_images=n,
         n_clusters=pooled.n,
         threshold=threshold,
-        false_marks_per_image=float((fp_arr >= threshold).sum() / n),
+        false_marks_per_image=pooled.n_fp / n,
         sensitivity=float(at_threshold.mean()) if lesion_arr.size else float("nan"),
         sensitivity_ci95=(float(ci.low), float(ci.high)) if ci is not None else (float("nan"), float("nan")),
         sensitivity_at_fp={f"{k:g}": v for k, v in at_fp.items()},
@@ -503,7 +510,7 @@ def summarise(
         class_accuracy_found=float(right[at_threshold].mean()) if found else float("nan"),
         auc_benign_vs_malignant_found=roc_auc(pooled.matched_p[at_threshold], is_mal[at_threshold]),
         called_malignant_by_morphology=dict(sorted(called_by_morphology.items())),
-        marks_per_image=float(((fp_arr >= threshold).sum() + found) / n),
+        marks_per_image=(pooled.n_fp + found) / n,
         seconds_per_image=float(statistics.median([m.seconds for m in marks])),
     )
 

@@ -175,7 +175,8 @@ def diagnose_image(
     origins = tile_origins(canonical.image.shape, canonical.mask, analyzer.spec.tile_size, analyzer.spec.tile_overlap)
     raw.clear()
     findings, _ = analyzer.analyse_prepared(prepared, name=film.name)
-    proposals, regressed, head_scores, _, tile_out = raw.per_tile(origins, analyzer.spec.tile_size)
+    view = raw.per_tile(origins, analyzer.spec.tile_size)
+    proposals, regressed, head_scores, tile_out = view.proposals, view.regressed, view.scores, view.outputs
     truth_c = canonical.transform.to_canonical_boxes(truth) if truth.size else truth.reshape(0, 4)
     lesion_boxes = np.array([lesion.box_px for lesion in findings.lesions]).reshape(-1, 4)
     lesion_scores = np.array([lesion.score for lesion in findings.lesions])

@@ -12,7 +12,8 @@ part of the gap. This probe measures that ceiling before anyone builds it:
   pipeline with forward hooks (as ``diagnose_unmarked_clusters.py``) and keeps, per inserted
   cluster, the box-head features and p_malignant of the highest-scoring proposal whose lesion
   box finds it (the evaluation's hit rule, in model-grid coordinates) with a score at least the
-  evaluation floor: usually the proposal a reported lesion's p_malignant comes from;
+  evaluation floor: usually the proposal a reported lesion's p_malignant comes from (the raw
+  one: a reported lesion's is temperature-calibrated, which changes neither rank nor class);
 * it compares the head's own p_malignant (softmax of the two foreground logits) with a
   standardised logistic regression on the features, cross-validated by film (fit on the other
   held-out films' clusters, scored on this film's): an *in-domain* re-fit, an optimistic ceiling
@@ -21,8 +22,8 @@ part of the gap. This probe measures that ceiling before anyone builds it:
   images) and scores the benchmark's clusters with it: what a re-fit trained on simulated
   data would do.
 
-    python benchmarks/probe_malignancy_features.py --repeats 4 --out out/probe_malignancy   # ~13 min on 2 busy cores
-    python benchmarks/probe_malignancy_features.py --train-coco work_dirs/film/sim_val/annotations.json   # + ~3 s/image
+    python benchmarks/probe_malignancy_features.py --repeats 4 --out out/probe_malignancy   # 7-12 min on 2 cores, by load
+    python benchmarks/probe_malignancy_features.py --train-coco work_dirs/film/sim_val/annotations.json   # + ~1.5 s/image
 
 Writes ``probe.json`` and ``probe.md`` (AUC and accuracy per row and overall) under ``--out``.
 The numbers are developer proxies on simulated clusters in real films, not accuracy.
@@ -55,6 +56,7 @@ from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
 from MicrocalcAI.datasets.coco import MALIGNANT, parse_coco  # noqa: E402
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, roc_auc  # noqa: E402
+from MicrocalcAI.evaluation.matching import best_finders  # noqa: E402
 
 #: Inverse regularisation strengths tried for the regression; every one is reported (no
 #: selection on the data it is scored on).
@@ -101,17 +103,16 @@ class ClusterSamples:
         }
 
 
-def best_finders(regressed: np.ndarray, scores: np.ndarray, truth: np.ndarray, floor: float) -> list[Optional[int]]:
+def best_finders_at_floor(
+    regressed: np.ndarray, scores: np.ndarray, truth: np.ndarray, floor: float
+) -> list[Optional[int]]:
     """Per truth box (same frame as ``regressed``): the index of the highest-scoring proposal
-    whose lesion box finds it (the evaluation's hit rule) with a score >= ``floor``; None when
-    none does. Usually the proposal a reported lesion's p_malignant comes from (merging may
-    hand a whole lesion a fragment's)."""
-    hits = hit_matrix(regressed, truth) & (scores >= floor)[:, None]
-    out: list[Optional[int]] = []
-    for g in range(hits.shape[1]):
-        finders = np.flatnonzero(hits[:, g])
-        out.append(int(finders[np.argmax(scores[finders])]) if finders.size else None)
-    return out
+    whose lesion box finds it (the evaluation's hit rule and match,
+    :func:`MicrocalcAI.evaluation.matching.best_finders`) with a score >= ``floor``; None when
+    none does. Usually the proposal a reported lesion's (raw, uncalibrated) p_malignant comes
+    from: merging may hand a whole lesion a fragment's."""
+    best = best_finders(hit_matrix(regressed, truth), scores, scores >= floor)
+    return [int(i) if i >= 0 else None for i in best]
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -123,8 +124,8 @@ def logit(p: np.ndarray) -> np.ndarray:
 def best_proposals(
     analyzer: Analyzer, hooks: FeatureHooks, mammogram: Any, truth: np.ndarray, floor: float, name: str
 ) -> list[Optional[tuple[np.ndarray, float]]]:
-    """Per truth box (stored pixels): (features, head's p_malignant) of :func:`best_finders`'
-    proposal; None when no proposal finds it at the floor."""
+    """Per truth box (stored pixels): (features, head's raw p_malignant) of
+    :func:`best_finders_at_floor`'s proposal; None when no proposal finds it at the floor."""
     prepared = analyzer.prepare(mammogram)
     canonical = prepared.canonical
     origins = tile_origins(canonical.image.shape, canonical.mask, analyzer.spec.tile_size, analyzer.spec.tile_overlap)
@@ -137,7 +138,7 @@ def best_proposals(
     truth_c = canonical.transform.to_canonical_boxes(truth) if truth.size else truth.reshape(0, 4)
     return [
         None if i is None else (features[i], float(view.p_malignant[i]))
-        for i in best_finders(view.regressed, view.scores, truth_c, floor)
+        for i in best_finders_at_floor(view.regressed, view.scores, truth_c, floor)
     ]
 
 
@@ -239,7 +240,11 @@ def compare(data: dict[str, np.ndarray], refits: dict[str, np.ndarray]) -> dict[
 
 
 #: Bands of the inserted clusters' own blur (Gaussian sigma, mm; the benchmark draws 0.07-0.15).
-BLUR_BANDS_MM = ((0.07, 0.095), (0.095, 0.12), (0.12, 0.15))
+BLUR_BANDS_MM = (
+    (bench.REAL_BLUR_SIGMA_MM[0], 0.095),
+    (0.095, 0.12),
+    (0.12, bench.REAL_BLUR_SIGMA_MM[1]),
+)
 
 
 def head_by_morphology_and_blur(data: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -333,7 +338,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for c in args.c
     }
     if train is not None and len(np.unique(train["y"])) < 2:
-        print(f"--train-coco: the lesions found in {args.train_coco} are all of one class; no re-fit on it", flush=True)
+        print(
+            f"--train-coco: the lesions found in {args.train_coco} are of one class or none; no re-fit on it",
+            flush=True,
+        )
     elif train is not None:
         for c in args.c:
             refits[f"re-fit on {args.train_coco.parent.name}, C={c:g}"] = (

@@ -28,6 +28,7 @@ from MicrocalcAI.datasets.coco import BENIGN, MALIGNANT, CocoImage, parse_coco
 __all__ = [
     "ImageMatch",
     "ImageTruth",
+    "best_finders",
     "group_breasts",
     "hard_negative_marks",
     "match_detections",
@@ -161,28 +162,27 @@ def match_hits(
     labels = np.array(list(det_labels), dtype=object)
     gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
     hits = np.asarray(hits, dtype=bool)
-    if hits.shape != (len(scores), len(gt_labels)):
-        if hits.size:
-            raise ValueError(f"hits must be (detections, lesions) = {(len(scores), len(gt_labels))}, got {hits.shape}")
-        hits = hits.reshape(len(scores), len(gt_labels))
+    expected = (len(scores), len(gt_labels))
+    if hits.shape != expected:
+        if hits.ndim == 2 or hits.size or expected[0] * expected[1]:  # only a shapeless empty one reshapes
+            raise ValueError(f"hits must be (detections, lesions) = {expected}, got {hits.shape}")
+        hits = hits.reshape(expected)
+    if not len(p_mal) == len(labels) == len(scores):
+        raise ValueError(f"{len(scores)} detection scores, {len(p_mal)} p_malignant and {len(labels)} labels")
     reported = scores >= threshold
     g_count = len(gt_labels)
-    matched = np.zeros(g_count, dtype=bool)
     matched_label: list[Optional[str]] = [None] * g_count
     matched_p = np.full(g_count, np.nan)
     matched_score = np.full(g_count, np.nan)
     sweep = np.full(g_count, -np.inf)
-    for g in range(g_count):
-        finders = np.flatnonzero(hits[:, g])
-        if finders.size:
-            sweep[g] = float(scores[finders].max())
-        finders = finders[reported[finders]]
-        if finders.size:
-            best = int(finders[np.argmax(scores[finders])])
-            matched[g] = True
-            matched_label[g] = labels[best]
-            matched_p[g] = float(p_mal[best])
-            matched_score[g] = float(scores[best])
+    anywhere = best_finders(hits, scores)
+    sweep[anywhere >= 0] = scores[anywhere[anywhere >= 0]]
+    best = best_finders(hits, scores, reported)
+    matched = best >= 0
+    for g in np.flatnonzero(matched):
+        matched_label[g] = labels[best[g]]
+        matched_p[g] = float(p_mal[best[g]])
+        matched_score[g] = float(scores[best[g]])
     is_fp = ~hits.any(axis=1) if g_count else np.ones(len(scores), dtype=bool)
     fp_reported = is_fp & reported
     return ImageMatch(
@@ -198,6 +198,19 @@ def match_hits(
         probability=max((float(p) for p, r in zip(p_mal, reported) if r), default=0.0),
         any_malignant_label=bool(any(lab == "malignant" for lab, r in zip(labels, reported) if r)),
     )
+
+
+def best_finders(hits: np.ndarray, scores: np.ndarray, eligible: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per lesion (column of ``hits``, (D, G)), the index of the highest-scoring detection that
+    finds it among the ``eligible`` ones (all when None), -1 when none does: the one rule that
+    says which detection a lesion is matched to, and so whose class and p_malignant it gets."""
+    hits = np.asarray(hits, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if eligible is not None:
+        hits = hits & np.asarray(eligible, dtype=bool).reshape(-1, 1)
+    ranked = np.where(hits, scores[:, None], -np.inf)
+    best = np.argmax(ranked, axis=0) if hits.shape[0] else np.zeros(hits.shape[1], dtype=np.int64)
+    return np.where(hits.any(axis=0), best, -1).astype(np.int64)
 
 
 def match_image(truth: ImageTruth, findings: Optional[ImageFindings], threshold: float) -> ImageMatch:
