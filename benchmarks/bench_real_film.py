@@ -76,7 +76,7 @@ from MicrocalcAI.core.findings.lesions import DEFAULT_CLUSTER_RULE, ClusterRule,
 from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
 from MicrocalcAI.core.standardise import NormaliseConfig, breast_grey_range, breast_mask, monochrome2_intensity  # noqa: E402
-from MicrocalcAI.datasets.coco import BENIGN, MALIGNANT  # noqa: E402
+from MicrocalcAI.datasets.coco import LABEL_IDS  # noqa: E402
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities, roc_auc  # noqa: E402
 from MicrocalcAI.evaluation.matching import match_hits  # noqa: E402
 from MicrocalcAI.evaluation.metrics import pool_lesions  # noqa: E402
@@ -378,7 +378,7 @@ class ImageMarks:
         wrong = [f"{name} has {n}" for name, n in per_mark.items() if n != marks]
         if np.shape(self.hits) != (marks, clusters):
             wrong.append(f"hits is {np.shape(self.hits)}, not (marks, clusters)")
-        if len(self.categories) != clusters or not set(self.categories) <= {"benign", "malignant"}:
+        if len(self.categories) != clusters or not set(self.categories) <= set(LABEL_IDS):
             wrong.append(f"categories {self.categories!r}")
         if wrong:
             raise ValueError(f"ImageMarks of {marks} marks and {clusters} clusters: " + "; ".join(wrong))
@@ -466,7 +466,7 @@ def summarise(
         morphologies.extend(image.morphologies)
         kept = image.specks_in_cm2 >= min_specks if min_specks > 1 else np.ones(len(image.scores), bool)
         kept &= image.edge_mm >= edge_margin_mm
-        gt = np.array([MALIGNANT if c == "malignant" else BENIGN for c in image.categories], dtype=np.int64)
+        gt = np.array([LABEL_IDS[c] for c in image.categories], dtype=np.int64)
         labels = [label for label, k in zip(image.labels, kept) if k]
         matches.append(match_hits(image.hits[kept], gt, image.scores[kept], image.p_malignant[kept], labels, threshold))
     pooled = pool_lesions(matches)

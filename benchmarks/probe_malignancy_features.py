@@ -91,6 +91,24 @@ class ClusterSamples:
     morphology: list[str] = field(default_factory=list)
     blur_mm: list[float] = field(default_factory=list)  # the cluster's own blur sigma (nan: unknown)
 
+    def add(
+        self,
+        found: tuple[np.ndarray, float],
+        malignant: bool,
+        group: int,
+        row: int = -1,
+        morphology: str = "",
+        blur_mm: float = float("nan"),
+    ) -> None:
+        """One found cluster: ``found`` is :func:`best_proposals`' (features, p_malignant)."""
+        self.features.append(found[0])
+        self.p_malignant.append(found[1])
+        self.malignant.append(malignant)
+        self.group.append(group)
+        self.row.append(row)
+        self.morphology.append(morphology)
+        self.blur_mm.append(blur_mm)
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {
             "X": np.stack(self.features).astype(np.float64) if self.features else np.zeros((0, 0)),
@@ -161,15 +179,10 @@ def collect_benchmark(
                     image, spacing_mm=condition.stated_spacing_mm, laterality=film.laterality, view=film.view
                 )
                 for detail, found in zip(details, best_proposals(analyzer, hooks, mammogram, truth, floor, film.name)):
-                    if found is None:
-                        continue
-                    samples.features.append(found[0])
-                    samples.p_malignant.append(found[1])
-                    samples.malignant.append(detail["category"] == "malignant")
-                    samples.group.append(index)
-                    samples.row.append(row)
-                    samples.morphology.append(str(detail["morphology"]))
-                    samples.blur_mm.append(float(detail["blur_sigma_mm"]))
+                    if found is not None:
+                        malignant = detail["category"] == "malignant"
+                        morphology, blur = str(detail["morphology"]), float(detail["blur_sigma_mm"])
+                        samples.add(found, malignant, index, row, morphology, blur)
         print(
             f"{condition.label}: {len(samples.malignant)} found clusters ({time.perf_counter() - started:.0f} s)",
             flush=True,
@@ -185,13 +198,7 @@ def collect_coco(analyzer: Analyzer, hooks: FeatureHooks, coco: Path, floor: flo
         found_all = best_proposals(analyzer, hooks, mammogram, entry.boxes_stored, floor, entry.path.stem)
         for label, found in zip(entry.labels, found_all):
             if found is not None:
-                samples.features.append(found[0])
-                samples.p_malignant.append(found[1])
-                samples.malignant.append(bool(label == MALIGNANT))
-                samples.group.append(index)
-                samples.row.append(-1)
-                samples.morphology.append("")
-                samples.blur_mm.append(float("nan"))
+                samples.add(found, bool(label == MALIGNANT), index)
     return samples
 
 
