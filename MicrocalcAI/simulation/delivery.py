@@ -106,6 +106,45 @@ def quantise(image: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(np.round(image), 0, top).astype(np.uint8 if bits == 8 else np.uint16)
 
 
+#: Film air of issue 10's held-out archive: about 7 of 255 grey levels, not zero (a fraction of
+#: the stored full scale, so that it means the same at 16 bits), with a scanner's noise of about
+#: one grey level (judgement: the issue gives the level, not the noise).
+FRAME_AIR_FRACTION = 7.0 / 255.0
+FRAME_AIR_NOISE_FRACTION = 1.0 / 255.0
+#: Exact-zero padding the archive puts around a film, mm per side (rows, columns): judgement, as
+#: large as the mask tests' frames (120 and 160 pixels at 0.2 mm); the issue says only that the
+#: frames are padded with exact zeros.
+FRAME_PAD_MM = (24.0, 32.0)
+
+
+def frame_as_archive(
+    image: np.ndarray,
+    spacing_mm: float,
+    bits: int,
+    rng: np.random.Generator,
+    *,
+    air_fraction: float = FRAME_AIR_FRACTION,
+    noise_fraction: float = FRAME_AIR_NOISE_FRACTION,
+    pad_mm: tuple[float, float] = FRAME_PAD_MM,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """A delivered film framed as issue 10's held-out archive holds it: returns (the framed
+    image in ``bits``' stored type, (rows, columns) of padding added on each side).
+
+    Film air is lifted to at least ``air_fraction`` of the full scale (plus noise), then the
+    frame is padded with exact zeros: the padding must not set the mask's background level,
+    nor may film air or burned-in labels (which stay as the film has them) become breast
+    (issue 10, finding 4). Stored pixel (r, c) of the film is (r + rows, c + columns) framed.
+    """
+    if bits not in (8, 16):
+        raise SimulationError(f"bits must be 8 or 16, got {bits!r}")
+    top = float(2**bits - 1)
+    air = np.round(top * (air_fraction + noise_fraction * rng.standard_normal(image.shape)))
+    lifted = np.maximum(np.asarray(image, dtype=np.float64), air)
+    pad = (int(round(pad_mm[0] / spacing_mm)), int(round(pad_mm[1] / spacing_mm)))
+    framed = np.pad(lifted, ((pad[0], pad[0]), (pad[1], pad[1])))
+    return quantise(framed, bits), pad
+
+
 def write_film_deliveries(
     out_dir: os.PathLike | str,
     split: str = "training",

