@@ -53,13 +53,14 @@ def test_place_map_sorts_padding_labels_air_edges_skin_and_breast(locations: Any
     assert at(50, 25) == "breast"
     boxes = np.array([[27.0, 50.0, 37.0, 60.0], [0.0, 0.0, 4.0, 4.0], [70.0, 3.0, 80.0, 13.0]])  # framed pixels
     assert locations.mark_places(boxes, places) == ["breast", "padding", "label"]
-    marks = [{"place": p} for p in ("breast", "breast", "label")]
+    marks = [{"place": p, "to_outline_mm": d} for p, d in (("breast", 4.0), ("breast", 2.5), ("label", 0.0))]
     assert locations.tally(marks, 2) == {
         "images": 2,
         "marks": 3,
         "marks_per_image": 1.5,
         "by_place": {"padding": 0, "label": 1, "air": 0, "film edge": 0, "skin line": 0, "breast": 2},
         "off_breast_or_edges": 1,
+        "closest_to_outline_mm": 2.5,
     }
 
 
@@ -88,3 +89,8 @@ def test_a_real_film_framed_keeps_its_breast_and_its_labels_land_on_the_label(
     assert (framed_mask & reference).sum() / reference.sum() > 0.88
     assert (framed_mask & ~reference).sum() / reference.sum() < 0.01
     assert not framed_mask[label].any()
+    # Distances to the skin line: 0 off the breast, up to a few cm inside, and the skin-line band
+    # is where they are under 3 mm.
+    skin = film.places == locations.PLACES.index("skin line")
+    assert film.to_outline_mm[~reference].max() == 0 and 20 < film.to_outline_mm.max() < 150
+    assert film.to_outline_mm[skin].max() <= 3.0 and film.to_outline_mm[breast_ref].min() > 3.0

@@ -26,9 +26,11 @@ from MicrocalcAI.simulation.anatomy import procedural_breast  # noqa: E402
 from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary  # noqa: E402
 from MicrocalcAI.simulation.calcifications import (  # noqa: E402
     BIOPSIED_CLUSTER_MORPHOLOGIES,
+    BIOPSIED_DISTRIBUTIONS,
     MORPHOLOGIES,
     build_morphology_cluster,
     cluster_benign,
+    cluster_birads,
     cluster_malignant,
     morphology_selection,
 )
@@ -207,6 +209,35 @@ def test_morphology_selection_spells_all_one_way_and_refuses_unknown_names():
         morphology_selection(["punctate", "popcorn_xl"])
     with pytest.raises(ValueError, match="unknown"):
         morphology_selection(["all", "rim"])  # "all" is a word of its own, not a morphology
+
+
+def test_allowed_distributions_restrict_the_drawn_spread_and_nothing_else():
+    def draws(allowed: tuple[str, ...], n: int = 60) -> list[tuple[str, str, str]]:
+        rng = np.random.default_rng(5)
+        out = []
+        for i in range(n):
+            g = cluster_birads(
+                rng,
+                "benign" if i % 2 else "malignant",
+                allowed=BIOPSIED_CLUSTER_MORPHOLOGIES,
+                allowed_distributions=allowed,
+            )
+            out.append((g.category, g.morphology, g.distribution))
+        return out
+
+    free, biopsied = draws(()), draws(BIOPSIED_DISTRIBUTIONS)
+    assert {d for _, m, d in free if m == "punctate"} >= {"regional", "diffuse"}  # punctate's own spreads
+    assert {d for _, _, d in biopsied} <= set(BIOPSIED_DISTRIBUTIONS)
+    assert {d for _, m, d in biopsied if m == "punctate"} == {"grouped"}  # its only biopsied one
+    assert [c for c, _, _ in biopsied] == [c for c, _, _ in free]  # classes as before
+    # No restriction draws exactly what the simulator drew before the option existed.
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    a = build_morphology_cluster(rng_a, "amorphous")
+    b = build_morphology_cluster(rng_b, "amorphous", allowed_distributions=())
+    assert a.distribution == b.distribution and len(a.specks) == len(b.specks)
+    # A restriction the morphology cannot meet leaves it its own distributions.
+    vascular = build_morphology_cluster(np.random.default_rng(1), "vascular", allowed_distributions=("grouped",))
+    assert vascular.distribution == "linear"
 
 
 def test_rle_round_trip():

@@ -85,6 +85,13 @@ class FramedFilm:
     laterality: str
     view: str
     places: np.ndarray  # (rows, cols) uint8: index into PLACES of every framed pixel
+    to_outline_mm: np.ndarray  # (rows, cols) float32: distance to the breast's outline (0 off the breast)
+
+
+def outline_distance(breast: np.ndarray) -> np.ndarray:
+    """Pixels from each breast pixel to the breast's outline (0 off the breast), inside the film
+    only: the film's border, where the film cut the breast, is not skin."""
+    return ndi.distance_transform_edt(np.pad(breast, 1, constant_values=True))[1:-1, 1:-1]
 
 
 def place_map(
@@ -97,8 +104,7 @@ def place_map(
     film-edge and skin-line band width in pixels.
     """
     rows, cols = breast.shape
-    # Distance to the breast's outline inside the film only: the film's border is not skin.
-    to_outline = ndi.distance_transform_edt(np.pad(breast, 1, constant_values=True))[1:-1, 1:-1]
+    to_outline = outline_distance(breast)
     r, c = np.mgrid[0:rows, 0:cols]
     to_border = np.minimum(np.minimum(r, rows - 1 - r), np.minimum(c, cols - 1 - c))
     film = np.full((rows, cols), PLACES.index("air"), dtype=np.uint8)
@@ -123,27 +129,36 @@ def frame_film(
     labels = [tuple(v / factor for v in box) for box in BURNED_IN_LABEL_BOXES.get((case, view_key), ())]
     laterality, view = package_view_codes(view_key)
     places = place_map(breast, labels, pad, band_mm / delivery.spacing_mm)
-    return FramedFilm(f"case{case}_{view_key}", framed, delivery.spacing_mm, laterality, view, places)
+    to_outline = (outline_distance(breast) * delivery.spacing_mm).astype(np.float32)
+    to_outline = np.pad(to_outline, ((pad[0], pad[0]), (pad[1], pad[1])))
+    return FramedFilm(f"case{case}_{view_key}", framed, delivery.spacing_mm, laterality, view, places, to_outline)
+
+
+def centre_pixels(boxes_px: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the pixels holding each box's centre, boxes [x0, y0, x1, y1]."""
+    boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+    x = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2).astype(int), 0, shape[1] - 1)
+    y = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2).astype(int), 0, shape[0] - 1)
+    return y, x
 
 
 def mark_places(boxes_px: np.ndarray, places: np.ndarray) -> list[str]:
     """The place (:data:`PLACES`) of each mark's box centre, boxes [x0, y0, x1, y1] in framed pixels."""
-    boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
-    rows, cols = places.shape
-    x = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2).astype(int), 0, cols - 1)
-    y = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2).astype(int), 0, rows - 1)
+    y, x = centre_pixels(boxes_px, places.shape)
     return [PLACES[int(i)] for i in places[y, x]]
 
 
 def tally(marks: Sequence[dict[str, Any]], images: int) -> dict[str, Any]:
     """Marks per place, in total and per image."""
     counts = {place: sum(1 for m in marks if m["place"] == place) for place in PLACES}
+    inside = [m["to_outline_mm"] for m in marks if m["to_outline_mm"] > 0]
     return {
         "images": images,
         "marks": len(marks),
         "marks_per_image": len(marks) / images if images else float("nan"),
         "by_place": counts,
         "off_breast_or_edges": sum(counts[p] for p in PLACES if p != "breast"),
+        "closest_to_outline_mm": min(inside) if inside else None,
     }
 
 
@@ -153,12 +168,13 @@ def markdown(results: Sequence[dict[str, Any]], model: str, threshold: float, ba
         f"as issue 10's held-out archive (exact-zero padding, film air lifted, burned-in labels); "
         f"bands {band_mm:g} mm. Marks by where their centre lands:",
         "",
-        "| delivery | images | marks/image | " + " | ".join(PLACES) + " |",
-        "|---" * (3 + len(PLACES)) + "|",
+        "| delivery | images | marks/image | " + " | ".join(PLACES) + " | closest to the skin line, mm |",
+        "|---" * (4 + len(PLACES)) + "|",
     ]
     for result in results:
         t = result["tally"]
-        cells = [str(t["by_place"][p]) for p in PLACES]
+        closest = "-" if t["closest_to_outline_mm"] is None else f"{t['closest_to_outline_mm']:.1f}"
+        cells = [str(t["by_place"][p]) for p in PLACES] + [closest]
         lines.append(
             f"| {result['delivery']} | {t['images']} | {t['marks_per_image']:.2f} | " + " | ".join(cells) + " |"
         )
@@ -211,12 +227,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 analyzer.prepare(mammogram), name=f"{film.name}_{delivery.label}", threshold=threshold
             )
             boxes = np.array([lesion.box_px for lesion in findings.lesions]).reshape(-1, 4)
-            for lesion, place in zip(findings.lesions, mark_places(boxes, film.places)):
+            rows, cols = centre_pixels(boxes, film.places.shape)
+            for lesion, place, r, c in zip(findings.lesions, mark_places(boxes, film.places), rows, cols):
                 marks.append(
                     {
                         "film": film.name,
                         "box_px": [round(v, 1) for v in lesion.box_px],
                         "score": lesion.score,
+                        "to_outline_mm": round(float(film.to_outline_mm[r, c]), 2),
                         "place": place,
                     }
                 )

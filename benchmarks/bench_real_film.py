@@ -87,6 +87,7 @@ from MicrocalcAI.simulation.backgrounds import (  # noqa: E402
 )
 from MicrocalcAI.simulation.calcifications import (  # noqa: E402
     BIOPSIED_CLUSTER_MORPHOLOGIES,
+    BIOPSIED_DISTRIBUTIONS,
     cluster_birads,
     morphology_selection,
 )
@@ -165,6 +166,10 @@ class ClusterPopulation:
 
     morphologies: tuple[str, ...] = BIOPSIED_CLUSTER_MORPHOLOGIES  # () = every morphology
     contrast_spacing_mm: Optional[float] = REAL_CONTRAST_SPACING_MM
+    #: Distributions the clusters are drawn in (each morphology's own weights among them);
+    #: () = all of each morphology's, the definition so far (70% of punctate clusters then
+    #: regional or diffuse); ``BIOPSIED_DISTRIBUTIONS``: those of biopsied clusters only.
+    distributions: tuple[str, ...] = ()
 
 
 @dataclass
@@ -244,7 +249,9 @@ def render_cluster(
     """
     category = "malignant" if rng.random() < 0.5 else "benign"
     # The geometry's category follows its morphology when ``morphologies`` lacks the class drawn.
-    geometry = cluster_birads(rng, category, allowed=population.morphologies)
+    geometry = cluster_birads(
+        rng, category, allowed=population.morphologies, allowed_distributions=population.distributions
+    )
     k = max(1, int(round(spacing_mm / RENDER_SPACING_MM)))
     fine = spacing_mm / k
     bounds = np.array([s.bounds() for s in geometry.specks])  # x0, y0, x1, y1 in mm
@@ -657,6 +664,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "the calibration measured; 'all': every morphology, the definition before 2026-12-02)",
     )
     parser.add_argument(
+        "--distributions",
+        choices=("all", "biopsied"),
+        default="all",
+        help="BI-RADS distributions of the inserted clusters: each morphology's own ('all', the default; most "
+        "punctate clusters then regional or diffuse) or only those of biopsied clusters (grouped, linear, "
+        "segmental: every punctate cluster grouped)",
+    )
+    parser.add_argument(
         "--peak-contrasts",
         type=float,
         nargs="+",
@@ -714,7 +729,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         contrast_spacing = -1.0
     if contrast_spacing is not None and not 0.0 < contrast_spacing <= 1.0:
         parser.error(f"--contrast-spacing must be a spacing in (0, 1] mm or 'delivered', got {args.contrast_spacing!r}")
-    population = ClusterPopulation(morphologies, contrast_spacing)
+    distributions = BIOPSIED_DISTRIBUTIONS if args.distributions == "biopsied" else ()
+    population = ClusterPopulation(morphologies, contrast_spacing, distributions)
 
     import torch
 
@@ -762,6 +778,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         },
         "contrast_spacing_mm": contrast_spacing or "delivered",  # where the inserted peak contrast holds
         "morphologies": list(morphologies) or "all",
+        "distributions": list(distributions) or "all",
         "peak_contrasts": list(args.peak_contrasts),  # inserted (the calibration's is the default)
         "clusters_per_image": args.clusters,
         "repeats": args.repeats,
@@ -772,7 +789,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "real_film.json").write_text(json.dumps(report, indent=2, default=float))
     table = markdown_table(results, model)
-    table += f"\nInserted morphologies: {', '.join(morphologies) or 'all'}.\n"
+    table += f"\nInserted morphologies: {', '.join(morphologies) or 'all'}"
+    table += "; distributions: " + (", ".join(distributions) or "each morphology's own") + ".\n"
     where = f"area-averaged to {contrast_spacing:g} mm" if contrast_spacing else "on each delivered grid"
     table += f"Peak contrast holds {where}.\n"
     if simulated is not None:

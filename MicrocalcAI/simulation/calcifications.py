@@ -52,6 +52,7 @@ __all__ = [
     "MorphologySpec",
     "MORPHOLOGIES",
     "BIOPSIED_CLUSTER_MORPHOLOGIES",
+    "BIOPSIED_DISTRIBUTIONS",
     "morphology_selection",
     "DISTRIBUTION_EXTENT_MM",
     "speck_irregular",
@@ -464,6 +465,13 @@ BIOPSIED_CLUSTER_MORPHOLOGIES: tuple[str, ...] = (
 )
 
 
+#: Distributions of the calcification clusters that get biopsied: grouped, linear and segmental,
+#: the distributions BI-RADS (5th ed.) lists as raising suspicion, where regional and diffuse
+#: spreads (most of the simulator's punctate clusters) are read as benign, punctate and
+#: amorphous ones especially, and are not biopsied. Issue 10's held-out clusters are biopsied.
+BIOPSIED_DISTRIBUTIONS: tuple[str, ...] = ("grouped", "linear", "segmental")
+
+
 def morphology_selection(names: Sequence[str]) -> tuple[str, ...]:
     """The ``birads_morphologies`` a command-line list stands for: ``["all"]`` (or nothing) is
     every morphology, spelled ``()`` as the simulator's config has it; anything else must be
@@ -682,13 +690,21 @@ _DISTRIBUTION_POSITIONS = {
 
 
 def build_morphology_cluster(
-    rng: np.random.Generator, morphology: str, *, distribution: Optional[str] = None, view: str = "CC"
+    rng: np.random.Generator,
+    morphology: str,
+    *,
+    distribution: Optional[str] = None,
+    view: str = "CC",
+    allowed_distributions: Sequence[str] = (),
 ) -> ClusterGeometry:
-    """A lesion of one BI-RADS morphology (see :data:`MORPHOLOGIES`) in one of its distributions."""
+    """A lesion of one BI-RADS morphology (see :data:`MORPHOLOGIES`) in one of its distributions
+    (drawn by their weights; among ``allowed_distributions`` only, when the morphology has any
+    of them)."""
     spec = MORPHOLOGIES[morphology]
     if distribution is None:
-        names = [d for d, _ in spec.distributions]
-        w = np.array([p for _, p in spec.distributions], float)
+        choices = [(d, p) for d, p in spec.distributions if d in allowed_distributions] or list(spec.distributions)
+        names = [d for d, _ in choices]
+        w = np.array([p for _, p in choices], float)
         distribution = names[int(rng.choice(len(names), p=w / w.sum()))]
     if morphology == "vascular":
         return ClusterGeometry(spec.category, morphology, distribution, _vascular_specks(rng, spec.density))
@@ -716,14 +732,20 @@ def build_morphology_cluster(
 
 
 def cluster_birads(
-    rng: np.random.Generator, category: str, *, view: str = "CC", allowed: Sequence[str] = ()
+    rng: np.random.Generator,
+    category: str,
+    *,
+    view: str = "CC",
+    allowed: Sequence[str] = (),
+    allowed_distributions: Sequence[str] = (),
 ) -> ClusterGeometry:
     """A BI-RADS lesion of ``category`` (benign = typically benign morphology, malignant =
     suspicious). When ``allowed`` holds no morphology of that category, the category follows
-    the morphology drawn from ``allowed``."""
+    the morphology drawn from ``allowed``; ``allowed_distributions`` as in
+    :func:`build_morphology_cluster`."""
     names = [m for m, sp in MORPHOLOGIES.items() if sp.category == category and (not allowed or m in allowed)]
     if not names:
         names = [m for m in MORPHOLOGIES if not allowed or m in allowed]
     w = np.array([MORPHOLOGIES[m].weight for m in names], float)
     morphology = names[int(rng.choice(len(names), p=w / w.sum()))]
-    return build_morphology_cluster(rng, morphology, view=view)
+    return build_morphology_cluster(rng, morphology, view=view, allowed_distributions=allowed_distributions)
