@@ -56,7 +56,9 @@ def test_the_diagnostic_sees_what_the_benchmark_marks(diagnose: Any) -> None:
     marks = bench.run_condition(analyzer, films, condition, clusters=6)[0]
     raw = diagnose.RawOutputs(analyzer.model)
     try:
-        records = diagnose.diagnose_image(analyzer, raw, films[0], condition, bench.delivery_seed(0, condition, 0), 6)
+        records = diagnose.diagnose_image(
+            analyzer, raw, films[0], condition, bench.delivery_seed(0, condition, 0), 6, bench.ClusterPopulation()
+        )
     finally:
         raw.remove()
     assert len(records) == marks.hits.shape[1] == 6

@@ -630,6 +630,23 @@ def build_conditions(args: argparse.Namespace) -> list[Condition]:
     return conditions
 
 
+def add_distributions_option(parser: argparse.ArgumentParser) -> None:
+    """``--distributions``, one spelling for every script that inserts the benchmark's clusters."""
+    parser.add_argument(
+        "--distributions",
+        choices=("biopsied", "all"),
+        default="biopsied",
+        help="BI-RADS distributions of the inserted clusters: only those of biopsied clusters (the default: "
+        "grouped, linear, segmental; every punctate cluster grouped) or each morphology's own ('all', the "
+        "definition before 2026-12-03: most punctate clusters regional or diffuse)",
+    )
+
+
+def distributions_chosen(option: str) -> tuple[str, ...]:
+    """:attr:`ClusterPopulation.distributions` for a ``--distributions`` value."""
+    return BIOPSIED_DISTRIBUTIONS if option == "biopsied" else ()
+
+
 def default_conditions(
     upsampling: str, spacings: Sequence[float] = DEFAULT_SPACINGS_MM, blurs: Sequence[float] = DEFAULT_BLURS_MM
 ) -> list[Condition]:
@@ -668,14 +685,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="BI-RADS morphologies of the inserted clusters (default: those of biopsied clusters, whose contrast "
         "the calibration measured; 'all': every morphology, the definition before 2026-12-02)",
     )
-    parser.add_argument(
-        "--distributions",
-        choices=("biopsied", "all"),
-        default="biopsied",
-        help="BI-RADS distributions of the inserted clusters: only those of biopsied clusters (the default: "
-        "grouped, linear, segmental; every punctate cluster grouped) or each morphology's own ('all', the "
-        "definition before 2026-12-03: most punctate clusters regional or diffuse)",
-    )
+    add_distributions_option(parser)
     parser.add_argument(
         "--peak-contrasts",
         type=float,
@@ -734,7 +744,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         contrast_spacing = -1.0
     if contrast_spacing is not None and not 0.0 < contrast_spacing <= 1.0:
         parser.error(f"--contrast-spacing must be a spacing in (0, 1] mm or 'delivered', got {args.contrast_spacing!r}")
-    distributions = BIOPSIED_DISTRIBUTIONS if args.distributions == "biopsied" else ()
+    distributions = distributions_chosen(args.distributions)
     population = ClusterPopulation(morphologies, contrast_spacing, distributions)
 
     import torch

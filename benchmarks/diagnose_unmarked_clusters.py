@@ -163,10 +163,16 @@ def stage_lost(record: dict[str, Any], floor: float) -> Optional[str]:
 
 
 def diagnose_image(
-    analyzer: Analyzer, raw: RawOutputs, film: bench.Film, condition: bench.Condition, seed: int, clusters: int
+    analyzer: Analyzer,
+    raw: RawOutputs,
+    film: bench.Film,
+    condition: bench.Condition,
+    seed: int,
+    clusters: int,
+    population: bench.ClusterPopulation,
 ) -> list[dict[str, Any]]:
-    """One delivery: a record per inserted cluster."""
-    image, truth, details = bench.deliver(film, condition, seed, clusters, bench.ClusterPopulation())
+    """One delivery: a record per inserted cluster of ``population``."""
+    image, truth, details = bench.deliver(film, condition, seed, clusters, population)
     mammogram = read_mammogram(
         image, spacing_mm=condition.stated_spacing_mm, laterality=film.laterality, view=film.view
     )
@@ -269,9 +275,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--blurs", type=float, nargs="+", default=list(bench.DEFAULT_BLURS_MM), help="added blur sigmas (mm)"
     )
+    bench.add_distributions_option(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.clusters < 1:
         parser.error("--repeats and --clusters must be at least 1")
+    population = bench.ClusterPopulation(distributions=bench.distributions_chosen(args.distributions))
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     analyzer = Analyzer(args.model, device="cpu", score_threshold=EVAL_MIN_SCORE)
@@ -289,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for repeat in range(args.repeats):
                 for index, film in enumerate(films):
                     seed = bench.delivery_seed(index, condition, repeat)
-                    records += diagnose_image(analyzer, raw, film, condition, seed, args.clusters)
+                    records += diagnose_image(analyzer, raw, film, condition, seed, args.clusters, population)
             done = [r for r in records if r["condition"] == condition.label]
             marked = sum(r["marked"] is not None and r["marked"] >= EVAL_MIN_SCORE for r in done)
             print(f"{condition.label}: {marked}/{len(done)} marked ({time.perf_counter() - started:.0f} s)", flush=True)

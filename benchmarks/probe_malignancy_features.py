@@ -259,9 +259,15 @@ def best_proposals(
 
 
 def collect_benchmark(
-    analyzer: Analyzer, hooks: FeatureHooks, conditions: Sequence[bench.Condition], repeats: int, floor: float
+    analyzer: Analyzer,
+    hooks: FeatureHooks,
+    conditions: Sequence[bench.Condition],
+    repeats: int,
+    floor: float,
+    population: bench.ClusterPopulation,
 ) -> ClusterSamples:
-    """The benchmark's deliveries under ``conditions``, ``repeats`` cluster seeds per film."""
+    """The benchmark's deliveries of ``population``'s clusters under ``conditions``, ``repeats``
+    cluster seeds per film."""
     films = bench.load_held_out_films()
     samples = ClusterSamples()
     started = time.perf_counter()
@@ -271,7 +277,7 @@ def collect_benchmark(
             for index, film in enumerate(films):
                 seed = bench.delivery_seed(index, condition, repeat)
                 image, truth, details = bench.deliver(
-                    film, condition, seed, bench.DEFAULT_CLUSTERS_PER_FILM, bench.ClusterPopulation()
+                    film, condition, seed, bench.DEFAULT_CLUSTERS_PER_FILM, population
                 )
                 mammogram = read_mammogram(
                     image, spacing_mm=condition.stated_spacing_mm, laterality=film.laterality, view=film.view
@@ -494,6 +500,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=4, help="cluster seeds per film, as the benchmark's --repeats")
     parser.add_argument("--train-coco", type=Path, default=None, help="also fit the regression on this labelled set")
     parser.add_argument("--c", type=float, nargs="+", default=list(DEFAULT_C), help="regularisation strengths")
+    bench.add_distributions_option(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -509,7 +516,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     hooks = FeatureHooks(analyzer.model)
     started = time.perf_counter()
     try:
-        data = collect_benchmark(analyzer, hooks, conditions, args.repeats, floor).arrays()
+        population = bench.ClusterPopulation(distributions=bench.distributions_chosen(args.distributions))
+        data = collect_benchmark(analyzer, hooks, conditions, args.repeats, floor, population).arrays()
         analyzer.upsampling = default_upsampling  # the rows set their own; a COCO set reads as `detect` would
         train = collect_coco(analyzer, hooks, args.train_coco, floor).arrays() if args.train_coco else None
     finally:
