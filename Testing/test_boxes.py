@@ -82,3 +82,13 @@ def test_box_intersection_is_the_overlapping_area_of_every_pair():
     b = np.array([[5.0, 5, 15, 15], [0.0, 0, 10, 10], [100.0, 100, 110, 110]])
     assert box_intersection(a, b).tolist() == [[25.0, 100.0, 0.0], [0.0, 0.0, 0.0]]
     assert box_intersection(a, np.zeros((0, 4))).shape == (2, 0)
+
+
+def test_centre_pixels_floor_the_centre_and_clip_into_the_image() -> None:
+    from MicrocalcAI.core.boxes import centre_pixels
+
+    boxes = [[10.0, 20.0, 13.0, 25.0], [-8.0, -8.0, -2.0, -2.0], [95.0, 45.0, 120.0, 60.0], [3.0, 4.0, 3.0, 4.0]]
+    rows, cols = centre_pixels(boxes, (50, 100))
+    assert rows.tolist() == [22, 0, 49, 4] and cols.tolist() == [11, 0, 99, 3]  # 22.5 -> 22; clipped both ways
+    empty_rows, empty_cols = centre_pixels(np.zeros((0, 4)), (50, 100))
+    assert empty_rows.shape == empty_cols.shape == (0,)

@@ -51,6 +51,13 @@ def test_place_map_sorts_padding_labels_air_edges_skin_and_breast(locations: Any
     assert at(50, 1) == "film edge"  # breast at the film's border
     assert at(50, 48) == "skin line" and at(12, 30) == "skin line"  # breast within 3 px of its outline
     assert at(50, 25) == "breast"
+    # A mask that stops 2 px short of the border it reaches (as real masks do at a cut): the
+    # strip is the cut, not skin; breast pixels beside it are film edge or breast, not skin line.
+    short = np.zeros((100, 80), bool)
+    short[10:90, 2:50] = True
+    places_short = locations.place_map(short, [], (0, 0), band_px=3.0)
+    assert name[int(places_short[50, 2])] == "film edge" and name[int(places_short[50, 4])] == "breast"
+    assert name[int(places_short[50, 48])] == "skin line"
     boxes = np.array([[27.0, 50.0, 37.0, 60.0], [0.0, 0.0, 4.0, 4.0], [70.0, 3.0, 80.0, 13.0]])  # framed pixels
     assert locations.mark_places(boxes, places) == ["breast", "padding", "label"]
     marks = [{"place": p, "to_outline_mm": d} for p, d in (("breast", 4.0), ("breast", 2.5), ("label", 0.0))]

@@ -44,7 +44,7 @@ def test_refit_on_other_groups_finds_information_the_head_lacks(probe: Any) -> N
     result["detail"] = {"head": probe.by_morphology_and_blur(data)}
     table = probe.markdown(result, ["row a", "row b"], "test model")
     assert "| re-fit |" in table and "Rows: 1 row a; 2 row b" in table
-    assert "| head_detail |" not in table  # the detail has its own tables
+    assert "| detail |" not in table and "| without_lesion |" not in table  # not scorers: tables of their own
     assert "| 0.095-0.12 |" in table and f"| x | {int(data['y'].sum())} |" in table
 
 
@@ -168,19 +168,43 @@ def test_cue_refits_are_scored_on_the_clusters_with_a_lesion_and_split_out_group
     cues[:10] = np.nan  # no reported lesion found these
     data["cues"] = cues
     data["distribution"] = np.array(["grouped", "diffuse"] * (n // 2), dtype=object)
-    kept = probe.with_cues(data)
-    assert len(kept["y"]) == n - 10 and kept["X"].shape[0] == n - 10 and np.isfinite(kept["cues"]).all()
-    refits, detailed = probe.fit_and_score(kept, None, [0.1], "")
+    assert probe.with_lesion(data).sum() == n - 10
+    refits, detailed = probe.fit_and_score(data, None, [0.1], "")
     assert set(refits) == {
+        "head, clusters with a lesion",
         "box-head features, other films, C=0.1",
         "cues, other films, C=0.1",
         "head logit + cues, other films, C=0.1",
     }
-    assert detailed == ["head", "head logit + cues, other films, C=0.1"]
-    result = probe.compare(kept, refits)
+    assert detailed == ["head", "head, clusters with a lesion", "head logit + cues, other films, C=0.1"]
+    # The box-head re-fit scores every found cluster; the cue re-fits only those with a lesion.
+    assert not np.isnan(refits["box-head features, other films, C=0.1"]).any()
+    for name in ("head, clusters with a lesion", "cues, other films, C=0.1", "head logit + cues, other films, C=0.1"):
+        assert np.isnan(refits[name][:10]).all() and not np.isnan(refits[name][10:]).any()
+    result = probe.compare(data, refits)
+    assert result["head"]["n"] == n and result["cues, other films, C=0.1"]["n"] == n - 10
     assert result["cues, other films, C=0.1"]["auc"] > 0.9 > result["head"]["auc"]
-    assert result["head"]["grouped"]["n"] == int((kept["distribution"] == "grouped").sum())
-    result["detail"] = {name: probe.by_morphology_and_blur(kept, refits.get(name)) for name in detailed}
+    scored_grouped = int(((data["distribution"] == "grouped") & probe.with_lesion(data)).sum())
+    assert result["cues, other films, C=0.1"]["grouped"]["n"] == scored_grouped
+    assert result["head"]["grouped"]["n"] == n // 2
+    result["detail"] = {name: probe.by_morphology_and_blur(data, refits.get(name)) for name in detailed}
     table = probe.markdown(result, ["row a", "row b"], "test model")
-    assert "AUC grouped" in table and "| cues, other films, C=0.1 |" in table
-    assert "| morphology | clusters | head | head logit + cues, other films, C=0.1 |" in table
+    assert "AUC grouped (clusters)" in table and f"| cues, other films, C=0.1 | {n - 10} |" in table
+    assert f"| head | {n} |" in table
+    assert (
+        "| morphology | clusters | head | head, clusters with a lesion | head logit + cues, other films, C=0.1 |"
+        in table
+    )
+
+
+def test_fits_on_a_labelled_set_use_its_rows_with_a_lesion_for_the_cues(probe: Any) -> None:
+    rng = np.random.default_rng(3)
+    data, train = _data(rng), _data(rng, n=200)
+    for d in (data, train):
+        d["cues"] = rng.normal(size=(len(d["y"]), len(probe.CUE_NAMES)))
+        d["cues"][:, 0] += np.where(d["y"], 2.0, -2.0)
+    train["cues"][:5] = np.nan  # rows without a lesion must not reach the cue fit (it would fail on nan)
+    refits, _ = probe.fit_and_score(data, train, [1.0], "sim")
+    assert refits["cues, fit on sim, C=1"].shape == data["y"].shape
+    assert probe.compare(data, refits)["cues, fit on sim, C=1"]["auc"] > 0.9
+    assert not np.isnan(refits["box-head features, fit on sim, C=1"]).any()

@@ -436,20 +436,21 @@ def test_clipped_air_keeps_the_faint_periphery() -> None:
 @pytest.mark.parametrize("case,key", [(0, "lcc"), (1, "rmlo")])
 def test_real_film_padded_with_zeros_and_labelled_keeps_its_mask(case: int, key: str) -> None:
     # A real CBIS film delivered as issue 10's archive does: 0.2 mm (4x4 block means), 8-bit,
-    # film air lifted to >= 7/255, a burned-in label drawn into the air, the frame padded with
-    # exact zeros. The mask must match the film's own mask before the padding and label.
-    pixels = real_mammogram(case, key).pixels.astype(np.float32)
-    rows, cols = (pixels.shape[0] // 4) * 4, (pixels.shape[1] // 4) * 4
-    coarse = pixels[:rows, :cols].reshape(rows // 4, 4, cols // 4, 4).mean(axis=(1, 3))
-    film = np.round(coarse * (255.0 / pixels.max()))
-    film = np.maximum(film, np.round(7.0 + np.random.default_rng(1).normal(0.0, 1.0, film.shape)))
-    reference = breast_mask(film, (0.2, 0.2))
+    # a burned-in label drawn into the air, then framed (simulation.delivery.frame_as_archive:
+    # film air lifted to >= 7/255, exact-zero padding). The mask must match the mask of the same
+    # air-lifted film without the padding and label.
+    from MicrocalcAI.simulation.delivery import digitise, frame_as_archive
+
+    film = digitise(np.asarray(real_mammogram(case, key).pixels), 0.2, 0.0, 8)
+    lifted, _ = frame_as_archive(film, 0.2, 8, np.random.default_rng(1), pad_mm=(0.0, 0.0))
+    reference = breast_mask(lifted.astype(np.float32), (0.2, 0.2))
     labelled = film.copy()
-    side = cols // 4 - 200 if real_mammogram(case, key).laterality == "L" else 60  # air, nipple side
+    side = film.shape[1] - 200 if real_mammogram(case, key).laterality == "L" else 60  # air, nipple side
     labelled[60:130, side : side + 140 : 1][:, ::12] = 250.0  # vertical strokes
     labelled[60:66, side : side + 140] = 250.0
-    framed = np.pad(labelled, ((120, 120), (160, 160)))
-    mask = breast_mask(framed, (0.2, 0.2))[120:-120, 160:-160]
+    framed, (pr, pc) = frame_as_archive(labelled, 0.2, 8, np.random.default_rng(1))  # same air noise
+    assert (pr, pc) == (120, 160) and not framed[:pr].any() and not framed[:, :pc].any()
+    mask = breast_mask(framed.astype(np.float32), (0.2, 0.2))[pr:-pr, pc:-pc]
     assert abs(int(mask.sum()) - int(reference.sum())) / reference.sum() < 0.05
     assert (mask ^ reference).sum() / reference.sum() < 0.06
     assert mask[60:130, side : side + 140].mean() < 0.01

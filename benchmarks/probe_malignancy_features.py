@@ -25,8 +25,9 @@ part of the gap. This probe measures that ceiling before anyone builds it:
   cluster (:func:`lesion_cues`: box sides, speck count and density, speck sizes and their
   variation, spacing and spread of the speck centres, the detector's score), alone and beside
   the head's logit: what BI-RADS reads beside a speck's shape, available to the engine without
-  retraining the detector. Clusters of grouped distribution (those a biopsy sees) are also
-  scored apart.
+  retraining the detector, scored on the clusters a reported lesion finds. Clusters of grouped
+  distribution are also scored apart (under ``--distributions all`` most benign clusters are
+  regional or diffuse spreads, which a cue can tell by size alone).
 
     python benchmarks/probe_malignancy_features.py --repeats 4 --out out/probe_malignancy   # 7-12 min on 2 cores, by load
     python benchmarks/probe_malignancy_features.py --train-coco work_dirs/film/sim_val/annotations.json   # + ~1.5 s/image
@@ -60,7 +61,7 @@ from diagnose_unmarked_clusters import RawOutputs, raw_floor  # noqa: E402  (the
 
 from MicrocalcAI.core.boxes import hit_matrix  # noqa: E402
 from MicrocalcAI.core.detect.tiling import tile_origins  # noqa: E402
-from MicrocalcAI.core.findings.lesions import ClusterRule, densest_speck_count  # noqa: E402
+from MicrocalcAI.core.findings.lesions import ClusterRule, densest_speck_count, speck_positions_mm  # noqa: E402
 from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
 from MicrocalcAI.core.records import Lesion  # noqa: E402
@@ -120,8 +121,7 @@ def lesion_cues(lesion: Lesion, spacing_mm: tuple[float, float]) -> np.ndarray:
     long_mm, short_mm = max(x1 - x0, y1 - y0, 1e-3), max(min(x1 - x0, y1 - y0), 1e-3)
     specks = lesion.specks
     n = len(specks)
-    row_mm, col_mm = spacing_mm
-    xy = np.array([(s.centroid_px[0] * col_mm, s.centroid_px[1] * row_mm) for s in specks]).reshape(-1, 2)
+    xy = speck_positions_mm(specks, spacing_mm)
     diameters = np.array([s.diameter_mm for s in specks], dtype=np.float64)
     if n >= 2:
         distances = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(axis=2))
@@ -326,11 +326,9 @@ def cross_validated_logits(X: np.ndarray, y: np.ndarray, groups: np.ndarray, c: 
     return out
 
 
-def with_cues(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The samples whose cluster a reported lesion finds (finite cues), every array cut alike,
-    so that the head and the cue re-fits are scored on the same clusters."""
-    keep = np.isfinite(data["cues"]).all(axis=1)
-    return {k: v[keep] if len(v) == len(keep) else v for k, v in data.items()}
+def with_lesion(data: dict[str, np.ndarray]) -> np.ndarray:
+    """Which samples' cluster a reported lesion finds (finite cues): the ones a cue re-fit can score."""
+    return np.isfinite(data["cues"]).all(axis=1)
 
 
 def cue_inputs(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -356,18 +354,20 @@ def compare(data: dict[str, np.ndarray], refits: dict[str, np.ndarray]) -> dict[
     distributions = data.get("distribution", np.array([], dtype=object))
     result: dict[str, Any] = {"n": int(len(y)), "malignant": int(y.sum())}
     for name, value in scorers.items():
-        result[name] = {"auc": _auc(value, y), "accuracy": _accuracy(value, y)}
+        scored = ~np.isnan(value)
+        result[name] = {"auc": _auc(value, y), "accuracy": _accuracy(value, y), "n": int(scored.sum())}
         result[name]["per_row"] = {
             int(r): {"auc": _auc(value[rows == r], y[rows == r]), "n": int((rows == r).sum())} for r in np.unique(rows)
         }
         if len(distributions) == len(y) and len(y):
-            # grouped clusters apart: the distribution of biopsied clusters (a diffuse or
+            # grouped clusters apart: spreads (regional, diffuse; under --distributions all most
+            # punctate clusters) can be told by their size alone, grouped ones cannot
             # regional spread of punctate specks is read as benign on sight and not biopsied)
             grouped = distributions == "grouped"
             result[name]["grouped"] = {
                 "auc": _auc(value[grouped], y[grouped]),
                 "accuracy": _accuracy(value[grouped], y[grouped]),
-                "n": int(grouped.sum()),
+                "n": int((grouped & scored).sum()),
             }
     return result
 
@@ -414,29 +414,27 @@ def by_morphology_and_blur(data: dict[str, np.ndarray], value: Optional[np.ndarr
 
 def markdown(result: dict[str, Any], labels: Sequence[str], model: str) -> str:
     scorers = [k for k in result if isinstance(result[k], dict) and "auc" in result[k]]
-    grouped = all("grouped" in result[name] for name in scorers)
-    extra = " AUC grouped | accuracy grouped |" if grouped else ""
+    grouped = bool(scorers) and all("grouped" in result[name] for name in scorers)
+    extra = " AUC grouped (clusters) | accuracy grouped |" if grouped else ""
     lines = [
         f"Model: {model}. {result['n']} found clusters ({result['malignant']} malignant).",
         "",
-        "| p_malignant from | AUC | accuracy |"
+        "| p_malignant from | clusters | AUC | accuracy |"
         + extra
         + " "
         + " | ".join(f"AUC row {i + 1}" for i in range(len(labels)))
         + " |",
-        "|---" * (3 + len(labels) + (2 if grouped else 0)) + "|",
+        "|---" * (4 + len(labels) + (2 if grouped else 0)) + "|",
     ]
     for name in scorers:
         block = result[name]
         cells = [bench._fmt(block["per_row"].get(i, {}).get("auc")) for i in range(len(labels))]
         if grouped:
-            cells = [bench._fmt(block["grouped"]["auc"]), bench._fmt(block["grouped"]["accuracy"])] + cells
-        lines.append(
-            f"| {name} | {bench._fmt(block['auc'])} | {bench._fmt(block['accuracy'])} | " + " | ".join(cells) + " |"
-        )
+            g = block["grouped"]
+            cells = [f"{bench._fmt(g['auc'])} ({g['n']})", bench._fmt(g["accuracy"])] + cells
+        first = [name, str(block.get("n", result["n"])), bench._fmt(block["auc"]), bench._fmt(block["accuracy"])]
+        lines.append("| " + " | ".join(first + cells) + " |")
     lines += ["", "Rows: " + "; ".join(f"{i + 1} {label}" for i, label in enumerate(labels))]
-    if grouped:
-        lines += [f"Grouped: the {result[scorers[0]]['grouped']['n']} clusters of grouped distribution."]
     if result.get("without_lesion"):
         lines += [f"Left out: {result['without_lesion']} clusters a proposal finds but no reported lesion does."]
     details: dict[str, Any] = result.get("detail", {})
@@ -476,21 +474,32 @@ def fit_and_score(
     on the cluster cues (alone and beside the head's logit), cross-validated over the films and,
     given ``train``, fitted on that labelled set. Returns them with the names whose detail
     (by morphology and blur) is worth a table: the head's and the cue re-fits beside it."""
-    inputs = {"box-head features": data["X"], **cue_inputs(data)}
-    refits: dict[str, np.ndarray] = {}
-    for what, X in inputs.items():
+    has = with_lesion(data)  # the box-head re-fits score every found cluster, the cue re-fits these
+    y, groups = data["y"], data["group"]
+    refits: dict[str, np.ndarray] = {"head, clusters with a lesion": np.where(has, data["logit"], np.nan)}
+    for c in strengths:
+        refits[f"box-head features, other films, C={c:g}"] = cross_validated_logits(data["X"], y, groups, c)
+    for what, X in cue_inputs(data).items():
         for c in strengths:
-            refits[f"{what}, other films, C={c:g}"] = cross_validated_logits(X, data["y"], data["group"], c)
+            value = np.full(len(y), np.nan)
+            value[has] = cross_validated_logits(X[has], y[has], groups[has], c)
+            refits[f"{what}, other films, C={c:g}"] = value
     if train is not None and len(np.unique(train["y"])) < 2:
         print(f"--train-coco: the lesions found in {train_name} are of one class or none; no re-fit on it", flush=True)
     elif train is not None:
-        train_inputs = {"box-head features": train["X"], **cue_inputs(train)}
-        for what, X in inputs.items():
+        for c in strengths:
+            refits[f"box-head features, fit on {train_name}, C={c:g}"] = (
+                _regression(c).fit(train["X"], train["y"]).decision_function(data["X"])
+            )
+        train_has = with_lesion(train)
+        train_inputs = cue_inputs(train)
+        for what, X in cue_inputs(data).items():
             for c in strengths:
-                refits[f"{what}, fit on {train_name}, C={c:g}"] = (
-                    _regression(c).fit(train_inputs[what], train["y"]).decision_function(X)
-                )
-    return refits, ["head"] + [name for name in refits if name.startswith("head logit + cues")]
+                fitted = _regression(c).fit(train_inputs[what][train_has], train["y"][train_has])
+                value = np.full(len(y), np.nan)
+                value[has] = fitted.decision_function(X[has])
+                refits[f"{what}, fit on {train_name}, C={c:g}"] = value
+    return refits, ["head", "head, clusters with a lesion"] + [n for n in refits if n.startswith("head logit + cues")]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -522,12 +531,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         train = collect_coco(analyzer, hooks, args.train_coco, floor).arrays() if args.train_coco else None
     finally:
         hooks.remove()
-    found_clusters = len(data["y"])
-    data = with_cues(data)
-    train = with_cues(train) if train is not None else None
     refits, detailed = fit_and_score(data, train, args.c, args.train_coco.parent.name if args.train_coco else "")
     result = compare(data, refits)
-    result["without_lesion"] = found_clusters - len(data["y"])
+    result["without_lesion"] = int((~with_lesion(data)).sum())
     result["detail"] = {
         name: by_morphology_and_blur(data, None if name == "head" else refits[name]) for name in detailed
     }

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["MATCH_IOU", "MATCH_RULE", "box_intersection", "box_iou", "finds", "hit_matrix"]
+__all__ = ["MATCH_IOU", "MATCH_RULE", "box_intersection", "box_iou", "centre_pixels", "finds", "hit_matrix"]
 
 #: IoU at or above which a detection finds a lesion (the other half of the rule: centre inside).
 MATCH_IOU = 0.2
@@ -30,6 +30,18 @@ MATCH_RULE = f"IoU >= {MATCH_IOU} or detection centre inside the lesion box"
 
 def _as_boxes(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def centre_pixels(
+    boxes: np.ndarray | Sequence[Sequence[float]], shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the pixel holding each ``[x0, y0, x1, y1]`` box's centre in an image
+    of ``shape``, clipped into it: the one reading of "where a mark is" on a pixel map (the
+    breast mask that keeps detections, a map of places that sorts marks)."""
+    arr = _as_boxes(boxes)
+    cols = np.clip(np.floor((arr[:, 0] + arr[:, 2]) / 2.0), 0, shape[1] - 1).astype(np.int64)
+    rows = np.clip(np.floor((arr[:, 1] + arr[:, 3]) / 2.0), 0, shape[0] - 1).astype(np.int64)
+    return rows, cols
 
 
 def box_intersection(

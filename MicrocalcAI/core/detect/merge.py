@@ -49,7 +49,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from MicrocalcAI.core.boxes import box_intersection, hit_matrix
+from MicrocalcAI.core.boxes import box_intersection, centre_pixels, hit_matrix
 from MicrocalcAI.core.detect.manifest import MERGE_FLOOR
 from MicrocalcAI.core.detect.tiling import tile_rects
 from MicrocalcAI.core.detect.vision import nms
@@ -305,8 +305,5 @@ def _tile_boxes_in_image(
 def centres_on_mask(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Boolean per box: does the box centre fall on a breast-mask pixel?"""
     mask = np.asarray(mask, dtype=bool)
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    rows, cols = mask.shape
-    u = np.clip(np.floor((boxes[:, 0] + boxes[:, 2]) / 2.0), 0, cols - 1).astype(np.int64)
-    v = np.clip(np.floor((boxes[:, 1] + boxes[:, 3]) / 2.0), 0, rows - 1).astype(np.int64)
-    return mask[v, u]
+    rows, cols = centre_pixels(boxes, mask.shape)
+    return mask[rows, cols]

@@ -49,12 +49,18 @@ class ClusterRule:
             raise InputError(f"area_mm2 must be positive, got {self.area_mm2}")
 
 
+def speck_positions_mm(specks: Sequence[Speck], spacing_mm: tuple[float, float]) -> np.ndarray:
+    """(N, 2) speck centroids (x, y) in mm: x by the column spacing, y by the row spacing of
+    ``spacing_mm`` (row, column), so that distances between specks are physical."""
+    row_mm, col_mm = spacing_mm
+    return np.array([(s.centroid_px[0] * col_mm, s.centroid_px[1] * row_mm) for s in specks]).reshape(-1, 2)
+
+
 def densest_speck_count(specks: Sequence[Speck], spacing_mm: tuple[float, float], area_mm2: float) -> int:
     """Most specks within a circle of ``area_mm2`` centred on one of them (0 without specks)."""
     if not specks:
         return 0
-    row_mm, col_mm = spacing_mm
-    xy = np.array([(s.centroid_px[0] * col_mm, s.centroid_px[1] * row_mm) for s in specks])
+    xy = speck_positions_mm(specks, spacing_mm)
     radius2 = area_mm2 / math.pi
     d2 = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(axis=2)
     return int((d2 <= radius2).sum(axis=1).max())
@@ -170,4 +176,5 @@ __all__ = [
     "box_to_mm",
     "clip_box",
     "densest_speck_count",
+    "speck_positions_mm",
 ]
