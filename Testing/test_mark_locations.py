@@ -42,7 +42,9 @@ def test_framing_pads_with_exact_zeros_and_lifts_only_the_air() -> None:
 def test_place_map_sorts_padding_labels_air_edges_skin_and_breast(locations: Any) -> None:
     breast = np.zeros((100, 80), bool)
     breast[10:90, :50] = True  # touches the left border (the film cut it there)
-    places = locations.place_map(breast, [(60, 0, 75, 10)], (5, 7), band_px=3.0)
+    places = locations.place_map(
+        breast, locations.outline_distance(breast, 3.0), [(60, 0, 75, 10)], (5, 7), band_px=3.0
+    )
     name = {i: p for i, p in enumerate(locations.PLACES)}
     assert places.shape == (110, 94)
     at = lambda r, c: name[int(places[r + 5, c + 7])]  # noqa: E731  (unframed film pixel)
@@ -55,7 +57,7 @@ def test_place_map_sorts_padding_labels_air_edges_skin_and_breast(locations: Any
     # strip is the cut, not skin; breast pixels beside it are film edge or breast, not skin line.
     short = np.zeros((100, 80), bool)
     short[10:90, 2:50] = True
-    places_short = locations.place_map(short, [], (0, 0), band_px=3.0)
+    places_short = locations.place_map(short, locations.outline_distance(short, 3.0), [], (0, 0), band_px=3.0)
     assert name[int(places_short[50, 2])] == "film edge" and name[int(places_short[50, 4])] == "breast"
     assert name[int(places_short[50, 48])] == "skin line"
     boxes = np.array([[27.0, 50.0, 37.0, 60.0], [0.0, 0.0, 4.0, 4.0], [70.0, 3.0, 80.0, 13.0]])  # framed pixels

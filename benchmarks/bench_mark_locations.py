@@ -109,16 +109,20 @@ def outline_distance(breast: np.ndarray, cut_px: float) -> np.ndarray:
 
 
 def place_map(
-    breast: np.ndarray, labels: Sequence[Sequence[float]], pad: tuple[int, int], band_px: float
+    breast: np.ndarray,
+    to_outline: np.ndarray,
+    labels: Sequence[Sequence[float]],
+    pad: tuple[int, int],
+    band_px: float,
 ) -> np.ndarray:
     """Index into :data:`PLACES` of every pixel of the framed image.
 
-    ``breast``: the mask of the unframed film; ``labels``: label boxes [x0, y0, x1, y1] in the
-    unframed film's pixels; ``pad``: (rows, columns) of padding on each side; ``band_px``: the
-    film-edge and skin-line band width in pixels.
+    ``breast``: the mask of the unframed film; ``to_outline``: its :func:`outline_distance`
+    (pixels; computed once by the caller, which also keeps it in mm); ``labels``: label boxes
+    [x0, y0, x1, y1] in the unframed film's pixels; ``pad``: (rows, columns) of padding on each
+    side; ``band_px``: the film-edge and skin-line band width in pixels.
     """
     rows, cols = breast.shape
-    to_outline = outline_distance(breast, band_px)
     to_border = border_distance(breast.shape)
     film = np.full((rows, cols), PLACES.index("air"), dtype=np.uint8)
     film[breast] = PLACES.index("breast")
@@ -141,10 +145,11 @@ def frame_film(
     factor = aperture_factor(delivery.spacing_mm)
     labels = [tuple(v / factor for v in box) for box in BURNED_IN_LABEL_BOXES.get((case, view_key), ())]
     laterality, view = package_view_codes(view_key)
-    places = place_map(breast, labels, pad, band_mm / delivery.spacing_mm)
-    to_outline = (outline_distance(breast, band_mm / delivery.spacing_mm) * delivery.spacing_mm).astype(np.float32)
-    to_outline = np.pad(to_outline, ((pad[0], pad[0]), (pad[1], pad[1])))
-    return FramedFilm(f"case{case}_{view_key}", framed, delivery.spacing_mm, laterality, view, places, to_outline)
+    band_px = band_mm / delivery.spacing_mm
+    to_outline = outline_distance(breast, band_px)
+    places = place_map(breast, to_outline, labels, pad, band_px)
+    to_outline_mm = np.pad((to_outline * delivery.spacing_mm).astype(np.float32), ((pad[0], pad[0]), (pad[1], pad[1])))
+    return FramedFilm(f"case{case}_{view_key}", framed, delivery.spacing_mm, laterality, view, places, to_outline_mm)
 
 
 def mark_places(boxes_px: np.ndarray, places: np.ndarray) -> list[str]:
