@@ -48,3 +48,25 @@ def test_inserted_clusters_report_their_distribution(bench: Any, option: str) ->
         assert {d["distribution"] for d in details} <= set(BIOPSIED_DISTRIBUTIONS) and spreads == {"grouped"}
     else:
         assert spreads & {"regional", "diffuse"}  # punctate's own spreads, the definition before 2026-12-03
+
+
+def test_clusters_over_an_mlo_views_pectoral_muscle_are_tagged_and_placed_as_before(bench: Any) -> None:
+    film = _film()
+    r, c = np.mgrid[0 : film.shape[0], 0 : film.shape[1]]
+    muscle = (c / 250 + r / 500 < 1) & (film > 100)  # a bright triangle in the upper chest-wall corner
+    film[muscle] += 60
+    details: list[dict[str, Any]] = []
+    for seed in range(8):
+        mlo, truth, more = bench.insert_clusters(film, 0.2, "L", "MLO", np.random.default_rng(seed), 4)
+        cc, truth_cc, _ = bench.insert_clusters(film, 0.2, "L", "CC", np.random.default_rng(seed), 4)
+        # The tag only says where a cluster lies: the same clusters land in the same places.
+        assert np.array_equal(mlo, cc) and np.array_equal(truth, truth_cc)
+        for box, d in zip(truth, more):
+            centre = muscle[int((box[1] + box[3]) / 2), int((box[0] + box[2]) / 2)]
+            # Boxes are centred on the cluster within a few pixels; only clusters near the edge may differ.
+            near_edge = abs((box[0] + box[2]) / 2 / 250 + (box[1] + box[3]) / 2 / 500 - 1) < 0.05
+            assert near_edge or (d["place"] == "pectoral muscle") == centre
+        details += more
+    assert {d["place"] for d in details} == {"pectoral muscle", "breast"}
+    _, _, on_cc = bench.insert_clusters(film, 0.2, "L", "CC", np.random.default_rng(0), 4)
+    assert {d["place"] for d in on_cc} == {"breast"}  # a CC view has no muscle

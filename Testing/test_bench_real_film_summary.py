@@ -75,6 +75,11 @@ def test_summary_separates_low_scores_from_unmarked_clusters(bench: Any) -> None
     assert result.sensitivity_at_fp["1"] == pytest.approx(2 / 4)
     assert result.found_by_morphology == {"amorphous": [1, 2], "punctate": [1, 2]}
     assert result.any_mark_by_morphology == {"amorphous": [1, 2], "punctate": [2, 2]}
+    # No places recorded: every cluster counts as on the breast.
+    assert result.found_by_place == {"breast": [2, 3, 4]}
+    first.places, second.places = ["pectoral muscle", "breast"], ["breast", "pectoral muscle"]
+    by_place = bench.summarise(condition, [first, second], min_specks=0, threshold=0.5).found_by_place
+    assert by_place == {"breast": [0, 1, 2], "pectoral muscle": [2, 2, 2]}
     # Classification, misses wrong: only image 1's cluster 0 is found *and* called right.
     assert result.lesion_accuracy == pytest.approx(1 / 4)
     assert result.class_accuracy_found == pytest.approx(1 / 2)
@@ -88,6 +93,7 @@ def test_summary_separates_low_scores_from_unmarked_clusters(bench: Any) -> None
     any_mark = table.split("Found by any mark")[1]
     assert "| 1 | 1/2 | 2/2 |" in any_mark.split("Called malignant")[0]
     assert "| 1 | 1/1 | 1/1 |" in table.split("Called malignant")[1]
+    assert table.split("By where the cluster's centre lies")[1].splitlines()[-1] == "| 1 | 2/3/4 |"
 
 
 def test_cluster_rule_changes_which_mark_matches(bench: Any) -> None:
@@ -117,6 +123,10 @@ def test_marks_of_mismatched_shapes_are_refused(bench: Any) -> None:
         )
     with pytest.raises(ValueError, match="categories"):
         _image(bench, [0.9], [[1]], ["amorphous"], ["cancer"], ["malignant"], [0.8])
+    with pytest.raises(ValueError, match="places has 2"):
+        image = _image(bench, [0.9], [[1]], ["amorphous"], ["malignant"], ["malignant"], [0.8])
+        image.places = ["breast", "breast"]
+        image.__post_init__()
 
 
 def test_edge_margin_and_an_image_without_clusters(bench: Any) -> None:

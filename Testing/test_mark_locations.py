@@ -39,7 +39,7 @@ def test_framing_pads_with_exact_zeros_and_lifts_only_the_air() -> None:
         frame_as_archive(film, 0.2, 12, np.random.default_rng(0))
 
 
-def test_place_map_sorts_padding_labels_air_edges_skin_and_breast(locations: Any) -> None:
+def test_place_map_sorts_padding_labels_air_edges_skin_muscle_and_breast(locations: Any) -> None:
     breast = np.zeros((100, 80), bool)
     breast[10:90, :50] = True  # touches the left border (the film cut it there)
     places = locations.place_map(
@@ -60,14 +60,27 @@ def test_place_map_sorts_padding_labels_air_edges_skin_and_breast(locations: Any
     places_short = locations.place_map(short, locations.outline_distance(short, 3.0), [], (0, 0), band_px=3.0)
     assert name[int(places_short[50, 2])] == "film edge" and name[int(places_short[50, 4])] == "breast"
     assert name[int(places_short[50, 48])] == "skin line"
+    muscle = np.zeros_like(breast)
+    muscle[10:40, :20] = True
+    with_muscle = locations.place_map(breast, locations.outline_distance(breast, 3.0), [], (0, 0), 3.0, muscle)
+    assert name[int(with_muscle[25, 10])] == "pectoral muscle" and name[int(with_muscle[60, 25])] == "breast"
+    assert name[int(with_muscle[25, 1])] == "film edge" and name[int(with_muscle[11, 10])] == "skin line"
     boxes = np.array([[27.0, 50.0, 37.0, 60.0], [0.0, 0.0, 4.0, 4.0], [70.0, 3.0, 80.0, 13.0]])  # framed pixels
     assert locations.mark_places(boxes, places) == ["breast", "padding", "label"]
-    marks = [{"place": p, "to_outline_mm": d} for p, d in (("breast", 4.0), ("breast", 2.5), ("label", 0.0))]
+    marks = [{"place": p, "to_outline_mm": d} for p, d in (("breast", 4.0), ("pectoral muscle", 2.5), ("label", 0.0))]
     assert locations.tally(marks, 2) == {
         "images": 2,
         "marks": 3,
         "marks_per_image": 1.5,
-        "by_place": {"padding": 0, "label": 1, "air": 0, "film edge": 0, "skin line": 0, "breast": 2},
+        "by_place": {
+            "padding": 0,
+            "label": 1,
+            "air": 0,
+            "film edge": 0,
+            "skin line": 0,
+            "pectoral muscle": 1,
+            "breast": 1,
+        },
         "off_breast_or_edges": 1,
         "closest_to_outline_mm": 2.5,
     }
@@ -94,7 +107,8 @@ def test_a_real_film_framed_keeps_its_breast_and_its_labels_land_on_the_label(
     # and keeps most of it: lifting the air costs the faintest periphery (docs/real-film.md,
     # section 2: 0.89-0.97 of the area on these films), it never adds air, padding or labels.
     framed_mask = breast_mask(film.image.astype(np.float32), (0.2, 0.2))
-    reference = np.isin(film.places, [locations.PLACES.index(p) for p in ("breast", "skin line", "film edge")])
+    on_breast = ("breast", "pectoral muscle", "skin line", "film edge")
+    reference = np.isin(film.places, [locations.PLACES.index(p) for p in on_breast])
     assert (framed_mask & reference).sum() / reference.sum() > 0.88
     assert (framed_mask & ~reference).sum() / reference.sum() < 0.01
     assert not framed_mask[label].any()
@@ -103,3 +117,13 @@ def test_a_real_film_framed_keeps_its_breast_and_its_labels_land_on_the_label(
     skin = film.places == locations.PLACES.index("skin line")
     assert film.to_outline_mm[~reference].max() == 0 and 20 < film.to_outline_mm.max() < 150
     assert film.to_outline_mm[skin].max() <= 3.0 and film.to_outline_mm[breast_ref].min() > 3.0
+    # The MLO view's pectoral muscle is a place of its own, in the upper chest-wall corner (case
+    # 0's left breast: chest wall on the left); the CC view has none.
+    muscle = film.places == locations.PLACES.index("pectoral muscle")
+    if key.endswith("mlo"):
+        rows, cols = np.nonzero(muscle)
+        assert 0.08 < muscle.sum() / reference.sum() < 0.25
+        breast_rows, breast_cols = np.nonzero(reference)
+        assert np.median(rows) < np.median(breast_rows) and np.median(cols) < np.median(breast_cols)
+    else:
+        assert not muscle.any()

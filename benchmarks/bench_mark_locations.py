@@ -14,13 +14,14 @@ runs the detector at the model's defaults, and sorts each mark by where its box 
 * ``film edge``: in the breast, within ``--band-mm`` of the film's border (where the film cut the
   breast: the chest wall of a CC view, the top and bottom of an MLO);
 * ``skin line``: in the breast, within ``--band-mm`` of the breast's outline;
+* ``pectoral muscle``: in the breast, on the pectoral muscle of an MLO view as
+  :func:`~MicrocalcAI.core.pectoral.pectoral_muscle` estimates it (the diagnosis in issue 10 put
+  about one false mark in ten on the pectoral muscle and chest wall);
 * ``breast``: the rest (dust, grain and tissue: most of the issue's false marks were there).
 
 "The breast" is the engine's mask of the delivered film *before* framing (no padding, air not
 lifted): the reference docs/real-film.md section 2 validated, so marks on the framing are judged
-against where the breast is, not against a mask the framing may have spoiled. The pectoral
-muscle of the MLO views is not told apart from the breast (it needs a segmentation this repository
-does not have). ``--overlays`` writes each film's overlay, as ``microcalcai detect`` draws it,
+against where the breast is, not against a mask the framing may have spoiled. ``--overlays`` writes each film's overlay, as ``microcalcai detect`` draws it,
 for a reader to check.
 
     python benchmarks/bench_mark_locations.py --out out/mark_locations             # ~4 min on 2 cores
@@ -50,9 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from MicrocalcAI.core.atomic import atomic_write_text  # noqa: E402
 from MicrocalcAI.core.boxes import centre_pixels  # noqa: E402
 from MicrocalcAI.core.outputs.overlay import write_overlay  # noqa: E402
+from MicrocalcAI.core.pectoral import pectoral_muscle  # noqa: E402
 from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
-from MicrocalcAI.core.standardise import breast_mask  # noqa: E402
+from MicrocalcAI.core.standardise import breast_mask, normalise  # noqa: E402
 from MicrocalcAI.simulation.backgrounds import (  # noqa: E402
     BURNED_IN_LABEL_BOXES,
     HELD_OUT_VIEWS,
@@ -64,13 +66,14 @@ from MicrocalcAI.simulation.delivery import (  # noqa: E402
     ARCHIVE_DELIVERIES,
     Delivery,
     aperture_factor,
-    digitise,
+    deliver_film,
     frame_as_archive,
-    quantise,
 )
 
 #: Where a mark can land, in the order a mark's centre is tested against them.
-PLACES = ("padding", "label", "air", "film edge", "skin line", "breast")
+PLACES = ("padding", "label", "air", "film edge", "skin line", "pectoral muscle", "breast")
+#: Places on the breast: a mark there is not off the breast or on an edge.
+ON_BREAST = ("pectoral muscle", "breast")
 #: Width of the film-edge and skin-line bands (mm): a mark centred this close to either is "on" it.
 DEFAULT_BAND_MM = 3.0
 #: Seed of the framing noise (fixed, so every run and model sees the same frames).
@@ -114,18 +117,22 @@ def place_map(
     labels: Sequence[Sequence[float]],
     pad: tuple[int, int],
     band_px: float,
+    muscle: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Index into :data:`PLACES` of every pixel of the framed image.
 
     ``breast``: the mask of the unframed film; ``to_outline``: its :func:`outline_distance`
     (pixels; computed once by the caller, which also keeps it in mm); ``labels``: label boxes
     [x0, y0, x1, y1] in the unframed film's pixels; ``pad``: (rows, columns) of padding on each
-    side; ``band_px``: the film-edge and skin-line band width in pixels.
+    side; ``band_px``: the film-edge and skin-line band width in pixels; ``muscle``: the
+    pectoral muscle in the unframed film's pixels (``None``: none, as on a CC view).
     """
     rows, cols = breast.shape
     to_border = border_distance(breast.shape)
     film = np.full((rows, cols), PLACES.index("air"), dtype=np.uint8)
     film[breast] = PLACES.index("breast")
+    if muscle is not None:
+        film[breast & muscle] = PLACES.index("pectoral muscle")
     film[breast & (to_outline <= band_px)] = PLACES.index("skin line")
     film[breast & (to_border < band_px)] = PLACES.index("film edge")
     for x0, y0, x1, y1 in labels:
@@ -139,15 +146,17 @@ def frame_film(
     pixels: np.ndarray, case: int, view_key: str, delivery: Delivery, band_mm: float, seed: int
 ) -> FramedFilm:
     """The film as the held-out archive holds it, and where every framed pixel lies."""
-    delivered = quantise(digitise(pixels, delivery.spacing_mm, delivery.film_blur_mm, delivery.bits), delivery.bits)
-    breast = breast_mask(delivered.astype(np.float32), (delivery.spacing_mm, delivery.spacing_mm))
+    delivered = deliver_film(pixels, delivery)
+    intensity = delivered.astype(np.float32)
+    breast = breast_mask(intensity, (delivery.spacing_mm, delivery.spacing_mm))
     framed, pad = frame_as_archive(delivered, delivery.spacing_mm, delivery.bits, np.random.default_rng(seed))
     factor = aperture_factor(delivery.spacing_mm)
     labels = [tuple(v / factor for v in box) for box in BURNED_IN_LABEL_BOXES.get((case, view_key), ())]
     laterality, view = package_view_codes(view_key)
+    muscle = pectoral_muscle(normalise(intensity, breast), breast, delivery.spacing_mm) if view == "MLO" else None
     band_px = band_mm / delivery.spacing_mm
     to_outline = outline_distance(breast, band_px)
-    places = place_map(breast, to_outline, labels, pad, band_px)
+    places = place_map(breast, to_outline, labels, pad, band_px, muscle)
     to_outline_mm = np.pad((to_outline * delivery.spacing_mm).astype(np.float32), ((pad[0], pad[0]), (pad[1], pad[1])))
     return FramedFilm(f"case{case}_{view_key}", framed, delivery.spacing_mm, laterality, view, places, to_outline_mm)
 
@@ -167,7 +176,7 @@ def tally(marks: Sequence[dict[str, Any]], images: int) -> dict[str, Any]:
         "marks": len(marks),
         "marks_per_image": len(marks) / images if images else float("nan"),
         "by_place": counts,
-        "off_breast_or_edges": sum(counts[p] for p in PLACES if p != "breast"),
+        "off_breast_or_edges": sum(counts[p] for p in PLACES if p not in ON_BREAST),
         "closest_to_outline_mm": min(inside) if inside else None,
     }
 

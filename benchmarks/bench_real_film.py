@@ -77,9 +77,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from MicrocalcAI.core.boxes import hit_matrix  # noqa: E402
 from MicrocalcAI.core.findings.lesions import DEFAULT_CLUSTER_RULE, ClusterRule, densest_speck_count  # noqa: E402
+from MicrocalcAI.core.pectoral import pectoral_muscle  # noqa: E402
 from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
 from MicrocalcAI.core.read import read_mammogram  # noqa: E402
-from MicrocalcAI.core.standardise import NormaliseConfig, breast_grey_range, breast_mask, monochrome2_intensity  # noqa: E402
+from MicrocalcAI.core.standardise import (  # noqa: E402
+    NormaliseConfig,
+    breast_grey_range,
+    breast_mask,
+    monochrome2_intensity,
+    normalise,
+)
 from MicrocalcAI.datasets.coco import LABEL_IDS  # noqa: E402
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities, roc_auc  # noqa: E402
 from MicrocalcAI.evaluation.matching import match_hits  # noqa: E402
@@ -216,6 +223,9 @@ class ConditionResult:
     auc_benign_vs_malignant_found: float = float("nan")
     #: Per morphology: [called malignant, found at the threshold].
     called_malignant_by_morphology: dict[str, list[int]] = field(default_factory=dict)
+    #: Per place of the cluster's centre ("pectoral muscle" of an MLO view, or "breast"):
+    #: [found at the threshold, found by any mark, clusters].
+    found_by_place: dict[str, list[int]] = field(default_factory=dict)
     marks_per_image: float = 0.0
     seconds_per_image: float = 0.0
 
@@ -311,10 +321,13 @@ def insert_clusters(
     Clusters sit at least 8 mm inside the breast mask and do not overlap; each cluster's peak,
     area-averaged to the population's contrast spacing, is ``peak_contrast`` times the breast's
     p0.5-p99.5 grey range (``standardise.breast_grey_range``: what normalisation maps to [0, 0.9]).
+    The mask keeps an MLO view's pectoral muscle (breast tissue overlaps it in the projection), so
+    some clusters lie over it: each cluster's ``place`` says whether its centre does.
     """
     mask = breast_mask(image, (spacing_mm, spacing_mm))
     inner = ndi.binary_erosion(mask, iterations=max(1, int(8.0 / spacing_mm)))
     lo, hi = breast_grey_range(image, mask, GREY_RANGE_SAMPLING)
+    muscle = _pectoral_muscle(image, mask, spacing_mm) if view == "MLO" else None
     amplitude = peak_contrast * float(hi - lo)
     out = image.astype(np.float32, copy=True)
     boxes: list[np.ndarray] = []
@@ -342,9 +355,16 @@ def insert_clusters(
                 "morphology": geometry.morphology,
                 "distribution": geometry.distribution,
                 "blur_sigma_mm": round(sigma, 3),
+                "place": "pectoral muscle" if muscle is not None and muscle[cy, cx] else "breast",
             }
         )
     return out, np.array(boxes).reshape(-1, 4), details
+
+
+def _pectoral_muscle(image: np.ndarray, mask: np.ndarray, spacing_mm: float) -> Optional[np.ndarray]:
+    """The pectoral muscle of a degraded film (before clusters are added), as the engine would
+    estimate it; never changes what is inserted where."""
+    return pectoral_muscle(normalise(image, mask), mask, spacing_mm)
 
 
 def deliver(
@@ -386,6 +406,8 @@ class ImageMarks:
     categories: list[str]  # (G,) "benign" / "malignant" of the inserted clusters
     labels: list[str]  # (M,) the detector's class of each mark (its label: p_malignant >= 0.5)
     p_malignant: np.ndarray  # (M,)
+    #: (G,) "pectoral muscle" or "breast": where each inserted cluster's centre lies (empty: not recorded).
+    places: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
@@ -401,6 +423,8 @@ class ImageMarks:
             wrong.append(f"hits is {np.shape(self.hits)}, not (marks, clusters)")
         if len(self.categories) != clusters or not set(self.categories) <= set(LABEL_IDS):
             wrong.append(f"categories {self.categories!r}")
+        if self.places and len(self.places) != clusters:
+            wrong.append(f"places has {len(self.places)}")
         if wrong:
             raise ValueError(f"ImageMarks of {marks} marks and {clusters} clusters: " + "; ".join(wrong))
 
@@ -448,6 +472,7 @@ def run_condition(
                 categories=[d["category"] for d in details],
                 labels=[lesion.label for lesion in findings.lesions],
                 p_malignant=np.array([lesion.p_malignant for lesion in findings.lesions]).reshape(-1),
+                places=[d["place"] for d in details],
             )
         )
     return marks
@@ -482,9 +507,10 @@ def summarise(
     """
     if not marks:
         raise ValueError(f"{condition.label}: no delivered image to summarise")
-    matches, morphologies = [], []
+    matches, morphologies, places = [], [], []
     for image in marks:
         morphologies.extend(image.morphologies)
+        places.extend(image.places or ["breast"] * len(image.morphologies))
         kept = image.specks_in_cm2 >= min_specks if min_specks > 1 else np.ones(len(image.scores), bool)
         kept &= image.edge_mm >= edge_margin_mm
         gt = np.array([LABEL_IDS[c] for c in image.categories], dtype=np.int64)
@@ -512,6 +538,12 @@ def summarise(
             tally = called_by_morphology.setdefault(morphology, [0, 0])
             tally[0] += int(called_here)
             tally[1] += 1
+    by_place: dict[str, list[int]] = {}
+    for place, found_here, marked_here in zip(places, at_threshold, marked):
+        tally = by_place.setdefault(place, [0, 0, 0])
+        tally[0] += int(found_here)
+        tally[1] += int(marked_here)
+        tally[2] += 1
     ci = binomtest(found, len(lesion_arr)).proportion_ci(method="wilson") if lesion_arr.size else None
     return ConditionResult(
         condition=condition,
@@ -531,6 +563,7 @@ def summarise(
         class_accuracy_found=float(right[at_threshold].mean()) if found else float("nan"),
         auc_benign_vs_malignant_found=roc_auc(pooled.matched_p[at_threshold], is_mal[at_threshold]),
         called_malignant_by_morphology=dict(sorted(called_by_morphology.items())),
+        found_by_place=dict(sorted(by_place.items())),
         marks_per_image=(pooled.n_fp + found) / n,
         seconds_per_image=float(statistics.median([m.seconds for m in marks])),
     )
@@ -607,6 +640,18 @@ def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
             counts = counts_of(r)
             cells = [f"{counts[m][0]}/{counts[m][1]}" if m in counts else "-" for m in morphologies]
             lines.append(f"| {index} | " + " | ".join(cells) + " |")
+    places = sorted({p for r in results for p in r.found_by_place})
+    lines += [
+        "",
+        "By where the cluster's centre lies (the pectoral muscle of the MLO views, `core.pectoral`; "
+        "found at the threshold / found by any mark / clusters):",
+        "",
+        "| row | " + " | ".join(places) + " |",
+        "|---" * (len(places) + 1) + "|",
+    ]
+    for index, r in enumerate(results, 1):
+        cells = ["/".join(map(str, r.found_by_place[p])) if p in r.found_by_place else "-" for p in places]
+        lines.append(f"| {index} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -479,7 +479,8 @@ def fit_and_score(
     refits: dict[str, np.ndarray] = {"head, clusters with a lesion": np.where(has, data["logit"], np.nan)}
     for c in strengths:
         refits[f"box-head features, other films, C={c:g}"] = cross_validated_logits(data["X"], y, groups, c)
-    for what, X in cue_inputs(data).items():
+    inputs = cue_inputs(data)
+    for what, X in inputs.items():
         for c in strengths:
             value = np.full(len(y), np.nan)
             value[has] = cross_validated_logits(X[has], y[has], groups[has], c)
@@ -493,7 +494,7 @@ def fit_and_score(
             )
         train_has = with_lesion(train)
         train_inputs = cue_inputs(train)
-        for what, X in cue_inputs(data).items():
+        for what, X in inputs.items():
             for c in strengths:
                 fitted = _regression(c).fit(train_inputs[what][train_has], train["y"][train_has])
                 value = np.full(len(y), np.nan)

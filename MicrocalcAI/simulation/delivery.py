@@ -106,6 +106,12 @@ def quantise(image: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(np.round(image), 0, top).astype(np.uint8 if bits == 8 else np.uint16)
 
 
+def deliver_film(pixels: np.ndarray, delivery: Delivery) -> np.ndarray:
+    """The film as ``delivery``'s archive stores it: :func:`digitise`, then :func:`quantise` to
+    its stored type. For films that get nothing added (export's cap, the mark-location check)."""
+    return quantise(digitise(pixels, delivery.spacing_mm, delivery.film_blur_mm, delivery.bits), delivery.bits)
+
+
 #: Film air of issue 10's held-out archive: about 7 of 255 grey levels, not zero (a fraction of
 #: the stored full scale, so that it means the same at 16 bits), with a scanner's noise of about
 #: one grey level (judgement: the issue gives the level, not the noise).
@@ -181,9 +187,7 @@ def write_film_deliveries(
         laterality, position = package_view_codes(view)
         for d, delivery in enumerate(deliveries):
             progress((f * len(deliveries) + d) / total, f"delivering {path.name} at {delivery.label}")
-            stored = quantise(
-                digitise(pixels, delivery.spacing_mm, delivery.film_blur_mm, delivery.bits), delivery.bits
-            )
+            stored = deliver_film(pixels, delivery)
             meta = SimulatedImageMeta(
                 spacing_mm=delivery.spacing_mm,
                 laterality=laterality,
