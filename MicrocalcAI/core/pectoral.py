@@ -65,12 +65,14 @@ class PectoralConfig:
 
 @dataclass(frozen=True)
 class PectoralLine:
-    """The muscle's edge: ``x / top_px + y / side_px < 1`` is muscle, with x from the chest-wall
-    edge and y from the breast's top row, in stored pixels of the frame it was found in."""
+    """The muscle's edge: ``x / top_px + y / side_px < 1`` is muscle, with x from the breast's
+    chest-wall edge (``wall_col`` pixels in from the image's border on that side: padding or
+    a crop) and y from the breast's top row, in stored pixels of the frame it was found in."""
 
     top_px: float
     side_px: float
     top_row: int
+    wall_col: int
     chest_wall_on_left: bool
     step: float
     brightness: float
@@ -120,6 +122,7 @@ def estimate_pectoral_line(
 
     rows_with = np.flatnonzero(cmask.any(axis=1))
     top_row, bottom_row = int(rows_with[0]), int(rows_with[-1])
+    wall_col = int(np.flatnonzero(cmask.any(axis=0))[0])
     height_px = bottom_row - top_row + 1
     top_width_px = int(cmask[top_row].sum())
     a_lo, a_hi = config.min_top_mm / step_mm[1], config.max_top_fraction * top_width_px
@@ -134,7 +137,7 @@ def estimate_pectoral_line(
     rows_in, cols_in = np.nonzero(cmask)
     v_all = values[rows_in, cols_in].astype(np.float64)
     ys_all = (rows_in - top_row).astype(np.float64) + 0.5  # coarse pixel centres, from the top row
-    xs_all = cols_in.astype(np.float64) + 0.5  # ... and from the chest-wall edge
+    xs_all = (cols_in - wall_col).astype(np.float64) + 0.5  # ... and from the chest-wall edge
     near = (xs_all < a_hi + 2 * band) & (ys_all < b_hi + 2 * band)
     xs, ys, v = xs_all[near], ys_all[near], v_all[near]
 
@@ -170,6 +173,7 @@ def estimate_pectoral_line(
         top_px=a * f,
         side_px=b * f,
         top_row=top_row * f,
+        wall_col=wall_col * f,
         chest_wall_on_left=left,
         step=best_step,
         brightness=brightness,
@@ -195,7 +199,7 @@ def muscle_region(line: PectoralLine, mask: np.ndarray) -> np.ndarray:
     """The pixels of ``mask`` on the muscle's side of ``line`` (same frame as the line)."""
     rows, cols = mask.shape
     y = np.arange(rows, dtype=np.float64)[:, None] + 0.5 - line.top_row
-    x = np.arange(cols, dtype=np.float64)[None, :] + 0.5
+    x = np.arange(cols, dtype=np.float64)[None, :] + 0.5 - line.wall_col
     if not line.chest_wall_on_left:
         x = x[:, ::-1]
     return (x / line.top_px + y / line.side_px < 1.0) & mask
