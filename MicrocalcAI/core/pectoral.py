@@ -33,7 +33,7 @@ import numpy as np
 
 from MicrocalcAI.core.errors import InputError
 from MicrocalcAI.core.spacing import check_spacing
-from MicrocalcAI.core.standardise import chest_wall_on_left
+from MicrocalcAI.core.standardise import chest_wall_on_left, coarse_block_mean
 
 __all__ = ["PectoralConfig", "PectoralLine", "estimate_pectoral_line", "pectoral_muscle"]
 
@@ -79,11 +79,6 @@ class PectoralLine:
     area_fraction: float
 
 
-def _block_mean(image: np.ndarray, f: int) -> np.ndarray:
-    rows, cols = image.shape[0] // f * f, image.shape[1] // f * f
-    return image[:rows, :cols].reshape(rows // f, f, cols // f, f).mean(axis=(1, 3))
-
-
 def _signed_distance(xs: np.ndarray, ys: np.ndarray, top: np.ndarray, side: np.ndarray) -> np.ndarray:
     """Distance (px) of points from the lines x/top + y/side = 1, negative on the muscle's side."""
     norm = np.sqrt(1.0 / top**2 + 1.0 / side**2)
@@ -112,11 +107,11 @@ def estimate_pectoral_line(
     if not left:
         image01, mask = image01[:, ::-1], mask[:, ::-1]
     f = max(1, int(round(config.coarse_spacing_mm / min(sr, sc))))
-    cmask = _block_mean(mask.astype(np.float32), f) > 0.5
+    cmask = coarse_block_mean(mask.astype(np.float32), (f, f)) > 0.5
     if not cmask.any():
         return None
-    values = _block_mean(np.where(mask, image01, 0).astype(np.float32), f)
-    fill = _block_mean(mask.astype(np.float32), f)
+    values = coarse_block_mean(np.where(mask, image01, 0).astype(np.float32), (f, f))
+    fill = coarse_block_mean(mask.astype(np.float32), (f, f))
     values = np.divide(values, fill, out=np.zeros_like(values), where=fill > 0)
     step_mm = (sr * f, sc * f)  # (row, column) mm per coarse pixel
 

@@ -52,6 +52,7 @@ __all__ = [
     "breast_grey_range",
     "breast_mask",
     "chest_wall_on_left",
+    "coarse_block_mean",
     "normalise",
     "normalised_stored",
     "plan_transform",
@@ -213,7 +214,7 @@ def monochrome2_intensity(m: Mammogram) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 
 
-def _block_mean(image: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
+def coarse_block_mean(image: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
     """Average over non-overlapping blocks; the ragged last row/column block is kept.
 
     Coarse pixel (i, j) covers stored rows [i*fr, (i+1)*fr) and columns [j*fc, (j+1)*fc),
@@ -229,7 +230,7 @@ def _block_mean(image: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
 
 
 def _upsample_blocks(coarse: np.ndarray, factors: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
-    """Inverse of :func:`_block_mean`'s tiling for a label image: each block gets its value."""
+    """Inverse of :func:`coarse_block_mean`'s tiling for a label image: each block gets its value."""
     out = np.repeat(np.repeat(coarse, factors[0], axis=0), factors[1], axis=1)
     return np.ascontiguousarray(out[: shape[0], : shape[1]])
 
@@ -495,7 +496,7 @@ def breast_mask(
         mask[r0:r1, c0:c1] = breast_mask(intensity[r0:r1, c0:c1], (sr, sc), config)
         return mask
     factors = (max(1, int(round(config.coarse_spacing_mm / sr))), max(1, int(round(config.coarse_spacing_mm / sc))))
-    coarse = _block_mean(intensity.astype(np.float32, copy=False), factors)
+    coarse = coarse_block_mean(intensity.astype(np.float32, copy=False), factors)
     coarse_mm = (sr * factors[0], sc * factors[1])
     mm_to_px = 1.0 / min(coarse_mm)
 
