@@ -66,6 +66,9 @@ def test_bad_inputs_are_refused_and_an_empty_mask_has_no_muscle() -> None:
     with pytest.raises(InputError, match="one shape"):
         estimate_pectoral_line(np.zeros((10, 10)), np.zeros((10, 11), bool), 0.2)
     assert estimate_pectoral_line(np.zeros((50, 50)), np.zeros((50, 50), bool), 0.2) is None
+    for bad in ({"band_mm": 0}, {"max_top_fraction": 1.5}, {"min_area_fraction": 0.5, "max_area_fraction": 0.2}):
+        with pytest.raises(InputError, match="pectoral search"):
+            PectoralConfig(**bad)
 
 
 def test_real_films_mlo_views_have_a_muscle_in_the_upper_chest_wall_corner_and_cc_views_none(

@@ -35,7 +35,7 @@ from MicrocalcAI.core.errors import InputError
 from MicrocalcAI.core.spacing import check_spacing
 from MicrocalcAI.core.standardise import chest_wall_on_left, coarse_block_mean
 
-__all__ = ["PectoralConfig", "PectoralLine", "estimate_pectoral_line", "pectoral_muscle"]
+__all__ = ["PectoralConfig", "PectoralLine", "estimate_pectoral_line", "muscle_region", "pectoral_muscle"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,16 @@ class PectoralConfig:
     #: Share of the breast mask the triangle may cover.
     min_area_fraction: float = 0.02
     max_area_fraction: float = 0.35
+
+    def __post_init__(self) -> None:
+        positive = ("coarse_spacing_mm", "band_mm", "min_top_mm", "min_side_mm")
+        if not all(isinstance(getattr(self, k), (int, float)) and getattr(self, k) > 0 for k in positive):
+            raise InputError(f"pectoral search: {', '.join(positive)} must be positive numbers, got {self}")
+        fractions = ("max_top_fraction", "max_side_fraction")
+        if not all(0 < getattr(self, k) <= 1 for k in fractions):
+            raise InputError(f"pectoral search: {', '.join(fractions)} must lie in (0, 1], got {self}")
+        if not 0 <= self.min_area_fraction <= self.max_area_fraction <= 1:
+            raise InputError(f"pectoral search: need 0 <= min_area_fraction <= max_area_fraction <= 1, got {self}")
 
 
 @dataclass(frozen=True)
