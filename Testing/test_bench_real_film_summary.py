@@ -148,3 +148,20 @@ def test_no_images_is_refused(bench: Any) -> None:
     condition = bench.Condition(spacing_mm=0.2, film_blur_mm=0.05, added_blur_mm=0.0, bits=8, upsampling="lanczos")
     with pytest.raises(ValueError, match="no delivered image"):
         bench.summarise(condition, [], min_specks=0, threshold=0.5)
+
+
+def test_a_refused_image_misses_its_clusters_and_is_counted(bench: Any) -> None:
+    """An image the engine refuses (e.g. "no breast found" at a wrong stated spacing) has no marks:
+    its clusters count as missed, as a batch reports and skips such an image."""
+    condition = bench.Condition(spacing_mm=0.2, film_blur_mm=0.05, added_blur_mm=0.0, bits=8, upsampling="lanczos")
+    found = _image(bench, [0.9], [[1]], ["amorphous"], ["malignant"], ["malignant"], [0.8])
+    details = [{"morphology": "punctate", "category": "benign", "place": "breast"}] * 2
+    refused = bench._refused(details, "no breast found", 0.5)
+    assert refused.refused == "no breast found" and refused.hits.shape == (0, 2)
+    result = bench.summarise(condition, [found, refused], min_specks=0, threshold=0.5)
+    assert result.refused_images == 1 and result.n_clusters == 3
+    assert result.sensitivity == pytest.approx(1 / 3) and result.sensitivity_any_mark == pytest.approx(1 / 3)
+    assert result.found_by_morphology == {"amorphous": [1, 1], "punctate": [0, 2]}
+    assert "Images the engine refused (no marks; their clusters missed): row 1: 1 of 2." in bench.markdown_table(
+        [result], "test model"
+    )

@@ -141,7 +141,9 @@ def test_mirrored_array_gives_mirrored_box(geometry_analyzer, tmp_path):
 
 def test_unknown_spacing_is_assumed_and_warned(analyzer, tmp_path):
     path = tmp_path / "s.dcm"
-    _simulated_dicom(path, seed=3, laterality="L", spacing=0.05)
+    # 70 mm at 0.025 mm: 140 mm long at the assumed 0.05 mm, a size a whole mammogram can have,
+    # so the model's default is kept (a smaller image gets a guess: the next test).
+    _simulated_dicom(path, seed=3, laterality="L", spacing=0.025)
     m = read_mammogram(path)
     bare = replace(m, spacing_mm=None, spacing_source=None)
     findings = analyzer.analyse(bare)
@@ -149,6 +151,24 @@ def test_unknown_spacing_is_assumed_and_warned(analyzer, tmp_path):
     assert findings.spacing_source == "assumed" and findings.spacing_mm == (assumed, assumed)
     assert any("spacing" in w and "assumed" in w for w in findings.warnings)
     assert m.spacing_mm is not None  # the caller's record was not modified
+
+
+def test_a_padded_0_2_mm_film_without_spacing_is_not_taken_for_0_05_mm(analyzer, cbis_cases):
+    """A film archive without a spacing at 0.2 mm (8-bit, zero-padded, as issue 10's held-out
+    set): at the model's assumed 0.05 mm the image would be 69 mm long, which no whole mammogram
+    is, so the analysis uses 0.2 mm and says so; it prepares exactly as with --spacing 0.2."""
+    import pydicom
+
+    from MicrocalcAI.simulation.delivery import Delivery, deliver_film, frame_as_archive
+
+    film = deliver_film(np.asarray(pydicom.dcmread(str(cbis_cases[0]["rmlo"])).pixel_array), Delivery(0.2))
+    framed, _ = frame_as_archive(film, 0.2, 8, np.random.default_rng(0))
+    guessed = analyzer.prepare(read_mammogram(framed))
+    stated = analyzer.prepare(read_mammogram(framed), spacing_mm=0.2)
+    assert guessed.spacing == (0.2, 0.2) and guessed.spacing_source == "assumed"
+    assert any("assumed 0.2 mm, not the model's default 0.05 mm" in w for w in guessed.warnings)
+    assert stated.spacing_source == "user"
+    assert np.array_equal(guessed.canonical.image, stated.canonical.image)
 
 
 def test_progress_reports_and_cancel(analyzer, tmp_path):

@@ -36,6 +36,7 @@ from MicrocalcAI.core.records import (
     OodCheck,
     Risk,
 )
+from MicrocalcAI.core.spacing import spacing_when_unknown
 from MicrocalcAI.core.standardise import DEFAULT_UPSAMPLING, normalised_stored, standardise
 
 __all__ = ["Analyzer", "PreparedImage", "Source", "analyse", "effective_spacing", "file_fingerprint"]
@@ -49,12 +50,8 @@ def effective_spacing(mammogram: Mammogram, spec: ModelSpec) -> tuple[tuple[floa
     """The spacing the analysis will use, where it came from, and the warning when it is a guess."""
     if mammogram.spacing_mm is not None:
         return (float(mammogram.spacing_mm[0]), float(mammogram.spacing_mm[1])), mammogram.spacing_source or "file", []
-    assumed = spec.assumed_input_spacing_mm
-    warning = (
-        f"pixel spacing unknown: assumed {assumed} mm (model default); sizes in mm and detection "
-        "quality depend on it, pass --spacing if you know the true value"
-    )
-    return (assumed, assumed), "assumed", [warning]
+    spacing, warning = spacing_when_unknown(mammogram.shape, spec.assumed_input_spacing_mm)
+    return spacing, "assumed", [warning]
 
 
 @dataclass

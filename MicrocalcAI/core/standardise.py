@@ -36,7 +36,7 @@ from MicrocalcAI.core.equalise import NoiseEqualisation, equalise_noise, noise_c
 from MicrocalcAI.core.errors import InputError, NotAMammogramError, SpacingError
 from MicrocalcAI.core.records import CanonicalImage, CanonicalTransform, Mammogram
 from MicrocalcAI.core.resample import SEPARABLE_INTERPOLATORS, resample_separable
-from MicrocalcAI.core.spacing import check_spacing
+from MicrocalcAI.core.spacing import check_spacing, spacing_when_unknown
 
 #: Spacings standardisation will resample from (mm): wider than the reader's plausible range,
 #: because a caller may pass any record; outside it the arithmetic itself is meaningless.
@@ -619,11 +619,8 @@ def normalise(
 def _input_spacing(m: Mammogram, assumed_input_spacing_mm: float) -> tuple[tuple[float, float], list[str]]:
     if m.spacing_mm is not None:
         return check_spacing(m.spacing_mm, plausible_mm=RESAMPLE_SPACING_RANGE_MM), []
-    spacing = check_spacing(assumed_input_spacing_mm, plausible_mm=RESAMPLE_SPACING_RANGE_MM)
-    return spacing, [
-        f"pixel spacing unknown: assumed {assumed_input_spacing_mm:g} mm; sizes in mm and the detector's "
-        "scale may be wrong (give the spacing explicitly)"
-    ]
+    spacing, warning = spacing_when_unknown(m.shape, assumed_input_spacing_mm)
+    return spacing, [warning]
 
 
 def normalised_stored(m: Mammogram, *, assumed_input_spacing_mm: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
