@@ -24,6 +24,7 @@ from MicrocalcAI.core.detect.calibration import Calibration
 from MicrocalcAI.core.errors import CancelledError, NotAMammogramError
 from MicrocalcAI.core.pipeline import Analyzer
 from MicrocalcAI.core.read import read_mammogram
+from MicrocalcAI.core.standardise import standardise
 from MicrocalcAI.simulation.config import SimulationConfig
 from MicrocalcAI.simulation.simulate import simulate_image
 from MicrocalcAI.simulation.writers import build_dicom, write_dicom
@@ -169,6 +170,11 @@ def test_a_padded_0_2_mm_film_without_spacing_is_not_taken_for_0_05_mm(analyzer,
     assert any("assumed 0.2 mm, not the model's default 0.05 mm" in w for w in guessed.warnings)
     assert stated.spacing_source == "user"
     assert np.array_equal(guessed.canonical.image, stated.canonical.image)
+    # Standardisation's own fallback (training and validation standardise files directly) follows
+    # the same rule, so training sees what inference sees.
+    direct = standardise(read_mammogram(framed), analyzer.spec.spacing_mm, assumed_input_spacing_mm=0.05)
+    assert np.array_equal(direct.image, guessed.canonical.image)
+    assert any("assumed 0.2 mm" in w for w in direct.warnings)
 
 
 def test_progress_reports_and_cancel(analyzer, tmp_path):
@@ -335,6 +341,30 @@ def test_rerun_redoes_stale_or_foreign_outputs(tmp_path, analyzer):
     written.write_text(json.dumps(doc))
     assert run_batch([other], out, analyzer=analyzer).analysed
     assert run_batch([other], out, analyzer=analyzer).skipped
+
+
+def test_rerun_redoes_outputs_made_under_another_rule_for_an_unknown_spacing(tmp_path, analyzer):
+    """A 70 mm simulated image saved as PNG at 0.05 mm (no spacing in the file) is 1400 pixels
+    long, which the rule for an unknown spacing takes for a 0.2 mm scan. Outputs that assumed
+    another spacing (the model's 0.05 mm, as before 2026-12-03) are redone, not reused."""
+    from PIL import Image
+
+    dicom = tmp_path / "s.dcm"
+    _simulated_dicom(dicom, seed=44, laterality="L", spacing=0.05)
+    data = tmp_path / "in"
+    data.mkdir()
+    Image.fromarray(read_mammogram(dicom).pixels.astype(np.uint16)).save(data / "a.png")
+    out = tmp_path / "out"
+    first = run_batch([data], out, analyzer=analyzer)
+    assert first.analysed and first.images[0].spacing_source == "assumed"
+    assert tuple(first.images[0].spacing_mm) == (0.2, 0.2)
+    assert run_batch([data], out, analyzer=analyzer).skipped
+    written = out / "a.json"
+    doc = json.loads(written.read_text())
+    doc["input"]["spacing_mm"] = [0.05, 0.05]  # what the old rule assumed
+    written.write_text(json.dumps(doc))
+    assert run_batch([data], out, analyzer=analyzer).analysed
+    assert json.loads(written.read_text())["input"]["spacing_mm"] == [0.2, 0.2]
 
 
 def test_unusable_output_folder_is_a_clear_error(tmp_path, capsys):

@@ -65,11 +65,11 @@ def test_an_unknown_spacing_is_the_models_unless_the_image_cannot_be_a_whole_mam
         assert "model default" in warning
     else:
         long_mm = max(shape) * 0.05
-        assert f"not the model's default 0.05 mm, at which the image would be {long_mm:.0f} mm long" in warning
+        assert f"not the model's default 0.05 mm, at which the image would be {long_mm:.1f} mm long" in warning
 
 
 def test_no_guess_beats_the_default_for_a_tiny_image_and_a_bad_default_is_refused():
     spacing, warning = spacing_when_unknown((60, 40), 0.2)  # 12 mm even at the coarsest guess
-    assert spacing == (0.2, 0.2) and "although the image is then 12 mm long" in warning
+    assert spacing == (0.2, 0.2) and "although the image is then 12.0 mm long" in warning
     with pytest.raises(SpacingError, match="assumed pixel spacing"):
         spacing_when_unknown((1000, 1000), 0.0)

@@ -76,7 +76,7 @@ from scipy.stats import binomtest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from MicrocalcAI.core.boxes import hit_matrix  # noqa: E402
-from MicrocalcAI.core.errors import MicrocalcAIError  # noqa: E402
+from MicrocalcAI.core.errors import InputError  # noqa: E402
 from MicrocalcAI.core.findings.lesions import DEFAULT_CLUSTER_RULE, ClusterRule, densest_speck_count  # noqa: E402
 from MicrocalcAI.core.pectoral import pectoral_muscle  # noqa: E402
 from MicrocalcAI.core.pipeline import Analyzer  # noqa: E402
@@ -365,8 +365,8 @@ def insert_clusters(
 
 
 def _pectoral_muscle(image: np.ndarray, mask: np.ndarray, spacing_mm: float) -> Optional[np.ndarray]:
-    """The pectoral muscle of a degraded film (before clusters are added), as the engine would
-    estimate it; never changes what is inserted where."""
+    """The pectoral muscle of a degraded film (before clusters are added), estimated on the film
+    normalised by its breast's grey range; only tags clusters, never changes what is inserted where."""
     return pectoral_muscle(normalise(image, mask), mask, spacing_mm)
 
 
@@ -456,13 +456,13 @@ def run_condition(
     analyzer.cluster_rule = ClusterRule(min_specks=0)
     for index, film in enumerate(films):
         image, truth, details = deliver(film, condition, delivery_seed(index, condition, repeat), clusters, population)
-        mammogram = read_mammogram(
-            image, spacing_mm=condition.stated_spacing_mm, laterality=film.laterality, view=film.view
-        )
         start = time.perf_counter()
         try:
+            mammogram = read_mammogram(
+                image, spacing_mm=condition.stated_spacing_mm, laterality=film.laterality, view=film.view
+            )
             findings = analyzer.analyse(mammogram, name=film.name)
-        except MicrocalcAIError as exc:  # e.g. "no breast found" at a wrong stated spacing
+        except InputError as exc:  # e.g. "no breast found" at a wrong stated spacing; never a model error
             print(f"{condition.label}: {film.name} refused: {exc}", flush=True)
             marks.append(_refused(details, str(exc), time.perf_counter() - start))
             continue

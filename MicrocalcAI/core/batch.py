@@ -23,6 +23,7 @@ from MicrocalcAI.core.pipeline import Analyzer, PreparedImage, file_fingerprint
 from MicrocalcAI.core.progress import ProgressCallback, no_progress, sub_progress
 from MicrocalcAI.core.read import find_images
 from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings
+from MicrocalcAI.core.spacing import spacing_when_unknown
 
 if TYPE_CHECKING:  # dask is optional and never imported unless a client is passed
     from distributed import Client
@@ -104,8 +105,9 @@ def _still_valid(
 
     Same file (path and size/mtime), same model settings (weights, calibration, OOD
     reference, input settings: ``settings_sha256``; files from before schema 1.2 lack it and
-    are redone), same threshold, same spacing option, and an OOD check exactly when the model
-    ships a reference; anything else is redone rather than silently reporting stale or foreign
+    are redone), same threshold, same spacing option (for an assumed spacing: the one the rule
+    for an unknown spacing gives now), and an OOD check exactly when the model ships a
+    reference; anything else is redone rather than silently reporting stale or foreign
     results.
     """
     if earlier.source is None or Path(earlier.source).resolve() != path.resolve():
@@ -119,6 +121,9 @@ def _still_valid(
     if (earlier.ood is None) != (spec.ood is None):
         return False
     if spacing_mm is None:
+        if earlier.spacing_source == "assumed":  # the rule for an unknown spacing changed on 2026-12-03
+            expected, _ = spacing_when_unknown(earlier.image_shape, spec.assumed_input_spacing_mm)
+            return all(abs(a - b) < 1e-9 for a, b in zip(earlier.spacing_mm, expected))
         return earlier.spacing_source != "user"
     return earlier.spacing_source == "user" and all(abs(s - float(spacing_mm)) < 1e-9 for s in earlier.spacing_mm)
 

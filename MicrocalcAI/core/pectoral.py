@@ -19,8 +19,10 @@ triangle's brightness against the rest of the breast and its size are those of a
 CC view (no muscle) then gives ``None``.
 
 The image must be oriented as film archives and DICOM store MLO views: the axilla, and so
-the muscle, at the top. The chest-wall side is decided from the mask
-(:func:`MicrocalcAI.core.standardise.chest_wall_on_left`).
+the muscle, at the top, with the breast leaving the image there (the film's edge cuts it
+through the axilla); the search runs along the breast's top row, so a breast whose top is
+rounded inside the image gets a narrow search or none. The chest-wall side is decided from the
+mask (:func:`MicrocalcAI.core.standardise.chest_wall_on_left`).
 """
 
 from __future__ import annotations
@@ -63,11 +65,14 @@ class PectoralConfig:
     max_area_fraction: float = 0.35
 
     def __post_init__(self) -> None:
+        values = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if not all(isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) for v in values.values()):
+            raise InputError(f"pectoral search: every setting must be a finite number, got {self}")
         positive = ("coarse_spacing_mm", "band_mm", "min_top_mm", "min_side_mm")
-        if not all(isinstance(getattr(self, k), (int, float)) and getattr(self, k) > 0 for k in positive):
-            raise InputError(f"pectoral search: {', '.join(positive)} must be positive numbers, got {self}")
+        if not all(values[k] > 0 for k in positive):
+            raise InputError(f"pectoral search: {', '.join(positive)} must be positive, got {self}")
         fractions = ("max_top_fraction", "max_side_fraction")
-        if not all(0 < getattr(self, k) <= 1 for k in fractions):
+        if not all(0 < values[k] <= 1 for k in fractions):
             raise InputError(f"pectoral search: {', '.join(fractions)} must lie in (0, 1], got {self}")
         if not 0 <= self.min_area_fraction <= self.max_area_fraction <= 1:
             raise InputError(f"pectoral search: need 0 <= min_area_fraction <= max_area_fraction <= 1, got {self}")
@@ -84,9 +89,9 @@ class PectoralLine:
     top_row: int
     wall_col: int
     chest_wall_on_left: bool
-    step: float
-    brightness: float
-    area_fraction: float
+    step: float  # mean grey step across the line (breast grey range units)
+    brightness: float  # the triangle's mean grey minus the rest of the breast's
+    area_fraction: float  # share of the breast (on the ~2 mm working copy) inside the triangle
 
 
 def _signed_distance(xs: np.ndarray, ys: np.ndarray, top: np.ndarray, side: np.ndarray) -> np.ndarray:
@@ -202,6 +207,9 @@ def pectoral_muscle(
 
 def muscle_region(line: PectoralLine, mask: np.ndarray) -> np.ndarray:
     """The pixels of ``mask`` on the muscle's side of ``line`` (same frame as the line)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise InputError(f"the mask must be 2-D, got shape {mask.shape}")
     rows, cols = mask.shape
     y = np.arange(rows, dtype=np.float64)[:, None] + 0.5 - line.top_row
     x = np.arange(cols, dtype=np.float64)[None, :] + 0.5 - line.wall_col

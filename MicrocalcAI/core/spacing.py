@@ -91,8 +91,10 @@ def spacing_when_unknown(shape: tuple[int, ...], assumed_mm: float) -> tuple[tup
     calcification four times too small (docs/real-film.md, section 21). A whole mammogram is
     80-450 mm long (:data:`WHOLE_IMAGE_LONG_SIDE_MM`); when the image's longer side at
     ``assumed_mm`` falls outside that, the digitiser spacing (:data:`GUESSED_SPACINGS_MM`) that
-    makes it closest to 240 mm is used instead. Either way the result is a guess, and the
-    warning asks for the true value.
+    makes it closest to 240 mm is used instead: with the film models' 0.05 mm, 0.2 mm for an
+    image under 1,600 pixels long and 0.025 mm for one over 9,000 (0.1 mm is never closer). A
+    crop smaller than 80 mm of a 0.05 mm image is then taken for a 0.2 mm scan: the rule is for
+    whole mammograms. Either way the result is a guess, and the warning asks for the true value.
     """
     assumed = check_spacing(assumed_mm, what="assumed pixel spacing")[0]
     long_px = max(int(v) for v in shape[:2]) if len(shape) >= 2 else 0
@@ -105,10 +107,10 @@ def spacing_when_unknown(shape: tuple[int, ...], assumed_mm: float) -> tuple[tup
     if guess == assumed:
         return (assumed, assumed), (
             f"pixel spacing unknown: assumed {assumed:g} mm (model default), although the image is then "
-            f"{length:.0f} mm long, not {lo:.0f}-{hi:.0f} mm as a whole mammogram is; {ask}"
+            f"{length:.1f} mm long, not {lo:g}-{hi:g} mm as a whole mammogram is; {ask}"
         )
     return (guess, guess), (
         f"pixel spacing unknown: assumed {guess:g} mm, not the model's default {assumed:g} mm, at which the "
-        f"image would be {length:.0f} mm long (a whole mammogram is {lo:.0f}-{hi:.0f} mm; it is now "
+        f"image would be {length:.1f} mm long (a whole mammogram is {lo:g}-{hi:g} mm; it is now "
         f"{long_px * guess:.0f} mm); {ask}"
     )

@@ -89,11 +89,11 @@ def pipeline_fingerprint() -> str:
     files means an upgraded standardiser re-standardises instead of silently training the
     model on a frame that inference no longer produces.
     """
-    from MicrocalcAI.core import equalise, noise, resample, standardise
+    from MicrocalcAI.core import equalise, noise, resample, spacing, standardise
     from MicrocalcAI.core import read as reader
 
     digest = hashlib.sha1()
-    for module in (reader, standardise, resample, equalise, noise):
+    for module in (reader, standardise, resample, equalise, noise, spacing):  # spacing: the unknown-spacing rule
         digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()[:16]
 

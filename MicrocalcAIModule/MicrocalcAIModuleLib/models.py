@@ -105,7 +105,8 @@ def model_card_html(spec: Any) -> str:
         ("Backbone", f"Faster R-CNN + FPN, {spec.backbone}"),
         (
             "Canonical spacing",
-            f"{spec.spacing_mm:g} mm (inputs without spacing: {spec.assumed_input_spacing_mm:g} mm assumed)",
+            f"{spec.spacing_mm:g} mm (inputs without spacing: {spec.assumed_input_spacing_mm:g} mm assumed, "
+            "unless the image cannot be a whole mammogram at it)",
         ),
         ("Default score threshold", f"{spec.score_threshold:.2f}"),
         ("Operating points (P malignant)", ", ".join(f"{k} {v:.2f}" for k, v in spec.operating_points.items()) or "-"),

@@ -307,7 +307,8 @@ def _mammogram_from_plane(
         vol_spacing = _spacing_from_volume(volume_node)
         if np.allclose(vol_spacing, UNKNOWN_SPACING):
             notes.append(
-                "the volume has spacing 1 x 1 mm, which means its file recorded none: the model's assumed spacing is used"
+                "the volume has spacing 1 x 1 mm, which means its file recorded none: the model's assumed spacing is "
+                "used (or, if the image cannot be a whole mammogram at it, a digitiser spacing; a warning names it)"
             )
         else:
             spacing, spacing_source = vol_spacing, "file"
