@@ -361,8 +361,8 @@ def compare(data: dict[str, np.ndarray], refits: dict[str, np.ndarray]) -> dict[
         }
         if len(distributions) == len(y) and len(y):
             # grouped clusters apart: spreads (regional, diffuse; under --distributions all most
-            # punctate clusters) can be told by their size alone, grouped ones cannot
-            # regional spread of punctate specks is read as benign on sight and not biopsied)
+            # punctate clusters, read as benign on sight and not biopsied) can be told by their
+            # size alone, grouped ones cannot
             grouped = distributions == "grouped"
             result[name]["grouped"] = {
                 "auc": _auc(value[grouped], y[grouped]),

@@ -122,11 +122,11 @@ def estimate_pectoral_line(
     if not left:
         image01, mask = image01[:, ::-1], mask[:, ::-1]
     f = max(1, int(round(config.coarse_spacing_mm / min(sr, sc))))
-    cmask = coarse_block_mean(mask.astype(np.float32), (f, f)) > 0.5
+    fill = coarse_block_mean(mask.astype(np.float32), (f, f))  # share of each block on the breast
+    cmask = fill > 0.5
     if not cmask.any():
         return None
     values = coarse_block_mean(np.where(mask, image01, 0).astype(np.float32), (f, f))
-    fill = coarse_block_mean(mask.astype(np.float32), (f, f))
     values = np.divide(values, fill, out=np.zeros_like(values), where=fill > 0)
     step_mm = (sr * f, sc * f)  # (row, column) mm per coarse pixel
 
@@ -202,7 +202,7 @@ def pectoral_muscle(
     line = estimate_pectoral_line(image01, mask, spacing_mm, config)
     if line is None:
         return None
-    return muscle_region(line, np.asarray(mask, dtype=bool))
+    return muscle_region(line, mask)
 
 
 def muscle_region(line: PectoralLine, mask: np.ndarray) -> np.ndarray:
