@@ -498,7 +498,10 @@ def test_background_files_with_a_pixel_spacing_are_cropped_at_that_spacing(tmp_p
     ds.save_as(str(path))
     lib_own = RealBackgroundLibrary.from_files([path])
     lib_assumed = RealBackgroundLibrary.from_files([cbis_cases[0]["rcc"]])
-    assert lib_own.images[0].spacing_mm == 0.1 and lib_assumed.images[0].spacing_mm is None
+    own_bg, assumed_bg = lib_own.images[0], lib_assumed.images[0]
+    assert (own_bg.spacing_mm, own_bg.spacing_source) == (0.1, "file")
+    # A 228 mm film at DDSM's 0.05 mm is a whole mammogram's size: the guess keeps 0.05 mm.
+    assert (assumed_bg.spacing_mm, assumed_bg.spacing_source) == (0.05, "assumed")
     config = SimulationConfig(real_crop_height_mm=(80.0, 80.0), real_crop_width_mm=(60.0, 60.0))
     own, _, _ = real_crop(np.random.default_rng(1), lib_own, config, 0.1, "R", "CC")
     assumed, _, _ = real_crop(np.random.default_rng(1), lib_assumed, config, 0.1, "R", "CC")
@@ -510,3 +513,41 @@ def test_background_files_with_a_pixel_spacing_are_cropped_at_that_spacing(tmp_p
     stored_assumed = assumed * 65535.0 / config.real_attenuation_scale
     assert np.abs(stored_own - np.round(stored_own)).max() < 1e-6
     assert np.abs(stored_assumed - np.round(stored_assumed)).max() > 0.1
+
+
+def test_a_coarse_film_without_a_spacing_is_cut_at_the_guessed_spacing_unless_one_is_stated(
+    tmp_path, cbis_cases, caplog
+):
+    """The simulator's backgrounds follow detect's rule for files without a spacing: a 0.2 mm
+    film archive (here a CBIS film block-averaged 4x, no spacing in the file) taken for
+    DDSM's 0.05 mm would be cut four times too small; a stated spacing always wins."""
+    from MicrocalcAI.simulation.backgrounds import real_crop, spacing_of_background
+
+    ds = pydicom.dcmread(str(cbis_cases[0]["rcc"]))
+    full = ds.pixel_array
+    rows, cols = (full.shape[0] // 4) * 4, (full.shape[1] // 4) * 4
+    coarse = full[:rows, :cols].reshape(rows // 4, 4, cols // 4, 4).mean(axis=(1, 3)).astype(np.uint16)
+    ds.set_pixel_data(coarse, photometric_interpretation=str(ds.PhotometricInterpretation), bits_stored=16)
+    assert "ImagerPixelSpacing" not in ds and "PixelSpacing" not in ds
+    path = tmp_path / "film_0.2mm.dcm"
+    ds.save_as(str(path))
+
+    with caplog.at_level("WARNING", logger="MicrocalcAI.simulation.backgrounds"):
+        guessed = RealBackgroundLibrary.from_files([path]).images[0]
+    assert (guessed.spacing_mm, guessed.spacing_source) == (0.2, "assumed")
+    assert any("film_0.2mm.dcm" in r.getMessage() and "assumed 0.2 mm" in r.getMessage() for r in caplog.records)
+    stated = RealBackgroundLibrary.from_files([path], spacing_mm=0.05).images[0]
+    assert (stated.spacing_mm, stated.spacing_source) == (0.05, "stated")
+
+    # Cut at 0.2 mm, a 0.1 mm crop of 80 x 60 mm is the coarse file's pixels doubled: the breast
+    # keeps its size; under the stated (wrong) 0.05 mm the same crop would need a 4x larger film.
+    config = SimulationConfig(real_crop_height_mm=(80.0, 80.0), real_crop_width_mm=(60.0, 60.0))
+    crop, mask, _ = real_crop(
+        np.random.default_rng(3), RealBackgroundLibrary([guessed]), config, 0.1, guessed.laterality, "CC"
+    )
+    assert crop.shape == (800, 600) and mask.mean() > 0.3
+
+    assert spacing_of_background(0.07, 0.05, (3000, 2000)) == (0.07, "file")
+    assert spacing_of_background(None, 0.1, (1000, 800)) == (0.1, "stated")
+    assert spacing_of_background(None, None, (4600, 2600)) == (0.05, "assumed")
+    assert spacing_of_background(None, None, (1024, 1024)) == (0.2, "assumed")

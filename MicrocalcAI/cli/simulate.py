@@ -51,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=spacing_arg,
         default=None,
         metavar="MM",
-        help="pixel spacing assumed for background files that carry none (default 0.05, DDSM's); "
-        "ImagerPixelSpacing/PixelSpacing are used where present",
+        help="pixel spacing of background files that carry none; ImagerPixelSpacing/PixelSpacing are "
+        "used where present (default: guessed as detect does, DDSM's 0.05 mm unless the image is then "
+        "no whole mammogram's size, with a warning; the bundled CBIS-DDSM films are 0.05 mm)",
     )
     sim.add_argument(
         "--real-fraction",
@@ -99,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     from MicrocalcAI.simulation.backgrounds import RealBackgroundLibrary, find_background_files
     from MicrocalcAI.simulation.calcifications import morphology_selection
-    from MicrocalcAI.simulation.config import CBIS_SPACING_MM, SimulationConfig
+    from MicrocalcAI.simulation.config import SimulationConfig
     from MicrocalcAI.simulation.simulate import simulate_dataset
     from MicrocalcAI.simulation.writers import write_contact_sheet
 
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         files = find_background_files(args.backgrounds)
         if not files:
             raise InputError(f"no DICOM files found in {' '.join(args.backgrounds)}")
-        backgrounds = RealBackgroundLibrary.from_files(files, spacing_mm=args.background_spacing or CBIS_SPACING_MM)
+        backgrounds = RealBackgroundLibrary.from_files(files, spacing_mm=args.background_spacing)
         print(f"real backgrounds: {len(files)} file(s)")
     coco = run_with_bar(
         "simulate",

