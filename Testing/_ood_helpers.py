@@ -14,9 +14,7 @@ from MicrocalcAI.core.detect.manifest import MANIFEST_NAME, ModelSpec
 from MicrocalcAI.core.ood.reference import OodReference, save_reference
 from MicrocalcAI.core.read import read_mammogram
 from MicrocalcAI.core.records import Mammogram
-
-#: DDSM films were digitised at 50 microns; the package's DICOMs carry no spacing.
-CBIS_SPACING_MM = 0.05
+from MicrocalcAI.simulation.config import CBIS_SPACING_MM
 
 
 def film(path: Path) -> Mammogram:
