@@ -19,6 +19,7 @@ from _train_helpers import simulate_tiny
 
 from MicrocalcAI.core.detect.manifest import ModelSpec, RiskCategory, resolve_model
 from MicrocalcAI.core.errors import MicrocalcAIError
+from MicrocalcAI.core.findings.risk import image_risk
 from MicrocalcAI.core.records import ImageFindings, Lesion
 from MicrocalcAI.evaluation.curves import FROC_RATES, froc_sensitivities, roc_auc, roc_curve
 from MicrocalcAI.evaluation.evaluate import EvaluationReport, evaluate_dataset, write_report
@@ -198,7 +199,7 @@ def test_breast_level_combines_cc_and_mlo():
         finding("P1_R_MLO", [les(GT_BOX, 0.9, 0.95)]),
         finding("P1_L_CC", [les(FAR, 0.5, 0.2)]),
         finding("P1_L_MLO", [les(GT_BOX, 0.8, 0.1)]),
-        finding("P2_R_CC", [les(FAR, 0.5, 0.7)], lat="R", view="CC", study="S2"),
+        finding("P2_R_CC", [les(FAR, 0.9, 0.7)], lat="R", view="CC", study="S2"),
         finding("P2_R_MLO", [], lat="R", view="MLO", study="S2"),
         finding("lonely", [les(GT_BOX, 0.9, 0.4)]),
     ]
@@ -207,13 +208,34 @@ def test_breast_level_combines_cc_and_mlo():
     bl = m["breast_level"]
     assert bl["n_breasts"] == 4 and bl["n_with_two_or_more_views"] == 3 and bl["n_positive"] == 2
     bal = bl["classification"]["balanced"]
-    # P1 R positive (p 0.95) TP; P1 L negative (p 0.2) TN; P2 R negative (p 0.7) FP; lonely positive (0.4) FN
+    # Risk = highest score * p_malignant: P1 R positive (0.9 * 0.95) TP; P1 L negative (0.5 * 0.2)
+    # TN; P2 R negative (0.9 * 0.7) FP; lonely positive (0.9 * 0.4) FN
     assert (bal["tp"], bal["fn"], bal["tn"], bal["fp"]) == (1, 1, 1, 1)
     img = m["image_level"]["classification"]["balanced"]
     # images: P1_R_CC FN (missed on this view), P1_R_MLO TP, P1_L_* TN, P2_R_CC FP, P2_R_MLO TN, lonely FN
     assert (img["tp"], img["fn"], img["tn"], img["fp"]) == (1, 2, 3, 1)
-    assert bl["auc"]["auc"] == 0.75  # positives 0.95, 0.4; negatives 0.2, 0.7
+    assert bl["auc"]["auc"] == 0.75  # positives 0.855, 0.36; negatives 0.1, 0.63
     assert [r["breast"] for r in m["images"]] == [0, 0, 1, 1, 2, 2, 3]
+
+
+def test_image_score_is_the_risk_detect_reports():
+    """evaluate's image score is the product's image risk at the operating threshold (the
+    highest score * p_malignant, core.findings.risk), not the highest p_malignant: a faint
+    mark the detector barely believes in cannot make an image positive here either."""
+    t = [truth("faint", [], []), truth("sure", [GT_BOX], [M]), truth("none", [GT_BOX], [M])]
+    f = [
+        finding("faint", [les(FAR, 0.35, 0.99)]),  # reported (>= 0.3) but barely believed
+        finding("sure", [les(GT_BOX, 0.9, 0.8), les(FAR, 0.2, 1.0)]),  # the 0.2 mark is below the threshold
+        finding("none", []),
+    ]
+    m = compute_metrics(t, f, spec=spec(), n_bootstrap=0)
+    reported = [[les for les in x.lesions if les.score >= m["score_threshold"]] for x in f]
+    expected = [image_risk(r, spec().risk_categories).probability for r in reported]
+    assert [r["probability"] for r in m["images"]] == pytest.approx(expected)
+    assert expected == pytest.approx([0.35 * 0.99, 0.9 * 0.8, 0.0])
+    img = m["image_level"]["classification"]["balanced"]  # cut 0.5: "faint" (0.35) is no false positive
+    assert (img["tp"], img["fn"], img["tn"], img["fp"]) == (1, 1, 1, 0)
+    assert m["image_level"]["auc"]["auc"] == 0.5  # positives 0.72, 0.0; negative 0.3465
 
 
 def test_operating_point_and_threshold_handling():

@@ -22,6 +22,7 @@ import numpy as np
 
 from MicrocalcAI.core.boxes import hit_matrix
 from MicrocalcAI.core.errors import DatasetError
+from MicrocalcAI.core.findings.risk import breast_key, image_probability_of
 from MicrocalcAI.core.records import ImageFindings
 from MicrocalcAI.datasets.coco import BENIGN, MALIGNANT, CocoImage, parse_coco
 
@@ -122,7 +123,9 @@ class ImageMatch:
     fp_scores_all: np.ndarray  # scores of all available detections that find nothing
     n_fp: int  # false positives at the operating threshold
     n_fp_malignant: int  # of which labelled malignant by the detector
-    probability: float  # image risk at the operating threshold
+    #: The image risk ``detect`` reports at the operating threshold: the highest
+    #: ``score * p_malignant`` of the reported detections (core.findings.risk).
+    probability: float
     any_malignant_label: bool  # a reported lesion is labelled malignant
 
 
@@ -195,7 +198,7 @@ def match_hits(
         fp_scores_all=scores[is_fp],
         n_fp=int(fp_reported.sum()),
         n_fp_malignant=int((fp_reported & (labels == "malignant")).sum()) if len(scores) else 0,
-        probability=max((float(p) for p, r in zip(p_mal, reported) if r), default=0.0),
+        probability=image_probability_of(scores[reported], p_mal[reported]),
         any_malignant_label=bool(any(lab == "malignant" for lab, r in zip(labels, reported) if r)),
     )
 
@@ -248,8 +251,6 @@ def group_breasts(truth: Sequence[ImageTruth], findings: Sequence[Optional[Image
     with, on the ground truth's identity (falling back to the file's): an image with no
     known side, or neither patient nor study, is a breast of its own.
     """
-    from MicrocalcAI.core.findings.risk import breast_key
-
     groups: dict[tuple[Hashable, ...], list[int]] = {}
     for i, (t, f) in enumerate(zip(truth, findings)):
         groups.setdefault(breast_key(_identity(t, f), i), []).append(i)  # type: ignore[arg-type]

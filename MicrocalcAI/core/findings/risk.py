@@ -54,6 +54,7 @@ __all__ = [
     "combine_probabilities",
     "exam_findings",
     "image_probability",
+    "image_probability_of",
     "image_risk",
     "is_indeterminate",
 ]
@@ -90,9 +91,18 @@ def _top_category(categories: Sequence[RiskCategory]) -> str:
     return max(categories, key=lambda c: c.min_probability).name
 
 
+def image_probability_of(scores: Sequence[float], p_malignant: Sequence[float]) -> float:
+    """Probability of one image from its reported marks' scores and p_malignant: the highest
+    ``score * p_malignant`` (0.0 without marks). The one rule, so that ``microcalcai evaluate``
+    and the benchmarks measure the risk ``detect`` reports (docs/confidence.md, "Risk")."""
+    if len(scores) != len(p_malignant):
+        raise MicrocalcAIError(f"{len(scores)} scores but {len(p_malignant)} p_malignant values")
+    return _checked(max((float(s) * float(p) for s, p in zip(scores, p_malignant)), default=0.0))
+
+
 def image_probability(lesions: Sequence[Lesion]) -> float:
     """Probability of one image: the highest ``score * p_malignant`` (0.0 without lesions)."""
-    return _checked(max((float(les.score) * float(les.p_malignant) for les in lesions), default=0.0))
+    return image_probability_of([les.score for les in lesions], [les.p_malignant for les in lesions])
 
 
 def image_risk(lesions: Sequence[Lesion], categories: Sequence[RiskCategory], ood: Optional[OodCheck] = None) -> Risk:
