@@ -233,8 +233,14 @@ def test_image_score_is_the_risk_detect_reports():
     expected = [image_risk(r, spec().risk_categories).probability for r in reported]
     assert [r["probability"] for r in m["images"]] == pytest.approx(expected)
     assert expected == pytest.approx([0.35 * 0.99, 0.9 * 0.8, 0.0])
-    img = m["image_level"]["classification"]["balanced"]  # cut 0.5: "faint" (0.35) is no false positive
+    # A risk category is a cut on that risk: at "high" (0.5) "faint" (0.35) is no false positive.
+    img = m["image_level"]["classification"]["risk_category>=high"]
     assert (img["tp"], img["fn"], img["tn"], img["fp"]) == (1, 1, 1, 0)
+    # An operating point is a cut on a lesion's p_malignant: at "balanced" (0.5) the faint mark's
+    # p_malignant 0.99 reaches it, so "faint" is a false positive there.
+    op = m["image_level"]["classification"]["balanced"]
+    assert (op["tp"], op["fn"], op["tn"], op["fp"]) == (1, 1, 0, 1)
+    assert op["rule"] != img["rule"]
     assert m["image_level"]["auc"]["auc"] == 0.5  # positives 0.72, 0.0; negative 0.3465
 
 

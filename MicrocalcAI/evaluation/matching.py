@@ -127,6 +127,9 @@ class ImageMatch:
     #: ``score * p_malignant`` of the reported detections (core.findings.risk).
     probability: float
     any_malignant_label: bool  # a reported lesion is labelled malignant
+    #: The highest p_malignant of a reported detection (0.0 without): what the operating
+    #: points, cuts on a lesion's p_malignant, are applied to at image level.
+    max_p_malignant: float = 0.0
 
 
 def match_detections(
@@ -200,6 +203,7 @@ def match_hits(
         n_fp_malignant=int((fp_reported & (labels == "malignant")).sum()) if len(scores) else 0,
         probability=image_probability_of(scores[reported], p_mal[reported]),
         any_malignant_label=bool(any(lab == "malignant" for lab, r in zip(labels, reported) if r)),
+        max_p_malignant=float(p_mal[reported].max()) if reported.any() else 0.0,
     )
 
 

@@ -150,13 +150,14 @@ def _auc_block(scores: np.ndarray, positive: np.ndarray, members: list[np.ndarra
     }
 
 
-def _cutpoints(spec: Optional[ModelSpec]) -> list[tuple[str, float]]:
-    """(name, threshold on p_malignant) of every operating point and risk-category boundary."""
+def _cutpoints(spec: Optional[ModelSpec]) -> list[tuple[str, float, bool]]:
+    """(name, threshold, is a risk-category boundary) of every operating point (a cut on a
+    lesion's p_malignant) and risk-category boundary (a cut on the image risk)."""
     if spec is None:
         return []
-    cuts = [(str(k), float(v)) for k, v in sorted(spec.operating_points.items(), key=lambda kv: kv[1])]
+    cuts = [(str(k), float(v), False) for k, v in sorted(spec.operating_points.items(), key=lambda kv: kv[1])]
     cats = sorted(spec.risk_categories, key=lambda c: c.min_probability)
-    cuts += [(f"risk_category>={c.name}", float(c.min_probability)) for c in cats[1:]]
+    cuts += [(f"risk_category>={c.name}", float(c.min_probability), True) for c in cats[1:]]
     return cuts
 
 
@@ -276,7 +277,7 @@ def _lesion_rules(pooled: PooledLesions, spec: Optional[ModelSpec]) -> list[tupl
     rules: list[tuple[str, Optional[float], np.ndarray]] = [
         (DETECTOR_CLASS, None, np.array([lab == "malignant" for lab in pooled.matched_label], dtype=bool)),
     ]
-    for name, cut in _cutpoints(spec):
+    for name, cut, _ in _cutpoints(spec):
         rules.append((name, cut, matched & (np.nan_to_num(matched_p, nan=-1.0) >= cut)))
     return rules
 
@@ -337,13 +338,18 @@ def unit_level_metrics(
     spec: Optional[ModelSpec],
     boot: np.ndarray,
     n_bins: int,
+    lesion_p: Optional[np.ndarray] = None,
 ) -> dict[str, Any]:
     """Image- or breast-level numbers: AUC with CI, each operating point, calibration.
 
     ``p`` is each unit's risk, ``positive`` whether it holds a malignant lesion, ``flagged``
-    whether a reported lesion on it is labelled malignant; ``members`` are the bootstrap
-    clusters (one unit each).
+    whether a reported lesion on it is labelled malignant, ``lesion_p`` the highest
+    p_malignant of a reported lesion on it (None: ``p``); ``members`` are the bootstrap
+    clusters (one unit each). An operating point is a cut on a lesion's p_malignant, so a unit
+    is positive under it when one of its reported lesions reaches it; a risk-category boundary
+    is a cut on the unit's risk.
     """
+    lesion_p = p if lesion_p is None else lesion_p
 
     def unit_counts(pred: np.ndarray) -> np.ndarray:
         if not members:
@@ -355,8 +361,12 @@ def unit_level_metrics(
             unit_counts(flagged), boot, None, "any reported lesion labelled malignant"
         )
     }
-    for name, cut in _cutpoints(spec):
-        cls[name] = _classification_block(unit_counts(p >= cut), boot, cut, "risk probability >= threshold")
+    for name, cut, on_risk in _cutpoints(spec):
+        if on_risk:
+            cls[name] = _classification_block(unit_counts(p >= cut), boot, cut, "risk probability >= threshold")
+        else:
+            rule = "a reported lesion with p_malignant >= threshold"
+            cls[name] = _classification_block(unit_counts(lesion_p >= cut), boot, cut, rule)
     return {
         "n": len(p),
         "n_positive": int(positive.sum()),
@@ -532,8 +542,16 @@ def compute_metrics(
     image_p = np.array([m.probability for m in matches], dtype=np.float64)
     image_pos = np.array([bool(np.any(m.gt_labels == MALIGNANT)) for m in matches], dtype=bool)
     image_flag = np.array([m.any_malignant_label for m in matches], dtype=bool)
+    image_lesion_p = np.array([m.max_p_malignant for m in matches], dtype=np.float64)
     image_level = unit_level_metrics(
-        image_p, image_pos, image_flag, [np.array([i]) for i in range(n_images)], spec, boot_images, n_calibration_bins
+        image_p,
+        image_pos,
+        image_flag,
+        [np.array([i]) for i in range(n_images)],
+        spec,
+        boot_images,
+        n_calibration_bins,
+        image_lesion_p,
     )
 
     breasts = group_breasts(truth, findings)
@@ -546,6 +564,7 @@ def compute_metrics(
         spec,
         boot_breasts,
         n_calibration_bins,
+        np.array([image_lesion_p[g].max() for g in breasts], dtype=np.float64),
     )
     breast_level["n_breasts"] = len(breasts)
     breast_level["n_with_two_or_more_views"] = sum(1 for g in breasts if len(g) >= 2)
