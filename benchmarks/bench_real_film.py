@@ -88,9 +88,9 @@ from MicrocalcAI.core.standardise import (  # noqa: E402
     monochrome2_intensity,
     normalise,
 )
-from MicrocalcAI.datasets.coco import LABEL_IDS  # noqa: E402
+from MicrocalcAI.datasets.coco import LABEL_IDS, MALIGNANT  # noqa: E402
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities, roc_auc  # noqa: E402
-from MicrocalcAI.evaluation.matching import match_hits  # noqa: E402
+from MicrocalcAI.evaluation.matching import ImageMatch, match_hits  # noqa: E402
 from MicrocalcAI.evaluation.metrics import pool_lesions  # noqa: E402
 from MicrocalcAI.simulation.backgrounds import (  # noqa: E402
     HELD_OUT_VIEWS,
@@ -229,6 +229,13 @@ class ConditionResult:
     found_by_place: dict[str, list[int]] = field(default_factory=dict)
     #: Images the engine refused (no marks; their clusters count as missed).
     refused_images: int = 0
+    #: Image level (``--normals``): the same films delivered without inserted clusters, and
+    #: the ROC AUC of the image risk ``detect`` reports (highest score * p_malignant at the
+    #: threshold, ``core.findings.risk``) for images with clusters against them, and for images
+    #: with a malignant cluster against the rest (``microcalcai evaluate``'s image AUC).
+    n_normal_images: int = 0
+    image_auc_vs_normal: float = float("nan")
+    image_auc_malignant: float = float("nan")
     marks_per_image: float = 0.0
     seconds_per_image: float = 0.0
 
@@ -520,18 +527,46 @@ def _edge_distance_mm(mammogram: Any, boxes: np.ndarray, spacing_mm: float) -> n
     return distance[rows, cols]
 
 
+def _matched(image: ImageMarks, min_specks: int, threshold: float, edge_margin_mm: float) -> ImageMatch:
+    """One image's marks matched by the evaluation's rule after the cluster rule and edge
+    margin removed some."""
+    kept = image.specks_in_cm2 >= min_specks if min_specks > 1 else np.ones(len(image.scores), bool)
+    kept &= image.edge_mm >= edge_margin_mm
+    gt = np.array([LABEL_IDS[c] for c in image.categories], dtype=np.int64)
+    labels = [label for label, k in zip(image.labels, kept) if k]
+    return match_hits(image.hits[kept], gt, image.scores[kept], image.p_malignant[kept], labels, threshold)
+
+
+def _image_level(with_clusters: Sequence[ImageMatch], normals: Sequence[ImageMatch]) -> dict[str, Any]:
+    """Image-risk AUCs (each image's risk is its match's ``probability``, the rule ``detect``
+    reports): images with clusters against the normals, and images with a malignant cluster
+    against all others; NaN without normals."""
+    if not normals:
+        return {}
+    risk = np.array([m.probability for m in (*with_clusters, *normals)], dtype=np.float64)
+    has_cluster = np.array([len(m.gt_labels) > 0 for m in (*with_clusters, *normals)], dtype=bool)
+    malignant = np.array([bool(np.any(m.gt_labels == MALIGNANT)) for m in (*with_clusters, *normals)], dtype=bool)
+    return {
+        "n_normal_images": len(normals),
+        "image_auc_vs_normal": roc_auc(risk, has_cluster),
+        "image_auc_malignant": roc_auc(risk, malignant),
+    }
+
+
 def summarise(
     condition: Condition,
     marks: Sequence[ImageMarks],
     min_specks: int,
     threshold: float,
     edge_margin_mm: float = 0.0,
+    normals: Sequence[ImageMarks] = (),
 ) -> ConditionResult:
     """Metrics of one condition under the cluster rule "at least ``min_specks`` in 1 cm^2".
 
     Marks are matched with the evaluation's rule (:func:`match_hits`) after the cluster rule
     and edge margin removed some, so a cluster's class is that of its highest-scoring *kept*
-    mark at the threshold.
+    mark at the threshold. ``normals``: the same films delivered without clusters, for the
+    image-level AUCs.
     """
     if not marks:
         raise ValueError(f"{condition.label}: no delivered image to summarise")
@@ -539,11 +574,8 @@ def summarise(
     for image in marks:
         morphologies.extend(image.morphologies)
         places.extend(image.places or ["breast"] * len(image.morphologies))
-        kept = image.specks_in_cm2 >= min_specks if min_specks > 1 else np.ones(len(image.scores), bool)
-        kept &= image.edge_mm >= edge_margin_mm
-        gt = np.array([LABEL_IDS[c] for c in image.categories], dtype=np.int64)
-        labels = [label for label, k in zip(image.labels, kept) if k]
-        matches.append(match_hits(image.hits[kept], gt, image.scores[kept], image.p_malignant[kept], labels, threshold))
+        matches.append(_matched(image, min_specks, threshold, edge_margin_mm))
+    image_level = _image_level(matches, [_matched(image, min_specks, threshold, edge_margin_mm) for image in normals])
     pooled = pool_lesions(matches)
     n = len(marks)
     lesion_arr, fp_arr = pooled.sweep, pooled.fp_scores
@@ -595,6 +627,7 @@ def summarise(
         refused_images=sum(1 for image in marks if image.refused),
         marks_per_image=(pooled.n_fp + found) / n,
         seconds_per_image=float(statistics.median([m.seconds for m in marks])),
+        **image_level,
     )
 
 
@@ -686,6 +719,20 @@ def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
     for index, r in enumerate(results, 1):
         cells = ["/".join(map(str, r.found_by_place[p])) if p in r.found_by_place else "-" for p in places]
         lines.append(f"| {index} | " + " | ".join(cells) + " |")
+    if any(r.n_normal_images for r in results):
+        lines += [
+            "",
+            "Image level (`--normals`: the same films delivered without clusters; image risk as `detect` reports it, "
+            "the highest score * p_malignant at the threshold):",
+            "",
+            "| row | images with clusters | normal images | AUC, with clusters vs normal | AUC, malignant vs the rest |",
+            "|---|---|---|---|---|",
+        ]
+        for index, r in enumerate(results, 1):
+            lines.append(
+                f"| {index} | {r.n_images} | {r.n_normal_images} | {_fmt(r.image_auc_vs_normal)} "
+                f"| {_fmt(r.image_auc_malignant)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -788,6 +835,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "0.25: a 0.2 mm film taken for 0.05 mm)",
     )
     parser.add_argument("--repeats", type=int, default=1, help="deliveries of every film with other cluster seeds")
+    parser.add_argument(
+        "--normals",
+        action="store_true",
+        help="also deliver every film without clusters (one more detector run per film and row) and report "
+        "image-level AUCs of the image risk; with --clusters 1 an image holds one cluster, as most real ones do",
+    )
     parser.add_argument("--max-films", type=int, default=None, help="use only the first N held-out films (smoke runs)")
     parser.add_argument("--simulated-images", type=int, default=12)
     parser.add_argument("--simulated-seed", type=int, default=HELD_OUT_SEED)
@@ -845,9 +898,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for r in range(args.repeats)
             for m in run_condition(analyzer, films, condition, args.clusters, r, population)
         ]
+        normals = run_condition(analyzer, films, condition, 0, 0, population) if args.normals else []
         for min_specks in rules:
             for margin in args.edge_margins:
-                result = summarise(condition, marks, min_specks, threshold, margin)
+                result = summarise(condition, marks, min_specks, threshold, margin, normals)
                 results.append(result)
                 print(
                     f"{condition.label}, min specks {min_specks}, edge margin {margin:g}: "
