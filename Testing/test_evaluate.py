@@ -221,27 +221,41 @@ def test_breast_level_combines_cc_and_mlo():
 def test_image_score_is_the_risk_detect_reports():
     """evaluate's image score is the product's image risk at the operating threshold (the
     highest score * p_malignant, core.findings.risk), not the highest p_malignant: a faint
-    mark the detector barely believes in cannot make an image positive here either."""
-    t = [truth("faint", [], []), truth("sure", [GT_BOX], [M]), truth("none", [GT_BOX], [M])]
+    mark the detector barely believes in cannot make an image positive here either. Risk
+    boundaries cut that risk (a lesion: its own score * p_malignant); operating points cut
+    p_malignant."""
+    t = [
+        truth("faint", [], []),
+        truth("sure", [GT_BOX], [M]),
+        truth("none", [GT_BOX], [M]),
+        truth("weak", [GT_BOX], [M]),
+    ]
     f = [
         finding("faint", [les(FAR, 0.35, 0.99)]),  # reported (>= 0.3) but barely believed
         finding("sure", [les(GT_BOX, 0.9, 0.8), les(FAR, 0.2, 1.0)]),  # the 0.2 mark is below the threshold
         finding("none", []),
+        finding("weak", [les(GT_BOX, 0.4, 0.9)]),  # found, p_malignant 0.9, risk 0.36
     ]
     m = compute_metrics(t, f, spec=spec(), n_bootstrap=0)
     reported = [[les for les in x.lesions if les.score >= m["score_threshold"]] for x in f]
     expected = [image_risk(r, spec().risk_categories).probability for r in reported]
     assert [r["probability"] for r in m["images"]] == pytest.approx(expected)
-    assert expected == pytest.approx([0.35 * 0.99, 0.9 * 0.8, 0.0])
-    # A risk category is a cut on that risk: at "high" (0.5) "faint" (0.35) is no false positive.
+    assert expected == pytest.approx([0.35 * 0.99, 0.9 * 0.8, 0.0, 0.4 * 0.9])
+    # A risk category is a cut on that risk: at "high" (0.5) "faint" (0.35) is no false
+    # positive, and "weak" (0.36) is not called.
     img = m["image_level"]["classification"]["risk_category>=high"]
-    assert (img["tp"], img["fn"], img["tn"], img["fp"]) == (1, 1, 1, 0)
+    assert (img["tp"], img["fn"], img["tn"], img["fp"]) == (1, 2, 1, 0)
     # An operating point is a cut on a lesion's p_malignant: at "balanced" (0.5) the faint mark's
-    # p_malignant 0.99 reaches it, so "faint" is a false positive there.
+    # p_malignant 0.99 reaches it, so "faint" is a false positive there, and "weak" is called.
     op = m["image_level"]["classification"]["balanced"]
-    assert (op["tp"], op["fn"], op["tn"], op["fp"]) == (1, 1, 0, 1)
+    assert (op["tp"], op["fn"], op["tn"], op["fp"]) == (2, 1, 0, 1)
     assert op["rule"] != img["rule"]
-    assert m["image_level"]["auc"]["auc"] == 0.5  # positives 0.72, 0.0; negative 0.3465
+    assert m["image_level"]["auc"]["auc"] == pytest.approx(2 / 3)  # positives 0.72, 0, 0.36; negative 0.3465
+    # Lesion level, the same two kinds of cut on each found lesion.
+    les_high = m["lesion_level"]["classification"]["risk_category>=high"]
+    les_bal = m["lesion_level"]["classification"]["balanced"]
+    assert (les_high["tp"], les_high["fn"]) == (1, 2)  # "weak" (0.36) under the boundary
+    assert (les_bal["tp"], les_bal["fn"]) == (2, 1)
 
 
 def test_operating_point_and_threshold_handling():

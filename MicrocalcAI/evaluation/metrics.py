@@ -32,6 +32,7 @@ import numpy as np
 from MicrocalcAI.core.boxes import MATCH_RULE, hit_matrix
 from MicrocalcAI.core.detect.manifest import ModelSpec
 from MicrocalcAI.core.errors import MicrocalcAIError
+from MicrocalcAI.core.findings.risk import mark_risks
 from MicrocalcAI.core.records import ImageFindings
 from MicrocalcAI.datasets.coco import BENIGN, MALIGNANT
 from MicrocalcAI.evaluation.curves import (
@@ -201,6 +202,7 @@ class PooledLesions:
     is_malignant: np.ndarray  # (L,) bool
     matched: np.ndarray  # (L,) bool at the operating threshold
     matched_p: np.ndarray  # (L,) p_malignant of the match, nan when missed
+    matched_score: np.ndarray  # (L,) score of the match, nan when missed
     matched_label: list[Optional[str]]  # detector class of the match, None when missed
     sweep: np.ndarray  # (L,) best score of any finder, -inf when none
     fp_scores: np.ndarray  # scores of every detection that finds nothing
@@ -220,7 +222,7 @@ def pool_lesions(matches: Sequence[ImageMatch]) -> PooledLesions:
     if not matches:
         empty = np.zeros(0)
         return PooledLesions(
-            np.zeros(0, dtype=np.int64), empty.astype(bool), empty.astype(bool), empty, [], empty, empty,
+            np.zeros(0, dtype=np.int64), empty.astype(bool), empty.astype(bool), empty, empty, [], empty, empty,
             np.zeros(0, dtype=int), [], 0, 0,
         )  # fmt: skip
     gt = np.concatenate([m.gt_labels for m in matches])
@@ -230,6 +232,7 @@ def pool_lesions(matches: Sequence[ImageMatch]) -> PooledLesions:
         is_malignant=gt == MALIGNANT,
         matched=np.concatenate([m.matched for m in matches]),
         matched_p=np.concatenate([m.matched_p for m in matches]),
+        matched_score=np.concatenate([m.matched_score for m in matches]),
         matched_label=[lab for m in matches for lab in m.matched_label],
         sweep=np.concatenate([m.sweep_score for m in matches]),
         fp_scores=np.concatenate([m.fp_scores_all for m in matches]),
@@ -272,13 +275,17 @@ def detection_metrics(
 
 
 def _lesion_rules(pooled: PooledLesions, spec: Optional[ModelSpec]) -> list[tuple[str, Optional[float], np.ndarray]]:
-    """(name, p_malignant cut, predicted malignant per lesion) of each classification rule."""
-    matched, matched_p = pooled.matched, pooled.matched_p
+    """(name, cut, predicted malignant per lesion) of each classification rule: an operating
+    point cuts the match's p_malignant, a risk boundary the match's share of the image risk
+    (``score * p_malignant``, :func:`~MicrocalcAI.core.findings.risk.mark_risks`)."""
+    matched = pooled.matched
+    p_mal = np.nan_to_num(pooled.matched_p, nan=-1.0)
+    risk = np.where(matched, mark_risks(np.nan_to_num(pooled.matched_score), np.nan_to_num(pooled.matched_p)), -1.0)
     rules: list[tuple[str, Optional[float], np.ndarray]] = [
         (DETECTOR_CLASS, None, np.array([lab == "malignant" for lab in pooled.matched_label], dtype=bool)),
     ]
-    for name, cut, _ in _cutpoints(spec):
-        rules.append((name, cut, matched & (np.nan_to_num(matched_p, nan=-1.0) >= cut)))
+    for name, cut, on_risk in _cutpoints(spec):
+        rules.append((name, cut, matched & ((risk if on_risk else p_mal) >= cut)))
     return rules
 
 

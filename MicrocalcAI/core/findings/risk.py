@@ -40,6 +40,9 @@ import math
 from collections.abc import Hashable, Sequence
 from typing import Optional
 
+import numpy as np
+import numpy.typing as npt
+
 from MicrocalcAI.core.detect.manifest import RiskCategory, category_for
 from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.records import BreastFindings, ExamFindings, ImageFindings, Lesion, OodCheck, Risk
@@ -57,6 +60,7 @@ __all__ = [
     "image_probability_of",
     "image_risk",
     "is_indeterminate",
+    "mark_risks",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,13 +95,24 @@ def _top_category(categories: Sequence[RiskCategory]) -> str:
     return max(categories, key=lambda c: c.min_probability).name
 
 
-def image_probability_of(scores: Sequence[float], p_malignant: Sequence[float]) -> float:
+def mark_risks(scores: npt.ArrayLike, p_malignant: npt.ArrayLike) -> np.ndarray:
+    """Each mark's share of the image risk: ``score * p_malignant``, the probability that the
+    mark is a malignant cluster (calibrated score: a lesion at all; p_malignant: malignant if
+    so). An image's risk is the highest of them (:func:`image_probability_of`); ``evaluate``
+    scores a lesion against a risk-category boundary by it."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    p = np.asarray(p_malignant, dtype=np.float64).reshape(-1)
+    if s.shape != p.shape:
+        raise MicrocalcAIError(f"{s.size} scores but {p.size} p_malignant values")
+    return s * p
+
+
+def image_probability_of(scores: npt.ArrayLike, p_malignant: npt.ArrayLike) -> float:
     """Probability of one image from its reported marks' scores and p_malignant: the highest
     ``score * p_malignant`` (0.0 without marks). The one rule, so that ``microcalcai evaluate``
     and the benchmarks measure the risk ``detect`` reports (docs/confidence.md, "Risk")."""
-    if len(scores) != len(p_malignant):
-        raise MicrocalcAIError(f"{len(scores)} scores but {len(p_malignant)} p_malignant values")
-    return _checked(max((float(s) * float(p) for s, p in zip(scores, p_malignant)), default=0.0))
+    risks = mark_risks(scores, p_malignant)
+    return _checked(float(risks.max()) if risks.size else 0.0)
 
 
 def image_probability(lesions: Sequence[Lesion]) -> float:
