@@ -182,6 +182,7 @@ def test_image_level_aucs_use_the_risk_detect_reports_against_normals(bench: Any
     assert result.image_auc_vs_normal == pytest.approx(0.75)
     # Malignant (0.72) vs the rest (0.24, 0.5445, 0): all ordered.
     assert result.image_auc_malignant == pytest.approx(1.0)
+    assert result.image_risks == pytest.approx([0.72, 0.24, 0.5445, 0.0])
     assert result.false_marks_per_image == 0.0  # the normals' marks are not the row's false marks
     table = bench.markdown_table([result], "test model")
     assert "| 1 | 2 | 2 | 0.75 | 1.00 |" in table

@@ -236,6 +236,8 @@ class ConditionResult:
     n_normal_images: int = 0
     image_auc_vs_normal: float = float("nan")
     image_auc_malignant: float = float("nan")
+    #: Each image's risk, the images with clusters then the normals (for other analyses).
+    image_risks: list[float] = field(default_factory=list)
     marks_per_image: float = 0.0
     seconds_per_image: float = 0.0
 
@@ -550,6 +552,7 @@ def _image_level(with_clusters: Sequence[ImageMatch], normals: Sequence[ImageMat
         "n_normal_images": len(normals),
         "image_auc_vs_normal": roc_auc(risk, has_cluster),
         "image_auc_malignant": roc_auc(risk, malignant),
+        "image_risks": [round(float(r), 4) for r in risk],
     }
 
 
