@@ -208,8 +208,9 @@ def test_breast_level_combines_cc_and_mlo():
     bl = m["breast_level"]
     assert bl["n_breasts"] == 4 and bl["n_with_two_or_more_views"] == 3 and bl["n_positive"] == 2
     bal = bl["classification"]["balanced"]
-    # Risk = highest score * p_malignant: P1 R positive (0.9 * 0.95) TP; P1 L negative (0.5 * 0.2)
-    # TN; P2 R negative (0.9 * 0.7) FP; lonely positive (0.9 * 0.4) FN
+    # "balanced" cuts the breast's highest reported p_malignant at 0.5: P1 R positive (0.95) TP;
+    # P1 L negative (0.2) TN; P2 R negative (0.7) FP; lonely positive (0.4) FN. (Its risks,
+    # highest score * p_malignant, 0.855 / 0.1 / 0.63 / 0.36, make the same calls at 0.5.)
     assert (bal["tp"], bal["fn"], bal["tn"], bal["fp"]) == (1, 1, 1, 1)
     img = m["image_level"]["classification"]["balanced"]
     # images: P1_R_CC FN (missed on this view), P1_R_MLO TP, P1_L_* TN, P2_R_CC FP, P2_R_MLO TN, lonely FN
@@ -252,6 +253,11 @@ def test_image_score_is_the_risk_detect_reports():
     assert op["rule"] != img["rule"]
     assert m["image_level"]["auc"]["auc"] == pytest.approx(2 / 3)  # positives 0.72, 0, 0.36; negative 0.3465
     # Lesion level, the same two kinds of cut on each found lesion.
+    # Breast level (no identities: each image a breast of its own), the same two kinds of cut.
+    br_high = m["breast_level"]["classification"]["risk_category>=high"]
+    br_bal = m["breast_level"]["classification"]["balanced"]
+    assert (br_high["tp"], br_high["fn"], br_high["tn"], br_high["fp"]) == (1, 2, 1, 0)
+    assert (br_bal["tp"], br_bal["fn"], br_bal["tn"], br_bal["fp"]) == (2, 1, 0, 1)
     les_high = m["lesion_level"]["classification"]["risk_category>=high"]
     les_bal = m["lesion_level"]["classification"]["balanced"]
     assert (les_high["tp"], les_high["fn"]) == (1, 2)  # "weak" (0.36) under the boundary

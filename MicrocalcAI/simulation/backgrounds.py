@@ -102,7 +102,16 @@ class RealBackgroundLibrary:
                 dicom_row_spacing_mm(ds, BACKGROUND_SPACING_RANGE_MM), spacing_mm, pixels.shape
             )
             if source == "assumed":
-                log.warning("background %s: %s", name, spacing_when_unknown(pixels.shape, CBIS_SPACING_MM)[1])
+                log.warning(
+                    "background %s: no pixel spacing in the file; cut at %g mm, as detect would take it "
+                    "(DDSM's %g mm unless the image would then not be a whole mammogram's size, %.0f mm long "
+                    "at %g mm); pass --background-spacing if you know the true value",
+                    name,
+                    spacing,
+                    CBIS_SPACING_MM,
+                    max(pixels.shape) * spacing,
+                    spacing,
+                )
             images.append(RealBackground(name, pixels, lat, view, mask, factor, spacing, source))
         return cls(images, spacing_mm)
 
