@@ -550,9 +550,10 @@ def _image_level(with_clusters: Sequence[ImageMatch], normals: Sequence[ImageMat
     against all others; NaN without normals."""
     if not normals:
         return {}
-    risk = np.array([m.probability for m in (*with_clusters, *normals)], dtype=np.float64)
-    has_cluster = np.array([len(m.gt_labels) > 0 for m in (*with_clusters, *normals)], dtype=bool)
-    malignant = np.array([bool(np.any(m.gt_labels == MALIGNANT)) for m in (*with_clusters, *normals)], dtype=bool)
+    images = [*with_clusters, *normals]
+    risk = np.array([m.probability for m in images], dtype=np.float64)
+    has_cluster = np.array([len(m.gt_labels) > 0 for m in images], dtype=bool)
+    malignant = np.array([bool(np.any(m.gt_labels == MALIGNANT)) for m in images], dtype=bool)
     return {
         "n_normal_images": len(normals),
         "image_auc_vs_normal": roc_auc(risk, has_cluster),

@@ -343,22 +343,21 @@ def unit_level_metrics(
     p: np.ndarray,
     positive: np.ndarray,
     flagged: np.ndarray,
+    lesion_p: np.ndarray,
     members: list[np.ndarray],
     spec: Optional[ModelSpec],
     boot: np.ndarray,
     n_bins: int,
-    lesion_p: Optional[np.ndarray] = None,
 ) -> dict[str, Any]:
     """Image- or breast-level numbers: AUC with CI, each operating point, calibration.
 
     ``p`` is each unit's risk, ``positive`` whether it holds a malignant lesion, ``flagged``
     whether a reported lesion on it is labelled malignant, ``lesion_p`` the highest
-    p_malignant of a reported lesion on it (None: ``p``); ``members`` are the bootstrap
+    p_malignant of a reported lesion on it; ``members`` are the bootstrap
     clusters (one unit each). An operating point is a cut on a lesion's p_malignant, so a unit
     is positive under it when one of its reported lesions reaches it; a risk-category boundary
     is a cut on the unit's risk.
     """
-    lesion_p = p if lesion_p is None else lesion_p
 
     def unit_counts(pred: np.ndarray) -> np.ndarray:
         if not members:
@@ -556,11 +555,11 @@ def compute_metrics(
         image_p,
         image_pos,
         image_flag,
+        image_lesion_p,
         [np.array([i]) for i in range(n_images)],
         spec,
         boot_images,
         n_calibration_bins,
-        image_lesion_p,
     )
 
     breasts = group_breasts(truth, findings)
@@ -569,11 +568,11 @@ def compute_metrics(
         np.array([image_p[g].max() for g in breasts], dtype=np.float64),
         np.array([image_pos[g].any() for g in breasts], dtype=bool),
         np.array([image_flag[g].any() for g in breasts], dtype=bool),
+        np.array([image_lesion_p[g].max() for g in breasts], dtype=np.float64),
         [np.array([i]) for i in range(len(breasts))],
         spec,
         boot_breasts,
         n_calibration_bins,
-        np.array([image_lesion_p[g].max() for g in breasts], dtype=np.float64),
     )
     breast_level["n_breasts"] = len(breasts)
     breast_level["n_with_two_or_more_views"] = sum(1 for g in breasts if len(g) >= 2)
