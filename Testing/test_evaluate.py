@@ -206,6 +206,12 @@ def test_breast_level_combines_cc_and_mlo():
     assert group_breasts(t, f) == [[0, 1], [2, 3], [4, 5], [6]]
     m = compute_metrics(t, f, spec=spec(), n_bootstrap=0)
     bl = m["breast_level"]
+    # Lesion vs none by the highest detection score, a breast's being the highest of its
+    # images': P1 R 0.9 (+), P1 L 0.8 (+: its lesion is benign), P2 R 0.9 (-), lonely 0.9 (+).
+    assert (bl["detection_auc"]["n_positive"], bl["detection_auc"]["n_negative"]) == (3, 1)
+    assert bl["detection_auc"]["auc"] == pytest.approx((0.5 + 0 + 0.5) / 3)
+    # Images: + (0, 0.9, 0.8, 0.9) vs - (0.5, 0.9, 0): 7.5 of 12 pairs ordered.
+    assert m["image_level"]["detection_auc"]["auc"] == pytest.approx(7.5 / 12)
     assert bl["n_breasts"] == 4 and bl["n_with_two_or_more_views"] == 3 and bl["n_positive"] == 2
     bal = bl["classification"]["balanced"]
     # "balanced" cuts the breast's highest reported p_malignant at 0.5: P1 R positive (0.95) TP;
@@ -262,6 +268,39 @@ def test_image_score_is_the_risk_detect_reports():
     les_bal = m["lesion_level"]["classification"]["balanced"]
     assert (les_high["tp"], les_high["fn"]) == (1, 2)  # "weak" (0.36) under the boundary
     assert (les_bal["tp"], les_bal["fn"]) == (2, 1)
+
+
+def test_lesion_vs_none_auc_scores_images_by_their_highest_detection():
+    """Beside the risk's AUC (malignant vs the rest), evaluate reports the image AUC of "holds a
+    lesion of any class" vs "holds none", scored by the highest detection score (reported or
+    not): the risk would rank a found benign cluster (0.6 * 0.4 = 0.24) below a normal image's
+    faint mark called malignant (0.35 * 0.99), the detection score does not."""
+    t = [
+        truth("normal_faint", [], []),
+        truth("benign_found", [GT_BOX], [B]),
+        truth("normal_low", [], []),
+        truth("malignant_missed", [GT_BOX], [M]),
+        truth("malignant_found", [GT_BOX], [M]),
+    ]
+    f = [
+        finding("normal_faint", [les(FAR, 0.35, 0.99)]),
+        finding("benign_found", [les(GT_BOX, 0.6, 0.4)]),
+        finding("normal_low", [les(FAR, 0.2, 0.9)]),  # below the threshold (0.3): no risk, but a score
+        finding("malignant_missed", []),
+        finding("malignant_found", [les(GT_BOX, 0.9, 0.8)]),
+    ]
+    m = compute_metrics(t, f, spec=spec(), n_bootstrap=50)
+    assert [r["detection_score"] for r in m["images"]] == pytest.approx([0.35, 0.6, 0.2, 0.0, 0.9])
+    assert [r["probability"] for r in m["images"]] == pytest.approx([0.3465, 0.24, 0.0, 0.0, 0.72])
+    det = m["image_level"]["detection_auc"]
+    assert (det["n_positive"], det["n_negative"]) == (3, 2)
+    # + (0.6, 0, 0.9) vs - (0.35, 0.2): 4 of 6 pairs ordered; the miss ranks last.
+    assert det["auc"] == pytest.approx(4 / 6)
+    assert det["auc_ci95"] is not None and det["auc_ci95"][0] <= det["auc_ci95"][1]
+    # Each image is a breast of its own here, so the breast level agrees.
+    assert m["breast_level"]["detection_auc"]["auc"] == pytest.approx(4 / 6)
+    # The risk's AUC is still malignant vs the rest: + (0, 0.72) vs - (0.3465, 0.24, 0).
+    assert m["image_level"]["auc"]["auc"] == pytest.approx((0.5 + 3) / 6)
 
 
 def test_operating_point_and_threshold_handling():

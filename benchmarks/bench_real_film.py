@@ -241,6 +241,9 @@ class ConditionResult:
     n_normal_images: int = 0
     image_auc_vs_normal: float = float("nan")
     image_auc_malignant: float = float("nan")
+    #: Images with clusters against the normals scored by the highest detection score, any class
+    #: (``ImageMatch.detection_score``; ``microcalcai evaluate``'s lesion-vs-none image AUC).
+    image_auc_detection_vs_normal: float = float("nan")
     #: Each image's risk, the images with clusters then the normals (for other analyses).
     image_risks: list[float] = field(default_factory=list)
     marks_per_image: float = 0.0
@@ -545,9 +548,10 @@ def _matched(image: ImageMarks, min_specks: int, threshold: float, edge_margin_m
 
 
 def _image_level(with_clusters: Sequence[ImageMatch], normals: Sequence[ImageMatch]) -> dict[str, Any]:
-    """Image-risk AUCs (each image's risk is its match's ``probability``, the rule ``detect``
-    reports): images with clusters against the normals, and images with a malignant cluster
-    against all others; NaN without normals."""
+    """Image-level AUCs: of the image risk (its match's ``probability``, the rule ``detect``
+    reports) for images with clusters against the normals and for images with a malignant
+    cluster against all others; and of the detection score (``detection_score``, the highest
+    score of any mark) for images with clusters against the normals. NaN without normals."""
     if not normals:
         return {}
     images = [*with_clusters, *normals]
@@ -558,6 +562,9 @@ def _image_level(with_clusters: Sequence[ImageMatch], normals: Sequence[ImageMat
         "n_normal_images": len(normals),
         "image_auc_vs_normal": roc_auc(risk, has_cluster),
         "image_auc_malignant": roc_auc(risk, malignant),
+        "image_auc_detection_vs_normal": roc_auc(
+            np.array([m.detection_score for m in images], dtype=np.float64), has_cluster
+        ),
         "image_risks": [round(float(r), 4) for r in risk],
     }
 
@@ -732,15 +739,16 @@ def markdown_table(results: Sequence[ConditionResult], model: str) -> str:
         lines += [
             "",
             "Image level (`--normals`: the same films delivered without clusters; image risk as `detect` reports it, "
-            "the highest score * p_malignant at the threshold):",
+            "the highest score * p_malignant at the threshold; detection score: the highest score of any mark):",
             "",
-            "| row | images with clusters | normal images | AUC, with clusters vs normal | AUC, malignant vs the rest |",
-            "|---|---|---|---|---|",
+            "| row | images with clusters | normal images | AUC, with clusters vs normal: risk "
+            "| AUC, with clusters vs normal: detection score | AUC, malignant vs the rest: risk |",
+            "|---|---|---|---|---|---|",
         ]
         for index, r in enumerate(results, 1):
             lines.append(
                 f"| {index} | {r.n_images} | {r.n_normal_images} | {_fmt(r.image_auc_vs_normal)} "
-                f"| {_fmt(r.image_auc_malignant)} |"
+                f"| {_fmt(r.image_auc_detection_vs_normal)} | {_fmt(r.image_auc_malignant)} |"
             )
     return "\n".join(lines) + "\n"
 

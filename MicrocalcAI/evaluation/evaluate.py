@@ -144,7 +144,9 @@ class EvaluationReport:
         for level in ("image_level", "breast_level"):
             block = m[level]
             lines.append(
-                f"{level.replace('_', ' ')}: AUC {f(block['auc']['auc'])}{ci(block['auc'], 'auc_ci95')}; "
+                f"{level.replace('_', ' ')}: AUC {f(block['auc']['auc'])}{ci(block['auc'], 'auc_ci95')}"
+                f" (malignant vs the rest, by the risk); lesion vs none AUC {f(block['detection_auc']['auc'])}"
+                f"{ci(block['detection_auc'], 'auc_ci95')} (by the detection score); "
                 + "; ".join(
                     f"{name}: acc {f(c['accuracy'])} sens {f(c['sensitivity'])} spec {f(c['specificity'])}"
                     for name, c in block["classification"].items()

@@ -130,6 +130,12 @@ class ImageMatch:
     #: The highest p_malignant of a reported detection (0.0 without): what the operating
     #: points, cuts on a lesion's p_malignant, are applied to at image level.
     max_p_malignant: float = 0.0
+    #: The highest score of any available detection (0.0 without), reported or not: the image's
+    #: evidence of holding a calcification lesion at all, whatever its class. The risk
+    #: (``probability``) is the evidence of a *malignant* one, so it ranks an image with a found
+    #: benign cluster below one with a faint false mark called malignant; "lesion vs none" is
+    #: scored by this. Threshold-free, as the FROC sweep is.
+    detection_score: float = 0.0
 
 
 def match_detections(
@@ -204,6 +210,7 @@ def match_hits(
         probability=image_probability_of(scores[reported], p_mal[reported]),
         any_malignant_label=bool(any(lab == "malignant" for lab, r in zip(labels, reported) if r)),
         max_p_malignant=float(p_mal[reported].max()) if reported.any() else 0.0,
+        detection_score=float(scores.max()) if len(scores) else 0.0,
     )
 
 
