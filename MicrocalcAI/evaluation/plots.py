@@ -40,23 +40,25 @@ def _auc_label(name: str, block: dict[str, Any]) -> str:
 
 
 def plot_roc(metrics: dict[str, Any]) -> bytes:
-    """ROC curves: lesion benign-vs-malignant (matched lesions), image and breast risk."""
+    """ROC curves: lesion benign-vs-malignant (matched lesions), image and breast risk (malignant
+    vs the rest), and, dashed, the image's lesion-vs-none curve of the detection score."""
     fig = _figure(6.0, 5.6)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
-    for name, block, colour in (
-        ("lesion (matched)", metrics["lesion_level"]["auc_benign_vs_malignant_matched"], "tab:purple"),
-        ("image", metrics["image_level"]["auc"], "tab:blue"),
-        ("breast", metrics["breast_level"]["auc"], "tab:orange"),
+    for name, block, colour, style in (
+        ("lesion (matched)", metrics["lesion_level"]["auc_benign_vs_malignant_matched"], "tab:purple", "-"),
+        ("image", metrics["image_level"]["auc"], "tab:blue", "-"),
+        ("breast", metrics["breast_level"]["auc"], "tab:orange", "-"),
+        ("image, lesion vs none", metrics["image_level"].get("detection_auc"), "tab:green", "--"),
     ):
-        roc = block["roc"]
-        if block.get("auc") is None:
+        if block is None or block.get("auc") is None:
             continue
-        ax.plot(roc["fpr"], roc["tpr"], color=colour, linewidth=1.8, label=_auc_label(name, block))
+        roc = block["roc"]
+        ax.plot(roc["fpr"], roc["tpr"], color=colour, linestyle=style, linewidth=1.8, label=_auc_label(name, block))
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("1 - specificity (false-positive rate)")
-    ax.set_ylabel("sensitivity (malignant)")
+    ax.set_ylabel("sensitivity (malignant; dashed: any lesion)")
     ax.set_title(f"ROC, 95% CI by bootstrap (n={metrics['n_bootstrap']})", fontsize=10)
     ax.legend(loc="lower right", fontsize=7)
     ax.grid(alpha=0.3)
