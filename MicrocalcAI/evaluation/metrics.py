@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 import numpy as np
@@ -51,10 +51,10 @@ __all__ = [
     "DETECTOR_CLASS",
     "REPORT_SCHEMA",
     "PooledLesions",
+    "UnitScores",
     "bootstrap_indices",
     "calibration_metrics",
     "compute_metrics",
-    "detection_auc_block",
     "detection_metrics",
     "json_ready",
     "lesion_level_metrics",
@@ -72,7 +72,9 @@ log = logging.getLogger(__name__)
 #: Name of the classification rule "the detector's own class" (argmax benign/malignant).
 DETECTOR_CLASS = "detector_class"
 #: 2 (2026-12-03): the image score is the risk ``detect`` reports (highest score * p_malignant),
-#: no longer the highest p_malignant; risk-category rows cut that risk.
+#: no longer the highest p_malignant; risk-category rows cut that risk. Later the same day, with
+#: fields added only (so the same schema): ``detection_auc`` at image and breast level and each
+#: image's ``detection_score``.
 REPORT_SCHEMA = "microcalcai-evaluation-2"
 
 
@@ -154,11 +156,47 @@ def _auc_block(scores: np.ndarray, positive: np.ndarray, members: list[np.ndarra
     }
 
 
-def detection_auc_block(
-    detection_score: np.ndarray, holds_lesion: np.ndarray, members: list[np.ndarray], boot: np.ndarray
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class UnitScores:
+    """Per image, or per breast, what the image- and breast-level figures are computed from:
+    the one place that says what makes a unit positive and how a breast combines its images."""
+
+    risk: np.ndarray  # the risk ``detect`` reports (highest score * p_malignant reported)
+    malignant: np.ndarray  # truth: holds a malignant GT lesion
+    flagged: np.ndarray  # a reported lesion is labelled malignant
+    lesion_p: np.ndarray  # highest p_malignant of a reported lesion
+    #: Highest detection score at or above the evaluation floor (0.0 without): the evidence of
+    #: holding a lesion of any class (``ImageMatch.detection_score``).
+    detection: np.ndarray
+    holds_lesion: np.ndarray  # truth: holds a GT lesion of any class
+
+    @classmethod
+    def of_images(cls, matches: Sequence[ImageMatch], floor: float) -> UnitScores:
+        """One row per image. ``floor``: the lowest score every image's findings hold (the FROC
+        sweep's), so that no image is scored from marks another image's findings could not hold."""
+        detection = np.array([m.detection_score for m in matches], dtype=np.float64)
+        return cls(
+            risk=np.array([m.probability for m in matches], dtype=np.float64),
+            malignant=np.array([bool(np.any(m.gt_labels == MALIGNANT)) for m in matches], dtype=bool),
+            flagged=np.array([m.any_malignant_label for m in matches], dtype=bool),
+            lesion_p=np.array([m.max_p_malignant for m in matches], dtype=np.float64),
+            detection=np.where(detection >= floor, detection, 0.0),
+            holds_lesion=np.array([len(m.gt_labels) > 0 for m in matches], dtype=bool),
+        )
+
+    def of_breasts(self, breasts: Sequence[Sequence[int]]) -> UnitScores:
+        """One row per breast (``breasts``: image indices): the highest of its images' scores,
+        positive when any image is (the product's ``combine="max"``)."""
+
+        def highest(values: np.ndarray) -> np.ndarray:
+            return np.array([values[list(g)].max() for g in breasts], dtype=values.dtype)
+
+        return UnitScores(*(highest(getattr(self, f.name)) for f in fields(self)))
+
+
+def _detection_auc_block(units: UnitScores, boot: np.ndarray) -> dict[str, Any]:
     """AUC of "holds a calcification lesion" (any class) against "holds none", scored by the
-    highest detection score (``ImageMatch.detection_score``; a breast: the highest of its images).
+    highest detection score.
 
     Why beside the risk's AUC: the risk is the probability of a *malignant* cluster, so it is
     the right score for malignant vs the rest, but it ranks a found benign cluster (score 0.6,
@@ -166,10 +204,11 @@ def detection_auc_block(
     0.45). Whether the detector tells images with calcifications from normal ones is a question
     about its scores alone (docs/evaluation.md).
     """
+    members = [np.array([i]) for i in range(len(units.detection))]
     return {
         "truth": "holds a GT lesion of any class",
-        "score": "highest detection score, any class, down to the evaluation floor",
-        **_auc_block(detection_score, holds_lesion, members, boot),
+        "score": "highest detection score, any class, at or above the evaluation floor",
+        **_auc_block(units.detection, units.holds_lesion, members, boot),
     }
 
 
@@ -360,24 +399,20 @@ def lesion_level_metrics(
 
 
 def unit_level_metrics(
-    p: np.ndarray,
-    positive: np.ndarray,
-    flagged: np.ndarray,
-    lesion_p: np.ndarray,
-    members: list[np.ndarray],
+    units: UnitScores,
     spec: Optional[ModelSpec],
     boot: np.ndarray,
     n_bins: int,
 ) -> dict[str, Any]:
-    """Image- or breast-level numbers: AUC with CI, each operating point, calibration.
+    """Image- or breast-level numbers: AUC with CI (malignant vs the rest, by the risk), each
+    operating point, calibration, and the lesion-vs-none AUC of the detection score.
 
-    ``p`` is each unit's risk, ``positive`` whether it holds a malignant lesion, ``flagged``
-    whether a reported lesion on it is labelled malignant, ``lesion_p`` the highest
-    p_malignant of a reported lesion on it; ``members`` are the bootstrap
-    clusters (one unit each). An operating point is a cut on a lesion's p_malignant, so a unit
-    is positive under it when one of its reported lesions reaches it; a risk-category boundary
-    is a cut on the unit's risk.
+    The bootstrap resamples units (one each). An operating point is a cut on a lesion's
+    p_malignant, so a unit is positive under it when one of its reported lesions reaches it; a
+    risk-category boundary is a cut on the unit's risk.
     """
+    p, positive, flagged, lesion_p = units.risk, units.malignant, units.flagged, units.lesion_p
+    members = [np.array([i]) for i in range(len(p))]
 
     def unit_counts(pred: np.ndarray) -> np.ndarray:
         if not members:
@@ -401,6 +436,7 @@ def unit_level_metrics(
         "auc": _auc_block(p, positive, members, boot),
         "classification": cls,
         "calibration": calibration_bins(p, positive, n_bins),
+        "detection_auc": _detection_auc_block(units, boot),
     }
 
 
@@ -465,6 +501,7 @@ def image_table(
     findings: Sequence[Optional[ImageFindings]],
     matches: Sequence[ImageMatch],
     breasts: Sequence[Sequence[int]],
+    detection: np.ndarray,
 ) -> list[dict[str, Any]]:
     """One row per image: what it holds, what was found, its risk, its detection score and its breast."""
     breast_of = {i: b for b, g in enumerate(breasts) for i in g}
@@ -479,7 +516,7 @@ def image_table(
             "found": int(m.matched.sum()),
             "false_positives": m.n_fp,
             "probability": float(m.probability),
-            "detection_score": float(m.detection_score),
+            "detection_score": float(detection[i]),
         }
         for i, (t, m) in enumerate(zip(truth, matches))
     ]
@@ -547,7 +584,7 @@ def compute_metrics(
     no detection (its lesions missed), never as an image left out. ``spec`` supplies the
     operating points (lesion score threshold, p_malignant thresholds, risk categories);
     ``score_threshold`` overrides its lesion score threshold. Lesions below the threshold in
-    the findings are used only by the FROC sweep. Returns a JSON-ready dict (nan -> None).
+    the findings are used only by the FROC sweep and the detection score. Returns a JSON-ready dict (nan -> None).
     """
     if len(truth) != len(findings):
         raise MicrocalcAIError(f"{len(truth)} ground-truth images but {len(findings)} findings")
@@ -568,44 +605,12 @@ def compute_metrics(
     detection["by_descriptor"] = _by_descriptor(truth, pooled.matched, pooled.matched_p, pooled.gt)
     lesion_level = lesion_level_metrics(pooled, spec, boot_images, n_calibration_bins)
 
-    image_p = np.array([m.probability for m in matches], dtype=np.float64)
-    image_pos = np.array([bool(np.any(m.gt_labels == MALIGNANT)) for m in matches], dtype=bool)
-    image_flag = np.array([m.any_malignant_label for m in matches], dtype=bool)
-    image_lesion_p = np.array([m.max_p_malignant for m in matches], dtype=np.float64)
-    image_level = unit_level_metrics(
-        image_p,
-        image_pos,
-        image_flag,
-        image_lesion_p,
-        [np.array([i]) for i in range(n_images)],
-        spec,
-        boot_images,
-        n_calibration_bins,
-    )
+    images = UnitScores.of_images(matches, floor)
+    image_level = unit_level_metrics(images, spec, boot_images, n_calibration_bins)
 
     breasts = group_breasts(truth, findings)
     boot_breasts = bootstrap_indices(len(breasts), n_bootstrap, seed, 2)
-    breast_level = unit_level_metrics(
-        np.array([image_p[g].max() for g in breasts], dtype=np.float64),
-        np.array([image_pos[g].any() for g in breasts], dtype=bool),
-        np.array([image_flag[g].any() for g in breasts], dtype=bool),
-        np.array([image_lesion_p[g].max() for g in breasts], dtype=np.float64),
-        [np.array([i]) for i in range(len(breasts))],
-        spec,
-        boot_breasts,
-        n_calibration_bins,
-    )
-    detected = np.array([m.detection_score for m in matches], dtype=np.float64)
-    holds_lesion = np.array([len(m.gt_labels) > 0 for m in matches], dtype=bool)
-    image_level["detection_auc"] = detection_auc_block(
-        detected, holds_lesion, [np.array([i]) for i in range(n_images)], boot_images
-    )
-    breast_level["detection_auc"] = detection_auc_block(
-        np.array([detected[g].max() for g in breasts], dtype=np.float64),
-        np.array([holds_lesion[g].any() for g in breasts], dtype=bool),
-        [np.array([i]) for i in range(len(breasts))],
-        boot_breasts,
-    )
+    breast_level = unit_level_metrics(images.of_breasts(breasts), spec, boot_breasts, n_calibration_bins)
     breast_level["n_breasts"] = len(breasts)
     breast_level["n_with_two_or_more_views"] = sum(1 for g in breasts if len(g) >= 2)
     breast_level["combine"] = "max"
@@ -621,7 +626,7 @@ def compute_metrics(
         "n_images": n_images,
         "n_images_not_analysed": len(failed),
         "images_not_analysed": failed,
-        "n_images_malignant": int(image_pos.sum()),
+        "n_images_malignant": int(images.malignant.sum()),
         "n_bootstrap": int(n_bootstrap),
         "bootstrap_seed": int(seed),
         "warnings": warnings,
@@ -630,7 +635,7 @@ def compute_metrics(
         "image_level": image_level,
         "breast_level": breast_level,
         "calibration": calibration_metrics(truth, findings, pooled, spec, n_calibration_bins),
-        "images": image_table(truth, findings, matches, breasts),
+        "images": image_table(truth, findings, matches, breasts, images.detection),
         "lesions": lesion_table(truth, matches, pooled),
     }
     return json_ready(metrics)
@@ -648,9 +653,8 @@ def validation_summary(
     """
     pooled = pool_lesions(matches)
     det = detection_metrics(pooled, matches, floor)
-    image_p = np.array([m.probability for m in matches], dtype=np.float64)
-    image_pos = np.array([bool(np.any(m.gt_labels == MALIGNANT)) for m in matches], dtype=bool)
-    image_auc = roc_auc(image_p, image_pos) if len(matches) else float("nan")
+    images = UnitScores.of_images(matches, floor)
+    image_auc = roc_auc(images.risk, images.malignant) if len(matches) else float("nan")
     lesion_auc = roc_auc(pooled.matched_p[pooled.matched], pooled.is_malignant[pooled.matched])
     summary: dict[str, Any] = {
         "score_threshold": float(score_threshold),

@@ -49,9 +49,9 @@ def plot_roc(metrics: dict[str, Any]) -> bytes:
         ("lesion (matched)", metrics["lesion_level"]["auc_benign_vs_malignant_matched"], "tab:purple", "-"),
         ("image", metrics["image_level"]["auc"], "tab:blue", "-"),
         ("breast", metrics["breast_level"]["auc"], "tab:orange", "-"),
-        ("image, lesion vs none", metrics["image_level"].get("detection_auc"), "tab:green", "--"),
+        ("image, lesion vs none", metrics["image_level"]["detection_auc"], "tab:green", "--"),
     ):
-        if block is None or block.get("auc") is None:
+        if block.get("auc") is None:
             continue
         roc = block["roc"]
         ax.plot(roc["fpr"], roc["tpr"], color=colour, linestyle=style, linewidth=1.8, label=_auc_label(name, block))
