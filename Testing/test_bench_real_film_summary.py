@@ -170,7 +170,8 @@ def test_a_refused_image_misses_its_clusters_and_is_counted(bench: Any) -> None:
 def test_image_level_aucs_use_the_risk_detect_reports_against_normals(bench: Any) -> None:
     """With ``--normals`` each row gets image AUCs of the image risk ``detect`` reports, the
     highest score * p_malignant at the threshold: a normal film's faint mark the detector calls
-    malignant at p 0.99 outranks neither cluster image, as it would under the highest p_malignant.
+    malignant at p 0.99 outranks the benign cluster image but not the malignant one, where under
+    the highest p_malignant it would outrank both.
     The detection-score AUC ranks the same images by their highest mark score, whatever its class
     and whether or not it reaches the threshold. The three rules give three different AUCs here."""
     condition = bench.Condition(spacing_mm=0.2, film_blur_mm=0.05, added_blur_mm=0.0, bits=8, upsampling="lanczos")

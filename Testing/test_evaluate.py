@@ -25,6 +25,7 @@ from MicrocalcAI.evaluation.curves import FROC_RATES, froc_sensitivities, roc_au
 from MicrocalcAI.evaluation.evaluate import EvaluationReport, evaluate_dataset, write_report
 from MicrocalcAI.evaluation.matching import ImageTruth, group_breasts, truth_from_coco
 from MicrocalcAI.evaluation.metrics import DETECTOR_CLASS, compute_metrics
+from MicrocalcAI.evaluation.plots import plot_roc
 
 B, M = 1, 2
 GT_BOX = (100.0, 100.0, 140.0, 140.0)  # every hand-built image has its lesions here or at FAR
@@ -318,6 +319,13 @@ def test_lesion_vs_none_auc_scores_images_by_their_highest_detection():
     m3 = compute_metrics(t[1:2] + t[4:], f[1:2] + f[4:], spec=spec(), n_bootstrap=0)
     assert m3["image_level"]["detection_auc"]["auc"] is None
     assert "lesion vs none AUC n/a" in EvaluationReport("x", {"name": "eval-test"}, m3).summary()
+
+    # A metrics.json of the same schema written before the field existed still reads and plots.
+    older = json.loads(json.dumps(m))
+    for level in ("image_level", "breast_level"):
+        del older[level]["detection_auc"]
+    assert "lesion vs none AUC n/a" in EvaluationReport("x", {"name": "eval-test"}, older).summary()
+    assert plot_roc(older).startswith(b"\x89PNG")
 
 
 def test_operating_point_and_threshold_handling():

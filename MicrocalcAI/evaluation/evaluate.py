@@ -143,10 +143,11 @@ class EvaluationReport:
             )
         for level in ("image_level", "breast_level"):
             block = m[level]
+            detection = block.get("detection_auc") or {}  # absent from reports before 2026-12-03
             lines.append(
                 f"{level.replace('_', ' ')}: AUC {f(block['auc']['auc'])}{ci(block['auc'], 'auc_ci95')}"
-                f" (malignant vs the rest, by the risk); lesion vs none AUC {f(block['detection_auc']['auc'])}"
-                f"{ci(block['detection_auc'], 'auc_ci95')} (by the detection score); "
+                f" (malignant vs the rest, by the risk); lesion vs none AUC {f(detection.get('auc'))}"
+                f"{ci(detection, 'auc_ci95')} (by the detection score); "
                 + "; ".join(
                     f"{name}: acc {f(c['accuracy'])} sens {f(c['sensitivity'])} spec {f(c['specificity'])}"
                     for name, c in block["classification"].items()

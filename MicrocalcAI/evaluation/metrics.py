@@ -156,7 +156,7 @@ def _auc_block(scores: np.ndarray, positive: np.ndarray, members: list[np.ndarra
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: no elementwise == or hash
 class UnitScores:
     """Per image, or per breast, what the image- and breast-level figures are computed from:
     the one place that says what makes a unit positive and how a breast combines its images."""

@@ -49,9 +49,10 @@ def plot_roc(metrics: dict[str, Any]) -> bytes:
         ("lesion (matched)", metrics["lesion_level"]["auc_benign_vs_malignant_matched"], "tab:purple", "-"),
         ("image", metrics["image_level"]["auc"], "tab:blue", "-"),
         ("breast", metrics["breast_level"]["auc"], "tab:orange", "-"),
-        ("image, lesion vs none", metrics["image_level"]["detection_auc"], "tab:green", "--"),
+        # Absent from reports written before 2026-12-03 (same schema: the field was added).
+        ("image, lesion vs none", metrics["image_level"].get("detection_auc"), "tab:green", "--"),
     ):
-        if block.get("auc") is None:
+        if block is None or block.get("auc") is None:
             continue
         roc = block["roc"]
         ax.plot(roc["fpr"], roc["tpr"], color=colour, linestyle=style, linewidth=1.8, label=_auc_label(name, block))
