@@ -194,7 +194,7 @@ class UnitScores:
         return UnitScores(*(highest(getattr(self, f.name)) for f in fields(self)))
 
 
-def _detection_auc_block(units: UnitScores, boot: np.ndarray) -> dict[str, Any]:
+def _detection_auc_block(units: UnitScores, members: list[np.ndarray], boot: np.ndarray) -> dict[str, Any]:
     """AUC of "holds a calcification lesion" (any class) against "holds none", scored by the
     highest detection score.
 
@@ -204,7 +204,6 @@ def _detection_auc_block(units: UnitScores, boot: np.ndarray) -> dict[str, Any]:
     0.45). Whether the detector tells images with calcifications from normal ones is a question
     about its scores alone (docs/evaluation.md).
     """
-    members = [np.array([i]) for i in range(len(units.detection))]
     return {
         "truth": "holds a GT lesion of any class",
         "score": "highest detection score, any class, at or above the evaluation floor",
@@ -436,7 +435,7 @@ def unit_level_metrics(
         "auc": _auc_block(p, positive, members, boot),
         "classification": cls,
         "calibration": calibration_bins(p, positive, n_bins),
-        "detection_auc": _detection_auc_block(units, boot),
+        "detection_auc": _detection_auc_block(units, members, boot),
     }
 
 
