@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from typing import Optional
 
 from MicrocalcAI import __version__
-from MicrocalcAI.cli import convert, detect, evaluate, export, models, ood, render, report, simulate, train
+from MicrocalcAI.cli import convert, detect, evaluate, export, mine, models, ood, render, report, simulate, train
 from MicrocalcAI.cli.common import EXIT_ERROR, setup_logging
 from MicrocalcAI.core.errors import CancelledError, MicrocalcAIError
 
 __all__ = ["build_parser", "main"]
 
-SUBCOMMANDS = (detect, report, render, simulate, train, export, convert, evaluate, models, ood)
+SUBCOMMANDS = (detect, report, render, simulate, train, mine, export, convert, evaluate, models, ood)
 
 
 def build_parser() -> argparse.ArgumentParser:

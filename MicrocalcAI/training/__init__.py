@@ -8,6 +8,7 @@ checkpoints and export to a checked weights file plus manifest entry.
     validation.py    whole-image validation measured by MicrocalcAI.evaluation
     checkpoints.py   save / resume / initial weights
     export.py        fp16 weights + manifest entry with operating points
+    mining.py        a model's false marks recorded as hard negatives for the next training
     distributed.py   several processes (torchrun, DDP): process group, per-rank streams, one writer
 """
 

@@ -1,0 +1,174 @@
+"""Hard-negative mining: a trained model's false marks, recorded so the next training aims at them.
+
+Why: the marks a detector makes on real film are mostly look-alikes (dust, emulsion grain,
+single-pixel outliers) that a random breast patch rarely shows, so ordinary background patches
+teach it little about them. The training sampler already places ``patch.hard_negative_fraction``
+of its background patches on an image's recorded ``hard_negatives``
+(:class:`MicrocalcAI.training.data.PatchSampler`); this module writes a model's own false marks
+into that field, the classic bootstrapping of CAD training (Sung & Poggio, IEEE TPAMI 1998;
+hard-negative mining in Felzenszwalb et al., IEEE TPAMI 2010).
+
+A mark is "false" when it finds no annotated lesion by the one hit rule
+(:func:`MicrocalcAI.core.boxes.hit_matrix`) and does not even touch a lesion box: a patch aimed
+at it must not be the lesion's own. Images with no annotation (normal films) give only false
+marks; they may still hold unannotated calcifications, which is the caller's judgement to make.
+The input COCO file is never modified: a new one is written, atomically, with every entry kept
+and the mined boxes appended (type :data:`MINED_TYPE`, with the mark's score).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from MicrocalcAI.core.atomic import atomic_write_text
+from MicrocalcAI.core.boxes import box_iou, hit_matrix
+from MicrocalcAI.core.detect.manifest import ModelSpec
+from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
+from MicrocalcAI.core.progress import ProgressCallback, no_progress
+from MicrocalcAI.datasets.coco import parse_coco
+from MicrocalcAI.training.config import TrainConfigError
+from MicrocalcAI.training.data import canonical_boxes, standardise_file
+
+__all__ = ["MINED_TYPE", "MiningConfig", "MiningResult", "false_marks", "mine_false_marks"]
+
+log = logging.getLogger(__name__)
+
+#: The ``type`` of a mined hard negative in a COCO ``hard_negatives`` list.
+MINED_TYPE = "mined_false_mark"
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    """Which marks become hard negatives.
+
+    ``min_score`` sits below the operating threshold on purpose: marks the model nearly
+    reports are the ones that decide whether a normal image ranks below one with a lesion
+    (the detection-score AUC of ``microcalcai evaluate``). ``max_per_image`` keeps one
+    cluttered film from supplying most of the mined set (the highest scores are kept).
+    """
+
+    min_score: float = 0.2
+    max_per_image: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_score < 1.0:
+            raise TrainConfigError(f"min_score must lie in (0, 1), got {self.min_score}")
+        if self.max_per_image < 1:
+            raise TrainConfigError(f"max_per_image must be at least 1, got {self.max_per_image}")
+
+
+@dataclass
+class MiningResult:
+    """What one mining run wrote."""
+
+    coco_path: Path
+    n_images: int
+    n_mined: int
+    #: Mined marks per image id (images the model refused are absent).
+    per_image: dict[int, int] = field(default_factory=dict)
+    #: "file: reason" of each image the pipeline refused; they are kept in the output unchanged.
+    skipped: list[str] = field(default_factory=list)
+
+
+def false_marks(
+    det_boxes: np.ndarray,
+    det_scores: np.ndarray,
+    gt_boxes: np.ndarray,
+    config: MiningConfig,
+) -> np.ndarray:
+    """Indices of the detections to mine, highest score first: at or above ``min_score``,
+    finding no lesion and overlapping none, at most ``max_per_image``."""
+    det = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(det_scores, dtype=np.float64).reshape(-1)
+    gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    keep = scores >= config.min_score
+    if len(gt) and len(det):
+        keep &= ~hit_matrix(det, gt).any(axis=1)
+        keep &= ~(box_iou(det, gt) > 0).any(axis=1)
+    order = np.flatnonzero(keep)
+    order = order[np.argsort(-scores[order], kind="stable")]
+    return order[: config.max_per_image]
+
+
+def _to_coco_bbox(box: np.ndarray) -> list[float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
+
+
+def mine_false_marks(
+    coco_json: os.PathLike | str,
+    out_json: os.PathLike | str,
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    device: torch.device | str = "cpu",
+    config: MiningConfig = MiningConfig(),
+    *,
+    progress: ProgressCallback = no_progress,
+) -> MiningResult:
+    """Run ``model`` on every image of ``coco_json`` through the inference path and write
+    ``out_json``: the same dataset with each image's false marks appended to its
+    ``hard_negatives`` (stored-pixel COCO boxes). Relative file names are rewritten as
+    absolute paths so the new file may live anywhere. Images the pipeline refuses are
+    reported and kept unchanged; the run goes on."""
+    from MicrocalcAI.core.detect.run import detect
+
+    source, out = Path(coco_json), Path(out_json)
+    if out.resolve() == source.resolve():
+        raise DatasetError(f"mining writes a new COCO file; {out} is its input")
+    entries = parse_coco(source)  # validates every entry before any model time is spent
+    data: dict[str, Any] = json.loads(source.read_text(encoding="utf-8"))
+    raw_by_id = {int(e["id"]): e for e in data["images"]}
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    model.eval()
+    result = MiningResult(coco_path=out, n_images=len(entries), n_mined=0)
+    for i, entry in enumerate(entries):
+        progress(i / max(len(entries), 1), f"mining {entry.path.name} ({i + 1}/{len(entries)})")
+        raw = raw_by_id[entry.image_id]
+        raw["file_name"] = str(entry.path.resolve())
+        try:
+            canonical = standardise_file(
+                entry.path,
+                spacing_mm=spec.spacing_mm,
+                assumed_input_spacing_mm=spec.assumed_input_spacing_mm,
+                input_spacing_mm=entry.spacing_mm,
+                noise_equalisation=spec.noise_equalisation,
+            )
+        except MicrocalcAIError as exc:
+            log.warning("mining skips %s: %s", entry.path, exc)
+            result.skipped.append(f"{entry.path.name}: {exc}")
+            continue
+        detections = detect(canonical, model, spec, device=device, score_threshold=config.min_score)
+        boxes = np.array([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
+        scores = np.array([d.score for d in detections], dtype=np.float64)
+        gt = canonical_boxes(entry.boxes_stored, canonical.transform, canonical.image.shape)
+        chosen = false_marks(boxes, scores, gt, config)
+        stored = canonical.transform.to_stored_boxes(boxes[chosen]).reshape(-1, 4)
+        mined = [
+            {"type": MINED_TYPE, "bbox": _to_coco_bbox(box), "score": round(float(scores[d]), 4)}
+            for box, d in zip(stored, chosen)
+        ]
+        raw["hard_negatives"] = list(raw.get("hard_negatives") or []) + mined
+        result.per_image[entry.image_id] = len(mined)
+        result.n_mined += len(mined)
+    data.setdefault("info", {})
+    if isinstance(data["info"], dict):
+        data["info"]["hard_negative_mining"] = {
+            "source": str(source.resolve()),
+            "model": f"{spec.name} {spec.version}",
+            "min_score": config.min_score,
+            "max_per_image": config.max_per_image,
+            "n_mined": result.n_mined,
+            "n_images_refused": len(result.skipped),
+        }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(data, indent=1))
+    progress(1.0, f"mined {result.n_mined} false marks from {len(entries) - len(result.skipped)} images")
+    return result
