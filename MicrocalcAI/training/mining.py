@@ -8,9 +8,9 @@ of its background patches on an image's recorded ``hard_negatives``
 into that field, the classic bootstrapping of CAD training (Sung & Poggio, IEEE TPAMI 1998;
 hard-negative mining in Felzenszwalb et al., IEEE TPAMI 2010).
 
-A mark is "false" when it finds no annotated lesion by the one hit rule
-(:func:`MicrocalcAI.core.boxes.hit_matrix`) and does not even touch a lesion box: a patch aimed
-at it must not be the lesion's own. Images with no annotation (normal films) give only false
+A mark is "false" when it does not even touch an annotated lesion's box, so it finds none by the
+hit rule (:func:`MicrocalcAI.core.boxes.hit_matrix`) either, and a patch aimed at it is not the
+lesion's own. Images with no annotation (normal films) give only false
 marks; they may still hold unannotated calcifications, which is the caller's judgement to make.
 The input COCO file is never modified: a new one is written, atomically, with every entry kept
 and the mined boxes appended (type :data:`MINED_TYPE`, with the mark's score).
@@ -29,13 +29,14 @@ import numpy as np
 import torch
 
 from MicrocalcAI.core.atomic import atomic_write_text
-from MicrocalcAI.core.boxes import box_iou, hit_matrix
+from MicrocalcAI.core.boxes import box_intersection
 from MicrocalcAI.core.detect.manifest import ModelSpec
-from MicrocalcAI.core.errors import DatasetError, MicrocalcAIError
+from MicrocalcAI.core.errors import DatasetError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress
-from MicrocalcAI.datasets.coco import parse_coco
+from MicrocalcAI.datasets.coco import coco_bbox, parse_coco, relative_file_name
 from MicrocalcAI.training.config import TrainConfigError
-from MicrocalcAI.training.data import canonical_boxes, standardise_file
+from MicrocalcAI.training.data import canonical_boxes
+from MicrocalcAI.training.validation import standardised_entries
 
 __all__ = ["MINED_TYPE", "MiningConfig", "MiningResult", "false_marks", "mine_false_marks"]
 
@@ -85,22 +86,17 @@ def false_marks(
     config: MiningConfig,
 ) -> np.ndarray:
     """Indices of the detections to mine, highest score first: at or above ``min_score``,
-    finding no lesion and overlapping none, at most ``max_per_image``."""
+    touching no lesion box, at most ``max_per_image``."""
     det = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(det_scores, dtype=np.float64).reshape(-1)
     gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     keep = scores >= config.min_score
     if len(gt) and len(det):
-        keep &= ~hit_matrix(det, gt).any(axis=1)
-        keep &= ~(box_iou(det, gt) > 0).any(axis=1)
+        # Touching no lesion box implies finding none by the hit rule (a hit overlaps its lesion).
+        keep &= ~(box_intersection(det, gt) > 0).any(axis=1)
     order = np.flatnonzero(keep)
     order = order[np.argsort(-scores[order], kind="stable")]
     return order[: config.max_per_image]
-
-
-def _to_coco_bbox(box: np.ndarray) -> list[float]:
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
 
 
 def mine_false_marks(
@@ -115,9 +111,9 @@ def mine_false_marks(
 ) -> MiningResult:
     """Run ``model`` on every image of ``coco_json`` through the inference path and write
     ``out_json``: the same dataset with each image's false marks appended to its
-    ``hard_negatives`` (stored-pixel COCO boxes). Relative file names are rewritten as
-    absolute paths so the new file may live anywhere. Images the pipeline refuses are
-    reported and kept unchanged; the run goes on."""
+    ``hard_negatives`` (stored-pixel COCO boxes). File names are rewritten relative to the new
+    file's folder, so it may live anywhere. Images the pipeline refuses are reported and kept
+    unchanged; the run goes on."""
     from MicrocalcAI.core.detect.run import detect
 
     source, out = Path(coco_json), Path(out_json)
@@ -126,25 +122,12 @@ def mine_false_marks(
     entries = parse_coco(source)  # validates every entry before any model time is spent
     data: dict[str, Any] = json.loads(source.read_text(encoding="utf-8"))
     raw_by_id = {int(e["id"]): e for e in data["images"]}
+    for entry in entries:
+        raw_by_id[entry.image_id]["file_name"] = relative_file_name(entry.path, out.parent)
     device = torch.device(device) if not isinstance(device, torch.device) else device
     model.eval()
     result = MiningResult(coco_path=out, n_images=len(entries), n_mined=0)
-    for i, entry in enumerate(entries):
-        progress(i / max(len(entries), 1), f"mining {entry.path.name} ({i + 1}/{len(entries)})")
-        raw = raw_by_id[entry.image_id]
-        raw["file_name"] = str(entry.path.resolve())
-        try:
-            canonical = standardise_file(
-                entry.path,
-                spacing_mm=spec.spacing_mm,
-                assumed_input_spacing_mm=spec.assumed_input_spacing_mm,
-                input_spacing_mm=entry.spacing_mm,
-                noise_equalisation=spec.noise_equalisation,
-            )
-        except MicrocalcAIError as exc:
-            log.warning("mining skips %s: %s", entry.path, exc)
-            result.skipped.append(f"{entry.path.name}: {exc}")
-            continue
+    for entry, canonical in standardised_entries(entries, spec, "mining", progress=progress, skipped=result.skipped):
         detections = detect(canonical, model, spec, device=device, score_threshold=config.min_score)
         boxes = np.array([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
         scores = np.array([d.score for d in detections], dtype=np.float64)
@@ -152,23 +135,26 @@ def mine_false_marks(
         chosen = false_marks(boxes, scores, gt, config)
         stored = canonical.transform.to_stored_boxes(boxes[chosen]).reshape(-1, 4)
         mined = [
-            {"type": MINED_TYPE, "bbox": _to_coco_bbox(box), "score": round(float(scores[d]), 4)}
+            {"type": MINED_TYPE, "bbox": coco_bbox(box.tolist())[0], "score": round(float(scores[d]), 4)}
             for box, d in zip(stored, chosen)
         ]
+        raw = raw_by_id[entry.image_id]
         raw["hard_negatives"] = list(raw.get("hard_negatives") or []) + mined
         result.per_image[entry.image_id] = len(mined)
         result.n_mined += len(mined)
-    data.setdefault("info", {})
-    if isinstance(data["info"], dict):
-        data["info"]["hard_negative_mining"] = {
-            "source": str(source.resolve()),
-            "model": f"{spec.name} {spec.version}",
-            "min_score": config.min_score,
-            "max_per_image": config.max_per_image,
-            "n_mined": result.n_mined,
-            "n_images_refused": len(result.skipped),
-        }
+    if not isinstance(data.get("info"), dict):
+        data["info"] = {}
+    data["info"]["hard_negative_mining"] = {
+        "source": str(source.resolve()),
+        "model": f"{spec.name} {spec.version}",
+        "min_score": config.min_score,
+        "max_per_image": config.max_per_image,
+        "n_mined": result.n_mined,
+        "n_images_refused": len(result.skipped),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(data, indent=1))
-    progress(1.0, f"mined {result.n_mined} false marks from {len(entries) - len(result.skipped)} images")
+    n_used = len(entries) - len(result.skipped)
+    log.info("%s: %d false marks of %s %s mined from %d images", out, result.n_mined, spec.name, spec.version, n_used)
+    progress(1.0, f"mined {result.n_mined} false marks from {n_used} images")
     return result

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -26,7 +26,7 @@ from MicrocalcAI.core.detect.manifest import ModelSpec
 from MicrocalcAI.core.errors import MicrocalcAIError
 from MicrocalcAI.core.progress import ProgressCallback, no_progress
 from MicrocalcAI.core.records import CanonicalImage
-from MicrocalcAI.datasets.coco import parse_coco
+from MicrocalcAI.datasets.coco import CocoImage, parse_coco
 from MicrocalcAI.evaluation.curves import EVAL_MIN_SCORE, FROC_RATES
 from MicrocalcAI.evaluation.matching import ImageMatch, match_detections
 from MicrocalcAI.evaluation.metrics import pool_lesions, validation_summary
@@ -47,6 +47,7 @@ __all__ = [
     "selection_score",
     "set_batchnorm_eval",
     "spec_for_training",
+    "standardised_entries",
     "summarise",
     "validate",
 ]
@@ -169,8 +170,30 @@ def collect_evaluations(
     entries = parse_coco(coco_json)[:max_images]
     model.eval()
     evals = []
+    for entry, canonical in standardised_entries(entries, spec, "evaluating", progress=progress, skipped=skipped):
+        boxes = canonical_boxes(entry.boxes_stored, canonical.transform, canonical.image.shape)
+        evals.append(evaluate_canonical(canonical, boxes, entry.labels, str(entry.path), model, spec, device))
+    progress(1.0, f"evaluated {len(entries)} images")
+    return evals
+
+
+def standardised_entries(
+    entries: Sequence[CocoImage],
+    spec: ModelSpec,
+    verb: str,
+    *,
+    progress: ProgressCallback = no_progress,
+    skipped: Optional[list[str]] = None,
+) -> Iterator[tuple[CocoImage, CanonicalImage]]:
+    """Each COCO entry read and standardised as ``spec``'s model sees it (its spacing, the
+    entry's stated spacing, its noise equalisation), for whatever runs the model over a dataset.
+
+    An image the pipeline refuses raises, unless a ``skipped`` list is given to collect
+    "file: reason" lines (the caller must report them); ``verb`` names the work in progress
+    messages and in the warning.
+    """
     for i, entry in enumerate(entries):
-        progress(i / len(entries), f"evaluating {entry.path.name} ({i + 1}/{len(entries)})")
+        progress(i / max(len(entries), 1), f"{verb} {entry.path.name} ({i + 1}/{len(entries)})")
         try:
             canonical = standardise_file(
                 entry.path,
@@ -182,13 +205,10 @@ def collect_evaluations(
         except MicrocalcAIError as exc:
             if skipped is None:
                 raise
-            log.warning("evaluation skips %s: %s", entry.path, exc)
+            log.warning("skipped %s while %s: %s", entry.path, verb, exc)
             skipped.append(f"{entry.path.name}: {exc}")
             continue
-        boxes = canonical_boxes(entry.boxes_stored, canonical.transform, canonical.image.shape)
-        evals.append(evaluate_canonical(canonical, boxes, entry.labels, str(entry.path), model, spec, device))
-    progress(1.0, f"evaluated {len(entries)} images")
-    return evals
+        yield entry, canonical
 
 
 def evaluate_coco(
