@@ -66,6 +66,12 @@ def _by_rows(boxes: np.ndarray) -> np.ndarray:
     return boxes[np.lexsort(boxes.T[::-1])]
 
 
+def _free_of(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Which marks find no lesion and touch none, by the hit rule and IoU, independently of
+    the module's own rule."""
+    return ~hit_matrix(boxes, gt).any(axis=1) & ~(box_iou(boxes, gt) > 0).any(axis=1)
+
+
 @pytest.fixture(scope="module")
 def default_model():
     spec = resolve_model(None)
@@ -126,7 +132,7 @@ def test_mined_marks_are_the_models_false_marks_and_training_aims_at_them(tmp_pa
 
     # The mined boxes are exactly the model's marks that find no lesion and touch none.
     boxes, scores = sample_marks
-    free = ~hit_matrix(boxes, gt).any(axis=1) & ~(box_iou(boxes, gt) > 0).any(axis=1)
+    free = _free_of(boxes, gt)
     assert free.sum() >= 1, "the sample holds at least one mark away from its clusters"
     assert result.n_mined == len(mined) == int(free.sum()) == result.per_image[1]
     assert np.allclose(_by_rows(mined), _by_rows(boxes[free]), atol=0.002)
@@ -150,7 +156,7 @@ def test_max_per_image_keeps_the_highest_scoring_false_mark(tmp_path, default_mo
     mined = entry.hard_negatives_stored[np.array(entry.hard_negative_types) == MINED_TYPE]
     boxes, scores = sample_marks
     gt = np.array([les["box_px"] for les in TRUTH["lesions"]], dtype=float)
-    free = np.flatnonzero(~hit_matrix(boxes, gt).any(axis=1) & ~(box_iou(boxes, gt) > 0).any(axis=1))
+    free = np.flatnonzero(_free_of(boxes, gt))
     best = free[np.argmax(scores[free])]
     assert len(mined) == 1 and np.allclose(mined[0], boxes[best], atol=0.002)
     recorded = json.loads(out.read_text())["images"][0]["hard_negatives"][-1]

@@ -52,10 +52,9 @@ def run(args: argparse.Namespace) -> int:
             lambda bar: mine_false_marks(args.coco, args.out, spec, model, device, config, progress=bar),
         ),
     )
-    n_used = result.n_images - len(result.skipped)
     print(
         f"{result.coco_path}: {result.n_mined} false marks of {spec.name} {spec.version} "
-        f"(score >= {config.min_score:g}) recorded as hard negatives on {n_used} images"
+        f"(score >= {config.min_score:g}) recorded as hard negatives on {result.n_analysed} images"
     )
     for line in result.skipped:
         print(f"skipped {line}", file=sys.stderr)

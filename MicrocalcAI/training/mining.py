@@ -72,11 +72,18 @@ class MiningResult:
 
     coco_path: Path
     n_images: int
-    n_mined: int
     #: Mined marks per image id (images the model refused are absent).
     per_image: dict[int, int] = field(default_factory=dict)
     #: "file: reason" of each image the pipeline refused; they are kept in the output unchanged.
     skipped: list[str] = field(default_factory=list)
+
+    @property
+    def n_mined(self) -> int:
+        return sum(self.per_image.values())
+
+    @property
+    def n_analysed(self) -> int:
+        return self.n_images - len(self.skipped)
 
 
 def false_marks(
@@ -126,7 +133,7 @@ def mine_false_marks(
         raw_by_id[entry.image_id]["file_name"] = relative_file_name(entry.path, out.parent)
     device = torch.device(device) if not isinstance(device, torch.device) else device
     model.eval()
-    result = MiningResult(coco_path=out, n_images=len(entries), n_mined=0)
+    result = MiningResult(coco_path=out, n_images=len(entries))
     for entry, canonical in standardised_entries(entries, spec, "mining", progress=progress, skipped=result.skipped):
         detections = detect(canonical, model, spec, device=device, score_threshold=config.min_score)
         boxes = np.array([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
@@ -141,7 +148,6 @@ def mine_false_marks(
         raw = raw_by_id[entry.image_id]
         raw["hard_negatives"] = list(raw.get("hard_negatives") or []) + mined
         result.per_image[entry.image_id] = len(mined)
-        result.n_mined += len(mined)
     if not isinstance(data.get("info"), dict):
         data["info"] = {}
     data["info"]["hard_negative_mining"] = {
@@ -154,7 +160,13 @@ def mine_false_marks(
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(data, indent=1))
-    n_used = len(entries) - len(result.skipped)
-    log.info("%s: %d false marks of %s %s mined from %d images", out, result.n_mined, spec.name, spec.version, n_used)
-    progress(1.0, f"mined {result.n_mined} false marks from {n_used} images")
+    log.info(
+        "%s: %d false marks of %s %s mined from %d images",
+        out,
+        result.n_mined,
+        spec.name,
+        spec.version,
+        result.n_analysed,
+    )
+    progress(1.0, f"mined {result.n_mined} false marks from {result.n_analysed} images")
     return result
